@@ -1,0 +1,20 @@
+"""wheretolearn: decide where a scientific surrogate should get its training data.
+
+Subpackages, one concept each (data flows top to bottom):
+
+* :mod:`wheretolearn.measures` -- probability measures (Gaussian, mixtures, random fields,
+  empirical) and distances between them (W2, barycenters).
+* :mod:`wheretolearn.problems` -- ground-truth maps: benchmark functions and PDE solvers,
+  behind one interface (:func:`wheretolearn.problems.get_problem`).
+* :mod:`wheretolearn.models` -- surrogate models (kernel ridge regression, MLP, ...).
+* :mod:`wheretolearn.design` -- training-distribution design loops (bilevel) and baselines.
+* :mod:`wheretolearn.report` -- metrics, run folders and figures.
+* :mod:`wheretolearn.datasets` -- dataset generation to zarr.
+* :mod:`wheretolearn.online` -- online training from streaming simulation ensembles (Dask).
+
+The numerical core never imports :mod:`wheretolearn.online` or the CLI.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,65 @@
+"""Shared CLI plumbing: one-line errors with exit status 2, progress bars, TOML configs."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+__all__ = ["cli_errors", "fail", "load_toml"]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr (one line, no traceback) and exit."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user-input errors (ValueError, TypeError, FileNotFoundError, pydantic's
+    ValidationError) raised by the library into ``error: ...`` and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return func(*args, **kwargs)
+        except ValidationError as exc:
+            fail(format_validation_error(exc))
+        except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def format_validation_error(exc: Any) -> str:
+    """One line per pydantic error, joined with '; ': ``key.path: message (got value)``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown config key {loc!r}")
+        else:
+            parts.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file raises ``ValueError`` naming it."""
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(p)!r} is not valid TOML: {exc}") from None

@@ -1,0 +1,5 @@
+"""CLI commands for bilevel (registered on :data:`wheretolearn.cli.app`)."""
+
+from __future__ import annotations
+
+from . import app  # noqa: F401

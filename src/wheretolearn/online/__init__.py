@@ -1,0 +1,3 @@
+"""wheretolearn.online (see the package docstring of :mod:`wheretolearn`)."""
+
+__all__: list[str] = []

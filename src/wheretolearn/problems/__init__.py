@@ -1,0 +1,9 @@
+"""Ground-truth maps behind one interface: benchmark functions and PDE solvers.
+
+``get_problem(name, **options)`` builds any of them; see :class:`Problem`.
+Problem modules register themselves on import (below).
+"""
+
+from .base import Problem, available_problems, get_problem, register_problem
+
+__all__ = ["Problem", "available_problems", "get_problem", "register_problem"]

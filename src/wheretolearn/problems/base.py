@@ -1,0 +1,111 @@
+"""The problem interface: a ground-truth map ``G*`` from discretised inputs to outputs.
+
+Every problem (benchmark function or PDE solver) maps a batch ``u`` of shape
+``(B, *input_shape)`` to ``G*(u)`` of shape ``(B, *output_shape)``. Numpy in gives numpy
+out; torch in gives torch out (with gradients where the problem says
+``differentiable = True``). Problems never modify their input.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .._validation import as_tensor, check_finite
+
+__all__ = ["Problem", "register_problem", "get_problem", "available_problems"]
+
+
+class Problem(ABC):
+    """Abstract ground-truth map.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``"sobol-g"``, ``"darcy"``, ...).
+    input_shape, output_shape : tuple of int
+        Shape of one input / output sample (without the batch dimension).
+    differentiable : bool
+        Whether torch inputs propagate gradients through :meth:`__call__`.
+    """
+
+    name: str = "problem"
+    differentiable: bool = False
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample."""
+
+    @property
+    @abstractmethod
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output sample."""
+
+    def coordinates(self) -> dict[str, np.ndarray]:
+        """Discretisation the problem uses (grid / boundary coordinates), by name."""
+        return {}
+
+    def options(self) -> dict[str, Any]:
+        """The options this problem was built with (JSON-serialisable), for provenance."""
+        return {}
+
+    def default_input_measure(self) -> Any:
+        """A measure whose samples are valid inputs (for ``wheretolearn generate``)."""
+        raise NotImplementedError(f"problem {self.name!r} has no default input measure")
+
+    @abstractmethod
+    def _evaluate(self, u: torch.Tensor) -> torch.Tensor:
+        """Map a validated tensor ``(B, *input_shape)`` to ``(B, *output_shape)``."""
+
+    def __call__(self, u: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """Evaluate ``G*`` on a batch; numpy in -> numpy out, torch in -> torch out."""
+        is_numpy = not isinstance(u, torch.Tensor)
+        t = as_tensor(u, "u")
+        self.check_input(t)
+        out = self._evaluate(t)
+        return out.detach().cpu().numpy() if is_numpy else out
+
+    def check_input(self, u: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``u`` has shape ``(B, *input_shape)`` and is finite."""
+        want = tuple(self.input_shape)
+        if u.ndim != len(want) + 1 or tuple(u.shape[1:]) != want:
+            shape = "(B, " + ", ".join(map(str, want)) + ")"
+            raise ValueError(f"input u for problem {self.name!r} must have shape {shape}, "
+                             f"got {tuple(u.shape)}")
+        check_finite(u, "input u")
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+_REGISTRY: dict[str, Callable[..., Problem]] = {}
+
+
+def register_problem(name: str) -> Callable[[Callable[..., Problem]], Callable[..., Problem]]:
+    """Class decorator: make a problem constructible as ``get_problem(name, **options)``."""
+
+    def deco(factory: Callable[..., Problem]) -> Callable[..., Problem]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_problems() -> list[str]:
+    """Names accepted by :func:`get_problem`."""
+    return sorted(_REGISTRY)
+
+
+def get_problem(name: str, **options: Any) -> Problem:
+    """Build the problem registered as ``name`` with keyword ``options``.
+
+    Raises ``ValueError`` naming the allowed problems when ``name`` is unknown.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown problem {name!r}; choose one of {', '.join(available_problems())}")
+    return _REGISTRY[name](**options)
