@@ -6,4 +6,6 @@ Problem modules register themselves on import (below).
 
 from .base import Problem, available_problems, get_problem, register_problem
 
+from . import heat2d as _heat2d  # noqa: F401,E402
+
 __all__ = ["Problem", "available_problems", "get_problem", "register_problem"]
