@@ -35,7 +35,7 @@ import scipy.fft
 import torch
 
 from .._validation import (as_tensor, check_finite, check_positive_float, check_positive_int,
-                           resolve_dtype, torch_generator)
+                           resolve_dtype)
 from .base import Problem, register_problem
 
 __all__ = ["Heat2D", "PARAMETER_NAMES", "PARAMETER_BOUNDS"]
@@ -70,23 +70,6 @@ def _unit_wall_rhs(n: int, h: float) -> np.ndarray:
     b[2, 0, :] = 1.0
     b[3, -1, :] = 1.0
     return b / h**2
-
-
-class _UniformBox:
-    """Uniform measure on a box ``[low, high]`` (d,), with ``sample(n, generator=...) -> (n, d)``."""
-
-    def __init__(self, low: np.ndarray, high: np.ndarray):
-        self.low = torch.as_tensor(np.asarray(low, dtype=np.float64))
-        self.high = torch.as_tensor(np.asarray(high, dtype=np.float64))
-
-    def sample(self, n: int, *, generator: int | torch.Generator | None = None) -> torch.Tensor:
-        n = check_positive_int(n, "n")
-        u = torch.rand(n, self.low.shape[0], generator=torch_generator(generator),
-                       dtype=torch.float64)
-        return self.low + (self.high - self.low) * u
-
-    def to_dict(self) -> dict:
-        return {"type": "uniform", "low": self.low.tolist(), "high": self.high.tolist()}
 
 
 @register_problem("heat2d")
@@ -163,10 +146,8 @@ class Heat2D(Problem):
 
     def default_input_measure(self) -> Any:
         """Uniform on the nominal bounds ``[100, 500]^5`` (SPEC §5)."""
-        try:
-            from ..measures import Uniform
-        except ImportError:  # measures.Uniform is optional; the box below has the same contract
-            Uniform = _UniformBox
+        from ..measures import Uniform
+
         return Uniform(PARAMETER_BOUNDS[:, 0], PARAMETER_BOUNDS[:, 1])
 
     # ------------------------------------------------------------------ solver
