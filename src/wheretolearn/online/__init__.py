@@ -1,3 +1,17 @@
 """wheretolearn.online (see the package docstring of :mod:`wheretolearn`)."""
 
-__all__: list[str] = []
+from wheretolearn.online.cluster import (
+    ClusterConfig,
+    ClusterHandle,
+    check_scheduler_reachable,
+    job_script,
+    open_cluster,
+)
+
+__all__: list[str] = [
+    "ClusterConfig",
+    "ClusterHandle",
+    "check_scheduler_reachable",
+    "job_script",
+    "open_cluster",
+]
