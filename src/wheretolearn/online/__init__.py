@@ -8,7 +8,24 @@ from wheretolearn.online.cluster import (
     open_cluster,
 )
 
+from wheretolearn.online.samplers import (
+    SAMPLERS,
+    HaltonSampler,
+    LHSSampler,
+    ParameterSampler,
+    SobolSampler,
+    UniformSampler,
+    make_sampler,
+)
+
 __all__: list[str] = [
+    "SAMPLERS",
+    "HaltonSampler",
+    "LHSSampler",
+    "ParameterSampler",
+    "SobolSampler",
+    "UniformSampler",
+    "make_sampler",
     "ClusterConfig",
     "ClusterHandle",
     "check_scheduler_reachable",
