@@ -4,6 +4,30 @@ Gaussian measures, mixtures, uniform boxes, Gaussian random fields (KLE), empiri
 measures; W2 distances and Wasserstein barycenters.
 """
 
-from .gaussian import DIAG_CLAMP, Gaussian
+from .base import Measure
+from .distances import BarycenterResult, barycenter, sqrtm_psd, wasserstein2, wasserstein2_squared
+from .empirical import Empirical
+from .fields import FourierBasis1D, GaussianRandomField, KLEBasis, SineBasis1D, SineBasis2D
+from .gaussian import DIAG_CLAMP, Gaussian, clamp_scale_tril
+from .mixture import Mixture
+from .uniform import Uniform
 
-__all__ = ["DIAG_CLAMP", "Gaussian"]
+__all__ = [
+    "Measure",
+    "Gaussian",
+    "DIAG_CLAMP",
+    "clamp_scale_tril",
+    "Mixture",
+    "Uniform",
+    "Empirical",
+    "wasserstein2",
+    "wasserstein2_squared",
+    "sqrtm_psd",
+    "barycenter",
+    "BarycenterResult",
+    "GaussianRandomField",
+    "KLEBasis",
+    "SineBasis1D",
+    "SineBasis2D",
+    "FourierBasis1D",
+]

@@ -9,18 +9,47 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .._validation import as_tensor, check_finite, check_spd, resolve_dtype, torch_generator
+from .base import Measure, check_n_samples
 
-__all__ = ["Gaussian", "DIAG_CLAMP"]
+__all__ = ["Gaussian", "DIAG_CLAMP", "clamp_scale_tril"]
 
 #: Value that replaces non-positive diagonal entries of the Cholesky factor (SPEC §2).
 DIAG_CLAMP = 1e-7
 
 
-class Gaussian:
+def clamp_scale_tril(L, min_diag: float = DIAG_CLAMP) -> torch.Tensor:
+    """Project a Cholesky-factor update back onto valid factors (SPEC §2).
+
+    Keeps the lower triangle of ``L`` and replaces every non-positive diagonal entry by
+    ``min_diag`` so that ``C = L L^T`` stays positive definite after a gradient step.
+
+    Parameters
+    ----------
+    L : (..., d, d) tensor or array-like
+        Never modified; a new tensor is returned (differentiable where not clamped).
+    min_diag : float
+        Replacement value, > 0 (default ``DIAG_CLAMP = 1e-7``).
+
+    Returns
+    -------
+    (..., d, d) tensor
+    """
+    if isinstance(min_diag, bool) or not isinstance(min_diag, (int, float)) or not (
+            math.isfinite(min_diag) and min_diag > 0):
+        raise ValueError(f"min_diag must be a finite number > 0, got {min_diag!r}")
+    t = as_tensor(L, "L")
+    if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"L must have shape (..., d, d), got {tuple(t.shape)}")
+    low = torch.tril(t)
+    diag = torch.diagonal(low, dim1=-2, dim2=-1)
+    fixed = torch.where(diag > 0, diag, torch.full_like(diag, float(min_diag)))
+    return low - torch.diag_embed(diag) + torch.diag_embed(fixed)
+
+
+class Gaussian(Measure):
     """Gaussian measure ``N(mean, cov)``.
 
     Parameters
@@ -75,6 +104,11 @@ class Gaussian:
         return int(self.mean.shape[0])
 
     @property
+    def event_shape(self) -> tuple[int, ...]:
+        """``(d,)``."""
+        return (self.dim,)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.mean.dtype
 
@@ -98,10 +132,9 @@ class Gaussian:
 
     def sample_latent(self, n: int, *, generator=None) -> torch.Tensor:
         """Standard normal latent draws ``z`` of shape (n, d) (common random numbers)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = check_n_samples(n)
         g = torch_generator(generator)
-        return torch.randn(int(n), self.dim, generator=g, dtype=self.dtype, device=g.device
+        return torch.randn(n, self.dim, generator=g, dtype=self.dtype, device=g.device
                            ).to(self.mean.device)
 
     def transform(self, z: torch.Tensor) -> torch.Tensor:

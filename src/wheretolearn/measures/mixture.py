@@ -1,0 +1,131 @@
+"""Finite mixtures ``sum_j w_j Q_j`` of measures (SPEC §2 "Mixture of the Q_j", §3 baseline)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .._validation import as_tensor, check_finite, torch_generator
+from .base import Measure, check_n_samples
+
+__all__ = ["Mixture"]
+
+
+class Mixture(Measure):
+    """Mixture of measures with a common ``event_shape``.
+
+    Parameters
+    ----------
+    components : sequence of J Measure
+    weights : (J,) array-like, optional
+        Non-negative, normalised to sum to 1; equal weights ``1/J`` by default.
+    """
+
+    def __init__(self, components: Sequence[Measure], weights=None):
+        comps = list(components)
+        if not comps:
+            raise ValueError("components must contain at least one measure, got none")
+        for j, c in enumerate(comps):
+            if not isinstance(c, Measure):
+                raise TypeError(f"components[{j}] must be a Measure, got {type(c).__name__}")
+        shapes = {tuple(c.event_shape) for c in comps}
+        if len(shapes) != 1:
+            raise ValueError(f"components must share one event_shape, got {sorted(shapes)}")
+        dt = comps[0].dtype
+        for c in comps[1:]:
+            dt = torch.promote_types(dt, c.dtype)
+        self._dtype = dt
+        n = len(comps)
+        if weights is None:
+            w = torch.full((n,), 1.0 / n, dtype=dt)
+        else:
+            w = as_tensor(weights, "weights", dtype=dt)
+            if w.ndim != 1 or w.shape[0] != n:
+                raise ValueError(f"weights must have shape ({n},) (one per component), "
+                                 f"got {tuple(w.shape)}")
+            check_finite(w.detach(), "weights")
+            if bool((w.detach() < 0).any()) or float(w.detach().sum()) <= 0:
+                raise ValueError("weights must be non-negative with a positive sum, got "
+                                 f"min {float(w.min()):.3g}, sum {float(w.sum()):.3g}")
+            w = w / w.sum()
+        self._components = tuple(comps)
+        self._weights = w
+
+    @property
+    def components(self) -> tuple[Measure, ...]:
+        return self._components
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(J,) mixture weights summing to 1."""
+        return self._weights
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self._components[0].event_shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``sum_j w_j mean_j``, shape event_shape."""
+        means = torch.stack([torch.as_tensor(c.mean).to(self._dtype).expand(self.event_shape)
+                             for c in self._components])
+        return torch.tensordot(self._weights, means, dims=1)
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """Law of total covariance ``sum_j w_j (C_j + m_j m_j^T) - m m^T``; (d, d).
+
+        Needs components with ``mean`` and ``cov`` (e.g. Gaussian, Uniform) and event_shape (d,).
+        """
+        if len(self.event_shape) != 1:
+            raise ValueError(f"cov needs vector-valued components, got event_shape {self.event_shape}")
+        for j, c in enumerate(self._components):
+            if not hasattr(c, "cov"):
+                raise TypeError(f"components[{j}] ({type(c).__name__}) has no cov")
+        means = torch.stack([c.mean.to(self._dtype) for c in self._components])
+        covs = torch.stack([c.cov.to(self._dtype) for c in self._components])
+        second = covs + means.unsqueeze(-1) * means.unsqueeze(-2)
+        m = self._weights @ means
+        return torch.einsum("j,jab->ab", self._weights, second) - torch.outer(m, m)
+
+    def second_moment(self) -> torch.Tensor:
+        """``sum_j w_j E_{Q_j} ||x||^2``."""
+        m2 = torch.stack([c.second_moment().to(self._dtype) for c in self._components])
+        return self._weights @ m2
+
+    def sample_with_labels(self, n: int, *, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` samples and the index of the component each came from.
+
+        Component counts are one multinomial draw; each component is sampled once in a
+        batch, then the rows are shuffled by one random permutation.
+
+        Returns
+        -------
+        x : (n, *event_shape) tensor
+        labels : (n,) int64 tensor
+        """
+        n = check_n_samples(n)
+        g = torch_generator(generator)
+        idx = torch.multinomial(self._weights.detach().cpu().double(), n, replacement=True,
+                                generator=g)
+        counts = torch.bincount(idx, minlength=len(self._components)).tolist()
+        parts, labels = [], []
+        for j, (c, k) in enumerate(zip(self._components, counts)):
+            if k:
+                parts.append(c.sample(k, generator=g).to(self._dtype))
+                labels.append(torch.full((k,), j, dtype=torch.long))
+        x, lab = torch.cat(parts), torch.cat(labels)
+        perm = torch.randperm(n, generator=g)
+        return x[perm.to(x.device)], lab[perm]
+
+    def sample(self, n: int, *, generator=None) -> torch.Tensor:
+        """Draw ``n`` samples, shape (n, *event_shape); see :meth:`sample_with_labels`."""
+        return self.sample_with_labels(n, generator=generator)[0]
+
+    def __repr__(self) -> str:
+        return f"Mixture(J={len(self._components)}, event_shape={self.event_shape})"
