@@ -113,6 +113,16 @@ def test_simulate_agrees_with_batched_call_and_torch_input():
     np.testing.assert_array_equal(out_t.numpy(), out)
 
 
+def test_output_every_keeps_strided_steps():
+    full = get_problem("heat2d", n=6, n_steps=6)
+    strided = get_problem("heat2d", n=6, n_steps=6, output_every=3)
+    assert strided.output_shape == (2, 6, 6)
+    np.testing.assert_allclose(strided.coordinates()["t"], [0.03, 0.06])
+    np.testing.assert_array_equal(strided(PARAMS[None])[0], full(PARAMS[None])[0, [2, 5]])
+    with pytest.raises(ValueError, match="output_every must divide"):
+        get_problem("heat2d", n_steps=10, output_every=3)
+
+
 def test_caller_array_not_modified():
     p = get_problem("heat2d", n=6, n_steps=2)
     batch = np.stack([PARAMS, PARAMS])

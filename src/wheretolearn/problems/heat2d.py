@@ -91,9 +91,13 @@ class Heat2D(Problem):
         ``D`` (default 1).
     dtype : "float32" | "float64"
         Dtype of the returned fields (the solver itself works in float64).
+    output_every : int
+        ``__call__`` keeps every ``output_every``-th step (steps ``output_every``,
+        ``2 output_every``, ..., ``n_steps``; default 1 = all), to keep stored data sets small.
+        Must divide ``n_steps``. :meth:`simulate` always yields every step.
 
     Inputs ``(B, 5)`` = ``[T_init, T_left, T_right, T_bottom, T_top]``; outputs
-    ``(B, n_steps, n, n)``: the solution after steps ``1..n_steps``. Values outside the
+    ``(B, n_steps // output_every, n, n)``: the solution after steps ``1..n_steps`` (default). Values outside the
     nominal bounds are accepted (the bounds are what samplers should use).
     """
 
@@ -101,13 +105,17 @@ class Heat2D(Problem):
     differentiable = False
 
     def __init__(self, n: int = 64, *, n_steps: int = 100, dt: float = 0.01, side: float = 1.0,
-                 diffusivity: float = 1.0, dtype: str = "float32"):
+                 diffusivity: float = 1.0, dtype: str = "float32", output_every: int = 1):
         self.n = check_positive_int(n, "n")
         self.n_steps = check_positive_int(n_steps, "n_steps")
         self.dt = check_positive_float(dt, "dt")
         self.side = check_positive_float(side, "side")
         self.diffusivity = check_positive_float(diffusivity, "diffusivity")
         self.dtype = resolve_dtype(dtype)
+        self.output_every = check_positive_int(output_every, "output_every")
+        if self.n_steps % self.output_every:
+            raise ValueError(f"output_every must divide n_steps={self.n_steps}, "
+                             f"got {output_every}")
         self.h = self.side / (self.n + 1)
         lam = laplacian_eigenvalues(self.n, self.h)
         #: Implicit-Euler amplification factor per DST mode, 1 / (1 + dt D lambda).
@@ -123,7 +131,7 @@ class Heat2D(Problem):
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return (self.n_steps, self.n, self.n)
+        return (self.n_steps // self.output_every, self.n, self.n)
 
     @property
     def parameter_bounds(self) -> np.ndarray:
@@ -136,13 +144,15 @@ class Heat2D(Problem):
         return list(PARAMETER_NAMES)
 
     def coordinates(self) -> dict[str, np.ndarray]:
-        """``x`` (n,), ``y`` (n,) node coordinates and ``t`` (n_steps,) output times."""
+        """``x`` (n,), ``y`` (n,) node coordinates and ``t`` the times of ``__call__``'s outputs."""
         x = self.h * np.arange(1, self.n + 1)
-        return {"x": x, "y": x.copy(), "t": self.dt * np.arange(1, self.n_steps + 1)}
+        steps = np.arange(self.output_every, self.n_steps + 1, self.output_every)
+        return {"x": x, "y": x.copy(), "t": self.dt * steps}
 
     def options(self) -> dict[str, Any]:
         return {"n": self.n, "n_steps": self.n_steps, "dt": self.dt, "side": self.side,
-                "diffusivity": self.diffusivity, "dtype": str(self.dtype).replace("torch.", "")}
+                "diffusivity": self.diffusivity, "dtype": str(self.dtype).replace("torch.", ""),
+                "output_every": self.output_every}
 
     def default_input_measure(self) -> Any:
         """Uniform on the nominal bounds ``[100, 500]^5`` (SPEC §5)."""
@@ -179,10 +189,11 @@ class Heat2D(Problem):
 
     def _evaluate(self, u: torch.Tensor) -> torch.Tensor:
         p = u.detach().cpu().double().numpy()
-        out = np.empty((p.shape[0], self.n_steps, self.n, self.n),
+        out = np.empty((p.shape[0], *self.output_shape),
                        dtype=torch.empty((), dtype=self.dtype).numpy().dtype)
         for t, fields in self._steps(p, squeeze=False):
-            out[:, t] = fields
+            if (t + 1) % self.output_every == 0:
+                out[:, (t + 1) // self.output_every - 1] = fields
         return torch.from_numpy(out)
 
     def _steps(self, p: np.ndarray, *, squeeze: bool) -> Iterator[tuple[int, np.ndarray]]:
