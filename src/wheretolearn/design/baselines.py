@@ -1,0 +1,376 @@
+"""Training-data sources the bilevel result is compared with (paper SM F.1, SPEC §3).
+
+Every source answers one question: "give me ``n`` training inputs", through
+:meth:`TrainingSource.draw`. Labels always come from the ground truth ``G*`` afterwards,
+so a source never needs the problem.
+
+* ``optimized``  -- the final Gaussian of bilevel descent.
+* ``normal``     -- the initial Gaussian ``N(m0 1, s0^2 I)`` (independent of Q).
+* ``barycenter`` -- W2 barycenter of the meta-test Gaussians (a Gaussian).
+* ``mixture``    -- equal-weight mixture of the meta-test Gaussians.
+* ``uniform``    -- Uniform[0, 1]^d (independent of Q).
+* ``ncoreset``   -- non-adaptive greedy coreset of the pool of seen meta-test samples.
+* ``acoreset``   -- adaptive greedy coreset of the same pool.
+
+Reading of the paper (SM F.1, items 2-6), documented because the formulas are not in the
+seed text:
+
+* Barycenter and mixture use Gaussians fitted to the *seen* samples of each Q_j
+  (empirical mean and covariance of its L points), the only information the bilevel
+  algorithm is given; the paper's "we enforce the mixture components to be Gaussian".
+* nCoreSet: feature map ``phi(v) = k(v, .)``; RKHS distance
+  ``d_k(v, w)^2 = k(v,v) + k(w,w) - 2 k(v,w) = 2 - 2 k(v,w)``; start from one random pool
+  point, then repeatedly add ``argmax_v min_{s in S} d_k(v, s)`` (max-min, paper F.40),
+  one point at a time.
+* aCoreSet: features ``phi(v) = (a_1 k(v, x_1), ..., a_n k(v, x_n))`` where ``x_i`` are
+  the points selected so far and ``a`` the KRR coefficients fitted on them (labels of
+  the pool are the seen meta-test labels); Euclidean distance between features; an
+  initial random set of 6, then max-min additions in batches of 10 with the features
+  (and ``a``) recomputed after every batch. Two deviations for cost, both options:
+  when ``n`` is large the batch grows so that there are at most ``max_rounds`` refits
+  (100 by default: N = 1024 keeps batches of 10), and features wider than
+  ``sketch_dim`` (128) are compressed by a fixed Gaussian sketch (Johnson-Lindenstrauss,
+  as the paper's CoreSet for Burgers does, SM F.6 eq. F.39) before distances are taken.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
+from ..models.krr import KernelRidge, gaussian_kernel
+
+__all__ = [
+    "BASELINE_NAMES",
+    "SOURCE_NAMES",
+    "TrainingSource",
+    "DistributionSource",
+    "CoresetSource",
+    "ncoreset",
+    "acoreset",
+    "empirical_gaussians",
+    "make_sources",
+]
+
+#: Baselines of paper Table 1, in its column order.
+BASELINE_NAMES = ("normal", "barycenter", "mixture", "uniform", "ncoreset", "acoreset")
+#: Every source name :func:`make_sources` accepts.
+SOURCE_NAMES = ("optimized",) + BASELINE_NAMES
+
+
+# ------------------------------------------------------------------------------ sources
+class TrainingSource(ABC):
+    """Something that provides ``n`` training inputs in R^d.
+
+    Attributes
+    ----------
+    name : str
+        Label used in tables and figures.
+    """
+
+    name: str = "source"
+
+    @abstractmethod
+    def draw(self, n: int, *, generator: int | torch.Generator | None = None,
+             metatest: Any = None) -> torch.Tensor:
+        """Return ``n`` training inputs, shape (n, d)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class DistributionSource(TrainingSource):
+    """I.i.d. samples of a measure with ``.sample(n, generator=g)`` (Gaussian, Mixture, Uniform).
+
+    Parameters
+    ----------
+    name : str
+    measure : object with ``sample(n, *, generator) -> (n, d)``
+    """
+
+    def __init__(self, name: str, measure: Any):
+        if not callable(getattr(measure, "sample", None)):
+            raise TypeError(f"measure for source {name!r} must have a sample(n, generator=) "
+                            f"method, got {type(measure).__name__}")
+        self.name = str(name)
+        self.measure = measure
+
+    def draw(self, n, *, generator=None, metatest=None):
+        n = check_positive_int(n, "n")
+        return self.measure.sample(n, generator=torch_generator(generator)).detach()
+
+
+class CoresetSource(TrainingSource):
+    """Greedy coreset of the pool of seen meta-test samples (``ncoreset`` / ``acoreset``).
+
+    Parameters
+    ----------
+    name : {"ncoreset", "acoreset"}
+    pool : (P, d) tensor
+        Candidate inputs (the seen meta-test samples, all Q_j stacked).
+    bandwidth : float
+        Gaussian kernel length scale ``s``.
+    labels : (P,) tensor, optional
+        ``G*`` at the pool points; required for ``acoreset``.
+    ridge : float
+        Ridge ``eps`` of the KRR fits inside ``acoreset`` (system ``K + n eps I``).
+    **options
+        Passed to :func:`acoreset` (``batch_size``, ``n_initial``, ``max_rounds``,
+        ``sketch_dim``).
+    """
+
+    def __init__(self, name: str, pool, *, bandwidth: float, labels=None, ridge: float = 1e-7,
+                 **options: Any):
+        if name not in ("ncoreset", "acoreset"):
+            raise ValueError(f"coreset name must be 'ncoreset' or 'acoreset', got {name!r}")
+        self.name = name
+        self.pool = as_tensor(pool, "pool").detach()
+        if self.pool.ndim != 2:
+            raise ValueError(f"pool must have shape (P, d), got {tuple(self.pool.shape)}")
+        self.bandwidth = check_positive_float(bandwidth, "bandwidth")
+        self.ridge = check_positive_float(ridge, "ridge")
+        if name == "acoreset" and labels is None:
+            raise ValueError("acoreset needs labels of the pool points")
+        self.labels = None if labels is None else as_tensor(labels, "labels").detach().reshape(-1)
+        self.options = options
+
+    def draw(self, n, *, generator=None, metatest=None):
+        n = check_positive_int(n, "n")
+        g = torch_generator(generator)
+        if self.name == "ncoreset":
+            idx = ncoreset(self.pool, n, bandwidth=self.bandwidth, generator=g)
+        else:
+            idx = acoreset(self.pool, self.labels, n, bandwidth=self.bandwidth,
+                           ridge=self.ridge, generator=g, **self.options)
+        return self.pool[idx].clone()
+
+
+# ------------------------------------------------------------------------------ coresets
+def _sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (n, m) between rows of x (n, d) and y (m, d), >= 0."""
+    d2 = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+    return d2.clamp_min_(0.0)
+
+
+def _check_pool(pool, n: int) -> torch.Tensor:
+    p = as_tensor(pool, "pool").detach()
+    if p.ndim != 2 or p.shape[0] < 1:
+        raise ValueError(f"pool must have shape (P, d) with P >= 1, got {tuple(p.shape)}")
+    n = check_positive_int(n, "n")
+    if n > p.shape[0]:
+        raise ValueError(f"n must be at most the pool size {p.shape[0]}, got {n}")
+    return p.double()
+
+
+def ncoreset(pool, n: int, *, bandwidth: float,
+             generator: int | torch.Generator | None = None) -> torch.Tensor:
+    """Non-adaptive greedy coreset (max-min / farthest-point in RKHS distance).
+
+    ``S_1 = {random index}``; ``S_{t+1} = S_t + argmax_v min_{s in S_t} d_k(v, s)`` with
+    ``d_k(v, s)^2 = 2 - 2 exp(-||v - s||^2 / (2 s^2))`` (paper SM F.1 item 5, eq. F.40).
+    A running minimum-distance vector makes each addition O(P d).
+
+    Parameters
+    ----------
+    pool : (P, d) array-like
+    n : int, 1 <= n <= P
+    bandwidth : float
+    generator : seed, torch.Generator or None (the random first point)
+
+    Returns
+    -------
+    (n,) int64 tensor of distinct pool indices, in selection order.
+    """
+    x = _check_pool(pool, n)
+    s = check_positive_float(bandwidth, "bandwidth")
+    g = torch_generator(generator)
+    first = int(torch.randint(x.shape[0], (1,), generator=g))
+    idx = torch.empty(n, dtype=torch.long)
+    idx[0] = first
+    mind = 2.0 - 2.0 * gaussian_kernel(x, x[first:first + 1], s)[:, 0]
+    mind[first] = -1.0  # never pick a selected point again, even among duplicates
+    for t in range(1, n):
+        j = int(torch.argmax(mind))
+        idx[t] = j
+        mind = torch.minimum(mind, 2.0 - 2.0 * gaussian_kernel(x, x[j:j + 1], s)[:, 0])
+        mind[j] = -1.0
+    return idx
+
+
+def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
+             generator: int | torch.Generator | None = None, batch_size: int = 10,
+             n_initial: int = 6, max_rounds: int | None = 100,
+             sketch_dim: int | None = 128) -> torch.Tensor:
+    """Adaptive greedy coreset with KRR-coefficient-weighted kernel features.
+
+    Start from ``n_initial`` random pool points. Each round: fit KRR on the selected set
+    ``X_S`` (labels from ``labels``), build features ``Phi[v, i] = a_i k(v, x_i)`` for every
+    pool point, then add ``batch_size`` points by max-min selection in Euclidean feature
+    distance (paper SM F.1 item 6, eq. F.40).
+
+    Parameters
+    ----------
+    pool : (P, d) array-like
+    labels : (P,) array-like, ``G*`` at the pool points
+    n : int, 1 <= n <= P
+    bandwidth, ridge : float
+        Kernel length scale and ridge ``eps`` (system ``K + |S| eps I``).
+    generator : seed, torch.Generator or None
+    batch_size : int
+        Points added per refit (paper: 10).
+    n_initial : int
+        Size of the initial random set (paper: 6).
+    max_rounds : int or None
+        Cap on the number of refits; the batch grows to ``ceil((n - n_initial) /
+        max_rounds)`` when needed. ``None``: no cap (the paper's setting).
+    sketch_dim : int or None
+        When the feature width ``|S|`` exceeds it, features are multiplied by a fixed
+        Gaussian sketch ``(|S|, sketch_dim) / sqrt(sketch_dim)``. ``None``: exact.
+
+    Returns
+    -------
+    (n,) int64 tensor of distinct pool indices.
+    """
+    x = _check_pool(pool, n)
+    y = as_tensor(labels, "labels").detach().double().reshape(-1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels must have one value per pool point ({x.shape[0]}), got {y.shape[0]}")
+    s = check_positive_float(bandwidth, "bandwidth")
+    eps = check_positive_float(ridge, "ridge")
+    batch = check_positive_int(batch_size, "batch_size")
+    n0 = min(check_positive_int(n_initial, "n_initial"), n)
+    if max_rounds is not None:
+        batch = max(batch, math.ceil((n - n0) / check_positive_int(max_rounds, "max_rounds")))
+    g = torch_generator(generator)
+    selected = torch.randperm(x.shape[0], generator=g)[:n0]
+    while selected.numel() < n:
+        feats = _acoreset_features(x, y, selected, s, eps, sketch_dim, g)
+        take = min(batch, n - selected.numel())
+        selected = torch.cat([selected, _maxmin_batch(feats, selected, take)])
+    return selected
+
+
+def _acoreset_features(x, y, selected, bandwidth, ridge, sketch_dim, generator):
+    """``Phi[v, i] = a_i k(v, x_i)`` for all pool points v, optionally sketched; (P, r)."""
+    xs = x[selected]
+    a = KernelRidge(bandwidth=bandwidth, ridge=ridge, factor_dtype=torch.float64).fit(
+        xs, y[selected]).coef_
+    feats = gaussian_kernel(x, xs, bandwidth) * a[None, :]
+    if sketch_dim is not None and feats.shape[1] > sketch_dim:
+        r = check_positive_int(sketch_dim, "sketch_dim")
+        proj = torch.randn(feats.shape[1], r, generator=generator, dtype=feats.dtype)
+        feats = feats @ proj / math.sqrt(r)
+    return feats
+
+
+def _maxmin_batch(feats: torch.Tensor, selected: torch.Tensor, take: int) -> torch.Tensor:
+    """Add ``take`` indices by max-min Euclidean distance to the selected rows of ``feats``."""
+    mind = _sqdist(feats, feats[selected]).min(1).values
+    mind[selected] = -1.0
+    new = torch.empty(take, dtype=torch.long)
+    for t in range(take):
+        j = int(torch.argmax(mind))
+        new[t] = j
+        mind = torch.minimum(mind, _sqdist(feats, feats[j:j + 1])[:, 0])
+        mind[j] = -1.0
+    return new
+
+
+# ------------------------------------------------------------------------------ factory
+def empirical_gaussians(samples: torch.Tensor, *, dtype=None) -> list:
+    """Gaussians fitted to each group of samples: (J, L, d) -> J ``Gaussian`` measures.
+
+    Mean ``mean_l x_l``, covariance ``(1/(L-1)) sum_l (x_l - m)(x_l - m)^T`` plus a tiny
+    ``1e-10 * trace`` jitter so a degenerate group still gives a valid measure.
+    """
+    from ..measures import Gaussian
+
+    x = as_tensor(samples, "samples").detach().double()
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"samples must have shape (J, L, d) with L >= 2, got {tuple(x.shape)}")
+    mean = x.mean(1)
+    centred = x - mean[:, None, :]
+    cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
+    d = x.shape[2]
+    jitter = 1e-10 * cov.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(d, dtype=x.dtype)
+    cov = 0.5 * (cov + cov.transpose(1, 2)) + jitter
+    dt = dtype or samples.dtype
+    return [Gaussian(mean[j], cov[j]).to(dtype=dt) for j in range(x.shape[0])]
+
+
+def make_sources(names: Iterable[str], *, init, final=None, metatest, bandwidth: float,
+                 ridge: float = 1e-7, coreset_options: dict | None = None
+                 ) -> list[TrainingSource]:
+    """Build the named training sources.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Any of :data:`SOURCE_NAMES`: optimized, normal, barycenter, mixture, uniform,
+        ncoreset, acoreset.
+    init : Gaussian
+        Initial training distribution (``normal``).
+    final : Gaussian, optional
+        Result of bilevel descent (``optimized``); required when that name is asked for.
+    metatest : MetaTest
+        Provides ``seen_x`` (J, L, d) and ``seen_y`` (J, L): the coreset pool and the
+        samples the barycenter / mixture Gaussians are fitted to.
+    bandwidth, ridge : float
+        Kernel length scale and ridge ``eps`` (coresets only).
+    coreset_options : dict, optional
+        Extra options for :func:`acoreset`.
+
+    Returns
+    -------
+    list of TrainingSource, in the order of ``names``.
+    """
+    names = list(names)
+    unknown = [n for n in names if n not in SOURCE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(SOURCE_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"baseline names must be distinct, got {names}")
+    seen_x = metatest.seen_x.detach()
+    d = seen_x.shape[-1]
+    dtype = seen_x.dtype
+    builders = {
+        "optimized": lambda: DistributionSource("optimized", _require(final, "final")),
+        "normal": lambda: DistributionSource("normal", init.detach()),
+        "barycenter": lambda: DistributionSource("barycenter", _barycenter_of(seen_x, dtype)),
+        "mixture": lambda: DistributionSource("mixture", _mixture_of(seen_x, dtype)),
+        "uniform": lambda: DistributionSource("uniform", _unit_box(d, dtype)),
+        "ncoreset": lambda: CoresetSource("ncoreset", seen_x.reshape(-1, d), bandwidth=bandwidth),
+        "acoreset": lambda: CoresetSource("acoreset", seen_x.reshape(-1, d), bandwidth=bandwidth,
+                                          labels=metatest.seen_y.detach().reshape(-1),
+                                          ridge=ridge, **(coreset_options or {})),
+    }
+    return [builders[n]() for n in names]
+
+
+def _require(value, name):
+    if value is None:
+        raise ValueError(f"source 'optimized' needs the {name} Gaussian, got None")
+    return value.detach()
+
+
+def _barycenter_of(seen_x, dtype):
+    from ..measures import barycenter
+
+    return barycenter(empirical_gaussians(seen_x, dtype=torch.float64)).measure.to(dtype=dtype)
+
+
+def _mixture_of(seen_x, dtype):
+    from ..measures import Mixture
+
+    return Mixture(empirical_gaussians(seen_x, dtype=dtype))
+
+
+def _unit_box(d, dtype):
+    from ..measures import Uniform
+
+    return Uniform(torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype))
+

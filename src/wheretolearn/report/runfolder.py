@@ -1,0 +1,197 @@
+"""Run folders that appear on disk only when a study succeeded.
+
+A study writes everything (resolved config, per-step metrics, summary, figures) into a
+hidden staging directory next to the requested output folder; :meth:`RunFolder.commit`
+renames it to the final name in one step. Any exception inside the ``with`` block removes
+the staging directory, so a failed or interrupted study leaves nothing half-written.
+
+Layout of a finished run folder::
+
+    out/
+      config.toml      resolved configuration (every default filled in)
+      metrics.jsonl    one JSON object per line (e.g. one per optimisation step)
+      summary.json     final numbers
+      figures/*.png    plots
+
+The class is generic: bilevel, AMA and online studies all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunFolder", "to_jsonable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy / torch scalars and arrays, paths and tuples into plain JSON types.
+
+    Non-finite floats become ``None`` (JSON has no NaN); everything else that is not
+    serialisable raises ``TypeError`` naming its type.
+    """
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy arrays/scalars, torch tensors
+        obj = value.detach().cpu().tolist() if hasattr(value, "detach") else value.tolist()
+        return to_jsonable(obj)
+    raise TypeError(f"value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _toml_ready(value: Any) -> Any:
+    """TOML has no null: drop ``None`` entries (they mean "default") and jsonify the rest."""
+    if isinstance(value, dict):
+        return {str(k): _toml_ready(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_toml_ready(v) for v in value if v is not None]
+    return to_jsonable(value)
+
+
+class RunFolder:
+    """Atomic output folder for one study.
+
+    Parameters
+    ----------
+    out : str or Path
+        Final folder. It must not exist, or be empty, unless ``overwrite=True`` (then the
+        old folder is replaced, but only once the new run has succeeded).
+    overwrite : bool
+        Replace an existing non-empty ``out``.
+
+    Use as a context manager::
+
+        with RunFolder("runs/x") as run:
+            run.write_config_toml(cfg)
+            run.append_metrics({"step": 0, "loss": 1.0})
+            run.write_summary({...})
+        # here runs/x exists; on an exception it does not
+
+    Files are written under :attr:`path` (the staging directory while the run is open,
+    the final folder after :meth:`commit`).
+    """
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False):
+        if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+            raise TypeError(f"out must be a non-empty path, got {out!r}")
+        self.out = Path(out).expanduser().absolute()
+        self.overwrite = bool(overwrite)
+        self._check_target()
+        self.staging = self.out.parent / f".{self.out.name}.staging-{uuid.uuid4().hex[:8]}"
+        self._open = False
+        self._committed = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def _check_target(self) -> None:
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise FileExistsError(f"output path {str(self.out)!r} exists and is not a folder")
+            if any(self.out.iterdir()) and not self.overwrite:
+                raise FileExistsError(f"output folder {str(self.out)!r} already exists and is "
+                                      "not empty; choose another --out or pass --overwrite")
+
+    def open(self) -> "RunFolder":
+        """Create the staging directory (and the parent of ``out`` if needed)."""
+        if self._open or self._committed:
+            raise RuntimeError("run folder is already open or committed")
+        self._check_target()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir()
+        self._open = True
+        return self
+
+    def commit(self) -> Path:
+        """Move the staging directory to ``out``; return the final path."""
+        if not self._open:
+            raise RuntimeError("run folder is not open")
+        self._check_target()
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            self.out.rename(old)
+            self.staging.rename(self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.staging.rename(self.out)
+        self._open = False
+        self._committed = True
+        return self.out
+
+    def abort(self) -> None:
+        """Remove the staging directory; ``out`` is left untouched."""
+        if self._open:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self._open = False
+
+    def __enter__(self) -> "RunFolder":
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    # ---------------------------------------------------------------- writers
+    @property
+    def path(self) -> Path:
+        """Directory to write into now (staging while open, ``out`` once committed)."""
+        if self._committed:
+            return self.out
+        if not self._open:
+            raise RuntimeError("run folder is not open; use it as a context manager")
+        return self.staging
+
+    def file(self, name: str) -> Path:
+        """Path of a file ``name`` (relative, may contain sub-folders) inside the run."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"file name must be relative and stay inside the run, got {name!r}")
+        p = self.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_config_toml(self, config: dict[str, Any], name: str = "config.toml") -> Path:
+        """Write the resolved configuration as TOML (``None`` values are left out)."""
+        import tomli_w
+
+        p = self.file(name)
+        p.write_text(tomli_w.dumps(_toml_ready(config)))
+        return p
+
+    def append_metrics(self, record: dict[str, Any], name: str = "metrics.jsonl") -> None:
+        """Append one JSON object as one line of ``metrics.jsonl``."""
+        line = json.dumps(to_jsonable(record), allow_nan=False)
+        with self.file(name).open("a") as fh:
+            fh.write(line + "\n")
+
+    def write_json(self, data: Any, name: str) -> Path:
+        """Write ``data`` as indented JSON."""
+        p = self.file(name)
+        p.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+        return p
+
+    def write_summary(self, summary: dict[str, Any], name: str = "summary.json") -> Path:
+        """Write the final summary (``summary.json``)."""
+        return self.write_json(summary, name)
+
+    def figure_path(self, name: str) -> Path:
+        """Path ``figures/<name>.png`` (the suffix is added when missing)."""
+        stem = name if name.endswith(".png") else f"{name}.png"
+        return self.file(f"figures/{stem}")
+
+    def __repr__(self) -> str:
+        state = "committed" if self._committed else ("open" if self._open else "new")
+        return f"RunFolder({str(self.out)!r}, {state})"

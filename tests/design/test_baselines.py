@@ -1,0 +1,120 @@
+"""Baseline training sources: coresets against brute-force references, shapes, seeding."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from wheretolearn.design.baselines import (SOURCE_NAMES, CoresetSource, DistributionSource,
+                                           acoreset, empirical_gaussians, make_sources, ncoreset)
+from wheretolearn.measures import Gaussian
+
+
+def _brute_force_maxmin(dist: np.ndarray, first: int, n: int) -> list[int]:
+    """O(n^2 P) max-min selection from a full distance matrix (independent reference)."""
+    chosen = [first]
+    for _ in range(n - 1):
+        score = np.array([min(dist[v, s] for s in chosen) if v not in chosen else -np.inf
+                          for v in range(dist.shape[0])])
+        chosen.append(int(np.argmax(score)))
+    return chosen
+
+
+def _fake_metatest(j=3, l=40, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(j, l, d, generator=g, dtype=torch.float64) + torch.arange(j)[:, None, None]
+    return SimpleNamespace(seen_x=x, seen_y=torch.sin(x).sum(-1))
+
+
+def test_ncoreset_matches_brute_force_rkhs_maxmin():
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(60, 3))
+    s = 0.8
+    sq = ((pool[:, None, :] - pool[None, :, :]) ** 2).sum(-1)
+    dist = np.sqrt(2.0 - 2.0 * np.exp(-sq / (2 * s * s)))  # RKHS feature distance
+    idx = ncoreset(torch.from_numpy(pool), 15, bandwidth=s, generator=3).tolist()
+    assert idx == _brute_force_maxmin(dist, idx[0], 15)
+    assert len(set(idx)) == 15
+
+
+def test_ncoreset_is_seeded_and_covers_far_points():
+    pool = torch.cat([torch.zeros(50, 2), torch.tensor([[10.0, 0.0], [0.0, 10.0]])])
+    a = ncoreset(pool, 3, bandwidth=3.0, generator=5)
+    b = ncoreset(pool, 3, bandwidth=3.0, generator=5)
+    assert torch.equal(a, b)
+    assert {50, 51} <= set(a.tolist())  # the two far points are picked right away
+
+
+def test_acoreset_sizes_distinct_and_first_batch_is_maxmin_in_weighted_features():
+    rng = np.random.default_rng(2)
+    pool = torch.from_numpy(rng.normal(size=(80, 2)))
+    y = torch.sin(3 * pool[:, 0]) + pool[:, 1] ** 2
+    for n in (1, 6, 7, 16, 33):
+        idx = acoreset(pool, y, n, bandwidth=1.0, ridge=1e-6, generator=0)
+        assert idx.shape == (n,) and len(set(idx.tolist())) == n
+    # reference for the first batch: KRR on the 6 initial points, features a_i k(v, x_i)
+    idx = acoreset(pool, y, 16, bandwidth=1.0, ridge=1e-6, generator=0, sketch_dim=None).tolist()
+    init = idx[:6]
+    xs = pool[init].numpy()
+    k = np.exp(-((xs[:, None] - xs[None]) ** 2).sum(-1) / 2)
+    a = np.linalg.solve(k + 6 * 1e-6 * np.eye(6), y[init].numpy())
+    kp = np.exp(-((pool.numpy()[:, None] - xs[None]) ** 2).sum(-1) / 2)
+    phi = kp * a[None, :]
+    dist = np.sqrt(((phi[:, None] - phi[None]) ** 2).sum(-1))
+    chosen = list(init)
+    for _ in range(10):
+        score = np.array([min(dist[v, s] for s in chosen) if v not in chosen else -np.inf
+                          for v in range(80)])
+        chosen.append(int(np.argmax(score)))
+    assert idx[6:16] == chosen[6:16]
+
+
+def test_acoreset_round_cap_grows_batches():
+    pool = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = pool.sum(1)
+    idx = acoreset(pool, y, 206, bandwidth=1.0, generator=1, max_rounds=4)
+    assert idx.shape == (206,) and len(set(idx.tolist())) == 206
+
+
+def test_coreset_rejects_n_larger_than_pool():
+    with pytest.raises(ValueError, match="pool size"):
+        ncoreset(torch.zeros(5, 2), 6, bandwidth=1.0)
+
+
+def test_make_sources_draw_shapes_and_reproducibility():
+    mt = _fake_metatest()
+    init = Gaussian(torch.full((2,), 0.5), torch.eye(2))
+    final = Gaussian(torch.zeros(2), 0.3 * torch.eye(2))
+    sources = make_sources(SOURCE_NAMES, init=init, final=final, metatest=mt, bandwidth=1.0)
+    assert [s.name for s in sources] == list(SOURCE_NAMES)
+    pool = mt.seen_x.reshape(-1, 2)
+    for src in sources:
+        x = src.draw(25, generator=7, metatest=mt)
+        assert x.shape == (25, 2), src.name
+        assert torch.equal(x, src.draw(25, generator=7, metatest=mt)), src.name
+        if isinstance(src, CoresetSource):  # coreset points are pool points
+            assert bool((x[:, None, :] == pool[None]).all(-1).any(1).all())
+    uniform = dict(zip(SOURCE_NAMES, sources))["uniform"].draw(500, generator=0)
+    assert float(uniform.min()) >= 0 and float(uniform.max()) <= 1
+
+
+def test_barycenter_and_mixture_use_empirical_gaussians():
+    mt = _fake_metatest(j=2, l=400)
+    comps = empirical_gaussians(mt.seen_x, dtype=torch.float64)
+    np.testing.assert_allclose(comps[1].mean.numpy(), mt.seen_x[1].mean(0).numpy(), atol=1e-12)
+    np.testing.assert_allclose(comps[0].cov.numpy(), np.cov(mt.seen_x[0].numpy().T), atol=1e-8)
+    mixture = make_sources(["mixture"], init=comps[0], metatest=mt, bandwidth=1.0)[0]
+    x = mixture.draw(20000, generator=0).double()
+    np.testing.assert_allclose(x.mean(0).numpy(), mt.seen_x.mean((0, 1)).numpy(), atol=0.05)
+
+
+def test_make_sources_errors():
+    mt = _fake_metatest()
+    init = Gaussian(torch.zeros(2), torch.eye(2))
+    with pytest.raises(ValueError, match="unknown baseline 'gauss'"):
+        make_sources(["gauss"], init=init, metatest=mt, bandwidth=1.0)
+    with pytest.raises(ValueError, match="final"):
+        make_sources(["optimized"], init=init, metatest=mt, bandwidth=1.0)
+    with pytest.raises(TypeError, match="sample"):
+        DistributionSource("x", object())

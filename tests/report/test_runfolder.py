@@ -1,0 +1,74 @@
+"""RunFolder: atomic creation, refusal of existing folders, writers."""
+
+import json
+import math
+import tomllib
+
+import numpy as np
+import pytest
+import torch
+
+from wheretolearn.report.runfolder import RunFolder, to_jsonable
+
+
+def test_success_writes_all_files_and_leaves_no_staging(tmp_path):
+    out = tmp_path / "run"
+    with RunFolder(out) as run:
+        run.write_config_toml({"problem": "sobol-g", "eval_n": [1, 2], "skip": None,
+                               "nested": {"a": 1.5}})
+        for step in range(3):
+            run.append_metrics({"step": step, "err": torch.tensor(0.5 / (step + 1))})
+        run.write_summary({"final": np.float64(0.25), "cov": np.eye(2)})
+        run.figure_path("error").write_bytes(b"png")
+        assert not out.exists()  # nothing visible until commit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg == {"problem": "sobol-g", "eval_n": [1, 2], "nested": {"a": 1.5}}
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 1, 2]
+    assert json.loads(lines[1])["err"] == pytest.approx(0.25)
+    assert json.loads((out / "summary.json").read_text())["cov"] == [[1.0, 0.0], [0.0, 1.0]]
+    assert (out / "figures" / "error.png").is_file()
+
+
+def test_exception_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        with RunFolder(out) as run:
+            run.append_metrics({"step": 0})
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_nonempty_folder_is_refused_then_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="already exists"):
+        RunFolder(out)
+    # a failed overwrite keeps the old run
+    with pytest.raises(ValueError):
+        with RunFolder(out, overwrite=True):
+            raise ValueError("fail")
+    assert (out / "old.txt").read_text() == "keep"
+    with RunFolder(out, overwrite=True) as run:
+        run.write_summary({"x": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_empty_existing_folder_is_accepted(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunFolder(out) as run:
+        run.write_summary({})
+    assert (out / "summary.json").is_file()
+
+
+def test_jsonable_and_bad_names(tmp_path):
+    assert to_jsonable({"a": (1, math.nan), "b": np.int64(3)}) == {"a": [1, None], "b": 3}
+    with pytest.raises(TypeError, match="object"):
+        to_jsonable(object())
+    with RunFolder(tmp_path / "r") as run:
+        with pytest.raises(ValueError, match="inside the run"):
+            run.file("../escape.txt")
