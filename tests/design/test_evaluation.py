@@ -1,0 +1,88 @@
+"""evaluate_sources: numbers against a hand-written numpy KRR, Student-t intervals, fallback."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from wheretolearn.design.baselines import DistributionSource, make_sources
+from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, source_seed
+from wheretolearn.design.metatest import make_metatest
+from wheretolearn.measures import Gaussian
+from wheretolearn.problems import get_problem
+
+
+@pytest.fixture(scope="module")
+def setup():
+    problem = get_problem("sobol-g", dim=2)
+    mt = make_metatest(problem, n_measures=3, n_seen=40, n_unseen=200, seed=0,
+                       dtype=torch.float64)
+    return problem, mt
+
+
+def _numpy_krr_error(problem, mt, x, s, eps):
+    """Independent reference: dense solve of (K + N eps I) a = y, then F.5 by hand."""
+    x = x.numpy()
+    y = problem(x)
+    k = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * s * s))
+    a = np.linalg.solve(k + len(x) * eps * np.eye(len(x)), y)
+    v = mt.unseen_x.numpy().reshape(-1, x.shape[1])
+    kv = np.exp(-((v[:, None] - x[None]) ** 2).sum(-1) / (2 * s * s))
+    truth = mt.unseen_y.numpy().reshape(-1)
+    return np.sqrt(((kv @ a - truth) ** 2).sum() / (truth ** 2).sum())
+
+
+def test_values_match_numpy_reference_and_t_interval(setup):
+    problem, mt = setup
+    src = DistributionSource("normal", Gaussian(torch.full((2,), 0.5, dtype=torch.float64),
+                                                torch.eye(2, dtype=torch.float64)))
+    res = evaluate_sources(problem, mt, [src], (30, 60), repeats=3, bandwidth=1.0,
+                           ridge=1e-6, seed=4)
+    for n in (30, 60):
+        cell = res["normal"][str(n)]
+        ref = []
+        for r in range(3):
+            g = torch.Generator().manual_seed(source_seed(4, 0, n, r))
+            ref.append(_numpy_krr_error(problem, mt, src.draw(n, generator=g), 1.0, 1e-6))
+        np.testing.assert_allclose(cell["values"], ref, rtol=1e-8)
+        half = stats.t.ppf(0.975, 2) * np.std(ref, ddof=1) / np.sqrt(3)
+        assert cell["mean"] == pytest.approx(np.mean(ref), rel=1e-10)
+        assert (cell["lo"], cell["hi"]) == pytest.approx((np.mean(ref) - half, np.mean(ref) + half))
+        assert cell["n"] == 3 and cell["dtype"] == "float64"
+
+
+def test_all_sources_and_pool_limit(setup):
+    problem, mt = setup
+    init = Gaussian(torch.full((2,), 0.5, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    names = ["optimized", "normal", "barycenter", "mixture", "uniform", "ncoreset", "acoreset"]
+    sources = make_sources(names, init=init, final=init, metatest=mt, bandwidth=1.0)
+    seen = []
+    res = evaluate_sources(problem, mt, sources, (20, 200), repeats=1, bandwidth=1.0,
+                           seed=0, callback=seen.append)
+    assert set(res) == set(names)
+    for name in names:
+        assert 0 < res[name]["20"]["mean"] < 10
+    # the coreset pool holds 3 * 40 = 120 points: N = 200 is skipped, not faked
+    assert res["ncoreset"]["200"]["mean"] is None and "pool" in res["ncoreset"]["200"]["skipped"]
+    assert res["normal"]["200"]["mean"] is not None
+    assert len(seen) == 7 + 5  # one callback per fit
+    # same source, same draw: "optimized" and "normal" are the same Gaussian but get
+    # different seeds (source index is part of the seed)
+    assert res["optimized"]["20"]["values"] != res["normal"]["20"]["values"]
+
+
+def test_float32_failure_falls_back_to_float64(setup):
+    problem, mt = setup
+    # 300 nearly identical points: K + N eps I is singular in float32 with eps = 1e-12
+    x = 0.5 + 1e-4 * torch.randn(300, 2, generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.float64)
+    err, used = fit_and_score(problem, mt, x, bandwidth=2.0, ridge=1e-12, dtype="float32")
+    assert used == "float64" and np.isfinite(err)
+
+
+def test_bad_arguments(setup):
+    problem, mt = setup
+    with pytest.raises(ValueError, match="n_values"):
+        evaluate_sources(problem, mt, [], (0,), bandwidth=1.0)
+    with pytest.raises(ValueError, match="repeats"):
+        evaluate_sources(problem, mt, [], (5,), repeats=0, bandwidth=1.0)
