@@ -56,6 +56,31 @@ class KLEBasis(ABC):
     def n_terms(self) -> int:
         return int(self.laplacian_eigenvalues.shape[0])
 
+    def _table(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """``getattr(self, name)`` cast to ``dtype``, cached (bases are immutable)."""
+        cache = self.__dict__.setdefault("_cast_cache", {})
+        key = (name, dtype)
+        if key not in cache:
+            cache[key] = getattr(self, name).to(dtype)
+        return cache[key]
+
+    def synthesize(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Grid functions ``sum_k c_k phi_k`` for ``c`` (n, K) -> (n, *grid_shape), one matmul."""
+        phi = self._table("functions", coefficients.dtype).reshape(self.n_terms, -1)
+        return (coefficients @ phi).reshape(coefficients.shape[0], *self.grid_shape)
+
+    def project(self, u) -> torch.Tensor:
+        """Coefficients ``c_k = sum_grid q phi_k u`` of grid functions u (n, *grid_shape) -> (n, K).
+
+        Exact inverse of :meth:`synthesize` on the span of the basis (discrete orthonormality).
+        """
+        u = as_tensor(u, "u")
+        if tuple(u.shape[1:]) != tuple(self.grid_shape) or u.ndim != len(self.grid_shape) + 1:
+            raise ValueError(f"u must have shape (n, {', '.join(map(str, self.grid_shape))}), "
+                             f"got {tuple(u.shape)}")
+        weighted = (u * self._table("quadrature_weights", u.dtype)).reshape(u.shape[0], -1)
+        return weighted @ self._table("functions", u.dtype).reshape(self.n_terms, -1).T
+
     def same_as(self, other) -> bool:
         """True when ``other`` is the same kind of basis on the same grid with the same modes."""
         return type(other) is type(self) and other._key() == self._key()
@@ -119,11 +144,36 @@ class SineBasis2D(KLEBasis):
                              f"alias on the grid), got {k_max} with n_side={n}")
         self.n_side, self.n_modes_per_side = n, k_max
         self.grid_shape = (n, n)
-        one = SineBasis1D(n, k_max)
-        f1, mu1, q1 = one.functions, one.laplacian_eigenvalues, one.quadrature_weights
+        self._side = SineBasis1D(n, k_max)
+        mu1, q1 = self._side.laplacian_eigenvalues, self._side.quadrature_weights
         self.laplacian_eigenvalues = (mu1[:, None] + mu1[None, :]).reshape(-1)
-        self.functions = (f1[:, None, :, None] * f1[None, :, None, :]).reshape(k_max * k_max, n, n)
         self.quadrature_weights = q1[:, None] * q1[None, :]
+
+    @property
+    def functions(self) -> torch.Tensor:
+        """(K, n_side, n_side) tensor ``2 sin(pi k x) sin(pi l y)``; built on first use."""
+        if "_functions" not in self.__dict__:
+            f1 = self._side.functions
+            k, n = f1.shape
+            self._functions = (f1[:, None, :, None] * f1[None, :, None, :]).reshape(k * k, n, n)
+        return self._functions
+
+    def synthesize(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Separable synthesis ``u = F^T A F`` with ``A`` (n, k, l) the coefficients and ``F``
+        the 1-D sine table: O(n K n_side) instead of O(n K n_side^2)."""
+        f1 = self._side._table("functions", coefficients.dtype)
+        k = self.n_modes_per_side
+        a = coefficients.reshape(coefficients.shape[0], k, k)
+        return f1.T @ a @ f1
+
+    def project(self, u) -> torch.Tensor:
+        u = as_tensor(u, "u")
+        if u.ndim != 3 or tuple(u.shape[1:]) != self.grid_shape:
+            raise ValueError(f"u must have shape (n, {self.n_side}, {self.n_side}), got "
+                             f"{tuple(u.shape)}")
+        f1 = self._side._table("functions", u.dtype)
+        q = self._table("quadrature_weights", u.dtype)
+        return (f1 @ (u * q) @ f1.T).reshape(u.shape[0], -1)
 
     def coordinates(self) -> np.ndarray:
         x = np.linspace(0.0, 1.0, self.n_side)
@@ -237,7 +287,7 @@ class GaussianRandomField(Measure):
                              f"{tuple(basis.grid_shape)}, got {tuple(m.shape)}")
         check_finite(m.detach(), "mean")
         self.mean = m
-        self._functions = basis.functions.to(dt)
+        self._dtype = dt
         self._mu = basis.laplacian_eigenvalues.to(dt)
 
     # ------------------------------------------------------------------ spectrum
@@ -258,7 +308,7 @@ class GaussianRandomField(Measure):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._functions.dtype
+        return self._dtype
 
     @property
     def n_terms(self) -> int:
@@ -273,13 +323,13 @@ class GaussianRandomField(Measure):
     def from_coefficients(self, xi) -> torch.Tensor:
         """Fields ``mean + sum_k sqrt(lambda_k) xi_k phi_k`` for ``xi`` (n, K) -> (n, *grid_shape).
 
-        One matmul; differentiable in the field parameters (common random numbers).
+        One (for 2-D: separable) matmul; differentiable in the field parameters, so fixed
+        ``xi`` give common random numbers across parameter updates.
         """
         xi = as_tensor(xi, "xi", dtype=self.dtype)
         if xi.ndim != 2 or xi.shape[1] != self.n_terms:
             raise ValueError(f"xi must have shape (n, {self.n_terms}), got {tuple(xi.shape)}")
-        flat = (xi * self.sqrt_eigenvalues) @ self._functions.reshape(self.n_terms, -1)
-        return self.mean + flat.reshape(xi.shape[0], *self.event_shape)
+        return self.mean + self.basis.synthesize(xi * self.sqrt_eigenvalues)
 
     def sample(self, n: int, *, generator=None) -> torch.Tensor:
         """Draw ``n`` fields, shape (n, *grid_shape)."""
@@ -297,7 +347,7 @@ class GaussianRandomField(Measure):
 
     def covariance_matrix(self) -> torch.Tensor:
         """Grid covariance ``Phi^T diag(lambda) Phi``, shape (G, G) with G = prod(grid_shape)."""
-        phi = self._functions.reshape(self.n_terms, -1)
+        phi = self.basis.functions.to(self.dtype).reshape(self.n_terms, -1)
         return phi.T @ (self.eigenvalues[:, None] * phi)
 
     def parameters(self) -> dict[str, torch.Tensor]:
