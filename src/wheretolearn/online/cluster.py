@@ -13,6 +13,7 @@ what happens to a simulation whose worker died); this module only brings capacit
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import shutil
@@ -20,6 +21,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
@@ -39,6 +41,35 @@ _BATCH_KINDS = ("slurm", "pbs", "sge")
 _WALLTIME = re.compile(r"^\d{1,4}:[0-5]\d:[0-5]\d$")
 # How often the handle checks for jobs that ended early (seconds).
 _WATCH_INTERVAL_S = 1.0
+# PBS/SGE (no job-state query): a job whose workers stay away this long has ended.
+_LOST_GRACE_S = 30.0
+# Slurm: how often to ask about jobs whose workers never joined (queued, or failed at start).
+_PENDING_CHECK_S = 30.0
+_SLURM_ALIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
+)
+
+
+async def _slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """``{job_id: state}`` from one ``squeue`` call; ids Slurm has forgotten are absent.
+    ``None`` when squeue cannot be asked (then nothing is declared dead)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    if proc.returncode != 0:
+        # Every id unknown (purged after MinJobAge) is an error for squeue, not an empty list.
+        return {} if b"Invalid job id" in err else None
+    states = {}
+    for line in out.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1].rstrip("+")
+    return states
 
 
 class ClusterConfig(BaseModel):
@@ -276,6 +307,8 @@ class ClusterHandle:
         self._names_alive_once: set[str] = set()
         self._plugin_installed = False
         self._watcher: Any = None
+        self._absent_since: dict[Any, float] = {}
+        self._last_queue_check: dict[Any, float] = {}
 
     # -- bookkeeping ---------------------------------------------------------------
     def _record_worker(self, name: Any) -> None:
@@ -351,27 +384,66 @@ class ClusterHandle:
             pass
         self._record_jobs()
 
-    def _dead_job_names(self) -> list[str]:
-        """Jobs with a worker that joined once and none of whose workers is still there."""
+    def _job_worker_names(self, name: Any, spec: dict | None) -> list[str]:
+        if spec and "group" in spec:
+            return [f"{name}{suffix}" for suffix in spec["group"]]
+        return [str(name)]
+
+    async def _find_dead_jobs(self) -> list[Any]:
+        """Names (worker_spec keys) of jobs that ended while the cluster still wants them.
+
+        A job counts as ended when none of its workers is connected and either the batch
+        system no longer runs it (Slurm: ``squeue`` state not pending/running; PBS/SGE:
+        its workers stay away longer than ``_LOST_GRACE_S``), or distributed has already
+        closed it as lost. Absent workers of a running job (a nanny restarting a worker
+        that a simulation crashed) do not count.
+        """
         current = self._current_worker_names()
+        now = time.monotonic()
+        check_ids: dict[str, Any] = {}
         dead = []
         for name, spec in list(self.cluster.worker_spec.items()):
-            names = [f"{name}{s}" for s in spec["group"]] if "group" in spec else [str(name)]
+            names = self._job_worker_names(name, spec)
+            if any(n in current for n in names):
+                self._absent_since.pop(name, None)
+                continue
             with self._lock:
                 joined = any(n in self._names_alive_once for n in names)
-            if joined and not any(n in current for n in names):
+            job = self.cluster.workers.get(name)
+            job_id = getattr(job, "job_id", None)
+            if job is None:
+                if joined:  # distributed closed it after lost-worker-timeout
+                    dead.append(name)
+                continue
+            if job_id is None:  # still being submitted
+                continue
+            first_absent = self._absent_since.setdefault(name, now)
+            if self.kind == "slurm":
+                # Jobs that never joined (queued) are asked about rarely, to spare slurmctld.
+                if joined or now - self._last_queue_check.get(name, 0.0) > _PENDING_CHECK_S:
+                    self._last_queue_check[name] = now
+                    check_ids[str(job_id)] = name
+            elif joined and now - first_absent > _LOST_GRACE_S:
                 dead.append(name)
+        if check_ids:
+            states = await _slurm_job_states(list(check_ids))
+            if states is not None:
+                for job_id, name in check_ids.items():
+                    if states.get(job_id, "GONE") not in _SLURM_ALIVE_STATES:
+                        dead.append(name)
         return dead
 
     async def _ensure_async(self) -> None:
         cluster = self.cluster
         self._record_jobs()
-        dead = self._dead_job_names()
+        dead = await self._find_dead_jobs()
         if not dead:
             return
         for name in dead:
             spec = cluster.worker_spec.pop(name, None)
-            names = [f"{name}{s}" for s in spec["group"]] if spec and "group" in spec else [str(name)]
+            names = self._job_worker_names(name, spec)
+            self._absent_since.pop(name, None)
+            self._last_queue_check.pop(name, None)
             with self._lock:
                 self._names_alive_once.difference_update(names)
             job = cluster.workers.pop(name, None)
