@@ -8,6 +8,16 @@ from wheretolearn.online.cluster import (
     open_cluster,
 )
 
+from wheretolearn.online.buffers import (
+    BUFFERS,
+    Buffer,
+    FIFOBuffer,
+    FIROBuffer,
+    ReservoirBuffer,
+    Sample,
+    make_buffer,
+    stack_samples,
+)
 from wheretolearn.online.samplers import (
     SAMPLERS,
     HaltonSampler,
@@ -19,6 +29,14 @@ from wheretolearn.online.samplers import (
 )
 
 __all__: list[str] = [
+    "BUFFERS",
+    "Buffer",
+    "FIFOBuffer",
+    "FIROBuffer",
+    "ReservoirBuffer",
+    "Sample",
+    "make_buffer",
+    "stack_samples",
     "SAMPLERS",
     "HaltonSampler",
     "LHSSampler",
