@@ -1,5 +1,93 @@
-"""CLI commands for generate (registered on :data:`wheretolearn.cli.app`)."""
+"""``wheretolearn generate``: sample inputs, evaluate a problem in parallel, store to zarr.
+
+Only parses and prints; the work is :func:`wheretolearn.datasets.generate_dataset`.
+"""
 
 from __future__ import annotations
 
-from . import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from ._common import cli_errors, load_toml
+
+_CONFIG_KEYS = {"problem", "n", "out", "workers", "seed", "chunk", "scheduler", "overwrite",
+                "options", "measure"}
+
+
+def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
+    """``["a=1", "b=true", "c=text"]`` -> ``{"a": 1, "b": True, "c": "text"}`` (JSON values,
+    else strings)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} must look like key=value, got {item!r}")
+        try:
+            parsed[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def _merge_config(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]:
+    """TOML values overridden by the command-line values that were given."""
+    base = load_toml(config) if config is not None else {}
+    unknown = sorted(set(base) - _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"unknown config key {unknown[0]!r} in {str(config)!r}; allowed: "
+                         f"{', '.join(sorted(_CONFIG_KEYS))}")
+    for table in ("options", "measure"):
+        if not isinstance(base.get(table, {}), dict):
+            raise ValueError(f"config key {table!r} must be a table, got {base[table]!r}")
+    merged = {**base, **{k: v for k, v in cli.items() if v is not None and k not in
+                         ("options", "measure")}}
+    merged["options"] = {**base.get("options", {}), **cli["options"]}
+    merged["measure"] = {**base.get("measure", {}), **cli["measure"]}
+    return merged
+
+
+@app.command("generate")
+@cli_errors
+def generate(
+    problem: Optional[str] = typer.Argument(None, help="Problem name (heat2d, burgers, ...)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of samples."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output store DIR.zarr."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Dask LocalCluster workers (default 2; 0 = no Dask)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (default 0)."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples per task / write."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                            help="Address of a running Dask scheduler."),
+    option: list[str] = typer.Option([], "--option", "-o",
+                                     help="Problem option key=value (repeatable)."),
+    measure_param: list[str] = typer.Option([], "--measure-param", "-m",
+                                            help="Input-measure parameter key=value (repeatable)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys "
+                                          "plus [options] and [measure] tables."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an existing store with a different content."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Generate a data set of (input, output) pairs for PROBLEM into a resumable zarr store."""
+    cfg = _merge_config(config, {
+        "problem": problem, "n": n, "out": out, "workers": workers, "seed": seed, "chunk": chunk,
+        "scheduler": scheduler, "overwrite": overwrite or None,
+        "options": parse_key_values(option, "--option"),
+        "measure": parse_key_values(measure_param, "--measure-param")})
+    for required in ("problem", "n", "out"):
+        if cfg.get(required) is None:
+            raise ValueError(f"{required} is required (argument or config key)")
+    from ..datasets import generate_dataset
+
+    info = generate_dataset(
+        cfg["problem"], cfg["n"], Path(cfg["out"]), options=cfg["options"],
+        measure_params=cfg["measure"] or None, seed=cfg.get("seed", 0),
+        chunk=cfg.get("chunk"), workers=cfg.get("workers", 2), scheduler=cfg.get("scheduler"),
+        progress=progress, overwrite=bool(cfg.get("overwrite", False)))
+    typer.echo(f"wrote {info.n} samples of {info.problem} to {info.path} "
+               f"({len(info.computed_chunks)} chunks computed, {info.reused_chunks} reused, "
+               f"{info.seconds:.1f} s); key {info.key[:16]}")

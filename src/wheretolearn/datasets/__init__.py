@@ -1,3 +1,12 @@
-"""wheretolearn.datasets (see the package docstring of :mod:`wheretolearn`)."""
+"""Data sets of ``(input, G*(input))`` pairs stored in zarr, generated in parallel with Dask.
 
-__all__: list[str] = []
+``generate_dataset(problem, n, out)`` samples inputs from the problem's default input
+measure (or a given one), evaluates the problem in chunks and writes a resumable zarr store;
+``find_or_generate(cache_dir, ...)`` reuses a store with the same content key.
+"""
+
+from .generate import (DatasetInfo, chunk_seed, content_key, find_or_generate, generate_dataset,
+                       open_dataset, resolve_measure)
+
+__all__ = ["DatasetInfo", "chunk_seed", "content_key", "find_or_generate", "generate_dataset",
+           "open_dataset", "resolve_measure"]

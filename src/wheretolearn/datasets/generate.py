@@ -1,0 +1,445 @@
+"""Generate ``(input, G*(input))`` data sets to zarr, in parallel with Dask, resumably.
+
+Layout of a store ``DIR.zarr`` (zarr format 3)::
+
+    inputs      (n, *input_shape)    chunked (chunk, ...) along samples
+    outputs     (n, *output_shape)   chunked along samples (and split further when one
+                                     sample is large), so every write is chunk-aligned
+    completed   (n_chunks,) bool     True once chunk i's inputs and outputs are written
+    coords/<name>                    the problem's coordinates (grid, times, ...)
+    attrs       problem, options, measure, seed, n, chunk, n_chunks, version, key, complete
+
+Sample ``j`` belongs to chunk ``i = j // chunk``; the inputs of chunk ``i`` are drawn from a
+generator seeded by ``(seed, i)`` (numpy ``SeedSequence``), so the data do not depend on the
+number of workers, on scheduling order or on resuming. A rerun on an existing store with the
+same content key computes only the chunks not marked completed. The content key is the
+sha256 of (problem name, problem options, measure parameters, seed, n, chunk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .._validation import check_nonnegative_int, check_positive_int
+
+__all__ = ["DatasetInfo", "generate_dataset", "find_or_generate", "open_dataset", "content_key",
+           "resolve_measure", "chunk_seed"]
+
+#: Target size of one default data-set chunk (outputs), bytes.
+_CHUNK_TARGET_BYTES = 16 * 2**20
+#: Largest zarr chunk written to disk, bytes.
+_ZARR_CHUNK_MAX_BYTES = 64 * 2**20
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What :func:`generate_dataset` produced (JSON-serialisable via :meth:`to_dict`)."""
+
+    path: str
+    problem: str
+    options: dict
+    measure: dict
+    seed: int
+    n: int
+    chunk: int
+    n_chunks: int
+    key: str
+    computed_chunks: list[int]
+    reused_chunks: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- building blocks
+def chunk_seed(seed: int, index: int) -> int:
+    """Deterministic 63-bit seed for chunk ``index`` of a data set with base ``seed``."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+def content_key(problem: str, options: dict, measure: dict, seed: int, n: int, chunk: int) -> str:
+    """sha256 hex digest identifying a data set's content."""
+    blob = json.dumps({"problem": problem, "options": options, "measure": measure, "seed": seed,
+                       "n": n, "chunk": chunk}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _build_problem(problem: Any, options: dict | None):
+    from ..problems import Problem, get_problem
+
+    if isinstance(problem, Problem):
+        if options:
+            raise ValueError("give problem options only with a problem name, not with an instance")
+        return problem
+    if not isinstance(problem, str):
+        raise TypeError(f"problem must be a problem name or a Problem, got {type(problem).__name__}")
+    options = dict(options or {})
+    allowed = _option_names(problem)
+    unknown = sorted(set(options) - allowed) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} for problem {problem!r}; allowed: "
+                         f"{', '.join(sorted(allowed))}")
+    try:
+        return get_problem(problem, **options)
+    except TypeError as exc:
+        raise ValueError(f"bad option for problem {problem!r}: {exc}") from None
+
+
+def _option_names(name: str) -> set[str] | None:
+    """Keyword options the registered factory accepts (None if it takes ``**kwargs`` or the
+    name is unknown, so :func:`get_problem` reports it)."""
+    import inspect
+
+    from ..problems.base import _REGISTRY
+
+    if name not in _REGISTRY:
+        return None
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def resolve_measure(problem: Any, measure: Any = None, measure_params: dict | None = None):
+    """The input measure: ``measure`` if given, else ``problem.default_input_measure()`` with
+    ``measure_params`` (e.g. ``{"alpha": 2.5}`` for a random field, ``{"low": ..., "high": ...}``
+    for a box) replacing the default's parameters."""
+    if measure is None:
+        try:
+            measure = problem.default_input_measure()
+        except NotImplementedError as exc:
+            raise ValueError(str(exc)) from None
+    if measure_params:
+        measure = _with_params(measure, measure_params)
+    return measure
+
+
+def _with_params(measure: Any, params: dict) -> Any:
+    from ..measures import Gaussian, GaussianRandomField, Uniform
+
+    if isinstance(measure, GaussianRandomField):
+        allowed = {"alpha", "tau", "sigma", "mean"}
+        current = {"alpha": measure.alpha, "tau": measure.tau, "sigma": measure.sigma,
+                   "mean": measure.mean}
+        build = lambda kw: GaussianRandomField(measure.basis, dtype=measure.dtype, **kw)  # noqa: E731
+    elif isinstance(measure, Uniform):
+        allowed, current = {"low", "high"}, {"low": measure.low, "high": measure.high}
+        build = lambda kw: Uniform(kw["low"], kw["high"], dim=measure.dim, dtype=measure.dtype)  # noqa: E731
+    elif isinstance(measure, Gaussian):
+        allowed, current = {"mean", "cov"}, {"mean": measure.mean, "cov": measure.cov}
+        build = lambda kw: Gaussian(kw["mean"], kw["cov"], dtype=measure.dtype)  # noqa: E731
+    else:
+        raise ValueError(f"measure parameters cannot be set for a {type(measure).__name__}")
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"unknown measure parameter {unknown[0]!r} for a "
+                         f"{type(measure).__name__}; allowed: {', '.join(sorted(allowed))}")
+    return build({**current, **params})
+
+
+def _measure_record(measure: Any) -> dict:
+    record = {"type": type(measure).__name__}
+    if hasattr(measure, "to_dict"):
+        record.update(measure.to_dict())
+    else:
+        record["repr"] = repr(measure)
+    return record
+
+
+def _np_dtype(dtype: Any) -> np.dtype:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).numpy().dtype
+    return np.dtype(dtype or np.float32)
+
+
+def _default_chunk(n: int, output_shape: tuple[int, ...], itemsize: int) -> int:
+    per_sample = max(1, math.prod(output_shape) * itemsize)
+    return int(max(1, min(n, 64, _CHUNK_TARGET_BYTES // per_sample)))
+
+
+def _zarr_chunks(chunk: int, shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """zarr chunk shape for (n, *shape): ``chunk`` samples, or fewer (a divisor) / a slab of
+    one sample when that would exceed the on-disk chunk size cap."""
+    per_sample = max(1, math.prod(shape) * itemsize)
+    lead = chunk
+    while lead > 1 and lead * per_sample > _ZARR_CHUNK_MAX_BYTES:
+        lead = max(d for d in range(1, lead) if chunk % d == 0)
+    inner = list(shape)
+    if lead == 1 and shape and per_sample > _ZARR_CHUNK_MAX_BYTES:
+        rest = per_sample // shape[0]
+        inner[0] = max(1, _ZARR_CHUNK_MAX_BYTES // max(1, rest))
+    return (lead, *inner)
+
+
+# ---------------------------------------------------------------------- evaluation
+_WORKER_PROBLEMS: dict[str, Any] = {}
+
+
+def _evaluate_chunk(name: str, options_json: str, inputs: np.ndarray) -> np.ndarray:
+    """Task run on a worker: build (and cache) the problem, evaluate one chunk."""
+    key = name + options_json
+    if key not in _WORKER_PROBLEMS:
+        from ..problems import get_problem
+
+        _WORKER_PROBLEMS.clear()
+        _WORKER_PROBLEMS[key] = get_problem(name, **json.loads(options_json))
+    return np.asarray(_WORKER_PROBLEMS[key](inputs))
+
+
+def _sample_chunk(measure: Any, seed: int, index: int, size: int) -> np.ndarray:
+    import torch
+
+    g = torch.Generator().manual_seed(chunk_seed(seed, index))
+    return measure.sample(size, generator=g).detach().cpu().numpy()
+
+
+# ---------------------------------------------------------------------- store
+def _open_or_create(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: np.dtype,
+                    coords: dict, overwrite: bool):
+    import zarr
+
+    if out.exists():
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            try:
+                group = zarr.open_group(str(out), mode="r+")
+            except Exception:  # noqa: BLE001  (any unreadable folder: refuse to touch it)
+                raise FileExistsError(f"out {str(out)!r} exists and is not a zarr data set; "
+                                      "choose another path") from None
+            found = group.attrs.get("key")
+            if found != attrs["key"]:
+                raise FileExistsError(
+                    f"out {str(out)!r} holds a different data set (content key "
+                    f"{str(found)[:12]} != {attrs['key'][:12]}); choose another path or overwrite")
+            return group
+    n, n_chunks = attrs["n"], attrs["n_chunks"]
+    group = zarr.open_group(str(out), mode="w")
+    in_shape, out_shape = tuple(attrs["input_shape"]), tuple(attrs["output_shape"])
+    group.create_array("inputs", shape=(n, *in_shape), dtype=in_dtype, fill_value=0,
+                       chunks=_zarr_chunks(chunk, in_shape, in_dtype.itemsize))
+    group.create_array("outputs", shape=(n, *out_shape), dtype=out_dtype, fill_value=0,
+                       chunks=_zarr_chunks(chunk, out_shape, out_dtype.itemsize))
+    group.create_array("completed", shape=(n_chunks,), dtype=bool, chunks=(1,), fill_value=False)
+    cgroup = group.require_group("coords")
+    for name, values in coords.items():
+        cgroup.create_array(name, data=np.asarray(values))
+    group.attrs.update({**attrs, "complete": False})
+    return group
+
+
+def open_dataset(path: str | Path) -> dict[str, Any]:
+    """Read a generated store: ``{"inputs", "outputs", "coords", "attrs"}`` (numpy arrays)."""
+    import zarr
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data set {str(p)!r} does not exist")
+    g = zarr.open_group(str(p), mode="r")
+    coords = {k: g["coords"][k][...] for k in g["coords"].array_keys()} if "coords" in g else {}
+    return {"inputs": g["inputs"][...], "outputs": g["outputs"][...], "coords": coords,
+            "attrs": dict(g.attrs)}
+
+
+# ---------------------------------------------------------------------- driver
+def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | None = None,
+                     measure: Any = None, measure_params: dict | None = None, seed: int = 0,
+                     chunk: int | None = None, workers: int = 2, scheduler: str | None = None,
+                     progress: bool = True, overwrite: bool = False) -> DatasetInfo:
+    """Sample ``n`` inputs, evaluate ``G*`` on them in parallel and store both in zarr.
+
+    Parameters
+    ----------
+    problem : str or Problem
+        Registry name (with ``options``) or a built problem (rebuilt on the workers from
+        ``problem.name`` and ``problem.options()``).
+    n : int
+        Number of samples.
+    out : path
+        Store folder (``*.zarr``). An existing store with the same content key is resumed.
+    options : dict, optional
+        Problem options for :func:`wheretolearn.problems.get_problem`.
+    measure : Measure, optional
+        Input measure; default ``problem.default_input_measure()``.
+    measure_params : dict, optional
+        Parameters replacing those of the (default) measure, see :func:`resolve_measure`.
+    seed : int
+        Base seed; chunk ``i`` samples with a generator derived from ``(seed, i)``.
+    chunk : int, optional
+        Samples per task and per write (default: about 16 MiB of outputs, at most 64).
+    workers : int
+        Dask ``LocalCluster`` workers (1 thread each); 0 evaluates in this process.
+    scheduler : str, optional
+        Address of a running Dask scheduler (then ``workers`` is ignored).
+    progress : bool
+        Show a rich progress bar.
+    overwrite : bool
+        Replace an existing store whose content key differs.
+
+    Returns
+    -------
+    DatasetInfo
+    """
+    t0 = time.perf_counter()
+    n = check_positive_int(n, "n")
+    seed = check_nonnegative_int(seed, "seed")
+    workers = check_nonnegative_int(workers, "workers")
+    prob = _build_problem(problem, options)
+    meas = resolve_measure(prob, measure, measure_params)
+    in_shape, out_shape = tuple(prob.input_shape), tuple(prob.output_shape)
+    event = tuple(getattr(meas, "event_shape", in_shape))
+    if event != in_shape:
+        raise ValueError(f"measure samples have shape {event} but problem {prob.name!r} "
+                         f"expects inputs of shape {in_shape}")
+    out_dtype = _np_dtype(getattr(prob, "dtype", None))
+    in_dtype = _np_dtype(getattr(meas, "dtype", None))
+    chunk = (_default_chunk(n, out_shape, out_dtype.itemsize) if chunk is None
+             else check_positive_int(chunk, "chunk"))
+    n_chunks = -(-n // chunk)
+    prob_options = json.loads(json.dumps(prob.options(), default=str))
+    measure_rec = _measure_record(meas)
+    key = content_key(prob.name, prob_options, measure_rec, seed, n, chunk)
+
+    from .. import __version__
+
+    attrs = {"problem": prob.name, "options": prob_options, "measure": measure_rec, "seed": seed,
+             "n": n, "chunk": chunk, "n_chunks": n_chunks, "key": key, "version": __version__,
+             "input_shape": list(in_shape), "output_shape": list(out_shape),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(out)
+    group = _open_or_create(out, attrs, chunk, in_dtype, out_dtype, prob.coordinates(), overwrite)
+    done = np.asarray(group["completed"][...], dtype=bool)
+    todo = [i for i in range(n_chunks) if not done[i]]
+
+    def write(i: int, inputs: np.ndarray, outputs: np.ndarray) -> None:
+        lo, hi = i * chunk, min(n, (i + 1) * chunk)
+        group["inputs"][lo:hi] = inputs.astype(in_dtype, copy=False)
+        group["outputs"][lo:hi] = np.asarray(outputs).astype(out_dtype, copy=False)
+        group["completed"][i] = True          # only after the data: a crash leaves i to redo
+
+    def sample(i: int) -> np.ndarray:
+        return _sample_chunk(meas, seed, i, min(n, (i + 1) * chunk) - i * chunk)
+
+    opts_json = json.dumps(prob_options, sort_keys=True)
+    with _progress_bar(progress, n_chunks, n_chunks - len(todo), prob.name) as advance:
+        if todo and (workers == 0 and scheduler is None):
+            for i in todo:
+                x = sample(i)
+                write(i, x, _evaluate_chunk(prob.name, opts_json, x))
+                advance()
+        elif todo:
+            _run_dask(todo, sample, write, prob.name, opts_json, workers, scheduler, advance)
+    group.attrs["complete"] = True
+    return DatasetInfo(path=str(out), problem=prob.name, options=prob_options, measure=measure_rec,
+                       seed=seed, n=n, chunk=chunk, n_chunks=n_chunks, key=key,
+                       computed_chunks=todo, reused_chunks=n_chunks - len(todo),
+                       input_shape=in_shape, output_shape=out_shape,
+                       seconds=time.perf_counter() - t0)
+
+
+def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
+              write: Callable[[int, np.ndarray, np.ndarray], None], name: str, opts_json: str,
+              workers: int, scheduler: str | None, advance: Callable[[], None]) -> None:
+    """Evaluate the chunks ``todo`` on Dask with a bounded number of tasks in flight."""
+    from contextlib import ExitStack
+
+    from distributed import Client, LocalCluster, as_completed
+
+    with ExitStack() as stack:
+        if scheduler is not None:
+            client = stack.enter_context(Client(scheduler))
+        else:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=max(1, workers), threads_per_worker=1, dashboard_address=None,
+                processes=True))
+            client = stack.enter_context(Client(cluster))
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        pending = iter(todo)
+        inputs: dict[int, np.ndarray] = {}
+        index: dict[str, int] = {}
+
+        def submit(i: int):
+            inputs[i] = sample(i)
+            fut = client.submit(_evaluate_chunk, name, opts_json, inputs[i], pure=False)
+            index[fut.key] = i
+            return fut
+
+        first = [submit(i) for i in _take(pending, 2 * n_workers)]
+        queue = as_completed(first)
+        for fut in queue:
+            i = index.pop(fut.key)
+            result = fut.result()
+            fut.release()                     # a lost worker must not recompute finished work
+            write(i, inputs.pop(i), result)
+            advance()
+            for j in _take(pending, 1):
+                queue.add(submit(j))
+
+
+def _take(it: Iterable[int], k: int) -> list[int]:
+    out = []
+    for x in it:
+        out.append(x)
+        if len(out) == k:
+            break
+    return out
+
+
+class _progress_bar:
+    """Context manager yielding ``advance()``; a rich bar when enabled, else a no-op."""
+
+    def __init__(self, enabled: bool, total: int, completed: int, label: str):
+        self.enabled, self.total, self.completed, self.label = enabled, total, completed, label
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        self._p = Progress(TextColumn(f"generate {self.label}"), BarColumn(),
+                           MofNCompleteColumn(), TextColumn("chunks"), TimeRemainingColumn(),
+                           transient=False)
+        self._p.start()
+        task = self._p.add_task("chunks", total=self.total, completed=self.completed)
+        return lambda: self._p.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._p.stop()
+
+
+def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: dict | None = None,
+                     measure: Any = None, measure_params: dict | None = None, seed: int = 0,
+                     chunk: int | None = None, workers: int = 2, scheduler: str | None = None,
+                     progress: bool = False) -> DatasetInfo:
+    """Return the data set in ``cache_dir`` with the same content key, generating (or
+    finishing) it if needed. The store is ``cache_dir/<problem>-<key[:16]>.zarr``."""
+    prob = _build_problem(problem, options)
+    meas = resolve_measure(prob, measure, measure_params)
+    n = check_positive_int(n, "n")
+    seed = check_nonnegative_int(seed, "seed")
+    out_dtype = _np_dtype(getattr(prob, "dtype", None))
+    chunk = (_default_chunk(n, tuple(prob.output_shape), out_dtype.itemsize) if chunk is None
+             else check_positive_int(chunk, "chunk"))
+    prob_options = json.loads(json.dumps(prob.options(), default=str))
+    key = content_key(prob.name, prob_options, _measure_record(meas), seed, n, chunk)
+    path = Path(cache_dir) / f"{prob.name}-{key[:16]}.zarr"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return generate_dataset(prob, n, path, measure=meas, seed=seed, chunk=chunk, workers=workers,
+                            scheduler=scheduler, progress=progress)

@@ -1,0 +1,163 @@
+"""Tests for zarr data-set generation: content, provenance, seeding, resume, caching, errors."""
+
+import numpy as np
+import pytest
+import zarr
+
+from wheretolearn import __version__
+from wheretolearn.datasets import generate as gen_module
+from wheretolearn.datasets import (chunk_seed, find_or_generate, generate_dataset, open_dataset)
+from wheretolearn.problems import get_problem
+
+BURGERS = {"n": 32, "n_steps": 20}
+
+
+@pytest.fixture(scope="module")
+def dask_run(tmp_path_factory):
+    """One real LocalCluster run with 2 workers (shared by the tests that need it)."""
+    out = tmp_path_factory.mktemp("dask") / "b.zarr"
+    info = generate_dataset("burgers", 11, out, options=BURGERS, seed=5, chunk=3, workers=2,
+                            progress=False)
+    return info, open_dataset(out)
+
+
+def test_dask_run_has_shapes_provenance_and_true_outputs(dask_run):
+    info, data = dask_run
+    assert data["inputs"].shape == (11, 32) and data["outputs"].shape == (11, 32)
+    assert info.n_chunks == 4 and info.computed_chunks == [0, 1, 2, 3]
+    attrs = data["attrs"]
+    assert attrs["problem"] == "burgers" and attrs["seed"] == 5 and attrs["chunk"] == 3
+    assert attrs["options"]["n_steps"] == 20 and attrs["options"]["nu"] == 0.1
+    assert attrs["measure"]["type"] == "GaussianRandomField" and attrs["measure"]["alpha"] == 3.0
+    assert attrs["version"] == __version__ and attrs["complete"] is True
+    assert attrs["key"] == info.key and len(info.key) == 64
+    np.testing.assert_allclose(data["coords"]["x"], 2 * np.pi * np.arange(32) / 32)
+    assert np.all(zarr.open_group(info.path, mode="r")["completed"][...])
+    # outputs are G*(inputs), evaluated independently here
+    direct = get_problem("burgers", **BURGERS)(data["inputs"])
+    np.testing.assert_allclose(data["outputs"], direct, rtol=1e-6, atol=1e-6)
+    # inputs are the measure's draws with the per-chunk generators
+    import torch
+    mu = get_problem("burgers", **BURGERS).default_input_measure()
+    chunk2 = mu.sample(3, generator=torch.Generator().manual_seed(chunk_seed(5, 2)))
+    np.testing.assert_array_equal(data["inputs"][6:9], chunk2.numpy())
+
+
+def test_same_seed_same_arrays_regardless_of_workers(dask_run, tmp_path):
+    _, data = dask_run
+    info = generate_dataset("burgers", 11, tmp_path / "w0.zarr", options=BURGERS, seed=5,
+                            chunk=3, workers=0, progress=False)
+    local = open_dataset(info.path)
+    np.testing.assert_array_equal(local["inputs"], data["inputs"])
+    np.testing.assert_array_equal(local["outputs"], data["outputs"])
+    assert info.key == dask_run[0].key
+    other = generate_dataset("burgers", 11, tmp_path / "s6.zarr", options=BURGERS, seed=6,
+                             chunk=3, workers=0, progress=False)
+    assert other.key != info.key
+    assert not np.allclose(open_dataset(other.path)["inputs"], local["inputs"])
+
+
+def _count_calls(monkeypatch):
+    calls = []
+    real = gen_module._evaluate_chunk
+
+    def counting(name, opts, x):
+        calls.append(x.shape[0])
+        return real(name, opts, x)
+
+    monkeypatch.setattr(gen_module, "_evaluate_chunk", counting)
+    return calls
+
+
+def test_resume_recomputes_only_chunks_missing_from_the_record(tmp_path, monkeypatch):
+    out = tmp_path / "r.zarr"
+    first = generate_dataset("burgers", 10, out, options=BURGERS, chunk=3, workers=0,
+                             progress=False)
+    before = open_dataset(out)
+    g = zarr.open_group(str(out), mode="r+")
+    g["completed"][1] = False
+    g["completed"][3] = False
+    g["outputs"][3:6] = 0.0        # as if chunk 1's write had been interrupted
+    calls = _count_calls(monkeypatch)
+    again = generate_dataset("burgers", 10, out, options=BURGERS, chunk=3, workers=0,
+                             progress=False)
+    assert again.computed_chunks == [1, 3] and again.reused_chunks == 2
+    assert calls == [3, 1]         # chunk 3 is the short last one
+    after = open_dataset(out)
+    np.testing.assert_array_equal(after["outputs"], before["outputs"])
+    assert again.key == first.key
+
+
+def test_interrupted_run_continues_without_recomputing(tmp_path, monkeypatch):
+    out = tmp_path / "i.zarr"
+    real = gen_module._evaluate_chunk
+    calls = []
+
+    def crash_on_third(name, opts, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(name, opts, x)
+
+    monkeypatch.setattr(gen_module, "_evaluate_chunk", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        generate_dataset("burgers", 12, out, options=BURGERS, chunk=3, workers=0, progress=False)
+    assert zarr.open_group(str(out), mode="r").attrs["complete"] is False
+    monkeypatch.setattr(gen_module, "_evaluate_chunk", real)
+    info = generate_dataset("burgers", 12, out, options=BURGERS, chunk=3, workers=0,
+                            progress=False)
+    assert info.computed_chunks == [2, 3]
+    fresh = generate_dataset("burgers", 12, tmp_path / "f.zarr", options=BURGERS, chunk=3,
+                             workers=0, progress=False)
+    np.testing.assert_array_equal(open_dataset(out)["outputs"], open_dataset(fresh.path)["outputs"])
+
+
+def test_find_or_generate_reuses_by_content_key(tmp_path, monkeypatch):
+    a = find_or_generate(tmp_path, "burgers", 4, options=BURGERS, seed=1, workers=0)
+    calls = _count_calls(monkeypatch)
+    b = find_or_generate(tmp_path, "burgers", 4, options=BURGERS, seed=1, workers=0)
+    assert b.path == a.path and b.computed_chunks == [] and calls == []
+    c = find_or_generate(tmp_path, "burgers", 4, options=BURGERS, seed=2, workers=0)
+    assert c.path != a.path and calls == [4]
+
+
+def test_heat2d_dataset_and_measure_params(tmp_path):
+    info = generate_dataset("heat2d", 5, tmp_path / "h.zarr",
+                            options={"n": 8, "n_steps": 10, "output_every": 5}, chunk=2,
+                            workers=0, progress=False,
+                            measure_params={"low": [200.0] * 5, "high": [300.0] * 5})
+    data = open_dataset(info.path)
+    assert data["inputs"].shape == (5, 5) and data["outputs"].shape == (5, 2, 8, 8)
+    assert data["inputs"].min() >= 200 and data["inputs"].max() <= 300
+    assert data["attrs"]["measure"]["low"] == [200.0] * 5
+    np.testing.assert_allclose(data["coords"]["t"], [0.05, 0.1])
+    direct = get_problem("heat2d", n=8, n_steps=10, output_every=5)(data["inputs"])
+    np.testing.assert_allclose(data["outputs"], direct, rtol=1e-6)
+    assert zarr.open_group(info.path, mode="r")["outputs"].chunks[0] == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"problem": "nope"}, "unknown problem"),
+    ({"n": 0}, "n must be a positive integer"),
+    ({"options": {"foo": 1}}, "unknown option 'foo'"),
+    ({"options": {"n": -3}}, "n must be a positive integer"),
+    ({"measure_params": {"beta": 1.0}}, "unknown measure parameter 'beta'"),
+    ({"chunk": 0}, "chunk must be a positive integer"),
+])
+def test_bad_input_raises_and_writes_nothing(tmp_path, kwargs, match):
+    args = {"problem": "burgers", "n": 4, "options": BURGERS, **kwargs}
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(ValueError, match=match):
+        generate_dataset(args.pop("problem"), args.pop("n"), out, workers=0, progress=False,
+                         **args)
+    assert not out.exists()
+
+
+def test_existing_store_with_other_content_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "x.zarr"
+    generate_dataset("burgers", 3, out, options=BURGERS, workers=0, progress=False)
+    with pytest.raises(FileExistsError, match="different data set"):
+        generate_dataset("burgers", 3, out, options=BURGERS, seed=9, workers=0, progress=False)
+    info = generate_dataset("burgers", 3, out, options=BURGERS, seed=9, workers=0,
+                            progress=False, overwrite=True)
+    assert open_dataset(out)["attrs"]["seed"] == 9 and info.computed_chunks == [0]
