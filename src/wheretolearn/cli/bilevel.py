@@ -1,5 +1,127 @@
-"""CLI commands for bilevel (registered on :data:`wheretolearn.cli.app`)."""
+"""CLI commands ``wheretolearn demo`` and ``wheretolearn bilevel`` (bilevel studies, SPEC §3).
+
+The commands only parse, call :func:`wheretolearn.design.study.run_bilevel_study` and print.
+Settings are merged as: paper settings of the problem < ``--config`` TOML < flags.
+"""
 
 from __future__ import annotations
 
-from . import app  # noqa: F401
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from ._common import cli_errors, load_toml
+
+_PROBLEMS = "sobol-g | friedman1 | friedman2 | rkhs"
+
+
+def _parse_int_list(text: str | None, name: str) -> list[int] | None:
+    """``"1024,4096"`` -> ``[1024, 4096]``; raises ValueError naming the flag."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{name} must be comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _run_and_report(cfg, out: Path, *, overwrite: bool, progress: bool) -> dict:
+    from rich.console import Console
+
+    from ..design.study import run_bilevel_study
+
+    err_console = Console(stderr=True)
+    summary = run_bilevel_study(cfg, out, progress=progress, overwrite=overwrite,
+                                console=err_console)
+    _print_table(summary)
+    typer.echo(f"run folder: {summary['out']}")
+    return summary
+
+
+def _print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ns = [str(n) for n in summary["eval_n"]]
+    table = Table(title=(f"{summary['problem']} d={summary['dim']}: unseen relative OOD error "
+                         f"(mean [95% CI] over {summary['repeats']} repeats)"))
+    table.add_column("source")
+    for n in ns:
+        table.add_column(f"N={n}", justify="right")
+    for name, by_n in summary["baselines"].items():
+        cells = []
+        for n in ns:
+            mean, ci = by_n.get(n), summary["baselines_ci"][name].get(n, {})
+            cells.append("n/a" if mean is None else f"{mean:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}]")
+        table.add_row(name, *cells)
+    console = Console(width=max(100, 30 * (len(ns) + 1)))
+    console.print(table)
+    console.print(f"error at N={summary['n_train']} during training: "
+                  f"{summary['initial_error']:.4f} -> {summary['final_error']:.4f} "
+                  f"(min {summary['min_unseen_error']:.4f}); "
+                  f"{1e3 * summary['seconds_per_step']:.2f} ms/step "
+                  f"({1e3 * summary['grad_seconds_per_step']:.2f} ms gradient)")
+
+
+@app.command("demo")
+@cli_errors
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/demo-<time>)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="bilevel steps (demo: 300)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML overriding demo settings"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+) -> None:
+    """Small Sobol G bilevel study (about a minute on 2 cores): run folder, figures, table."""
+    from ..design.study import DEMO_SETTINGS, resolve_study_config
+
+    file_cfg = load_toml(config) if config is not None else None
+    cfg = resolve_study_config(DEMO_SETTINGS, file_cfg, {"steps": steps})
+    if out is None:
+        out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)
+
+
+@app.command("bilevel")
+@cli_errors
+def bilevel(
+    out: Path = typer.Option(..., "--out", help="run folder to create"),
+    problem: Optional[str] = typer.Option(None, "--problem", help=_PROBLEMS),
+    dim: Optional[int] = typer.Option(None, "--dim", help="input dimension d"),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="samples N per step"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="bilevel steps"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate"),
+    bandwidth: Optional[float] = typer.Option(None, "--bandwidth", help="kernel length scale s"),
+    init: Optional[str] = typer.Option(None, "--init", help="normal | barycenter"),
+    init_mean: Optional[float] = typer.Option(None, "--init-mean", help="m0 of N(m0 1, s0^2 I)"),
+    init_std: Optional[float] = typer.Option(None, "--init-std", help="s0 of N(m0 1, s0^2 I)"),
+    eval_n: Optional[str] = typer.Option(None, "--eval-n", help="e.g. 1024,4096"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="draws per (source, N)"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd | adam"),
+    use_iterate: Optional[str] = typer.Option(None, "--use-iterate", help="final | best"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+) -> None:
+    """Bilevel optimisation of a Gaussian training distribution for KRR, with baselines.
+
+    Unset values come from --config, then from the paper's settings for the problem.
+    """
+    from ..design.study import resolve_study_config
+
+    file_cfg: dict[str, Any] | None = load_toml(config) if config is not None else None
+    if problem is None and not (file_cfg or {}).get("problem"):
+        raise ValueError(f"give --problem ({_PROBLEMS}) or a --config file that sets problem")
+    flags = {"problem": problem, "dim": dim, "n_train": n_train, "steps": steps, "lr": lr,
+             "bandwidth": bandwidth, "init": init, "init_mean": init_mean, "init_std": init_std,
+             "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats, "seed": seed,
+             "optimizer": optimizer, "use_iterate": use_iterate}
+    cfg = resolve_study_config(file_cfg, flags)
+    _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)

@@ -1,0 +1,326 @@
+"""A complete bilevel study: meta-test -> bilevel descent -> baselines -> figures -> summary.
+
+Implements the experiment of paper §5 / SM F.1 (SPEC §3) end to end and writes a run
+folder (see :class:`wheretolearn.report.RunFolder`)::
+
+    out/config.toml     resolved BilevelStudyConfig
+    out/metrics.jsonl   one record per bilevel step (step, lr, ridge, seen/unseen error, ...)
+    out/evaluation.jsonl one record per baseline fit (source, N, repeat, error, seconds)
+    out/summary.json    errors, timings, learned Gaussian, baseline table with 95 % CIs
+    out/figures/*.png   error vs step, error vs N, learned vs barycenter / mixture covariance
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .baselines import BASELINE_NAMES
+
+__all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
+           "DEMO_SETTINGS", "resolve_study_config"]
+
+#: Problems a bilevel study accepts (benchmark functions on R^d, SPEC §3).
+BILEVEL_PROBLEMS = ("sobol-g", "friedman1", "friedman2", "rkhs")
+
+#: Per-problem settings of the paper's public configs (SPEC §3 table); N = 250, 1000 steps.
+PAPER_SETTINGS: dict[str, dict[str, Any]] = {
+    "sobol-g": {"dim": 2, "bandwidth": 1.0, "init_mean": 0.5, "lr": 1e-2},
+    "friedman1": {"dim": 5, "bandwidth": 3.0, "init_mean": 0.5, "lr": 5e-4},
+    "friedman2": {"dim": 5, "bandwidth": 2.0 / 1.1, "init_mean": 0.5, "lr": 2.5e-7},
+    "rkhs": {"dim": 10, "bandwidth": 5.0, "init_mean": 0.0, "lr": 5.0},
+}
+
+#: The ``wheretolearn demo`` study: Sobol G in 2-D, shorter run, smaller evaluation.
+DEMO_SETTINGS: dict[str, Any] = {
+    "problem": "sobol-g", "dim": 2, "n_train": 250, "steps": 300, "lr": 1e-2,
+    "bandwidth": 1.0, "init_mean": 0.5, "eval_n": [256, 1024], "repeats": 2, "seed": 0,
+}
+
+
+def resolve_study_config(*layers: dict[str, Any] | None) -> "BilevelStudyConfig":
+    """Merge settings left to right (later wins) on top of the paper settings of the problem.
+
+    The problem is taken from the last layer that names one; its :data:`PAPER_SETTINGS`
+    fill every key the layers leave unset. Raises pydantic's ``ValidationError`` on unknown
+    keys or invalid values.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+    base = dict(PAPER_SETTINGS.get(merged.get("problem", "sobol-g"), {}))
+    base.update(merged)
+    return BilevelStudyConfig(**base)
+
+
+class BilevelStudyConfig(BaseModel):
+    """Settings of one bilevel study; defaults are the paper's Sobol G configuration.
+
+    Every field can be given in a TOML file (same names) or on the command line.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    problem: str = Field("sobol-g", description="sobol-g | friedman1 | friedman2 | rkhs")
+    dim: int = Field(2, description="input dimension d")
+    n_train: int = Field(250, description="training samples N per bilevel step")
+    steps: int = Field(1000, description="bilevel gradient steps")
+    lr: float = Field(1e-2, description="initial learning rate (cosine-annealed to 0)")
+    bandwidth: float = Field(1.0, description="Gaussian kernel length scale s")
+    init: Literal["normal", "barycenter"] = Field(
+        "normal", description="initial nu: N(init_mean 1, init_std^2 I) or the barycenter of Q")
+    init_mean: float = Field(0.5, description="m0 of the initial N(m0 1, s0^2 I)")
+    init_std: float = Field(1.0, description="s0 of the initial N(m0 1, s0^2 I)")
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    use_iterate: Literal["final", "best"] = Field(
+        "final", description="which nu is 'optimized': the last iterate or the one with the "
+                             "lowest *seen* error (the unseen set is never used for choosing)")
+    ridge_start: float = 1e-3
+    ridge_end: float = 1e-7
+    eval_n: list[int] = Field(default_factory=lambda: [1024, 4096])
+    eval_ridge: float = Field(1e-7, description="ridge eps of the final fits (K + N eps I)")
+    eval_dtype: Literal["float32", "float64"] = "float64"
+    repeats: int = 3
+    seed: int = 0
+    n_measures: int = 10
+    n_seen: int = 500
+    n_unseen: int = 4500
+    dtype: Literal["float32", "float64"] = "float32"
+    baselines: list[str] = Field(default_factory=lambda: list(BASELINE_NAMES))
+    bilevel_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword options for bilevel_descent")
+
+    @field_validator("problem")
+    @classmethod
+    def _known_problem(cls, v: str) -> str:
+        if v not in BILEVEL_PROBLEMS:
+            raise ValueError(f"unknown problem; choose one of {', '.join(BILEVEL_PROBLEMS)}")
+        return v
+
+    @field_validator("dim", "n_train", "steps", "repeats", "n_measures", "n_seen", "n_unseen")
+    @classmethod
+    def _positive_int(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("dim")
+    @classmethod
+    def _dimension_fits_problem(cls, v: int, info: ValidationInfo) -> int:
+        need = {"friedman1": 5, "friedman2": 4}.get(info.data.get("problem"), 1)
+        if v < need:
+            raise ValueError(f"problem {info.data.get('problem')!r} needs dim >= {need}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _nonnegative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be a non-negative integer")
+        return v
+
+    @field_validator("lr", "bandwidth", "init_std", "ridge_start", "ridge_end", "eval_ridge")
+    @classmethod
+    def _positive_finite(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("must be a finite number > 0")
+        return v
+
+    @field_validator("init_mean")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("eval_n")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if not v or any(n < 1 for n in v):
+            raise ValueError("must be a non-empty list of positive sample sizes")
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: list[str]) -> list[str]:
+        bad = [b for b in v if b not in BASELINE_NAMES]
+        if bad:
+            raise ValueError(f"unknown baseline {bad[0]!r}; choose from {', '.join(BASELINE_NAMES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"baselines must be distinct, got {v}")
+        return v
+
+
+def _initial_gaussian(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype):
+    """``N(init_mean 1, init_std^2 I)`` or the barycenter of the seen meta-test Gaussians."""
+    from ..measures import Gaussian, barycenter
+    from .baselines import empirical_gaussians
+
+    if cfg.init == "barycenter":
+        bary = barycenter(empirical_gaussians(metatest.seen_x, dtype=torch.float64)).measure
+        return bary.to(dtype=dtype)
+    d = cfg.dim
+    return Gaussian(torch.full((d,), cfg.init_mean, dtype=dtype),
+                    scale_tril=cfg.init_std * torch.eye(d, dtype=dtype))
+
+
+class _Progress:
+    """A rich progress bar when enabled, a no-op otherwise."""
+
+    def __init__(self, enabled: bool, console=None):
+        self.enabled = enabled
+        self._bar = None
+        self._console = console
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self._console, transient=False)
+            self._bar.__enter__()
+        return self
+
+    def add(self, description: str, total: int) -> Any:
+        return self._bar.add_task(description, total=total, info="") if self._bar else None
+
+    def advance(self, task, info: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(task, advance=1, info=info)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+
+def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
+                      progress: bool = True, overwrite: bool = False, console=None) -> dict:
+    """Run one bilevel study and write its run folder.
+
+    Steps: build the meta-test family (J Gaussians, seen / unseen samples); start from
+    the initial Gaussian; run :func:`~wheretolearn.design.bilevel.bilevel_descent`
+    (each step's record goes to ``metrics.jsonl``); fit KRR on ``eval_n`` samples of the
+    optimised Gaussian and every baseline (``repeats`` draws each); draw figures; write
+    ``summary.json``. The folder appears only if all of it succeeds.
+
+    Parameters
+    ----------
+    config : BilevelStudyConfig or dict
+        A dict is validated into a config (unknown keys are errors).
+    out_dir : path
+        Run folder; must not exist or be empty unless ``overwrite``.
+    progress : bool
+        Show rich progress bars.
+    overwrite : bool
+        Replace an existing run folder.
+    console : rich.console.Console, optional
+
+    Returns
+    -------
+    dict
+        The summary (as written to ``summary.json``) plus ``"out"``: the folder path.
+    """
+    from .._validation import resolve_dtype, torch_generator
+    from ..problems import get_problem
+    from ..report.figures import plot_study_figures
+    from ..report.runfolder import RunFolder
+    from .evaluation import source_seed
+    from .metatest import make_metatest
+
+    cfg = config if isinstance(config, BilevelStudyConfig) else BilevelStudyConfig(**config)
+    run = RunFolder(out_dir, overwrite=overwrite)  # refuses an existing folder before any work
+    from .bilevel import bilevel_descent
+    t_start = time.perf_counter()
+    dtype = resolve_dtype(cfg.dtype)
+    problem = get_problem(cfg.problem, dim=cfg.dim)
+    metatest = make_metatest(problem, n_measures=cfg.n_measures, n_seen=cfg.n_seen,
+                             n_unseen=cfg.n_unseen, seed=cfg.seed, dtype=dtype)
+    init = _initial_gaussian(cfg, metatest, dtype)
+    with run, _Progress(progress, console) as bar:
+        run.write_config_toml(cfg.model_dump())
+        task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}", cfg.steps)
+
+        def on_step(record: dict) -> None:
+            run.append_metrics(record)
+            bar.advance(task, f"unseen {record.get('unseen_error', float('nan')):.4f}")
+
+        gen = torch_generator(source_seed(cfg.seed, 1))
+        result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
+                                 lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
+                                 ridge_end=cfg.ridge_end, optimizer=cfg.optimizer, generator=gen,
+                                 callback=on_step, **cfg.bilevel_options)
+        chosen = result.best if cfg.use_iterate == "best" else result.final
+        evaluation = _evaluate(cfg, problem, metatest, init, chosen, bar, run)
+        summary = _summary(cfg, result, chosen, evaluation, metatest)
+        summary["figures"] = plot_study_figures(run, summary, result.history, metatest,
+                                                 learned=chosen)
+        summary["seconds_total"] = time.perf_counter() - t_start
+        run.write_summary(summary)
+    summary["out"] = str(run.out)
+    return summary
+
+
+def _evaluate(cfg, problem, metatest, init, chosen, bar, run) -> dict:
+    from .baselines import make_sources
+    from .evaluation import evaluate_sources
+
+    names = ["optimized", *cfg.baselines]
+    sources = make_sources(names, init=init, final=chosen, metatest=metatest,
+                           bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge)
+    task = bar.add("baselines", len(names) * len(cfg.eval_n) * cfg.repeats)
+
+    def on_fit(rec: dict) -> None:
+        run.append_metrics(rec, name="evaluation.jsonl")
+        bar.advance(task, f"{rec['source']} N={rec['n']}: {rec['error']:.4f}")
+
+    return evaluate_sources(problem, metatest, sources, cfg.eval_n, repeats=cfg.repeats,
+                            bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge, seed=cfg.seed,
+                            dtype=cfg.eval_dtype, callback=on_fit)
+
+
+def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
+    """Assemble ``summary.json`` (plain JSON types only)."""
+    hist = result.history
+    unseen = [h["unseen_error"] for h in hist]
+    seen = [h["seen_error"] for h in hist]
+    best_step = min(range(len(seen)), key=seen.__getitem__)
+    learned = chosen.detach()
+    return {
+        "problem": cfg.problem,
+        "dim": cfg.dim,
+        "steps": cfg.steps,
+        "n_train": cfg.n_train,
+        "optimizer": cfg.optimizer,
+        "init": cfg.init,
+        "use_iterate": cfg.use_iterate,
+        "initial_error": unseen[0],
+        "final_error": unseen[-1],
+        "best_error": unseen[best_step],
+        "best_step": hist[best_step]["step"],
+        "min_unseen_error": min(unseen),
+        "initial_seen_error": seen[0],
+        "final_seen_error": seen[-1],
+        "seconds_per_step": float(result.seconds_per_step),
+        "grad_seconds_per_step": float(result.grad_seconds_per_step),
+        "learned": {"mean": learned.mean.double().tolist(), "cov": learned.cov.double().tolist()},
+        "initial": {"mean": result.initial.mean.detach().double().tolist(),
+                    "cov": result.initial.cov.detach().double().tolist()},
+        "eval_n": list(cfg.eval_n),
+        "repeats": cfg.repeats,
+        "baselines": {name: {n: cell["mean"] for n, cell in by_n.items()}
+                      for name, by_n in evaluation.items()},
+        "baselines_ci": {name: {n: {"lo": cell["lo"], "hi": cell["hi"], "n": cell["n"],
+                                    "values": cell["values"]} for n, cell in by_n.items()}
+                         for name, by_n in evaluation.items()},
+        "metatest": {"n_measures": cfg.n_measures, "n_seen": cfg.n_seen,
+                     "n_unseen": cfg.n_unseen, "seed": cfg.seed},
+    }

@@ -1,0 +1,164 @@
+"""Figures of a bilevel study (matplotlib, Agg backend, PNG files).
+
+* ``error_vs_step``   -- seen / unseen relative OOD error per bilevel step (log y), as
+  in the left column of paper Figs. 2 and 8.
+* ``error_vs_n``      -- error of KRR fitted on N samples of the optimised distribution and
+  of every baseline, with 95 % intervals (paper Fig. 2 centre, Fig. 10).
+* ``covariances``     -- learned covariance beside the barycenter and mixture covariances
+  (paper Figs. 9, 11, 13, 15): ellipses over the meta-test samples in 2-D, heatmaps for
+  d > 2.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["plot_error_vs_step", "plot_error_vs_n", "plot_covariances", "plot_study_figures"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_error_vs_step(history: Sequence[dict], path: str | Path, *, title: str = "") -> Path:
+    """Seen and unseen error against step (log y). ``history``: records with ``step``,
+    ``seen_error``, ``unseen_error``."""
+    plt = _pyplot()
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, style in (("seen_error", "-"), ("unseen_error", "--")):
+        vals = np.array([h.get(key, np.nan) for h in history], dtype=float)
+        ax.plot(steps, vals, style, label=key.replace("_error", ""))
+    ax.set_yscale("log")
+    ax.set_xlabel("bilevel step")
+    ax.set_ylabel("relative OOD error")
+    ax.set_title(title or "training history")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_error_vs_n(baselines: dict[str, dict[str, float]], baselines_ci: dict[str, dict[str, dict]],
+                    path: str | Path, *, title: str = "") -> Path:
+    """Error against N (log-log) for every source with 95 % interval bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, by_n in baselines.items():
+        pts = sorted((int(n), v) for n, v in by_n.items() if v is not None)
+        if not pts:
+            continue
+        ns = np.array([p[0] for p in pts], dtype=float)
+        mean = np.array([p[1] for p in pts], dtype=float)
+        ci = baselines_ci.get(name, {})
+        lo = np.array([ci.get(str(int(n)), {}).get("lo", m) for n, m in zip(ns, mean)], dtype=float)
+        hi = np.array([ci.get(str(int(n)), {}).get("hi", m) for n, m in zip(ns, mean)], dtype=float)
+        yerr = np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
+        lw = 2.5 if name == "optimized" else 1.2
+        ax.errorbar(ns, mean, yerr=yerr, marker="o", capsize=3, lw=lw, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training samples N")
+    ax.set_ylabel("relative OOD error (unseen)")
+    ax.set_title(title or "error vs N")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _ellipse(ax, mean: np.ndarray, cov: np.ndarray, **kw) -> None:
+    """Draw the 2-sigma ellipse of ``N(mean, cov)`` (2-D)."""
+    from matplotlib.patches import Ellipse
+
+    vals, vecs = np.linalg.eigh(cov)
+    vals = np.clip(vals, 0, None)
+    angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
+    ax.add_patch(Ellipse(mean, 4 * math.sqrt(vals[1]), 4 * math.sqrt(vals[0]), angle=angle,
+                         fill=False, **kw))
+
+
+def plot_covariances(covs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
+                     samples: np.ndarray | None = None, title: str = "") -> Path:
+    """Learned vs barycenter vs mixture covariance.
+
+    Parameters
+    ----------
+    covs : dict name -> (mean (d,), cov (d, d))
+    samples : (M, d) array, optional
+        Meta-test samples drawn under the ellipses (2-D only).
+    """
+    plt = _pyplot()
+    items = [(k, np.asarray(m, float), np.asarray(c, float)) for k, (m, c) in covs.items()]
+    d = items[0][2].shape[0]
+    if d == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        if samples is not None:
+            s = np.asarray(samples, float).reshape(-1, 2)
+            ax.scatter(s[:, 0], s[:, 1], s=2, c="0.7", alpha=0.4, label="meta-test samples")
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (name, mean, cov) in enumerate(items):
+            _ellipse(ax, mean, cov, color=colors[i % len(colors)], lw=2, label=name)
+            ax.plot(*mean, "x", color=colors[i % len(colors)])
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.autoscale_view()
+        ax.legend(fontsize=7)
+        ax.set_title(title or "2-sigma ellipses")
+    else:
+        fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.4))
+        axes = np.atleast_1d(axes)
+        vmax = max(float(np.abs(c).max()) for _, _, c in items) or 1.0
+        for ax, (name, _, cov) in zip(axes, items):
+            im = ax.imshow(cov, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            ax.set_title(name)
+            ax.set_xticks(range(d))
+            ax.set_yticks(range(d))
+            ax.set_xticklabels(range(1, d + 1))
+            ax.set_yticklabels(range(1, d + 1))
+        fig.colorbar(im, ax=list(axes), shrink=0.8)
+        fig.suptitle(title or "covariance matrices")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    p = Path(path)
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return p
+
+
+def plot_study_figures(run: Any, summary: dict, history: Sequence[dict], metatest: Any, *,
+                       learned: Any) -> list[str]:
+    """Draw the three figures of a bilevel study into ``run`` (a RunFolder).
+
+    Returns the figure file names relative to the run folder.
+    """
+    from ..design.baselines import empirical_gaussians
+    from ..measures import Mixture, barycenter
+
+    tag = f"{summary['problem']} d={summary['dim']}"
+    paths = [plot_error_vs_step(history, run.figure_path("error_vs_step"), title=tag),
+             plot_error_vs_n(summary["baselines"], summary["baselines_ci"],
+                             run.figure_path("error_vs_n"), title=tag)]
+    comps = empirical_gaussians(metatest.seen_x, dtype=_f64())
+    bary = barycenter(comps).measure
+    mix = Mixture(comps)
+    covs = {"learned": (learned.mean.detach().double().numpy(), learned.cov.detach().double().numpy()),
+            "barycenter": (bary.mean.detach().numpy(), bary.cov.detach().numpy()),
+            "mixture": (mix.mean.detach().numpy(), mix.cov.detach().numpy())}
+    samples = metatest.seen_x.detach().double().numpy()
+    paths.append(plot_covariances(covs, run.figure_path("covariances"), samples=samples, title=tag))
+    return [str(Path(p).relative_to(run.path)) for p in paths]
+
+
+def _f64():
+    import torch
+
+    return torch.float64
