@@ -1,3 +1,8 @@
 """wheretolearn.design (see the package docstring of :mod:`wheretolearn`)."""
 
-__all__: list[str] = []
+from .metatest import MetaTest, make_metatest
+
+__all__: list[str] = [
+    "MetaTest",
+    "make_metatest",
+]

@@ -1,3 +1,9 @@
 """wheretolearn.models (see the package docstring of :mod:`wheretolearn`)."""
 
-__all__: list[str] = []
+from .krr import KernelRidge, gaussian_kernel, kernel_matvec
+
+__all__: list[str] = [
+    "KernelRidge",
+    "gaussian_kernel",
+    "kernel_matvec",
+]

@@ -1,3 +1,12 @@
 """wheretolearn.report (see the package docstring of :mod:`wheretolearn`)."""
 
-__all__: list[str] = []
+from .metrics import (mean_ci95, per_sample_relative_errors, relative_ood_error,
+                      relative_ood_error_squared, tail_summary)
+
+__all__: list[str] = [
+    "mean_ci95",
+    "per_sample_relative_errors",
+    "relative_ood_error",
+    "relative_ood_error_squared",
+    "tail_summary",
+]
