@@ -138,3 +138,11 @@ def test_default_input_measure_is_periodic_kle():
     assert abs(u.var() / var - 1) < 0.25
     out = p(u)
     assert np.all(np.isfinite(out))
+
+
+def test_default_step_count_is_converged_for_default_measure():
+    p = get_problem("burgers", dtype="float64")
+    assert (p.n, p.n_steps) == (1024, 500)
+    u = np.asarray(p.default_input_measure().sample(4, generator=1), dtype=np.float64)
+    fine = get_problem("burgers", n_steps=2000, dtype="float64")
+    assert np.abs(p(u) - fine(u)).max() < 1e-7 * np.abs(u).max()

@@ -46,8 +46,11 @@ class Burgers(Problem):
     n : int
         Grid points (default 1024; the paper used 8192). At least 4.
     n_steps : int
-        Integrating-factor RK4 steps over ``[0, t_final]`` (default 1000; the paper used
-        2000 at n = 8192). Advection limits the step: ``dt max|u| n/2`` of order 1 or less.
+        Integrating-factor RK4 steps over ``[0, t_final]`` (default 500; the paper used
+        2000 at n = 8192). With the integrating factor only the weakly damped modes
+        (``nu k^2 dt < 1``) limit the step; for the default input measure 500 steps differ
+        from a 4000-step reference by < 1e-8 (max abs, float64), below float32 resolution.
+        Rougher or larger inputs need more steps; a blow-up raises ``FloatingPointError``.
     nu : float
         Viscosity (default 0.1).
     t_final : float
@@ -64,7 +67,7 @@ class Burgers(Problem):
     name = "burgers"
     differentiable = False
 
-    def __init__(self, n: int = 1024, *, n_steps: int = 1000, nu: float = 0.1,
+    def __init__(self, n: int = 1024, *, n_steps: int = 500, nu: float = 0.1,
                  t_final: float = 1.0, dealias: bool = False, dtype: str = "float32",
                  n_modes: int | None = None):
         self.n = check_positive_int(n, "n")
