@@ -1,0 +1,228 @@
+"""Configuration of an online study (``examples/heat_online.toml``), validated by pydantic.
+
+Tables: ``[study]`` (problem and budget), ``[sampler]``, ``[buffer]``, ``[training]``,
+``[executor]``, ``[validation]``, ``[checkpoint]`` and ``[cluster]``
+(:class:`~wheretolearn.online.cluster.ClusterConfig`). Unknown keys are errors; every
+error message names the key, the value and what is allowed. Defaults are the CPU settings
+of SPEC §5 (64 x 64 heat equation, 200 simulations of 100 steps, reservoir 2500 / 500,
+Melissa's MLP and optimiser); ``OnlineStudyConfig.paper()`` gives the SC'23 sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .cluster import ClusterConfig
+
+__all__ = ["OnlineStudyConfig", "StudySection", "SamplerSection", "BufferSection",
+           "TrainingSection", "ExecutorSection", "ValidationSection", "CheckpointSection",
+           "load_online_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudySection(_Section):
+    """``[study]``: the problem, its options and the simulation budget.
+
+    ``n``, ``n_steps``, ``dt``, ``side`` go to ``get_problem(problem, ...)``. ``max_seconds``
+    stops the study after that wall time (checkpointed, resumable).
+    """
+
+    problem: str = "heat2d"
+    n: int = Field(64, ge=2)
+    n_steps: int = Field(100, ge=1)
+    dt: float = Field(0.01, gt=0)
+    side: float = Field(1.0, gt=0)
+    n_simulations: int = Field(200, ge=1)
+    seed: int = 0
+    max_seconds: float | None = Field(None, gt=0)
+
+    def problem_options(self) -> dict[str, Any]:
+        return {"n": self.n, "n_steps": self.n_steps, "dt": self.dt, "side": self.side}
+
+
+class SamplerSection(_Section):
+    """``[sampler]``: name (``uniform``, ``halton``, ``sobol``, ``lhs``), seed (default: study
+    seed + 1) and optional ``bounds`` (d, 2) overriding the problem's parameter bounds."""
+
+    name: str = "uniform"
+    seed: int | None = None
+    bounds: list[list[float]] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from .samplers import SAMPLERS
+
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(sorted(SAMPLERS))}")
+        return value
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds(cls, value: list[list[float]] | None) -> list[list[float]] | None:
+        if value is None:
+            return value
+        for i, row in enumerate(value):
+            if len(row) != 2:
+                raise ValueError(f"bounds[{i}] must be [low, high], got {row!r}")
+            lo, hi = row
+            if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+                raise ValueError(f"bounds[{i}] must be finite with low < high, got [{lo}, {hi}]"
+                                 " (inverted or empty bounds)")
+        return value
+
+
+class BufferSection(_Section):
+    """``[buffer]``: kind (``fifo``, ``firo``, ``reservoir``), capacity and watermark
+    (samples; training starts once the buffer holds ``watermark``), ``pseudo_epochs`` (FIRO),
+    ``policy`` (reservoir eviction: ``replace`` = Melissa, ``uniform`` = Algorithm R)."""
+
+    kind: Literal["fifo", "firo", "reservoir"] = "reservoir"
+    capacity: int = Field(2500, ge=1)
+    watermark: int = Field(500, ge=1)
+    pseudo_epochs: int = Field(1, ge=1)
+    policy: Literal["replace", "uniform"] = "replace"
+
+    def options(self) -> dict[str, Any]:
+        """Kind-specific keyword options for ``make_buffer``."""
+        if self.kind == "firo":
+            return {"pseudo_epochs": self.pseudo_epochs}
+        if self.kind == "reservoir":
+            return {"policy": self.policy}
+        return {}
+
+    @model_validator(mode="after")
+    def _watermark(self) -> "BufferSection":
+        if self.watermark > self.capacity:
+            raise ValueError(f"buffer watermark ({self.watermark}) must not exceed capacity "
+                             f"({self.capacity})")
+        return self
+
+
+class TrainingSection(_Section):
+    """``[training]``: Melissa's heat surrogate and optimiser (SPEC §5).
+
+    ``max_batches`` stops training after that many batches (None: until the ensemble is
+    done and the buffer drained).
+    """
+
+    batch_size: int = Field(10, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    milestones: list[int] = Field(default_factory=lambda: [1000, 2000])
+    gamma: float = Field(0.5, gt=0, le=1)
+    max_batches: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden(cls, value: list[int]) -> list[int]:
+        if not value or any(h < 1 for h in value):
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {value}")
+        return value
+
+
+class ExecutorSection(_Section):
+    """``[executor]``: ensemble execution and fault tolerance.
+
+    ``workers`` Dask workers (local cluster) and ``max_concurrent`` simulations in flight
+    (default: ``workers``); ``simulation_timeout`` seconds without a message; ``max_retries``
+    failed attempts relaunched per simulation lineage; ``crashes_before_redraw`` failures
+    before new parameters (None: never); ``fail_rate`` fault injection; ``queue_maxsize``
+    messages in the Dask queue before producers block.
+    """
+
+    workers: int = Field(2, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    simulation_timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    crashes_before_redraw: int | None = Field(None, ge=1)
+    fail_rate: float = Field(0.0, ge=0, lt=1)
+    queue_maxsize: int = Field(1000, ge=1)
+    hang_seconds: float | None = Field(None, gt=0)
+
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrent or self.workers
+
+
+class ValidationSection(_Section):
+    """``[validation]``: ``n_val`` held-out simulations generated up front with their own
+    ``seed`` (uniform on the bounds), evaluated every ``every_batches`` batches."""
+
+    n_val: int = Field(10, ge=1)
+    seed: int = 12345
+    every_batches: int = Field(100, ge=1)
+
+
+class CheckpointSection(_Section):
+    """``[checkpoint]``: save everything every ``every_batches`` batches and at the end."""
+
+    every_batches: int = Field(500, ge=1)
+
+
+class OnlineStudyConfig(_Section):
+    """A whole online study (all tables)."""
+
+    study: StudySection = Field(default_factory=StudySection)
+    sampler: SamplerSection = Field(default_factory=SamplerSection)
+    buffer: BufferSection = Field(default_factory=BufferSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OnlineStudyConfig":
+        if self.buffer.capacity < self.training.batch_size:
+            raise ValueError(f"buffer capacity ({self.buffer.capacity}) is below the batch size "
+                             f"({self.training.batch_size}); it must hold at least one batch")
+        b = self.sampler.bounds
+        if b is not None and self.study.problem == "heat2d" and len(b) != 5:
+            raise ValueError(f"sampler bounds must have 5 rows for heat2d (one per parameter), "
+                             f"got {len(b)}")
+        return self
+
+    @classmethod
+    def paper(cls) -> "OnlineStudyConfig":
+        """The SC'23 sizes: 1000 x 1000 grid, 25 000 simulations, reservoir 6000 / 1000."""
+        return cls(study=StudySection(n=1000, n_simulations=25000),
+                   buffer=BufferSection(capacity=6000, watermark=1000))
+
+    def with_overrides(self, **overrides: Any) -> "OnlineStudyConfig":
+        """A re-validated copy with ``{"executor.workers": 4, ...}`` style overrides."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *path, last = dotted.split(".")
+            for key in path:
+                node = node[key]
+            node[last] = value
+        return OnlineStudyConfig.model_validate(data)
+
+
+def load_online_config(path: str, **overrides: Any) -> OnlineStudyConfig:
+    """Read a TOML file into an :class:`OnlineStudyConfig` (``overrides`` as in
+    :meth:`OnlineStudyConfig.with_overrides`)."""
+    import tomllib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    cfg = OnlineStudyConfig.model_validate(data)
+    return cfg.with_overrides(**overrides) if overrides else cfg
