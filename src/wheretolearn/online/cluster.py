@@ -202,7 +202,8 @@ def _job_kwargs(cfg: ClusterConfig, *, log_directory: str | None) -> dict[str, A
         death_timeout=60,
     )
     if cfg.account:
-        kwargs["account"] = cfg.account
+        # SGE calls it a project (-P); Slurm and PBS an account (-A).
+        kwargs["project" if cfg.kind == "sge" else "account"] = cfg.account
     if cfg.local_directory:
         kwargs["local_directory"] = cfg.local_directory
     if cfg.interface:

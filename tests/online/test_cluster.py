@@ -1,0 +1,210 @@
+"""Cluster selection without a batch system: the [cluster] table's validation, the batch
+scripts for Slurm/PBS/SGE, reachability of a scheduler address, and real local/address
+clusters (the Slurm path itself is exercised in test_slurm.py)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from wheretolearn.online.cluster import (
+    ClusterConfig,
+    check_scheduler_reachable,
+    job_script,
+    open_cluster,
+)
+
+
+# -- [cluster] table validation ---------------------------------------------------------
+def test_default_is_local():
+    cfg = ClusterConfig()
+    assert cfg.kind == "local"
+    assert cfg.n_jobs(3) == 3
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"kind": "kubernetes"}, "'local', 'slurm', 'pbs', 'sge' or 'address'"),
+        ({"kind": "slurm"}, "needs queue"),
+        ({"kind": "pbs"}, "needs queue"),
+        ({"kind": "sge", "queue": ""}, "needs queue"),
+        ({"kind": "address"}, "needs address"),
+        ({"walltime": "1:00"}, "walltime must be HH:MM:SS"),
+        ({"walltime": "00:60:00"}, "walltime must be HH:MM:SS"),
+        ({"walltime": "01:00:00:00"}, "walltime must be HH:MM:SS"),
+        ({"walltime": "one hour"}, "walltime must be HH:MM:SS"),
+        ({"memory": "lots"}, "memory must be a positive size"),
+        ({"cores": 1, "processes": 2}, "processes (2) must not exceed cores (1)"),
+        ({"cores": 0}, "greater than or equal to 1"),
+        ({"jobs": 0}, "greater than or equal to 1"),
+        ({"partition": "debug"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_tables_are_rejected_with_a_clear_message(table, message):
+    with pytest.raises(ValidationError) as err:
+        ClusterConfig.model_validate(table)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("walltime", ["00:05:00", "1:30:00", "72:00:00", "120:59:59"])
+def test_valid_walltimes_are_accepted(walltime):
+    assert ClusterConfig(walltime=walltime).walltime == walltime
+
+
+def test_with_kind_overrides_and_revalidates():
+    cfg = ClusterConfig(queue="debug")
+    assert cfg.with_kind("slurm").kind == "slurm"
+    with pytest.raises(ValidationError, match="needs queue"):
+        ClusterConfig().with_kind("pbs")
+    with pytest.raises(ValueError, match="unknown cluster kind 'lsf'; allowed: local, slurm"):
+        cfg.with_kind("lsf")
+
+
+@pytest.mark.parametrize(("n_workers", "processes", "jobs", "expected"), [(5, 1, None, 5), (5, 2, None, 3), (5, 2, 7, 7)])
+def test_job_count_follows_the_concurrency_limit(n_workers, processes, jobs, expected):
+    cfg = ClusterConfig(kind="slurm", queue="q", cores=2, processes=processes, jobs=jobs)
+    assert cfg.n_jobs(n_workers) == expected
+
+
+# -- batch scripts ----------------------------------------------------------------------
+def _cfg(kind, **kw):
+    base = dict(
+        kind=kind,
+        queue="short",
+        cores=4,
+        processes=2,
+        memory="8GB",
+        walltime="02:15:00",
+        account="proj42",
+        job_extra_directives=["--exclusive"] if kind == "slurm" else ["-l gpu=0"],
+    )
+    return ClusterConfig(**{**base, **kw})
+
+
+def test_slurm_job_script_has_the_directives():
+    script = job_script(_cfg("slurm"), n_workers=5)
+    lines = script.splitlines()
+    assert lines[0].startswith("#!")
+    for directive in ("#SBATCH -p short", "#SBATCH -t 02:15:00", "#SBATCH --cpus-per-task=4",
+                      "#SBATCH --mem=8G", "#SBATCH -A proj42", "#SBATCH --exclusive"):
+        assert directive in lines, directive
+    worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    # The workers run this very interpreter (the venv that has wheretolearn installed).
+    assert worker.startswith(sys.executable + " ")
+    assert "--nthreads 2" in worker and "--nworkers 2" in worker
+    assert "submits 3 such job(s)" in script  # ceil(5 workers / 2 per job)
+
+
+def test_pbs_job_script_has_the_directives():
+    lines = job_script(_cfg("pbs"), n_workers=2).splitlines()
+    for directive in ("#PBS -q short", "#PBS -l walltime=02:15:00", "#PBS -A proj42", "#PBS -l gpu=0"):
+        assert directive in lines, directive
+    assert any(line.startswith("#PBS -l select=1:ncpus=4:mem=") for line in lines)
+
+
+def test_sge_job_script_has_the_directives():
+    lines = job_script(_cfg("sge"), n_workers=2).splitlines()
+    for directive in ("#$ -q short", "#$ -l h_rt=02:15:00", "#$ -P proj42", "#$ -l gpu=0"):
+        assert directive in lines, directive
+
+
+@pytest.mark.parametrize("kind", ["local", "address"])
+def test_job_script_needs_a_batch_kind(kind):
+    cfg = ClusterConfig(kind=kind, address="tcp://127.0.0.1:8786" if kind == "address" else None)
+    with pytest.raises(ValueError, match="submits no batch job"):
+        job_script(cfg)
+
+
+def test_batch_kind_without_the_batch_command_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ValueError, match="needs the batch command 'sbatch', which is not on PATH"):
+        with open_cluster(ClusterConfig(kind="slurm", queue="debug"), n_workers=1):
+            pass
+
+
+# -- scheduler addresses ----------------------------------------------------------------
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_scheduler_fails_within_the_timeout():
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=f"scheduler at {address} cannot be reached"):
+        check_scheduler_reachable(address, timeout=2.0)
+    assert time.monotonic() - start < 3.0
+
+
+def test_silent_scheduler_times_out():
+    # A listening socket whose accept backlog is full never completes the handshake,
+    # like a scheduler host that drops packets.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(16):
+                try:
+                    fillers.append(socket.create_connection(("127.0.0.1", port), timeout=0.3))
+                except OSError:
+                    break  # backlog full
+            start = time.monotonic()
+            with pytest.raises(ValueError, match="cannot be reached within 0.5 s"):
+                check_scheduler_reachable(f"tcp://127.0.0.1:{port}", timeout=0.5)
+            assert time.monotonic() - start < 1.5
+        finally:
+            for f in fillers:
+                f.close()
+
+
+@pytest.mark.parametrize(("address", "message"), [("tcp://127.0.0.1", "not of the form 'tcp://host:port'"), ("", "must be a string"),
+                                                  (None, "must be a string")])
+def test_malformed_scheduler_address(address, message):
+    with pytest.raises(ValueError, match=message):
+        check_scheduler_reachable(address)
+
+
+def test_address_kind_with_unreachable_scheduler_fails_before_connecting():
+    cfg = ClusterConfig(kind="address", address=f"tcp://127.0.0.1:{_closed_port()}")
+    with pytest.raises(ValueError, match="cannot be reached"):
+        with open_cluster(cfg, n_workers=1, connect_timeout=1.0):
+            pass
+
+
+# -- real clusters ----------------------------------------------------------------------
+def test_local_cluster_runs_tasks_in_separate_worker_processes_and_closes():
+    import os
+
+    with open_cluster(ClusterConfig(), n_workers=2) as handle:
+        # client.run ships os.getpid by reference: no test-module import in the workers.
+        pids = set(handle.client.run(os.getpid).values())
+        info = handle.info()
+        client = handle.client
+    assert os.getpid() not in pids and len(pids) == 2
+    assert info["kind"] == "local" and info["jobs_submitted"] == 0
+    assert len(info["workers_seen"]) == 2
+    assert client.status == "closed"
+    assert handle.cluster.status.name == "closed"
+
+
+def test_address_kind_uses_an_existing_scheduler_and_leaves_it_running():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=None) as lc:
+        cfg = ClusterConfig(kind="address", address=lc.scheduler_address)
+        with open_cluster(cfg, n_workers=4) as handle:
+            assert handle.client.submit(lambda x: x * 2, 21).result() == 42
+            info = handle.info()
+        assert info["kind"] == "address" and info["jobs_submitted"] == 0
+        assert len(info["workers_seen"]) == 1
+        with Client(lc) as other:  # the scheduler we connected to is not ours to close
+            assert other.submit(lambda: 1).result() == 1
