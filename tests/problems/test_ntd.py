@@ -156,8 +156,9 @@ def test_input_measure_mean_zero_seeded_and_moment():
     torch.testing.assert_close(meas.sample(4000, generator=5), g)
     assert g.shape == (4000, 128) and g.dtype == torch.float32
     assert float(g.mean(dim=1).abs().max()) < 1e-5
-    # second moment (closed form) vs Monte Carlo; the relative MC error is ~2 %
-    mc = float((g.double() ** 2).mean())
+    # second moment (closed form, trapezoid norm) vs Monte Carlo; the relative MC error is ~2 %
+    q = meas.field.basis.quadrature_weights
+    mc = float((g.double() ** 2 * q).sum(dim=1).mean())
     assert abs(mc - float(meas.second_moment())) < 0.05 * mc
     # the sample mean approaches the mean function sin(omega (s - 1/2)) - its mean
     torch.testing.assert_close(g.double().mean(0), meas.mean_function().double(), atol=0.1, rtol=0)
@@ -166,12 +167,12 @@ def test_input_measure_mean_zero_seeded_and_moment():
 def test_input_measure_differentiable_in_omega():
     omega = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
     meas = NtDInputMeasure(omega, n_boundary=50, dtype="float64")
-    xi = meas.sample_latent(3, generator=0)
-    g = meas.transform(xi)
+    xi = meas.sample_coefficients(3, generator=0)
+    g = meas.from_coefficients(xi)
     g.sum(dim=0).pow(2).sum().backward()
     # finite difference in omega with the same latent draws
     def f(w):
-        return NtDInputMeasure(w, n_boundary=50, dtype="float64").transform(xi).sum(0).pow(2).sum()
+        return NtDInputMeasure(w, n_boundary=50, dtype="float64").from_coefficients(xi).sum(0).pow(2).sum()
     fd = (f(2.0 + 1e-6) - f(2.0 - 1e-6)) / 2e-6
     assert abs(float(omega.grad) - float(fd)) < 1e-5 * max(1.0, abs(float(fd)))
 
@@ -180,4 +181,6 @@ def test_input_measure_rejects_bad_parameters():
     with pytest.raises(ValueError, match="tau"):
         NtDInputMeasure(1.0, tau=-1.0, n_boundary=10)
     with pytest.raises(ValueError, match="n_boundary"):
-        NtDInputMeasure(1.0, n_boundary=1)
+        NtDInputMeasure(1.0, n_boundary=2)
+    with pytest.raises(ValueError, match="omega"):
+        NtDInputMeasure(float("nan"), n_boundary=10)

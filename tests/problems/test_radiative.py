@@ -94,6 +94,15 @@ def test_paper_resolution_smoke():
     assert 0.0 <= float(rho.min()) and float(rho.max()) <= 2 * math.pi * 1.5
 
 
+def test_default_measure_positive_with_lognormal_moment():
+    meas = RadiativeTransport(12).default_input_measure()
+    a = meas.sample(4000, generator=3).double()
+    assert a.shape == (4000, 12, 12) and float(a.min()) > 0.0
+    q = meas.log_field.basis.quadrature_weights
+    mc = float((a ** 2 * q).sum(dim=(1, 2)).mean())
+    assert abs(mc / float(meas.second_moment()) - 1.0) < 0.03
+
+
 @pytest.mark.parametrize("kwargs, match", [({"knudsen": 0.0}, "knudsen"), ({"knudsen": -2.0}, "knudsen"),
                                            ({"n": 2}, "n"), ({"n_angles": 7}, "n_angles"),
                                            ({"inflow": "sunny"}, "inflow")])

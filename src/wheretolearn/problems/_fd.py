@@ -5,31 +5,29 @@ Conventions used by every grid problem here: the unit square carries ``n x n`` n
 is indexed ``v[i, j] = v(x_i, y_j)`` with ``x_i = i h`` (first index = x) and
 ``y_j = j h``. Flattening is C order, so ``v.reshape(-1)[i * n + j]``.
 
-Also here: a small Karhunen-Loeve (KLE) sampler for Gaussian random fields with the
-Dirichlet sine basis (SPEC §2), used as the default input measure of ``darcy`` and
-``radiative`` and for the optional random conductivity of ``ntd``.
+Also here: the Dirichlet-basis Gaussian random fields (SPEC §2, built on
+:mod:`wheretolearn.measures.fields`) and their log-normal push-forward, used as default
+input measures of ``darcy`` / ``radiative`` and for the optional random conductivity of ``ntd``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
-                           torch_generator)
-from ..measures.base import Measure, check_n_samples
+from .._validation import check_positive_int
+from ..measures.base import Measure
+from ..measures.fields import GaussianRandomField, SineBasis2D
 
 __all__ = [
     "check_grid_size",
     "grid_points",
     "harmonic_faces",
     "nested_dissection",
-    "sine_basis",
-    "matern_eigenvalues",
-    "DirichletKLE",
+    "LogNormalField",
+    "dirichlet_field",
 ]
 
 
@@ -99,109 +97,66 @@ def nested_dissection(n: int, *, leaf: int = 16) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def sine_basis(n_points: int, n_modes: int) -> np.ndarray:
-    """1-D Dirichlet Laplacian eigenfunctions ``sqrt(2) sin(pi k s)`` at ``s = linspace(0, 1, n_points)``.
-
-    Returns an ``(n_points, n_modes)`` array, ``k = 1..n_modes``; orthonormal in L2(0, 1).
-    """
-    s = np.linspace(0.0, 1.0, n_points)
-    k = np.arange(1, n_modes + 1)
-    phi = math.sqrt(2.0) * np.sin(math.pi * np.outer(s, k))
-    phi[[0, -1], :] = 0.0  # exact zeros at s = 0, 1 (sin(pi k) is ~1e-16 in floating point)
-    return phi
-
-
-def matern_eigenvalues(n_modes: int, *, alpha: float, tau: float, sigma: float,
-                       dim: int) -> np.ndarray:
-    """KLE eigenvalues ``sigma^2 (mu + tau^2)^(-alpha)`` for the Dirichlet Laplacian (SPEC §2).
-
-    ``mu_k = pi^2 k^2`` in 1-D (shape ``(n_modes,)``), ``mu_kl = pi^2 (k^2 + l^2)`` in 2-D
-    (shape ``(n_modes, n_modes)``).
-    """
-    k = np.arange(1, n_modes + 1, dtype=float)
-    mu = math.pi ** 2 * (k ** 2 if dim == 1 else k[:, None] ** 2 + k[None, :] ** 2)
-    return sigma ** 2 * (mu + tau ** 2) ** (-alpha)
-
-
-class DirichletKLE(Measure):
-    """Gaussian random field on the ``n x n`` unit-square grid by truncated KLE (SPEC §2).
-
-    ``v(x, y) = mean + sum_{k,l <= n_modes} sqrt(lambda_kl) xi_kl 2 sin(pi k x) sin(pi l y)``,
-    ``lambda_kl = sigma^2 (pi^2 (k^2 + l^2) + tau^2)^(-alpha)``, ``xi ~ N(0, 1)`` i.i.d.
-    The sine basis vanishes on the boundary, so ``v = mean`` there.
+class LogNormalField(Measure):
+    """``exp(v)`` for a Gaussian random field ``v`` (a log-normal field, e.g. a scattering
+    coefficient or conductivity); wraps :class:`~wheretolearn.measures.GaussianRandomField`.
 
     Parameters
     ----------
-    n : int
-        Nodes per side including the boundary.
-    mean, alpha, tau, sigma : float
-        Constant mean and Matern-like covariance parameters (``sigma`` defaults to
-        ``tau^(alpha - 1)``, the authors' scale for d = 2).
-    n_modes : int, optional
-        Modes per direction (default ``min(n - 2, 32)``: eigenvalues decay like
-        ``k^(-2 alpha)``, so higher modes carry no visible variance).
-    exponentiate : bool
-        If True samples are ``exp(v)`` (a log-normal field, e.g. a conductivity).
-    dtype : "float32" | "float64"
+    log_field : GaussianRandomField
+        The Gaussian log-field; kept as ``self.log_field`` so closed-form W2 / moments of
+        the log-field stay available.
     """
 
-    def __init__(self, n: int, *, mean: float = 0.0, alpha: float = 2.0, tau: float = 3.0,
-                 sigma: float | None = None, n_modes: int | None = None,
-                 exponentiate: bool = False, dtype: Any = None):
-        self.n = check_grid_size(n)
-        self.alpha = check_positive_float(alpha, "alpha")
-        self.tau = check_positive_float(tau, "tau", allow_zero=True)
-        self.sigma = (self.tau ** (self.alpha - 1.0) if sigma is None
-                      else check_positive_float(sigma, "sigma", allow_zero=True))
-        self.mean = float(mean)
-        if not math.isfinite(self.mean):
-            raise ValueError(f"mean must be finite, got {mean}")
-        self.n_modes = min(self.n - 2, 32) if n_modes is None else check_positive_int(n_modes, "n_modes")
-        self.exponentiate = bool(exponentiate)
-        self._dtype = resolve_dtype(dtype)
-        phi = sine_basis(self.n, self.n_modes)
-        lam = matern_eigenvalues(self.n_modes, alpha=self.alpha, tau=self.tau, sigma=self.sigma, dim=2)
-        self._phi = torch.as_tensor(phi, dtype=self._dtype)
-        self._sqrt_lam = torch.as_tensor(np.sqrt(lam), dtype=self._dtype)
+    def __init__(self, log_field: GaussianRandomField):
+        if not isinstance(log_field, GaussianRandomField):
+            raise TypeError(f"log_field must be a GaussianRandomField, got {type(log_field).__name__}")
+        self.log_field = log_field
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        return (self.n, self.n)
+        return self.log_field.event_shape
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._dtype
+        return self.log_field.dtype
 
-    def sample_latent(self, n: int, *, generator=None) -> torch.Tensor:
-        """Standard normal KLE coefficients ``xi``, shape ``(n, n_modes, n_modes)``."""
-        n = check_n_samples(n)
-        g = torch_generator(generator)
-        return torch.randn(n, self.n_modes, self.n_modes, generator=g, dtype=self._dtype)
+    def sample_coefficients(self, n: int, generator=None) -> torch.Tensor:
+        """Standard normal KLE coefficients of the log-field, shape (n, K)."""
+        return self.log_field.sample_coefficients(n, generator)
 
-    def transform(self, xi: torch.Tensor) -> torch.Tensor:
-        """Map coefficients ``xi`` (B, K, K) to fields (B, n, n): ``Phi (sqrt(lam) * xi) Phi^T``."""
-        v = self.mean + self._phi @ (self._sqrt_lam * xi) @ self._phi.T
-        return torch.exp(v) if self.exponentiate else v
+    def from_coefficients(self, xi) -> torch.Tensor:
+        """``exp`` of the log-field built from coefficients ``xi`` (n, K) -> (n, *grid)."""
+        return torch.exp(self.log_field.from_coefficients(xi))
 
     def sample(self, n: int, *, generator: int | torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` fields, shape ``(n, n_grid, n_grid)``."""
-        return self.transform(self.sample_latent(n, generator=generator))
+        """Draw ``n`` positive fields, shape (n, *grid_shape)."""
+        return self.from_coefficients(self.sample_coefficients(n, generator))
 
     def second_moment(self) -> torch.Tensor:
-        """``E ||v||^2`` in the L2(unit square) norm of the (log-)field, before exponentiation.
-
-        ``mean^2 + sum_kl lambda_kl`` (the sine basis is L2-orthonormal). For
-        ``exponentiate=True`` this is still the moment of the Gaussian log-field, which is
-        the space the AMA bound works in (SPEC §4).
-        """
-        return torch.as_tensor(self.mean ** 2, dtype=self._dtype) + (self._sqrt_lam ** 2).sum()
+        """``E ||exp(v)||_h^2 = sum_x q_x exp(2 m(x) + 2 Var v(x))`` (log-normal moments), in the
+        basis' quadrature norm; ``Var v(x) = sum_k lambda_k phi_k(x)^2``."""
+        f = self.log_field
+        phi = f.basis.functions.to(f.dtype).reshape(f.n_terms, -1)
+        var = (f.eigenvalues[:, None] * phi ** 2).sum(0).reshape(f.event_shape)
+        q = f.basis.quadrature_weights.to(f.dtype)
+        return (q * torch.exp(2.0 * f.mean_field() + 2.0 * var)).sum()
 
     def to_dict(self) -> dict:
         """JSON-serialisable description."""
-        return {"kind": "dirichlet_kle", "n": self.n, "mean": self.mean, "alpha": self.alpha,
-                "tau": self.tau, "sigma": self.sigma, "n_modes": self.n_modes,
-                "exponentiate": self.exponentiate}
+        return {"kind": "lognormal", "log_field": self.log_field.to_dict()}
 
     def __repr__(self) -> str:
-        return (f"DirichletKLE(n={self.n}, mean={self.mean}, alpha={self.alpha}, tau={self.tau}, "
-                f"sigma={self.sigma}, n_modes={self.n_modes}, exponentiate={self.exponentiate})")
+        return f"LogNormalField({self.log_field!r})"
+
+
+def dirichlet_field(n: int, *, alpha: float, tau: float, sigma: float, mean: float = 0.0,
+                    n_modes: int | None = None, dtype: Any = None) -> GaussianRandomField:
+    """Gaussian random field on the ``n x n`` grid with the Dirichlet sine basis (SPEC §2).
+
+    ``n_modes`` per side defaults to ``min(n - 2, 32)``: eigenvalues decay like
+    ``k^(-2 alpha)``, so higher modes carry no visible variance.
+    """
+    k = min(n - 2, 32) if n_modes is None else check_positive_int(n_modes, "n_modes")
+    return GaussianRandomField(SineBasis2D(n, k), alpha=alpha, tau=tau, sigma=sigma, mean=mean,
+                               dtype=dtype)

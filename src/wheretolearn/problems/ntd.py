@@ -49,10 +49,11 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from .._validation import (as_tensor, check_finite, check_nonnegative_int, check_positive_float,
-                           check_positive_int, resolve_dtype, torch_generator)
-from ..measures.base import Measure, check_n_samples
-from ._fd import DirichletKLE, check_grid_size, harmonic_faces, matern_eigenvalues, sine_basis
+from .._validation import (as_tensor, check_finite, check_nonnegative_int, check_positive_int,
+                           resolve_dtype)
+from ..measures.base import Measure
+from ..measures.fields import GaussianRandomField, SineBasis1D
+from ._fd import check_grid_size, dirichlet_field, harmonic_faces
 from .base import Problem, register_problem
 
 __all__ = ["NtD", "NtDInputMeasure", "boundary_indices"]
@@ -167,8 +168,8 @@ class NtD(Problem):
             if conductivity != "kle":
                 raise ValueError(f"conductivity must be None, 'kle' or an (n, n) array of positive "
                                  f"values, got {conductivity!r}")
-            field = DirichletKLE(n, alpha=2.0, tau=3.0, sigma=3.0, exponentiate=True, dtype="float64")
-            return "kle", field.sample(1, generator=self.seed)[0].numpy()
+            field = dirichlet_field(n, alpha=2.0, tau=3.0, sigma=3.0, dtype="float64")
+            return "kle", torch.exp(field.sample(1, generator=self.seed)[0]).numpy()
         a = np.array(conductivity, dtype=np.float64)  # a copy: never keep the caller's array
         if a.shape != (n, n):
             raise ValueError(f"conductivity array must have shape ({n}, {n}), got {a.shape}")
@@ -221,46 +222,45 @@ class NtDInputMeasure(Measure):
     """Random Neumann data ``g(s) = sin(omega (s - 1/2)) + noise``, mean removed (SPEC §4, F.12/F.14).
 
     ``s = linspace(0, 1, n_boundary)`` parametrises the boundary (clockwise, as
-    :class:`NtD`); the noise is a 1-D sine KLE
+    :class:`NtD`); the noise is the 1-D Dirichlet sine KLE
     ``sum_{k <= n_modes} sqrt(lambda_k) xi_k sqrt(2) sin(pi k s)``,
     ``lambda_k = sigma^2 (pi^2 k^2 + tau^2)^(-alpha)``. After summing, the average over the
-    ``n_boundary`` points is subtracted from every sample.
+    ``n_boundary`` points is subtracted from every sample (the NtD compatibility condition
+    for its uniform boundary quadrature).
+
+    The Gaussian field *before* the mean removal is ``self.field`` (a
+    :class:`~wheretolearn.measures.GaussianRandomField` with mean ``sin(omega (s - 1/2))``
+    on a :class:`~wheretolearn.measures.SineBasis1D`), so the closed-form W2 between two
+    such measures (paper F.16) is ``wasserstein2(nu.field, q.field)``.
 
     Parameters
     ----------
     omega : float or 0-d tensor
         Frequency of the mean (may require grad: samples are differentiable in it).
     tau, alpha, sigma : float or 0-d tensor
-        KLE parameters (defaults 3, 2, 3^1.5 as in the paper's training family).
+        KLE parameters (defaults 3, 2, 3^1.5: the paper's training family).
     n_boundary : int
         Number of boundary points (``4n - 4`` for an ``n x n`` grid).
-    n_modes : int
-        KLE modes (default 128; ``lambda_128`` is about 1e-9 of ``lambda_1``).
+    n_modes : int, optional
+        KLE modes, default ``min(128, n_boundary - 2)`` (``lambda_128 / lambda_1`` ~ 1e-8).
     dtype : "float32" | "float64"
     """
 
     def __init__(self, omega: Any, *, tau: Any = 3.0, alpha: Any = 2.0, sigma: Any = 3.0 ** 1.5,
-                 n_boundary: int, n_modes: int = 128, dtype: Any = None):
-        self._dtype = resolve_dtype(dtype)
+                 n_boundary: int, n_modes: int | None = None, dtype: Any = None):
+        dt = resolve_dtype(dtype)
         self.n_boundary = check_positive_int(n_boundary, "n_boundary")
-        if self.n_boundary < 2:
-            raise ValueError(f"n_boundary must be >= 2, got {n_boundary}")
-        self.n_modes = check_positive_int(n_modes, "n_modes")
-        self.omega = self._param(omega, "omega", positive=False)
-        self.tau = self._param(tau, "tau")
-        self.alpha = self._param(alpha, "alpha")
-        self.sigma = self._param(sigma, "sigma")
-        self.s = torch.linspace(0.0, 1.0, self.n_boundary, dtype=self._dtype)
-        self._phi = torch.as_tensor(sine_basis(self.n_boundary, self.n_modes), dtype=self._dtype)
-
-    def _param(self, value: Any, name: str, *, positive: bool = True) -> torch.Tensor:
-        t = as_tensor(value, name, dtype=self._dtype)
-        if t.ndim != 0:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(t.shape)}")
-        check_finite(t.detach(), name)
-        if positive and float(t) < 0:
-            raise ValueError(f"{name} must be >= 0, got {float(t)}")
-        return t
+        if self.n_boundary < 3:
+            raise ValueError(f"n_boundary must be >= 3, got {n_boundary}")
+        n_modes = min(128, self.n_boundary - 2) if n_modes is None else n_modes
+        self.omega = as_tensor(omega, "omega", dtype=dt)
+        if self.omega.ndim != 0:
+            raise ValueError(f"omega must be a scalar, got shape {tuple(self.omega.shape)}")
+        check_finite(self.omega.detach(), "omega")
+        self.s = torch.linspace(0.0, 1.0, self.n_boundary, dtype=dt)
+        self.field = GaussianRandomField(SineBasis1D(self.n_boundary, n_modes), alpha=alpha,
+                                         tau=tau, sigma=sigma,
+                                         mean=torch.sin(self.omega * (self.s - 0.5)), dtype=dt)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -268,46 +268,53 @@ class NtDInputMeasure(Measure):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._dtype
+        return self.field.dtype
 
+    @property
+    def n_modes(self) -> int:
+        return self.field.n_terms
+
+    @property
     def eigenvalues(self) -> torch.Tensor:
         """KLE eigenvalues ``lambda_k`` (n_modes,), differentiable in (tau, alpha, sigma)."""
-        k = torch.arange(1, self.n_modes + 1, dtype=self._dtype)
-        return self.sigma ** 2 * (math.pi ** 2 * k ** 2 + self.tau ** 2) ** (-self.alpha)
+        return self.field.eigenvalues
 
     def mean_function(self) -> torch.Tensor:
-        """The (mean-removed) mean ``sin(omega (s - 1/2))``, shape (n_boundary,)."""
-        m = torch.sin(self.omega * (self.s - 0.5))
+        """Mean of the samples: ``sin(omega (s - 1/2))`` minus its average, shape (n_boundary,)."""
+        m = self.field.mean
         return m - m.mean()
 
-    def sample_latent(self, n: int, *, generator=None) -> torch.Tensor:
+    def sample_coefficients(self, n: int, generator=None) -> torch.Tensor:
         """Standard normal KLE coefficients ``xi`` (n, n_modes) (common random numbers)."""
-        n = check_n_samples(n)
-        return torch.randn(n, self.n_modes, generator=torch_generator(generator), dtype=self._dtype)
+        return self.field.sample_coefficients(n, generator)
 
-    def transform(self, xi: torch.Tensor) -> torch.Tensor:
+    def from_coefficients(self, xi) -> torch.Tensor:
         """Coefficients ``xi`` (B, n_modes) -> mean-zero boundary data (B, n_boundary)."""
-        noise = (xi * self.eigenvalues().sqrt()) @ self._phi.T
-        noise = noise - noise.mean(dim=1, keepdim=True)
-        return self.mean_function() + noise
+        g = self.field.from_coefficients(xi)
+        return g - g.mean(dim=1, keepdim=True)
 
     def sample(self, n: int, *, generator: int | torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` boundary data, shape (n, n_boundary)."""
-        return self.transform(self.sample_latent(n, generator=generator))
+        return self.from_coefficients(self.sample_coefficients(n, generator))
 
     def second_moment(self) -> torch.Tensor:
-        """``E mean_s g(s)^2`` (quadrature L2(0,1) norm, uniform weights) in closed form."""
-        phi_c = self._phi - self._phi.mean(dim=0, keepdim=True)
+        """``E ||g||_h^2`` of the mean-removed samples in the basis' trapezoid norm, closed form:
+        ``||P m||_h^2 + sum_k lambda_k ||P phi_k||_h^2`` with ``P`` the mean removal."""
+        q = self.field.basis.quadrature_weights.to(self.dtype)
+        phi = self.field.basis.functions.to(self.dtype)
+        phi_c = phi - phi.mean(dim=1, keepdim=True)
         m = self.mean_function()
-        return (m ** 2).mean() + (self.eigenvalues() * (phi_c ** 2).mean(dim=0)).sum()
+        return (q * m ** 2).sum() + (self.eigenvalues * (q * phi_c ** 2).sum(dim=1)).sum()
 
     def to_dict(self) -> dict:
         """JSON-serialisable description."""
-        return {"kind": "ntd_input", "omega": float(self.omega), "tau": float(self.tau),
-                "alpha": float(self.alpha), "sigma": float(self.sigma),
-                "n_boundary": self.n_boundary, "n_modes": self.n_modes}
+        f = self.field
+        return {"kind": "ntd_input", "omega": float(self.omega.detach()),
+                "tau": float(f.tau.detach()), "alpha": float(f.alpha.detach()),
+                "sigma": float(f.sigma.detach()), "n_boundary": self.n_boundary,
+                "n_modes": self.n_modes}
 
     def __repr__(self) -> str:
-        return (f"NtDInputMeasure(omega={float(self.omega):.6g}, tau={float(self.tau):.6g}, "
-                f"alpha={float(self.alpha):.6g}, sigma={float(self.sigma):.6g}, "
-                f"n_boundary={self.n_boundary}, n_modes={self.n_modes})")
+        d = self.to_dict()
+        return (f"NtDInputMeasure(omega={d['omega']:.6g}, tau={d['tau']:.6g}, alpha={d['alpha']:.6g}, "
+                f"sigma={d['sigma']:.6g}, n_boundary={self.n_boundary}, n_modes={self.n_modes})")

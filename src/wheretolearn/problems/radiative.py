@@ -41,7 +41,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .._validation import check_positive_float, check_positive_int
-from ._fd import DirichletKLE, check_grid_size, grid_points, nested_dissection
+from ._fd import LogNormalField, check_grid_size, dirichlet_field, grid_points, nested_dissection
 from .base import Problem, register_problem
 
 __all__ = ["RadiativeTransport", "paper_inflow", "isotropic_inflow"]
@@ -241,10 +241,11 @@ class RadiativeTransport(Problem):
         return {"n": self.n, "n_angles": self.n_angles, "knudsen": self.knudsen,
                 "inflow": self._inflow_name}
 
-    def default_input_measure(self) -> DirichletKLE:
-        """``a = exp(v)``, ``v`` a Dirichlet sine KLE with alpha = 2, tau = 1, sigma = 1, 20 x 20 modes."""
-        return DirichletKLE(self.n, mean=0.0, alpha=2.0, tau=1.0, sigma=1.0, n_modes=20,
-                            exponentiate=True)
+    def default_input_measure(self) -> LogNormalField:
+        """``a = exp(v)``, ``v`` a Dirichlet sine KLE with alpha = 2, tau = 1, sigma = 1 and
+        20 x 20 modes (fewer on grids below 22), the paper code's particle basis (SPEC §4)."""
+        return LogNormalField(dirichlet_field(self.n, alpha=2.0, tau=1.0, sigma=1.0,
+                                              n_modes=min(self.n - 2, 20)))
 
     def check_input(self, u: torch.Tensor) -> None:
         """Shape and finiteness (base class), plus ``a > 0`` everywhere."""
