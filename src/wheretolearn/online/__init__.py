@@ -18,6 +18,7 @@ from wheretolearn.online.buffers import (
     make_buffer,
     stack_samples,
 )
+from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
 from wheretolearn.online.samplers import (
     SAMPLERS,
     HaltonSampler,
@@ -26,6 +27,13 @@ from wheretolearn.online.samplers import (
     SobolSampler,
     UniformSampler,
     make_sampler,
+)
+from wheretolearn.online.trainer import (
+    BufferDataset,
+    OnlineTrainer,
+    collate_samples,
+    heat_features,
+    target_scaling_from_bounds,
 )
 
 __all__: list[str] = [
@@ -37,6 +45,8 @@ __all__: list[str] = [
     "Sample",
     "make_buffer",
     "stack_samples",
+    "load_checkpoint",
+    "save_checkpoint",
     "SAMPLERS",
     "HaltonSampler",
     "LHSSampler",
@@ -44,6 +54,11 @@ __all__: list[str] = [
     "SobolSampler",
     "UniformSampler",
     "make_sampler",
+    "BufferDataset",
+    "OnlineTrainer",
+    "collate_samples",
+    "heat_features",
+    "target_scaling_from_bounds",
     "ClusterConfig",
     "ClusterHandle",
     "check_scheduler_reachable",

@@ -1,0 +1,338 @@
+"""Online surrogate trainer: consumes buffer batches, one optimiser step each (SPEC §5).
+
+Melissa's heat-example settings are the defaults: MSE loss, Adam (lr 1e-3, weight decay
+1e-4), ``MultiStepLR`` with gamma 0.5 at batches 1000 and 2000, stepped once per batch (so
+batches 1..1000 use lr, 1001..2000 lr/2, then lr/4).
+
+Target scaling. The network predicts the normalised target ``z = (y - y_shift) / y_scale``;
+loss and per-sample losses are computed on ``z``, and :meth:`OnlineTrainer.predict` maps back
+``y = y_shift + y_scale * z``. Heat fields lie between 100 and 500 (maximum principle: the
+temperature stays between the smallest and largest initial / wall value), so
+:func:`target_scaling_from_bounds` gives ``shift = 300, scale = 200`` and targets in
+``[-1, 1]``; without it Adam at lr 1e-3 spends thousands of batches just learning the offset.
+
+Per-sample losses ``mean_o (z_hat - z)^2`` of every batch are returned for the sampler's
+``tell`` (Breed uses their deviation from the batch mean, which does not depend on the
+scaling's unit).
+
+Validation: per-sample relative L2 errors ``||y_hat - y|| / ||y||`` in physical units over the
+held-out set, summarised by mean, median, P95, P99 and max (SPEC §1), plus the normalised MSE
+averaged over *all* validation samples (Melissa's example divided by the last batch index).
+
+The trainer does not start threads; the engine calls :meth:`OnlineTrainer.train_batch` in its
+loop. It runs in the main process, where torch uses all its threads (Dask workers set 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_finite, check_positive_float, check_positive_int
+from ..models.mlp import MLP
+from ..report.metrics import tail_summary
+from .buffers import Buffer, Sample, stack_samples
+
+__all__ = [
+    "OnlineTrainer",
+    "BufferDataset",
+    "collate_samples",
+    "heat_features",
+    "target_scaling_from_bounds",
+]
+
+
+def heat_features(params: Any, steps: Any, *, bounds: Any, n_steps: int) -> np.ndarray:
+    """Network input of the heat surrogate: normalised parameters and time step.
+
+    ``features[b] = [(params[b] - low) / (high - low), steps[b] / (n_steps - 1)]``, so every
+    entry lies in [0, 1]. Melissa fed raw values (temperatures ~100..500, step 0..99); we
+    normalise (SPEC §5).
+
+    Parameters
+    ----------
+    params : (B, d) array    simulation parameters
+    steps : (B,) ints        time-step index in ``0..n_steps-1``
+    bounds : (d, 2) array    parameter bounds ``[low, high]``
+    n_steps : int            number of time steps of a simulation
+
+    Returns
+    -------
+    (B, d + 1) float32 ndarray (a new array).
+    """
+    p = np.asarray(params, dtype=np.float64)
+    s = np.asarray(steps, dtype=np.float64)
+    b = np.asarray(bounds, dtype=np.float64)
+    n_steps = check_positive_int(n_steps, "n_steps")
+    if p.ndim != 2 or b.shape != (p.shape[1], 2):
+        raise ValueError(f"params must have shape (B, d) and bounds (d, 2), got {p.shape} "
+                         f"and {b.shape}")
+    if s.shape != (p.shape[0],):
+        raise ValueError(f"steps must have shape ({p.shape[0]},), got {s.shape}")
+    unit = (p - b[:, 0]) / (b[:, 1] - b[:, 0])
+    t = s / max(n_steps - 1, 1)
+    return np.concatenate([unit, t[:, None]], axis=1).astype(np.float32)
+
+
+def target_scaling_from_bounds(bounds: Any) -> tuple[float, float]:
+    """``(y_shift, y_scale)`` mapping ``[min low, max high]`` onto ``[-1, 1]``.
+
+    Valid for outputs bounded by the inputs' range, such as the heat equation's temperatures
+    (maximum principle). ``bounds`` (d, 2).
+    """
+    b = np.asarray(bounds, dtype=np.float64)
+    lo, hi = float(b[:, 0].min()), float(b[:, 1].max())
+    if not hi > lo:
+        raise ValueError(f"bounds must span a positive range, got [{lo}, {hi}]")
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
+def collate_samples(batch: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor,
+                                                       np.ndarray, np.ndarray]:
+    """Stack a list of samples into ``x (B, F)``, ``y (B, O)`` float32 tensors, ``sim_ids (B,)``
+    and ``steps (B,)`` int64 arrays."""
+    if not batch:
+        raise ValueError("batch must hold at least one sample, got an empty batch")
+    a = stack_samples(batch)
+    return torch.from_numpy(a["x"]), torch.from_numpy(a["y"]), a["sim_id"], a["step"]
+
+
+class BufferDataset(torch.utils.data.IterableDataset):
+    """Iterate batches ``(x (B, F), y (B, O), sim_ids (B,), steps (B,))`` from a buffer.
+
+    Ends when the buffer is closed and exhausted, or when ``stop`` (a ``threading.Event``) is
+    set while no batch is ready. Use with ``DataLoader(ds, batch_size=None)`` or directly;
+    ``num_workers`` must stay 0 (the buffer lives in this process).
+    """
+
+    def __init__(self, buffer: Buffer, batch_size: int, *, timeout: float = 0.5,
+                 stop: Any = None) -> None:
+        super().__init__()
+        self.buffer = buffer
+        self.batch_size = buffer.check_batch_size(batch_size)
+        self.timeout = check_positive_float(timeout, "timeout")
+        self.stop = stop
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]]:
+        while True:
+            batch = self.buffer.get_batch(self.batch_size, timeout=self.timeout)
+            if batch is None:
+                return
+            if batch:
+                yield collate_samples(batch)
+            elif self.stop is not None and self.stop.is_set():
+                return
+
+
+def _as_scaling(value: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(-1)
+    check_finite(t, name)
+    if t.numel() == 0:
+        raise ValueError(f"{name} must be a number or a (O,) array, got an empty array")
+    return t
+
+
+class OnlineTrainer:
+    """One optimiser step per buffer batch, with validation and checkpointable state.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(B, F)`` to ``(B, O)``; an :class:`~wheretolearn.models.MLP` stores its
+        ``config`` in the state so :meth:`from_state_dict` can rebuild it.
+    lr, weight_decay : float
+        Adam settings (SPEC §5: 1e-3, 1e-4).
+    milestones : sequence of int, gamma : float
+        ``MultiStepLR``: multiply lr by ``gamma`` after each milestone batch.
+    device : str or torch.device
+    y_shift, y_scale : float or (O,) array
+        Target scaling ``z = (y - y_shift) / y_scale`` (``y_scale > 0``); see the module
+        docstring and :func:`target_scaling_from_bounds`.
+
+    Attributes
+    ----------
+    batches_seen, samples_seen : int
+    train_seconds : float   time spent inside :meth:`train_batch` (for throughput)
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 milestones: Sequence[int] = (1000, 2000), gamma: float = 0.5,
+                 device: str | torch.device = "cpu", y_shift: Any = 0.0,
+                 y_scale: Any = 1.0) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.dtype = next(model.parameters()).dtype
+        self.hyper = {
+            "lr": check_positive_float(lr, "lr"),
+            "weight_decay": check_positive_float(weight_decay, "weight_decay", allow_zero=True),
+            "milestones": sorted(check_positive_int(m, "milestones") for m in milestones),
+            "gamma": check_positive_float(gamma, "gamma"),
+        }
+        self._set_scaling(y_shift, y_scale)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.hyper["lr"],
+                                          weight_decay=self.hyper["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=self.hyper["milestones"], gamma=self.hyper["gamma"])
+        self.loss_fn = nn.MSELoss(reduction="none")
+        self.batches_seen = 0
+        self.samples_seen = 0
+        self.train_seconds = 0.0
+
+    # -- scaling --------------------------------------------------------------------------
+    def _set_scaling(self, y_shift: Any, y_scale: Any) -> None:
+        shift = _as_scaling(y_shift, "y_shift")
+        scale = _as_scaling(y_scale, "y_scale")
+        if bool((scale <= 0).any()):
+            raise ValueError(f"y_scale must be > 0, got minimum {float(scale.min())}")
+        self._y_shift = shift.to(self.device, self.dtype)
+        self._y_scale = scale.to(self.device, self.dtype)
+
+    def _normalise(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self._y_shift) / self._y_scale  # a new tensor: y itself is never written
+
+    @property
+    def lr(self) -> float:
+        """Learning rate the next batch will use."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _tensor(self, a: Any, name: str) -> torch.Tensor:
+        t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+        return t.to(self.device, self.dtype).reshape(t.shape[0], -1)
+
+    # -- training -------------------------------------------------------------------------
+    def train_batch(self, batch: Sequence[Sample]) -> dict:
+        """One Adam step on a buffer batch.
+
+        Returns
+        -------
+        dict with ``loss`` (float, batch MSE on normalised targets), ``per_sample_loss``
+        ``(B,)`` float64, ``sim_ids`` and ``steps`` ``(B,)`` int64, ``lr`` used, ``batch``
+        (1-based index of this batch).
+        """
+        x, y, sim_ids, steps = collate_samples(batch)
+        return self.train_arrays(x, y, sim_ids=sim_ids, steps=steps)
+
+    def train_arrays(self, x: Any, y: Any, *, sim_ids: Any = None, steps: Any = None) -> dict:
+        """As :meth:`train_batch` for arrays ``x (B, F)`` and ``y (B, O)`` (or ``(B, n, n)``)."""
+        t0 = time.perf_counter()
+        xt, yt = self._tensor(x, "x"), self._tensor(y, "y")
+        if xt.shape[0] != yt.shape[0] or xt.shape[0] == 0:
+            raise ValueError(f"x and y must hold the same number B >= 1 of samples, got "
+                             f"{xt.shape[0]} and {yt.shape[0]}")
+        self.model.train()
+        lr = self.lr
+        pred = self.model(xt)
+        per_sample = self.loss_fn(pred, self._normalise(yt)).mean(dim=1)
+        loss = per_sample.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        b = xt.shape[0]
+        self.batches_seen += 1
+        self.samples_seen += b
+        self.train_seconds += time.perf_counter() - t0
+        return {"loss": float(loss.detach()),
+                "per_sample_loss": per_sample.detach().cpu().double().numpy(),
+                "sim_ids": (np.full(b, -1, np.int64) if sim_ids is None
+                            else np.asarray(sim_ids, dtype=np.int64).copy()),
+                "steps": (np.full(b, -1, np.int64) if steps is None
+                          else np.asarray(steps, dtype=np.int64).copy()),
+                "lr": lr, "batch": self.batches_seen}
+
+    # -- inference / validation -----------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x: Any, *, batch_size: int = 1024) -> np.ndarray:
+        """Predictions in physical units: ``(V, F) -> (V, O)`` float ndarray."""
+        xt = self._tensor(x, "x")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = [self.model(xt[i:i + batch_size]) * self._y_scale + self._y_shift
+                   for i in range(0, xt.shape[0], batch_size)]
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out).cpu().numpy()
+
+    @torch.no_grad()
+    def validate(self, x_val: Any, y_val: Any, *, batch_size: int = 1024,
+                 return_errors: bool = False) -> dict:
+        """Per-sample relative L2 errors on a held-out set and their tail (SPEC §1, §5).
+
+        Parameters
+        ----------
+        x_val : (V, F) array, y_val : (V, O) or (V, n, n) array (physical units)
+
+        Returns
+        -------
+        dict ``{"mean", "median", "p95", "p99", "max"}`` of ``||y_hat - y|| / ||y||``, ``"loss"``
+        (MSE on normalised targets over all V samples), ``"n"`` (V); with ``return_errors``
+        also ``"errors"`` (V,).
+        """
+        yt = self._tensor(y_val, "y_val")
+        pred = torch.as_tensor(self.predict(x_val, batch_size=batch_size)).to(yt)
+        if pred.shape != yt.shape:
+            raise ValueError(f"y_val must have shape {tuple(pred.shape)} to match the model "
+                             f"output, got {tuple(yt.shape)}")
+        diff = (pred - yt).double()
+        errors = diff.norm(dim=1) / yt.double().norm(dim=1)
+        loss = float(((diff / self._y_scale.double()) ** 2).mean())
+        out = {**tail_summary(errors.cpu().numpy()), "loss": loss, "n": int(yt.shape[0])}
+        if return_errors:
+            out["errors"] = errors.cpu().numpy()
+        return out
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Model weights and config, optimiser, scheduler, counters, hyper-parameters, scaling."""
+        sched = self.scheduler.state_dict()
+        # Counter is not a plain container: store a dict so the checkpoint loads weights-only.
+        sched["milestones"] = dict(sched["milestones"])
+        return {"model": self.model.state_dict(),
+                "model_config": getattr(self.model, "config", None),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": sched,
+                "batches_seen": self.batches_seen, "samples_seen": self.samples_seen,
+                "train_seconds": self.train_seconds,
+                "hyper": dict(self.hyper, milestones=list(self.hyper["milestones"])),
+                "y_shift": self._y_shift.cpu().double().tolist(),
+                "y_scale": self._y_scale.cpu().double().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (the model architecture must match)."""
+        own, saved = getattr(self.model, "config", None), state.get("model_config")
+        if own is not None and saved is not None and own != saved:
+            raise ValueError(f"checkpoint model config {saved} does not match this model {own}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        sched = dict(state["scheduler"])
+        sched["milestones"] = Counter({int(k): int(v) for k, v in sched["milestones"].items()})
+        self.scheduler.load_state_dict(sched)
+        self.batches_seen = int(state["batches_seen"])
+        self.samples_seen = int(state["samples_seen"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.hyper = dict(state["hyper"])
+        self._set_scaling(state["y_shift"], state["y_scale"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, device: str | torch.device = "cpu"
+                        ) -> "OnlineTrainer":
+        """Rebuild trainer and :class:`~wheretolearn.models.MLP` from a state alone."""
+        if state.get("model_config") is None:
+            raise ValueError("state has no model_config; build the model yourself and call "
+                             "load_state_dict")
+        hyper = state["hyper"]
+        trainer = cls(MLP.from_config(state["model_config"]), lr=hyper["lr"],
+                      weight_decay=hyper["weight_decay"], milestones=hyper["milestones"],
+                      gamma=hyper["gamma"], device=device, y_shift=state["y_shift"],
+                      y_scale=state["y_scale"])
+        trainer.load_state_dict(state)
+        return trainer

@@ -1,0 +1,141 @@
+"""Tests of atomic checkpoints and of restoring trainer / buffer / sampler from them (SPEC §5)."""
+
+import numpy as np
+import pytest
+import torch
+
+from wheretolearn.models import MLP
+from wheretolearn.online import checkpoint as ckpt
+from wheretolearn.online.buffers import Sample, make_buffer
+from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
+from wheretolearn.online.samplers import make_sampler
+from wheretolearn.online.trainer import OnlineTrainer
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batches(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.random((10, 6), dtype=np.float32), rng.random((10, 8), dtype=np.float32))
+            for _ in range(n)]
+
+
+def trained_trainer():
+    t = OnlineTrainer(MLP(6, 8, hidden=(16, 16), seed=0), milestones=(3, 6),
+                      y_shift=0.5, y_scale=0.25)
+    for x, y in batches(4):
+        t.train_arrays(x, y)
+    return t
+
+
+def test_trainer_round_trip_restores_outputs_optimiser_and_continues_identically(tmp_path):
+    t = trained_trainer()
+    save_checkpoint(tmp_path / "ck.pt", {"trainer": t.state_dict()})
+    state = load_checkpoint(tmp_path / "ck.pt")["trainer"]
+    r = OnlineTrainer.from_state_dict(state)
+    x = np.random.default_rng(1).random((5, 6), dtype=np.float32)
+    np.testing.assert_array_equal(r.predict(x), t.predict(x))
+    assert (r.batches_seen, r.samples_seen, r.lr) == (4, 40, t.lr)
+    for pa, pb in zip(t.optimizer.state.values(), r.optimizer.state.values()):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(pa[key], pb[key], rtol=0, atol=0)
+    # the next steps (crossing the milestone at batch 6) are bit-identical
+    for x, y in batches(4, seed=2):
+        assert t.train_arrays(x, y)["loss"] == r.train_arrays(x, y)["loss"]
+    assert r.lr == t.lr == pytest.approx(1e-3 * 0.25)
+    np.testing.assert_array_equal(r.predict(x), t.predict(x))
+
+
+def test_load_state_into_existing_trainer_checks_architecture():
+    t = trained_trainer()
+    other = OnlineTrainer(MLP(6, 8, hidden=(16, 16), seed=9), milestones=(3, 6))
+    other.load_state_dict(t.state_dict())
+    assert other.batches_seen == 4
+    with pytest.raises(ValueError, match="does not match"):
+        OnlineTrainer(MLP(6, 8, hidden=(32,))).load_state_dict(t.state_dict())
+
+
+def test_buffer_and_sampler_state_survive_the_file(tmp_path):
+    buf = make_buffer("firo", 20, watermark=2, seed=3, pseudo_epochs=2)
+    for i in range(15):
+        buf.put(Sample(i, i % 4, np.full(6, i), np.full(8, -i)))
+    buf.get_batch(5)
+    sampler = make_sampler("halton", [[100.0, 500.0]] * 5, seed=4)
+    sampler.ask(9)
+    save_checkpoint(tmp_path / "ck.pt", {"buffer": buf.state_dict(),
+                                         "sampler": sampler.state_dict()})
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert isinstance(state["buffer"]["x"], torch.Tensor)  # numpy arrays come back as tensors
+    buf2 = make_buffer("firo", 20, watermark=2, seed=0, pseudo_epochs=2)
+    buf2.load_state_dict(state["buffer"])
+    s2 = make_sampler("halton", [[100.0, 500.0]] * 5, seed=0)
+    s2.load_state_dict(state["sampler"])
+    np.testing.assert_array_equal(s2.ask(3), sampler.ask(3))
+    assert buf2.stats() == buf.stats()
+    for _ in range(3):
+        assert ([s.sim_id for s in buf2.get_batch(4)]
+                == [s.sim_id for s in buf.get_batch(4)])
+
+
+def test_failure_during_save_keeps_previous_checkpoint_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"version": 1, "w": np.arange(3.0)})
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"version": 2})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["version"] == 1
+    torch.testing.assert_close(state["w"], torch.arange(3.0, dtype=torch.float64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def test_unsupported_state_is_rejected_before_touching_the_file(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"version": 1})
+    with pytest.raises(TypeError, match=r"state\['bad'\] has unsupported type object"):
+        save_checkpoint(path, {"bad": object()})
+    assert load_checkpoint(path) == {"version": 1}
+    with pytest.raises(TypeError, match="state must be a dict"):
+        save_checkpoint(path, [1, 2])
+
+
+def test_save_does_not_mutate_the_callers_state(tmp_path):
+    arr = np.arange(4.0)
+    state = {"a": arr, "nested": {"t": (1, np.int64(2))}}
+    save_checkpoint(tmp_path / "sub" / "ck.pt", state)
+    assert state["a"] is arr and isinstance(state["nested"]["t"], tuple)
+    np.testing.assert_array_equal(arr, np.arange(4.0))
+    loaded = load_checkpoint(tmp_path / "sub" / "ck.pt")
+    assert loaded["nested"]["t"] == [1, 2] and type(loaded["nested"]["t"][1]) is int
+
+
+def test_missing_corrupt_and_foreign_files_raise_value_error_naming_the_path(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ValueError, match=f"checkpoint {missing} does not exist"):
+        load_checkpoint(missing)
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"trainer": trained_trainer().state_dict()})
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match=f"checkpoint {truncated} is corrupt"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(ValueError, match=f"checkpoint {garbage} is corrupt"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": 1}, foreign)
+    with pytest.raises(ValueError, match="not a wheretolearn checkpoint"):
+        load_checkpoint(foreign)
