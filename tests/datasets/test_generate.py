@@ -61,9 +61,9 @@ def _count_calls(monkeypatch):
     calls = []
     real = gen_module._evaluate_chunk
 
-    def counting(name, opts, x):
+    def counting(problem, x):
         calls.append(x.shape[0])
-        return real(name, opts, x)
+        return real(problem, x)
 
     monkeypatch.setattr(gen_module, "_evaluate_chunk", counting)
     return calls
@@ -93,11 +93,11 @@ def test_interrupted_run_continues_without_recomputing(tmp_path, monkeypatch):
     real = gen_module._evaluate_chunk
     calls = []
 
-    def crash_on_third(name, opts, x):
+    def crash_on_third(problem, x):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return real(name, opts, x)
+        return real(problem, x)
 
     monkeypatch.setattr(gen_module, "_evaluate_chunk", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -161,3 +161,21 @@ def test_existing_store_with_other_content_is_refused_unless_overwrite(tmp_path)
     info = generate_dataset("burgers", 3, out, options=BURGERS, seed=9, workers=0,
                             progress=False, overwrite=True)
     assert open_dataset(out)["attrs"]["seed"] == 9 and info.computed_chunks == [0]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("darcy", {"n": 12}), ("ntd", {"n": 12}), ("radiative", {"n": 9, "n_angles": 4}),
+    ("sobol-g", {}),
+])
+def test_other_registered_problems_go_through_the_same_path(tmp_path, name, options):
+    from wheretolearn.problems import available_problems
+
+    if name not in available_problems():
+        pytest.skip(f"problem {name!r} not registered")
+    info = generate_dataset(name, 3, tmp_path / f"{name}.zarr", options=options, workers=0,
+                            progress=False)
+    data = open_dataset(info.path)
+    problem = get_problem(name, **options)
+    assert data["inputs"].shape == (3, *problem.input_shape)
+    assert data["outputs"].shape == (3, *problem.output_shape)
+    np.testing.assert_allclose(data["outputs"], problem(data["inputs"]), rtol=1e-5, atol=1e-6)

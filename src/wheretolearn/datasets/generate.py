@@ -190,15 +190,19 @@ def _zarr_chunks(chunk: int, shape: tuple[int, ...], itemsize: int) -> tuple[int
 _WORKER_PROBLEMS: dict[str, Any] = {}
 
 
-def _evaluate_chunk(name: str, options_json: str, inputs: np.ndarray) -> np.ndarray:
-    """Task run on a worker: build (and cache) the problem, evaluate one chunk."""
-    key = name + options_json
-    if key not in _WORKER_PROBLEMS:
-        from ..problems import get_problem
+def _evaluate_chunk(problem: Any, inputs: np.ndarray) -> np.ndarray:
+    """Task: evaluate one chunk. ``problem`` is a Problem, or ``(name, options_json)`` for
+    problems that cannot be pickled (then built once per worker and cached)."""
+    if isinstance(problem, tuple):
+        name, options_json = problem
+        key = name + options_json
+        if key not in _WORKER_PROBLEMS:
+            from ..problems import get_problem
 
-        _WORKER_PROBLEMS.clear()
-        _WORKER_PROBLEMS[key] = get_problem(name, **json.loads(options_json))
-    return np.asarray(_WORKER_PROBLEMS[key](inputs))
+            _WORKER_PROBLEMS.clear()
+            _WORKER_PROBLEMS[key] = get_problem(name, **json.loads(options_json))
+        problem = _WORKER_PROBLEMS[key]
+    return np.asarray(problem(inputs))
 
 
 def _sample_chunk(measure: Any, seed: int, index: int, size: int) -> np.ndarray:
@@ -335,15 +339,14 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     def sample(i: int) -> np.ndarray:
         return _sample_chunk(meas, seed, i, min(n, (i + 1) * chunk) - i * chunk)
 
-    opts_json = json.dumps(prob_options, sort_keys=True)
     with _progress_bar(progress, n_chunks, n_chunks - len(todo), prob.name) as advance:
         if todo and (workers == 0 and scheduler is None):
             for i in todo:
                 x = sample(i)
-                write(i, x, _evaluate_chunk(prob.name, opts_json, x))
+                write(i, x, _evaluate_chunk(prob, x))
                 advance()
         elif todo:
-            _run_dask(todo, sample, write, prob.name, opts_json, workers, scheduler, advance)
+            _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance)
     group.attrs["complete"] = True
     return DatasetInfo(path=str(out), problem=prob.name, options=prob_options, measure=measure_rec,
                        seed=seed, n=n, chunk=chunk, n_chunks=n_chunks, key=key,
@@ -353,9 +356,16 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
 
 
 def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
-              write: Callable[[int, np.ndarray, np.ndarray], None], name: str, opts_json: str,
-              workers: int, scheduler: str | None, advance: Callable[[], None]) -> None:
-    """Evaluate the chunks ``todo`` on Dask with a bounded number of tasks in flight."""
+              write: Callable[[int, np.ndarray, np.ndarray], None], problem: Any,
+              options: dict, workers: int, scheduler: str | None,
+              advance: Callable[[], None]) -> None:
+    """Evaluate the chunks ``todo`` on Dask with a bounded number of tasks in flight.
+
+    The built problem is sent to every worker once (so expensive set-up such as an operator
+    factorisation is not repeated); a problem that cannot be pickled is rebuilt on each
+    worker from its name and options."""
+    import pickle
+
     from contextlib import ExitStack
 
     from distributed import Client, LocalCluster, as_completed
@@ -364,18 +374,25 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
         if scheduler is not None:
             client = stack.enter_context(Client(scheduler))
         else:
+            # ":0": the scheduler's HTTP endpoint on a free port (None still tries 8787, which
+            # clashes with any other cluster on the machine)
             cluster = stack.enter_context(LocalCluster(
-                n_workers=max(1, workers), threads_per_worker=1, dashboard_address=None,
+                n_workers=max(1, workers), threads_per_worker=1, dashboard_address=":0",
                 processes=True))
             client = stack.enter_context(Client(cluster))
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        try:
+            pickle.dumps(problem)
+            payload = client.scatter(problem, broadcast=True)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            payload = (problem.name, json.dumps(options, sort_keys=True))
         pending = iter(todo)
         inputs: dict[int, np.ndarray] = {}
         index: dict[str, int] = {}
 
         def submit(i: int):
             inputs[i] = sample(i)
-            fut = client.submit(_evaluate_chunk, name, opts_json, inputs[i], pure=False)
+            fut = client.submit(_evaluate_chunk, payload, inputs[i], pure=False)
             index[fut.key] = i
             return fut
 
