@@ -161,7 +161,8 @@ class KernelRidge:
         if xt.ndim != 2 or xt.shape[0] < 1:
             raise ValueError(f"x must have shape (N, d) with N >= 1, got {tuple(xt.shape)}")
         if yt.ndim != 1 or yt.shape[0] != xt.shape[0]:
-            raise ValueError(f"y must have shape ({xt.shape[0]},) to match x, got {tuple(yt.shape)}")
+            raise ValueError(f"y must have shape ({xt.shape[0]},) to match x, "
+                             f"got {tuple(yt.shape)}")
         check_finite(xt.detach(), "x")
         check_finite(yt.detach(), "y")
         self.dtype_ = self.dtype or (xt.dtype if xt.dtype in (torch.float32, torch.float64)

@@ -92,7 +92,7 @@ class SobolG(BenchmarkFunction):
 
 @register_problem("friedman1")
 class Friedman1(BenchmarkFunction):
-    """Friedman 1: ``10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5`` (paper eq. F.1b), d >= 5."""
+    """Friedman 1: ``10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5`` (eq. F.1b), d >= 5."""
 
     name = "friedman1"
     min_dim = 5

@@ -1,0 +1,431 @@
+"""Bilevel gradient descent for a Gaussian training distribution (paper §4.1, Alg. 1/3,
+SM D.2 Lemmas D.4-D.5 and eq. D.11; SPEC §3).
+
+Objective (the seen-sample OOD loss of kernel ridge regression trained on ``nu_theta``)::
+
+    J(theta) = (1 / 2J) sum_j mean_l (y_jl - f_theta(v_jl))^2 ,   theta = (m, L), C = L L^T
+
+where ``f_theta`` is KRR (Gaussian kernel, ridge ``eps``) fitted on ``x_i ~ nu_theta``,
+``y_i = G*(x_i)``. Per step ``t`` (cosine-annealed ``lr_t`` and ``eps_t``):
+
+1. ``x_i = m + L z_i``, ``z_i ~ N(0, I)``, ``y_i = G*(x_i)``, ``i = 1..N``;
+2. ``a = (K + N eps I)^{-1} y`` (one Cholesky factorisation);
+3. ``r_i = (1/J) sum_j mean_l k(x_i, v_jl) (y_jl - f(v_jl))`` over the *seen* samples;
+4. ``p = (K + N eps I)^{-1} (N r)`` reusing the factor;
+5. ``g = mean_i (f(x_i) - y_i) p_i grad_theta log p(x_i; theta)``; ``theta -= lr_t g``;
+   non-positive diagonal entries of ``L`` are replaced by ``1e-7``.
+
+Which estimator this is (checked in ``tests/design/test_bilevel.py``):
+
+* ``g`` estimates the gradient of the *population* objective (``N -> infinity`` inner
+  problem) by the envelope theorem: the first variation of ``J`` in ``nu`` is
+  ``(f - G*) p`` (paper Prop. 4.3), and ``dJ/dtheta = E_nu[(f - G*) p grad log p_theta]``
+  (Thm. 4.5). This is the score-function (likelihood-ratio) form; a reparametrisation
+  ("pathwise") term must **not** be added -- it is an alternative estimator of the same
+  derivative (and would need ``grad G*``), not a second contribution.
+* For one fixed draw, ``g`` is *exactly* the gradient at ``theta' = theta`` of the seen loss of
+  the importance-weighted KRR fit ``min_f sum_i w_i (f(x_i) - y_i)^2 / 2 + eps ||f||^2 / 2``
+  with ``w_i(theta') = p_theta'(x_i) / (N p_theta(x_i))`` and the draws ``x_i`` held fixed:
+  ``dJ/dw_i = (f(x_i) - y_i) p_i`` (discrete adjoint) and ``dw_i/dtheta' = score_i / N``.
+  The tests compare with autograd through the unrolled weighted solve and with finite
+  differences, in float64.
+
+The score of ``N(m, L L^T)`` at ``x = m + L z`` is closed form:
+``grad_m = L^{-T} z`` and ``grad_L = tril(L^{-T} z z^T) - diag(1 / diag L)``.
+
+Implementation notes (speed): the Cholesky factor is computed once per step (float64 by
+default) and reused for the adjoint; the seen kernel block ``k(V, X)`` is built once and used
+for both ``f(V) = k(V, X) a`` and ``k(V, X)^T (y - f)``; the unseen error uses chunked
+matrix-vector products and never forms ``k(V_unseen, X)`` in full; ``f(x_i) - y_i`` is
+``-N eps a_i`` exactly, so ``K a`` is never formed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
+                           torch_generator)
+from ..measures.gaussian import DIAG_CLAMP, Gaussian
+from ..models.krr import (augment_left, augment_right, gaussian_kernel, kernel_from_augmented,
+                          regularised_cholesky)
+from .metatest import MetaTest
+
+__all__ = ["BilevelResult", "AdjointGradient", "bilevel_descent", "adjoint_gradient",
+           "cosine_schedule"]
+
+_OPTIMIZERS = ("sgd", "adam")
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+_EVAL_CHUNK = 4096
+
+
+@dataclass
+class BilevelResult:
+    """Outcome of :func:`bilevel_descent`.
+
+    Attributes
+    ----------
+    initial, final : Gaussian
+        Training distribution before the first and after the last update.
+    best : Gaussian
+        The iterate whose KRR fit had the lowest *seen* meta-test error (the unseen split is
+        never used for choosing).
+    history : list of dict
+        One record per step: ``step``, ``lr``, ``ridge``, ``seen_error``, ``unseen_error``
+        (NaN when not evaluated), ``grad_norm``, ``seconds`` (wall time of the step, without
+        the callback), ``grad_seconds`` (gradient part only) and ``mean`` (the iterate's mean,
+        before the update).
+    seconds_per_step, grad_seconds_per_step : float
+        Mean wall time per step, with and without the unseen-error evaluation.
+    best_step : int
+        Step index of ``best``.
+    options : dict
+        The settings used (JSON-serialisable).
+    """
+
+    initial: Gaussian
+    final: Gaussian
+    best: Gaussian
+    history: list[dict]
+    seconds_per_step: float
+    grad_seconds_per_step: float
+    best_step: int = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class AdjointGradient:
+    """One adjoint gradient evaluation (see :func:`adjoint_gradient`).
+
+    Attributes
+    ----------
+    grad_mean : (d,) tensor
+    grad_scale_tril : (d, d) tensor, lower triangular
+    seen_error : float
+        Relative root OOD error of the KRR fit on the seen split.
+    coef : (N,) tensor
+        KRR coefficients ``a``.
+    adjoint : (N,) tensor
+        Adjoint state ``p`` at the training points.
+    """
+
+    grad_mean: torch.Tensor
+    grad_scale_tril: torch.Tensor
+    seen_error: float
+    coef: torch.Tensor
+    adjoint: torch.Tensor
+
+
+def cosine_schedule(start: float, end: float, step: int, steps: int) -> float:
+    """``end + (start - end) (1 + cos(pi t / (T - 1))) / 2``: ``start`` at step 0, ``end`` at
+    the last step ``T - 1`` (cosine annealing, paper SM F.1)."""
+    if steps <= 1:
+        return float(start)
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / (steps - 1)))
+
+
+class _Workspace:
+    """Quantities fixed for a whole run: augmented meta-test points, labels, norms."""
+
+    def __init__(self, metatest: MetaTest, *, bandwidth: float, dtype: torch.dtype,
+                 factor_dtype: torch.dtype, label_scale: float, eval_unseen: bool):
+        d = metatest.dim
+        self.bandwidth = bandwidth
+        self.dtype = dtype
+        self.factor_dtype = factor_dtype
+        seen_x = metatest.seen_x.detach().to(dtype).reshape(-1, d)
+        self.seen_left = augment_left(seen_x, bandwidth)
+        self.seen_y = metatest.seen_y.detach().to(dtype).reshape(-1)
+        # equal sample counts per measure: (1/J) sum_j mean_l == mean over all seen rows
+        self.n_seen = self.seen_y.shape[0]
+        self.seen_den = float((self.seen_y.double() ** 2).sum())
+        self.inv_label_scale2 = 1.0 / (label_scale * label_scale)
+        self.unseen_left = None
+        if eval_unseen and metatest.unseen_x.shape[1] > 0:
+            unseen_x = metatest.unseen_x.detach().to(dtype).reshape(-1, d)
+            self.unseen_left = augment_left(unseen_x, bandwidth)
+            self.unseen_y = metatest.unseen_y.detach().to(dtype).reshape(-1)
+            self.unseen_den = float((self.unseen_y.double() ** 2).sum())
+        self.lower = torch.ones(d, d, dtype=dtype).tril()
+        self.eye = torch.eye(d, dtype=dtype)
+
+
+def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+                  scale_tril: torch.Tensor, ridge: float):
+    """Steps 2-5 for one draw. Returns ``(grad_m, grad_L, seen_error, coef, adjoint, right)``.
+
+    ``x = m + L z`` (N, d), ``y`` (N,) labels; all in the working dtype, no autograd.
+    """
+    n = x.shape[0]
+    fdt = ws.factor_dtype
+    xf = x.to(fdt)
+    chol = regularised_cholesky(gaussian_kernel(xf, xf, ws.bandwidth), n * ridge, ridge=ridge)
+    coef = torch.cholesky_solve(y.to(fdt)[:, None], chol)[:, 0]
+    right = augment_right(x, ws.bandwidth)
+    k_seen = kernel_from_augmented(ws.seen_left, right)          # (M_seen, N)
+    resid = ws.seen_y - k_seen @ coef.to(ws.dtype)                # y - f on seen samples
+    seen_error = math.sqrt(float(resid.double().square().sum()) / ws.seen_den)
+    r = (resid @ k_seen) / ws.n_seen                              # (N,) adjoint rhs
+    adjoint = torch.cholesky_solve((n * r.to(fdt))[:, None], chol)[:, 0]
+    # f(x_i) - y_i = -N eps a_i exactly, so c_i = (f_i - y_i) p_i / N = -eps a_i p_i
+    c = ((-ridge * ws.inv_label_scale2) * coef * adjoint).to(ws.dtype)
+    # closed-form score at x = m + L z: u = L^{-T} z, grad_m = u, grad_L = tril(u z^T) - diag(1/L)
+    u = torch.linalg.solve_triangular(scale_tril.T, z.T, upper=True).T   # (N, d)
+    grad_m = c @ u
+    grad_l = (((u * c[:, None]).T @ z) * ws.lower
+              - c.sum() * torch.diag(1.0 / torch.diagonal(scale_tril)))
+    return grad_m, grad_l, seen_error, coef, adjoint, right
+
+
+def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> float:
+    """Relative root OOD error on the unseen split, chunked ``k(V, X) a``."""
+    c = coef.to(ws.dtype)
+    sq = 0.0
+    for start in range(0, ws.unseen_left.shape[0], _EVAL_CHUNK):
+        blk = kernel_from_augmented(ws.unseen_left[start:start + _EVAL_CHUNK], right)
+        diff = ws.unseen_y[start:start + _EVAL_CHUNK] - blk @ c
+        sq += float(diff @ diff)
+    return math.sqrt(sq / ws.unseen_den)
+
+
+def _label_scale(metatest: MetaTest, normalize_labels: bool) -> float:
+    """RMS of the seen labels (``normalize_labels``) or 1: the objective is divided by its
+    square, i.e. the gradient is that of half the squared *relative* seen error."""
+    if not normalize_labels:
+        return 1.0
+    rms = float(metatest.seen_y.double().square().mean().sqrt())
+    return rms if rms > 0 else 1.0
+
+
+def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
+                     z: torch.Tensor, *, bandwidth: float = 1.0, ridge: float = 1e-3,
+                     normalize_labels: bool = False,
+                     factor_dtype: Any = "float64") -> AdjointGradient:
+    """Single adjoint gradient of the seen OOD loss with respect to ``(mean, scale_tril)``.
+
+    Parameters
+    ----------
+    problem : callable
+        Ground truth ``G*``: ``(N, d)`` tensor -> ``(N,)`` tensor.
+    metatest : MetaTest
+        Only the seen split is used.
+    measure : Gaussian
+        Current training distribution ``N(m, L L^T)``; its dtype is the working dtype.
+    z : (N, d) tensor
+        Latent draws; the training inputs are ``x = m + L z``.
+    bandwidth, ridge : float
+        Kernel length scale ``s`` and ridge ``eps``.
+    normalize_labels : bool
+        Divide the objective by the mean square of the seen labels.
+    factor_dtype : dtype of the Cholesky factorisation and the solves.
+
+    Returns
+    -------
+    AdjointGradient
+        ``grad_mean`` (d,) and ``grad_scale_tril`` (d, d) of
+        ``(1/2J) sum_j mean_l (y_jl - f(v_jl))^2`` (score-function form, see module docstring).
+    """
+    bandwidth = check_positive_float(bandwidth, "bandwidth")
+    ridge = check_positive_float(ridge, "ridge")
+    dtype = measure.dtype
+    mean, scale_tril = measure.mean.detach(), measure.scale_tril.detach()
+    zt = torch.as_tensor(z).detach().to(dtype)
+    if zt.ndim != 2 or zt.shape[1] != measure.dim:
+        raise ValueError(f"z must have shape (N, {measure.dim}), got {tuple(zt.shape)}")
+    ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dtype,
+                    factor_dtype=resolve_dtype(factor_dtype),
+                    label_scale=_label_scale(metatest, normalize_labels), eval_unseen=False)
+    with torch.no_grad():
+        x = mean + zt @ scale_tril.T
+        y = _labels(problem, x, dtype)
+        gm, gl, err, coef, adj, _ = _adjoint_step(ws, x, zt, y, scale_tril, ridge)
+    return AdjointGradient(gm, gl, err, coef, adj)
+
+
+def _labels(problem: Callable, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    y = problem(x)
+    y = torch.as_tensor(y).detach().to(dtype).reshape(-1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"problem must return one scalar label per input, got shape "
+                         f"{tuple(y.shape)} for {x.shape[0]} inputs")
+    if not bool(torch.isfinite(y).all()):
+        n_bad = int((~torch.isfinite(y)).sum())
+        raise ValueError(f"problem returned non-finite labels at {n_bad} training inputs; the "
+                         "training distribution has probably moved to where G* is singular "
+                         "(try a smaller lr)")
+    return y
+
+
+def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
+                    n_train: int = 250, steps: int = 1000, lr: float = 1e-2,
+                    bandwidth: float = 1.0, ridge_start: float = 1e-3, ridge_end: float = 1e-7,
+                    optimizer: str = "sgd",
+                    generator: int | torch.Generator | None = None,
+                    callback: Callable[[dict], Any] | None = None, eval_unseen: bool = True,
+                    lr_end: float = 0.0, normalize_labels: bool = False, dtype: Any = None,
+                    factor_dtype: Any = "float64", num_threads: int | None = None
+                    ) -> BilevelResult:
+    """Optimise a Gaussian training distribution by bilevel gradient descent (SPEC §3).
+
+    Parameters
+    ----------
+    problem : Problem or callable
+        Ground truth ``G*``: ``(N, d)`` -> ``(N,)``.
+    metatest : MetaTest
+        Seen split drives the adjoint step; unseen split is only reported.
+    init : Gaussian
+        Initial ``nu_theta``; never modified.
+    n_train : int
+        ``N``, training samples per step (paper: 250).
+    steps : int
+        Number of steps ``T`` (paper: 1000).
+    lr : float
+        Initial learning rate; cosine-annealed to ``lr_end`` at the last step.
+    bandwidth : float
+        Kernel length scale ``s`` (paper: 1, 3, 2/1.1, 5 per problem).
+    ridge_start, ridge_end : float
+        Cosine-annealed ridge ``eps_t`` (paper: 1e-3 -> 1e-7).
+    optimizer : "sgd" | "adam"
+        ``theta -= lr_t g`` (paper) or Adam (betas 0.9 / 0.999) with step ``lr_t``, which
+        takes per-parameter steps (useful when label scales are large, e.g. Friedman 2).
+    generator : int, torch.Generator or None
+        Source of the latent draws; same seed -> same run.
+    callback : callable, optional
+        Called with a copy of each step's record after the step.
+    eval_unseen : bool
+        Evaluate the unseen error every step (else records carry NaN).
+    lr_end : float
+        Final learning rate (default 0).
+    normalize_labels : bool
+        Divide the objective by the mean square of the seen labels (gradient of half the
+        squared relative seen error): makes ``lr`` independent of the label scale.
+    dtype : working dtype (default: the meta-test's dtype; float32 in the paper setting).
+    factor_dtype : dtype of the Cholesky factorisation and solves (float64 by default).
+    num_threads : int, optional
+        torch intra-op threads for the run (restored afterwards). The per-step kernels are
+        small: on a shared machine one thread is often faster than two (OpenMP threads
+        busy-wait on each other when a core is taken).
+
+    Returns
+    -------
+    BilevelResult
+    """
+    n_train = check_positive_int(n_train, "n_train")
+    steps = check_positive_int(steps, "steps")
+    lr = check_positive_float(lr, "lr")
+    lr_end = check_positive_float(lr_end, "lr_end", allow_zero=True)
+    bandwidth = check_positive_float(bandwidth, "bandwidth")
+    ridge_start = check_positive_float(ridge_start, "ridge_start")
+    ridge_end = check_positive_float(ridge_end, "ridge_end")
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}")
+    if not isinstance(metatest, MetaTest):
+        raise TypeError(f"metatest must be a MetaTest, got {type(metatest).__name__}")
+    if not isinstance(init, Gaussian) or init.dim != metatest.dim:
+        raise ValueError(f"init must be a Gaussian of dimension {metatest.dim}, got {init!r}")
+    dt = resolve_dtype(dtype) if dtype is not None else metatest.dtype
+    label_scale = _label_scale(metatest, normalize_labels)
+    ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dt,
+                    factor_dtype=resolve_dtype(factor_dtype), label_scale=label_scale,
+                    eval_unseen=eval_unseen)
+    gen = torch_generator(generator)
+    options = {"n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
+               "bandwidth": bandwidth, "ridge_start": ridge_start, "ridge_end": ridge_end,
+               "optimizer": optimizer, "eval_unseen": bool(eval_unseen),
+               "normalize_labels": bool(normalize_labels), "label_scale": label_scale,
+               "dtype": str(dt).replace("torch.", ""),
+               "factor_dtype": str(ws.factor_dtype).replace("torch.", ""),
+               "num_threads": num_threads}
+    previous_threads = torch.get_num_threads()
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(check_positive_int(num_threads, "num_threads"))
+        with torch.no_grad():
+            return _run(problem, ws, init, gen, options, callback)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options: dict,
+         callback) -> BilevelResult:
+    steps, n, d = options["steps"], options["n_train"], ws.lower.shape[0]
+    mean = init.mean.detach().to(ws.dtype).clone()
+    tril = init.scale_tril.detach().to(ws.dtype).clone()
+    adam = _Adam(mean, tril) if options["optimizer"] == "adam" else None
+    history: list[dict] = []
+    best = (math.inf, 0, mean.clone(), tril.clone())
+    total = grad_total = 0.0
+    for step in range(steps):
+        t0 = time.perf_counter()
+        lr_t = cosine_schedule(options["lr"], options["lr_end"], step, steps)
+        ridge_t = cosine_schedule(options["ridge_start"], options["ridge_end"], step, steps)
+        z = torch.randn(n, d, generator=gen, dtype=ws.dtype)
+        x = mean + z @ tril.T
+        y = _labels(problem, x, ws.dtype)
+        gm, gl, seen_err, coef, _, right = _adjoint_step(ws, x, z, y, tril, ridge_t)
+        grad_norm = math.sqrt(float(gm @ gm) + float((gl * gl).sum()))
+        if not math.isfinite(grad_norm):
+            raise ValueError(f"bilevel gradient is not finite at step {step}; lower lr "
+                             f"(got {options['lr']:g}) or raise ridge_end")
+        if seen_err < best[0]:
+            best = (seen_err, step, mean.clone(), tril.clone())
+        record = {"step": step, "lr": lr_t, "ridge": ridge_t, "seen_error": seen_err,
+                  "unseen_error": math.nan, "grad_norm": grad_norm,
+                  "mean": mean.double().tolist()}
+        mean, tril = _update(mean, tril, gm, gl, lr_t, adam, ws.lower)
+        t1 = time.perf_counter()
+        if ws.unseen_left is not None:
+            record["unseen_error"] = _unseen_error(ws, right, coef)
+        t2 = time.perf_counter()
+        record["seconds"], record["grad_seconds"] = t2 - t0, t1 - t0
+        total += t2 - t0
+        grad_total += t1 - t0
+        history.append(record)
+        if callback is not None:
+            callback(dict(record))
+    return BilevelResult(initial=init.detach(), final=Gaussian(mean, scale_tril=tril),
+                         best=Gaussian(best[2], scale_tril=best[3]), history=history,
+                         seconds_per_step=total / steps, grad_seconds_per_step=grad_total / steps,
+                         best_step=best[1], options=options)
+
+
+def _update(mean, tril, gm, gl, lr_t, adam, lower):
+    """One parameter update (new tensors), then the diagonal clamp of SPEC §2."""
+    if adam is not None:
+        gm, gl = adam.direction(gm, gl)
+    mean = mean - lr_t * gm
+    tril = (tril - lr_t * gl) * lower
+    diag = torch.diagonal(tril)
+    if bool((diag <= 0).any()):
+        tril = tril.clone()
+        torch.diagonal(tril).masked_fill_(diag <= 0, DIAG_CLAMP)
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(tril).all())):
+        raise ValueError("bilevel iterate became non-finite; lower lr")
+    return mean, tril
+
+
+class _Adam:
+    """Adam moments for ``(mean, scale_tril)`` (Kingma & Ba), bias-corrected."""
+
+    def __init__(self, mean: torch.Tensor, tril: torch.Tensor):
+        self.t = 0
+        self.m = [torch.zeros_like(mean), torch.zeros_like(tril)]
+        self.v = [torch.zeros_like(mean), torch.zeros_like(tril)]
+
+    def direction(self, gm: torch.Tensor, gl: torch.Tensor):
+        b1, b2 = _ADAM_BETAS
+        self.t += 1
+        out = []
+        for i, g in enumerate((gm, gl)):
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            mhat = self.m[i] / (1 - b1 ** self.t)
+            vhat = self.v[i] / (1 - b2 ** self.t)
+            out.append(mhat / (vhat.sqrt() + _ADAM_EPS))
+        return out[0], out[1]
