@@ -1,5 +1,139 @@
-"""CLI commands for online (registered on :data:`wheretolearn.cli.app`)."""
+"""CLI ``wheretolearn online CONFIG.toml --out DIR`` and ``wheretolearn online resume DIR``.
+
+Only parses, calls :mod:`wheretolearn.online.study` and prints (SPEC §5). Settings are
+merged as: defaults < CONFIG.toml < flags. Heavy imports happen inside the command.
+"""
 
 from __future__ import annotations
 
-from . import app  # noqa: F401
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from ._common import cli_errors
+
+_USAGE = ("wheretolearn online CONFIG.toml --out DIR [options]  |  "
+          "wheretolearn online resume DIR")
+
+
+class _Progress:
+    """Live display: simulations done/running/failed, samples, buffer fill, loss."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("simulations"), BarColumn(), TextColumn("{task.fields[info]}"),
+                             TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self._task = self._bar.add_task("online", total=total, info="starting")
+
+    def __enter__(self) -> "_Progress":
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.stop()
+
+    def __call__(self, s: dict) -> None:
+        loss = "-" if s["loss"] is None else f"{s['loss']:.3g}"
+        val = "-" if s["val_error"] is None else f"{s['val_error']:.3g}"
+        info = (f"done {s['simulations_completed']} running {s['simulations_running']} "
+                f"failed {s['simulations_failed']} | samples {s['samples_received']} | buffer "
+                f"{s['buffer_fill']}/{s['buffer_capacity']} | batch {s['batches']} loss {loss} "
+                f"val {val}")
+        self._bar.update(self._task, completed=s["simulations_completed"] + s["simulations_failed"],
+                         info=info)
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"online study ({summary['stopped']})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key in ("simulations_requested", "simulations_completed", "simulations_failed",
+                "retries", "samples_received", "samples_duplicated", "batches"):
+        table.add_row(key, str(summary[key]))
+    ve = summary["val_error"]
+    table.add_row("val_error mean / median", f"{ve['mean']:.4g} / {ve['median']:.4g}")
+    table.add_row("val_error p95 / p99 / max", f"{ve['p95']:.4g} / {ve['p99']:.4g} / {ve['max']:.4g}")
+    table.add_row("trainer samples/s", f"{summary['trainer_samples_per_second']:.1f}")
+    table.add_row("trainer idle fraction", f"{summary['trainer_idle_fraction']:.3f}")
+    table.add_row("seconds", f"{summary['seconds']:.1f}")
+    Console().print(table)
+    typer.echo(f"run folder: {run_dir}")
+
+
+def _run(fn: Any, *args: Any, total: int, progress: bool, **kw: Any) -> dict:
+    if not progress:
+        return fn(*args, **kw)
+    with _Progress(total) as bar:
+        return fn(*args, progress=bar, **kw)
+
+
+@app.command("online", no_args_is_help=True)
+@cli_errors
+def online(
+    config: str = typer.Argument(..., metavar="CONFIG.toml | resume",
+                                 help="study configuration, or the word 'resume'"),
+    run_dir: Optional[Path] = typer.Argument(None, metavar="[DIR]",
+                                             help="run folder to resume (after 'resume')"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder to create"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers (= concurrent "
+                                          "simulations unless [executor] max_concurrent)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler",
+                                          help="uniform | halton | sobol | lhs"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running "
+                                            "Dask scheduler (tcp://host:port)"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm | pbs | sge | "
+                                          "address (overrides [cluster] kind)"),
+    print_job_script: bool = typer.Option(False, "--print-job-script",
+                                          help="print the batch job script and exit"),
+    fail_rate: Optional[float] = typer.Option(None, "--fail-rate", help="fault injection: "
+                                              "probability that an attempt crashes or hangs"),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="stop (resumable) "
+                                                "after this many seconds"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+) -> None:
+    """Train a surrogate online while an ensemble of simulations streams into it.
+
+    Usage: wheretolearn online CONFIG.toml --out DIR [options], or
+    wheretolearn online resume DIR (continue an interrupted study).
+    """
+    if config == "resume" and run_dir is not None:
+        return _resume(run_dir, max_seconds=max_seconds, progress=not no_progress)
+    if run_dir is not None:
+        raise ValueError(f"unexpected argument {str(run_dir)!r}; usage: {_USAGE}")
+    from ..online.cluster import job_script
+    from ..online.config import load_online_config
+    from ..online.study import run_online_study
+
+    cfg = load_online_config(config, **{"executor.workers": workers, "sampler.name": sampler,
+                                        "executor.fail_rate": fail_rate})
+    if cluster is not None:
+        cfg = cfg.model_copy(update={"cluster": cfg.cluster.with_kind(cluster)})
+    if scheduler is not None:
+        cfg = cfg.with_overrides(**{"cluster.kind": "address", "cluster.address": scheduler})
+    if print_job_script:
+        typer.echo(job_script(cfg.cluster, n_workers=cfg.executor.workers))
+        raise typer.Exit(0)
+    if out is None:
+        raise ValueError("--out DIR is required (the run folder to create)")
+    summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
+                   progress=not no_progress, max_seconds=max_seconds)
+    _print_summary(summary, out)
+
+
+def _resume(run_dir: Path, *, max_seconds: float | None, progress: bool) -> None:
+    from ..online.config import load_online_config
+    from ..online.study import resume_online_study
+
+    if not (run_dir / "config.toml").is_file():
+        raise ValueError(f"{str(run_dir)!r} is not an online run folder (no config.toml)")
+    total = load_online_config(str(run_dir / "config.toml")).study.n_simulations
+    summary = _run(resume_online_study, run_dir, total=total, progress=progress,
+                   max_seconds=max_seconds)
+    _print_summary(summary, run_dir)

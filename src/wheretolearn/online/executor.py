@@ -32,6 +32,7 @@ stopped this way: Dask cannot kill a thread, so it keeps its worker thread until
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import threading
 import time
@@ -147,9 +148,9 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
     """
     from distributed import Queue, get_worker
 
-    problem = _get_problem(problem_spec)
     queue = Queue(queue_name)
     queue.put(_encode_hello(sim_id, attempt, get_worker().address))
+    problem = _get_problem(problem_spec)
     kind, fault_step = fault_plan(seed, sim_id, attempt, fail_rate, problem.n_steps)
     sent = 0
     for step, field in problem.simulate(np.asarray(params, dtype=np.float64)):
@@ -162,6 +163,33 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
         queue.put(encode_step(sim_id, attempt, step, field))
         sent += 1
     return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "ok"}
+
+
+class _InjectedCrashFilter(logging.Filter):
+    """Drop the worker's "Compute Failed" log records of fault-injected crashes only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SimulatedCrash" not in record.getMessage()
+
+
+def _setup_worker(problem_spec: str) -> None:
+    """Build the problem once per worker process before any simulation is timed: importing
+    the solver (torch) can take seconds on a loaded machine, longer than a short
+    ``simulation_timeout``."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _InjectedCrashFilter) for f in logger.filters):
+        logger.addFilter(_InjectedCrashFilter())
+    _get_problem(problem_spec)
+
+
+def _worker_plugin(problem_spec: str) -> Any:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class _Setup(WorkerPlugin):
+        def setup(self, worker: Any) -> None:
+            _setup_worker(problem_spec)
+
+    return _Setup()
 
 
 # ---------------------------------------------------------------------------- executor
@@ -254,6 +282,8 @@ class EnsembleExecutor:
         self.queue_name = f"wheretolearn-steps-{uuid.uuid4().hex}"
         self._queue = Queue(self.queue_name, client=client, maxsize=int(queue_maxsize))
         self._threads: list[threading.Thread] = []
+        # Also runs on workers that join later (replacements of lost workers or jobs).
+        client.register_plugin(_worker_plugin(self.problem_spec), name="wheretolearn-online-setup")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "EnsembleExecutor":

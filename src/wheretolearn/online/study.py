@@ -1,0 +1,457 @@
+"""An online study: simulations stream into a buffer while a surrogate trains (SPEC §5).
+
+:func:`run_online_study` creates a run folder, starts the cluster and the
+:class:`~wheretolearn.online.executor.EnsembleExecutor` (simulations -> buffer, in
+background threads) and trains in the calling thread until the ensemble is done and the
+buffer drained (or ``max_seconds`` / ``max_batches`` is reached). Everything needed to go
+on -- model, optimiser, buffer content, sampler state, ledger, counters -- is checkpointed
+atomically every ``checkpoint.every_batches`` batches and at the end;
+:func:`resume_online_study` continues an interrupted study from its folder.
+
+Run folder (created after the configuration validated, kept while the study runs)::
+
+    config.toml      resolved configuration
+    metrics.jsonl    one line per ``log_every`` batches: batch, loss (mean since the last
+                     line), lr, buffer_fill, samples_received, simulations done/running/failed,
+                     and val_* when validation ran
+    checkpoint.pt    last checkpoint (atomic)
+    ledger.json      every simulation, attempt and received step (written with checkpoints)
+    summary.json     final numbers (see :func:`OnlineStudy.summary`)
+    figures/online_training.png   training loss and validation error vs batch
+
+Consistency of a checkpoint: the snapshot of buffer and ledger is taken under the
+executor's receive lock (a step is in both or in neither) and trainer/sampler state in the
+training thread, so a resumed study neither trains on a received step as new twice nor
+loses one: steps received after the checkpoint are not in its ledger and are produced again
+by the relaunched simulations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import OnlineStudyConfig
+from .ledger import SimulationLedger
+
+__all__ = ["OnlineStudy", "run_online_study", "resume_online_study", "validation_set"]
+
+_CHECKPOINT = "checkpoint.pt"
+_LOG_EVERY = 10
+log = logging.getLogger(__name__)
+
+
+def validation_set(problem: Any, bounds: np.ndarray, *, n_val: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out simulations generated up front (SPEC §5: 10 with their own seed).
+
+    Parameters are uniform on ``bounds`` (d, 2). Returns ``params (V, d)``,
+    ``x (V * n_steps, F)`` features (see ``heat_features``) and ``y (V * n_steps, n * n)``
+    float32 fields, one row per (simulation, step).
+    """
+    from .trainer import heat_features
+
+    rng = np.random.default_rng(seed)
+    params = rng.uniform(bounds[:, 0], bounds[:, 1], size=(n_val, bounds.shape[0]))
+    fields = np.asarray(problem(params), dtype=np.float32)         # (V, T, n, n)
+    n_steps = fields.shape[1]
+    steps = np.tile(np.arange(n_steps), n_val)
+    x = heat_features(np.repeat(params, n_steps, axis=0), steps, bounds=bounds,
+                      n_steps=n_steps)
+    return params, x, fields.reshape(n_val * n_steps, -1)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class OnlineStudy:
+    """One online study bound to a run folder.
+
+    Parameters
+    ----------
+    config : OnlineStudyConfig
+    run_dir : path
+        The run folder (must exist; :meth:`create` / :meth:`open` make or read it).
+    progress : callable ``(dict) -> None``, optional
+        Called about four times a second with :meth:`status`.
+
+    Use :meth:`create` for a new study and :meth:`open` to resume one.
+    """
+
+    def __init__(self, config: OnlineStudyConfig, run_dir: str | Path, *,
+                 progress: Callable[[dict], None] | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self._resume_state: dict | None = None
+        self.stopped_reason: str | None = None
+
+    # ------------------------------------------------------------------ folders
+    @classmethod
+    def create(cls, config: OnlineStudyConfig, out: str | Path, **kw: Any) -> "OnlineStudy":
+        """Make the run folder ``out`` (absent or empty) and write ``config.toml``."""
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"output folder {str(out)!r} already exists and is not "
+                                  "empty; choose another --out (or resume it)")
+        out.mkdir(parents=True, exist_ok=True)
+        import tomli_w
+
+        from ..report.runfolder import _toml_ready
+
+        tmp = out / ".config.toml.tmp"
+        tmp.write_text(tomli_w.dumps(_toml_ready(config.model_dump())))
+        os.replace(tmp, out / "config.toml")
+        return cls(config, out, **kw)
+
+    @classmethod
+    def open(cls, run_dir: str | Path, **kw: Any) -> "OnlineStudy":
+        """Reopen a run folder written by :meth:`create` for :meth:`run` to resume it."""
+        from .checkpoint import load_checkpoint
+        from .config import load_online_config
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.toml").is_file():
+            raise ValueError(f"{str(run_dir)!r} is not an online run folder (no config.toml)")
+        study = cls(load_online_config(str(run_dir / "config.toml")), run_dir, **kw)
+        if (run_dir / _CHECKPOINT).is_file():
+            study._resume_state = load_checkpoint(run_dir / _CHECKPOINT)
+        return study
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self) -> None:
+        from ..models.mlp import MLP
+        from ..problems import get_problem
+        from .buffers import make_buffer
+        from .samplers import make_sampler
+        from .trainer import OnlineTrainer, target_scaling_from_bounds
+
+        cfg = self.config
+        if cfg.training.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.training.torch_threads)
+        self.problem_spec = {"name": cfg.study.problem, "options": cfg.study.problem_options()}
+        self.problem = get_problem(cfg.study.problem, **cfg.study.problem_options())
+        self.n_steps = int(self.problem.n_steps)
+        bounds = (np.asarray(cfg.sampler.bounds, dtype=np.float64) if cfg.sampler.bounds
+                  else np.asarray(self.problem.parameter_bounds, dtype=np.float64))
+        if bounds.shape != (self.problem.input_shape[0], 2):
+            raise ValueError(f"sampler bounds must have shape ({self.problem.input_shape[0]}, 2),"
+                             f" got {bounds.shape}")
+        self.bounds = bounds
+        seed = cfg.study.seed
+        self.sampler = make_sampler(cfg.sampler.name, bounds, seed=(
+            cfg.sampler.seed if cfg.sampler.seed is not None else seed + 1))
+        self.buffer = make_buffer(cfg.buffer.kind, cfg.buffer.capacity,
+                                  watermark=cfg.buffer.watermark, seed=seed + 2,
+                                  **cfg.buffer.options())
+        self.ledger = SimulationLedger(self.n_steps)
+        _, self.x_val, self.y_val = validation_set(self.problem, bounds,
+                                                   n_val=cfg.validation.n_val,
+                                                   seed=cfg.validation.seed)
+        n_out = int(self.y_val.shape[1])
+        self.model = MLP(self.x_val.shape[1], n_out, hidden=tuple(cfg.training.hidden))
+        t = cfg.training
+        # Temperatures stay within the parameter range (maximum principle): scale to [-1, 1].
+        shift, scale = target_scaling_from_bounds(bounds)
+        self.trainer = OnlineTrainer(self.model, lr=t.lr, weight_decay=t.weight_decay,
+                                     milestones=tuple(t.milestones), gamma=t.gamma,
+                                     y_shift=shift, y_scale=scale)
+        self.sampler_lock = threading.Lock()
+        self.counters = {"samples_duplicated": 0, "train_seconds": 0.0, "idle_seconds": 0.0,
+                         "samples_trained": 0, "seconds": 0.0, "sessions": 0,
+                         "metrics_lines": 0, "last_loss": None, "last_val": None}
+        self._delivered: dict[int, bytearray] = {}
+        self._history: list[dict] = []
+        if self._resume_state is not None:
+            self._restore(self._resume_state)
+        elif (self.run_dir / "metrics.jsonl").is_file():
+            # Killed before its first checkpoint: start again from nothing.
+            (self.run_dir / "metrics.jsonl").unlink()
+
+    def _restore(self, state: dict) -> None:
+        if state.get("n_steps") != self.n_steps:
+            raise ValueError("checkpoint does not match the run folder's config.toml "
+                             f"(n_steps {state.get('n_steps')} vs {self.n_steps})")
+        self.trainer.load_state_dict(state["trainer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.ledger.load_state_dict(state["ledger"])
+        self.counters.update(state["counters"])
+        self.ledger.interrupt_running()
+        for rec in self.ledger:
+            self._delivered[rec.sim_id] = bytearray(rec.received)
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            # Lines written after the checkpoint describe batches that will be redone.
+            lines = metrics.read_text().splitlines()[: int(self.counters["metrics_lines"])]
+            tmp = metrics.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in lines))
+            os.replace(tmp, metrics)
+            self._history = [json.loads(line) for line in lines]
+
+    # ------------------------------------------------------------------ streaming
+    def _on_sample(self, sim_id: int, step: int, params: np.ndarray, field: np.ndarray,
+                   timeout: float) -> bool:
+        """Receiver thread: one new step -> Sample -> buffer (False when the buffer is full)."""
+        from .buffers import Sample
+        from .trainer import heat_features
+
+        x = heat_features(params[None], np.array([step]), bounds=self.bounds,
+                          n_steps=self.n_steps)[0]
+        if not self.buffer.put(Sample(sim_id, step, x, field.reshape(-1)), timeout=timeout):
+            return False
+        bits = self._delivered.setdefault(sim_id, bytearray((self.n_steps + 7) // 8))
+        if bits[step >> 3] & (1 << (step & 7)):
+            # Independent of the ledger's own check: must stay 0.
+            self.counters["samples_duplicated"] += 1
+        bits[step >> 3] |= 1 << (step & 7)
+        return True
+
+    # ------------------------------------------------------------------ checkpoint
+    def _snapshot(self, executor: Any) -> dict:
+        lock = executor.receive_lock if executor is not None else threading.Lock()
+        with lock:
+            buffer_state = self.buffer.state_dict()
+            ledger_state = self.ledger.state_dict()
+            duplicated = self.counters["samples_duplicated"]
+        with self.sampler_lock:
+            sampler_state = self.sampler.state_dict()
+        counters = dict(self.counters, samples_duplicated=duplicated,
+                        seconds=self._elapsed())
+        return {"version": 1, "n_steps": self.n_steps, "trainer": self.trainer.state_dict(),
+                "model_config": getattr(self.model, "config", None), "buffer": buffer_state,
+                "sampler": sampler_state, "ledger": ledger_state, "counters": counters}
+
+    def checkpoint(self, executor: Any = None) -> None:
+        """Save everything to ``checkpoint.pt`` (atomic) and the ledger to ``ledger.json``."""
+        from .checkpoint import save_checkpoint
+
+        state = self._snapshot(executor)
+        save_checkpoint(self.run_dir / _CHECKPOINT, state)
+        SimulationLedger.from_state_dict(state["ledger"]).save_json(self.run_dir / "ledger.json")
+
+    def _elapsed(self) -> float:
+        return self._seconds_before + (time.monotonic() - self._t_session)
+
+    # ------------------------------------------------------------------ metrics
+    def _append_metrics(self, record: dict) -> None:
+        from ..report.runfolder import to_jsonable
+
+        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self.counters["metrics_lines"] += 1
+        self._history.append(record)
+
+    def status(self) -> dict:
+        """Live numbers: simulations done/running/failed, samples, buffer fill, loss."""
+        c = self.ledger.counts()
+        return {"simulations_total": self.config.study.n_simulations,
+                "simulations_completed": c["completed"], "simulations_running": c["running"],
+                "simulations_failed": c["failed"], "simulations_pending": c["pending"],
+                "samples_received": self.ledger.samples_received,
+                "buffer_fill": len(self.buffer), "buffer_capacity": self.buffer.capacity,
+                "batches": self.trainer.batches_seen, "loss": self.counters["last_loss"],
+                "val_error": self.counters["last_val"], "seconds": self._elapsed()}
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, *, max_seconds: float | None = None) -> dict:
+        """Run (or continue) the study; return the summary (also written to summary.json).
+
+        ``max_seconds`` (default ``[study] max_seconds``) limits this session's wall time;
+        the study then stops with a checkpoint and can be resumed.
+        """
+        from .cluster import check_scheduler_reachable, open_cluster
+        from .executor import EnsembleExecutor
+
+        cfg = self.config
+        if cfg.cluster.kind == "address":
+            check_scheduler_reachable(cfg.cluster.address)
+        self._build()
+        self._seconds_before = float(self.counters["seconds"])
+        self._t_session = time.monotonic()
+        self.counters["sessions"] += 1
+        max_seconds = max_seconds if max_seconds is not None else cfg.study.max_seconds
+        ex_cfg = cfg.executor
+        with open_cluster(cfg.cluster, n_workers=ex_cfg.workers) as handle:
+            executor = EnsembleExecutor(
+                handle.client, self.problem_spec, self.ledger, self.sampler, self._on_sample,
+                n_simulations=cfg.study.n_simulations, max_concurrent=ex_cfg.concurrency,
+                simulation_timeout=ex_cfg.simulation_timeout, max_retries=ex_cfg.max_retries,
+                crashes_before_redraw=ex_cfg.crashes_before_redraw, fail_rate=ex_cfg.fail_rate,
+                seed=cfg.study.seed, queue_maxsize=ex_cfg.queue_maxsize,
+                hang_seconds=ex_cfg.hang_seconds, sampler_lock=self.sampler_lock,
+                cluster_handle=handle, on_event=self._on_event)
+            executor.start()
+            try:
+                self._train(executor, max_seconds)
+            except KeyboardInterrupt:
+                # Keep what was done: a consistent checkpoint once the executor stopped.
+                executor.stop(interrupt=True)
+                self.checkpoint(None)
+                raise
+            finally:
+                executor.stop(interrupt=self.stopped_reason != "completed")
+            if executor.error is not None:
+                raise executor.error
+            self.cluster_info = handle.info()
+        return self._finish()
+
+    def _on_event(self, event: dict) -> None:
+        log.info("simulation %(sim_id)s attempt %(attempt)s: %(outcome)s -> %(action)s", event)
+
+    def _train(self, executor: Any, max_seconds: float | None) -> None:
+        cfg = self.config
+        bs = cfg.training.batch_size
+        max_batches = cfg.training.max_batches
+        trainer = self.trainer
+        losses: list[float] = []
+        last_progress = 0.0
+        started = trainer.batches_seen > 0
+        while True:
+            if executor.error is not None:
+                self.stopped_reason = "error"
+                return
+            if executor.done.is_set() and not self.buffer.closed:
+                self.buffer.close()
+            if max_seconds is not None and time.monotonic() - self._t_session >= max_seconds:
+                self.stopped_reason = "max_seconds"
+                return
+            if max_batches is not None and trainer.batches_seen >= max_batches:
+                self.stopped_reason = "max_batches"
+                return
+            t0 = time.monotonic()
+            batch = self.buffer.get_batch(bs, timeout=0.1)
+            t1 = time.monotonic()
+            if started:
+                self.counters["idle_seconds"] += t1 - t0
+            if batch is None:
+                self.stopped_reason = "completed"
+                return
+            if self.progress is not None and t1 - last_progress > 0.25:
+                last_progress = t1
+                self.progress(self.status())
+            if not batch:
+                continue
+            started = True
+            out = trainer.train_batch(batch)
+            if getattr(self.sampler, "adaptive", False):
+                with self.sampler_lock:
+                    self.sampler.tell(out["sim_ids"], out["steps"], out["per_sample_loss"])
+            self.counters["train_seconds"] += time.monotonic() - t1
+            self.counters["samples_trained"] += len(batch)
+            losses.append(float(out["loss"]))
+            self.counters["last_loss"] = losses[-1]
+            self._after_batch(executor, losses)
+
+    def _after_batch(self, executor: Any, losses: list[float]) -> None:
+        cfg = self.config
+        b = self.trainer.batches_seen
+        val = None
+        if b % cfg.validation.every_batches == 0:
+            val = self.trainer.validate(self.x_val, self.y_val)
+            self.counters["last_val"] = float(val["mean"])
+        if b % _LOG_EVERY == 0 or val is not None:
+            c = self.ledger.counts()
+            rec = {"batch": b, "loss": float(np.mean(losses)), "lr": self.trainer.lr,
+                   "buffer_fill": len(self.buffer), "samples_received": self.ledger.samples_received,
+                   "simulations_completed": c["completed"], "simulations_running": c["running"],
+                   "simulations_failed": c["failed"], "seconds": round(self._elapsed(), 3)}
+            if val is not None:
+                rec.update({f"val_{k}": float(v) for k, v in val.items()})
+            self._append_metrics(rec)
+            losses.clear()
+        if b % cfg.checkpoint.every_batches == 0:
+            self.checkpoint(executor)
+
+    # ------------------------------------------------------------------ end
+    def _finish(self) -> dict:
+        val = self.trainer.validate(self.x_val, self.y_val)
+        self.counters["last_val"] = float(val["mean"])
+        self._append_metrics({"batch": self.trainer.batches_seen, "final": True,
+                              **{f"val_{k}": float(v) for k, v in val.items()}})
+        self.checkpoint(None)
+        summary = self.summary(val)
+        from ..report.runfolder import to_jsonable
+
+        tmp = self.run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, self.run_dir / "summary.json")
+        self._figure()
+        return summary
+
+    def summary(self, val: dict) -> dict:
+        """Final numbers for ``summary.json``.
+
+        ``trainer_samples_per_second`` = samples trained / trainer wall time after the
+        watermark was first reached (training + waiting); ``trainer_idle_fraction`` = time
+        waiting for the buffer after that point / the same wall time.
+        """
+        c = self.counters
+        wall = c["train_seconds"] + c["idle_seconds"]
+        out = {"stopped": self.stopped_reason, **self.ledger.summary(),
+               "samples_duplicated": int(c["samples_duplicated"]),
+               "val_error": {k: float(val[k]) for k in ("mean", "median", "p95", "p99", "max")},
+               "val_loss": float(val.get("loss", math.nan)),
+               "batches": self.trainer.batches_seen, "samples_trained": int(c["samples_trained"]),
+               "trainer_samples_per_second": c["samples_trained"] / wall if wall > 0 else 0.0,
+               "trainer_idle_fraction": c["idle_seconds"] / wall if wall > 0 else 0.0,
+               "seconds": self._elapsed(), "sessions": int(c["sessions"]),
+               "peak_rss_mb": _peak_rss_mb(), "buffer": self.buffer.stats(),
+               "cluster": getattr(self, "cluster_info", None)}
+        return out
+
+    def _figure(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self._history if "loss" in r]
+        vals = [r for r in self._history if "val_mean" in r]
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+        if rows:
+            ax[0].semilogy([r["batch"] for r in rows], [max(r["loss"], 1e-30) for r in rows])
+        ax[0].set(xlabel="batch", ylabel="training loss (MSE)", title="training loss")
+        if vals:
+            for key in ("val_mean", "val_p99", "val_max"):
+                ax[1].semilogy([r["batch"] for r in vals], [r[key] for r in vals],
+                               label=key[4:])
+            ax[1].legend()
+        ax[1].set(xlabel="batch", ylabel="relative L2 error", title="validation error")
+        fig.tight_layout()
+        (self.run_dir / "figures").mkdir(exist_ok=True)
+        fig.savefig(self.run_dir / "figures" / "online_training.png", dpi=100)
+        plt.close(fig)
+
+
+def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
+                     progress: Callable[[dict], None] | None = None,
+                     max_seconds: float | None = None) -> dict:
+    """Run a new online study into the run folder ``out``; return its summary."""
+    if not isinstance(config, OnlineStudyConfig):
+        raise TypeError(f"config must be an OnlineStudyConfig, got {type(config).__name__}")
+    if config.cluster.kind == "address":
+        from .cluster import check_scheduler_reachable
+
+        check_scheduler_reachable(config.cluster.address)
+    study = OnlineStudy.create(config, out, progress=progress)
+    return study.run(max_seconds=max_seconds)
+
+
+def resume_online_study(run_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
+                        max_seconds: float | None = None) -> dict:
+    """Continue the study in ``run_dir`` from its last checkpoint; return its summary."""
+    study = OnlineStudy.open(run_dir, progress=progress)
+    return study.run(max_seconds=max_seconds)

@@ -1,0 +1,187 @@
+"""Reliability of an online study (issue: "Reliability tests"), scaled small.
+
+* a Dask worker process is SIGKILLed in the middle of a study;
+* the server process is SIGKILLed after its first checkpoint and the study is resumed;
+* 20 % of the simulation attempts crash or hang (fault injection, through the CLI);
+* bad configurations give clear errors.
+
+In every case the ledger must account for every simulation exactly once and no time step
+may reach the training buffer twice (``samples_duplicated == 0``).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wheretolearn.cli import app
+from wheretolearn.online.config import OnlineStudyConfig
+from wheretolearn.online.ledger import SimulationLedger
+from wheretolearn.online.study import resume_online_study, run_online_study
+
+N_STEPS = 10
+
+
+def tiny(**sections):
+    base = {"study": {"n": 16, "n_steps": N_STEPS, "n_simulations": 10, "seed": 3},
+            "buffer": {"capacity": 60, "watermark": 20},
+            "training": {"hidden": [32, 32], "torch_threads": 1},
+            "executor": {"workers": 2, "simulation_timeout": 5.0, "max_retries": 4},
+            "validation": {"n_val": 2, "every_batches": 20},
+            "checkpoint": {"every_batches": 20}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return base
+
+
+def check_accounting(run_dir: Path, n_simulations: int) -> dict:
+    """Every simulation exactly once, completed or failed; steps received once each."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ledger = SimulationLedger.load_json(run_dir / "ledger.json")
+    ids = [r.sim_id for r in ledger]
+    assert ids == list(range(len(ids)))                        # each id exactly once
+    assert ledger.lineages == n_simulations
+    assert all(r.state in ("completed", "failed") for r in ledger), ledger.counts()
+    assert all(r.current_attempt.outcome is not None for r in ledger)
+    for r in ledger:
+        if r.state == "completed":
+            assert r.steps_received == N_STEPS
+            assert r.current_attempt.outcome == "ok"
+    assert ledger.samples_received == sum(r.steps_received for r in ledger)
+    c = ledger.counts()
+    assert summary["simulations_completed"] == c["completed"]
+    assert summary["simulations_failed"] == c["failed"]
+    assert summary["simulations_requested"] == len(ledger)
+    assert summary["samples_duplicated"] == 0
+    assert summary["stopped"] == "completed"
+    return summary
+
+
+@pytest.fixture
+def address_cluster():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield cluster.scheduler_address, client
+
+
+def test_worker_killed_mid_study(address_cluster, tmp_path):
+    address, client = address_cluster
+    cfg = OnlineStudyConfig.model_validate(tiny(
+        study={"n_simulations": 12, "n_steps": N_STEPS},
+        cluster={"kind": "address", "address": address}))
+    killed = {}
+
+    def kill_one_worker(status):
+        if not killed and status["samples_received"] >= 30:
+            pids = client.run(os.getpid)
+            addr, pid = sorted(pids.items())[0]
+            os.kill(pid, signal.SIGKILL)
+            killed[addr] = pid
+
+    run_dir = tmp_path / "run"
+    summary = run_online_study(cfg, run_dir, progress=kill_one_worker)
+    assert killed, "the worker was never killed"
+    check_accounting(run_dir, 12)
+    assert summary["simulations_completed"] == 12       # nothing was lost for good
+
+
+def test_server_killed_then_resumed(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = tiny(study={"n_simulations": 40}, checkpoint={"every_batches": 10},
+               executor={"workers": 1})
+    code = ("import json, sys\n"
+            "from wheretolearn.online.config import OnlineStudyConfig\n"
+            "from wheretolearn.online.study import run_online_study\n"
+            "run_online_study(OnlineStudyConfig.model_validate(json.loads(sys.argv[1])), "
+            "sys.argv[2])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg), str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None, "the study ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+    finally:
+        # The server and its Dask workers (same new session) die together, without warning.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "summary.json").exists()
+    before = SimulationLedger.load_json(run_dir / "ledger.json")
+    assert before.counts()["completed"] < 40
+
+    summary = resume_online_study(run_dir)
+    check_accounting(run_dir, 40)
+    assert summary["sessions"] == 2
+    ledger = SimulationLedger.load_json(run_dir / "ledger.json")
+    # what was running at the checkpoint was relaunched, not lost
+    interrupted = [r for r in ledger if any(a.outcome == "interrupted" for a in r.attempts)]
+    assert all(r.state == "completed" for r in interrupted)
+    assert summary["simulations_completed"] == 40
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    batches = [m["batch"] for m in metrics if "final" not in m]
+    assert batches == sorted(set(batches))                    # no batch logged twice
+
+
+def test_fault_injection_20_percent_through_cli(tmp_path):
+    import tomli_w
+
+    cfg_path = tmp_path / "study.toml"
+    cfg_path.write_text(tomli_w.dumps(tiny(study={"n_simulations": 16},
+                                           executor={"simulation_timeout": 2.0})))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["online", str(cfg_path), "--out", str(out),
+                                   "--fail-rate", "0.2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = check_accounting(out, 16)
+    assert summary["retries"] > 0 and summary["attempts"] > 16
+    ledger = SimulationLedger.load_json(out / "ledger.json")
+    outcomes = {a.outcome for r in ledger for a in r.attempts}
+    assert {"crash", "timeout"} <= outcomes, outcomes
+    assert "simulations_completed" in res.output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sampler": {"name": "sobolx"}}, "unknown sampler 'sobolx'"),
+    ({"sampler": {"bounds": [[100, 500]] * 4 + [[500, 100]]}}, "inverted"),
+    ({"buffer": {"capacity": 5, "watermark": 5}}, "below the batch size"),
+    ({"buffer": {"capacity": 50, "watermark": 60}}, "must not exceed capacity"),
+    ({"executor": {"fail_rate": 1.5}}, "fail_rate"),
+    ({"study": {"n_simulation": 3}}, "unknown config key 'study.n_simulation'"),
+])
+def test_bad_config_gives_a_clear_error(tmp_path, change, message):
+    import tomli_w
+
+    cfg_path = tmp_path / "bad.toml"
+    cfg_path.write_text(tomli_w.dumps(tiny(**change)))
+    res = CliRunner().invoke(app, ["online", str(cfg_path), "--out", str(tmp_path / "r"),
+                                   "--no-progress"])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()                     # nothing written
+
+
+def test_unreachable_scheduler_gives_a_clear_error(tmp_path):
+    import socket
+
+    import tomli_w
+
+    with socket.socket() as s:                               # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg_path = tmp_path / "study.toml"
+    cfg_path.write_text(tomli_w.dumps(tiny()))
+    res = CliRunner().invoke(app, ["online", str(cfg_path), "--out", str(tmp_path / "r"),
+                                   "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress"])
+    assert res.exit_code == 2
+    assert "cannot be reached" in res.output
+    assert not (tmp_path / "r").exists()
