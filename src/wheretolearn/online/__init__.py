@@ -28,6 +28,10 @@ from wheretolearn.online.samplers import (
     UniformSampler,
     make_sampler,
 )
+from wheretolearn.online.config import OnlineStudyConfig, load_online_config
+from wheretolearn.online.executor import EnsembleExecutor, SimulatedCrash
+from wheretolearn.online.ledger import SimulationLedger
+from wheretolearn.online.study import OnlineStudy, resume_online_study, run_online_study
 from wheretolearn.online.trainer import (
     BufferDataset,
     OnlineTrainer,
@@ -64,4 +68,12 @@ __all__: list[str] = [
     "check_scheduler_reachable",
     "job_script",
     "open_cluster",
+    "OnlineStudyConfig",
+    "load_online_config",
+    "EnsembleExecutor",
+    "SimulatedCrash",
+    "SimulationLedger",
+    "OnlineStudy",
+    "run_online_study",
+    "resume_online_study",
 ]
