@@ -44,6 +44,17 @@ def test_defaults_follow_melissa():
     assert dict(t.scheduler.milestones) == {1000: 1, 2000: 1} and t.scheduler.gamma == 0.5
 
 
+def test_fused_adam_default_follows_the_plain_adam_trajectory():
+    x, y = toy_data(60)
+    fused, plain = make_trainer(seed=4), make_trainer(seed=4, fused=False)
+    assert fused.optimizer.param_groups[0]["fused"] and not plain.optimizer.param_groups[0]["fused"]
+    for i in range(6):
+        sl = slice(10 * i, 10 * i + 10)
+        assert fused.train_arrays(x[sl], y[sl])["loss"] == pytest.approx(
+            plain.train_arrays(x[sl], y[sl])["loss"], rel=1e-5)
+    np.testing.assert_allclose(fused.predict(x), plain.predict(x), rtol=1e-5, atol=1e-6)
+
+
 def test_loss_decreases_on_a_tiny_synthetic_problem():
     x, y = toy_data(2000)
     xv, yv = toy_data(200, seed=1)

