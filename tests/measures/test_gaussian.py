@@ -104,3 +104,11 @@ def test_clamp_scale_tril_returns_new_valid_factor():
     assert torch.equal(batched[0], out)
     with pytest.raises(ValueError, match="min_diag"):
         clamp_scale_tril(L, min_diag=0.0)
+
+
+def test_dict_round_trip():
+    g = Gaussian(torch.tensor([1.0, 2.0], dtype=torch.float64), _spd(2, 6))
+    back = Gaussian.from_dict(g.to_dict(), dtype="float64")
+    assert torch.allclose(back.mean, g.mean) and torch.allclose(back.cov, g.cov, atol=1e-12)
+    with pytest.raises(ValueError, match="keys 'mean' and 'cov'"):
+        Gaussian.from_dict({"mean": [0.0]})

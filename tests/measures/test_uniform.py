@@ -39,3 +39,10 @@ def test_validation():
         Uniform([0.0, float("nan")], [1.0, 1.0])
     with pytest.raises(ValueError, match="shape"):
         Uniform(0.0, 1.0, dim=2).log_prob(torch.zeros(3))
+
+
+def test_same_seed_same_samples_and_inputs_untouched():
+    low = torch.tensor([0.0, -1.0])
+    u = Uniform(low, torch.tensor([1.0, 1.0]))
+    assert torch.equal(u.sample(7, generator=4), u.sample(7, generator=4))
+    assert torch.equal(low, torch.tensor([0.0, -1.0]))

@@ -170,5 +170,13 @@ class Gaussian(Measure):
         return {"mean": self.mean.detach().cpu().double().tolist(),
                 "cov": self.cov.detach().cpu().double().tolist()}
 
+    @classmethod
+    def from_dict(cls, data: dict, *, dtype=None) -> "Gaussian":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(data, dict) or "mean" not in data or "cov" not in data:
+            raise ValueError("data must be a dict with keys 'mean' and 'cov', got "
+                             f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        return cls(data["mean"], data["cov"], dtype=dtype)
+
     def __repr__(self) -> str:
         return f"Gaussian(dim={self.dim}, dtype={self.dtype})"
