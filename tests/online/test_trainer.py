@@ -209,3 +209,7 @@ def test_bad_trainer_arguments():
     t = OnlineTrainer(m)
     with pytest.raises(ValueError, match="same number"):
         t.train_arrays(np.zeros((3, F)), np.zeros((2, O)))
+    with pytest.raises(ValueError, match=r"sim_ids must have shape \(3,\)"):
+        t.train_arrays(np.zeros((3, F)), np.zeros((3, O)), sim_ids=[1, 2])
+    with pytest.raises(ValueError, match="dimension 1"):
+        heat_features(np.zeros((1, 2)), [0], bounds=[[0.0, 1.0], [1.0, 1.0]], n_steps=3)

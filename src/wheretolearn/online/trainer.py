@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_finite, check_positive_float, check_positive_int
+from .._validation import check_bounds, check_finite, check_positive_float, check_positive_int
 from ..models.mlp import MLP
 from ..report.metrics import tail_summary
 from .buffers import Buffer, Sample, stack_samples
@@ -74,6 +74,7 @@ def heat_features(params: Any, steps: Any, *, bounds: Any, n_steps: int) -> np.n
                          f"and {b.shape}")
     if s.shape != (p.shape[0],):
         raise ValueError(f"steps must have shape ({p.shape[0]},), got {s.shape}")
+    check_bounds(b[:, 0], b[:, 1], "bounds")
     unit = (p - b[:, 0]) / (b[:, 1] - b[:, 0])
     t = s / max(n_steps - 1, 1)
     return np.concatenate([unit, t[:, None]], axis=1).astype(np.float32)
@@ -217,6 +218,9 @@ class OnlineTrainer:
 
     def _tensor(self, a: Any, name: str) -> torch.Tensor:
         t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+        if t.ndim < 2:
+            raise ValueError(f"{name} must have shape (B, ...) with a feature axis, got "
+                             f"{tuple(t.shape)}")
         return t.to(self.device, self.dtype).reshape(t.shape[0], -1)
 
     # -- training -------------------------------------------------------------------------
@@ -236,9 +240,13 @@ class OnlineTrainer:
         """As :meth:`train_batch` for arrays ``x (B, F)`` and ``y (B, O)`` (or ``(B, n, n)``)."""
         t0 = time.perf_counter()
         xt, yt = self._tensor(x, "x"), self._tensor(y, "y")
-        if xt.shape[0] != yt.shape[0] or xt.shape[0] == 0:
+        b = xt.shape[0]
+        if yt.shape[0] != b or b == 0:
             raise ValueError(f"x and y must hold the same number B >= 1 of samples, got "
-                             f"{xt.shape[0]} and {yt.shape[0]}")
+                             f"{b} and {yt.shape[0]}")
+        for name, ids in (("sim_ids", sim_ids), ("steps", steps)):
+            if ids is not None and np.shape(ids) != (b,):
+                raise ValueError(f"{name} must have shape ({b},), got {np.shape(ids)}")
         self.model.train()
         lr = self.lr
         pred = self.model(xt)
@@ -248,7 +256,6 @@ class OnlineTrainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        b = xt.shape[0]
         self.batches_seen += 1
         self.samples_seen += b
         self.train_seconds += time.perf_counter() - t0
