@@ -215,3 +215,12 @@ def test_synthesize_matches_dense_table_and_project_inverts_it(make):
     assert torch.allclose(b.project(u), c, atol=1e-12)
     with pytest.raises(ValueError, match="u must have shape"):
         b.project(torch.zeros(3, 2))
+
+
+def test_detach_keeps_values_and_drops_graph():
+    tau = torch.tensor(2.0, dtype=f64, requires_grad=True)
+    f = GaussianRandomField(FourierBasis1D(16, 4), alpha=2.0, tau=tau)
+    g = f.detach()
+    assert not g.sigma.requires_grad and f.sigma.requires_grad
+    assert torch.equal(g.eigenvalues, f.eigenvalues.detach())
+    assert torch.equal(g.sample(2, generator=1), f.sample(2, generator=1).detach())

@@ -354,6 +354,12 @@ class GaussianRandomField(Measure):
         """``{"alpha", "tau", "sigma", "mean"}`` as tensors (possibly with graph)."""
         return {"alpha": self.alpha, "tau": self.tau, "sigma": self.sigma, "mean": self.mean}
 
+    def detach(self) -> "GaussianRandomField":
+        """A copy on the same basis whose parameters do not track gradients."""
+        return GaussianRandomField(self.basis, alpha=self.alpha.detach(), tau=self.tau.detach(),
+                                   sigma=self.sigma.detach(), mean=self.mean.detach(),
+                                   dtype=self.dtype)
+
     def to_dict(self) -> dict:
         """JSON-serialisable parameters and basis description."""
         m = self.mean.detach().double()
