@@ -109,7 +109,7 @@ def _check_timeout(timeout: Any) -> float | None:
 
 
 def stack_samples(samples: Iterable[Sample]) -> dict[str, np.ndarray]:
-    """Stack samples into arrays ``x (n, F)``, ``y (n, O)`` float32, ``sim_id``/``step`` (n,) int64."""
+    """Stack samples into ``x (n, F)``, ``y (n, O)`` float32 and ``sim_id``, ``step`` (n,) int64."""
     samples = list(samples)
     if not samples:
         return {"x": np.zeros((0, 0), np.float32), "y": np.zeros((0, 0), np.float32),
