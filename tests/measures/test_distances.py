@@ -1,7 +1,5 @@
 """W2 distances and barycenters checked against POT, finite differences and closed forms."""
 
-import warnings
-
 import numpy as np
 import ot
 import pytest
