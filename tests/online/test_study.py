@@ -1,0 +1,127 @@
+"""Tests of the online study: configuration, validation set, run folder, stop and resume."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from wheretolearn.online.checkpoint import load_checkpoint
+from wheretolearn.online.config import OnlineStudyConfig, load_online_config
+from wheretolearn.online.ledger import SimulationLedger
+from wheretolearn.online.study import (OnlineStudy, resume_online_study, run_online_study,
+                                       validation_set)
+from wheretolearn.problems import get_problem
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "heat_online.toml"
+SUMMARY_KEYS = {"simulations_requested", "simulations_completed", "simulations_failed",
+                "retries", "samples_received", "samples_duplicated", "val_error",
+                "trainer_samples_per_second", "trainer_idle_fraction", "seconds", "cluster"}
+
+
+def tiny(**sections):
+    base = {"study": {"n": 12, "n_steps": 8, "n_simulations": 10, "seed": 1},
+            "buffer": {"capacity": 40, "watermark": 16},
+            "training": {"hidden": [32, 32], "torch_threads": 1},
+            "executor": {"workers": 2, "simulation_timeout": 10.0},
+            "validation": {"n_val": 2, "every_batches": 10},
+            "checkpoint": {"every_batches": 25}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return OnlineStudyConfig.model_validate(base)
+
+
+def test_defaults_are_the_cpu_settings_and_the_example_parses():
+    cfg = OnlineStudyConfig()
+    assert (cfg.study.n, cfg.study.n_steps, cfg.study.n_simulations) == (64, 100, 200)
+    assert (cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark) == ("reservoir", 2500, 500)
+    assert (cfg.training.hidden, cfg.training.lr, cfg.training.batch_size) == ([256, 256], 1e-3, 10)
+    assert cfg.executor.concurrency == cfg.executor.workers == 2
+    assert load_online_config(str(EXAMPLE)) == cfg          # the example spells the defaults
+    paper = OnlineStudyConfig.paper()
+    assert (paper.study.n, paper.study.n_simulations, paper.buffer.capacity) == (1000, 25000, 6000)
+    over = cfg.with_overrides(**{"executor.workers": 4, "sampler.name": "halton",
+                                 "executor.fail_rate": None})
+    assert over.executor.workers == 4 and over.sampler.name == "halton"
+    with pytest.raises(ValidationError, match="watermark"):
+        cfg.with_overrides(**{"buffer.watermark": 3000})
+
+
+def test_validation_set_is_the_batched_solver_on_its_own_seed():
+    problem = get_problem("heat2d", n=6, n_steps=4)
+    bounds = np.array([[100.0, 500.0]] * 5)
+    params, x, y = validation_set(problem, bounds, n_val=3, seed=7)
+    np.testing.assert_allclose(params, np.random.default_rng(7).uniform(100, 500, (3, 5)))
+    assert x.shape == (12, 6) and y.shape == (12, 36)
+    truth = problem(params).reshape(3, 4, 36)
+    for v in range(3):
+        for t in range(4):
+            row = v * 4 + t
+            np.testing.assert_allclose(y[row], truth[v, t], rtol=1e-6)
+            np.testing.assert_allclose(x[row, :5], (params[v] - 100) / 400, rtol=1e-6)
+            assert x[row, 5] == pytest.approx(t / 3)
+    _, x2, _ = validation_set(problem, bounds, n_val=3, seed=7)
+    np.testing.assert_array_equal(x, x2)
+
+
+def test_run_folder_summary_metrics_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    seen = []
+    summary = run_online_study(tiny(), out, progress=seen.append)
+    assert SUMMARY_KEYS <= set(summary)
+    assert set(summary["val_error"]) == {"mean", "median", "p95", "p99", "max"}
+    assert summary["simulations_completed"] == 10 and summary["samples_received"] == 80
+    assert summary["samples_duplicated"] == 0 and summary["stopped"] == "completed"
+    assert 0 <= summary["trainer_idle_fraction"] < 1
+    assert summary["cluster"]["kind"] == "local"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    # resolved config round-trips
+    assert load_online_config(str(out / "config.toml")) == tiny()
+    # metrics: increasing batches, validation rows, error went down from the first check
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    batches = [r["batch"] for r in rows if "final" not in r]
+    assert batches == sorted(set(batches)) and rows[-1]["final"]
+    vals = [r["val_mean"] for r in rows if "val_mean" in r]
+    assert vals[-1] < vals[0]
+    assert (out / "figures" / "online_training.png").stat().st_size > 1000
+    # progress saw the stream
+    assert seen and max(s["samples_received"] for s in seen) > 0
+    # final checkpoint: buffer holds only steps the ledger received; trainer counters agree
+    state = load_checkpoint(out / "checkpoint.pt")
+    ledger = SimulationLedger.from_state_dict(state["ledger"])
+    for sim, step in zip(np.asarray(state["buffer"]["sim_id"]), np.asarray(state["buffer"]["step"])):
+        assert ledger[int(sim)].has_step(int(step))
+    assert state["trainer"]["batches_seen"] == summary["batches"]
+    assert summary["samples_trained"] == state["trainer"]["samples_seen"]
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_online_study(tiny(), out)
+
+
+def test_stop_at_max_batches_then_resume_to_the_end(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny(study={"n_simulations": 16}, training={"max_batches": 12},
+               buffer={"kind": "fifo", "capacity": 30, "watermark": 10},
+               checkpoint={"every_batches": 5})
+    first = run_online_study(cfg, out)
+    assert first["stopped"] == "max_batches" and first["batches"] == 12
+    assert first["simulations_unfinished"] + first["simulations_completed"] == \
+        first["simulations_requested"]
+    # FIFO serves each received sample at most once: trained <= received
+    assert first["samples_trained"] <= first["samples_received"]
+    # lift the batch limit in the run folder's config and resume
+    text = (out / "config.toml").read_text().replace("max_batches = 12", "")
+    (out / "config.toml").write_text(text)
+    assert "max_batches" not in tomllib.loads(text)["training"]
+    second = resume_online_study(out)
+    assert second["stopped"] == "completed" and second["sessions"] == 2
+    assert second["simulations_completed"] == 16 and second["samples_duplicated"] == 0
+    assert second["samples_received"] == 16 * 8
+    # FIFO: every received sample trained exactly once over both sessions
+    assert second["samples_trained"] == 16 * 8
+
+
+def test_open_rejects_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(ValueError, match="not an online run folder"):
+        OnlineStudy.open(tmp_path)
