@@ -2,6 +2,7 @@
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -75,6 +76,21 @@ def test_diffusion_limit_isotropy_and_ficks_law():
     mismatch = np.linalg.norm(dev[sl, sl] - fick[sl, sl]) / np.linalg.norm(dev[sl, sl])
     assert aniso[0.02] < 0.06 < 0.5 < aniso[8.0]
     assert mismatch < 0.12
+
+
+def test_gmres_falls_back_to_direct_when_it_stalls():
+    p = RadiativeTransport(11, knudsen=0.05)
+    p._system.maxiter, p._system.restart = 1, 2      # cannot reach the tolerance
+    a = _field(11, seed=3)
+    torch.testing.assert_close(p(a), RadiativeTransport(11, knudsen=0.05, solver="direct")(a),
+                               rtol=1e-12, atol=0)
+
+
+def test_picklable_for_dask_workers():
+    p = RadiativeTransport(9, inflow=lambda x, y, th: np.ones(x.shape))
+    q = pickle.loads(pickle.dumps(p))
+    a = _field(9)
+    torch.testing.assert_close(q(a), p(a))
 
 
 @pytest.mark.parametrize("solver", ["direct", "gmres"])

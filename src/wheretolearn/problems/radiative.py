@@ -190,11 +190,12 @@ class _SweepSystem:
     restart = 100
     maxiter = 20
 
-    def __init__(self, geo: dict[str, Any], direct: Callable[[], _DirectSystem]):
+    def __init__(self, geo: dict[str, Any]):
         free, cx, cy = geo["free"], geo["cx"], geo["cy"]
         N, K = free.shape
         self.N, self.K, self.free = N, K, free
-        self._direct = direct
+        self._geo = geo
+        self._direct_system: _DirectSystem | None = None
         self.last_iterations: deque[int] = deque(maxlen=1024)  # GMRES iterations, recent solves
         self.angles = []
         for k in range(K):
@@ -215,6 +216,12 @@ class _SweepSystem:
             self.angles.append({"order": order, "indices": indices, "indptr": indptr,
                                 "const": const[perm], "coef": coef[perm], "nodes": nodes[perm],
                                 "data": geo["data"][order, k], "free": free[order, k]})
+
+    def _direct(self) -> _DirectSystem:
+        """The full-system solver, built on first use (fallback when GMRES stalls)."""
+        if self._direct_system is None:
+            self._direct_system = _DirectSystem(self._geo)
+        return self._direct_system
 
     def _factors(self, a: np.ndarray) -> list[spla.SuperLU]:
         lus = []
@@ -352,14 +359,7 @@ class RadiativeTransport(Problem):
         self.solver = solver
         geo = _geometry(self.n, self.n_angles, self.knudsen, fn)
         self._theta = geo["theta"]
-        direct: list[_DirectSystem] = []
-
-        def get_direct() -> _DirectSystem:
-            if not direct:
-                direct.append(_DirectSystem(geo))
-            return direct[0]
-
-        self._system = get_direct() if solver == "direct" else _SweepSystem(geo, get_direct)
+        self._system = _DirectSystem(geo) if solver == "direct" else _SweepSystem(geo)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
