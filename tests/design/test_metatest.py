@@ -9,6 +9,16 @@ from wheretolearn.problems import get_problem
 from wheretolearn.report import relative_ood_error
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small torch calls: on a shared 2-core machine two OpenMP threads per process make
+    them up to 100x slower (busy-waiting on a busy core), so these tests use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_shapes_dtype_and_labels():
     problem = get_problem("friedman1", dim=5)
     mt = make_metatest(problem, n_measures=3, n_seen=20, n_unseen=30, seed=1)

@@ -52,8 +52,7 @@ import torch
 from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
                            torch_generator)
 from ..measures.gaussian import DIAG_CLAMP, Gaussian
-from ..models.krr import (augment_left, augment_right, gaussian_kernel, kernel_from_augmented,
-                          regularised_cholesky)
+from ..models.krr import augment_left, augment_right, kernel_from_augmented
 from .metatest import MetaTest
 
 __all__ = ["BilevelResult", "AdjointGradient", "bilevel_descent", "adjoint_gradient",
@@ -62,7 +61,7 @@ __all__ = ["BilevelResult", "AdjointGradient", "bilevel_descent", "adjoint_gradi
 _OPTIMIZERS = ("sgd", "adam")
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
-_EVAL_CHUNK = 4096
+_EVAL_CHUNK = 1024
 
 
 @dataclass
@@ -153,7 +152,15 @@ class _Workspace:
             self.unseen_y = metatest.unseen_y.detach().to(dtype).reshape(-1)
             self.unseen_den = float((self.unseen_y.double() ** 2).sum())
         self.lower = torch.ones(d, d, dtype=dtype).tril()
-        self.eye = torch.eye(d, dtype=dtype)
+        self._buffers: dict[tuple[str, int], torch.Tensor] = {}
+
+    def buffer(self, name: str, rows: int, n: int) -> torch.Tensor:
+        """A reusable (rows, n) work array: re-allocating ~5 MB every step costs page faults."""
+        key = (name, n)
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape[0] < rows:
+            buf = self._buffers[key] = torch.empty(rows, n, dtype=self.dtype)
+        return buf[:rows]
 
 
 def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
@@ -165,33 +172,43 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Ten
     n = x.shape[0]
     fdt = ws.factor_dtype
     xf = x.to(fdt)
-    chol = regularised_cholesky(gaussian_kernel(xf, xf, ws.bandwidth), n * ridge, ridge=ridge)
+    # K + N eps I in the factor dtype (float64: the norm expansion loses nothing there)
+    kxx = kernel_from_augmented(augment_left(xf, ws.bandwidth), augment_right(xf, ws.bandwidth))
+    kxx.diagonal().add_(n * ridge)
+    chol, info = torch.linalg.cholesky_ex(kxx)
+    if int(info) != 0:
+        raise ValueError(f"Cholesky factorisation of K + N*ridge*I failed in {fdt} at "
+                         f"ridge={ridge:g}; use factor_dtype='float64' or a larger ridge_end")
     coef = torch.cholesky_solve(y.to(fdt)[:, None], chol)[:, 0]
     right = augment_right(x, ws.bandwidth)
-    k_seen = kernel_from_augmented(ws.seen_left, right)          # (M_seen, N)
-    resid = ws.seen_y - k_seen @ coef.to(ws.dtype)                # y - f on seen samples
-    seen_error = math.sqrt(float(resid.double().square().sum()) / ws.seen_den)
-    r = (resid @ k_seen) / ws.n_seen                              # (N,) adjoint rhs
-    adjoint = torch.cholesky_solve((n * r.to(fdt))[:, None], chol)[:, 0]
+    k_seen = kernel_from_augmented(ws.seen_left, right, out=ws.buffer("seen", ws.n_seen, n))
+    resid = torch.addmv(ws.seen_y, k_seen, coef.to(ws.dtype), alpha=-1.0)   # y - f(V)
+    seen_error = math.sqrt(float(resid.double() @ resid.double()) / ws.seen_den)
+    r = torch.mv(k_seen.T, resid)                                             # (N,) adjoint rhs
+    adjoint = torch.cholesky_solve((r.to(fdt) * (n / ws.n_seen))[:, None], chol)[:, 0]
     # f(x_i) - y_i = -N eps a_i exactly, so c_i = (f_i - y_i) p_i / N = -eps a_i p_i
-    c = ((-ridge * ws.inv_label_scale2) * coef * adjoint).to(ws.dtype)
-    # closed-form score at x = m + L z: u = L^{-T} z, grad_m = u, grad_L = tril(u z^T) - diag(1/L)
-    u = torch.linalg.solve_triangular(scale_tril.T, z.T, upper=True).T   # (N, d)
-    grad_m = c @ u
-    grad_l = (((u * c[:, None]).T @ z) * ws.lower
-              - c.sum() * torch.diag(1.0 / torch.diagonal(scale_tril)))
+    c = (coef * adjoint).mul_(-ridge * ws.inv_label_scale2).to(ws.dtype)
+    # closed-form score at x = m + L z: grad_m = L^{-T} z, grad_L = tril(L^{-T} z z^T) - diag(1/L);
+    # summed with weights c first, so only one (d, d + 1) triangular solve is needed
+    rhs = torch.cat([(z.T @ c)[:, None], z.T @ (c[:, None] * z)], dim=1)
+    sol = torch.linalg.solve_triangular(scale_tril.T, rhs, upper=True)
+    grad_m = sol[:, 0]
+    grad_l = sol[:, 1:] * ws.lower - c.sum() * torch.diag(1.0 / torch.diagonal(scale_tril))
     return grad_m, grad_l, seen_error, coef, adjoint, right
 
 
 def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> float:
     """Relative root OOD error on the unseen split, chunked ``k(V, X) a``."""
     c = coef.to(ws.dtype)
-    sq = 0.0
-    for start in range(0, ws.unseen_left.shape[0], _EVAL_CHUNK):
-        blk = kernel_from_augmented(ws.unseen_left[start:start + _EVAL_CHUNK], right)
-        diff = ws.unseen_y[start:start + _EVAL_CHUNK] - blk @ c
-        sq += float(diff @ diff)
-    return math.sqrt(sq / ws.unseen_den)
+    n_rows = ws.unseen_left.shape[0]
+    buf = ws.buffer("unseen", min(_EVAL_CHUNK, n_rows), right.shape[0])
+    diff = ws.buffer("unseen_diff", 1, n_rows)[0]
+    for start in range(0, n_rows, _EVAL_CHUNK):
+        blk = ws.unseen_left[start:start + _EVAL_CHUNK]
+        k = kernel_from_augmented(blk, right, out=buf[:blk.shape[0]])
+        torch.mv(k, c, out=diff[start:start + _EVAL_CHUNK])
+    diff.sub_(ws.unseen_y)
+    return math.sqrt(float(diff.double() @ diff.double()) / ws.unseen_den)
 
 
 def _label_scale(metatest: MetaTest, normalize_labels: bool) -> float:

@@ -1,0 +1,206 @@
+"""Seconds per bilevel step: this implementation vs a straightforward reference (SPEC §3).
+
+Setting: Sobol G, d = 2, J = 10 meta-test measures with 500 seen + 4500 unseen samples each,
+float32, per-step logging of the seen and unseen error. Reported per configuration:
+
+* ``total``: one step including the seen (5000 rows) and unseen (45000 rows) error;
+* ``grad``: the gradient step alone (sampling, labels, KRR, adjoint, update).
+
+The *reference* is written the way the authors' code works: autograd for the score
+(``log_prob`` + ``backward``), kernel matrices from ``torch.cdist`` and solves against matrices
+(``(K + N eps I)^{-1} k(X, V)`` for all meta-test columns). Both run in the same process.
+
+Wall time on a shared machine is noisy; the script also reports CPU time per step, which for
+one thread approximates the wall time on a quiet machine.
+
+Usage::
+
+    python benchmarks/bench_bilevel.py [--steps 40] [--threads 1 2] [--out PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from wheretolearn.design import bilevel_descent, make_metatest
+from wheretolearn.design.bilevel import adjoint_gradient, cosine_schedule
+from wheretolearn.measures import DIAG_CLAMP, Gaussian
+from wheretolearn.problems import get_problem
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_bilevel.json"
+
+
+# ---------------------------------------------------------------------------- reference
+def _sq_kernel(a: torch.Tensor, b: torch.Tensor, s: float) -> torch.Tensor:
+    return torch.exp(-torch.cdist(a, b) ** 2 / (2 * s * s))
+
+
+def reference_step(problem, mt, mean, tril, z, *, ridge, bandwidth=1.0, eval_unseen=True):
+    """One step the way the authors' code does it.
+
+    Returns ``(grads, seen_error, unseen_error, seconds_of_the_gradient_part)``.
+    """
+    t0 = time.perf_counter()
+    n, d = z.shape
+    m = mean.clone().requires_grad_(True)
+    L = tril.clone().requires_grad_(True)
+    x = (m + z @ L.T).detach()
+    y = problem(x)
+    v, yv = mt.seen_x.reshape(-1, d), mt.seen_y.reshape(-1)
+    k = _sq_kernel(x, x, bandwidth)
+    chol = torch.linalg.cholesky(k + n * ridge * torch.eye(n))
+    kxv = _sq_kernel(x, v, bandwidth)                       # (N, M_seen)
+    sol = torch.cholesky_solve(kxv, chol)                   # solve against M_seen columns
+    resid = yv - sol.T @ y
+    r = kxv @ resid / v.shape[0]
+    p = n * torch.cholesky_solve(r[:, None], chol)[:, 0]
+    a = torch.cholesky_solve(y[:, None], chol)[:, 0]
+    weight = ((k @ a - y) * p).detach() / n
+    logp = Gaussian(m, scale_tril=L).log_prob(x)
+    gm, gl = torch.autograd.grad(weight @ logp, (m, L))
+    t1 = time.perf_counter()
+    seen_err = float(resid.norm() / yv.norm())
+    unseen_err = math.nan
+    if eval_unseen:
+        u, yu = mt.unseen_x.reshape(-1, d), mt.unseen_y.reshape(-1)
+        sol_u = torch.cholesky_solve(_sq_kernel(x, u, bandwidth), chol)   # (N, 45000)
+        unseen_err = float((yu - sol_u.T @ y).norm() / yu.norm())
+    return (gm, torch.tril(gl)), seen_err, unseen_err, t1 - t0
+
+
+def reference_run(problem, mt, init, *, n_train, steps, lr, nominal_steps=1000,
+                  eval_unseen=True, seed=0):
+    """``steps`` SGD steps of the reference; ridge/lr follow a ``nominal_steps`` schedule."""
+    gen = torch.Generator().manual_seed(seed)
+    mean, tril = init.mean.clone(), init.scale_tril.clone()
+    wall = grad = 0.0
+    cpu0 = time.process_time()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        ridge = cosine_schedule(1e-3, 1e-7, step, nominal_steps)
+        z = torch.randn(n_train, mt.dim, generator=gen)
+        (gm, gl), _, _, tg = reference_step(problem, mt, mean, tril, z, ridge=ridge,
+                                            eval_unseen=eval_unseen)
+        lr_t = cosine_schedule(lr, 0.0, step, nominal_steps)
+        with torch.no_grad():
+            mean = mean - lr_t * gm
+            tril = tril - lr_t * gl
+            diag = torch.diagonal(tril)
+            diag.masked_fill_(diag <= 0, DIAG_CLAMP)
+        wall += time.perf_counter() - t0
+        grad += tg
+    cpu = time.process_time() - cpu0
+    return {"total_ms": 1e3 * wall / steps, "grad_ms": 1e3 * grad / steps,
+            "cpu_total_ms": 1e3 * cpu / steps}
+
+
+# ---------------------------------------------------------------------------- ours
+def ours_run(problem, mt, init, *, n_train, steps, lr, eval_unseen=True, seed=0):
+    cpu0 = time.process_time()
+    res = bilevel_descent(problem, mt, init, n_train=n_train, steps=steps, lr=lr,
+                          generator=seed, eval_unseen=eval_unseen)
+    cpu = time.process_time() - cpu0
+    return {"total_ms": 1e3 * res.seconds_per_step, "grad_ms": 1e3 * res.grad_seconds_per_step,
+            "cpu_total_ms": 1e3 * cpu / steps,
+            "unseen_error_first_last": [res.history[0]["unseen_error"],
+                                        res.history[-1]["unseen_error"]]}
+
+
+def gradient_agreement(problem, mt, init, n_train=250) -> float:
+    """Relative difference of our adjoint gradient and the reference's (same draw, float32)."""
+    z = torch.randn(n_train, mt.dim, generator=torch.Generator().manual_seed(1))
+    ours = adjoint_gradient(problem, mt, init, z, bandwidth=1.0, ridge=1e-3)
+    (gm, gl), *_ = reference_step(problem, mt, init.mean, init.scale_tril, z, ridge=1e-3,
+                                  eval_unseen=False)
+    a = torch.cat([ours.grad_mean, ours.grad_scale_tril.reshape(-1)]).double()
+    b = torch.cat([gm, gl.reshape(-1)]).double()
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------------------- driver
+def _steps_for(n: int, steps: int) -> int:
+    return max(3, steps * 250 // n) if n > 250 else steps
+
+
+def run(steps: int, threads: list[int], quick: bool) -> dict:
+    problem = get_problem("sobol-g", dim=2)
+    init = Gaussian(torch.full((2,), 0.5), torch.eye(2))
+    mt = make_metatest(problem, n_measures=10, n_seen=500, n_unseen=4500, seed=0)
+    rows = []
+    n_values = (250, 1000) if quick else (250, 1000, 4000)
+    seen_values = (250, 500) if quick else (250, 500, 1000, 2000)
+    for nt in threads:
+        torch.set_num_threads(nt)
+        for n in n_values:
+            k = _steps_for(n, steps)
+            ours = ours_run(problem, mt, init, n_train=n, steps=k, lr=1e-2)
+            # the reference solves against 5000 (+45000) columns: O(N^2 M) per step, which at
+            # N = 4000 means minutes per step on 2 cores, so it is only run up to N = 1000
+            ref = (reference_run(problem, mt, init, n_train=n, steps=max(2, k // 4), lr=1e-2)
+                   if n <= 1000 else None)
+            rows.append({"threads": nt, "vary": "n_train", "n_train": n, "n_seen": 500,
+                         "n_unseen": 4500, "steps": k, "ours": ours, "reference": ref})
+        for ls in seen_values:
+            if ls == 500:
+                continue  # the n_train = 250 row above
+            mt_l = make_metatest(problem, n_measures=10, n_seen=ls, n_unseen=9 * ls, seed=0)
+            ours = ours_run(problem, mt_l, init, n_train=250, steps=steps, lr=1e-2)
+            ref = reference_run(problem, mt_l, init, n_train=250, steps=max(2, steps // 4),
+                                lr=1e-2)
+            rows.append({"threads": nt, "vary": "n_seen", "n_train": 250, "n_seen": ls,
+                         "n_unseen": 9 * ls, "steps": steps, "ours": ours, "reference": ref})
+    return {"rows": rows, "gradient_rel_diff_vs_reference": gradient_agreement(problem, mt, init)}
+
+
+def _table(result: dict) -> str:
+    head = (f"{'thr':>3} {'N':>5} {'seen/Q':>6} {'unseen/Q':>8} | {'ours total':>10} "
+            f"{'ours grad':>9} {'ours cpu':>8} | {'ref total':>9} {'ref grad':>8} {'ref cpu':>8} |"
+            f" {'speedup':>7}")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        o, f = r["ours"], r["reference"]
+        ref = (f"{f['total_ms']:>7.1f}ms {f['grad_ms']:>6.1f}ms {f['cpu_total_ms']:>6.1f}ms | "
+               f"{f['total_ms'] / o['total_ms']:>6.1f}x" if f else f"{'(not run)':>29} |")
+        lines.append(f"{r['threads']:>3} {r['n_train']:>5} {r['n_seen']:>6} {r['n_unseen']:>8} | "
+                     f"{o['total_ms']:>8.2f}ms {o['grad_ms']:>7.2f}ms "
+                     f"{o['cpu_total_ms']:>6.2f}ms | " + ref)
+    lines.append("total = step incl. seen + unseen error logging; grad = gradient step alone; "
+                 "cpu = process CPU time per step (total)")
+    lines.append(f"gradient agreement with the reference (float32, one draw): relative "
+                 f"difference {result['gradient_rel_diff_vs_reference']:.2e}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="steps per configuration (N=250)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true", help="fewer configurations")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    result = run(args.steps, args.threads, args.quick)
+    result["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
+                      "cpu_count": os.cpu_count(), "machine": platform.machine(),
+                      "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                      "seconds": time.perf_counter() - t0, "steps": args.steps,
+                      "problem": "sobol-g d=2, J=10, float32"}
+    print(_table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
