@@ -184,3 +184,12 @@ def test_input_measure_rejects_bad_parameters():
         NtDInputMeasure(1.0, n_boundary=2)
     with pytest.raises(ValueError, match="omega"):
         NtDInputMeasure(float("nan"), n_boundary=10)
+
+
+def test_input_measure_with_params():
+    meas = NtD(9).default_input_measure()
+    other = meas.with_params(omega=1.0, tau=10.0)
+    assert float(other.omega) == 1.0 and float(other.field.tau) == 10.0
+    assert float(other.field.alpha) == 2.0 and other.n_boundary == 32
+    with pytest.raises(ValueError, match="beta"):
+        meas.with_params(beta=1.0)

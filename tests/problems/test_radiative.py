@@ -135,6 +135,15 @@ def test_default_measure_positive_with_lognormal_moment():
     assert abs(mc / float(meas.second_moment()) - 1.0) < 0.03
 
 
+def test_default_measure_with_params():
+    meas = RadiativeTransport(9).default_input_measure().with_params(sigma=2.0, mean=0.5)
+    assert float(meas.log_field.sigma) == 2.0 and float(meas.log_field.tau) == 1.0
+    a = meas.sample(3, generator=0)
+    np.testing.assert_allclose(a[:, 0, :].numpy(), np.exp(0.5), rtol=1e-6)
+    with pytest.raises(ValueError, match="omega"):
+        meas.with_params(omega=1.0)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"knudsen": 0.0}, "knudsen"), ({"knudsen": -2.0}, "knudsen"),
                                            ({"n": 2}, "n"), ({"n_angles": 7}, "n_angles"),
                                            ({"inflow": "sunny"}, "inflow"),

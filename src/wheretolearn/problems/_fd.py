@@ -142,6 +142,16 @@ class LogNormalField(Measure):
         q = f.basis.quadrature_weights.to(f.dtype)
         return (q * torch.exp(2.0 * f.mean_field() + 2.0 * var)).sum()
 
+    def with_params(self, **params: Any) -> "LogNormalField":
+        """A copy whose log-field has some of ``alpha, tau, sigma, mean`` replaced."""
+        f = self.log_field
+        current = f.parameters()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} for LogNormalField; allowed: "
+                             f"{', '.join(sorted(current))}")
+        return LogNormalField(GaussianRandomField(f.basis, dtype=f.dtype, **{**current, **params}))
+
     def to_dict(self) -> dict:
         """JSON-serialisable description."""
         return {"kind": "lognormal", "log_field": self.log_field.to_dict()}

@@ -309,6 +309,18 @@ class NtDInputMeasure(Measure):
         m = self.mean_function()
         return (q * m ** 2).sum() + (self.eigenvalues * (q * phi_c ** 2).sum(dim=1)).sum()
 
+    def with_params(self, **params: Any) -> "NtDInputMeasure":
+        """A copy with some of ``omega, tau, alpha, sigma, n_modes`` replaced."""
+        f = self.field
+        current = {"omega": self.omega, "tau": f.tau, "alpha": f.alpha, "sigma": f.sigma,
+                   "n_modes": self.n_modes}
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r} for NtDInputMeasure; allowed: "
+                             f"{', '.join(sorted(current))}")
+        kw = {**current, **params}
+        return NtDInputMeasure(kw.pop("omega"), n_boundary=self.n_boundary, dtype=self.dtype, **kw)
+
     def to_dict(self) -> dict:
         """JSON-serialisable description."""
         f = self.field
