@@ -29,12 +29,23 @@ from .base import Problem, register_problem
 __all__ = ["Burgers"]
 
 
+#: Rows per block in :meth:`Burgers.solve` ~ this many grid values, so the RK4 stages of a
+#: block stay in cache (a whole (1000, 1024) batch at once was ~3x slower per sample).
+_BLOCK_VALUES = 2**15
+
+
+def _fft_workers() -> int:
+    # follow torch's thread setting: 1 inside Dask workers, so K workers do not each spawn
+    # one FFT thread per core
+    return max(1, torch.get_num_threads())
+
+
 def _rfft(u: np.ndarray) -> np.ndarray:
-    return scipy.fft.rfft(u, axis=-1, workers=-1)
+    return scipy.fft.rfft(u, axis=-1, workers=_fft_workers())
 
 
 def _irfft(u_hat: np.ndarray, n: int) -> np.ndarray:
-    return scipy.fft.irfft(u_hat, n=n, axis=-1, workers=-1)
+    return scipy.fft.irfft(u_hat, n=n, axis=-1, workers=_fft_workers())
 
 
 @register_problem("burgers")
@@ -140,7 +151,14 @@ class Burgers(Problem):
         """Integrate ``u0`` (B, n) float64 to ``t_final``; returns float64 (B, n).
 
         Does not validate (use ``__call__`` for checked input); never modifies ``u0``.
+        Rows are integrated in blocks of about ``_BLOCK_VALUES / n`` samples.
         """
+        u0 = np.atleast_2d(u0)
+        rows = max(1, _BLOCK_VALUES // self.n)
+        return np.concatenate([self._solve_block(u0[i:i + rows])
+                               for i in range(0, u0.shape[0], rows)])
+
+    def _solve_block(self, u0: np.ndarray) -> np.ndarray:
         v = _rfft(u0) * self._keep_state
         with np.errstate(over="ignore", invalid="ignore"):   # divergence is reported below
             for _ in range(self.n_steps):
