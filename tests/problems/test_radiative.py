@@ -146,6 +146,7 @@ def test_default_measure_with_params():
 
 @pytest.mark.parametrize("kwargs, match", [({"knudsen": 0.0}, "knudsen"), ({"knudsen": -2.0}, "knudsen"),
                                            ({"n": 2}, "n"), ({"n_angles": 7}, "n_angles"),
+                                           ({"n_angles": 6}, "n_angles"),
                                            ({"inflow": "sunny"}, "inflow"),
                                            ({"solver": "cg"}, "solver")])
 def test_invalid_options(kwargs, match):

@@ -56,7 +56,7 @@ from ..measures.fields import GaussianRandomField, SineBasis1D
 from ._fd import check_grid_size, dirichlet_field, harmonic_faces
 from .base import Problem, register_problem
 
-__all__ = ["NtD", "NtDInputMeasure", "boundary_indices"]
+__all__ = ["NtD", "NtDInputMeasure", "boundary_indices", "ntd_matrix"]
 
 
 def boundary_indices(n: int) -> tuple[np.ndarray, np.ndarray]:

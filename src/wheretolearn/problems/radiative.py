@@ -319,8 +319,8 @@ class RadiativeTransport(Problem):
     n : int
         Nodes per side including the boundary (default 51, ``h = 0.02``).
     n_angles : int
-        Number of velocity directions K (default 12); must be even and >= 4 so that no
-        direction is parallel to a side.
+        Number of velocity directions K (default 12); a multiple of 4, the condition for no
+        ``theta_k`` to be parallel to a side.
     knudsen : float
         ``eps`` > 0; the paper uses 1/8 (default), 2 and 8.
     inflow : "paper" | "isotropic" | callable
@@ -343,9 +343,9 @@ class RadiativeTransport(Problem):
                  inflow: Any = "paper", solver: str = "gmres"):
         self.n = check_grid_size(n)
         self.n_angles = check_positive_int(n_angles, "n_angles")
-        if self.n_angles < 4 or self.n_angles % 2:
-            raise ValueError(f"n_angles must be an even integer >= 4 (no direction parallel to a "
-                             f"side), got {n_angles}")
+        if self.n_angles % 4:
+            raise ValueError(f"n_angles must be a multiple of 4 (otherwise some theta_k is "
+                             f"parallel to a side), got {n_angles}")
         self.knudsen = check_positive_float(knudsen, "knudsen")
         if callable(inflow):
             self._inflow_name, fn = "custom", inflow
