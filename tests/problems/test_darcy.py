@@ -105,6 +105,8 @@ def test_default_measure():
 def test_invalid_inputs_and_options():
     with pytest.raises(ValueError, match="n"):
         Darcy(2)
+    with pytest.raises(ValueError, match="source"):
+        Darcy(6, source=float("nan"))
     p = Darcy(6)
     with pytest.raises(ValueError, match="shape"):
         p(torch.zeros(1, 5, 6))

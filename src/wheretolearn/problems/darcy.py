@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from .._validation import as_tensor, check_finite, check_positive_float
+from .._validation import as_tensor, check_finite
 from ..measures.fields import GaussianRandomField
 from ._fd import check_grid_size, dirichlet_field, grid_points, harmonic_faces
 from .base import Problem, register_problem
@@ -171,7 +171,9 @@ class Darcy(Problem):
 
     def __init__(self, n: int = 64, *, source: float = 1.0):
         self.n = check_grid_size(n)
-        self.source = check_positive_float(source, "source", allow_zero=True)
+        if isinstance(source, bool) or not isinstance(source, (int, float)) or not np.isfinite(source):
+            raise ValueError(f"source must be a finite number, got {source!r}")
+        self.source = float(source)
         self._op = _Operator(self.n)
 
     @property
