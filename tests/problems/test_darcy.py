@@ -118,3 +118,11 @@ def test_invalid_inputs_and_options():
         p(torch.full((1, 6, 6), 800.0, dtype=torch.float64))  # exp overflows
     with pytest.raises(ValueError, match="positive"):
         p.solve(-np.ones((6, 6)))
+
+
+def test_paper_resolution_smoke():
+    p = get_problem("darcy")
+    assert p.options() == {"n": 64, "source": 1.0}
+    u = p(p.default_input_measure().sample(4, generator=0))
+    assert u.shape == (4, 64, 64) and bool(torch.isfinite(u).all())
+    assert 0.0 < float(u.max()) < 1.0

@@ -193,3 +193,12 @@ def test_input_measure_with_params():
     assert float(other.field.alpha) == 2.0 and other.n_boundary == 32
     with pytest.raises(ValueError, match="beta"):
         meas.with_params(beta=1.0)
+
+
+def test_paper_resolution_smoke():
+    p = get_problem("ntd")
+    assert p.options() == {"n": 128, "conductivity": "constant"} and p.input_shape == (508,)
+    g = p.default_input_measure().sample(1000, generator=0)
+    out = p(g)
+    assert out.shape == (1000, 508) and bool(torch.isfinite(out).all())
+    assert float(out.mean(dim=1).abs().max()) < 1e-5
