@@ -53,12 +53,13 @@ def test_acoreset_sizes_distinct_and_first_batch_is_maxmin_in_weighted_features(
     for n in (1, 6, 7, 16, 33):
         idx = acoreset(pool, y, n, bandwidth=1.0, ridge=1e-6, generator=0)
         assert idx.shape == (n,) and len(set(idx.tolist())) == n
-    # reference for the first batch: KRR on the 6 initial points, features a_i k(v, x_i)
+    # reference for the first batch: KRR on the 6 initial points (shift n eps with the final
+    # n = 16), features a_i k(v, x_i)
     idx = acoreset(pool, y, 16, bandwidth=1.0, ridge=1e-6, generator=0, sketch_dim=None).tolist()
     init = idx[:6]
     xs = pool[init].numpy()
     k = np.exp(-((xs[:, None] - xs[None]) ** 2).sum(-1) / 2)
-    a = np.linalg.solve(k + 6 * 1e-6 * np.eye(6), y[init].numpy())
+    a = np.linalg.solve(k + 16 * 1e-6 * np.eye(6), y[init].numpy())
     kp = np.exp(-((pool.numpy()[:, None] - xs[None]) ** 2).sum(-1) / 2)
     phi = kp * a[None, :]
     dist = np.sqrt(((phi[:, None] - phi[None]) ** 2).sum(-1))
@@ -118,3 +119,22 @@ def test_make_sources_errors():
         make_sources(["optimized"], init=init, metatest=mt, bandwidth=1.0)
     with pytest.raises(TypeError, match="sample"):
         DistributionSource("x", object())
+
+
+def test_growing_krr_block_cholesky_matches_direct_solve():
+    from wheretolearn.design.baselines import _GrowingKRR
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(50, 3)))
+    y = torch.from_numpy(rng.normal(size=50))
+    krr = _GrowingKRR(x, y, bandwidth=1.3, shift=1e-3, capacity=20)
+    krr.add(torch.tensor([4, 9, 1]))
+    krr.add(torch.tensor([30, 2, 17, 44, 8]))
+    krr.add(torch.arange(10, 16))
+    sel = krr.selected().numpy()
+    xs = x.numpy()[sel]
+    k = np.exp(-((xs[:, None] - xs[None]) ** 2).sum(-1) / (2 * 1.3 ** 2))
+    ref = np.linalg.solve(k + 1e-3 * np.eye(len(sel)), y.numpy()[sel])
+    np.testing.assert_allclose(krr.coefficients().numpy(), ref, rtol=1e-9, atol=1e-9)
+    kp = np.exp(-((x.numpy()[:, None] - xs[None]) ** 2).sum(-1) / (2 * 1.3 ** 2))
+    np.testing.assert_allclose(krr.columns().numpy(), kp, atol=1e-12)

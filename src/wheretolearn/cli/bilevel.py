@@ -106,6 +106,9 @@ def bilevel(
     seed: Optional[int] = typer.Option(None, "--seed"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd | adam"),
     use_iterate: Optional[str] = typer.Option(None, "--use-iterate", help="final | best"),
+    normalize_labels: Optional[bool] = typer.Option(
+        None, "--normalize-labels/--raw-labels", help="scale-free bilevel objective"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
@@ -122,6 +125,7 @@ def bilevel(
     flags = {"problem": problem, "dim": dim, "n_train": n_train, "steps": steps, "lr": lr,
              "bandwidth": bandwidth, "init": init, "init_mean": init_mean, "init_std": init_std,
              "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats, "seed": seed,
-             "optimizer": optimizer, "use_iterate": use_iterate}
+             "optimizer": optimizer, "use_iterate": use_iterate,
+             "normalize_labels": normalize_labels, "num_threads": num_threads}
     cfg = resolve_study_config(file_cfg, flags)
     _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)

@@ -26,11 +26,13 @@ seed text:
   the points selected so far and ``a`` the KRR coefficients fitted on them (labels of
   the pool are the seen meta-test labels); Euclidean distance between features; an
   initial random set of 6, then max-min additions in batches of 10 with the features
-  (and ``a``) recomputed after every batch. Two deviations for cost, both options:
-  when ``n`` is large the batch grows so that there are at most ``max_rounds`` refits
-  (100 by default: N = 1024 keeps batches of 10), and features wider than
-  ``sketch_dim`` (128) are compressed by a fixed Gaussian sketch (Johnson-Lindenstrauss,
-  as the paper's CoreSet for Burgers does, SM F.6 eq. F.39) before distances are taken.
+  (and ``a``) recomputed after every batch. Three deviations for cost, all options or
+  documented: when ``n`` is large the batch grows so that there are at most
+  ``max_rounds`` refits (100 by default: N = 1024 keeps batches of 10); features wider
+  than ``sketch_dim`` (64) are compressed by a fixed Gaussian sketch
+  (Johnson-Lindenstrauss, as the paper's CoreSet for Burgers does, SM F.6 eq. F.39)
+  before distances are taken; the KRR fits use the ridge shift ``n eps`` of the final
+  size throughout, so the Cholesky factor grows by block updates.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
-from ..models.krr import KernelRidge, gaussian_kernel
 
 __all__ = [
     "BASELINE_NAMES",
@@ -189,22 +191,25 @@ def ncoreset(pool, n: int, *, bandwidth: float,
     s = check_positive_float(bandwidth, "bandwidth")
     g = torch_generator(generator)
     first = int(torch.randint(x.shape[0], (1,), generator=g))
-    idx = torch.empty(n, dtype=torch.long)
+    # numpy for the sequential loop: thousands of tiny vector ops, where torch's intra-op
+    # thread pool costs milliseconds per op on a loaded machine
+    xn = x.numpy()
+    idx = np.empty(n, dtype=np.int64)
     idx[0] = first
-    mind = 2.0 - 2.0 * gaussian_kernel(x, x[first:first + 1], s)[:, 0]
-    mind[first] = -1.0  # never pick a selected point again, even among duplicates
-    for t in range(1, n):
-        j = int(torch.argmax(mind))
+    mind = np.full(xn.shape[0], np.inf)
+    for t in range(n):
+        j = first if t == 0 else int(np.argmax(mind))
         idx[t] = j
-        mind = torch.minimum(mind, 2.0 - 2.0 * gaussian_kernel(x, x[j:j + 1], s)[:, 0])
-        mind[j] = -1.0
-    return idx
+        sq = ((xn - xn[j]) ** 2).sum(1)
+        np.minimum(mind, 2.0 - 2.0 * np.exp(sq / (-2.0 * s * s)), out=mind)
+        mind[j] = -1.0  # never pick a selected point again, even among duplicates
+    return torch.from_numpy(idx)
 
 
 def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
              generator: int | torch.Generator | None = None, batch_size: int = 10,
              n_initial: int = 6, max_rounds: int | None = 100,
-             sketch_dim: int | None = 128) -> torch.Tensor:
+             sketch_dim: int | None = 64) -> torch.Tensor:
     """Adaptive greedy coreset with KRR-coefficient-weighted kernel features.
 
     Start from ``n_initial`` random pool points. Each round: fit KRR on the selected set
@@ -212,13 +217,18 @@ def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
     pool point, then add ``batch_size`` points by max-min selection in Euclidean feature
     distance (paper SM F.1 item 6, eq. F.40).
 
+    The fits solve ``(K_SS + n eps I) a = y_S`` with the shift of the *final* size ``n``
+    (not ``|S| eps``): the shift then stays fixed, so the Cholesky factor grows by block
+    updates (O(|S|^2 b) per round instead of O(|S|^3)), and kernel columns are computed
+    once per selected point.
+
     Parameters
     ----------
     pool : (P, d) array-like
     labels : (P,) array-like, ``G*`` at the pool points
     n : int, 1 <= n <= P
     bandwidth, ridge : float
-        Kernel length scale and ridge ``eps`` (system ``K + |S| eps I``).
+        Kernel length scale and ridge ``eps``.
     generator : seed, torch.Generator or None
     batch_size : int
         Points added per refit (paper: 10).
@@ -228,8 +238,9 @@ def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
         Cap on the number of refits; the batch grows to ``ceil((n - n_initial) /
         max_rounds)`` when needed. ``None``: no cap (the paper's setting).
     sketch_dim : int or None
-        When the feature width ``|S|`` exceeds it, features are multiplied by a fixed
-        Gaussian sketch ``(|S|, sketch_dim) / sqrt(sketch_dim)``. ``None``: exact.
+        When the feature width ``|S|`` exceeds it, features are multiplied by one fixed
+        Gaussian sketch ``R[:|S|]``, ``R`` of shape ``(n, sketch_dim) / sqrt(sketch_dim)``.
+        ``None``: exact distances.
 
     Returns
     -------
@@ -246,38 +257,80 @@ def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
     if max_rounds is not None:
         batch = max(batch, math.ceil((n - n0) / check_positive_int(max_rounds, "max_rounds")))
     g = torch_generator(generator)
-    selected = torch.randperm(x.shape[0], generator=g)[:n0]
-    while selected.numel() < n:
-        feats = _acoreset_features(x, y, selected, s, eps, sketch_dim, g)
-        take = min(batch, n - selected.numel())
-        selected = torch.cat([selected, _maxmin_batch(feats, selected, take)])
-    return selected
-
-
-def _acoreset_features(x, y, selected, bandwidth, ridge, sketch_dim, generator):
-    """``Phi[v, i] = a_i k(v, x_i)`` for all pool points v, optionally sketched; (P, r)."""
-    xs = x[selected]
-    a = KernelRidge(bandwidth=bandwidth, ridge=ridge, factor_dtype=torch.float64).fit(
-        xs, y[selected]).coef_
-    feats = gaussian_kernel(x, xs, bandwidth) * a[None, :]
-    if sketch_dim is not None and feats.shape[1] > sketch_dim:
+    sketch = None
+    if sketch_dim is not None:
         r = check_positive_int(sketch_dim, "sketch_dim")
-        proj = torch.randn(feats.shape[1], r, generator=generator, dtype=feats.dtype)
-        feats = feats @ proj / math.sqrt(r)
-    return feats
+        sketch = torch.randn(n, r, generator=g, dtype=torch.float64) / math.sqrt(r)
+    krr = _GrowingKRR(x, y, bandwidth=s, shift=n * eps, capacity=n)
+    krr.add(torch.randperm(x.shape[0], generator=g)[:n0])
+    while krr.size < n:
+        a = krr.coefficients()
+        cols = krr.columns()  # (P, S) = k(pool, X_S)
+        if sketch is not None and krr.size > sketch.shape[1]:
+            feats = cols @ (a[:, None] * sketch[:krr.size])
+        else:
+            feats = cols * a[None, :]
+        take = min(batch, n - krr.size)
+        krr.add(_maxmin_batch(feats, krr.selected(), take))
+    return krr.selected().clone()
+
+
+class _GrowingKRR:
+    """KRR on a growing subset of a pool, ``(K_SS + shift I) a = y_S``, by block Cholesky.
+
+    Kernel columns ``k(pool, x_i)`` and the Cholesky factor live in preallocated buffers
+    of the final size; adding ``b`` points costs O(P b d + S^2 b).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, bandwidth: float, shift: float,
+                 capacity: int):
+        self.x, self.y, self.bandwidth, self.shift = x, y, bandwidth, shift
+        self.cols = torch.empty(x.shape[0], capacity, dtype=torch.float64)
+        self.chol = torch.zeros(capacity, capacity, dtype=torch.float64)
+        self.idx = torch.empty(capacity, dtype=torch.long)
+        self.size = 0
+
+    def selected(self) -> torch.Tensor:
+        return self.idx[:self.size]
+
+    def columns(self) -> torch.Tensor:
+        return self.cols[:, :self.size]
+
+    def add(self, new: torch.Tensor) -> None:
+        s, b = self.size, new.numel()
+        sq = _sqdist(self.x, self.x[new])
+        self.cols[:, s:s + b] = torch.exp(sq / (-2.0 * self.bandwidth ** 2))
+        self.idx[s:s + b] = new
+        k_bb = self.cols[new, s:s + b] + self.shift * torch.eye(b, dtype=torch.float64)
+        if s:
+            k_sb = self.cols[self.idx[:s], s:s + b]
+            l21 = torch.linalg.solve_triangular(self.chol[:s, :s], k_sb, upper=False).T
+            k_bb = k_bb - l21 @ l21.T
+            self.chol[s:s + b, :s] = l21
+        chol, info = torch.linalg.cholesky_ex(0.5 * (k_bb + k_bb.T))
+        if int(info) != 0:
+            raise ValueError(f"acoreset: Cholesky update failed with ridge shift {self.shift:g}; "
+                             "use a larger ridge")
+        self.chol[s:s + b, s:s + b] = chol
+        self.size = s + b
+
+    def coefficients(self) -> torch.Tensor:
+        l = self.chol[:self.size, :self.size]
+        return torch.cholesky_solve(self.y[self.selected()][:, None], l)[:, 0]
 
 
 def _maxmin_batch(feats: torch.Tensor, selected: torch.Tensor, take: int) -> torch.Tensor:
     """Add ``take`` indices by max-min Euclidean distance to the selected rows of ``feats``."""
-    mind = _sqdist(feats, feats[selected]).min(1).values
-    mind[selected] = -1.0
-    new = torch.empty(take, dtype=torch.long)
+    mind = _sqdist(feats, feats[selected]).min(1).values.numpy()
+    mind[selected.numpy()] = -1.0
+    fn = feats.numpy()
+    new = np.empty(take, dtype=np.int64)
     for t in range(take):
-        j = int(torch.argmax(mind))
+        j = int(np.argmax(mind))
         new[t] = j
-        mind = torch.minimum(mind, _sqdist(feats, feats[j:j + 1])[:, 0])
+        np.minimum(mind, ((fn - fn[j]) ** 2).sum(1), out=mind)
         mind[j] = -1.0
-    return new
+    return torch.from_numpy(new)
 
 
 # ------------------------------------------------------------------------------ factory

@@ -12,10 +12,11 @@ folder (see :class:`wheretolearn.report.RunFolder`)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -77,6 +78,8 @@ class BilevelStudyConfig(BaseModel):
     init_mean: float = Field(0.5, description="m0 of the initial N(m0 1, s0^2 I)")
     init_std: float = Field(1.0, description="s0 of the initial N(m0 1, s0^2 I)")
     optimizer: Literal["sgd", "adam"] = "sgd"
+    normalize_labels: bool = Field(
+        False, description="divide the bilevel objective by the mean square of the seen labels")
     use_iterate: Literal["final", "best"] = Field(
         "final", description="which nu is 'optimized': the last iterate or the one with the "
                              "lowest *seen* error (the unseen set is never used for choosing)")
@@ -92,6 +95,9 @@ class BilevelStudyConfig(BaseModel):
     n_unseen: int = 4500
     dtype: Literal["float32", "float64"] = "float32"
     baselines: list[str] = Field(default_factory=lambda: list(BASELINE_NAMES))
+    num_threads: Optional[int] = Field(
+        None, description="torch threads for the whole study (restored afterwards); on a "
+                          "shared machine 1 is often faster than 2")
     bilevel_options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword options for bilevel_descent")
 
@@ -115,6 +121,13 @@ class BilevelStudyConfig(BaseModel):
         need = {"friedman1": 5, "friedman2": 4}.get(info.data.get("problem"), 1)
         if v < need:
             raise ValueError(f"problem {info.data.get('problem')!r} needs dim >= {need}")
+        return v
+
+    @field_validator("num_threads")
+    @classmethod
+    def _threads(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive integer")
         return v
 
     @field_validator("seed")
@@ -167,6 +180,20 @@ def _initial_gaussian(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype):
     d = cfg.dim
     return Gaussian(torch.full((d,), cfg.init_mean, dtype=dtype),
                     scale_tril=cfg.init_std * torch.eye(d, dtype=dtype))
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    """Set torch's intra-op thread count for the block (no-op for ``None``)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class _Progress:
@@ -245,7 +272,7 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
     metatest = make_metatest(problem, n_measures=cfg.n_measures, n_seen=cfg.n_seen,
                              n_unseen=cfg.n_unseen, seed=cfg.seed, dtype=dtype)
     init = _initial_gaussian(cfg, metatest, dtype)
-    with run, _Progress(progress, console) as bar:
+    with _threads(cfg.num_threads), run, _Progress(progress, console) as bar:
         run.write_config_toml(cfg.model_dump())
         task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}", cfg.steps)
 
@@ -257,7 +284,8 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
         result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
                                  lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
                                  ridge_end=cfg.ridge_end, optimizer=cfg.optimizer, generator=gen,
-                                 callback=on_step, **cfg.bilevel_options)
+                                 normalize_labels=cfg.normalize_labels, callback=on_step,
+                                 **cfg.bilevel_options)
         chosen = result.best if cfg.use_iterate == "best" else result.final
         evaluation = _evaluate(cfg, problem, metatest, init, chosen, bar, run)
         summary = _summary(cfg, result, chosen, evaluation, metatest)
@@ -292,7 +320,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
     hist = result.history
     unseen = [h["unseen_error"] for h in hist]
     seen = [h["seen_error"] for h in hist]
-    best_step = min(range(len(seen)), key=seen.__getitem__)
+    best_step = int(getattr(result, "best_step", min(range(len(seen)), key=seen.__getitem__)))
     learned = chosen.detach()
     return {
         "problem": cfg.problem,
@@ -300,6 +328,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
         "steps": cfg.steps,
         "n_train": cfg.n_train,
         "optimizer": cfg.optimizer,
+        "normalize_labels": cfg.normalize_labels,
         "init": cfg.init,
         "use_iterate": cfg.use_iterate,
         "initial_error": unseen[0],
