@@ -179,3 +179,13 @@ def test_other_registered_problems_go_through_the_same_path(tmp_path, name, opti
     assert data["inputs"].shape == (3, *problem.input_shape)
     assert data["outputs"].shape == (3, *problem.output_shape)
     np.testing.assert_allclose(data["outputs"], problem(data["inputs"]), rtol=1e-5, atol=1e-6)
+
+
+def test_running_scheduler_address_gives_the_same_data(dask_run, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        info = generate_dataset("burgers", 11, tmp_path / "s.zarr", options=BURGERS, seed=5,
+                                chunk=3, scheduler=cluster.scheduler_address, progress=False)
+    np.testing.assert_array_equal(open_dataset(info.path)["outputs"], dask_run[1]["outputs"])
+    assert info.key == dask_run[0].key
