@@ -50,7 +50,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from .._validation import check_positive_float, check_positive_int
+from .._validation import check_finite, check_positive_float, check_positive_int
 from ._fd import LogNormalField, check_grid_size, dirichlet_field, grid_points, nested_dissection
 from .base import Problem, register_problem
 
@@ -161,9 +161,11 @@ class _DirectSystem:
         A = sp.csc_matrix((data, self.indices, self.indptr), shape=(self.size, self.size))
         return spla.splu(A, permc_spec="NATURAL")
 
-    def solve(self, a: np.ndarray) -> np.ndarray:
-        """Angular flux ``f`` (N, K) for scattering ``a`` (N,)."""
-        return self.from_unknowns(self.factor(a).solve(self.rhs))
+    def solve(self, a: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
+        """Angular flux ``f`` (N, K) for scattering ``a`` (N,) and an optional interior
+        source ``S`` (N, K) on the right-hand side of the non-inflow rows."""
+        rhs = self.rhs if source is None else self.rhs + self.to_unknowns(source * self.free)
+        return self.from_unknowns(self.factor(a).solve(rhs))
 
     def adjoint(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
         """``lambda`` (N, K) with ``A^T lambda = g`` for ``g`` (N, K)."""
@@ -244,24 +246,27 @@ class _SweepSystem:
         self.last_iterations.append(count[0])
         return x, info == 0
 
-    def solve(self, a: np.ndarray) -> np.ndarray:
-        """Angular flux ``f`` (N, K) for scattering ``a`` (N,)."""
+    def solve(self, a: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
+        """Angular flux ``f`` (N, K) for scattering ``a`` (N,) and an optional interior
+        source ``S`` (N, K) on the right-hand side of the non-inflow rows."""
         lus = self._factors(a)
         angles = self.angles
+        fixed = [ang["data"] if source is None else ang["data"] + source[ang["order"], k] * ang["free"]
+                 for k, ang in enumerate(angles)]
 
         def transport(phi: np.ndarray, with_data: bool) -> np.ndarray:
             f = np.empty((self.N, self.K))
             for k, ang in enumerate(angles):
                 src = a[ang["order"]] * phi[ang["order"]] * ang["free"]
                 if with_data:
-                    src = src + ang["data"]
+                    src = src + fixed[k]
                 f[ang["order"], k] = lus[k].solve(src)
             return f
 
         rhs = transport(np.zeros(self.N), True).mean(axis=1)
         phi, ok = self._gmres(lambda v: v - transport(v, False).mean(axis=1), rhs)
         if not ok:
-            return self._direct().solve(a)
+            return self._direct().solve(a, source)
         return transport(phi, True)
 
     def adjoint(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -400,11 +405,24 @@ class RadiativeTransport(Problem):
         rho = _RTESolve.apply(u.reshape(B, -1), self._system)
         return rho.reshape(B, self.n, self.n)
 
-    def solve_distribution(self, a: Any) -> np.ndarray:
-        """Angular flux ``f`` (B, n, n, K) float64 for scattering ``a`` (B, n, n) (no gradient)."""
+    def solve_distribution(self, a: Any, source: Any = None) -> np.ndarray:
+        """Angular flux ``f`` (B, n, n, K), float64, for scattering ``a`` (B, n, n) (no gradient).
+
+        ``source`` (n, n, K), optional: adds ``S`` to the right-hand side,
+        ``eps v . grad f + a (f - <f>) = S`` (for manufactured-solution checks); the inflow
+        data stay those of the ``inflow`` option.
+        """
         t = torch.as_tensor(np.asarray(a, dtype=np.float64)) if not isinstance(a, torch.Tensor) \
             else a.detach().double()
         self.check_input(t)
-        a = t.reshape(t.shape[0], -1).numpy()
-        f = np.stack([self._system.solve(a[b]) for b in range(a.shape[0])])
+        src = None
+        if source is not None:
+            src = np.array(source, dtype=np.float64)
+            if src.shape != (self.n, self.n, self.n_angles):
+                raise ValueError(f"source must have shape ({self.n}, {self.n}, {self.n_angles}), "
+                                 f"got {src.shape}")
+            check_finite(src, "source")
+            src = src.reshape(-1, self.n_angles)
+        a64 = t.reshape(t.shape[0], -1).numpy()
+        f = np.stack([self._system.solve(a64[b], src) for b in range(a64.shape[0])])
         return f.reshape(t.shape[0], self.n, self.n, self.n_angles)
