@@ -11,7 +11,8 @@ project's targets (SPEC / task brief, 2 cores)::
 
 Usage::
 
-    python benchmarks/bench_solvers.py [--quick] [--threads 2] [--out benchmarks/results/bench_solvers.json]
+    python benchmarks/bench_solvers.py [--quick] [--threads 2] [--only heat2d burgers]
+                                       [--out benchmarks/results/bench_solvers.json]
 
 ``--quick`` skips the paper-size runs that take long (heat 1000x1000, Burgers 8192) and
 batches above 100. Setup (operator assembly / factorisation) is timed separately; every
@@ -112,7 +113,8 @@ def main() -> None:
     rows, skipped = [], []
     for name, label, options, batches, big, target, text in CASES:
         if name not in registered or (args.only and name not in args.only):
-            skipped.append(f"{name} ({'not registered' if name not in registered else 'not selected'})")
+            why = "not registered" if name not in registered else "not selected"
+            skipped.append(f"{name} ({why})")
             continue
         if big and args.quick:
             skipped.append(f"{name} {label} (--quick)")

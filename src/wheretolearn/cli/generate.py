@@ -56,8 +56,8 @@ def generate(
     problem: Optional[str] = typer.Argument(None, help="Problem name (heat2d, burgers, ...)."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of samples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output store DIR.zarr."),
-    workers: Optional[int] = typer.Option(None, "--workers",
-                                          help="Dask LocalCluster workers (default 2; 0 = no Dask)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Dask LocalCluster workers (default 2; 0 = no Dask)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (default 0)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples per task / write."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler",

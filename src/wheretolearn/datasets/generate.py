@@ -85,7 +85,8 @@ def _build_problem(problem: Any, options: dict | None):
             raise ValueError("give problem options only with a problem name, not with an instance")
         return problem
     if not isinstance(problem, str):
-        raise TypeError(f"problem must be a problem name or a Problem, got {type(problem).__name__}")
+        raise TypeError(f"problem must be a problem name or a Problem, "
+                        f"got {type(problem).__name__}")
     options = dict(options or {})
     allowed = _option_names(problem)
     unknown = sorted(set(options) - allowed) if allowed is not None else []
@@ -128,25 +129,31 @@ def resolve_measure(problem: Any, measure: Any = None, measure_params: dict | No
 
 
 def _with_params(measure: Any, params: dict) -> Any:
+    """A copy of ``measure`` with some of its parameters replaced."""
     from ..measures import Gaussian, GaussianRandomField, Uniform
 
-    if isinstance(measure, GaussianRandomField):
-        allowed = {"alpha", "tau", "sigma", "mean"}
-        current = {"alpha": measure.alpha, "tau": measure.tau, "sigma": measure.sigma,
-                   "mean": measure.mean}
-        build = lambda kw: GaussianRandomField(measure.basis, dtype=measure.dtype, **kw)  # noqa: E731
-    elif isinstance(measure, Uniform):
-        allowed, current = {"low", "high"}, {"low": measure.low, "high": measure.high}
-        build = lambda kw: Uniform(kw["low"], kw["high"], dim=measure.dim, dtype=measure.dtype)  # noqa: E731
-    elif isinstance(measure, Gaussian):
-        allowed, current = {"mean", "cov"}, {"mean": measure.mean, "cov": measure.cov}
-        build = lambda kw: Gaussian(kw["mean"], kw["cov"], dtype=measure.dtype)  # noqa: E731
+    m, dt = measure, getattr(measure, "dtype", None)
+    if isinstance(m, GaussianRandomField):
+        current = {"alpha": m.alpha, "tau": m.tau, "sigma": m.sigma, "mean": m.mean}
+
+        def build(kw):
+            return GaussianRandomField(m.basis, dtype=dt, **kw)
+    elif isinstance(m, Uniform):
+        current = {"low": m.low, "high": m.high}
+
+        def build(kw):
+            return Uniform(kw["low"], kw["high"], dim=m.dim, dtype=dt)
+    elif isinstance(m, Gaussian):
+        current = {"mean": m.mean, "cov": m.cov}
+
+        def build(kw):
+            return Gaussian(kw["mean"], kw["cov"], dtype=dt)
     else:
-        raise ValueError(f"measure parameters cannot be set for a {type(measure).__name__}")
-    unknown = sorted(set(params) - allowed)
+        raise ValueError(f"measure parameters cannot be set for a {type(m).__name__}")
+    unknown = sorted(set(params) - set(current))
     if unknown:
-        raise ValueError(f"unknown measure parameter {unknown[0]!r} for a "
-                         f"{type(measure).__name__}; allowed: {', '.join(sorted(allowed))}")
+        raise ValueError(f"unknown measure parameter {unknown[0]!r} for a {type(m).__name__}; "
+                         f"allowed: {', '.join(sorted(current))}")
     return build({**current, **params})
 
 

@@ -104,8 +104,8 @@ class Heat2D(Problem):
         Must divide ``n_steps``. :meth:`simulate` always yields every step.
 
     Inputs ``(B, 5)`` = ``[T_init, T_left, T_right, T_bottom, T_top]``; outputs
-    ``(B, n_steps // output_every, n, n)``: the solution after steps ``1..n_steps`` (default). Values outside the
-    nominal bounds are accepted (the bounds are what samplers should use).
+    ``(B, n_steps // output_every, n, n)``: by default the solution after steps ``1..n_steps``.
+    Values outside the nominal bounds are accepted (the bounds are what samplers should use).
     """
 
     name = "heat2d"
