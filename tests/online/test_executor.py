@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wheretolearn.online.executor import (EnsembleExecutor, decode_step, encode_step,
-                                          fault_plan)
+                                          fault_plan, pack_messages, unpack_messages)
 from wheretolearn.online.ledger import SimulationLedger
 from wheretolearn.online.samplers import make_sampler
 from wheretolearn.problems import get_problem
@@ -69,6 +69,10 @@ def test_message_round_trip_and_fault_plan_is_reproducible():
     sim, att, step, back = decode_step(encode_step(7, 2, 5, field))
     assert (sim, att, step) == (7, 2, 5)
     np.testing.assert_array_equal(back, field.astype(np.float32))
+    parts = [encode_step(1, 1, s, field * s) for s in range(3)]
+    for s, part in enumerate(unpack_messages(pack_messages(parts))):
+        assert decode_step(part)[2] == s
+        np.testing.assert_array_equal(decode_step(part)[3], field * s)
     plans = [fault_plan(1, s, 1, 0.4, 10) for s in range(4000)]
     assert plans == [fault_plan(1, s, 1, 0.4, 10) for s in range(4000)]
     kinds = [k for k, _ in plans]

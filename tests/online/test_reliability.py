@@ -81,10 +81,14 @@ def test_worker_killed_mid_study(address_cluster, tmp_path):
 
     def kill_one_worker(status):
         if not killed and status["samples_received"] >= 30:
-            pids = client.run(os.getpid)
-            addr, pid = sorted(pids.items())[0]
+            # a worker that is running a simulation right now
+            busy = [w for w, keys in client.processing().items()
+                    if any(str(k).startswith("sim-") for k in keys)]
+            if not busy:
+                return
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
             os.kill(pid, signal.SIGKILL)
-            killed[addr] = pid
+            killed[busy[0]] = pid
 
     run_dir = tmp_path / "run"
     summary = run_online_study(cfg, run_dir, progress=kill_one_worker)

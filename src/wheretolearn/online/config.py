@@ -119,7 +119,7 @@ class TrainingSection(_Section):
     milestones: list[int] = Field(default_factory=lambda: [1000, 2000])
     gamma: float = Field(0.5, gt=0, le=1)
     max_batches: int | None = Field(None, ge=1)
-    torch_threads: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(None, ge=1)  # None: cores left by local workers
 
     @field_validator("hidden")
     @classmethod
@@ -136,7 +136,10 @@ class ExecutorSection(_Section):
     (default: ``workers``); ``simulation_timeout`` seconds without a message; ``max_retries``
     failed attempts relaunched per simulation lineage; ``crashes_before_redraw`` failures
     before new parameters (None: never); ``fail_rate`` fault injection; ``queue_maxsize``
-    messages in the Dask queue before producers block.
+    messages in the Dask queue before producers block (so at most ``queue_maxsize x
+    max_message_bytes`` in flight); ``max_message_bytes``: steps of one simulation are
+    grouped into messages up to this size; ``hang_seconds``: longest a fault-injected hang
+    lasts when nobody cancels it (default 3 x timeout).
     """
 
     workers: int = Field(2, ge=1)
@@ -145,7 +148,8 @@ class ExecutorSection(_Section):
     max_retries: int = Field(3, ge=0)
     crashes_before_redraw: int | None = Field(None, ge=1)
     fail_rate: float = Field(0.0, ge=0, lt=1)
-    queue_maxsize: int = Field(1000, ge=1)
+    queue_maxsize: int = Field(64, ge=1)
+    max_message_bytes: int = Field(262144, ge=1)
     hang_seconds: float | None = Field(None, gt=0)
 
     @property

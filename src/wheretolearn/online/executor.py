@@ -43,9 +43,10 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["EnsembleExecutor", "SimulatedCrash", "run_simulation_attempt", "fault_plan",
-           "encode_step", "decode_step"]
+           "encode_step", "decode_step", "pack_messages", "unpack_messages"]
 
 _HEADER = struct.Struct("<qqqq")  # sim_id, attempt, step (-1: hello), ndim
+_LEN = struct.Struct("<q")
 _PROBLEMS: dict[str, Any] = {}     # per worker process: problems built once, reused
 
 
@@ -76,8 +77,23 @@ def decode_step(msg: bytes) -> tuple[int, int, int, Any]:
         return sim_id, attempt, step, bytes(msg[off:]).decode()
     shape = struct.unpack_from(f"<{ndim}q", msg, off)
     off += 8 * ndim
-    field = np.frombuffer(msg, dtype=np.float32, offset=off).reshape(shape).copy()
-    return sim_id, attempt, step, field
+    field = np.frombuffer(msg, dtype=np.float32, offset=off).reshape(shape)
+    return sim_id, attempt, step, field  # read-only view; the buffer's Sample copies it
+
+
+def pack_messages(parts: list[bytes]) -> bytes:
+    """Several encoded steps in one queue message (each prefixed by its length)."""
+    return b"".join(_LEN.pack(len(p)) + p for p in parts)
+
+
+def unpack_messages(blob: bytes) -> list[memoryview]:
+    """Inverse of :func:`pack_messages`."""
+    view, out, off = memoryview(blob), [], 0
+    while off < len(view):
+        (n,) = _LEN.unpack_from(view, off)
+        out.append(view[off + _LEN.size: off + _LEN.size + n])
+        off += _LEN.size + n
+    return out
 
 
 # ---------------------------------------------------------------------------- faults
@@ -130,8 +146,14 @@ def _hang(max_seconds: float) -> None:
 
 def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params: list[float],
                            queue_name: str, *, fail_rate: float = 0.0, seed: int = 0,
-                           hang_seconds: float = 60.0) -> dict:
+                           hang_seconds: float = 60.0, max_message_bytes: int = 262144,
+                           flush_seconds: float = 0.2) -> dict:
     """Dask task: run one attempt of simulation ``sim_id`` and stream its steps.
+
+    Steps are sent as soon as they are computed, grouped into one queue message while the
+    group stays below ``max_message_bytes`` and younger than ``flush_seconds`` (every queue
+    message is a round trip through the scheduler; grouping small fields cuts that cost,
+    a field above the limit goes alone).
 
     Parameters
     ----------
@@ -139,20 +161,21 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
         JSON ``{"name": ..., "options": {...}}`` for :func:`wheretolearn.problems.get_problem`.
     params : list of float (d,)
     queue_name : str
-        Name of the ``distributed.Queue`` the steps go to (bytes, see :func:`encode_step`).
+        Name of the ``distributed.Queue`` the steps go to (see :func:`pack_messages`).
 
     Returns
     -------
     dict ``{"sim_id", "attempt", "steps_sent", "outcome"}``; ``outcome`` is ``"ok"`` or
-    ``"hung"`` (a fault-injected hang that ended). A crash raises :class:`SimulatedCrash`.
+    ``"hung"`` (a fault-injected hang that ended). A crash raises :class:`SimulatedCrash`
+    (steps computed but not yet sent are lost with it, as with a real crash).
     """
     from distributed import Queue, get_worker
 
     queue = Queue(queue_name)
-    queue.put(_encode_hello(sim_id, attempt, get_worker().address))
+    queue.put(pack_messages([_encode_hello(sim_id, attempt, get_worker().address)]))
     problem = _get_problem(problem_spec)
     kind, fault_step = fault_plan(seed, sim_id, attempt, fail_rate, problem.n_steps)
-    sent = 0
+    sent, group, group_bytes, t_group = 0, [], 0, time.monotonic()
     for step, field in problem.simulate(np.asarray(params, dtype=np.float64)):
         if step == fault_step and kind == "crash":
             raise SimulatedCrash(f"injected crash of simulation {sim_id} attempt {attempt} "
@@ -160,8 +183,20 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
         if step == fault_step and kind == "hang":
             _hang(hang_seconds)
             return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "hung"}
-        queue.put(encode_step(sim_id, attempt, step, field))
-        sent += 1
+        msg = encode_step(sim_id, attempt, step, field)
+        if group and group_bytes + len(msg) > max_message_bytes:
+            queue.put(pack_messages(group))
+            sent += len(group)
+            group, group_bytes, t_group = [], 0, time.monotonic()
+        group.append(msg)
+        group_bytes += len(msg)
+        if time.monotonic() - t_group > flush_seconds:
+            queue.put(pack_messages(group))
+            sent += len(group)
+            group, group_bytes, t_group = [], 0, time.monotonic()
+    if group:
+        queue.put(pack_messages(group))
+        sent += len(group)
     return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "ok"}
 
 
@@ -199,6 +234,7 @@ class _Active:
     attempt: int
     future: Any
     last_activity: float
+    started: bool = False              # a message arrived: the task runs on a worker
     finished_at: float | None = None   # task returned but steps may still be in the queue
 
 
@@ -235,6 +271,8 @@ class EnsembleExecutor:
         Seed of the fault injection.
     queue_maxsize : int
         Messages the Dask queue holds before producers block.
+    max_message_bytes : int
+        Steps of one simulation are grouped into queue messages up to this size.
     hang_seconds : float or None
         Longest a fault-injected hang lasts if never cancelled (default 3 x timeout).
     sampler_lock : threading.Lock, optional
@@ -249,7 +287,8 @@ class EnsembleExecutor:
                  on_sample: Callable[..., bool], *, n_simulations: int, max_concurrent: int,
                  simulation_timeout: float = 60.0, max_retries: int = 3,
                  crashes_before_redraw: int | None = None, fail_rate: float = 0.0,
-                 seed: int = 0, queue_maxsize: int = 1000, hang_seconds: float | None = None,
+                 seed: int = 0, queue_maxsize: int = 64, hang_seconds: float | None = None,
+                 max_message_bytes: int = 262144,
                  sampler_lock: threading.Lock | None = None, cluster_handle: Any = None,
                  ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None):
         self.client = client
@@ -265,6 +304,7 @@ class EnsembleExecutor:
         self.fail_rate = float(fail_rate)
         self.seed = int(seed)
         self.hang_seconds = float(hang_seconds or 3 * self.simulation_timeout)
+        self.max_message_bytes = int(max_message_bytes)
         self.sampler_lock = sampler_lock or threading.Lock()
         self.cluster_handle = cluster_handle
         self.ensure_every = float(ensure_every)
@@ -341,10 +381,11 @@ class EnsembleExecutor:
             if not msgs:
                 time.sleep(0.005)
                 continue
-            for msg in msgs:
-                self._handle(msg)
-                if self._stop.is_set():
-                    return
+            for blob in msgs:
+                for msg in unpack_messages(blob):
+                    self._handle(msg)
+                    if self._stop.is_set():
+                        return
 
     def _handle(self, msg: bytes) -> None:
         sim_id, attempt, step, field = decode_step(msg)
@@ -373,6 +414,7 @@ class EnsembleExecutor:
             act = self._active.get(sim_id)
             if act is not None and act.attempt == attempt:
                 act.last_activity = time.monotonic()
+                act.started = True
 
     # ------------------------------------------------------------------ monitor
     def _monitor_loop(self) -> None:
@@ -399,7 +441,8 @@ class EnsembleExecutor:
         future = self.client.submit(
             run_simulation_attempt, self.problem_spec, sim_id, attempt, list(params),
             self.queue_name, fail_rate=self.fail_rate, seed=self.seed,
-            hang_seconds=self.hang_seconds, key=f"sim-{sim_id}-attempt-{attempt}-"
+            hang_seconds=self.hang_seconds, max_message_bytes=self.max_message_bytes,
+            key=f"sim-{sim_id}-attempt-{attempt}-"
             f"{uuid.uuid4().hex[:6]}", pure=False, retries=0)
         with self._lock:
             self._active[sim_id] = _Active(sim_id, attempt, future, time.monotonic())
@@ -444,7 +487,9 @@ class EnsembleExecutor:
             elif fut.status in ("error", "cancelled", "lost"):
                 outcome, error = self._classify(fut)
                 self._fail(act, outcome, error)
-            elif now - act.last_activity > self.simulation_timeout:
+            elif act.started and now - act.last_activity > self.simulation_timeout:
+                # Only started attempts time out: a task waiting for a worker (a batch job
+                # still queued) is Dask's to schedule, not a hung simulation.
                 self._fail(act, "timeout", f"no message for {self.simulation_timeout:g} s")
 
     def _classify(self, fut: Any) -> tuple[str, str]:
