@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -175,8 +176,10 @@ def _np_dtype(dtype: Any) -> np.dtype:
 
 
 def _default_chunk(n: int, output_shape: tuple[int, ...], itemsize: int) -> int:
+    """About 16 MiB of outputs, at most 64 samples and at most n / 8 (so that even small data
+    sets give several tasks). Independent of the worker count: the chunk fixes the seeds."""
     per_sample = max(1, math.prod(output_shape) * itemsize)
-    return int(max(1, min(n, 64, _CHUNK_TARGET_BYTES // per_sample)))
+    return int(max(1, min(-(-n // 8), 64, _CHUNK_TARGET_BYTES // per_sample)))
 
 
 def _zarr_chunks(chunk: int, shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -385,7 +388,7 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
             # clashes with any other cluster on the machine)
             cluster = stack.enter_context(LocalCluster(
                 n_workers=max(1, workers), threads_per_worker=1, dashboard_address=":0",
-                processes=True))
+                processes=True, silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
         try:
