@@ -114,7 +114,7 @@ def main() -> None:
     for name, label, options, batches, big, target, text in CASES:
         if name not in registered or (args.only and name not in args.only):
             why = "not registered" if name not in registered else "not selected"
-            skipped.append(f"{name} ({why})")
+            skipped.append(f"{name} {label} ({why})")
             continue
         if big and args.quick:
             skipped.append(f"{name} {label} (--quick)")
