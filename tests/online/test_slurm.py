@@ -83,3 +83,138 @@ def test_scancelled_job_is_replaced_and_its_work_rescheduled(slurm_partition, tm
     assert replacement not in handle.job_ids[:2]
     assert info["jobs_submitted"] == 3 and len(info["workers_seen"]) == 3
     assert handle.jobs_replaced == 1
+
+
+# -- the online study on Slurm ----------------------------------------------------------
+_STUDY_TOML = """
+[study]
+problem = "heat2d"
+n = 16
+n_steps = {n_steps}
+n_simulations = {n_simulations}
+seed = 0
+
+[buffer]
+kind = "fifo"
+capacity = 400
+watermark = 20
+
+[training]
+batch_size = 10
+hidden = [32]
+
+[executor]
+workers = 2
+simulation_timeout = 60.0
+max_retries = 3
+
+[validation]
+n_val = 2
+every_batches = 1000
+
+[checkpoint]
+every_batches = 1000
+
+[cluster]
+kind = "local"          # --cluster slurm overrides it
+queue = "{partition}"
+memory = "1GB"
+walltime = "00:10:00"
+"""
+
+
+def _check_ensemble_accounted_for(summary: dict, n_steps: int) -> None:
+    """Every simulation completed or recorded as failed, no sample twice."""
+    assert summary["stopped"] == "completed"
+    assert summary["simulations_completed"] + summary["simulations_failed"] == summary["simulations_requested"]
+    assert summary["simulations_unfinished"] == 0
+    assert summary["samples_duplicated"] == 0
+    assert summary["samples_received"] == summary["simulations_completed"] * n_steps
+
+
+def test_heat_study_runs_on_slurm_from_the_cli(slurm_partition, tmp_path):
+    import json
+    import sys
+
+    config = tmp_path / "study.toml"
+    config.write_text(_STUDY_TOML.format(n_steps=20, n_simulations=8, partition=slurm_partition))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wheretolearn", "online", str(config), "--out", str(out),
+         "--cluster", "slurm", "--no-progress"],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    _check_ensemble_accounted_for(summary, n_steps=20)
+    assert summary["simulations_completed"] == 8
+    assert summary["cluster"]["kind"] == "slurm"
+    assert summary["cluster"]["jobs_submitted"] == 2
+    assert len(summary["cluster"]["workers_seen"]) == 2
+
+
+def test_heat_study_survives_a_scancelled_worker_job(slurm_partition, tmp_path, monkeypatch):
+    import contextlib
+
+    import wheretolearn.online.cluster as cluster_mod
+    from wheretolearn.online.config import load_online_config
+    from wheretolearn.online.study import run_online_study
+
+    config = tmp_path / "study.toml"
+    config.write_text(_STUDY_TOML.format(n_steps=40, n_simulations=16, partition=slurm_partition))
+    # A small buffer and message queue make the simulations wait for the trainer
+    # (back-pressure), so simulations stay in flight long enough to be hit by scancel.
+    cfg = load_online_config(str(config), **{"executor.queue_maxsize": 10, "buffer.capacity": 40})
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.with_kind("slurm")})
+
+    # Keep a reference to the study's cluster handle to see which job runs what.
+    handles = []
+    real_open_cluster = cluster_mod.open_cluster
+
+    @contextlib.contextmanager
+    def spying_open_cluster(*args, **kwargs):
+        with real_open_cluster(*args, **kwargs) as handle:
+            handles.append(handle)
+            yield handle
+
+    monkeypatch.setattr(cluster_mod, "open_cluster", spying_open_cluster)
+    start = time.monotonic()
+    events: dict = {}
+
+    def busy_job() -> str | None:
+        """Slurm job id of a worker with a simulation assigned right now."""
+        handle = handles[0]
+        workers = handle.client.scheduler_info(n_workers=-1)["workers"]
+        names = {address: info["name"] for address, info in workers.items()}
+        for address, keys in handle.client.processing().items():
+            job = handle.cluster.workers.get(names.get(address))
+            if keys and job is not None:
+                return job.job_id
+        return None
+
+    def progress(status: dict) -> None:
+        if status["samples_received"] > 0 and "first_sample" not in events:
+            events["first_sample"] = time.monotonic() - start
+        # A few simulations in, cancel the job of a worker that has one assigned (or, should
+        # the timing never show one, any running job of this study).
+        done = status["simulations_completed"]
+        if done >= 2 and "cancelled" not in events:
+            job_id = busy_job()
+            if job_id is None and done >= 6:
+                job_id = next((j for j in handles[0].job_ids if _job_state(j) == "RUNNING"), None)
+            if job_id is not None:
+                subprocess.run(["scancel", job_id], check=True, timeout=20)
+                events["cancelled"] = job_id
+                events["done_at_cancel"] = done
+
+    summary = run_online_study(cfg, tmp_path / "run", progress=progress)
+    print(f"submit -> first sample on the local Slurm: {events['first_sample']:.1f} s; "
+          f"scancel job {events.get('cancelled')} after {events.get('done_at_cancel')} of 16 "
+          f"simulations; retries {summary['retries']}, attempts {summary['attempts']}, "
+          f"redeliveries dropped {summary['redeliveries_dropped']}, jobs submitted "
+          f"{summary['cluster']['jobs_submitted']}")
+    assert "cancelled" in events and events["done_at_cancel"] < 16
+    _check_ensemble_accounted_for(summary, n_steps=40)
+    assert summary["simulations_completed"] == 16  # retries cover one lost worker
+    assert summary["cluster"]["jobs_submitted"] >= 3  # a replacement job was requested
+    assert _job_state(events["cancelled"]) in ("CANCELLED", "GONE")

@@ -578,7 +578,8 @@ def _local_cluster(cfg: ClusterConfig, n_workers: int, threads: int) -> Iterator
         n_workers=n_workers,
         threads_per_worker=threads,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
+        scheduler_kwargs={"dashboard": False},
         **kwargs,
     )
     client = Client(cluster)
@@ -609,7 +610,9 @@ def _batch_cluster(cfg: ClusterConfig, n_workers: int, log_directory: str | None
         tmp_logs = tempfile.mkdtemp(prefix="wheretolearn-joblogs-")
         logs = tmp_logs
     cluster = cluster_cls(
-        scheduler_options={"dashboard_address": None},
+        # A random port for the scheduler's HTTP endpoints: no clash with another
+        # scheduler on this host, and no dashboard (bokeh is not a dependency).
+        scheduler_options={"dashboard_address": ":0", "dashboard": False},
         **_job_kwargs(cfg, log_directory=str(logs)),
     )
     client = Client(cluster)
