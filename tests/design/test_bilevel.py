@@ -197,6 +197,10 @@ def test_same_seed_same_run_and_adam(sobol_setup):
     assert torch.equal(a.final.scale_tril, b.final.scale_tril)
     assert not torch.equal(a.final.mean, c.final.mean)
     assert all(math.isnan(h["unseen_error"]) for h in a.history)
+    torch.set_num_threads(2)
+    bilevel_descent(problem, mt, init, **{**kw, "steps": 2, "num_threads": 1})
+    assert torch.get_num_threads() == 2  # restored after the run
+    torch.set_num_threads(1)
     adam = bilevel_descent(problem, mt, init, n_train=100, steps=60, lr=0.1, optimizer="adam",
                            generator=0, eval_unseen=False)
     seen = [h["seen_error"] for h in adam.history]
