@@ -202,3 +202,12 @@ def test_paper_resolution_smoke():
     out = p(g)
     assert out.shape == (1000, 508) and bool(torch.isfinite(out).all())
     assert float(out.mean(dim=1).abs().max()) < 1e-5
+
+
+def test_options_rebuild_the_same_problem():
+    from wheretolearn.problems import get_problem
+
+    for kw in ({}, {"conductivity": "kle", "seed": 3}):
+        p = get_problem("ntd", n=12, **kw)
+        q = get_problem("ntd", **p.options())
+        np.testing.assert_allclose(p.matrix, q.matrix)

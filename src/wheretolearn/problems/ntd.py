@@ -141,8 +141,8 @@ class NtD(Problem):
     ----------
     n : int
         Nodes per side including the boundary (default 128, ``h = 1/127``; 508 boundary nodes).
-    conductivity : None | "kle" | (n, n) array
-        ``None``: ``a = 1``. ``"kle"``: ``a = exp(v)``, ``v`` a seeded Dirichlet KLE field
+    conductivity : None | "constant" | "kle" | (n, n) array
+        ``None`` or ``"constant"``: ``a = 1``. ``"kle"``: ``a = exp(v)``, ``v`` a seeded Dirichlet KLE field
         (alpha = 2, tau = 3, sigma = 3, 32 x 32 modes; ``a = 1`` on the boundary). An array:
         positive nodal conductivity.
     seed : int
@@ -165,11 +165,11 @@ class NtD(Problem):
 
     def _conductivity(self, conductivity: Any) -> tuple[str, np.ndarray]:
         n = self.n
-        if conductivity is None:
+        if conductivity is None or (isinstance(conductivity, str) and conductivity == "constant"):
             return "constant", np.ones((n, n))
         if isinstance(conductivity, str):
             if conductivity != "kle":
-                raise ValueError(f"conductivity must be None, 'kle' or an (n, n) array of positive "
+                raise ValueError(f"conductivity must be None, 'constant', 'kle' or an (n, n) array of positive "
                                  f"values, got {conductivity!r}")
             field = dirichlet_field(n, alpha=2.0, tau=3.0, sigma=3.0, dtype="float64")
             return "kle", torch.exp(field.sample(1, generator=self.seed)[0]).numpy()
