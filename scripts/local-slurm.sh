@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
 done
 [[ $PARTITION =~ ^[A-Za-z0-9_-]+$ ]] || die "partition name '$PARTITION' must match [A-Za-z0-9_-]+"
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+alive() { [ -n "${1:-}" ] && [ -d "/proc/$1" ]; }
 
 # PID of the daemon named $1 recorded in the state file.
 recorded_pid() { [ -f "$PIDS_FILE" ] && awk -v n="$1" '$1 == n {print $2}' "$PIDS_FILE" || true; }
@@ -182,7 +182,6 @@ wait_until_idle() {
 }
 
 do_start() {
-    [ "$(id -u)" -eq 0 ] || die "must run as root to install and start Slurm (running as uid $(id -u))"
     if [ -f "$PIDS_FILE" ] && alive "$(recorded_pid slurmctld)" && alive "$(recorded_pid slurmd)" && slurm_answers; then
         say "already running (started earlier by this script; pids in $PIDS_FILE)"
         running_partition || die "Slurm runs but reports no partition"
@@ -193,6 +192,7 @@ do_start() {
         running_partition || die "Slurm runs but reports no partition"
         return 0
     fi
+    [ "$(id -u)" -eq 0 ] || die "must run as root to install and start Slurm (running as uid $(id -u))"
     install_packages
     mkdir -p "$STATE"
     # Daemons of an earlier start that are only half alive: stop them before starting afresh.

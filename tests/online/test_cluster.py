@@ -208,3 +208,73 @@ def test_address_kind_uses_an_existing_scheduler_and_leaves_it_running():
         assert len(info["workers_seen"]) == 1
         with Client(lc) as other:  # the scheduler we connected to is not ours to close
             assert other.submit(lambda: 1).result() == 1
+
+
+# -- the CLI's one-line errors (exit status 2) for cluster selection ------------------------
+@pytest.mark.parametrize(
+    ("cluster_table", "flags", "message"),
+    [
+        ({}, ["--cluster", "lsf"], "unknown cluster kind 'lsf'; allowed: local, slurm, pbs, sge, address"),
+        ({"kind": "pbs"}, [], "needs queue"),
+        ({"kind": "slurm", "queue": "debug", "walltime": "2h"}, [], "walltime must be HH:MM:SS"),
+        ({}, ["--scheduler", "tcp://127.0.0.1:{port}"], "scheduler at tcp://127.0.0.1:{port} cannot be reached"),
+    ],
+)
+def test_cli_cluster_errors_are_one_line_with_exit_status_2(tmp_path, cluster_table, flags, message):
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from wheretolearn.cli import app
+
+    port = _closed_port()
+    config = tmp_path / "study.toml"
+    config.write_text(tomli_w.dumps({"study": {"n": 8, "n_steps": 2, "n_simulations": 1},
+                                     "cluster": cluster_table}))
+    out = tmp_path / "run"
+    args = ["online", str(config), "--out", str(out), "--no-progress", *[f.format(port=port) for f in flags]]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert message.format(port=port) in lines[0]
+    assert not out.exists()
+
+
+# -- scripts/local-slurm.sh refuses clearly where it cannot work ---------------------------
+def _run_script_unprivileged(*args):
+    """Run local-slurm.sh as a non-root user, with an ``scontrol`` that finds no Slurm."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "local-slurm.sh"
+    # Not under pytest's tmp_path: that is private to root, and the stub must be reachable.
+    with tempfile.TemporaryDirectory(prefix="wtl-fake-bin-") as fake_bin:
+        os.chmod(fake_bin, 0o755)
+        stub = Path(fake_bin) / "scontrol"
+        stub.write_text("#!/bin/sh\nexit 1\n")
+        stub.chmod(0o755)
+        # A copy, since the checkout may sit in a directory only root can enter.
+        script = Path(shutil.copy(script, Path(fake_bin) / "local-slurm.sh"))
+        script.chmod(0o755)
+        path = f"{fake_bin}:/usr/sbin:/usr/bin:/sbin:/bin"
+        # runuser resets PATH: set it again inside.
+        cmd = ["env", f"PATH={path}", "LC_ALL=C", "bash", str(script), *args]
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                pytest.skip("running as root and runuser is missing: cannot run the script unprivileged")
+            cmd = ["runuser", "-u", "nobody", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+def test_local_slurm_script_needs_root():
+    proc = _run_script_unprivileged("start")
+    assert proc.returncode == 1
+    assert "must run as root" in proc.stderr and proc.stdout == ""
+
+
+def test_local_slurm_script_rejects_bad_arguments():
+    proc = _run_script_unprivileged("--partition", "no spaces")
+    assert proc.returncode == 1 and "partition name 'no spaces'" in proc.stderr
