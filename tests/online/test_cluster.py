@@ -98,6 +98,10 @@ def test_slurm_job_script_has_the_directives():
     assert worker.startswith(sys.executable + " ")
     assert "--nthreads 2" in worker and "--nworkers 2" in worker
     assert "submits 3 such job(s)" in script  # ceil(5 workers / 2 per job)
+    # Workers retire 5 minutes before the 02:15:00 walltime, so no job is killed mid-task.
+    assert "--lifetime 7800s --lifetime-stagger 60s" in worker
+    short = job_script(_cfg("slurm", walltime="00:10:00"))
+    assert "--lifetime" not in short
 
 
 def test_pbs_job_script_has_the_directives():

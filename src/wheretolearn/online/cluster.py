@@ -201,6 +201,12 @@ def _job_kwargs(cfg: ClusterConfig, *, log_directory: str | None) -> dict[str, A
         # holding its allocation until the walltime.
         death_timeout=60,
     )
+    lifetime = _worker_lifetime_s(cfg.walltime)
+    if lifetime is not None:
+        # Retire the worker gracefully before the batch system kills it at the walltime;
+        # the handle then submits a replacement job (dask-jobqueue docs, "How to handle
+        # job queueing system walltime killing workers").
+        kwargs["worker_extra_args"] = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", "60s"]
     if cfg.account:
         # SGE calls it a project (-P); Slurm and PBS an account (-A).
         kwargs["project" if cfg.kind == "sge" else "account"] = cfg.account
@@ -209,6 +215,13 @@ def _job_kwargs(cfg: ClusterConfig, *, log_directory: str | None) -> dict[str, A
     if cfg.interface:
         kwargs["interface"] = cfg.interface
     return kwargs
+
+
+def _worker_lifetime_s(walltime: str) -> int | None:
+    """Worker lifetime: walltime minus 5 minutes; ``None`` for walltimes under 15 minutes."""
+    h, m, sec = (int(x) for x in walltime.split(":"))
+    total = 3600 * h + 60 * m + sec
+    return total - 300 if total >= 900 else None
 
 
 def job_script(cfg: ClusterConfig, *, n_workers: int = 1) -> str:
@@ -310,6 +323,7 @@ class ClusterHandle:
         self._watcher: Any = None
         self._absent_since: dict[Any, float] = {}
         self._last_queue_check: dict[Any, float] = {}
+        self._ensuring = False
 
     # -- bookkeeping ---------------------------------------------------------------
     def _record_worker(self, name: Any) -> None:
@@ -322,7 +336,11 @@ class ClusterHandle:
     def _record_jobs(self) -> None:
         if self.kind not in _BATCH_KINDS or self.cluster is None:
             return
-        for job in list(self.cluster.workers.values()):
+        try:
+            jobs = list(self.cluster.workers.values())
+        except RuntimeError:  # changed by the event loop meanwhile; the next poll sees it
+            return
+        for job in jobs:
             job_id = getattr(job, "job_id", None)
             if job_id is not None:
                 with self._lock:
@@ -435,6 +453,17 @@ class ClusterHandle:
         return dead
 
     async def _ensure_async(self) -> None:
+        # The watcher and ensure_workers() both run this on the cluster's event loop; one
+        # at a time, or a dead job could be replaced twice.
+        if self._ensuring:
+            return
+        self._ensuring = True
+        try:
+            await self._replace_dead_jobs()
+        finally:
+            self._ensuring = False
+
+    async def _replace_dead_jobs(self) -> None:
         cluster = self.cluster
         self._record_jobs()
         dead = await self._find_dead_jobs()
