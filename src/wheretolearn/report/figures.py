@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,9 +36,14 @@ def plot_error_vs_step(history: Sequence[dict], path: str | Path, *, title: str 
     plt = _pyplot()
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, style in (("seen_error", "-"), ("unseen_error", "--")):
+    window = max(1, len(history) // 40)
+    for key, color in (("seen_error", "C0"), ("unseen_error", "C1")):
         vals = np.array([h.get(key, np.nan) for h in history], dtype=float)
-        ax.plot(steps, vals, style, label=key.replace("_error", ""))
+        label = key.replace("_error", "")
+        ax.plot(steps, vals, color=color, lw=0.6, alpha=0.45)
+        # a running median shows the trend through the step-to-step sampling noise
+        ax.plot(steps, _running_median(vals, window), color=color, lw=1.8,
+                label=f"{label} (running median, {window} steps)")
     ax.set_yscale("log")
     ax.set_xlabel("bilevel step")
     ax.set_ylabel("relative OOD error")
@@ -45,6 +51,17 @@ def plot_error_vs_step(history: Sequence[dict], path: str | Path, *, title: str 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def _running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running median over ``window`` entries (NaNs ignored)."""
+    if window <= 1 or values.size == 0:
+        return values
+    padded = np.concatenate([np.full(window - 1, np.nan), values])
+    view = np.lib.stride_tricks.sliding_window_view(padded, window)
+    with warnings.catch_warnings():  # all-NaN windows (unevaluated steps) give NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(view, axis=1)
 
 
 def plot_error_vs_n(baselines: dict[str, dict[str, float]], baselines_ci: dict[str, dict[str, dict]],
