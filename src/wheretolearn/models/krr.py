@@ -82,10 +82,13 @@ def kernel_from_augmented(a_left: torch.Tensor, b_right: torch.Tensor, *,
     """Kernel block ``2^(A B^T) = exp(-||v - x||^2 / (2 s^2))`` from :func:`augment_left` and
     :func:`augment_right`, shape (M, N), optionally written into ``out``.
 
-    Rounding can make an exponent slightly positive (~1e-7 ||v||^2 / s^2 in float32); the
-    kernel value then exceeds 1 by that relative amount, which is left as is (no clamp pass).
+    Exponents are clamped from below at the smallest normal exponent of the dtype (-126 in
+    float32): kernel values below ``2^-126`` are irrelevant, and producing subnormal numbers
+    made ``exp2`` 3-4x slower on far-apart points (measured). Rounding can make an exponent
+    slightly positive (~1e-7 ||v||^2 / s^2 in float32); such values are left as they are.
     """
     e = torch.mm(a_left, b_right.T, out=out) if out is not None else a_left @ b_right.T
+    e.clamp_min_(math.log2(torch.finfo(e.dtype).tiny))
     return torch.exp2(e, out=e)
 
 
