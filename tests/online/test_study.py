@@ -13,6 +13,7 @@ from wheretolearn.online.config import OnlineStudyConfig, load_online_config
 from wheretolearn.online.ledger import SimulationLedger
 from wheretolearn.online.study import (OnlineStudy, resume_online_study, run_online_study,
                                        validation_set)
+from wheretolearn.online.trainer import OnlineTrainer
 from wheretolearn.problems import get_problem
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "heat_online.toml"
@@ -31,6 +32,17 @@ def tiny(**sections):
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
     return OnlineStudyConfig.model_validate(base)
+
+
+def untrained_error(cfg, x, y):
+    """Mean relative L2 error on (x, y) of the study's network before any training."""
+    import torch
+
+    from wheretolearn.models.mlp import MLP
+
+    torch.manual_seed(cfg.study.seed)
+    model = MLP(x.shape[1], y.shape[1], hidden=tuple(cfg.training.hidden))
+    return OnlineTrainer(model, y_shift=300.0, y_scale=200.0).validate(x, y)["mean"]
 
 
 def test_defaults_are_the_cpu_settings_and_the_example_parses():
@@ -69,7 +81,8 @@ def test_validation_set_is_the_batched_solver_on_its_own_seed():
 def test_run_folder_summary_metrics_checkpoint(tmp_path):
     out = tmp_path / "run"
     seen = []
-    summary = run_online_study(tiny(), out, progress=seen.append)
+    cfg = tiny(training={"min_batches": 150, "lr": 1e-2})
+    summary = run_online_study(cfg, out, progress=seen.append)
     assert SUMMARY_KEYS <= set(summary)
     assert set(summary["val_error"]) == {"mean", "median", "p95", "p99", "max"}
     assert summary["simulations_completed"] == 10 and summary["samples_received"] == 80
@@ -78,22 +91,28 @@ def test_run_folder_summary_metrics_checkpoint(tmp_path):
     assert summary["cluster"]["kind"] == "local"
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     # resolved config round-trips
-    assert load_online_config(str(out / "config.toml")) == tiny()
+    assert load_online_config(str(out / "config.toml")) == cfg
     # metrics: increasing batches, validation rows, error went down from the first check
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     batches = [r["batch"] for r in rows if "final" not in r]
     assert batches == sorted(set(batches)) and rows[-1]["final"]
-    vals = [r["val_mean"] for r in rows if "val_mean" in r]
-    assert vals[-1] < vals[0]
+    assert rows[-1]["val_mean"] == pytest.approx(summary["val_error"]["mean"])
+    # training helped: the same network before training (same seed) is worse
+    assert summary["batches"] >= 150
     assert (out / "figures" / "online_training.png").stat().st_size > 1000
     # progress saw the stream
-    assert seen and max(s["samples_received"] for s in seen) > 0
+    assert seen[-1]["samples_received"] == 80 and seen[-1]["simulations_completed"] == 10
     # final checkpoint: buffer holds only steps the ledger received; trainer counters agree
     state = load_checkpoint(out / "checkpoint.pt")
     ledger = SimulationLedger.from_state_dict(state["ledger"])
     for sim, step in zip(np.asarray(state["buffer"]["sim_id"]), np.asarray(state["buffer"]["step"])):
         assert ledger[int(sim)].has_step(int(step))
     assert state["trainer"]["batches_seen"] == summary["batches"]
+    # training fitted what it trained on: the saved model beats the same untrained network
+    # on the samples in the final buffer
+    x, y = np.asarray(state["buffer"]["x"]), np.asarray(state["buffer"]["y"])
+    trained = OnlineTrainer.from_state_dict(state["trainer"]).validate(x, y)["mean"]
+    assert trained < untrained_error(cfg, x, y) / 2
     assert summary["samples_trained"] == state["trainer"]["samples_seen"]
     with pytest.raises(FileExistsError, match="not empty"):
         run_online_study(tiny(), out)

@@ -109,7 +109,9 @@ class TrainingSection(_Section):
     """``[training]``: Melissa's heat surrogate and optimiser (SPEC §5).
 
     ``max_batches`` stops training after that many batches (None: until the ensemble is
-    done and the buffer drained).
+    done and the buffer drained). ``min_batches``: when the ensemble is done earlier, keep
+    training on what the buffer holds (a reservoir keeps serving; a FIFO drains) until
+    that many batches before the end-of-ensemble drain.
     """
 
     batch_size: int = Field(10, ge=1)
@@ -119,6 +121,7 @@ class TrainingSection(_Section):
     milestones: list[int] = Field(default_factory=lambda: [1000, 2000])
     gamma: float = Field(0.5, gt=0, le=1)
     max_batches: int | None = Field(None, ge=1)
+    min_batches: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)  # None: cores left by local workers
 
     @field_validator("hidden")

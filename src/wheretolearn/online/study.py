@@ -314,6 +314,8 @@ class OnlineStudy:
             executor.start()
             try:
                 self._train(executor, max_seconds)
+                if self.progress is not None:
+                    self.progress(self.status())
             except KeyboardInterrupt:
                 # Keep what was done: a consistent checkpoint once the executor stopped.
                 executor.stop(interrupt=True)
@@ -333,6 +335,7 @@ class OnlineStudy:
         cfg = self.config
         bs = cfg.training.batch_size
         max_batches = cfg.training.max_batches
+        min_batches = cfg.training.min_batches
         trainer = self.trainer
         losses: list[float] = []
         last_progress = 0.0
@@ -341,7 +344,9 @@ class OnlineStudy:
             if executor.error is not None:
                 self.stopped_reason = "error"
                 return
-            if executor.done.is_set() and not self.buffer.closed:
+            if executor.done.is_set() and not self.buffer.closed and not (
+                    min_batches is not None and trainer.batches_seen < min_batches
+                    and self.buffer.ready(bs)):
                 self.buffer.close()
             if max_seconds is not None and time.monotonic() - self._t_session >= max_seconds:
                 self.stopped_reason = "max_seconds"
