@@ -9,6 +9,10 @@ Three runs, each in its own subprocess (so peak memory is measured per run):
 * ``offline-wall``: the same, but training stops when generation + training reach the
   online run's wall time ("same wall time").
 
+With ``--wall S`` both the online run and ``offline-wall`` get a fixed wall budget of S
+seconds: the online run keeps training on its buffer after the ensemble
+(``min_batches``) until ``max_seconds = S``.
+
 Offline runs use as many torch threads as the online trainer got (``--offline-threads``
 overrides; on a shared 2-core machine more threads than free cores slow a batch down
 30-fold). Reported per run: wall time, peak RSS of the training process (``ru_maxrss``; Dask worker
@@ -68,9 +72,12 @@ def run_online(args: argparse.Namespace) -> dict:
     from wheretolearn.online.study import run_online_study
 
     cfg = _config(args)
+    if args.wall is not None:
+        # fixed wall budget: after the ensemble, keep training on the reservoir until it ends
+        cfg = cfg.with_overrides(**{"training.min_batches": 10**9})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        s = run_online_study(cfg, Path(tmp) / "run")
+        s = run_online_study(cfg, Path(tmp) / "run", max_seconds=args.wall)
         wall = time.perf_counter() - t0
     item = cfg.study.n * cfg.study.n * 4
     return {"mode": "online", "wall_seconds": wall, "peak_rss_mb": _peak_rss_mb(),
@@ -183,6 +190,9 @@ def main() -> None:
     p.add_argument("--offline-threads", type=int, default=None,
                    help="torch threads of the offline runs (default: as many as the online "
                         "trainer gets, for a like-for-like throughput comparison)")
+    p.add_argument("--wall", type=float, default=None,
+                   help="fixed wall budget (s): the online run keeps training on its buffer "
+                        "after the ensemble until then; offline-wall gets the same budget")
     p.add_argument("--child", dest="mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--torch-threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -195,11 +205,11 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(result))
         return
 
-    online = _child(args, "online")
+    online = _child(args, "online", wall=args.wall)
     threads = args.offline_threads or online["torch_threads"]
     same_batches = _child(args, "offline-batches", max_batches=online["batches"],
                           torch_threads=threads)
-    same_wall = _child(args, "offline-wall", max_wall=online["wall_seconds"],
+    same_wall = _child(args, "offline-wall", max_wall=args.wall or online["wall_seconds"],
                        torch_threads=threads)
     rows = [online, same_batches, same_wall]
     print(_table(rows))

@@ -139,3 +139,25 @@ def test_crashes_before_redraw_gives_new_parameters(client):
     # every lineage ends completed or failed, exactly once
     ends = [r for r in ledger if r.replaced_by is None]
     assert len(ends) == 3 and all(r.state in ("completed", "failed") for r in ends)
+
+
+def test_back_pressure_is_not_mistaken_for_a_hang(client):
+    """A full buffer for longer than the timeout stalls the simulations (queue back-pressure)
+    but must not time them out."""
+    import time
+
+    class SlowBuffer(Collector):
+        def __init__(self):
+            super().__init__()
+            self.t0 = time.monotonic()
+
+        def __call__(self, sim_id, step, params, field, timeout):
+            if time.monotonic() - self.t0 < 3.0:      # "full" for 3 s
+                time.sleep(timeout)
+                return False
+            return super().__call__(sim_id, step, params, field, timeout)
+
+    ledger, col = run(client, 4, collector=SlowBuffer(), simulation_timeout=1.0,
+                      queue_maxsize=2, max_message_bytes=1)
+    assert ledger.summary()["retries"] == 0
+    assert ledger.counts()["completed"] == 4 and len(col.fields) == 4 * 6

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from wheretolearn.cli import app
 from wheretolearn.online.config import OnlineStudyConfig
 from wheretolearn.online.ledger import SimulationLedger
-from wheretolearn.online.study import OnlineStudy, resume_online_study, run_online_study
+from wheretolearn.online.study import OnlineStudy, resume_online_study
 
 N_STEPS = 10
 

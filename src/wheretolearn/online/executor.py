@@ -405,9 +405,16 @@ class EnsembleExecutor:
                 if self.on_sample(sim_id, step, params, field, 0.05):
                     self.ledger.record_step(sim_id, step)
                     return
-            # buffer full: let the trainer (and a checkpoint) take the lock, then retry
-            self._touch(sim_id, attempt)
+            # Buffer full: let the trainer (and a checkpoint) take the lock, then retry.
+            # The simulations wait on us (back-pressure), so their silence is no timeout.
+            self._touch_all()
             time.sleep(0.001)
+
+    def _touch_all(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for act in self._active.values():
+                act.last_activity = max(act.last_activity, now)
 
     def _touch(self, sim_id: int, attempt: int) -> None:
         with self._lock:
