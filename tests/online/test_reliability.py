@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from wheretolearn.cli import app
 from wheretolearn.online.config import OnlineStudyConfig
 from wheretolearn.online.ledger import SimulationLedger
-from wheretolearn.online.study import OnlineStudy, resume_online_study
+from wheretolearn.online.study import OnlineStudy
 
 N_STEPS = 10
 
@@ -140,8 +140,9 @@ def test_server_killed_then_resumed(tmp_path):
     before = SimulationLedger.load_json(run_dir / "ledger.json")
     assert before.counts()["completed"] < 40
 
-    summary = resume_online_study(run_dir)
-    check_accounting(run_dir, 40)
+    res = CliRunner().invoke(app, ["online", "resume", str(run_dir), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = check_accounting(run_dir, 40)
     assert summary["sessions"] == 2
     ledger = SimulationLedger.load_json(run_dir / "ledger.json")
     # what was running at the checkpoint was relaunched, not lost
