@@ -60,6 +60,15 @@ def test_tasks_run_inside_slurm_jobs(slurm_partition, tmp_path):
     assert any(p.suffix == ".err" for p in tmp_path.iterdir())  # job logs went where asked
 
 
+def test_refused_submission_is_a_clear_error_not_a_hang(slurm_partition):
+    cfg = _slurm_cfg(slurm_partition).model_copy(update={"queue": "no-such-partition"})
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="submitting the worker jobs failed: sbatch: error: invalid partition"):
+        with open_cluster(cfg, n_workers=2):
+            pass
+    assert time.monotonic() - start < 30
+
+
 def test_scancelled_job_is_replaced_and_its_work_rescheduled(slurm_partition, tmp_path):
     with open_cluster(_slurm_cfg(slurm_partition), n_workers=2, log_directory=str(tmp_path)) as handle:
         client = handle.client

@@ -14,6 +14,7 @@ what happens to a simulation whose worker died); this module only brings capacit
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import shutil
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLUSTER_KINDS",
@@ -215,6 +218,34 @@ def _job_kwargs(cfg: ClusterConfig, *, log_directory: str | None) -> dict[str, A
     if cfg.interface:
         kwargs["interface"] = cfg.interface
     return kwargs
+
+
+def _add_jobs(cluster: Any, n: int) -> None:
+    """Add ``n`` job specs to a dask-jobqueue cluster without starting them.
+
+    ``cluster.scale`` would start them in a callback whose errors only reach the log; the
+    caller runs ``cluster._correct_state()`` itself and sees a refused submission.
+    """
+    for _ in range(max(n, 0)):
+        cluster.worker_spec.update(cluster.new_worker_spec())
+
+
+def _drop_unsubmitted(cluster: Any) -> None:
+    """Forget jobs whose submission was refused (they have no job id and cannot be closed)."""
+    from distributed.core import Status
+
+    for name, job in list(cluster.workers.items()):
+        if getattr(job, "job_id", None) is None:
+            job.status = Status.failed  # what cluster.close() expects of a job never started
+            del cluster.workers[name]
+            cluster.worker_spec.pop(name, None)
+
+
+def _submit_error(exc: BaseException) -> str:
+    """The batch system's own complaint from dask-jobqueue's submission error."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    complaints = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("Command")]
+    return "; ".join(complaints[-2:]) if complaints else (lines[0] if lines else type(exc).__name__)
 
 
 def _worker_lifetime_s(walltime: str) -> int | None:
@@ -466,27 +497,29 @@ class ClusterHandle:
     async def _replace_dead_jobs(self) -> None:
         cluster = self.cluster
         self._record_jobs()
-        dead = await self._find_dead_jobs()
-        if not dead:
-            return
-        for name in dead:
+        for name in await self._find_dead_jobs():
             spec = cluster.worker_spec.pop(name, None)
-            names = self._job_worker_names(name, spec)
             self._absent_since.pop(name, None)
             self._last_queue_check.pop(name, None)
             with self._lock:
-                self._names_alive_once.difference_update(names)
+                self._names_alive_once.difference_update(self._job_worker_names(name, spec))
             job = cluster.workers.pop(name, None)
             if job is not None:
                 # scancel/qdel on a job that is already gone is harmless (errors suppressed).
                 await job.close()
-        allowed = self.max_replacements - self.jobs_replaced
-        n_new = min(len(dead), max(allowed, 0))
+        # Jobs that ended, and submissions refused earlier, both leave the plan short.
+        n_new = min(self.target_jobs - len(cluster.worker_spec), self.max_replacements - self.jobs_replaced)
+        if n_new <= 0:
+            return
         self.jobs_replaced += n_new
         # Fresh names, so a replacement is never mistaken for the job it replaces.
         cluster._i = getattr(cluster, "_i", 0) + 1
-        target = min(self.target_jobs, len(cluster.worker_spec) + n_new)
-        cluster.scale(jobs=target)
+        _add_jobs(cluster, n_new)
+        try:
+            await cluster._correct_state()
+        except RuntimeError as exc:  # keep watching; the next pass tries again
+            log.warning("submitting a replacement job failed: %s", _submit_error(exc))
+            _drop_unsubmitted(cluster)
         self._record_jobs()
 
     def ensure_workers(self) -> None:
@@ -651,7 +684,16 @@ def _batch_cluster(cfg: ClusterConfig, n_workers: int, log_directory: str | None
     )
     try:
         handle._install_plugin()
-        cluster.scale(jobs=target)
+        _add_jobs(cluster, target)
+        try:
+            # Wait for the submissions themselves (not for the jobs to start): a refused
+            # sbatch (unknown partition, account, QOS) is an error now, not a silent hang.
+            cluster.sync(cluster._correct_state)
+        except RuntimeError as exc:
+            _drop_unsubmitted(cluster)
+            raise ValueError(
+                f"cluster kind {cfg.kind!r}: submitting the worker jobs failed: {_submit_error(exc)}"
+            ) from None
         handle._start_watcher()
         yield handle
     finally:
