@@ -40,7 +40,7 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
 #: The ``wheretolearn demo`` study: Sobol G in 2-D, shorter run, smaller evaluation.
 DEMO_SETTINGS: dict[str, Any] = {
     "problem": "sobol-g", "dim": 2, "n_train": 250, "steps": 300, "lr": 1e-2,
-    "bandwidth": 1.0, "init_mean": 0.5, "eval_n": [256, 1024], "repeats": 2, "seed": 0,
+    "bandwidth": 1.0, "init_mean": 0.5, "eval_n": [256, 1024], "repeats": 3, "seed": 0,
 }
 
 
