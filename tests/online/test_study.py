@@ -144,3 +144,16 @@ def test_stop_at_max_batches_then_resume_to_the_end(tmp_path):
 def test_open_rejects_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="not an online run folder"):
         OnlineStudy.open(tmp_path)
+
+
+def test_max_seconds_stops_resumably_even_before_training(tmp_path):
+    out = tmp_path / "run"
+    # 0.01 s: the limit is reached before the first batch (the cluster alone takes longer)
+    first = run_online_study(tiny(), out, max_seconds=0.01)
+    assert first["stopped"] == "max_seconds" and first["batches"] == 0
+    assert first["simulations_completed"] + first["simulations_unfinished"] == \
+        first["simulations_requested"]
+    second = resume_online_study(out)
+    assert second["stopped"] == "completed" and second["simulations_completed"] == 10
+    assert second["samples_received"] == 80 and second["samples_duplicated"] == 0
+    assert second["seconds"] > first["seconds"]
