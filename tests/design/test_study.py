@@ -87,3 +87,29 @@ def test_resolution_order_and_examples():
         assert cfg.problem == problem and (cfg.n_train, cfg.steps) == (250, 1000)
         assert (cfg.dim, cfg.lr, cfg.init_mean) == (paper["dim"], paper["lr"], paper["init_mean"])
         assert cfg.bandwidth == pytest.approx(paper["bandwidth"])
+
+
+def test_variant_examples_load():
+    bary = BilevelStudyConfig(**tomllib.loads((EXAMPLES / "rkhs_barycenter.toml").read_text()))
+    assert bary.init == "barycenter" and bary.problem == "rkhs"
+    adam = BilevelStudyConfig(**tomllib.loads((EXAMPLES / "friedman2_adam.toml").read_text()))
+    assert adam.optimizer == "adam" and adam.normalize_labels
+
+
+def test_barycenter_start_is_the_barycenter_of_seen_gaussians(tmp_path):
+    cfg = {**TINY, "init": "barycenter", "steps": 1, "eval_n": [8], "repeats": 1,
+           "baselines": []}
+    summary = run_bilevel_study(cfg, tmp_path / "run", progress=False)
+    import numpy as np
+    import torch
+
+    from wheretolearn.design.baselines import empirical_gaussians
+    from wheretolearn.design.metatest import make_metatest
+    from wheretolearn.measures import barycenter
+    from wheretolearn.problems import get_problem
+
+    mt = make_metatest(get_problem("sobol-g", dim=2), n_measures=3, n_seen=30, n_unseen=60,
+                       seed=1)
+    ref = barycenter(empirical_gaussians(mt.seen_x, dtype=torch.float64)).measure
+    np.testing.assert_allclose(summary["initial"]["mean"], ref.mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(summary["initial"]["cov"], ref.cov.numpy(), rtol=1e-4)
