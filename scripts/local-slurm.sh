@@ -187,7 +187,9 @@ do_start() {
         running_partition || die "Slurm runs but reports no partition"
         return 0
     fi
-    if slurm_answers && [ -n "$(sinfo -h -o '%t' 2>/dev/null | grep -E '^(idle|mix|alloc)' || true)" ]; then
+    # A Slurm somebody else runs (no state file of ours) is used as it is.
+    if [ ! -f "$PIDS_FILE" ] && slurm_answers \
+        && [ -n "$(sinfo -h -o '%t' 2>/dev/null | grep -E '^(idle|mix|alloc)' || true)" ]; then
         say "already running (not started by this script; 'stop' will leave it alone)"
         running_partition || die "Slurm runs but reports no partition"
         return 0
