@@ -1,12 +1,12 @@
 """Shared test configuration."""
 
-import os
 
 import pytest
 import torch
 
-# Tests run on 2 cores (CI); keep torch from oversubscribing.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests run on 2 cores (CI) next to Dask worker processes: with 2 OpenMP threads the small
+# LAPACK calls (250x250 Cholesky, 2x2 triu) busy-wait and run 10-100x slower under load.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
