@@ -68,6 +68,8 @@ def test_study_failure_leaves_no_folder(tmp_path, monkeypatch):
     ({"eval_n": []}, "eval_n"), ({"eval_n": [0]}, "eval_n"), ({"baselines": ["gp"]}, "baselines"),
     ({"optimizer": "lbfgs"}, "optimizer"), ({"learning_rate": 1.0}, "learning_rate"),
     ({"problem": "friedman2", "dim": 3}, "dim"),
+    ({"bilevel_options": {"lr": 1.0}}, "bilevel_options"),
+    ({"bilevel_options": {"foo": 1}}, "unknown bilevel option"),
 ])
 def test_config_validation(bad, field):
     with pytest.raises(ValidationError) as exc:

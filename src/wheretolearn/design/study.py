@@ -165,7 +165,26 @@ class BilevelStudyConfig(BaseModel):
         if bad:
             raise ValueError(f"unknown baseline {bad[0]!r}; choose from {', '.join(BASELINE_NAMES)}")
         if len(set(v)) != len(v):
-            raise ValueError(f"baselines must be distinct, got {v}")
+            raise ValueError("baselines must be distinct")
+        return v
+
+    @field_validator("bilevel_options")
+    @classmethod
+    def _no_shadowing(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = {"n_train", "steps", "lr", "bandwidth", "ridge_start", "ridge_end", "optimizer",
+                 "generator", "normalize_labels", "callback", "problem", "metatest", "init"}
+        clash = sorted(taken & set(v))
+        if clash:
+            raise ValueError(f"set {clash[0]!r} as a top-level key, not in bilevel_options")
+        import inspect
+
+        from .bilevel import bilevel_descent
+
+        allowed = set(inspect.signature(bilevel_descent).parameters) - taken
+        unknown = sorted(set(v) - allowed)
+        if unknown:
+            raise ValueError(f"unknown bilevel option {unknown[0]!r}; allowed: "
+                             f"{', '.join(sorted(allowed))}")
         return v
 
 
