@@ -60,6 +60,19 @@ def test_tasks_run_inside_slurm_jobs(slurm_partition, tmp_path):
     assert any(p.suffix == ".err" for p in tmp_path.iterdir())  # job logs went where asked
 
 
+def test_pending_job_is_not_mistaken_for_a_lost_one(slurm_partition, tmp_path):
+    # Two jobs that each need every core of the node: one runs, one waits in the queue.
+    cpus = subprocess.run(["sinfo", "-h", "-p", slurm_partition, "-o", "%c"],
+                          capture_output=True, text=True, timeout=20).stdout.split()[0]
+    cfg = _slurm_cfg(slurm_partition, cores=int(cpus.rstrip("+")))
+    with open_cluster(cfg, n_workers=2, log_directory=str(tmp_path)) as handle:
+        handle.wait_for_workers(1, timeout=60)
+        time.sleep(3.5)  # several passes of the watcher
+        states = sorted(_job_state(j) for j in handle.job_ids)
+        assert states == ["PENDING", "RUNNING"]
+        assert handle.jobs_submitted == 2 and handle.jobs_replaced == 0
+
+
 def test_refused_submission_is_a_clear_error_not_a_hang(slurm_partition):
     cfg = _slurm_cfg(slurm_partition).model_copy(update={"queue": "no-such-partition"})
     start = time.monotonic()
@@ -72,7 +85,7 @@ def test_refused_submission_is_a_clear_error_not_a_hang(slurm_partition):
 def test_scancelled_job_is_replaced_and_its_work_rescheduled(slurm_partition, tmp_path):
     with open_cluster(_slurm_cfg(slurm_partition), n_workers=2, log_directory=str(tmp_path)) as handle:
         client = handle.client
-        client.wait_for_workers(2, timeout=90)
+        handle.wait_for_workers(2, timeout=90)
         # 2 s tasks keep both workers busy while one of their jobs is cancelled.
         futures = client.map(time.sleep, [2.0] * 6, pure=False)
         _wait(lambda: sum(len(v) for v in client.processing().values()) >= 2, 30, "tasks to start")

@@ -522,6 +522,13 @@ class ClusterHandle:
             _drop_unsubmitted(cluster)
         self._record_jobs()
 
+    def wait_for_workers(self, n: int = 1, *, timeout: float | None = None) -> None:
+        """Block until ``n`` workers are connected (batch jobs can wait long in the queue:
+        start simulation timeouts after this, not at submission). ``TimeoutError`` after
+        ``timeout`` seconds."""
+        self.client.wait_for_workers(n, timeout=timeout)
+        self._poll()
+
     def ensure_workers(self) -> None:
         """Request a replacement for each batch job that ended early (cancelled, walltime
         reached, node lost), up to ``max_replacement_jobs`` in total; no-op for ``local``
