@@ -242,3 +242,14 @@ def test_heat_study_survives_a_scancelled_worker_job(slurm_partition, tmp_path, 
     assert summary["simulations_completed"] == 100  # retries cover one lost worker
     assert summary["cluster"]["jobs_submitted"] >= 3  # a replacement job was requested
     assert _job_state(events["cancelled"]) in ("CANCELLED", "GONE")
+
+
+def test_replacements_stop_at_max_replacement_jobs(slurm_partition, tmp_path):
+    cfg = _slurm_cfg(slurm_partition, max_replacement_jobs=0)
+    with open_cluster(cfg, n_workers=1, log_directory=str(tmp_path)) as handle:
+        handle.wait_for_workers(1, timeout=60)
+        subprocess.run(["scancel", handle.job_ids[0]], check=True, timeout=20)
+        _wait(lambda: not handle.client.scheduler_info(n_workers=-1)["workers"], 30, "the worker to leave")
+        time.sleep(2.5)  # watcher passes that must not submit anything
+        handle.ensure_workers()
+        assert handle.jobs_submitted == 1 and handle.jobs_replaced == 0
