@@ -175,6 +175,23 @@ def test_heat_study_runs_on_slurm_from_the_cli(slurm_partition, tmp_path):
     assert len(summary["cluster"]["workers_seen"]) == 2
 
 
+def test_refused_submission_from_the_cli_exits_2_and_leaves_no_run_folder(tmp_path):
+    import sys
+
+    config = tmp_path / "study.toml"
+    config.write_text(_STUDY_TOML.format(n_steps=5, n_simulations=2, partition="no-such-partition"))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wheretolearn", "online", str(config), "--out", str(out),
+         "--cluster", "slurm", "--no-progress"],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "invalid partition" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_heat_study_survives_a_scancelled_worker_job(slurm_partition, tmp_path, monkeypatch):
     import contextlib
 

@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -471,7 +472,14 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
 
         check_scheduler_reachable(config.cluster.address)
     study = OnlineStudy.create(config, out, progress=progress)
-    return study.run(max_seconds=max_seconds)
+    try:
+        return study.run(max_seconds=max_seconds)
+    except ValueError:
+        # Bad input found only once the study starts (e.g. the batch system refused the job
+        # script): nothing resumable was written, so leave no half-written run folder.
+        if not (study.run_dir / _CHECKPOINT).exists():
+            shutil.rmtree(study.run_dir, ignore_errors=True)
+        raise
 
 
 def resume_online_study(run_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
