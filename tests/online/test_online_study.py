@@ -51,7 +51,9 @@ def test_defaults_are_the_cpu_settings_and_the_example_parses():
     assert (cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark) == ("reservoir", 2500, 500)
     assert (cfg.training.hidden, cfg.training.lr, cfg.training.batch_size) == ([256, 256], 1e-3, 10)
     assert cfg.executor.concurrency == cfg.executor.workers == 2
-    assert load_online_config(str(EXAMPLE)) == cfg          # the example spells the defaults
+    # The example spells the defaults, but for a shorter timeout suited to 50 ms simulations.
+    assert load_online_config(str(EXAMPLE)) == cfg.with_overrides(
+        **{"executor.simulation_timeout": 10.0})
     paper = OnlineStudyConfig.paper()
     assert (paper.study.n, paper.study.n_simulations, paper.buffer.capacity) == (1000, 25000, 6000)
     over = cfg.with_overrides(**{"executor.workers": 4, "sampler.name": "halton",
