@@ -146,7 +146,10 @@ def as_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
     """Convert ``x`` to a floating torch tensor without ever aliasing-and-mutating caller data.
 
     Tensors keep their autograd graph (no copy unless dtype/device change); the caller's
-    object is never written to by library code, so aliasing is safe.
+    object is never written to by library code, so aliasing is safe.  Numpy (and other
+    array-like) input is always copied: ``torch.as_tensor`` would share the array's memory,
+    so a later write to the caller's array would silently change a measure or batch built
+    from it.
     """
     if isinstance(x, torch.Tensor):
         t = x
@@ -157,7 +160,10 @@ def as_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
             raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
     if dtype is None and not t.is_floating_point():
         dtype = torch.get_default_dtype()
-    return t.to(dtype=dtype or t.dtype, device=device)
+    out = t.to(dtype=dtype or t.dtype, device=device)
+    if out is t and not isinstance(x, torch.Tensor):
+        out = out.clone()
+    return out
 
 
 def torch_generator(seed_or_gen: int | torch.Generator | None, *,
