@@ -14,7 +14,9 @@ from numbers import Integral
 
 import torch
 
-__all__ = ["Measure", "check_n_samples"]
+from .._validation import as_tensor, check_finite
+
+__all__ = ["Measure", "check_n_samples", "normalized_weights"]
 
 
 def check_n_samples(n) -> int:
@@ -22,6 +24,25 @@ def check_n_samples(n) -> int:
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     return int(n)
+
+
+def normalized_weights(weights, n: int, *, dtype: torch.dtype, device=None,
+                       per: str = "point") -> torch.Tensor:
+    """Probability weights ``w / sum(w)``, shape (n,); uniform ``1/n`` when ``weights`` is None.
+
+    Raises ``ValueError`` naming ``weights`` unless they have shape (n,) (one per ``per``),
+    are finite and non-negative with a positive sum.  Differentiable in ``weights``.
+    """
+    if weights is None:
+        return torch.full((n,), 1.0 / n, dtype=dtype, device=device)
+    w = as_tensor(weights, "weights", dtype=dtype, device=device)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"weights must have shape ({n},) (one per {per}), got {tuple(w.shape)}")
+    check_finite(w.detach(), "weights")
+    if bool((w.detach() < 0).any()) or float(w.detach().sum()) <= 0:
+        raise ValueError("weights must be non-negative with a positive sum, got "
+                         f"min {float(w.detach().min()):.3g}, sum {float(w.detach().sum()):.3g}")
+    return w / w.sum()
 
 
 class Measure(ABC):

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from .._validation import as_tensor, check_finite
+from .base import normalized_weights
 from .empirical import Empirical
 from .fields import GaussianRandomField
 from .gaussian import Gaussian
@@ -223,21 +224,6 @@ class BarycenterResult:
                 "residual": self.residual, "converged": self.converged}
 
 
-def _check_weights(weights, n: int, dtype) -> torch.Tensor:
-    if weights is None:
-        return torch.full((n,), 1.0 / n, dtype=dtype)
-    w = as_tensor(weights, "weights", dtype=dtype)
-    if w.ndim != 1 or w.shape[0] != n:
-        raise ValueError(f"weights must have shape ({n},) (one per measure), got {tuple(w.shape)}")
-    check_finite(w.detach(), "weights")
-    if bool((w.detach() < 0).any()):
-        raise ValueError(f"weights must be non-negative, got smallest weight {float(w.min()):.3g}")
-    total = w.sum()
-    if float(total.detach()) <= 0:
-        raise ValueError("weights must have a positive sum, got 0")
-    return w / total
-
-
 def barycenter(gaussians: Sequence[Gaussian], weights=None, *, tol: float = 1e-10,
                max_iter: int = 1000) -> BarycenterResult:
     """Wasserstein-2 barycenter of Gaussians ``N(m_j, C_j)`` with weights ``w_j`` (SPEC §2).
@@ -281,7 +267,7 @@ def barycenter(gaussians: Sequence[Gaussian], weights=None, *, tol: float = 1e-1
     out_dtype = gaussians[0].dtype
     for g in gaussians[1:]:
         out_dtype = torch.promote_types(out_dtype, g.dtype)
-    w = _check_weights(weights, len(gaussians), torch.float64)
+    w = normalized_weights(weights, len(gaussians), dtype=torch.float64, per="measure")
     means = torch.stack([g.mean.double() for g in gaussians])
     covs = torch.stack([g.cov.double() for g in gaussians])
     covs = 0.5 * (covs + covs.mT)

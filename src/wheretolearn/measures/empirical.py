@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import as_tensor, check_finite, resolve_dtype, torch_generator
-from .base import Measure, check_n_samples
+from .base import Measure, check_n_samples, normalized_weights
 
 __all__ = ["Empirical"]
 
@@ -42,18 +42,7 @@ class Empirical(Measure):
         check_finite(x.detach(), "points")
         self._points = x
         m = x.shape[0]
-        if weights is None:
-            w = torch.full((m,), 1.0 / m, dtype=dt, device=x.device)
-        else:
-            w = as_tensor(weights, "weights", dtype=dt, device=x.device)
-            if w.ndim != 1 or w.shape[0] != m:
-                raise ValueError(f"weights must have shape ({m},), got {tuple(w.shape)}")
-            check_finite(w.detach(), "weights")
-            if bool((w.detach() < 0).any()) or float(w.detach().sum()) <= 0:
-                raise ValueError("weights must be non-negative with a positive sum, got "
-                                 f"min {float(w.min()):.3g}, sum {float(w.sum()):.3g}")
-            w = w / w.sum()
-        self._weights = w
+        self._weights = normalized_weights(weights, m, dtype=dt, device=x.device)
         self._quad = None
         if quadrature_weights is not None:
             q = as_tensor(quadrature_weights, "quadrature_weights", dtype=dt, device=x.device)

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from .._validation import as_tensor, check_finite, torch_generator
-from .base import Measure, check_n_samples
+from .._validation import torch_generator
+from .base import Measure, check_n_samples, normalized_weights
 
 __all__ = ["Mixture"]
 
@@ -36,21 +36,8 @@ class Mixture(Measure):
         for c in comps[1:]:
             dt = torch.promote_types(dt, c.dtype)
         self._dtype = dt
-        n = len(comps)
-        if weights is None:
-            w = torch.full((n,), 1.0 / n, dtype=dt)
-        else:
-            w = as_tensor(weights, "weights", dtype=dt)
-            if w.ndim != 1 or w.shape[0] != n:
-                raise ValueError(f"weights must have shape ({n},) (one per component), "
-                                 f"got {tuple(w.shape)}")
-            check_finite(w.detach(), "weights")
-            if bool((w.detach() < 0).any()) or float(w.detach().sum()) <= 0:
-                raise ValueError("weights must be non-negative with a positive sum, got "
-                                 f"min {float(w.min()):.3g}, sum {float(w.sum()):.3g}")
-            w = w / w.sum()
+        self._weights = normalized_weights(weights, len(comps), dtype=dt, per="component")
         self._components = tuple(comps)
-        self._weights = w
 
     @property
     def components(self) -> tuple[Measure, ...]:
