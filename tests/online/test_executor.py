@@ -161,3 +161,40 @@ def test_back_pressure_is_not_mistaken_for_a_hang(client):
                       queue_maxsize=2, max_message_bytes=1)
     assert ledger.summary()["retries"] == 0
     assert ledger.counts()["completed"] == 4 and len(col.fields) == 4 * 6
+
+
+def test_step_accepted_while_the_attempt_is_given_up_is_in_buffer_and_ledger(client):
+    """The monitor may give a simulation up while the receiver is handing one of its steps to
+    the buffer. The step must then end in both the buffer and the ledger (or in neither):
+    before the fix the ledger refused it as "late" although the buffer already held it."""
+    from wheretolearn.online.executor import _Active
+
+    class ErroredFuture:
+        status = "error"
+
+    ledger = SimulationLedger(SPEC["options"]["n_steps"])
+    sampler = make_sampler("uniform", BOUNDS, seed=3)
+    accepted = []
+
+    def on_sample(sim_id, step, params, field, timeout):
+        # The monitor gives up on the simulation (no retries left) at this very moment.
+        monitor = threading.Thread(target=ex._fail, args=(act, "crash", "injected"))
+        monitor.start()
+        monitor.join(1.0)
+        accepted.append((sim_id, step))
+        monitor_threads.append(monitor)
+        return True
+
+    monitor_threads = []
+    ex = EnsembleExecutor(client, SPEC, ledger, sampler, on_sample, n_simulations=1,
+                          max_concurrent=1, max_retries=0)
+    sim_id = ledger.new_simulation(BOUNDS[:, 0])
+    attempt = ledger.start_attempt(sim_id)
+    act = _Active(sim_id, attempt, ErroredFuture(), 0.0, started=True)
+    ex._active[sim_id] = act
+    ex._handle(encode_step(sim_id, attempt, 0, np.zeros((8, 8))))
+    for t in monitor_threads:
+        t.join(10)
+    assert accepted == [(sim_id, 0)]
+    assert ledger[sim_id].state == "failed" and ledger[sim_id].has_step(0)
+    assert ledger.samples_received == 1 and ledger.late_dropped == 0

@@ -518,7 +518,10 @@ class EnsembleExecutor:
     def _fail(self, act: _Active, outcome: str, error: str) -> None:
         """End the current attempt badly; relaunch, redraw or give up."""
         self._release(act)
-        with self.ledger.lock:
+        # Under the receive lock: a step being handed to the buffer right now is recorded
+        # before the simulation leaves the running state (else the buffer would hold a step
+        # the ledger refused as late, and a checkpoint would see it in one and not the other).
+        with self.receive_lock, self.ledger.lock:
             rec = self.ledger[act.sim_id]
             if rec.state == "completed":
                 return
