@@ -375,15 +375,11 @@ class FIFOBuffer(Buffer):
         self._queue = deque(samples)
 
 
-class FIROBuffer(Buffer):
-    """First in, random out; each sample may be served ``pseudo_epochs`` times, then removed."""
+class _ListBuffer(Buffer):
+    """Samples in a list with, alongside, how often each was served (FIRO and reservoir)."""
 
-    kind = "firo"
-
-    def __init__(self, capacity: int, *, watermark: int, seed: Any = None,
-                 pseudo_epochs: int = 1) -> None:
+    def __init__(self, capacity: int, *, watermark: int, seed: Any = None) -> None:
         super().__init__(capacity, watermark=watermark, seed=seed)
-        self.pseudo_epochs = check_positive_int(pseudo_epochs, "pseudo_epochs")
         self._store: list[Sample] = []
         self._counts: list[int] = []
 
@@ -396,9 +392,26 @@ class FIROBuffer(Buffer):
     def _counts_array(self) -> np.ndarray:
         return np.array(self._counts, dtype=np.int64)
 
-    def _insert(self, sample: Sample) -> None:
+    def _append(self, sample: Sample) -> None:
         self._store.append(sample)
         self._counts.append(0)
+
+    def _restore(self, samples: list[Sample], counts: list[int], state: dict) -> None:
+        self._store, self._counts = samples, counts
+
+
+class FIROBuffer(_ListBuffer):
+    """First in, random out; each sample may be served ``pseudo_epochs`` times, then removed."""
+
+    kind = "firo"
+
+    def __init__(self, capacity: int, *, watermark: int, seed: Any = None,
+                 pseudo_epochs: int = 1) -> None:
+        super().__init__(capacity, watermark=watermark, seed=seed)
+        self.pseudo_epochs = check_positive_int(pseudo_epochs, "pseudo_epochs")
+
+    def _insert(self, sample: Sample) -> None:
+        self._append(sample)
 
     def _take(self, batch_size: int) -> list[Sample]:
         n = min(batch_size, len(self._store))
@@ -421,11 +434,8 @@ class FIROBuffer(Buffer):
     def _extra_state(self) -> dict:
         return {"pseudo_epochs": self.pseudo_epochs}
 
-    def _restore(self, samples: list[Sample], counts: list[int], state: dict) -> None:
-        self._store, self._counts = samples, counts
 
-
-class ReservoirBuffer(Buffer):
+class ReservoirBuffer(_ListBuffer):
     """Bounded random subset of the stream; samples are not removed when served.
 
     Parameters
@@ -446,26 +456,14 @@ class ReservoirBuffer(Buffer):
         if policy not in self.POLICIES:
             raise ValueError(f"policy must be one of {list(self.POLICIES)}, got {policy!r}")
         self.policy = policy
-        self._store: list[Sample] = []
-        self._counts: list[int] = []
         self.samples_rejected = 0
         # Final pass after close(): a random order of the stored samples and the next position.
         self._final_order: np.ndarray | None = None
         self._final_pos = 0
 
-    def _size(self) -> int:
-        return len(self._store)
-
-    def _items(self) -> Iterable[Sample]:
-        return self._store
-
-    def _counts_array(self) -> np.ndarray:
-        return np.array(self._counts, dtype=np.int64)
-
     def _insert(self, sample: Sample) -> None:
         if len(self._store) < self._capacity:
-            self._store.append(sample)
-            self._counts.append(0)
+            self._append(sample)
             return
         if self.policy == "uniform":
             # samples_put already counts this sample: it is the n-th of the stream.
@@ -510,7 +508,7 @@ class ReservoirBuffer(Buffer):
         if state.get("policy", self.policy) != self.policy:
             raise ValueError(f"state is for reservoir policy {state.get('policy')!r}, "
                              f"this buffer uses {self.policy!r}")
-        self._store, self._counts = samples, counts
+        super()._restore(samples, counts, state)
         self.samples_rejected = int(state.get("samples_rejected", 0))
         final = state.get("final_order")
         self._final_order = None if final is None else np.asarray(final, dtype=np.int64)
