@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from wheretolearn._validation import as_tensor
+from wheretolearn._validation import as_tensor, check_bounds
 from wheretolearn.measures import Empirical, Gaussian, Uniform
 
 
@@ -33,3 +33,17 @@ def test_measures_do_not_follow_later_writes_to_callers_numpy_arrays():
 def test_as_tensor_names_argument_on_bad_input():
     with pytest.raises(TypeError, match="points must be array-like"):
         as_tensor(object(), "points")
+
+
+@pytest.mark.parametrize("low, high, where", [(1.0, 0.0, "low=1.0 >= high=0.0 in dimension 0"),
+                                              ([0.0, 2.0], [1.0, 2.0],
+                                               "low=2.0 >= high=2.0 in dimension 1")])
+def test_check_bounds_names_the_offending_dimension(low, high, where):
+    # scalars used to fail inside numpy ("Calling nonzero on 0d arrays is not allowed")
+    with pytest.raises(ValueError, match=f"bounds must satisfy low < high.*{where}"):
+        check_bounds(low, high)
+
+
+def test_check_bounds_accepts_scalars_and_vectors():
+    check_bounds(0.0, 1.0)
+    check_bounds(np.zeros(3), np.ones(3))

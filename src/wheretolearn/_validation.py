@@ -110,18 +110,19 @@ def check_spd(cov: torch.Tensor, name: str, *, rtol: float = 1e-10) -> None:
 
 
 def check_bounds(low: np.ndarray, high: np.ndarray, name: str = "bounds") -> None:
-    """Raise unless ``low < high`` elementwise and both are finite."""
-    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    """Raise unless ``low < high`` elementwise and both are finite (scalars or (d,) vectors)."""
+    low = np.atleast_1d(np.asarray(low, dtype=float))
+    high = np.atleast_1d(np.asarray(high, dtype=float))
     if low.shape != high.shape:
         raise ValueError(f"{name}: low and high must have the same shape, got "
                          f"{low.shape} and {high.shape}")
     check_finite(low, f"{name} low")
     check_finite(high, f"{name} high")
-    bad = np.nonzero(~(low < high))[0]
+    bad = np.flatnonzero(~(low < high))
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"{name} must satisfy low < high in every dimension, got "
-                         f"low={low[i]} >= high={high[i]} in dimension {i}")
+                         f"low={low.flat[i]} >= high={high.flat[i]} in dimension {i}")
 
 
 def resolve_dtype(dtype: Any) -> torch.dtype:
