@@ -282,3 +282,27 @@ def test_local_slurm_script_needs_root():
 def test_local_slurm_script_rejects_bad_arguments():
     proc = _run_script_unprivileged("--partition", "no spaces")
     assert proc.returncode == 1 and "partition name 'no spaces'" in proc.stderr
+
+
+def test_a_failing_watcher_pass_is_logged_once_and_does_not_stop_the_watcher(caplog):
+    import asyncio
+    import logging
+
+    from wheretolearn.online.cluster import ClusterHandle
+
+    handle = ClusterHandle("slurm", None, None, target_jobs=1, max_replacements=1)
+    outcomes = iter([OSError("squeue: command timed out")] * 2 + [None])
+
+    async def ensure():
+        exc = next(outcomes)
+        if exc is not None:
+            raise exc
+
+    handle._ensure_async = ensure
+    with caplog.at_level(logging.WARNING, logger="wheretolearn.online.cluster"):
+        for _ in range(3):
+            asyncio.run(handle._watch_tick())  # never raises: the watcher keeps running
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["checking the slurm worker jobs failed (watcher goes on): "
+                        "OSError: squeue: command timed out"]
+    assert handle._last_watch_error is None  # the third pass succeeded

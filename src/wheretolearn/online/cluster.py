@@ -355,6 +355,7 @@ class ClusterHandle:
         self._absent_since: dict[Any, float] = {}
         self._last_queue_check: dict[Any, float] = {}
         self._ensuring = False
+        self._last_watch_error: str | None = None
 
     # -- bookkeeping ---------------------------------------------------------------
     def _record_worker(self, name: Any) -> None:
@@ -559,17 +560,25 @@ class ClusterHandle:
             return
         from tornado.ioloop import PeriodicCallback
 
-        async def tick() -> None:
-            try:
-                await self._ensure_async()
-            except Exception:  # noqa: BLE001 -- a failed check must not stop the watcher
-                pass
-
         def start() -> None:
-            self._watcher = PeriodicCallback(tick, _WATCH_INTERVAL_S * 1000)
+            self._watcher = PeriodicCallback(self._watch_tick, _WATCH_INTERVAL_S * 1000)
             self._watcher.start()
 
         self.cluster.loop.add_callback(start)
+
+    async def _watch_tick(self) -> None:
+        """One pass of the job watcher. A failed pass must not stop the watcher, but it is
+        logged (once per distinct error, as the next pass probably fails the same way)."""
+        try:
+            await self._ensure_async()
+        except Exception as exc:  # noqa: BLE001 -- keep watching; the next pass tries again
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_watch_error:
+                log.warning("checking the %s worker jobs failed (watcher goes on): %s",
+                            self.kind, message)
+            self._last_watch_error = message
+        else:
+            self._last_watch_error = None
 
     def _stop_watcher(self) -> None:
         if self._watcher is not None and self.cluster is not None:
