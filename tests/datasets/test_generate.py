@@ -7,6 +7,7 @@ import zarr
 from wheretolearn import __version__
 from wheretolearn.datasets import generate as gen_module
 from wheretolearn.datasets import (chunk_seed, find_or_generate, generate_dataset, open_dataset)
+from wheretolearn.measures import Empirical, Mixture, Uniform
 from wheretolearn.problems import get_problem
 
 BURGERS = {"n": 32, "n_steps": 20}
@@ -189,3 +190,16 @@ def test_running_scheduler_address_gives_the_same_data(dask_run, tmp_path):
                                 chunk=3, scheduler=cluster.scheduler_address, progress=False)
     np.testing.assert_array_equal(open_dataset(info.path)["outputs"], dask_run[1]["outputs"])
     assert info.key == dask_run[0].key
+
+
+@pytest.mark.parametrize("make", [
+    lambda shift: Mixture([Uniform(shift, shift + 1.0, dim=2)] * 2),
+    lambda shift: Empirical(np.full((3, 2), shift)),
+])
+def test_content_key_tells_apart_mixtures_and_empirical_measures(tmp_path, make):
+    # both used to be recorded by a repr without their parameters, so a second, different
+    # measure silently reused the first one's cached inputs and outputs
+    a = find_or_generate(tmp_path, "sobol-g", 2, measure=make(0.0), workers=0)
+    b = find_or_generate(tmp_path, "sobol-g", 2, measure=make(5.0), workers=0)
+    assert b.path != a.path and b.computed_chunks
+    assert not np.array_equal(open_dataset(a.path)["inputs"], open_dataset(b.path)["inputs"])

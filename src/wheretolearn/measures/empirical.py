@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from .._validation import as_tensor, check_finite, resolve_dtype, torch_generator
@@ -100,6 +102,15 @@ class Empirical(Measure):
         idx = torch.multinomial(self._weights.detach().cpu().double(), n, replacement=True,
                                 generator=g)
         return self._points[idx.to(self._points.device)]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary: ``M``, ``event_shape`` and a sha256 of the points, weights
+        and quadrature weights (in float64), which identifies the measure without storing it."""
+        h = hashlib.sha256()
+        for t in (self._points, self._weights, self._quad):
+            if t is not None:
+                h.update(t.detach().cpu().double().contiguous().numpy().tobytes())
+        return {"M": len(self), "event_shape": list(self.event_shape), "sha256": h.hexdigest()}
 
     def __len__(self) -> int:
         return int(self._points.shape[0])

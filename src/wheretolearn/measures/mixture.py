@@ -114,5 +114,13 @@ class Mixture(Measure):
         """Draw ``n`` samples, shape (n, *event_shape); see :meth:`sample_with_labels`."""
         return self.sample_with_labels(n, generator=generator)[0]
 
+    def to_dict(self) -> dict:
+        """JSON-serialisable ``{"components": [{"type": ..., **component.to_dict()}], "weights"}``
+        (a component without ``to_dict`` is recorded by its ``repr``)."""
+        comps = [{"type": type(c).__name__,
+                  **(c.to_dict() if hasattr(c, "to_dict") else {"repr": repr(c)})}
+                 for c in self._components]
+        return {"components": comps, "weights": self._weights.detach().cpu().double().tolist()}
+
     def __repr__(self) -> str:
         return f"Mixture(J={len(self._components)}, event_shape={self.event_shape})"
