@@ -306,3 +306,26 @@ def test_a_failing_watcher_pass_is_logged_once_and_does_not_stop_the_watcher(cap
     assert warnings == ["checking the slurm worker jobs failed (watcher goes on): "
                         "OSError: squeue: command timed out"]
     assert handle._last_watch_error is None  # the third pass succeeded
+
+
+def test_local_cluster_is_closed_when_the_client_cannot_connect(monkeypatch):
+    import distributed
+
+    closed = []
+
+    class FakeCluster:
+        def __init__(self, **kwargs):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    def refusing_client(cluster):
+        raise OSError("client could not connect to the scheduler")
+
+    monkeypatch.setattr(distributed, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(distributed, "Client", refusing_client)
+    with pytest.raises(OSError, match="could not connect"):
+        with open_cluster(ClusterConfig(), n_workers=1):
+            pass  # pragma: no cover -- never entered
+    assert closed == [True]  # the worker processes are not left running

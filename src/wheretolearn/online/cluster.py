@@ -631,6 +631,15 @@ def open_cluster(
             yield handle
 
 
+def _client_or_close(client_cls: Any, cluster: Any) -> Any:
+    """A client of ``cluster``; if it cannot be made, close the cluster (its workers) first."""
+    try:
+        return client_cls(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
 @contextmanager
 def _address_cluster(cfg: ClusterConfig, timeout: float) -> Iterator[ClusterHandle]:
     from distributed import Client
@@ -660,7 +669,7 @@ def _local_cluster(cfg: ClusterConfig, n_workers: int, threads: int) -> Iterator
         scheduler_kwargs={"dashboard": False},
         **kwargs,
     )
-    client = Client(cluster)
+    client = _client_or_close(Client, cluster)
     handle = ClusterHandle("local", client, cluster, target_jobs=n_workers, max_replacements=0)
     try:
         handle._install_plugin()
@@ -693,7 +702,7 @@ def _batch_cluster(cfg: ClusterConfig, n_workers: int, log_directory: str | None
         scheduler_options={"dashboard_address": ":0", "dashboard": False},
         **_job_kwargs(cfg, log_directory=str(logs)),
     )
-    client = Client(cluster)
+    client = _client_or_close(Client, cluster)
     target = cfg.n_jobs(n_workers)
     handle = ClusterHandle(
         cfg.kind, client, cluster, target_jobs=target, max_replacements=cfg.max_replacement_jobs
