@@ -159,3 +159,40 @@ def test_max_seconds_stops_resumably_even_before_training(tmp_path):
     assert second["stopped"] == "completed" and second["simulations_completed"] == 10
     assert second["samples_received"] == 80 and second["samples_duplicated"] == 0
     assert second["seconds"] > first["seconds"]
+
+
+def test_checkpoint_sampler_state_matches_its_ledger(tmp_path):
+    """The monitor draws a new simulation (sampler.ask, then ledger.new_simulation, under the
+    sampler lock) at any moment. A checkpoint must not hold a sampler that already drew for a
+    simulation its ledger lacks: on resume that draw would be skipped (a QMC sequence loses
+    its balance, an adaptive sampler links losses to the wrong parameters)."""
+    import threading
+    import time
+
+    study = OnlineStudy.create(tiny(), tmp_path / "run")
+    study._build()
+    study._seconds_before, study._t_session = 0.0, time.monotonic()
+    executor = type("Executor", (), {"receive_lock": threading.Lock()})()
+
+    def new_simulation():  # what EnsembleExecutor._new_simulation does
+        with study.sampler_lock:
+            params = study.sampler.ask(1, sim_ids=[len(study.ledger)])[0]
+            study.ledger.new_simulation(params)
+
+    class RacingLedger(SimulationLedger):
+        def state_dict(self):
+            state = super().state_dict()
+            monitor = threading.Thread(target=new_simulation)
+            monitor.start()
+            monitor.join(1.0)   # the monitor runs right after the ledger snapshot
+            threads.append(monitor)
+            return state
+
+    threads = []
+    new_simulation()
+    study.ledger.__class__ = RacingLedger
+    state = study._snapshot(executor)
+    for t in threads:
+        t.join(10)
+    assert state["sampler"]["n_drawn"] == len(state["ledger"]["simulations"]) == 1
+    assert len(study.ledger) == study.sampler.n_drawn == 2

@@ -19,9 +19,10 @@ Run folder (created after the configuration validated, kept while the study runs
     summary.json     final numbers (see :func:`OnlineStudy.summary`)
     figures/online_training.png   training loss and validation error vs batch
 
-Consistency of a checkpoint: the snapshot of buffer and ledger is taken under the
-executor's receive lock (a step is in both or in neither) and trainer/sampler state in the
-training thread, so a resumed study neither trains on a received step as new twice nor
+Consistency of a checkpoint: the snapshot of buffer, ledger and sampler is taken under the
+executor's receive lock and the sampler lock (a step is in both buffer and ledger or in
+neither; the sampler has drawn exactly the ledger's simulations) and the trainer state in
+the training thread, so a resumed study neither trains on a received step as new twice nor
 loses one: steps received after the checkpoint are not in its ledger and are produced again
 by the relaunched simulations.
 """
@@ -240,11 +241,12 @@ class OnlineStudy:
     # ------------------------------------------------------------------ checkpoint
     def _snapshot(self, executor: Any) -> dict:
         lock = executor.receive_lock if executor is not None else threading.Lock()
-        with lock:
+        # The sampler lock too (taken first, as the monitor does when it draws a simulation):
+        # a sampler that drew for a simulation its ledger lacks would skip that draw on resume.
+        with self.sampler_lock, lock:
             buffer_state = self.buffer.state_dict()
             ledger_state = self.ledger.state_dict()
             duplicated = self.counters["samples_duplicated"]
-        with self.sampler_lock:
             sampler_state = self.sampler.state_dict()
         counters = dict(self.counters, samples_duplicated=duplicated,
                         seconds=self._elapsed())
