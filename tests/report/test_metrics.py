@@ -36,6 +36,9 @@ def test_relative_ood_error_vector_outputs_and_ragged():
 def test_relative_ood_error_rejects_bad_input():
     with pytest.raises(ValueError, match="same shape"):
         relative_ood_error(np.zeros((2, 3)), np.ones((2, 4)))
+    # a scalar truth used to fail inside list() with "iteration over a 0-d array"
+    with pytest.raises(ValueError, match="same shape"):
+        relative_ood_error(np.zeros((2, 3)), 1.0)
     with pytest.raises(ValueError, match="zero"):
         relative_ood_error(np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="finite"):

@@ -46,10 +46,10 @@ def _per_measure(pred: Any, truth: Any) -> tuple[list[np.ndarray], list[np.ndarr
         p, t = _to_numpy(pred, "pred"), _to_numpy(truth, "truth")
         if p.ndim < 2:
             raise ValueError(f"pred must have shape (J, M, *out), got {p.shape}")
-        ps, ts = list(p), list(t)
         if p.shape != t.shape:
             raise ValueError(f"pred and truth must have the same shape, got {p.shape} and "
                              f"{t.shape}")
+        ps, ts = list(p), list(t)
     for j, (p, t) in enumerate(zip(ps, ts)):
         if p.shape != t.shape or p.ndim < 1 or p.shape[0] < 1:
             raise ValueError(f"measure {j}: pred and truth must have the same shape (M, *out) "
