@@ -19,7 +19,8 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user-input errors (ValueError, TypeError, FileNotFoundError, pydantic's
+    """Turn user-input errors (ValueError, TypeError, FileNotFoundError, FileExistsError,
+    PermissionError -- e.g. an ``--out`` in a read-only folder -- and pydantic's
     ValidationError) raised by the library into ``error: ...`` and exit status 2."""
 
     @functools.wraps(func)
@@ -30,7 +31,8 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ValidationError as exc:
             fail(format_validation_error(exc))
-        except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        except (ValueError, TypeError, FileNotFoundError, FileExistsError,
+                PermissionError) as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

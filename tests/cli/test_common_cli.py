@@ -1,0 +1,49 @@
+"""cli_errors: user-input errors become one ``error:`` line and exit status 2."""
+
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from wheretolearn.cli import app
+from wheretolearn.cli._common import cli_errors
+
+
+def _app_raising(exc: BaseException) -> typer.Typer:
+    sub = typer.Typer()
+
+    @sub.command()
+    @cli_errors
+    def cmd() -> None:
+        raise exc
+
+    return sub
+
+
+def test_permission_error_is_one_line_exit_2():
+    result = CliRunner().invoke(_app_raising(PermissionError(13, "Permission denied",
+                                                             "/ro/run")))
+    assert result.exit_code == 2
+    assert "error: [Errno 13] Permission denied: '/ro/run'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_out_folder_is_reported(tmp_path, monkeypatch):
+    # root ignores chmod, so simulate a read-only parent of --out
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    out = tmp_path / "ro" / "run"
+    result = CliRunner().invoke(app, ["bilevel", "--problem", "sobol-g", "--steps", "1",
+                                      "--eval-n", "8", "--repeats", "1", "--no-progress",
+                                      "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "Permission denied" in result.output
+    assert not out.exists()
+
+
+def test_other_errors_still_raise():
+    result = CliRunner().invoke(_app_raising(RuntimeError("bug")))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, RuntimeError)
