@@ -110,6 +110,15 @@ def test_barycenter_and_mixture_use_empirical_gaussians():
     np.testing.assert_allclose(x.mean(0).numpy(), mt.seen_x.mean((0, 1)).numpy(), atol=0.05)
 
 
+def test_empirical_gaussians_accepts_nested_lists():
+    # the dtype used to be read from the raw argument (AttributeError on a list)
+    samples = [[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [3.0, 1.0], [1.0, 5.0]]]
+    comps = empirical_gaussians(samples, dtype=torch.float64)
+    np.testing.assert_allclose(comps[1].mean.numpy(), [5 / 3, 7 / 3], atol=1e-12)
+    np.testing.assert_allclose(comps[0].cov.numpy(), np.cov(np.array(samples[0]).T), atol=1e-8)
+    assert empirical_gaussians(samples)[0].dtype == torch.float64  # numpy's default for floats
+
+
 def test_make_sources_errors():
     mt = _fake_metatest()
     init = Gaussian(torch.zeros(2), torch.eye(2))

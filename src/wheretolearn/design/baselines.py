@@ -342,7 +342,8 @@ def empirical_gaussians(samples: torch.Tensor, *, dtype=None) -> list:
     """
     from ..measures import Gaussian
 
-    x = as_tensor(samples, "samples").detach().double()
+    given = as_tensor(samples, "samples").detach()
+    x = given.double()
     if x.ndim != 3 or x.shape[1] < 2:
         raise ValueError(f"samples must have shape (J, L, d) with L >= 2, got {tuple(x.shape)}")
     mean = x.mean(1)
@@ -351,7 +352,7 @@ def empirical_gaussians(samples: torch.Tensor, *, dtype=None) -> list:
     d = x.shape[2]
     jitter = 1e-10 * cov.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(d, dtype=x.dtype)
     cov = 0.5 * (cov + cov.transpose(1, 2)) + jitter
-    dt = dtype or samples.dtype
+    dt = dtype or given.dtype
     return [Gaussian(mean[j], cov[j]).to(dtype=dt) for j in range(x.shape[0])]
 
 
