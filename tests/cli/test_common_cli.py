@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
-from wheretolearn.cli._common import cli_errors
+from wheretolearn.cli._common import cli_errors, load_toml
 
 
 def _app_raising(exc: BaseException) -> typer.Typer:
@@ -47,3 +48,19 @@ def test_other_errors_still_raise():
     result = CliRunner().invoke(_app_raising(RuntimeError("bug")))
     assert result.exit_code == 1
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_load_toml_names_the_file_and_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+    # a folder used to be reported as "does not exist"
+    with pytest.raises(ValueError, match=r"'.*' is not a file"):
+        load_toml(tmp_path)
+    # invalid UTF-8 used to surface as a bare codec error that did not name the file
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe = 1\n")
+    with pytest.raises(ValueError, match=r"bad\.toml' is not valid TOML"):
+        load_toml(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('problem = "sobol-g"\nsteps = 3\n')
+    assert load_toml(good) == {"problem": "sobol-g", "steps": 3}

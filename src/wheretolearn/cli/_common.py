@@ -58,10 +58,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     import tomllib
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ValueError(f"config file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} is not a file")
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
