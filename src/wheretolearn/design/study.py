@@ -339,7 +339,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
     hist = result.history
     unseen = [h["unseen_error"] for h in hist]
     seen = [h["seen_error"] for h in hist]
-    best_step = int(getattr(result, "best_step", min(range(len(seen)), key=seen.__getitem__)))
+    best_step = int(result.best_step)
     learned = chosen.detach()
     return {
         "problem": cfg.problem,
