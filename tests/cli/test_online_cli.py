@@ -77,3 +77,15 @@ def test_resume_needs_a_run_folder(tmp_path):
     assert res.exit_code == 2 and "not an online run folder" in res.output
     res = runner.invoke(app, ["online", "a.toml", "b"])
     assert res.exit_code == 2 and "usage" in res.output
+
+
+def test_progress_counts_lineages_so_redraws_do_not_overfill_the_bar():
+    from wheretolearn.cli.online import _Progress
+
+    # 4 lineages requested; one simulation failed and was redrawn, its replacement completed
+    status = {"simulations_completed": 2, "simulations_failed": 1, "simulations_redrawn": 1,
+              "simulations_running": 2, "samples_received": 10, "buffer_fill": 5,
+              "buffer_capacity": 10, "batches": 0, "loss": None, "val_error": None}
+    bar = _Progress(4)
+    bar(status)
+    assert bar._bar.tasks[0].completed == 2  # two lineages ended, two still running

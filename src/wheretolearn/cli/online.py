@@ -43,8 +43,10 @@ class _Progress:
                 f"failed {s['simulations_failed']} | samples {s['samples_received']} | buffer "
                 f"{s['buffer_fill']}/{s['buffer_capacity']} | batch {s['batches']} loss {loss} "
                 f"val {val}")
-        self._bar.update(self._task, completed=s["simulations_completed"] + s["simulations_failed"],
-                         info=info)
+        # The total counts lineages: a failed simulation that was redrawn did not end its
+        # lineage (its replacement goes on), so it does not advance the bar.
+        ended = s["simulations_completed"] + s["simulations_failed"] - s["simulations_redrawn"]
+        self._bar.update(self._task, completed=ended, info=info)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:

@@ -280,6 +280,7 @@ class OnlineStudy:
         return {"simulations_total": self.config.study.n_simulations,
                 "simulations_completed": c["completed"], "simulations_running": c["running"],
                 "simulations_failed": c["failed"], "simulations_pending": c["pending"],
+                "simulations_redrawn": sum(r.replaced_by is not None for r in self.ledger),
                 "samples_received": self.ledger.samples_received,
                 "buffer_fill": len(self.buffer), "buffer_capacity": self.buffer.capacity,
                 "batches": self.trainer.batches_seen, "loss": self.counters["last_loss"],
