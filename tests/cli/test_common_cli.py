@@ -64,3 +64,43 @@ def test_load_toml_names_the_file_and_the_problem(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('problem = "sobol-g"\nsteps = 3\n')
     assert load_toml(good) == {"problem": "sobol-g", "steps": 3}
+
+
+def test_sigterm_leaves_no_staging_folder(tmp_path):
+    """``timeout``/``kill`` during a study: exit 143 and nothing left next to --out (a killed
+    run used to leave its hidden ``.run.staging-*`` folder behind)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from wheretolearn.cli import main; main()", "bilevel",
+           "--problem", "sobol-g", "--steps", "100000", "--n-train", "20", "--eval-n", "8",
+           "--repeats", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not any((p / "metrics.jsonl").exists() for p in tmp_path.glob(".run.staging-*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the study never started writing"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, proc.stderr.read()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_handler_is_restored():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(_app_raising(ValueError("bad value")))
+    assert result.exit_code == 2 and "error: bad value" in result.output
+    assert signal.getsignal(signal.SIGTERM) is before

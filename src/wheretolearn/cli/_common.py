@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,14 +24,19 @@ def fail(message: str, code: int = 2) -> None:
 def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user-input errors (ValueError, TypeError, FileNotFoundError, FileExistsError,
     PermissionError -- e.g. an ``--out`` in a read-only folder -- and pydantic's
-    ValidationError) raised by the library into ``error: ...`` and exit status 2."""
+    ValidationError) raised by the library into ``error: ...`` and exit status 2.
+
+    SIGTERM (``timeout``, ``kill``, a batch scheduler's time limit) is turned into
+    ``SystemExit(143)`` while the command runs, so ``with`` blocks unwind: a run folder's
+    hidden staging directory is removed instead of being left behind."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
         try:
-            return func(*args, **kwargs)
+            with _sigterm_exits():
+                return func(*args, **kwargs)
         except ValidationError as exc:
             fail(format_validation_error(exc))
         except (ValueError, TypeError, FileNotFoundError, FileExistsError,
@@ -39,6 +47,24 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM raises ``SystemExit(143)`` inside the block (main thread only: Python
+    installs signal handlers there alone); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def format_validation_error(exc: Any) -> str:
