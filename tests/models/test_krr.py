@@ -87,6 +87,17 @@ def test_errors_are_clear():
         KernelRidge(ridge=0.0).fit(xd, np.arange(4.0))
 
 
+def test_failed_refit_keeps_the_previous_fit_whole():
+    x, y = _data(n=10)
+    krr = KernelRidge(ridge=0.0).fit(torch.from_numpy(x), torch.from_numpy(y))
+    before = krr.predict(x[:3])
+    xd = torch.from_numpy(np.repeat(x[:2], 2, axis=0)).float()  # singular, float32
+    with pytest.raises(ValueError, match="Cholesky"):
+        krr.fit(xd, torch.arange(4.0))
+    after = krr.predict(x[:3])
+    assert after.dtype == torch.float64 and torch.equal(after, before)
+
+
 def test_does_not_modify_inputs():
     x, y = _data(n=20)
     xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())

@@ -184,13 +184,15 @@ class KernelRidge:
                              f"got {tuple(yt.shape)}")
         check_finite(xt.detach(), "x")
         check_finite(yt.detach(), "y")
-        self.dtype_ = self.dtype or (xt.dtype if xt.dtype in (torch.float32, torch.float64)
-                                     else torch.float32)
         fx = xt.detach().to(self.factor_dtype).clone()
         fy = yt.detach().to(self.factor_dtype)
         n = fx.shape[0]
         chol = regularised_cholesky(gaussian_kernel(fx, fx, self.bandwidth), n * self.ridge,
                                     ridge=self.ridge)
+        # fitted attributes are set only once the factorisation succeeded: a failed refit
+        # leaves the previous fit whole (it used to switch dtype_ and keep the old coef_)
+        self.dtype_ = self.dtype or (xt.dtype if xt.dtype in (torch.float32, torch.float64)
+                                     else torch.float32)
         self.x_train_ = fx
         self.cholesky_ = chol
         self.coef_ = torch.cholesky_solve(fy[:, None], chol)[:, 0]
