@@ -57,6 +57,19 @@ def test_existing_nonempty_folder_is_refused_then_overwritten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_output_created_during_the_run_names_where_the_files_are(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileExistsError, match="files are kept in") as info:
+        with RunFolder(out) as run:
+            run.write_summary({"x": 1})
+            out.mkdir()
+            (out / "other.txt").write_text("someone else's run")
+    staging = run.staging
+    assert str(staging) in str(info.value)
+    assert json.loads((staging / "summary.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["other.txt"]
+
+
 def test_empty_existing_folder_is_accepted(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

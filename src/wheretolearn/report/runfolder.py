@@ -116,7 +116,12 @@ class RunFolder:
         """Move the staging directory to ``out``; return the final path."""
         if not self._open:
             raise RuntimeError("run folder is not open")
-        self._check_target()
+        try:
+            self._check_target()
+        except FileExistsError as exc:
+            # ``out`` appeared while the run was going: keep the finished run and say where
+            raise FileExistsError(f"{exc}; this run's files are kept in "
+                                  f"{str(self.staging)!r}") from None
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             self.out.rename(old)
