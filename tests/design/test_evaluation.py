@@ -80,6 +80,23 @@ def test_float32_failure_falls_back_to_float64(setup):
     assert used == "float64" and np.isfinite(err)
 
 
+def test_float32_overflowing_predictions_fall_back_to_float64():
+    from wheretolearn.design.metatest import MetaTest
+
+    def huge(x):  # labels near the float32 maximum: k(v, X) a overflows in float32
+        return torch.full((x.shape[0],), 3e38, dtype=x.dtype)
+
+    g = torch.Generator().manual_seed(0)
+    seen, unseen = torch.rand(1, 20, 2, generator=g), torch.rand(1, 30, 2, generator=g)
+    mt = MetaTest([Gaussian(torch.zeros(2), scale_tril=torch.eye(2))], seen,
+                  huge(seen[0])[None], unseen, huge(unseen[0])[None])
+    x = torch.rand(40, 2, generator=g)
+    # used to raise "pred and truth must be finite" from the float32 attempt
+    err, used = fit_and_score(huge, mt, x, bandwidth=1.0, ridge=1e-3, dtype="float32")
+    ref, _ = fit_and_score(huge, mt, x, bandwidth=1.0, ridge=1e-3, dtype="float64")
+    assert used == "float64" and err == ref and np.isfinite(err)
+
+
 def test_bad_arguments(setup):
     problem, mt = setup
     with pytest.raises(ValueError, match="n_values"):
