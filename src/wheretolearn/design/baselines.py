@@ -394,7 +394,7 @@ def make_sources(names: Iterable[str], *, init, final=None, metatest, bandwidth:
     builders = {
         "optimized": lambda: DistributionSource("optimized", _require(final, "final")),
         "normal": lambda: DistributionSource("normal", init.detach()),
-        "barycenter": lambda: DistributionSource("barycenter", _barycenter_of(seen_x, dtype)),
+        "barycenter": lambda: DistributionSource("barycenter", seen_barycenter(seen_x, dtype)),
         "mixture": lambda: DistributionSource("mixture", _mixture_of(seen_x, dtype)),
         "uniform": lambda: DistributionSource("uniform", _unit_box(d, dtype)),
         "ncoreset": lambda: CoresetSource("ncoreset", seen_x.reshape(-1, d), bandwidth=bandwidth),
@@ -411,7 +411,8 @@ def _require(value, name):
     return value.detach()
 
 
-def _barycenter_of(seen_x, dtype):
+def seen_barycenter(seen_x: torch.Tensor, dtype) -> "Gaussian":
+    """W2 barycenter (computed in float64) of the Gaussians fitted to each ``seen_x[j]``."""
     from ..measures import barycenter
 
     return barycenter(empirical_gaussians(seen_x, dtype=torch.float64)).measure.to(dtype=dtype)

@@ -190,12 +190,11 @@ class BilevelStudyConfig(BaseModel):
 
 def _initial_gaussian(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype):
     """``N(init_mean 1, init_std^2 I)`` or the barycenter of the seen meta-test Gaussians."""
-    from ..measures import Gaussian, barycenter
-    from .baselines import empirical_gaussians
+    from ..measures import Gaussian
+    from .baselines import seen_barycenter
 
     if cfg.init == "barycenter":
-        bary = barycenter(empirical_gaussians(metatest.seen_x, dtype=torch.float64)).measure
-        return bary.to(dtype=dtype)
+        return seen_barycenter(metatest.seen_x, dtype)
     d = cfg.dim
     return Gaussian(torch.full((d,), cfg.init_mean, dtype=dtype),
                     scale_tril=cfg.init_std * torch.eye(d, dtype=dtype))
