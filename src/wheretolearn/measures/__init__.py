@@ -1,14 +1,17 @@
 """Probability measures and distances between them (SPEC §2).
 
-Gaussian measures, mixtures, uniform boxes, Gaussian random fields (KLE), empirical
-measures; W2 distances and Wasserstein barycenters.
+Gaussian measures, mixtures, uniform boxes, Gaussian random fields (KLE), log-normal
+fields, the NtD boundary-data measure, empirical measures; W2 distances and
+Wasserstein barycenters.
 """
 
 from .base import Measure
+from .boundary import NtDInputMeasure
 from .distances import BarycenterResult, barycenter, sqrtm_psd, wasserstein2, wasserstein2_squared
 from .empirical import Empirical
 from .fields import FourierBasis1D, GaussianRandomField, KLEBasis, SineBasis1D, SineBasis2D
 from .gaussian import DIAG_CLAMP, Gaussian, clamp_scale_tril
+from .lognormal import LogNormalField
 from .mixture import Mixture
 from .uniform import Uniform
 
@@ -30,4 +33,6 @@ __all__ = [
     "SineBasis1D",
     "SineBasis2D",
     "FourierBasis1D",
+    "LogNormalField",
+    "NtDInputMeasure",
 ]

@@ -13,6 +13,8 @@ from .functions import Friedman1, Friedman2, RKHSFunction, SobolG  # noqa: E402
 from . import heat2d as _heat2d  # noqa: F401,E402
 from . import ntd as _ntd  # noqa: F401,E402
 from . import radiative as _radiative  # noqa: F401,E402
+# the input measures live in wheretolearn.measures; kept importable from here too
+from ..measures import LogNormalField, NtDInputMeasure  # noqa: E402
 
-__all__ = ["Friedman1", "Friedman2", "RKHSFunction", "SobolG",
+__all__ = ["Friedman1", "Friedman2", "RKHSFunction", "SobolG", "LogNormalField", "NtDInputMeasure",
            "Problem", "available_problems", "get_problem", "register_problem"]

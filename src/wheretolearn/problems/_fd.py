@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .._validation import check_positive_int
-from ..measures.base import Measure
 from ..measures.fields import GaussianRandomField, SineBasis2D
+from ..measures.lognormal import LogNormalField  # re-exported: its old home
 
 __all__ = [
     "check_grid_size",
@@ -95,69 +95,6 @@ def nested_dissection(n: int, *, leaf: int = 16) -> np.ndarray:
 
     split(idx)
     return np.concatenate(parts)
-
-
-class LogNormalField(Measure):
-    """``exp(v)`` for a Gaussian random field ``v`` (a log-normal field, e.g. a scattering
-    coefficient or conductivity); wraps :class:`~wheretolearn.measures.GaussianRandomField`.
-
-    Parameters
-    ----------
-    log_field : GaussianRandomField
-        The Gaussian log-field; kept as ``self.log_field`` so closed-form W2 / moments of
-        the log-field stay available.
-    """
-
-    def __init__(self, log_field: GaussianRandomField):
-        if not isinstance(log_field, GaussianRandomField):
-            raise TypeError(f"log_field must be a GaussianRandomField, got {type(log_field).__name__}")
-        self.log_field = log_field
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return self.log_field.event_shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.log_field.dtype
-
-    def sample_coefficients(self, n: int, generator=None) -> torch.Tensor:
-        """Standard normal KLE coefficients of the log-field, shape (n, K)."""
-        return self.log_field.sample_coefficients(n, generator)
-
-    def from_coefficients(self, xi) -> torch.Tensor:
-        """``exp`` of the log-field built from coefficients ``xi`` (n, K) -> (n, *grid)."""
-        return torch.exp(self.log_field.from_coefficients(xi))
-
-    def sample(self, n: int, *, generator: int | torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` positive fields, shape (n, *grid_shape)."""
-        return self.from_coefficients(self.sample_coefficients(n, generator))
-
-    def second_moment(self) -> torch.Tensor:
-        """``E ||exp(v)||_h^2 = sum_x q_x exp(2 m(x) + 2 Var v(x))`` (log-normal moments), in the
-        basis' quadrature norm; ``Var v(x) = sum_k lambda_k phi_k(x)^2``."""
-        f = self.log_field
-        phi = f.basis.functions.to(f.dtype).reshape(f.n_terms, -1)
-        var = (f.eigenvalues[:, None] * phi ** 2).sum(0).reshape(f.event_shape)
-        q = f.basis.quadrature_weights.to(f.dtype)
-        return (q * torch.exp(2.0 * f.mean_field() + 2.0 * var)).sum()
-
-    def with_params(self, **params: Any) -> "LogNormalField":
-        """A copy whose log-field has some of ``alpha, tau, sigma, mean`` replaced."""
-        f = self.log_field
-        current = f.parameters()
-        unknown = sorted(set(params) - set(current))
-        if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r} for LogNormalField; allowed: "
-                             f"{', '.join(sorted(current))}")
-        return LogNormalField(GaussianRandomField(f.basis, dtype=f.dtype, **{**current, **params}))
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable description."""
-        return {"kind": "lognormal", "log_field": self.log_field.to_dict()}
-
-    def __repr__(self) -> str:
-        return f"LogNormalField({self.log_field!r})"
 
 
 def dirichlet_field(n: int, *, alpha: float, tau: float, sigma: float, mean: float = 0.0,
