@@ -1,11 +1,18 @@
 """wheretolearn.models (see the package docstring of :mod:`wheretolearn`)."""
 
+from .deeponet import DeepONet
 from .krr import KernelRidge, gaussian_kernel, kernel_matvec
 from .mlp import MLP
+from .operator_training import TrainConfig, TrainResult, relative_l2_loss, train_operator
 
 __all__: list[str] = [
+    "DeepONet",
     "KernelRidge",
     "MLP",
     "gaussian_kernel",
     "kernel_matvec",
+    "TrainConfig",
+    "TrainResult",
+    "relative_l2_loss",
+    "train_operator",
 ]
