@@ -101,13 +101,18 @@ def test_interrupted_run_continues_without_recomputing(tmp_path, monkeypatch):
         return real(problem, x)
 
     monkeypatch.setattr(gen_module, "_evaluate_chunk", crash_on_third)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match="simulated crash") as err:
         generate_dataset("burgers", 12, out, options=BURGERS, chunk=3, workers=0, progress=False)
-    assert zarr.open_group(str(out), mode="r").attrs["complete"] is False
+    # nothing at ``out``: the finished chunks wait in a hidden staging store, named in a note
+    assert not out.exists()
+    (partial,) = [p for p in tmp_path.iterdir() if p.name.startswith(".i.zarr.partial-")]
+    assert str(partial) in err.value.__notes__[0] and "2 of 4 chunks" in err.value.__notes__[0]
+    assert zarr.open_group(str(partial), mode="r").attrs["complete"] is False
+    assert np.isnan(zarr.open_group(str(partial), mode="r")["outputs"][6:]).all()
     monkeypatch.setattr(gen_module, "_evaluate_chunk", real)
     info = generate_dataset("burgers", 12, out, options=BURGERS, chunk=3, workers=0,
                             progress=False)
-    assert info.computed_chunks == [2, 3]
+    assert info.computed_chunks == [2, 3] and not partial.exists()
     fresh = generate_dataset("burgers", 12, tmp_path / "f.zarr", options=BURGERS, chunk=3,
                              workers=0, progress=False)
     np.testing.assert_array_equal(open_dataset(out)["outputs"], open_dataset(fresh.path)["outputs"])

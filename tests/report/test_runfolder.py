@@ -22,6 +22,8 @@ def test_success_writes_all_files_and_leaves_no_staging(tmp_path):
         run.figure_path("error").write_bytes(b"png")
         assert not out.exists()  # nothing visible until commit
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in out.iterdir()) == [".wheretolearn.json", "config.toml",
+                                                     "figures", "metrics.jsonl", "summary.json"]
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert cfg == {"problem": "sobol-g", "eval_n": [1, 2], "nested": {"a": 1.5}}
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -40,21 +42,33 @@ def test_exception_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_nonempty_folder_is_refused_then_overwritten(tmp_path):
+def test_existing_run_folder_is_refused_then_overwritten_only_after_success(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "old.txt").write_text("keep")
+    with RunFolder(out) as run:
+        run.write_summary({"x": 0})
+    assert (out / ".wheretolearn.json").is_file()          # the project's marker
     with pytest.raises(FileExistsError, match="already exists"):
         RunFolder(out)
     # a failed overwrite keeps the old run
     with pytest.raises(ValueError):
         with RunFolder(out, overwrite=True):
             raise ValueError("fail")
-    assert (out / "old.txt").read_text() == "keep"
+    assert json.loads((out / "summary.json").read_text()) == {"x": 0}
     with RunFolder(out, overwrite=True) as run:
         run.write_summary({"x": 1})
-    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".wheretolearn.json", "summary.json"]
+    assert json.loads((out / "summary.json").read_text()) == {"x": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_overwrite_never_replaces_a_folder_with_user_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not written by wheretolearn"):
+            RunFolder(out, overwrite=overwrite)
+    assert (out / "old.txt").read_text() == "keep"
 
 
 def test_output_created_during_the_run_names_where_the_files_are(tmp_path):

@@ -23,12 +23,15 @@ def fail(message: str, code: int = 2) -> None:
 
 def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user-input errors (ValueError, TypeError, FileNotFoundError, FileExistsError,
-    PermissionError -- e.g. an ``--out`` in a read-only folder -- and pydantic's
-    ValidationError) raised by the library into ``error: ...`` and exit status 2.
+    pydantic's ValidationError) and the environment's refusals (any ``OSError``: a
+    read-only file system, a full disk, a file where a folder is needed) raised by the
+    library into one line ``error: ...`` and exit status 2. Notes added to the exception
+    (``add_note``, e.g. where an interrupted data set waits to be resumed) go on that line.
 
     SIGTERM (``timeout``, ``kill``, a batch scheduler's time limit) is turned into
     ``SystemExit(143)`` while the command runs, so ``with`` blocks unwind: a run folder's
-    hidden staging directory is removed instead of being left behind."""
+    hidden staging directory is removed instead of being left behind, and the command
+    prints ``error: terminated (SIGTERM)`` with how to resume where it can."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,12 +44,35 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(format_validation_error(exc))
         except (ValueError, TypeError, FileNotFoundError, FileExistsError,
                 PermissionError) as exc:
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            fail(_one_line(exc))
+        except OSError as exc:
+            # the environment refused: read-only file system, disk full, a file where a
+            # folder is needed, ... -- say which path and why, nothing half-written
+            fail(_one_line(exc))
+        except KeyboardInterrupt as exc:
+            typer.echo(f"error: interrupted{_notes(exc)}", err=True)
             sys.exit(130)
+        except SystemExit as exc:
+            if exc.code == 128 + signal.SIGTERM:
+                typer.echo(f"error: terminated (SIGTERM){_notes(exc)}", err=True)
+            raise
 
     return wrapper
+
+
+def _notes(exc: BaseException) -> str:
+    notes = getattr(exc, "__notes__", None) or []
+    return "".join(f"; {n}" for n in notes)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of the message, the path an ``OSError`` names, and the notes."""
+    if isinstance(exc, OSError) and exc.strerror:
+        path = f": {exc.filename!s}" if exc.filename else ""
+        text = f"{exc.strerror}{path}"
+    else:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text + _notes(exc)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

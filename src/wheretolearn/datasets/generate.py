@@ -1,13 +1,20 @@
 """Generate ``(input, G*(input))`` data sets to zarr, in parallel with Dask, resumably.
 
-Layout of a store ``DIR.zarr`` (zarr format 3)::
+Layout of a store ``DIR.zarr`` (zarr format 3, opened by ``xarray.open_zarr``: every
+array has named dimensions, ``long_name`` and ``units``, see :mod:`.layout`)::
 
     inputs      (n, *input_shape)    chunked (chunk, ...) along samples
     outputs     (n, *output_shape)   chunked along samples (and split further when one
-                                     sample is large), so every write is chunk-aligned
+                                     sample is large), so every write is chunk-aligned;
+                                     unwritten rows read as NaN (fill value)
     completed   (n_chunks,) bool     True once chunk i's inputs and outputs are written
+    x, y, t, parameter, ...          coordinate variables of the dimensions
     coords/<name>                    the problem's coordinates (grid, times, ...)
-    attrs       problem, options, measure, seed, n, chunk, n_chunks, version, key, complete
+    attrs       problem, options, measure, seed, n, chunk, n_chunks, version, key, complete,
+                created_by = "wheretolearn" (``--overwrite`` replaces only such stores)
+
+A run writes into a hidden staging store next to ``out`` and renames it to ``out`` once
+complete, so ``out`` never holds half a data set written by this version.
 
 Sample ``j`` belongs to chunk ``i = j // chunk``; the inputs of chunk ``i`` are drawn from a
 generator seeded by ``(seed, i)`` (numpy ``SeedSequence``), so the data do not depend on the
@@ -32,7 +39,7 @@ import numpy as np
 
 from .._validation import check_nonnegative_int, check_positive_int
 
-__all__ = ["DatasetInfo", "generate_dataset", "find_or_generate", "open_dataset", "content_key",
+__all__ = ["DamagedStoreError", "DatasetInfo", "check_scheduler", "generate_dataset", "find_or_generate", "open_dataset", "content_key",
            "resolve_measure", "chunk_seed"]
 
 #: Target size of one default data-set chunk (outputs), bytes.
@@ -223,38 +230,150 @@ def _sample_chunk(measure: Any, seed: int, index: int, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- store
-def _open_or_create(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: np.dtype,
-                    coords: dict, overwrite: bool):
+class DamagedStoreError(ValueError):
+    """A data-set store whose records are missing or unreadable (never silently reused)."""
+
+
+def _fill_value(dtype: np.dtype):
+    """NaN for floating arrays: rows not written yet (an interrupted run) read as missing,
+    never as valid zeros."""
+    return np.nan if np.issubdtype(dtype, np.floating) else 0
+
+
+def _staging_path(out: Path, key: str) -> Path:
+    """Hidden store next to ``out`` where a run writes until it is complete; named by the
+    content key so that rerunning the same command resumes it."""
+    return out.parent / f".{out.name}.partial-{key[:16]}"
+
+
+def _check_store(group: Any, attrs: dict, path: Path) -> None:
+    """Raise :class:`DamagedStoreError` unless ``group`` holds readable ``inputs``,
+    ``outputs`` and ``completed`` arrays of the shapes ``attrs`` describes."""
+    n, n_chunks = attrs["n"], attrs["n_chunks"]
+    want = {"inputs": (n, *attrs["input_shape"]), "outputs": (n, *attrs["output_shape"]),
+            "completed": (n_chunks,)}
+    for name, shape in want.items():
+        try:
+            arr = group[name]
+            ok = tuple(arr.shape) == tuple(shape)
+        except Exception:  # noqa: BLE001  (missing or garbage metadata)
+            ok = False
+        if not ok:
+            raise DamagedStoreError(
+                f"data set {str(path)!r} is damaged: its {name!r} array is missing or "
+                f"unreadable; delete it or pass --overwrite to generate it again")
+    for key in ("key", "n", "n_chunks", "chunk"):
+        if key not in group.attrs:
+            raise DamagedStoreError(f"data set {str(path)!r} is damaged: attribute {key!r} "
+                                    "is missing; delete it or pass --overwrite")
+
+
+def _reopen(path: Path, attrs: dict):
+    """The store at ``path`` if it holds this content key (checked for damage), else None."""
     import zarr
 
-    if out.exists():
-        if overwrite:
-            shutil.rmtree(out)
-        else:
-            try:
-                group = zarr.open_group(str(out), mode="r+")
-            except Exception:  # noqa: BLE001  (any unreadable folder: refuse to touch it)
-                raise FileExistsError(f"out {str(out)!r} exists and is not a zarr data set; "
-                                      "choose another path") from None
-            found = group.attrs.get("key")
-            if found != attrs["key"]:
+    try:
+        group = zarr.open_group(str(path), mode="r+")
+        found = group.attrs.get("key")
+    except Exception:  # noqa: BLE001
+        return None
+    if found != attrs["key"]:
+        return None
+    _check_store(group, attrs, path)
+    return group
+
+
+def _create(path: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: np.dtype,
+            problem: Any):
+    """A new empty store at ``path`` (named dimensions, coordinates, units: see
+    :mod:`wheretolearn.datasets.layout`)."""
+    import zarr
+
+    from .layout import dataset_layout
+
+    n, n_chunks = attrs["n"], attrs["n_chunks"]
+    in_shape, out_shape = tuple(attrs["input_shape"]), tuple(attrs["output_shape"])
+    layout = dataset_layout(problem, in_shape, out_shape)
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("inputs", shape=(n, *in_shape), dtype=in_dtype,
+                       fill_value=_fill_value(in_dtype),
+                       chunks=_zarr_chunks(chunk, in_shape, in_dtype.itemsize),
+                       dimension_names=layout.input_dims, attributes=layout.input_attrs)
+    group.create_array("outputs", shape=(n, *out_shape), dtype=out_dtype,
+                       fill_value=_fill_value(out_dtype),
+                       chunks=_zarr_chunks(chunk, out_shape, out_dtype.itemsize),
+                       dimension_names=layout.output_dims, attributes=layout.output_attrs)
+    group.create_array("completed", shape=(n_chunks,), dtype=bool, chunks=(1,),
+                       fill_value=False, dimension_names=("chunk",),
+                       attributes={"long_name": "chunk written completely",
+                                   "description": "sample j belongs to chunk j // chunk"})
+    for name, (dims, values, vattrs) in layout.coords.items():
+        group.create_array(name, data=np.asarray(values), dimension_names=dims,
+                           attributes=vattrs)
+    cgroup = group.require_group("coords")
+    for name, values in problem.coordinates().items():
+        cgroup.create_array(name, data=np.asarray(values))
+    group.attrs.update({**attrs, "created_by": "wheretolearn", "complete": False,
+                        **layout.global_attrs})
+    return group
+
+
+def _open_target(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: np.dtype,
+                 problem: Any, overwrite: bool):
+    """``(group, staging)``: where this run writes.
+
+    An existing store at ``out`` with the same content key is resumed in place
+    (``staging`` None). Otherwise the run writes into the hidden staging store (resumed if
+    an earlier run left one), and ``out`` -- absent, an empty folder, or with
+    ``overwrite`` a data set that wheretolearn wrote -- is replaced only once it is
+    complete. Anything else at ``out`` is refused before any work."""
+    from .._ownership import check_output_location, check_replaceable, owner
+
+    check_output_location(out)
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        kind, foreign = owner(out)
+        if kind == "dataset" and not foreign:
+            group = None if overwrite else _reopen(out, attrs)
+            if group is not None:
+                return group, None
+            if not overwrite:
+                found = _stored_key(out)
                 raise FileExistsError(
                     f"out {str(out)!r} holds a different data set (content key "
-                    f"{str(found)[:12]} != {attrs['key'][:12]}); choose another path or overwrite")
-            return group
-    n, n_chunks = attrs["n"], attrs["n_chunks"]
-    group = zarr.open_group(str(out), mode="w")
-    in_shape, out_shape = tuple(attrs["input_shape"]), tuple(attrs["output_shape"])
-    group.create_array("inputs", shape=(n, *in_shape), dtype=in_dtype, fill_value=0,
-                       chunks=_zarr_chunks(chunk, in_shape, in_dtype.itemsize))
-    group.create_array("outputs", shape=(n, *out_shape), dtype=out_dtype, fill_value=0,
-                       chunks=_zarr_chunks(chunk, out_shape, out_dtype.itemsize))
-    group.create_array("completed", shape=(n_chunks,), dtype=bool, chunks=(1,), fill_value=False)
-    cgroup = group.require_group("coords")
-    for name, values in coords.items():
-        cgroup.create_array(name, data=np.asarray(values))
-    group.attrs.update({**attrs, "complete": False})
-    return group
+                    f"{str(found)[:12]} != {attrs['key'][:12]}); choose another path or "
+                    "pass --overwrite")
+    check_replaceable(out, "dataset", overwrite=overwrite)
+    staging = _staging_path(out, attrs["key"])
+    if staging.exists():
+        try:
+            group = _reopen(staging, attrs)
+        except DamagedStoreError:
+            group = None
+        if group is not None:
+            return group, staging
+        shutil.rmtree(staging)          # our own hidden, key-named leftover: start it again
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _create(staging, attrs, chunk, in_dtype, out_dtype, problem), staging
+
+
+def _stored_key(path: Path) -> Any:
+    from .._ownership import store_attributes
+
+    return store_attributes(path).get("key")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the finished ``staging`` store at ``out``; a replaced store is deleted only
+    after the new one is in place."""
+    import uuid
+
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
 
 
 def open_dataset(path: str | Path) -> dict[str, Any]:
@@ -303,7 +422,15 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     progress : bool
         Show a rich progress bar.
     overwrite : bool
-        Replace an existing store whose content key differs.
+        Replace an existing store whose content key differs -- only a store that
+        wheretolearn wrote, and only once the new one is complete. A folder holding anything
+        else, a foreign zarr store or a plain file is never replaced (``FileExistsError``).
+
+    Notes
+    -----
+    A new store is written into a hidden staging store next to ``out``
+    (``.NAME.partial-<key>``) and renamed to ``out`` when complete. An interrupted run keeps
+    the finished chunks there (missing rows read as NaN) and the same call resumes it.
 
     Returns
     -------
@@ -335,34 +462,81 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
              "n": n, "chunk": chunk, "n_chunks": n_chunks, "key": key, "version": __version__,
              "input_shape": list(in_shape), "output_shape": list(out_shape),
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = Path(out)
-    group = _open_or_create(out, attrs, chunk, in_dtype, out_dtype, prob.coordinates(), overwrite)
+    out = Path(out).expanduser()
+    if scheduler is not None:
+        check_scheduler(scheduler)
+    group, staging = _open_target(out, attrs, chunk, in_dtype, out_dtype, prob, overwrite)
+    where = staging if staging is not None else out
     done = np.asarray(group["completed"][...], dtype=bool)
     todo = [i for i in range(n_chunks) if not done[i]]
+    written = [0]
 
     def write(i: int, inputs: np.ndarray, outputs: np.ndarray) -> None:
         lo, hi = i * chunk, min(n, (i + 1) * chunk)
         group["inputs"][lo:hi] = inputs.astype(in_dtype, copy=False)
         group["outputs"][lo:hi] = np.asarray(outputs).astype(out_dtype, copy=False)
         group["completed"][i] = True          # only after the data: a crash leaves i to redo
+        written[0] += 1
 
     def sample(i: int) -> np.ndarray:
         return _sample_chunk(meas, seed, i, min(n, (i + 1) * chunk) - i * chunk)
 
-    with _progress_bar(progress, n_chunks, n_chunks - len(todo), prob.name) as advance:
-        if todo and (workers == 0 and scheduler is None):
-            for i in todo:
-                x = sample(i)
-                write(i, x, _evaluate_chunk(prob, x))
-                advance()
-        elif todo:
-            _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance)
-    group.attrs["complete"] = True
+    try:
+        with _progress_bar(progress, n_chunks, n_chunks - len(todo), prob.name) as advance:
+            if todo and (workers == 0 and scheduler is None):
+                for i in todo:
+                    x = sample(i)
+                    write(i, x, _evaluate_chunk(prob, x))
+                    advance()
+            elif todo:
+                _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance)
+        group.attrs["complete"] = True
+        if staging is not None:
+            _swap_in(staging, out)
+    except BaseException as exc:
+        _note_leftover(exc, where, staging, n_chunks - len(todo) + written[0], n_chunks)
+        raise
     return DatasetInfo(path=str(out), problem=prob.name, options=prob_options, measure=measure_rec,
                        seed=seed, n=n, chunk=chunk, n_chunks=n_chunks, key=key,
                        computed_chunks=todo, reused_chunks=n_chunks - len(todo),
                        input_shape=in_shape, output_shape=out_shape,
                        seconds=time.perf_counter() - t0)
+
+
+def _note_leftover(exc: BaseException, where: Path, staging: Path | None, done: int,
+                   total: int) -> None:
+    """After a failure: remove a staging store that holds nothing, else say (as a note on
+    ``exc``) where the finished chunks are and how to resume."""
+    if staging is not None and done == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    exc.add_note(f"{done} of {total} chunks are finished and kept in {str(where)!r} (rows not "
+                 "written read as NaN); rerun the same command to resume")
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Raise ``ValueError`` unless ``address`` (``tcp://host:port``) is well formed and a TCP
+    connection to it opens within ``timeout`` seconds (checked before any work)."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"scheduler must be an address like 'tcp://host:8786', got {address!r}")
+    try:
+        _, location = parse_address(address if "://" in address else f"tcp://{address}")
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"scheduler address {address!r} is not of the form 'tcp://host:port' "
+                         f"({exc})") from None
+    if not port:
+        raise ValueError(f"scheduler address {address!r} has no port (e.g. 'tcp://host:8786')")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ValueError(f"scheduler at {address} cannot be reached within {timeout:g} s "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
@@ -382,7 +556,12 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
 
     with ExitStack() as stack:
         if scheduler is not None:
-            client = stack.enter_context(Client(scheduler))
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=30))
+            except (OSError, TimeoutError, MemoryError, ValueError) as exc:
+                # something listens there, but not a Dask scheduler (or it does not answer)
+                raise ValueError(f"no Dask scheduler answers at {scheduler} "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
         else:
             # ":0": the scheduler's HTTP endpoint on a free port (None still tries 8787, which
             # clashes with any other cluster on the machine)

@@ -12,6 +12,8 @@ Layout of a finished run folder::
       metrics.jsonl    one JSON object per line (e.g. one per optimisation step)
       summary.json     final numbers
       figures/*.png    plots
+      .wheretolearn.json  marker: this folder was written by wheretolearn (``--overwrite``
+                       replaces only such folders, see :mod:`wheretolearn._ownership`)
 
 The class is generic: bilevel, AMA and online studies all use it.
 """
@@ -25,6 +27,8 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+
+from .._ownership import check_output_location, check_replaceable, write_marker
 
 __all__ = ["RunFolder", "to_jsonable"]
 
@@ -66,10 +70,12 @@ class RunFolder:
     Parameters
     ----------
     out : str or Path
-        Final folder. It must not exist, or be empty, unless ``overwrite=True`` (then the
-        old folder is replaced, but only once the new run has succeeded).
+        Final folder. It must not exist, or be empty, unless ``overwrite=True`` and it is
+        a run folder that wheretolearn wrote (then it is replaced, but only once the new
+        run has succeeded). A plain file, a data-set store or a folder holding anything
+        wheretolearn did not write is never replaced (``FileExistsError``).
     overwrite : bool
-        Replace an existing non-empty ``out``.
+        Replace an existing run folder written by wheretolearn.
 
     Use as a context manager::
 
@@ -88,19 +94,17 @@ class RunFolder:
             raise TypeError(f"out must be a non-empty path, got {out!r}")
         self.out = Path(out).expanduser().absolute()
         self.overwrite = bool(overwrite)
+        check_output_location(self.out)
         self._check_target()
         self.staging = self.out.parent / f".{self.out.name}.staging-{uuid.uuid4().hex[:8]}"
         self._open = False
         self._committed = False
 
     # ---------------------------------------------------------------- lifecycle
-    def _check_target(self) -> None:
-        if self.out.exists():
-            if not self.out.is_dir():
-                raise FileExistsError(f"output path {str(self.out)!r} exists and is not a folder")
-            if any(self.out.iterdir()) and not self.overwrite:
-                raise FileExistsError(f"output folder {str(self.out)!r} already exists and is "
-                                      "not empty; choose another --out or pass --overwrite")
+    def _check_target(self) -> bool:
+        """Refuse an ``out`` that may not be replaced (see :mod:`wheretolearn._ownership`);
+        ``True`` when an earlier run folder will be replaced on commit."""
+        return check_replaceable(self.out, "run", overwrite=self.overwrite)
 
     def open(self) -> "RunFolder":
         """Create the staging directory (and the parent of ``out`` if needed)."""
@@ -122,6 +126,7 @@ class RunFolder:
             # ``out`` appeared while the run was going: keep the finished run and say where
             raise FileExistsError(f"{exc}; this run's files are kept in "
                                   f"{str(self.staging)!r}") from None
+        write_marker(self.staging, "run", files=[p.name for p in self.staging.iterdir()])
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             self.out.rename(old)
