@@ -1,0 +1,222 @@
+"""Meta-test families for operator learning (paper SM F.3-F.4, SPEC §4): the role of
+:mod:`wheretolearn.design.metatest` for PDE problems.
+
+* NtD: ``K`` measures of boundary data ``sin(omega_j (s - 1/2)) + KLE(alpha = 1.5, tau_j,
+  sigma = tau_j)`` with ``omega_j`` in [-4 pi, 4 pi] and ``tau_j`` in [0, 50].
+* Darcy: ``K`` log-conductivity fields ``m_j + KLE(alpha_j, tau_j, sigma = tau_j^(alpha_j - 1))``
+  with ``m_j`` in [0, 1], ``alpha_j`` in [2, 3], ``tau_j`` in [1, 4].
+
+Each parameter is drawn with density proportional to ``1 - cos(value)`` on its interval
+(paper eq. F.13), by inverse-transform sampling of the closed-form CDF
+``x - sin x``. Every measure gets ``n_seen`` + ``n_unseen`` samples labelled once through
+the batched solver (:class:`~wheretolearn.design.labelling.Labeller`, cached by content).
+An *empirical* family (pools of labelled samples, e.g. Burgers' test pool) is built by
+:func:`empirical_operator_metatest`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .._validation import check_nonnegative_int, check_positive_int, resolve_dtype
+from ..report.metrics import relative_ood_error_squared
+
+__all__ = ["OperatorMetaTest", "one_minus_cos_samples", "ntd_family", "darcy_family",
+           "make_operator_metatest", "empirical_operator_metatest"]
+
+
+def one_minus_cos_samples(n: int, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws from the density ``(1 - cos x) / Z`` on ``[low, high]`` (paper eq. F.13).
+
+    The CDF ``F(x) = (x - sin x) - (low - sin low)`` (normalised) is increasing; it is
+    inverted by bisection to machine precision.
+    """
+    n = check_positive_int(n, "n")
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(f"need finite low < high, got [{low}, {high}]")
+
+    def cdf(x):
+        return (x - np.sin(x)) - (low - math.sin(low))
+
+    total = cdf(high)
+    if total <= 0:
+        raise ValueError(f"1 - cos vanishes on [{low}, {high}]")
+    target = rng.uniform(size=n) * total
+    lo, hi = np.full(n, float(low)), np.full(n, float(high))
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        below = cdf(mid) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class OperatorMetaTest:
+    """A fixed family ``Q_1..Q_K`` with labelled seen / unseen samples.
+
+    Attributes
+    ----------
+    measures : list of Measure
+        The ``Q_j`` (fields with closed-form W2, or :class:`~wheretolearn.measures.Empirical`
+        of the seen samples for an empirical family).
+    seen_x : (K, L, *in); seen_y : (K, L, *out); unseen_x : (K, U, *in); unseen_y : (K, U, *out)
+    params : list of dict
+        Parameters of each ``Q_j`` (for reports).
+    output_weights : out-shaped tensor or None
+        Quadrature weights of the output norm used by :meth:`error`.
+    """
+
+    measures: list
+    seen_x: torch.Tensor
+    seen_y: torch.Tensor
+    unseen_x: torch.Tensor
+    unseen_y: torch.Tensor
+    params: list = field(default_factory=list)
+    output_weights: torch.Tensor | None = None
+
+    @property
+    def n_measures(self) -> int:
+        return int(self.seen_x.shape[0])
+
+    def split(self, split: str = "unseen") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x (K, M, *in), y (K, M, *out))`` of ``split`` in {"seen", "unseen"}."""
+        if split == "seen":
+            return self.seen_x, self.seen_y
+        if split == "unseen":
+            return self.unseen_x, self.unseen_y
+        raise ValueError(f"split must be 'seen' or 'unseen', got {split!r}")
+
+    def predictions(self, predict: Callable[[torch.Tensor], torch.Tensor], *,
+                    split: str = "unseen", batch: int = 512) -> torch.Tensor:
+        """``predict`` on every sample of ``split``, shape (K, M, *out) (no gradient)."""
+        x, _ = self.split(split)
+        k, m = x.shape[:2]
+        flat = x.reshape(k * m, *x.shape[2:])
+        with torch.no_grad():
+            out = torch.cat([predict(flat[i:i + batch]).detach() for i in range(0, k * m, batch)])
+        return out.reshape(k, m, *out.shape[1:])
+
+    def error_squared(self, predict: Callable[[torch.Tensor], torch.Tensor], *,
+                      split: str = "unseen") -> float:
+        """Squared relative OOD error (paper F.19) in the quadrature norm of the outputs."""
+        _, y = self.split(split)
+        pred = self.predictions(predict, split=split).double()
+        truth = y.double()
+        if self.output_weights is not None:
+            root = self.output_weights.double().sqrt()
+            pred, truth = pred * root, truth * root
+        return relative_ood_error_squared(pred, truth)
+
+    def error(self, predict: Callable[[torch.Tensor], torch.Tensor], *,
+              split: str = "unseen") -> float:
+        """Relative root OOD error (SPEC §1) in the quadrature norm of the outputs."""
+        return math.sqrt(self.error_squared(predict, split=split))
+
+
+def ntd_family(n_boundary: int, *, n_measures: int = 20, seed: int = 0, n_modes: int | None = None,
+               dtype: Any = None) -> tuple[list, list[dict]]:
+    """The NtD meta-test measures (SPEC §4): ``omega ~ 1 - cos`` on [-4 pi, 4 pi],
+    ``tau ~ 1 - cos`` on [0, 50], alpha = 1.5, sigma = tau. Returns ``(measures, params)``."""
+    from ..measures import NtDInputMeasure
+
+    k = check_positive_int(n_measures, "n_measures")
+    rng = np.random.default_rng(check_nonnegative_int(seed, "seed"))
+    omegas = one_minus_cos_samples(k, -4 * math.pi, 4 * math.pi, rng)
+    taus = one_minus_cos_samples(k, 0.0, 50.0, rng)
+    measures, params = [], []
+    for om, ta in zip(omegas, taus):
+        measures.append(NtDInputMeasure(float(om), tau=float(ta), alpha=1.5, sigma=float(ta),
+                                        n_boundary=n_boundary, n_modes=n_modes, dtype=dtype))
+        params.append({"omega": float(om), "tau": float(ta), "alpha": 1.5, "sigma": float(ta)})
+    return measures, params
+
+
+def darcy_family(basis: Any, *, n_measures: int = 20, seed: int = 0,
+                 dtype: Any = None) -> tuple[list, list[dict]]:
+    """The Darcy meta-test log-conductivity fields (SPEC §4) on a 2-D sine ``basis``:
+    ``m ~ 1 - cos`` on [0, 1], ``alpha`` on [2, 3], ``tau`` on [1, 4],
+    ``sigma = tau^(alpha - 1)``. Returns ``(measures, params)``."""
+    from ..measures import GaussianRandomField
+
+    k = check_positive_int(n_measures, "n_measures")
+    rng = np.random.default_rng(check_nonnegative_int(seed, "seed"))
+    ms = one_minus_cos_samples(k, 0.0, 1.0, rng)
+    alphas = one_minus_cos_samples(k, 2.0, 3.0, rng)
+    taus = one_minus_cos_samples(k, 1.0, 4.0, rng)
+    measures, params = [], []
+    for m, a, t in zip(ms, alphas, taus):
+        sigma = float(t) ** (float(a) - 1.0)
+        measures.append(GaussianRandomField(basis, alpha=float(a), tau=float(t), sigma=sigma,
+                                            mean=float(m), dtype=dtype))
+        params.append({"mean": float(m), "alpha": float(a), "tau": float(t), "sigma": sigma})
+    return measures, params
+
+
+def make_operator_metatest(labeller: Any, measures: Sequence[Any], *, n_seen: int, n_unseen: int,
+                           seed: int = 0, params: list | None = None,
+                           output_weights: Any = None, dtype: Any = torch.float32,
+                           progress: Callable[[], None] | None = None) -> OperatorMetaTest:
+    """Label ``n_seen + n_unseen`` samples of every measure once (``labeller.label``).
+
+    Measure ``j`` is sampled with seed ``seed * 1000 + j`` (so another family seed gives
+    other samples); the first ``n_seen`` samples are "seen", the rest "unseen".
+    """
+    n_seen = check_positive_int(n_seen, "n_seen")
+    n_unseen = check_positive_int(n_unseen, "n_unseen")
+    dt = resolve_dtype(dtype)
+    xs, ys = [], []
+    for j, q in enumerate(measures):
+        x, y = labeller.label(q, n_seen + n_unseen, check_nonnegative_int(seed, "seed") * 1000 + j)
+        xs.append(x.to(dt))
+        ys.append(y.to(dt))
+        if progress is not None:
+            progress()
+    x, y = torch.stack(xs), torch.stack(ys)
+    w = None if output_weights is None else torch.as_tensor(output_weights)
+    return OperatorMetaTest(list(measures), x[:, :n_seen].contiguous(), y[:, :n_seen].contiguous(),
+                            x[:, n_seen:].contiguous(), y[:, n_seen:].contiguous(),
+                            params=list(params or [{} for _ in measures]), output_weights=w)
+
+
+def empirical_operator_metatest(pools_x: Sequence[Any], pools_y: Sequence[Any], *, n_seen: int,
+                                n_unseen: int, seed: int = 0, input_weights: Any = None,
+                                output_weights: Any = None,
+                                dtype: Any = torch.float32) -> OperatorMetaTest:
+    """A family given by pools of labelled samples (one pool per ``Q_j``).
+
+    From pool ``j`` (``x (M_j, *in)``, ``y (M_j, *out)``, ``M_j >= n_seen + n_unseen``) a
+    seeded random subset is split into seen and unseen samples; ``Q_j`` is the
+    :class:`~wheretolearn.measures.Empirical` measure of its seen inputs (with
+    ``input_weights`` as quadrature, so W2 to it is computed by POT in the same norm).
+    """
+    from ..measures import Empirical
+
+    if len(pools_x) != len(pools_y) or not pools_x:
+        raise ValueError(f"pools_x and pools_y must list the same non-zero number of pools, got "
+                         f"{len(pools_x)} and {len(pools_y)}")
+    n_seen = check_positive_int(n_seen, "n_seen")
+    n_unseen = check_positive_int(n_unseen, "n_unseen")
+    dt = resolve_dtype(dtype)
+    g = torch.Generator().manual_seed(check_nonnegative_int(seed, "seed"))
+    xs, ys, measures = [], [], []
+    for j, (px, py) in enumerate(zip(pools_x, pools_y)):
+        px, py = torch.as_tensor(px).to(dt), torch.as_tensor(py).to(dt)
+        if px.shape[0] != py.shape[0] or px.shape[0] < n_seen + n_unseen:
+            raise ValueError(f"pool {j} must hold n_seen + n_unseen = {n_seen + n_unseen} "
+                             f"labelled samples, got {px.shape[0]} inputs and {py.shape[0]} outputs")
+        idx = torch.randperm(px.shape[0], generator=g)[:n_seen + n_unseen]
+        xs.append(px[idx])
+        ys.append(py[idx])
+        qw = None if input_weights is None else torch.as_tensor(input_weights).to(dt)
+        measures.append(Empirical(px[idx[:n_seen]], quadrature_weights=qw))
+    x, y = torch.stack(xs), torch.stack(ys)
+    w = None if output_weights is None else torch.as_tensor(output_weights)
+    return OperatorMetaTest(measures, x[:, :n_seen].contiguous(), y[:, :n_seen].contiguous(),
+                            x[:, n_seen:].contiguous(), y[:, n_seen:].contiguous(),
+                            params=[{"pool": j, "size": int(torch.as_tensor(p).shape[0])}
+                                    for j, p in enumerate(pools_x)], output_weights=w)
