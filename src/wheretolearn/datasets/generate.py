@@ -101,8 +101,11 @@ def _build_problem(problem: Any, options: dict | None):
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r} for problem {problem!r}; allowed: "
                          f"{', '.join(sorted(allowed))}")
+    from ..problems.plugins import canonical_spec
+
     try:
-        return get_problem(problem, **options)
+        # a relative "file.py:factory" is made absolute: workers import the same file
+        return get_problem(canonical_spec(problem), **options)
     except TypeError as exc:
         raise ValueError(f"bad option for problem {problem!r}: {exc}") from None
 
@@ -570,11 +573,18 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
                 processes=True, silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        from ..problems import problem_spec
+        from ..problems.base import _REGISTRY
+
+        spec = problem_spec(problem)
         try:
+            if spec["name"] not in _REGISTRY:
+                # a user problem (import path, plugin): each worker imports it itself
+                raise TypeError("not a built-in problem")
             pickle.dumps(problem)
             payload = client.scatter(problem, broadcast=True)
         except (pickle.PicklingError, TypeError, AttributeError):
-            payload = (problem.name, json.dumps(options, sort_keys=True))
+            payload = (spec["name"], json.dumps(spec["options"], sort_keys=True, default=str))
         pending = iter(todo)
         inputs: dict[int, np.ndarray] = {}
         index: dict[str, int] = {}

@@ -11,6 +11,7 @@ Melissa's MLP and optimiser); ``OnlineStudyConfig.paper()`` gives the SC'23 size
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,6 +35,10 @@ class StudySection(_Section):
     """
 
     problem: str = "heat2d"
+    options: dict[str, Any] = Field(default_factory=dict)
+    command: list[str] | None = None
+    launcher: list[str] | None = None
+    keep_outputs: bool = False
     n: int = Field(64, ge=2)
     n_steps: int = Field(100, ge=1)
     dt: float = Field(0.01, gt=0)
@@ -43,7 +48,35 @@ class StudySection(_Section):
     max_seconds: float | None = Field(None, gt=0)
 
     def problem_options(self) -> dict[str, Any]:
-        return {"n": self.n, "n_steps": self.n_steps, "dt": self.dt, "side": self.side}
+        """Keyword options of the problem: ``[study.options]`` plus, for ``heat2d``, ``n``,
+        ``n_steps``, ``dt``, ``side``; for a ``command`` (problem ``external``) the command,
+        ``launcher``, ``keep_outputs`` and ``n_steps``; for other problems only those of
+        ``n``, ``n_steps``, ``dt``, ``side`` that the file sets."""
+        if self.command is not None:
+            base = {"command": list(self.command), "n_steps": self.n_steps,
+                    "keep_outputs": self.keep_outputs}
+            if self.launcher:
+                base["launcher"] = list(self.launcher)
+        elif self.problem == "heat2d":
+            base = {"n": self.n, "n_steps": self.n_steps, "dt": self.dt, "side": self.side}
+        else:
+            base = {k: getattr(self, k) for k in ("n", "n_steps", "dt", "side")
+                    if k in self.model_fields_set}
+        return {**base, **self.options}
+
+    @model_validator(mode="after")
+    def _command(self) -> "StudySection":
+        if self.command is None:
+            if self.launcher is not None or self.keep_outputs:
+                raise ValueError("launcher and keep_outputs apply only with a command")
+            return self
+        if not self.command:
+            raise ValueError("command must name a program, got an empty list")
+        if "problem" in self.model_fields_set and self.problem != "external":
+            raise ValueError(f"command runs an external program (problem 'external'), but "
+                             f"problem is {self.problem!r}; remove one of them")
+        self.problem = "external"
+        return self
 
 
 class SamplerSection(_Section):
@@ -198,6 +231,25 @@ class OnlineStudyConfig(_Section):
                              f"got {len(b)}")
         return self
 
+    def problem_spec(self) -> dict[str, Any]:
+        """``{"name", "options"}`` the driver and every worker build the problem from.
+
+        An external command gets ``[sampler] bounds`` as its ``bounds`` (unless its options
+        give them), ``step_timeout`` = 2 x ``simulation_timeout`` (the executor declares the
+        timeout first; this is the backstop) and ``cwd`` = the current folder, so workers
+        started elsewhere run it in the same place."""
+        import os
+
+        from ..problems.plugins import canonical_spec
+
+        options = self.study.problem_options()
+        if self.study.problem == "external":
+            if self.sampler.bounds is not None:
+                options.setdefault("bounds", self.sampler.bounds)
+            options.setdefault("step_timeout", 2 * self.executor.simulation_timeout)
+            options.setdefault("cwd", os.getcwd())
+        return {"name": canonical_spec(self.study.problem), "options": options}
+
     @classmethod
     def paper(cls) -> "OnlineStudyConfig":
         """The SC'23 sizes: 1000 x 1000 grid, 25 000 simulations, reservoir 6000 / 1000."""
@@ -222,7 +274,6 @@ def load_online_config(path: str, **overrides: Any) -> OnlineStudyConfig:
     """Read a TOML file into an :class:`OnlineStudyConfig` (``overrides`` as in
     :meth:`OnlineStudyConfig.with_overrides`)."""
     import tomllib
-    from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
@@ -231,5 +282,22 @@ def load_online_config(path: str, **overrides: Any) -> OnlineStudyConfig:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-    cfg = OnlineStudyConfig.model_validate(data)
+    cfg = _anchor_paths(OnlineStudyConfig.model_validate(data), p.resolve().parent)
     return cfg.with_overrides(**overrides) if overrides else cfg
+
+
+def _anchor_paths(cfg: OnlineStudyConfig, base: Any) -> OnlineStudyConfig:
+    """Relative paths of a config file are relative to its folder: a ``file.py:factory``
+    problem and the folder a ``command`` runs in (``[study.options] cwd``)."""
+    from ..problems.plugins import canonical_spec
+
+    study = cfg.study
+    update: dict[str, Any] = {"problem": canonical_spec(study.problem, base=base)}
+    if study.command is not None:
+        cwd = Path(study.options.get("cwd", "."))
+        update["options"] = {**study.options, "cwd": str((base / cwd).resolve())}
+    data = cfg.model_dump()
+    data["study"].update(update)
+    if study.command is not None and "problem" not in study.model_fields_set:
+        data["study"].pop("problem")
+    return OnlineStudyConfig.model_validate(data)

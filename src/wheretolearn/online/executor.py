@@ -31,6 +31,7 @@ stopped this way: Dask cannot kill a thread, so it keeps its worker thread until
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import struct
@@ -176,24 +177,31 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
     problem = _get_problem(problem_spec)
     kind, fault_step = fault_plan(seed, sim_id, attempt, fail_rate, problem.n_steps)
     sent, group, group_bytes, t_group = 0, [], 0, time.monotonic()
-    for step, field in problem.simulate(np.asarray(params, dtype=np.float64)):
-        if step == fault_step and kind == "crash":
-            raise SimulatedCrash(f"injected crash of simulation {sim_id} attempt {attempt} "
-                                 f"at step {step}")
-        if step == fault_step and kind == "hang":
-            _hang(hang_seconds)
-            return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "hung"}
-        msg = encode_step(sim_id, attempt, step, field)
-        if group and group_bytes + len(msg) > max_message_bytes:
-            queue.put(pack_messages(group))
-            sent += len(group)
-            group, group_bytes, t_group = [], 0, time.monotonic()
-        group.append(msg)
-        group_bytes += len(msg)
-        if time.monotonic() - t_group > flush_seconds:
-            queue.put(pack_messages(group))
-            sent += len(group)
-            group, group_bytes, t_group = [], 0, time.monotonic()
+    from wheretolearn.problems.simulator import simulate_steps
+
+    steps = simulate_steps(problem, np.asarray(params, dtype=np.float64), sim_id=sim_id,
+                           attempt=attempt)
+    # closing(): an external program is killed however this task ends (a raised crash
+    # keeps the frame, and so an unclosed generator, alive in the traceback)
+    with contextlib.closing(steps):
+        for step, field in steps:
+            if step == fault_step and kind == "crash":
+                raise SimulatedCrash(f"injected crash of simulation {sim_id} attempt {attempt} "
+                                     f"at step {step}")
+            if step == fault_step and kind == "hang":
+                _hang(hang_seconds)
+                return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "hung"}
+            msg = encode_step(sim_id, attempt, step, field)
+            if group and group_bytes + len(msg) > max_message_bytes:
+                queue.put(pack_messages(group))
+                sent += len(group)
+                group, group_bytes, t_group = [], 0, time.monotonic()
+            group.append(msg)
+            group_bytes += len(msg)
+            if time.monotonic() - t_group > flush_seconds:
+                queue.put(pack_messages(group))
+                sent += len(group)
+                group, group_bytes, t_group = [], 0, time.monotonic()
     if group:
         queue.put(pack_messages(group))
         sent += len(group)

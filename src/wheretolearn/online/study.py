@@ -133,7 +133,7 @@ class OnlineStudy:
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
         from ..models.mlp import MLP
-        from ..problems import get_problem
+        from ..problems import check_online_contract, get_problem
         from .buffers import make_buffer
         from .samplers import make_sampler
         from .trainer import OnlineTrainer, target_scaling_from_bounds
@@ -142,11 +142,11 @@ class OnlineStudy:
         import torch
 
         torch.set_num_threads(self._torch_threads())
-        self.problem_spec = {"name": cfg.study.problem, "options": cfg.study.problem_options()}
-        self.problem = get_problem(cfg.study.problem, **cfg.study.problem_options())
+        # Workers rebuild the problem from this spec (import path / plugin name + options).
+        self.problem_spec = cfg.problem_spec()
+        self.problem = get_problem(self.problem_spec["name"], **self.problem_spec["options"])
+        bounds = check_online_contract(self.problem, bounds=cfg.sampler.bounds)
         self.n_steps = int(self.problem.n_steps)
-        bounds = (np.asarray(cfg.sampler.bounds, dtype=np.float64) if cfg.sampler.bounds
-                  else np.asarray(self.problem.parameter_bounds, dtype=np.float64))
         if bounds.shape != (self.problem.input_shape[0], 2):
             raise ValueError(f"sampler bounds must have shape ({self.problem.input_shape[0]}, 2),"
                              f" got {bounds.shape}")
@@ -167,8 +167,13 @@ class OnlineStudy:
         torch.manual_seed(seed)  # same seed -> same initial weights
         self.model = MLP(self.x_val.shape[1], n_out, hidden=tuple(cfg.training.hidden))
         t = cfg.training
-        # Temperatures stay within the parameter range (maximum principle): scale to [-1, 1].
-        shift, scale = target_scaling_from_bounds(bounds)
+        if self.problem_spec["name"] == "heat2d":
+            # Temperatures stay within the parameter range (maximum principle): scale to [-1, 1].
+            shift, scale = target_scaling_from_bounds(bounds)
+        else:
+            # Any other simulator: map the held-out fields' range onto [-1, 1].
+            lo, hi = float(self.y_val.min()), float(self.y_val.max())
+            shift, scale = (lo + hi) / 2, max((hi - lo) / 2, 1e-12)
         self.trainer = OnlineTrainer(self.model, lr=t.lr, weight_decay=t.weight_decay,
                                      milestones=tuple(t.milestones), gamma=t.gamma,
                                      y_shift=shift, y_scale=scale)

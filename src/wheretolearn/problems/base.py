@@ -16,7 +16,7 @@ import torch
 
 from .._validation import as_tensor, check_finite
 
-__all__ = ["Problem", "register_problem", "get_problem", "available_problems"]
+__all__ = ["Problem", "register_problem", "get_problem", "available_problems", "problem_spec"]
 
 
 class Problem(ABC):
@@ -97,15 +97,50 @@ def register_problem(name: str) -> Callable[[Callable[..., Problem]], Callable[.
 
 
 def available_problems() -> list[str]:
-    """Names accepted by :func:`get_problem`."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`get_problem`: this package's and those of installed plugins
+    (entry-point group ``wheretolearn.problems``). Import paths ``"module:factory"`` are
+    accepted too."""
+    from .plugins import entry_point_problems
+
+    return sorted(set(_REGISTRY) | set(entry_point_problems()))
 
 
 def get_problem(name: str, **options: Any) -> Problem:
-    """Build the problem registered as ``name`` with keyword ``options``.
+    """Build the problem ``name`` with keyword ``options``.
 
-    Raises ``ValueError`` naming the allowed problems when ``name`` is unknown.
+    ``name`` is a registered name (``"heat2d"``), an import path ``"pkg.mod:factory"`` or
+    ``"path/file.py:factory"``, or the name of an installed plugin (entry-point group
+    ``wheretolearn.problems``); see :mod:`wheretolearn.problems.plugins`. The problem
+    remembers how it was built (:func:`problem_spec`), so workers can rebuild it.
+
+    Raises ``ValueError`` naming the allowed problems when ``name`` is unknown, or the
+    cause when a user problem cannot be imported or its factory returns no ``Problem``.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown problem {name!r}; choose one of {', '.join(available_problems())}")
-    return _REGISTRY[name](**options)
+    from .plugins import is_import_spec, load_entry_point, load_factory
+
+    if not isinstance(name, str):
+        raise TypeError(f"problem must be a name or an import path (str), got "
+                        f"{type(name).__name__}")
+    if name in _REGISTRY:
+        problem = _REGISTRY[name](**options)
+    else:
+        factory = load_factory(name) if is_import_spec(name) else load_entry_point(name)
+        if factory is None:
+            raise ValueError(f"unknown problem {name!r}; choose one of "
+                             f"{', '.join(available_problems())}, or give an import path "
+                             "'package.module:factory'")
+        problem = factory(**options)
+        if not isinstance(problem, Problem):
+            raise ValueError(f"problem {name!r}: the factory returned a "
+                             f"{type(problem).__name__}, not a wheretolearn Problem")
+    problem._spec = {"name": name, "options": dict(options)}
+    return problem
+
+
+def problem_spec(problem: Problem) -> dict[str, Any]:
+    """``{"name", "options"}`` that rebuild ``problem`` with :func:`get_problem`: how it was
+    built when it came from :func:`get_problem`, else its ``name`` and ``options()``."""
+    spec = getattr(problem, "_spec", None)
+    if spec is not None:
+        return {"name": spec["name"], "options": dict(spec["options"])}
+    return {"name": problem.name, "options": problem.options()}
