@@ -116,7 +116,7 @@ def test_bad_bounds_are_rejected_naming_the_problem(bounds, match):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="sampler must be one of"):
-        make_sampler("breed", BOUNDS)
+        make_sampler("ogas", BOUNDS)
     s = make_sampler("lhs", BOUNDS, seed=0)
     with pytest.raises(ValueError, match="k must be"):
         s.ask(-1)

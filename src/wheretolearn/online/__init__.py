@@ -21,6 +21,7 @@ from wheretolearn.online.buffers import (
 from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
 from wheretolearn.online.samplers import (
     SAMPLERS,
+    BreedSampler,
     HaltonSampler,
     LHSSampler,
     ParameterSampler,
@@ -52,6 +53,7 @@ __all__: list[str] = [
     "load_checkpoint",
     "save_checkpoint",
     "SAMPLERS",
+    "BreedSampler",
     "HaltonSampler",
     "LHSSampler",
     "ParameterSampler",

@@ -41,6 +41,7 @@ __all__ = [
     "HaltonSampler",
     "SobolSampler",
     "LHSSampler",
+    "BreedSampler",
     "SAMPLERS",
     "make_sampler",
 ]
@@ -314,10 +315,18 @@ SAMPLERS: dict[str, type[ParameterSampler]] = {
 }
 
 
-def make_sampler(name: str, bounds: Any, *, seed: Any = None, **options: Any) -> ParameterSampler:
-    """Build a sampler by registry name (``"uniform"``, ``"halton"``, ``"sobol"``, ``"lhs"``).
+# Breed (adaptive, SPEC §5) lives in its own module; it subclasses ParameterSampler.
+from .breed import BreedSampler  # noqa: E402
 
-    ``options`` go to the constructor (e.g. ``block_size`` for ``"lhs"``).
+SAMPLERS[BreedSampler.name] = BreedSampler
+
+
+def make_sampler(name: str, bounds: Any, *, seed: Any = None, **options: Any) -> ParameterSampler:
+    """Build a sampler by registry name (``"uniform"``, ``"halton"``, ``"sobol"``, ``"lhs"``,
+    ``"breed"``).
+
+    ``options`` go to the constructor (e.g. ``block_size`` for ``"lhs"``, ``sigma``,
+    ``period``, ... for ``"breed"``); an unknown option raises ``TypeError`` naming it.
     """
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
