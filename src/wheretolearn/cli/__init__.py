@@ -23,6 +23,7 @@ def _root() -> None:
     """Decide where a scientific surrogate should get its training data."""
 
 
+from . import ama as _ama  # noqa: E402,F401  (registers ama)
 from . import bilevel as _bilevel  # noqa: E402,F401  (registers demo, bilevel)
 from . import generate as _generate  # noqa: E402,F401  (registers generate)
 from . import online as _online  # noqa: E402,F401  (registers online)

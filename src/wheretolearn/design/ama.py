@@ -116,6 +116,7 @@ class AMAResult:
     lipschitz_true: LipschitzEstimate
     lipschitz_model: LipschitzEstimate
     learned: Any = None
+    initial_model: Any = None
 
 
 class AMAObjective:
@@ -142,7 +143,7 @@ class AMAObjective:
 
     def g0_model_sq(self) -> torch.Tensor:
         zero = torch.zeros(1, *self.setup.problem.input_shape, dtype=torch.float64)
-        return quadrature_norm_sq(self.model(zero).double(), self.w_out)[0]
+        return quadrature_norm_sq(self.model(zero).double().cpu(), self.w_out)[0]
 
     def __call__(self, theta: Any) -> BoundValue:
         """``J`` at ``theta`` (a float or a scalar tensor that may require grad)."""
@@ -150,7 +151,7 @@ class AMAObjective:
         nu = self.setup.build(theta)
         u = nu.from_coefficients(self.xi)
         truth = self.setup.problem(u)                       # batched solver (adjoint if grad)
-        pred = self.model(u).double()
+        pred = self.model(u).double().cpu()
         part1 = quadrature_norm_sq(truth.double() - pred, self.w_out).mean()
         m2 = nu.second_moment().double()
         w2sq = w2_squared_to_family(nu, self.family).double()
@@ -256,7 +257,7 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
         output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
         safety=cfg.safety, jvp=setup.jvp, generator=seed))
     lip_model = lipschitz_or_fixed(cfg.lipschitz_model, lambda: estimate_lipschitz(
-        lambda u: model(u).double(), samples, input_weights=setup.input_weights.double(),
+        lambda u: model(u).double().cpu(), samples, input_weights=setup.input_weights.double(),
         output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
         safety=cfg.safety, jvp="forward", generator=seed + 1))
     t_lip = time.perf_counter() - t0
@@ -269,6 +270,7 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     if callback:
         callback(record)
     j_prev = record["ama_loss"]
+    initial_model = copy.deepcopy(model)
 
     for k in range(1, cfg.iterations + 1):
         # ---- (b) update nu with the model fixed
@@ -319,7 +321,7 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
         j_prev = record["ama_loss"]
     return AMAResult(history=history, theta=theta, theta0=float(setup.theta0), model=model,
                      lipschitz_true=lip_true, lipschitz_model=lip_model,
-                     learned=setup.build(theta))
+                     learned=setup.build(theta), initial_model=initial_model)
 
 
 def _record(k, theta, bound: BoundValue, j_update, metatest, model, t_label, t_train, t_lip,

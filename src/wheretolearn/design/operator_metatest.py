@@ -98,7 +98,8 @@ class OperatorMetaTest:
         k, m = x.shape[:2]
         flat = x.reshape(k * m, *x.shape[2:])
         with torch.no_grad():
-            out = torch.cat([predict(flat[i:i + batch]).detach() for i in range(0, k * m, batch)])
+            out = torch.cat([predict(flat[i:i + batch]).detach().cpu()
+                             for i in range(0, k * m, batch)])
         return out.reshape(k, m, *out.shape[1:])
 
     def error_squared(self, predict: Callable[[torch.Tensor], torch.Tensor], *,

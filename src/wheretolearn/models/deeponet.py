@@ -132,7 +132,7 @@ class DeepONet(nn.Module):
         x = u.reshape(u.shape[0], -1)
         if x.shape[1] != self.n_in:
             raise ValueError(f"u must hold {self.n_in} values per sample, got shape {tuple(u.shape)}")
-        return self.branch(x.to(self.dtype))
+        return self.branch(x.to(device=self.bias.device, dtype=self.dtype))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``G(u)`` at every stored point: (B, *in) -> (B, *output_shape).

@@ -145,15 +145,16 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     """
     cfg = config or TrainConfig()
     n_steps = cfg.steps if steps is None else check_positive_int(steps, "steps")
-    dtype = next(model.parameters()).dtype
-    xt = as_tensor(x, "x", dtype=dtype)
-    yt = as_tensor(y, "y", dtype=dtype)
+    first = next(model.parameters())
+    dtype, device = first.dtype, first.device
+    xt = as_tensor(x, "x", dtype=dtype).to(device)
+    yt = as_tensor(y, "y", dtype=dtype).to(device)
     if xt.shape[0] != yt.shape[0] or xt.shape[0] < 2:
         raise ValueError(f"x and y must hold the same number (>= 2) of samples, got "
                          f"{xt.shape[0]} and {yt.shape[0]}")
-    w = None if weights is None else as_tensor(weights, "weights", dtype=dtype)
+    w = None if weights is None else as_tensor(weights, "weights", dtype=dtype).to(device)
     g = torch_generator(seed)
-    tr, va = _split(xt.shape[0], cfg.val_fraction, g)
+    tr, va = (i.to(device) for i in _split(xt.shape[0], cfg.val_fraction, g))
     x_tr, y_tr = xt[tr], yt[tr]
     x_va, y_va = (xt[va], yt[va]) if va.numel() else (x_tr, y_tr)
     bs = min(cfg.batch_size, x_tr.shape[0])
@@ -174,7 +175,7 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     for step in range(1, n_steps + 1):
         if pos + bs > order.numel():
             order, pos = torch.randperm(x_tr.shape[0], generator=g), 0
-        idx = order[pos:pos + bs]
+        idx = order[pos:pos + bs].to(device)
         pos += bs
         loss = relative_l2_loss(model(x_tr[idx]), y_tr[idx], w)
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,109 @@
+"""CLI command ``wheretolearn ama``: AMA studies for neural operators (SPEC §4).
+
+Parses, calls :func:`wheretolearn.design.ama_study.run_ama_study` and prints a table.
+Settings merge as: preset of the problem < ``--config`` TOML < flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from ._common import cli_errors, load_toml
+
+
+def _lipschitz(text: Optional[str]) -> Any:
+    if text is None or text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--lipschitz must be 'auto' or a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"--lipschitz must be 'auto' or a number >= 0, got {text!r}")
+    return value
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ns = [str(n) for n in summary["eval_n"]]
+    table = Table(title=(f"AMA {summary['problem']} ({summary['preset']}): unseen relative OOD "
+                         f"error (mean [95% CI] over {summary['repeats']} repeats)"))
+    table.add_column("source")
+    for n in ns:
+        table.add_column(f"N={n}", justify="right")
+    for name, by_n in summary["baselines_ci"].items():
+        table.add_row(name, *[f"{by_n[n]['mean']:.4f} [{by_n[n]['lo']:.4f}, {by_n[n]['hi']:.4f}]"
+                              for n in ns])
+    console = Console(width=max(100, 30 * (len(ns) + 1)))
+    console.print(table)
+    lip = summary["lipschitz"]
+    console.print(f"OOD error per iteration: {', '.join(f'{e:.4f}' for e in summary['ood_error'])}")
+    console.print(f"J / J_0 per iteration: "
+                  f"{', '.join(f'{e:.4f}' for e in summary['relative_ama_loss'])} "
+                  f"(monotone: {summary['ama_loss_monotone']})")
+    console.print(f"L = {lip['true'][0]['value']:.4g}, L' = {lip['model'][0]['value']:.4g} "
+                  f"(repeat 1); learned {summary['learned']['parameter']} = "
+                  f"{summary['learned']['mean']:.4f} (from {summary['learned']['initial']:.4f}); "
+                  f"{summary['seconds']:.1f} s")
+
+
+@app.command("ama")
+@cli_errors
+def ama(
+    out: Path = typer.Option(..., "--out", help="run folder to create"),
+    problem: Optional[str] = typer.Option(None, "--problem", help="ntd | darcy"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="ci | small | paper (default ci)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="independent AMA runs"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="AMA iterations"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    lipschitz: Optional[str] = typer.Option(
+        None, "--lipschitz", help="auto (estimate L and L') or a fixed value for both"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (model training)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers for labelling"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler ADDRESS"),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="local | slurm | pbs | sge (uses the config's [cluster] table)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="labelled data (zarr)"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+) -> None:
+    """Alternating minimisation (paper Alg. 2) of the training distribution of a DeepONet.
+
+    Unset values come from --config, then from the preset of the problem.
+    """
+    from rich.console import Console
+
+    from ..design.ama_study import resolve_ama_config, run_ama_study
+
+    file_cfg: dict[str, Any] = dict(load_toml(config)) if config is not None else {}
+    if problem is None and not file_cfg.get("problem"):
+        raise ValueError("give --problem (ntd | darcy) or a --config file that sets problem")
+    if problem is not None and problem not in ("ntd", "darcy"):
+        raise ValueError(f"--problem must be ntd or darcy, got {problem!r}")
+    if preset is not None and preset not in ("ci", "small", "paper"):
+        raise ValueError(f"--preset must be ci, small or paper, got {preset!r}")
+    cluster_cfg = None
+    if cluster is not None:
+        if cluster not in ("local", "slurm", "pbs", "sge"):
+            raise ValueError(f"--cluster must be local, slurm, pbs or sge, got {cluster!r}")
+        cluster_cfg = {**(file_cfg.get("cluster") or {}), "kind": cluster}
+    if scheduler is not None and cluster is not None:
+        raise ValueError("give either --scheduler or --cluster, not both")
+    flags = {"problem": problem, "preset": preset, "repeats": repeats, "iterations": iterations,
+             "seed": seed, "lipschitz": _lipschitz(lipschitz), "device": device,
+             "workers": workers, "scheduler": scheduler, "cluster": cluster_cfg,
+             "cache_dir": None if cache_dir is None else str(cache_dir),
+             "num_threads": num_threads}
+    cfg = resolve_ama_config(file_cfg, flags)
+    summary = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,
+                            console=Console(stderr=True))
+    _print_summary(summary)
+    typer.echo(f"run folder: {summary['out']}")

@@ -1,0 +1,461 @@
+"""A complete AMA study (paper §5, SM F.3-F.4; SPEC §4): meta-test family -> AMA runs
+(repeats) -> baselines at several N -> figures -> summary, in a run folder::
+
+    out/config.toml        resolved AMAStudyConfig
+    out/metrics.jsonl      one record per AMA iteration and repeat
+    out/evaluation.jsonl   one record per baseline fit (source, N, repeat, error)
+    out/summary.json       per-iteration OOD error / AMA loss (mean, 95 % CI), baselines,
+                           Lipschitz estimates, learned parameters, timings
+    out/model.pt           the final DeepONet of repeat 0 (``DeepONet.load``)
+    out/figures/*.png
+
+Presets: ``ci`` (under a minute), ``small`` (under 10 minutes on 2 cores), ``paper`` (the
+SPEC's sizes). Settings merge as preset < ``--config`` TOML < flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["AMAStudyConfig", "AMA_PRESETS", "resolve_ama_config", "run_ama_study"]
+
+_HIDDEN = {"ci": ([64, 64], [64, 64], 32), "small": ([128, 128], [128, 128], 64),
+           "paper": ([256, 256, 128], [128, 128, 128], 200)}
+
+#: Preset settings per problem (SPEC §4 for ``paper``; scaled down for CPU otherwise).
+AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "ntd": {
+        "ci": {"n": 12, "n_measures": 20, "n_seen": 4, "n_unseen": 8, "n_train": 100,
+               "n_opt": 50, "iterations": 2, "steps": 300, "batch_size": 50, "eval_every": 50,
+               "patience": 0, "retrain_rounds": 1, "retrain_steps": 100,
+               "de": {"popsize": 8, "tol": 1e-8, "maxiter": 15}, "eval_n": [100],
+               "repeats": 2, "lipschitz_samples": 2, "lipschitz_iterations": 15},
+        "small": {"n": 24, "n_measures": 20, "n_seen": 10, "n_unseen": 40, "n_train": 400,
+                  "n_opt": 200, "iterations": 3, "steps": 1500, "batch_size": 100,
+                  "eval_every": 100, "patience": 0, "retrain_rounds": 1, "retrain_steps": 500,
+                  "de": {"popsize": 15, "tol": 1e-10, "maxiter": 40}, "eval_n": [100, 400],
+                  "repeats": 2, "lipschitz_samples": 4, "lipschitz_iterations": 20},
+        "paper": {"n": 128, "n_measures": 20, "n_seen": 100, "n_unseen": 500, "n_train": 1000,
+                  "n_opt": 1000, "iterations": 10, "steps": 5000, "batch_size": 1000,
+                  "eval_every": 100, "patience": 0, "retrain_rounds": 10, "retrain_steps": 1000,
+                  "de": {"popsize": 30, "tol": 1e-12, "maxiter": 1000},
+                  "eval_n": [250, 500, 1000], "repeats": 5, "lipschitz_samples": 8,
+                  "lipschitz_iterations": 30},
+    },
+    "darcy": {
+        "ci": {"n": 12, "n_measures": 20, "n_seen": 3, "n_unseen": 6, "n_train": 60,
+               "n_opt": 16, "iterations": 2, "steps": 300, "batch_size": 30, "eval_every": 50,
+               "patience": 0, "retrain_rounds": 1, "retrain_steps": 100,
+               "adam": {"lr": 0.05, "steps": 10, "rounds": 2}, "eval_n": [60], "repeats": 2,
+               "lipschitz_samples": 2, "lipschitz_iterations": 10},
+        "small": {"n": 24, "n_measures": 20, "n_seen": 5, "n_unseen": 20, "n_train": 200,
+                  "n_opt": 40, "iterations": 3, "steps": 1500, "batch_size": 100,
+                  "eval_every": 100, "patience": 0, "retrain_rounds": 1, "retrain_steps": 500,
+                  "adam": {"lr": 0.02, "steps": 25, "rounds": 2}, "eval_n": [50, 200],
+                  "repeats": 2, "lipschitz_samples": 3, "lipschitz_iterations": 15},
+        "paper": {"n": 64, "n_measures": 20, "n_seen": 50, "n_unseen": 200, "n_train": 200,
+                  "n_opt": 200, "iterations": 10, "steps": 5000, "batch_size": 200,
+                  "eval_every": 100, "patience": 0, "retrain_rounds": 2, "retrain_steps": 1000,
+                  "adam": {"lr": 1e-3, "steps": 500, "rounds": 3}, "eval_n": [50, 100, 200],
+                  "repeats": 13, "lipschitz_samples": 8, "lipschitz_iterations": 30},
+    },
+}
+
+
+class AMAStudyConfig(BaseModel):
+    """Settings of one AMA study (every field may be set in a TOML file or by a flag)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    problem: Literal["ntd", "darcy"] = "ntd"
+    preset: Literal["ci", "small", "paper"] = "ci"
+    n: int = Field(12, description="grid nodes per side including the boundary")
+    n_modes: Optional[int] = Field(None, description="KLE modes (NtD: 1-D; Darcy: per side)")
+    n_measures: int = Field(20, description="K meta-test measures")
+    n_seen: int = 4
+    n_unseen: int = 8
+    family_seed: int = Field(0, description="seed of the meta-test family (fixed across repeats)")
+    n_train: int = Field(100, description="training samples N per AMA iteration")
+    n_opt: int = Field(50, description="fixed samples of nu for part1 of J")
+    iterations: int = 2
+    branch_hidden: Optional[list[int]] = None
+    trunk_hidden: Optional[list[int]] = None
+    width: Optional[int] = Field(None, description="p, the DeepONet feature width")
+    steps: int = 300
+    lr: float = 1e-3
+    decay_steps: int = 1000
+    decay_rate: float = 0.0
+    batch_size: int = 50
+    val_fraction: float = 0.2
+    eval_every: int = 50
+    patience: int = 0
+    retrain_rounds: int = 1
+    retrain_steps: int = 100
+    warm_start: bool = True
+    lipschitz: Union[Literal["auto"], float] = "auto"
+    lipschitz_model: Optional[Union[Literal["auto"], float]] = Field(
+        None, description="L' of the model; default: the same as lipschitz")
+    safety: float = 1.5
+    lipschitz_samples: int = 2
+    lipschitz_iterations: int = 15
+    update: Optional[Literal["de", "adam"]] = None
+    de: dict[str, Any] = Field(default_factory=dict)
+    adam: dict[str, Any] = Field(default_factory=dict)
+    eval_n: list[int] = Field(default_factory=lambda: [100])
+    repeats: int = 2
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    num_threads: Optional[int] = None
+    cache_dir: Optional[str] = Field(None, description="labelled data sets (zarr); default memory")
+    workers: int = Field(0, description="Dask workers for labelling (0: in process)")
+    scheduler: Optional[str] = None
+    cluster: Optional[dict[str, Any]] = Field(
+        None, description="the online engine's [cluster] table; labelling runs there")
+
+    @field_validator("n")
+    @classmethod
+    def _grid(cls, v: int) -> int:
+        if v < 5:
+            raise ValueError("must be >= 5")
+        return v
+
+    @field_validator("n_measures", "n_seen", "n_unseen", "n_train", "n_opt", "steps",
+                     "batch_size", "eval_every", "retrain_steps", "repeats", "decay_steps",
+                     "lipschitz_samples", "lipschitz_iterations")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("iterations", "patience", "retrain_rounds", "seed", "family_seed", "workers")
+    @classmethod
+    def _nonnegative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be a non-negative integer")
+        return v
+
+    @field_validator("lr", "safety")
+    @classmethod
+    def _positive_float(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("must be a finite number > 0")
+        return v
+
+    @field_validator("lipschitz", "lipschitz_model")
+    @classmethod
+    def _lipschitz(cls, v):
+        if isinstance(v, float) and (not math.isfinite(v) or v < 0):
+            raise ValueError("must be 'auto' or a finite number >= 0")
+        return v
+
+    @field_validator("eval_n")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if not v or any(n < 2 for n in v):
+            raise ValueError("must be a non-empty list of sample sizes >= 2")
+        return v
+
+    @field_validator("num_threads")
+    @classmethod
+    def _threads(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v == "cuda" and not torch.cuda.is_available():
+            raise ValueError("cuda was asked for but torch sees no CUDA device")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AMAStudyConfig":
+        if self.update == "de" and self.problem != "ntd":
+            raise ValueError("update 'de' needs a bounded parameter: only the ntd problem has one")
+        return self
+
+
+def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
+    """Merge layers (later wins) on top of the preset of the problem they name."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+    problem = merged.get("problem", "ntd")
+    preset = merged.get("preset", "ci")
+    if problem not in AMA_PRESETS:
+        raise ValueError(f"unknown AMA problem {problem!r}; choose one of "
+                         f"{', '.join(sorted(AMA_PRESETS))}")
+    if preset not in AMA_PRESETS[problem]:
+        raise ValueError(f"unknown preset {preset!r}; choose one of ci, small, paper")
+    base = copy.deepcopy(AMA_PRESETS[problem][preset])
+    base.update(merged)
+    return AMAStudyConfig(**base)
+
+
+# ----------------------------------------------------------------------------- pieces
+def _ama_config(cfg: AMAStudyConfig, setup, repeat: int):
+    from ..models.operator_training import TrainConfig
+    from .ama import AMAConfig
+
+    train = TrainConfig(steps=cfg.steps, lr=cfg.lr, decay_steps=cfg.decay_steps,
+                        decay_rate=cfg.decay_rate, batch_size=cfg.batch_size,
+                        val_fraction=cfg.val_fraction, eval_every=cfg.eval_every,
+                        patience=cfg.patience)
+    lip_model = cfg.lipschitz if cfg.lipschitz_model is None else cfg.lipschitz_model
+    kw: dict[str, Any] = {}
+    if cfg.de:
+        kw["de"] = dict(cfg.de)
+    if cfg.adam:
+        kw["adam"] = dict(cfg.adam)
+    return AMAConfig(n_train=cfg.n_train, iterations=cfg.iterations, n_opt=cfg.n_opt, train=train,
+                     retrain_rounds=cfg.retrain_rounds, retrain_steps=cfg.retrain_steps,
+                     warm_start=cfg.warm_start, lipschitz_true=cfg.lipschitz,
+                     lipschitz_model=lip_model, safety=cfg.safety,
+                     lipschitz_samples=cfg.lipschitz_samples,
+                     lipschitz_iterations=cfg.lipschitz_iterations,
+                     update=cfg.update or setup.update, seed=cfg.seed + repeat, **kw)
+
+
+def _model_factory(cfg: AMAStudyConfig, setup):
+    from ..models import DeepONet
+
+    bh, th, p = _HIDDEN[cfg.preset]
+    bh = cfg.branch_hidden or bh
+    th = cfg.trunk_hidden or th
+    p = cfg.width or p
+    branch = [setup.branch[0], *bh, p]
+    trunk = [setup.trunk[0], *th, p]
+
+    def factory(seed: int):
+        return DeepONet(branch, trunk, setup.points, output_shape=setup.problem.output_shape,
+                        dtype=cfg.dtype, seed=seed).to(cfg.device)
+
+    return factory, {"branch": branch, "trunk": trunk}
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _labelling_backend(cfg: AMAStudyConfig):
+    """``(cache_dir, workers, scheduler)``: in process, on a LocalCluster, at an address,
+    or on the online engine's cluster layer (``[cluster]`` table, e.g. Slurm)."""
+    with contextlib.ExitStack() as stack:
+        dask = cfg.workers > 0 or cfg.scheduler is not None or cfg.cluster is not None
+        cache = cfg.cache_dir
+        if dask and cache is None:
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="wtl-ama-"))
+        scheduler = cfg.scheduler
+        if cfg.cluster is not None and scheduler is None:
+            from ..online.cluster import ClusterConfig, open_cluster
+
+            handle = stack.enter_context(open_cluster(ClusterConfig(**cfg.cluster),
+                                                      n_workers=max(1, cfg.workers)))
+            handle.wait_for_workers(1, timeout=300)
+            scheduler = handle.client.scheduler.address
+        yield cache, (cfg.workers if dask else 0), scheduler
+
+
+class _Bar:
+    def __init__(self, enabled: bool, console=None):
+        self.enabled, self.console, self.bar = enabled, console, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                TimeElapsedColumn(), console=self.console)
+            self.bar.__enter__()
+        return self
+
+    def task(self, description: str, total: int):
+        if self.bar is None:
+            return lambda **kw: None
+        tid = self.bar.add_task(description, total=total, info="")
+
+        def advance(advance: int = 1, info: str = "") -> None:
+            self.bar.update(tid, advance=advance, info=info)
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+# ----------------------------------------------------------------------------- driver
+def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progress: bool = True,
+                  overwrite: bool = False, console=None) -> dict:
+    """Run ``repeats`` AMA runs and the baselines; write the run folder; return the summary.
+
+    The folder appears only when everything succeeded.
+    """
+    from ..report.runfolder import RunFolder
+    from .ama import run_ama
+    from .ama_problems import ama_setup
+    from .labelling import Labeller
+    from .operator_metatest import make_operator_metatest
+
+    cfg = config if isinstance(config, AMAStudyConfig) else AMAStudyConfig(**config)
+    run = RunFolder(out_dir, overwrite=overwrite)
+    t_start = time.perf_counter()
+    setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes)
+    factory, arch = _model_factory(cfg, setup)
+    with _threads(cfg.num_threads), _labelling_backend(cfg) as (cache, workers, scheduler), \
+            run, _Bar(progress, console) as bar:
+        run.write_config_toml(cfg.model_dump())
+        labeller = Labeller(setup.problem, cache_dir=cache, workers=workers, scheduler=scheduler)
+        measures, params = setup.family(cfg.n_measures, cfg.family_seed)
+        adv = bar.task(f"label meta-test {cfg.problem}", len(measures))
+        metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
+                                          n_unseen=cfg.n_unseen, seed=cfg.family_seed,
+                                          params=params, output_weights=setup.output_weights,
+                                          progress=adv)
+        results = []
+        for r in range(cfg.repeats):
+            acfg = _ama_config(cfg, setup, r)
+            adv = bar.task(f"AMA {cfg.problem} repeat {r + 1}/{cfg.repeats}", cfg.iterations + 1)
+
+            def on_iteration(rec: dict, r=r, adv=adv) -> None:
+                run.append_metrics({"repeat": r, **rec})
+                adv(info=f"ood {rec['ood_error']:.4f}  J {rec['ama_loss']:.4g}")
+
+            results.append(run_ama(setup, metatest, acfg, labeller, model_factory=factory,
+                                   callback=on_iteration))
+        evaluation = _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run)
+        summary = _summary(cfg, setup, results, evaluation, arch, metatest, labeller)
+        results[0].model.save(run.file("model.pt"))
+        from ..report.ama_figures import plot_ama_figures
+
+        summary["figures"] = plot_ama_figures(run, summary, setup, metatest, results[0])
+        summary["seconds"] = time.perf_counter() - t_start
+        run.write_summary(summary)
+    summary["out"] = str(run.out)
+    return summary
+
+
+def _sources(cfg, setup, metatest, result):
+    from ..measures import Mixture
+
+    return {"learned": result.learned, "initial": setup.build(float(setup.theta0)),
+            "mixture": Mixture(metatest.measures)}
+
+
+def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run) -> dict:
+    """Fresh models trained on ``N`` samples of each source, every repeat: OOD error."""
+    from ..models.operator_training import train_operator
+
+    names = ("learned", "initial", "mixture")
+    adv = bar.task("baselines", len(names) * len(cfg.eval_n) * cfg.repeats)
+    values: dict[str, dict[int, list[float]]] = {s: {n: [] for n in cfg.eval_n} for s in names}
+    tcfg = _ama_config(cfg, setup, 0).train
+    for r, res in enumerate(results):
+        srcs = _sources(cfg, setup, metatest, res)
+        for n in cfg.eval_n:
+            for i, name in enumerate(names):
+                seed = 50_000 + 97 * r + n
+                x, y = labeller.label(srcs[name], n, seed)
+                model = factory(cfg.seed + 7 * r + 1)
+                t0 = time.perf_counter()
+                train_operator(model, x, y, config=tcfg, weights=setup.output_weights,
+                               seed=seed)
+                model.eval()
+                sq = metatest.error_squared(model)
+                rec = {"source": name, "n": n, "repeat": r, "error": math.sqrt(sq),
+                       "error_squared": sq, "seconds": time.perf_counter() - t0}
+                run.append_metrics(rec, name="evaluation.jsonl")
+                values[name][n].append(rec["error"])
+                adv(info=f"{name} N={n}: {rec['error']:.4f}")
+    return values
+
+
+def _ci(values) -> dict:
+    from ..report.metrics import mean_ci95
+
+    c = mean_ci95(values)
+    return {"mean": c["mean"], "lo": c["lo"], "hi": c["hi"], "n": c["n"],
+            "values": [float(v) for v in values]}
+
+
+def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
+    hist = [res.history for res in results]
+    iters = len(hist[0])
+    per_iter = lambda key: [[h[k][key] for h in hist] for k in range(iters)]  # noqa: E731
+    ood, ood_sq, loss = per_iter("ood_error"), per_iter("ood_error_squared"), per_iter("ama_loss")
+    rel_loss = [[h[k]["ama_loss"] / h[0]["ama_loss"] for h in hist] for k in range(iters)]
+    timing = {key: float(np.mean([rec[key] for h in hist for rec in h[1:]] or [0.0]))
+              for key in ("seconds_label", "seconds_train", "seconds_update")}
+    timing["seconds_lipschitz"] = float(np.mean([h[0]["seconds_lipschitz"] for h in hist]))
+    timing["seconds_initial_train"] = float(np.mean([h[0]["seconds_train"] for h in hist]))
+    monotone = all(h[k + 1]["ama_loss"] <= h[k]["ama_loss"] * (1 + 1e-12)
+                   for h in hist for k in range(iters - 1))
+    return {
+        "problem": cfg.problem,
+        "preset": cfg.preset,
+        "grid": cfg.n,
+        "parameter": setup.parameter,
+        "iterations": cfg.iterations,
+        "n_train": cfg.n_train,
+        "repeats": cfg.repeats,
+        "norm": "quadrature L2 (trapezoid weights of the grid) for errors, m2, W2 and G(0)",
+        "ood_error": [float(np.mean(v)) for v in ood],
+        "ood_error_ci": [_ci(v) for v in ood],
+        "ood_error_squared": [float(np.mean(v)) for v in ood_sq],
+        "ama_loss": [float(np.mean(v)) for v in loss],
+        "relative_ama_loss": [float(np.mean(v)) for v in rel_loss],
+        "relative_ama_loss_ci": [_ci(v) for v in rel_loss],
+        "ama_loss_monotone": monotone,
+        "initial_ood_error": float(np.mean(ood[0])),
+        "final_ood_error": float(np.mean(ood[-1])),
+        "initial_ood_error_squared": float(np.mean(ood_sq[0])),
+        "final_ood_error_squared": float(np.mean(ood_sq[-1])),
+        "eval_n": list(cfg.eval_n),
+        "baselines": {name: {str(n): float(np.mean(v)) for n, v in by_n.items()}
+                      for name, by_n in evaluation.items()},
+        "baselines_ci": {name: {str(n): _ci(v) for n, v in by_n.items()}
+                         for name, by_n in evaluation.items()},
+        "lipschitz": {"true": [res.lipschitz_true.to_dict() for res in results],
+                      "model": [res.lipschitz_model.to_dict() for res in results],
+                      "g0_true_norm": math.sqrt(setup.g0_true_sq())},
+        "learned": {"parameter": setup.parameter,
+                    "initial": float(setup.theta0),
+                    "values": [res.theta for res in results],
+                    "mean": float(np.mean([res.theta for res in results])),
+                    "measures": [res.learned.to_dict() if hasattr(res.learned, "to_dict") else
+                                 repr(res.learned) for res in results]},
+        "metatest": {"n_measures": cfg.n_measures, "n_seen": cfg.n_seen,
+                     "n_unseen": cfg.n_unseen, "family_seed": cfg.family_seed,
+                     "params": metatest.params},
+        "architecture": arch,
+        "timing_per_iteration": timing,
+        "labelled_samples": labeller.n_labelled,
+        "seconds_labelling": labeller.seconds,
+        "history": hist,
+    }

@@ -1,0 +1,115 @@
+"""Figures of an AMA study (see :func:`wheretolearn.design.ama_study.run_ama_study`).
+
+* ``ama_history.png``: relative root OOD error and relative AMA loss against iteration
+  (mean and 95 % interval over repeats);
+* ``error_vs_n.png``: OOD error against N for the learned, initial and mixture sources;
+* ``predictions.png``: one unseen sample, the models after iteration 0 and after the last
+  iteration, and their pointwise errors;
+* ``learned_vs_family.png``: the learned parameter against the meta-test parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .figures import _pyplot, _save
+
+__all__ = ["plot_ama_figures"]
+
+
+def _band(ax, x, cis, label, color):
+    mean = np.array([c["mean"] for c in cis])
+    lo = np.array([c["lo"] for c in cis])
+    hi = np.array([c["hi"] for c in cis])
+    ax.plot(x, mean, "o-", color=color, label=label)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.2)
+
+
+def _history(run, summary: dict) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    it = np.arange(len(summary["ood_error"]))
+    _band(axes[0], it, summary["ood_error_ci"], "relative OOD error", "C1")
+    axes[0].set_ylabel("relative root OOD error (unseen)")
+    _band(axes[1], it, summary["relative_ama_loss_ci"], "J / J_0", "C0")
+    axes[1].set_ylabel("relative AMA loss J / J_0")
+    for ax in axes:
+        ax.set_xlabel("AMA iteration")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{summary['problem']} ({summary['preset']}): mean and 95 % interval over "
+                 f"{summary['repeats']} repeats")
+    return _save(fig, run.figure_path("ama_history")).name
+
+
+def _error_vs_n(run, summary: dict) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ns = summary["eval_n"]
+    for i, (name, by_n) in enumerate(summary["baselines_ci"].items()):
+        _band(ax, ns, [by_n[str(n)] for n in ns], name, f"C{i}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples N")
+    ax.set_ylabel("relative root OOD error (unseen)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, run.figure_path("error_vs_n")).name
+
+
+def _predictions(run, setup, metatest, result) -> str:
+    plt = _pyplot()
+    x = metatest.unseen_x[0, :1]
+    truth = metatest.unseen_y[0, 0].double().numpy()
+    with torch.no_grad():
+        preds = {"iteration 0": result.initial_model(x)[0].double().cpu().numpy(),
+                 "final": result.model(x)[0].double().cpu().numpy()}
+    if truth.ndim == 1:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        s = np.arange(truth.size)
+        axes[0].plot(s, truth, "k-", label="truth")
+        for name, p in preds.items():
+            axes[0].plot(s, p, "--", label=name)
+            axes[1].plot(s, np.abs(p - truth), label=name)
+        axes[0].set_title("unseen sample of Q_1")
+        axes[1].set_title("pointwise |error|")
+        for ax in axes:
+            ax.set_xlabel("boundary node (clockwise)")
+            ax.legend()
+    else:
+        fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
+        panels = [("truth", truth)] + [(n, p) for n, p in preds.items()] + \
+            [(f"|error| {n}", np.abs(p - truth)) for n, p in preds.items()]
+        for ax, (name, img) in zip(axes, panels):
+            im = ax.imshow(img.T, origin="lower", extent=(0, 1, 0, 1))
+            ax.set_title(name)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    return _save(fig, run.figure_path("predictions")).name
+
+
+def _learned_vs_family(run, summary: dict) -> str:
+    plt = _pyplot()
+    params = summary["metatest"]["params"]
+    par = summary["learned"]["parameter"]
+    other = "tau" if par == "omega" else "alpha"
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter([p[par] for p in params], [p[other] for p in params], color="C7",
+               label="meta-test Q_j")
+    ax.axvline(summary["learned"]["initial"], color="C1", ls="--", label=f"initial {par}")
+    for i, v in enumerate(summary["learned"]["values"]):
+        ax.axvline(v, color="C0", lw=1.5, label=f"learned {par}" if i == 0 else None)
+    ax.set_xlabel(par)
+    ax.set_ylabel(other)
+    ax.legend(fontsize=8)
+    ax.set_title("learned training distribution against the family")
+    return _save(fig, run.figure_path("learned_vs_family")).name
+
+
+def plot_ama_figures(run: Any, summary: dict, setup: Any, metatest: Any, result: Any) -> list[str]:
+    """Draw the four figures into ``run`` (a RunFolder); return their file names."""
+    run.figure_path("x").parent.mkdir(parents=True, exist_ok=True)
+    return [f"figures/{name}" for name in (
+        _history(run, summary), _error_vs_n(run, summary),
+        _predictions(run, setup, metatest, result), _learned_vs_family(run, summary))]
