@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,9 +49,10 @@ class StudySection(_Section):
 
     def problem_options(self) -> dict[str, Any]:
         """Keyword options of the problem: ``[study.options]`` plus, for ``heat2d``, ``n``,
-        ``n_steps``, ``dt``, ``side``; for a ``command`` (problem ``external``) the command,
-        ``launcher``, ``keep_outputs`` and ``n_steps``; for other problems only those of
-        ``n``, ``n_steps``, ``dt``, ``side`` that the file sets."""
+        ``n_steps``, ``dt``, ``side``, and for a ``command`` (problem ``external``) the command,
+        ``launcher``, ``keep_outputs`` and ``n_steps``. Any other problem gets
+        ``[study.options]`` only (``n``, ``n_steps``, ``dt``, ``side`` are heat2d's)."""
+        base: dict[str, Any] = {}
         if self.command is not None:
             base = {"command": list(self.command), "n_steps": self.n_steps,
                     "keep_outputs": self.keep_outputs}
@@ -59,9 +60,6 @@ class StudySection(_Section):
                 base["launcher"] = list(self.launcher)
         elif self.problem == "heat2d":
             base = {"n": self.n, "n_steps": self.n_steps, "dt": self.dt, "side": self.side}
-        else:
-            base = {k: getattr(self, k) for k in ("n", "n_steps", "dt", "side")
-                    if k in self.model_fields_set}
         return {**base, **self.options}
 
     @model_validator(mode="after")
@@ -80,12 +78,71 @@ class StudySection(_Section):
 
 
 class SamplerSection(_Section):
-    """``[sampler]``: name (``uniform``, ``halton``, ``sobol``, ``lhs``), seed (default: study
-    seed + 1) and optional ``bounds`` (d, 2) overriding the problem's parameter bounds."""
+    """``[sampler]``: name (``uniform``, ``halton``, ``sobol``, ``lhs``, ``breed``), seed
+    (default: study seed + 1) and optional ``bounds`` (d, 2) overriding the problem's parameter
+    bounds.
+
+    Breed options (only with ``name = "breed"``; see :mod:`wheretolearn.online.breed`):
+    ``base`` sampler of the non-bred share, ``sigma`` (relative to the range), ``shrink``,
+    ``max_tries``, ``period`` (batches), ``min_finished``, ``r_start``, ``r_end``,
+    ``r_break``, ``window`` (simulations), ``min_steps``, ``queue_size``, ``trigger``
+    (``period`` | ``ess``), ``ess_threshold``, ``min_period``, ``fitness_loss`` (``mse`` |
+    ``nrmse``: the per-sample loss whose deviations make the fitness) and ``weighted``
+    (weight the training loss by the importance weights, unbiased for the uniform target).
+    Unset sizes follow OGAS's rules from the buffer (SPEC §5): ``window`` = capacity in
+    simulations, ``period`` = 3 x window, ``min_finished`` = 2 x watermark in simulations,
+    ``min_steps`` = 0.33 x steps per simulation.
+    """
 
     name: str = "uniform"
     seed: int | None = None
     bounds: list[list[float]] | None = None
+    base: Literal["uniform", "halton", "sobol", "lhs"] = "uniform"
+    sigma: float = Field(0.1, gt=0, le=1)
+    shrink: float = Field(0.3, gt=0, lt=1)
+    max_tries: int = Field(10, ge=1)
+    period: int | None = Field(None, ge=1)
+    min_finished: int | None = Field(None, ge=0)
+    r_start: float = Field(0.5, ge=0, le=1)
+    r_end: float = Field(0.7, ge=0, le=1)
+    r_break: int = Field(3, ge=0)
+    window: int | None = Field(None, ge=1)
+    min_steps: int | None = Field(None, ge=1)
+    queue_size: int = Field(10, ge=1)
+    trigger: Literal["period", "ess"] = "period"
+    ess_threshold: float = Field(0.5, gt=0, le=1)
+    min_period: int = Field(20, ge=1)
+    fitness_loss: Literal["mse", "nrmse"] = "mse"
+    weighted: bool = False
+
+    #: Keys that only Breed reads.
+    BREED_KEYS: ClassVar[tuple[str, ...]] = (
+        "base", "sigma", "shrink", "max_tries", "period", "min_finished", "r_start", "r_end",
+        "r_break", "window", "min_steps", "queue_size", "trigger", "ess_threshold",
+        "min_period", "fitness_loss", "weighted")
+
+    @model_validator(mode="after")
+    def _breed_only(self) -> "SamplerSection":
+        if self.name != "breed":
+            for key in self.BREED_KEYS:
+                value, default = getattr(self, key), type(self).model_fields[key].default
+                if value != default:
+                    raise ValueError(f"sampler option {key} = {value!r} applies only to "
+                                     f"name = 'breed' (this sampler is {self.name!r})")
+        return self
+
+    def options(self, *, n_steps: int, capacity: int, watermark: int) -> dict[str, Any]:
+        """Keyword options for ``make_sampler`` (Breed's unset sizes derived as documented)."""
+        if self.name != "breed":
+            return {}
+        window = self.window or max(2, capacity // n_steps)
+        opts = {key: getattr(self, key) for key in self.BREED_KEYS
+                if key not in ("fitness_loss", "weighted")}
+        opts.update(window=window, period=self.period or 3 * window,
+                    min_finished=(self.min_finished if self.min_finished is not None
+                                  else 2 * math.ceil(watermark / n_steps)),
+                    min_steps=self.min_steps or max(1, math.ceil(0.33 * n_steps)))
+        return opts
 
     @field_validator("name")
     @classmethod
@@ -246,6 +303,12 @@ class OnlineStudyConfig(_Section):
         if self.study.problem == "external":
             if self.sampler.bounds is not None:
                 options.setdefault("bounds", self.sampler.bounds)
+            if "bounds" not in options:
+                raise ValueError("a command needs parameter bounds: set [sampler] bounds = "
+                                 "[[low, high], ...] (one row per {p0}, {p1}, ...)")
+            if "field_shape" not in options:
+                raise ValueError("a command needs the shape of one step's field: set "
+                                 "[study.options] field_shape = [n, ...]")
             options.setdefault("step_timeout", 2 * self.executor.simulation_timeout)
             options.setdefault("cwd", os.getcwd())
         return {"name": canonical_spec(self.study.problem), "options": options}

@@ -74,6 +74,7 @@ class SimulationRecord:
     lineage: int = -1
     replaces: int | None = None
     replaced_by: int | None = None
+    weight: float | None = None     # importance weight from an adaptive sampler (Breed)
 
     def __post_init__(self) -> None:
         if not self.received:
@@ -105,7 +106,7 @@ class SimulationRecord:
                 "state": self.state, "attempts": [asdict(a) for a in self.attempts],
                 "steps_received": self.steps_received, "received": self.received.hex(),
                 "lineage": self.lineage, "replaces": self.replaces,
-                "replaced_by": self.replaced_by}
+                "replaced_by": self.replaced_by, "weight": self.weight}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SimulationRecord":
@@ -113,7 +114,8 @@ class SimulationRecord:
                    n_steps=int(d["n_steps"]), state=d["state"],
                    attempts=[Attempt(**a) for a in d["attempts"]],
                    received=bytearray.fromhex(d["received"]), lineage=int(d["lineage"]),
-                   replaces=d.get("replaces"), replaced_by=d.get("replaced_by"))
+                   replaces=d.get("replaces"), replaced_by=d.get("replaced_by"),
+                   weight=None if d.get("weight") is None else float(d["weight"]))
 
 
 class SimulationLedger:
@@ -211,6 +213,15 @@ class SimulationLedger:
         """Number of distinct lineages (simulations requested from the sampler as new)."""
         with self._lock:
             return sum(r.replaces is None for r in self._records.values())
+
+    def set_weights(self, sim_ids: Iterable[int], weights: Iterable[float]) -> None:
+        """Record importance weights (Breed's AMIS weights) of simulations; unknown ids are
+        ignored."""
+        with self._lock:
+            for sim_id, w in zip(sim_ids, weights):
+                rec = self._records.get(int(sim_id))
+                if rec is not None:
+                    rec.weight = float(w)
 
     # ------------------------------------------------------------ attempts
     def start_attempt(self, sim_id: int, *, worker: str | None = None) -> int:

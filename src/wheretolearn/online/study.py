@@ -18,6 +18,10 @@ Run folder (created after the configuration validated, kept while the study runs
     ledger.json      every simulation, attempt and received step (written with checkpoints)
     summary.json     final numbers (see :func:`OnlineStudy.summary`)
     figures/online_training.png   training loss and validation error vs batch
+    sampler.json     Breed only: every draw (params, generation, bred, fitness, importance
+                     weight) and every proposal (generation, batch, R, ESS)
+    figures/breed_*.png   Breed only: sampled parameters per generation vs uniform, fitness
+                     vs parameters, R and ESS over batches (see :mod:`.breed_report`)
 
 Consistency of a checkpoint: the snapshot of buffer, ledger and sampler is taken under the
 executor's receive lock and the sampler lock (a step is in both buffer and ledger or in
@@ -153,7 +157,9 @@ class OnlineStudy:
         self.bounds = bounds
         seed = cfg.study.seed
         self.sampler = make_sampler(cfg.sampler.name, bounds, seed=(
-            cfg.sampler.seed if cfg.sampler.seed is not None else seed + 1))
+            cfg.sampler.seed if cfg.sampler.seed is not None else seed + 1),
+            **cfg.sampler.options(n_steps=self.n_steps, capacity=cfg.buffer.capacity,
+                                  watermark=cfg.buffer.watermark))
         self.buffer = make_buffer(cfg.buffer.kind, cfg.buffer.capacity,
                                   watermark=cfg.buffer.watermark, seed=seed + 2,
                                   **cfg.buffer.options())
@@ -250,6 +256,8 @@ class OnlineStudy:
         # a sampler that drew for a simulation its ledger lacks would skip that draw on resume.
         with self.sampler_lock, lock:
             buffer_state = self.buffer.state_dict()
+            if hasattr(self.sampler, "importance_weights"):
+                self.ledger.set_weights(*self.sampler.importance_weights())
             ledger_state = self.ledger.state_dict()
             duplicated = self.counters["samples_duplicated"]
             sampler_state = self.sampler.state_dict()
@@ -377,15 +385,25 @@ class OnlineStudy:
             if not batch:
                 continue
             started = True
-            out = trainer.train_batch(batch)
+            out = trainer.train_batch(batch, weights=self._loss_weights(batch))
             if getattr(self.sampler, "adaptive", False):
+                key = ("per_sample_nrmse" if cfg.sampler.fitness_loss == "nrmse"
+                       else "per_sample_loss")
                 with self.sampler_lock:
-                    self.sampler.tell(out["sim_ids"], out["steps"], out["per_sample_loss"])
+                    self.sampler.tell(out["sim_ids"], out["steps"], out[key])
             self.counters["train_seconds"] += time.monotonic() - t1
             self.counters["samples_trained"] += len(batch)
             losses.append(float(out["loss"]))
             self.counters["last_loss"] = losses[-1]
             self._after_batch(executor, losses)
+
+    def _loss_weights(self, batch: list) -> np.ndarray | None:
+        """Importance weights (B,) of the batch's simulations with ``[sampler] weighted``
+        (Breed: unbiased training for the uniform target), else None."""
+        if not (self.config.sampler.weighted and hasattr(self.sampler, "weights_for")):
+            return None
+        with self.sampler_lock:
+            return self.sampler.weights_for([s.sim_id for s in batch])
 
     def _after_batch(self, executor: Any, losses: list[float]) -> None:
         cfg = self.config
@@ -402,6 +420,9 @@ class OnlineStudy:
                    "simulations_failed": c["failed"], "seconds": round(self._elapsed(), 3)}
             if val is not None:
                 rec.update({f"val_{k}": float(v) for k, v in val.items()})
+            if hasattr(self.sampler, "metrics"):
+                with self.sampler_lock:
+                    rec.update(self.sampler.metrics())
             self._append_metrics(rec)
             losses.clear()
         if b % cfg.checkpoint.every_batches == 0:
@@ -421,6 +442,12 @@ class OnlineStudy:
         tmp.write_text(json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, self.run_dir / "summary.json")
         self._figure()
+        if hasattr(self.sampler, "diagnostics"):
+            from .breed_report import write_breed_report
+
+            with self.sampler_lock:
+                diagnostics = self.sampler.diagnostics()
+            write_breed_report(diagnostics, self._history, self.run_dir)
         return summary
 
     def summary(self, val: dict) -> dict:

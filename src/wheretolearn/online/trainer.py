@@ -13,7 +13,9 @@ temperature stays between the smallest and largest initial / wall value), so
 
 Per-sample losses ``mean_o (z_hat - z)^2`` of every batch are returned for the sampler's
 ``tell`` (Breed uses their deviation from the batch mean, which does not depend on the
-scaling's unit).
+scaling's unit), together with the per-sample nRMSE ``||y_hat - y|| / ||y||`` in physical
+units (OGAS's fitness loss). Optional per-sample weights ``w`` (e.g. Breed's importance
+weights of each sample's simulation) make the batch loss ``mean_i w_i l_i``.
 
 Validation: per-sample relative L2 errors ``||y_hat - y|| / ||y||`` in physical units over the
 held-out set, summarised by mean, median, P95, P99 and max (SPEC §1), plus the normalised MSE
@@ -224,19 +226,27 @@ class OnlineTrainer:
         return t.to(self.device, self.dtype).reshape(t.shape[0], -1)
 
     # -- training -------------------------------------------------------------------------
-    def train_batch(self, batch: Sequence[Sample]) -> dict:
+    def train_batch(self, batch: Sequence[Sample], *, weights: Any = None) -> dict:
         """One Adam step on a buffer batch.
+
+        Parameters
+        ----------
+        batch : list of B samples
+        weights : (B,) non-negative floats, optional
+            Per-sample loss weights: the step minimises ``mean_i w_i l_i`` (default all 1).
 
         Returns
         -------
-        dict with ``loss`` (float, batch MSE on normalised targets), ``per_sample_loss``
-        ``(B,)`` float64, ``sim_ids`` and ``steps`` ``(B,)`` int64, ``lr`` used, ``batch``
-        (1-based index of this batch).
+        dict with ``loss`` (float, batch MSE on normalised targets, weighted when ``weights``
+        are given), ``per_sample_loss`` ``(B,)`` float64 (unweighted), ``per_sample_nrmse``
+        ``(B,)`` float64 (``||y_hat - y|| / ||y||``), ``sim_ids`` and ``steps`` ``(B,)`` int64,
+        ``lr`` used, ``batch`` (1-based index of this batch).
         """
         x, y, sim_ids, steps = collate_samples(batch)
-        return self.train_arrays(x, y, sim_ids=sim_ids, steps=steps)
+        return self.train_arrays(x, y, sim_ids=sim_ids, steps=steps, weights=weights)
 
-    def train_arrays(self, x: Any, y: Any, *, sim_ids: Any = None, steps: Any = None) -> dict:
+    def train_arrays(self, x: Any, y: Any, *, sim_ids: Any = None, steps: Any = None,
+                     weights: Any = None) -> dict:
         """As :meth:`train_batch` for arrays ``x (B, F)`` and ``y (B, O)`` (or ``(B, n, n)``)."""
         t0 = time.perf_counter()
         xt, yt = self._tensor(x, "x"), self._tensor(y, "y")
@@ -247,11 +257,19 @@ class OnlineTrainer:
         for name, ids in (("sim_ids", sim_ids), ("steps", steps)):
             if ids is not None and np.shape(ids) != (b,):
                 raise ValueError(f"{name} must have shape ({b},), got {np.shape(ids)}")
+        w = None
+        if weights is not None:
+            w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+            if tuple(w.shape) != (b,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+                raise ValueError(f"weights must be {b} finite numbers >= 0 (one per sample), "
+                                 f"got shape {tuple(w.shape)}")
+            w = w.to(self.device, self.dtype)
         self.model.train()
         lr = self.lr
         pred = self.model(xt)
-        per_sample = self.loss_fn(pred, self._normalise(yt)).mean(dim=1)
-        loss = per_sample.mean()
+        zt = self._normalise(yt)
+        per_sample = self.loss_fn(pred, zt).mean(dim=1)
+        loss = per_sample.mean() if w is None else (per_sample * w).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -259,8 +277,12 @@ class OnlineTrainer:
         self.batches_seen += 1
         self.samples_seen += b
         self.train_seconds += time.perf_counter() - t0
+        with torch.no_grad():
+            nrmse = (((pred - zt) * self._y_scale).double().norm(dim=1)
+                     / yt.double().norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny))
         return {"loss": float(loss.detach()),
                 "per_sample_loss": per_sample.detach().cpu().double().numpy(),
+                "per_sample_nrmse": nrmse.cpu().numpy(),
                 "sim_ids": (np.full(b, -1, np.int64) if sim_ids is None
                             else np.asarray(sim_ids, dtype=np.int64).copy()),
                 "steps": (np.full(b, -1, np.int64) if steps is None

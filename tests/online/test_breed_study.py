@@ -1,0 +1,104 @@
+"""Breed inside the online engine: config options, weighted training, a real study where
+``tell`` reaches the sampler, and a resume that restores the sampler exactly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from wheretolearn.models.mlp import MLP
+from wheretolearn.online.config import OnlineStudyConfig
+from wheretolearn.online.ledger import SimulationLedger
+from wheretolearn.online.study import OnlineStudy, run_online_study
+from wheretolearn.online.trainer import OnlineTrainer
+from wheretolearn.report.runfolder import to_jsonable
+
+
+def tiny_breed(**sampler):
+    return OnlineStudyConfig.model_validate({
+        "study": {"n": 12, "n_steps": 8, "n_simulations": 10, "seed": 1},
+        "sampler": {"name": "breed", "period": 15, **sampler},
+        "buffer": {"capacity": 40, "watermark": 16},
+        "training": {"hidden": [32, 32], "torch_threads": 1, "min_batches": 120},
+        "executor": {"workers": 2, "simulation_timeout": 10.0},
+        "validation": {"n_val": 2, "every_batches": 20},
+        "checkpoint": {"every_batches": 50}})
+
+
+def test_sampler_options_are_validated_and_derived_from_the_buffer():
+    cfg = OnlineStudyConfig().with_overrides(**{"sampler.name": "breed"})
+    opts = cfg.sampler.options(n_steps=100, capacity=2500, watermark=500)
+    # OGAS's rules: window = capacity in simulations, period = 3 windows, ...
+    assert (opts["window"], opts["period"], opts["min_finished"], opts["min_steps"]) == (
+        25, 75, 10, 33)
+    assert OnlineStudyConfig().sampler.options(n_steps=100, capacity=2500, watermark=500) == {}
+    with pytest.raises(ValidationError, match="applies only to name = 'breed'"):
+        OnlineStudyConfig.model_validate({"sampler": {"name": "uniform", "sigma": 0.2}})
+    with pytest.raises(ValidationError, match="sigma"):
+        OnlineStudyConfig.model_validate({"sampler": {"name": "breed", "sigma": 0.0}})
+    with pytest.raises(ValidationError, match="trigger"):
+        OnlineStudyConfig.model_validate({"sampler": {"name": "breed", "trigger": "often"}})
+    with pytest.raises(ValidationError, match="fitness_loss"):
+        OnlineStudyConfig.model_validate({"sampler": {"name": "breed", "fitness_loss": "l1"}})
+
+
+def _trainer(seed=0):
+    torch.manual_seed(seed)
+    return OnlineTrainer(MLP(3, 4, hidden=(8,)), y_shift=300.0, y_scale=200.0, fused=False)
+
+
+def test_weighted_batch_loss_and_nrmse():
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 3)).astype(np.float32)
+    y = (100 + 400 * rng.random((5, 4))).astype(np.float32)
+    w = np.array([2.0, 0.0, 1.0, 0.5, 1.5])
+    t = _trainer()
+    pred = t.predict(x)
+    out = t.train_arrays(x, y, weights=w)
+    per = out["per_sample_loss"]
+    assert out["loss"] == pytest.approx(float(np.mean(w * per)), rel=1e-5)
+    rel = np.linalg.norm(pred - y, axis=1) / np.linalg.norm(y, axis=1)
+    np.testing.assert_allclose(out["per_sample_nrmse"], rel, rtol=1e-4)
+    # weights of 1 give the unweighted step exactly
+    a, b = _trainer(), _trainer()
+    a.train_arrays(x, y)
+    b.train_arrays(x, y, weights=np.ones(5))
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb)
+    with pytest.raises(ValueError, match="weights"):
+        _trainer().train_arrays(x, y, weights=[1.0, -1.0, 1.0, 1.0, 1.0])
+
+
+def test_tell_reaches_breed_during_a_real_study_and_resume_restores_it(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_breed(weighted=True, fitness_loss="nrmse")
+    stop = cfg.with_overrides(**{"training.max_batches": 60, "checkpoint.every_batches": 20})
+    run_online_study(stop, run)
+    # Resume: the restored Breed state equals the checkpointed one (generator, fitness,
+    # window, proposals, counters, queue), so it continues as the uninterrupted study would.
+    study = OnlineStudy.open(run)
+    saved = study._resume_state["sampler"]
+    assert saved["counters"]["batches_told"] == 60
+    study._build()
+    assert json.dumps(to_jsonable(study.sampler.state_dict())) == json.dumps(to_jsonable(saved))
+    # Continue without the batch limit (the run folder's config.toml still holds it).
+    study = OnlineStudy(cfg, run)
+    study._resume_state = OnlineStudy.open(run)._resume_state
+    summary = study.run()
+    diag = json.loads((run / "sampler.json").read_text())
+    sampler = OnlineStudy.open(run)._resume_state["sampler"]
+    # every trained batch was told to the sampler, and it resampled from what it was told
+    assert sampler["counters"]["batches_told"] == summary["batches"] >= 120
+    assert sampler["counters"]["generation"] >= 1
+    told = [f for f in diag["draws"]["fitness"] if f is not None]
+    assert len(told) == summary["simulations_completed"] == 10
+    assert len(diag["proposals"]) == sampler["counters"]["generation"] + 1
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("sampler_generation", 0) >= 1 for r in lines)
+    ledger = SimulationLedger.load_json(run / "ledger.json")
+    weights = np.array([r.weight for r in ledger])
+    assert np.all(weights > 0) and len(weights) == 10
+    for name in ("breed_params.png", "breed_fitness.png", "breed_schedule.png"):
+        assert (run / "figures" / name).stat().st_size > 0
