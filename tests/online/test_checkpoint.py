@@ -139,3 +139,69 @@ def test_missing_corrupt_and_foreign_files_raise_value_error_naming_the_path(tmp
     torch.save({"a": 1}, foreign)
     with pytest.raises(ValueError, match="not a wheretolearn checkpoint"):
         load_checkpoint(foreign)
+
+
+# --------------------------------------------------------------------- checkpoint folders
+def test_store_publishes_complete_folders_and_keeps_the_last_two(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    assert store.latest() is None and store.load_latest() is None
+    for v in range(1, 4):
+        store.publish({"v": v, "w": np.full(3, float(v))}, ledger_json={"v": v}, info={"batch": v})
+    folders = store.complete()
+    assert [p.name for p in folders] == ["000002", "000003"]   # older ones deleted
+    state, folder = store.load_latest()
+    assert state["v"] == 3 and folder == folders[-1]
+    manifest = store.verify(folder)
+    assert manifest["batch"] == 3 and set(manifest["files"]) == {"checkpoint.pt", "ledger.json"}
+    import json
+
+    assert json.loads((folder / "ledger.json").read_text()) == {"v": 3}
+
+
+def test_store_falls_back_when_the_newest_checkpoint_is_damaged(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    store.publish({"v": 1}, ledger_json={"v": 1})
+    newest = store.publish({"v": 2}, ledger_json={"v": 2})
+    # a ledger that no longer matches its checkpoint (e.g. written by someone else later)
+    (newest / "ledger.json").write_text('{"v": 3}')
+    with pytest.raises(ValueError, match="ledger.json does not match its manifest"):
+        store.verify(newest)
+    state, folder = store.load_latest()
+    assert state["v"] == 1 and folder.name == "000001"
+    (folder / "manifest.json").unlink()                        # no manifest: incomplete
+    assert store.latest() is None and store.load_latest() is None
+
+
+def test_killed_writer_leaves_only_a_staging_folder_that_resume_ignores(tmp_path, monkeypatch):
+    store = ckpt.CheckpointStore(tmp_path)
+    store.publish({"v": 1})
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt                                # killed inside the rename
+    monkeypatch.setattr(ckpt.os, "rename", dies)
+    with pytest.raises(KeyboardInterrupt):
+        store.publish({"v": 2})
+    monkeypatch.undo()
+    assert store.load_latest()[0] == {"v": 1}
+    # a staging folder as a SIGKILL leaves it (the handler above cleaned its own)
+    stale = store.root / ".000002.abc"
+    stale.mkdir()
+    (stale / "checkpoint.pt").write_bytes(b"partial")
+    assert store.load_latest()[0] == {"v": 1}
+    store.clean_staging()
+    assert not stale.exists()
+
+
+def test_background_writer_writes_a_snapshot_not_the_live_tensor(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    writer = ckpt.CheckpointWriter(store)
+    w = torch.zeros(4)
+    writer.submit(ckpt.snapshot_state({"w": w}))
+    w += 1                                                     # training goes on in place
+    writer.wait()
+    assert torch.equal(store.load_latest()[0]["w"], torch.zeros(4))
+    writer.submit({"bad": object()})
+    with pytest.raises(TypeError, match="unsupported type"):
+        writer.wait()
+    with pytest.raises(ValueError, match="keep must be an integer >= 2"):
+        ckpt.CheckpointStore(tmp_path, keep=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from wheretolearn.online.checkpoint import load_checkpoint
+from wheretolearn.online.checkpoint import CheckpointStore, load_checkpoint
 from wheretolearn.online.config import OnlineStudyConfig, load_online_config
 from wheretolearn.online.ledger import SimulationLedger
 from wheretolearn.online.study import (OnlineStudy, resume_online_study, run_online_study,
@@ -105,7 +105,10 @@ def test_run_folder_summary_metrics_checkpoint(tmp_path):
     # progress saw the stream
     assert seen[-1]["samples_received"] == 80 and seen[-1]["simulations_completed"] == 10
     # final checkpoint: buffer holds only steps the ledger received; trainer counters agree
-    state = load_checkpoint(out / "checkpoint.pt")
+    latest = CheckpointStore(out).latest()
+    state = load_checkpoint(latest / "checkpoint.pt")
+    assert json.loads((latest / "ledger.json").read_text()) == json.loads(
+        (out / "ledger.json").read_text())                  # the final ledger, both places
     ledger = SimulationLedger.from_state_dict(state["ledger"])
     for sim, step in zip(np.asarray(state["buffer"]["sim_id"]), np.asarray(state["buffer"]["step"])):
         assert ledger[int(sim)].has_step(int(step))

@@ -1,7 +1,8 @@
 """Reliability of an online study (issue: "Reliability tests"), scaled small.
 
 * a Dask worker process is SIGKILLed in the middle of a study;
-* the server process is SIGKILLed after its first checkpoint and the study is resumed;
+* the server process is SIGKILLed after its first complete checkpoint and the study is
+  resumed; and SIGKILLed at many random instants, with a resume after each;
 * 20 % of the simulation attempts crash or hang (fault injection, through the CLI);
 * bad configurations give clear errors.
 
@@ -22,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
+from wheretolearn.online.checkpoint import CheckpointStore, load_checkpoint
 from wheretolearn.online.config import OnlineStudyConfig
 from wheretolearn.online.ledger import SimulationLedger
 from wheretolearn.online.study import OnlineStudy
@@ -114,30 +116,48 @@ def test_worker_killed_mid_study(address_cluster, tmp_path):
     assert summary["samples_duplicated"] == 0
 
 
+_RUN_CODE = ("import json, sys\n"
+             "from wheretolearn.online.config import OnlineStudyConfig\n"
+             "from wheretolearn.online.study import run_online_study\n"
+             "run_online_study(OnlineStudyConfig.model_validate(json.loads(sys.argv[1])), "
+             "sys.argv[2])\n")
+
+
+def _start(args):
+    """A study process in its own session: it and its Dask workers can be killed together."""
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill(proc):
+    """SIGKILL the process and its whole session (server, scheduler, workers), no warning."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def test_server_killed_then_resumed(tmp_path):
     run_dir = tmp_path / "run"
     cfg = tiny(study={"n_simulations": 40}, checkpoint={"every_batches": 10},
                executor={"workers": 1})
-    code = ("import json, sys\n"
-            "from wheretolearn.online.config import OnlineStudyConfig\n"
-            "from wheretolearn.online.study import run_online_study\n"
-            "run_online_study(OnlineStudyConfig.model_validate(json.loads(sys.argv[1])), "
-            "sys.argv[2])\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg), str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = _start(["-c", _RUN_CODE, json.dumps(cfg), str(run_dir)])
+    store = CheckpointStore(run_dir)
     try:
         deadline = time.monotonic() + 120
-        while not (run_dir / "checkpoint.pt").exists():
+        # a *complete* checkpoint: published by one rename, manifest verified
+        while store.latest() is None:
             assert proc.poll() is None, "the study ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.05)
     finally:
-        # The server and its Dask workers (same new session) die together, without warning.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill(proc)
     assert not (run_dir / "summary.json").exists()
-    before = SimulationLedger.load_json(run_dir / "ledger.json")
+    latest = store.latest()
+    before = SimulationLedger.load_json(latest / "ledger.json")
+    state = load_checkpoint(latest / "checkpoint.pt")
+    assert state["ledger"] == before.state_dict()          # the two files of one checkpoint
     assert before.counts()["completed"] < 40
 
     res = CliRunner().invoke(app, ["online", "resume", str(run_dir), "--no-progress"])
@@ -152,6 +172,72 @@ def test_server_killed_then_resumed(tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     batches = [m["batch"] for m in metrics if "final" not in m]
     assert batches == sorted(set(batches))                    # no batch logged twice
+
+
+def kill_at_random_instants(tmp_path, n_kills, seed, t_window=2.0):
+    """SIGKILL a study ``n_kills`` times at random instants, ``resume`` after each, then
+    check exactly-once accounting and that no sample was trained twice or lost.
+
+    A FIFO buffer serves every received step exactly once, so at the end
+    ``samples_trained == samples_received`` (a batch trained again after a resume from a
+    checkpoint that already counted it would make it larger; a lost one smaller).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    run_dir = tmp_path / "run"
+    n_sims = 24
+    cfg = tiny(study={"n_simulations": n_sims}, buffer={"kind": "fifo"},
+               checkpoint={"every_batches": 3}, validation={"every_batches": 7},
+               executor={"workers": 1})
+    resume = ["-m", "wheretolearn", "online", "resume", str(run_dir), "--no-progress"]
+    proc = _start(["-c", _RUN_CODE, json.dumps(cfg), str(run_dir)])
+    deadline = time.monotonic() + 120
+    while not (run_dir / "config.toml").exists():           # the run folder exists
+        assert proc.poll() is None, "the study process ended before making its folder"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    store = CheckpointStore(run_dir)
+    kills = 0
+    for _ in range(n_kills):
+        # A random instant: a quarter of the kills hit the start-up (loading the checkpoint,
+        # starting the cluster), the others a random moment after the session published a
+        # checkpoint of its own (training, receiving, the next checkpoint write, the end).
+        t0 = time.monotonic()
+        if rng.random() >= 0.25:
+            last = store.latest()
+            while store.latest() == last and proc.poll() is None:
+                assert time.monotonic() - t0 < 120, "no new checkpoint within 120 s"
+                time.sleep(0.01)
+        t_kill = time.monotonic() + rng.uniform(0.0, t_window)
+        while time.monotonic() < t_kill and proc.poll() is None:
+            time.sleep(0.005)
+        if proc.poll() is not None:                          # it finished first
+            break
+        _kill(proc)
+        kills += 1
+        proc = _start(resume)
+    assert proc.wait(timeout=300) == 0
+    summary = check_accounting(run_dir, n_sims)
+    assert summary["simulations_completed"] == n_sims
+    assert summary["samples_received"] == n_sims * N_STEPS
+    assert summary["samples_trained"] == summary["samples_received"]   # each step once
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    batches = [m["batch"] for m in metrics if "final" not in m]
+    assert batches == sorted(set(batches))                    # no batch logged twice
+    assert summary["sessions"] >= 2
+    return kills, summary
+
+
+def test_killed_at_random_instants_then_resumed(tmp_path):
+    kills, _ = kill_at_random_instants(tmp_path, n_kills=2, seed=0)
+    assert kills >= 1
+
+
+@pytest.mark.slow
+def test_killed_at_20_random_instants_then_resumed(tmp_path):
+    kills, _ = kill_at_random_instants(tmp_path, n_kills=20, seed=1)
+    assert kills >= 15
 
 
 def test_fault_injection_20_percent_through_cli(tmp_path):

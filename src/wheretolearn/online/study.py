@@ -14,8 +14,10 @@ Run folder (created after the configuration validated, kept while the study runs
     metrics.jsonl    one line per ``log_every`` batches: batch, loss (mean since the last
                      line), lr, buffer_fill, samples_received, simulations done/running/failed,
                      and val_* when validation ran
-    checkpoint.pt    last checkpoint (atomic)
-    ledger.json      every simulation, attempt and received step (written with checkpoints)
+    checkpoints/NNNNNN/   the last two complete checkpoints, each published by one rename:
+                     checkpoint.pt (everything), ledger.json (every simulation, attempt and
+                     received step at that checkpoint) and manifest.json (sizes, SHA-256)
+    ledger.json      the final ledger (written at the end, with summary.json)
     summary.json     final numbers (see :func:`OnlineStudy.summary`)
     figures/online_training.png   training loss and validation error vs batch
     sampler.json     Breed only: every draw (params, generation, bred, fitness, importance
@@ -123,14 +125,19 @@ class OnlineStudy:
     @classmethod
     def open(cls, run_dir: str | Path, **kw: Any) -> "OnlineStudy":
         """Reopen a run folder written by :meth:`create` for :meth:`run` to resume it."""
-        from .checkpoint import load_checkpoint
+        from .checkpoint import CheckpointStore, load_checkpoint
         from .config import load_online_config
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.toml").is_file():
             raise ValueError(f"{str(run_dir)!r} is not an online run folder (no config.toml)")
         study = cls(load_online_config(str(run_dir / "config.toml")), run_dir, **kw)
-        if (run_dir / _CHECKPOINT).is_file():
+        store = CheckpointStore(run_dir)
+        store.clean_staging()
+        found = store.load_latest()
+        if found is not None:
+            study._resume_state = found[0]
+        elif (run_dir / _CHECKPOINT).is_file():    # a run folder of an older version
             study._resume_state = load_checkpoint(run_dir / _CHECKPOINT)
         return study
 
@@ -267,13 +274,23 @@ class OnlineStudy:
                 "model_config": getattr(self.model, "config", None), "buffer": buffer_state,
                 "sampler": sampler_state, "ledger": ledger_state, "counters": counters}
 
-    def checkpoint(self, executor: Any = None) -> None:
-        """Save everything to ``checkpoint.pt`` (atomic) and the ledger to ``ledger.json``."""
-        from .checkpoint import save_checkpoint
+    def checkpoint(self, executor: Any = None, *, background: bool = False) -> None:
+        """Publish a checkpoint folder ``checkpoints/NNNNNN/`` (checkpoint.pt + ledger.json +
+        manifest, one rename; see :class:`~wheretolearn.online.checkpoint.CheckpointStore`).
 
-        state = self._snapshot(executor)
-        save_checkpoint(self.run_dir / _CHECKPOINT, state)
-        SimulationLedger.from_state_dict(state["ledger"]).save_json(self.run_dir / "ledger.json")
+        ``background=True``: the snapshot is taken (and copied) here, the writing happens
+        in a background thread; call ``self._writer.wait()`` before relying on it.
+        """
+        from .checkpoint import CheckpointStore, CheckpointWriter, snapshot_state
+
+        writer = getattr(self, "_writer", None)
+        if writer is None:
+            writer = self._writer = CheckpointWriter(CheckpointStore(self.run_dir))
+        state = snapshot_state(self._snapshot(executor))
+        info = {"batch": int(self.trainer.batches_seen)}
+        writer.submit(state, ledger_json=state["ledger"], info=info)
+        if not background:
+            writer.wait()
 
     def _elapsed(self) -> float:
         return self._seconds_before + (time.monotonic() - self._t_session)
@@ -426,7 +443,7 @@ class OnlineStudy:
             self._append_metrics(rec)
             losses.clear()
         if b % cfg.checkpoint.every_batches == 0:
-            self.checkpoint(executor)
+            self.checkpoint(executor, background=True)
 
     # ------------------------------------------------------------------ end
     def _finish(self) -> dict:
@@ -435,6 +452,7 @@ class OnlineStudy:
         self._append_metrics({"batch": self.trainer.batches_seen, "final": True,
                               **{f"val_{k}": float(v) for k, v in val.items()}})
         self.checkpoint(None)
+        self.ledger.save_json(self.run_dir / "ledger.json")
         summary = self.summary(val)
         from ..report.runfolder import to_jsonable
 
@@ -512,7 +530,9 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
     except ValueError:
         # Bad input found only once the study starts (e.g. the batch system refused the job
         # script): nothing resumable was written, so leave no half-written run folder.
-        if not (study.run_dir / _CHECKPOINT).exists():
+        from .checkpoint import CheckpointStore
+
+        if CheckpointStore(study.run_dir).latest() is None:
             shutil.rmtree(study.run_dir, ignore_errors=True)
         raise
 
