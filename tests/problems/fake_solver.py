@@ -5,7 +5,8 @@
 Step ``s`` holds ``P0 * (s + 1)`` in every entry of a (3,) field, so tests know the truth.
 MODE: ok | npz | direct (written in place, slowly, no rename) | crash | hang | malformed |
 short | wrongshape | client | client-crash | crash-once | hang-once (the last two fail on
-attempt 0 only).
+attempt 1 only) | mixed (by $WHERETOLEARN_SIM_ID mod 5: 1 crash-once, 2 hang-once,
+3 malformed-once, 4 short-once, else ok).
 """
 
 import os
@@ -16,8 +17,11 @@ import time
 import numpy as np
 
 mode, out, n, p0 = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-attempt = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+attempt = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 FAIL_AT = 2
+if mode == "mixed":
+    mode = {1: "crash-once", 2: "hang-once", 3: "malformed-once",
+            4: "short-once"}.get(int(os.environ["WHERETOLEARN_SIM_ID"]) % 5, "ok")
 
 
 def field(s):
@@ -46,7 +50,7 @@ if mode.startswith("client"):
 
 for s in range(n):
     if s == FAIL_AT and (mode in ("crash", "hang", "malformed", "short", "wrongshape")
-                         or (mode.endswith("-once") and attempt == 0)):
+                         or (mode.endswith("-once") and attempt == 1)):
         if mode.startswith("crash"):
             print("solver: diverged (residual nan)", file=sys.stderr)
             print(f"fatal error at step {s}", file=sys.stderr)
@@ -57,12 +61,12 @@ for s in range(n):
             with open(os.path.join(out, "..", "child.pid"), "w") as fh:
                 fh.write(str(child.pid))
             time.sleep(600)
-        if mode == "malformed":
+        if mode.startswith("malformed"):
             with open(os.path.join(out, ".bad"), "wb") as fh:
                 fh.write(b"this is not an npy file at all" * 4)
             os.replace(os.path.join(out, ".bad"), os.path.join(out, f"step_{s:03d}.npy"))
             time.sleep(600)
-        if mode == "short":
+        if mode.startswith("short"):
             sys.exit(0)
         if mode == "wrongshape":
             put(s, np.zeros((2, 2)))

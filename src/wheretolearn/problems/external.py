@@ -154,14 +154,14 @@ class ExternalCommandProblem(SimulatorProblem):
                 "workdir": self.workdir, "keep_outputs": self.keep_outputs,
                 "step_timeout": self.step_timeout, "env": dict(self.env)}
 
-    def argv(self, params: Any, *, sim_id: int = 0, attempt: int = 0,
+    def argv(self, params: Any, *, sim_id: int = 0, attempt: int = 1,
              outdir: str = "OUTDIR") -> list[str]:
         """The command line of one simulation (launcher + command, placeholders filled)."""
         values = self._values(np.asarray(params, dtype=np.float64), sim_id, attempt, outdir)
         return [arg.format_map(values) for arg in self.launcher + self.command]
 
     def simulate(self, params: Any, *, sim_id: int = 0,
-                 attempt: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+                 attempt: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """Run the program for ``params (d,)``; yield ``(step, field)`` as steps complete."""
         p = np.asarray(params, dtype=np.float64)
         if p.shape != self.input_shape or not np.all(np.isfinite(p)):

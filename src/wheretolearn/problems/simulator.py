@@ -122,7 +122,7 @@ class SimulatorProblem(Problem):
 
 
 def collect_trajectory(problem: Any, params: np.ndarray, *, sim_id: int = 0,
-                       attempt: int = 0) -> np.ndarray:
+                       attempt: int = 1) -> np.ndarray:
     """Run ``problem.simulate(params)`` to the end: ``(n_steps, *field_shape)`` float64.
 
     Raises :class:`SimulationError` when a step is out of range, repeated, has the wrong
