@@ -1,0 +1,103 @@
+"""``wheretolearn ama``: a tiny run end to end, and one-line errors with exit status 2."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from wheretolearn.cli import app
+
+runner = CliRunner()
+
+TINY = """
+problem = "darcy"
+n = 6
+n_measures = 3
+n_seen = 2
+n_unseen = 3
+n_train = 12
+n_opt = 4
+iterations = 1
+steps = 20
+batch_size = 6
+eval_every = 10
+retrain_rounds = 0
+eval_n = [8]
+repeats = 2
+lipschitz_samples = 1
+lipschitz_iterations = 3
+branch_hidden = [8]
+trunk_hidden = [8]
+width = 4
+adam = {lr = 0.05, steps = 2, rounds = 1}
+"""
+
+
+def _err(result):
+    lines = result.output.strip().splitlines()
+    return result.exit_code, lines[-1] if lines else ""
+
+
+def test_tiny_study_writes_the_run_folder(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(out), "--no-progress",
+                              "--num-threads", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("problem", "preset", "ood_error", "ood_error_squared", "ama_loss",
+                "initial_ood_error", "final_ood_error", "baselines", "lipschitz", "learned",
+                "seconds"):
+        assert key in summary
+    assert summary["problem"] == "darcy" and len(summary["ood_error"]) == 2
+    assert set(summary["baselines"]) >= {"initial", "mixture"}
+    assert summary["ood_error_squared"][0] == pytest.approx(
+        sum(h[0]["ood_error_squared"] for h in summary["history"]) / 2)
+    assert summary["ama_loss_monotone"] is True
+    assert len(summary["lipschitz"]["true"]) == 2 and summary["lipschitz"]["true"][0]["value"] > 0
+    for fig in summary["figures"]:
+        assert (out / fig).exists()
+    assert (out / "model.pt").exists()
+    # a fixed Lipschitz constant is reported as fixed
+    out2 = tmp_path / "run2"
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(out2), "--no-progress",
+                              "--lipschitz", "0.5", "--repeats", "1"])
+    assert res.exit_code == 0, res.output
+    s2 = json.loads((out2 / "summary.json").read_text())
+    assert s2["lipschitz"]["true"][0] == pytest.approx(
+        {**s2["lipschitz"]["true"][0], "value": 0.5, "fixed": True})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--problem", "heat"], "--problem must be ntd or darcy"),
+    (["--problem", "ntd", "--preset", "huge"], "--preset must be ci, small or paper"),
+    (["--problem", "ntd", "--lipschitz", "big"], "--lipschitz must be 'auto' or a number"),
+    (["--problem", "ntd", "--lipschitz", "-1"], "--lipschitz must be 'auto' or a number"),
+    (["--problem", "ntd", "--repeats", "0"], "repeats"),
+    (["--problem", "ntd", "--cluster", "moon"], "--cluster must be"),
+    (["--problem", "ntd", "--cluster", "local", "--scheduler", "tcp://x:1"], "not both"),
+    ([], "give --problem"),
+])
+def test_bad_input_is_one_error_line(tmp_path, args, message):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["ama", "--out", str(out), "--no-progress", *args])
+    code, line = _err(res)
+    assert code == 2 and line.startswith("error:") and message in line, res.output
+    assert not out.exists()
+
+
+def test_bad_config_and_existing_folder(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('problem = "darcy"\nupdate = "de"\n')
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert _err(res)[0] == 2 and "only the ntd problem" in _err(res)[1]
+    cfg.write_text('problem = "ntd"\nbogus = 1\n')
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert _err(res)[0] == 2 and "unknown config key 'bogus'" in _err(res)[1]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x.txt").write_text("mine")
+    res = runner.invoke(app, ["ama", "--problem", "ntd", "--out", str(busy)])
+    assert _err(res)[0] == 2 and _err(res)[1].startswith("error:")
+    assert (busy / "x.txt").read_text() == "mine"
