@@ -15,7 +15,7 @@ import typer
 from . import app
 from ._common import cli_errors, load_toml
 
-_PROBLEMS = "sobol-g | friedman1 | friedman2 | rkhs"
+_PROBLEMS = "sobol-g | friedman1 | friedman2 | rkhs | a plugin name | pkg.module:factory"
 
 
 def _parse_int_list(text: str | None, name: str) -> list[int] | None:

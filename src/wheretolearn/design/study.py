@@ -104,9 +104,16 @@ class BilevelStudyConfig(BaseModel):
     @field_validator("problem")
     @classmethod
     def _known_problem(cls, v: str) -> str:
-        if v not in BILEVEL_PROBLEMS:
-            raise ValueError(f"unknown problem; choose one of {', '.join(BILEVEL_PROBLEMS)}")
-        return v
+        from ..problems.plugins import canonical_spec, entry_point_problems, is_import_spec
+
+        # user functions of vectors: "pkg.mod:factory", "file.py:factory" or a plugin name,
+        # built as factory(dim=d) and checked in _run_trial (docs/user_solver.md)
+        if v in BILEVEL_PROBLEMS or is_import_spec(v):
+            return canonical_spec(v)
+        if v in entry_point_problems():
+            return v
+        raise ValueError(f"unknown problem; choose one of {', '.join(BILEVEL_PROBLEMS)}, an "
+                         "installed plugin or an import path 'package.module:factory'")
 
     @field_validator("dim", "n_train", "steps", "repeats", "n_measures", "n_seen", "n_unseen")
     @classmethod
@@ -287,6 +294,10 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
     t_start = time.perf_counter()
     dtype = resolve_dtype(cfg.dtype)
     problem = get_problem(cfg.problem, dim=cfg.dim)
+    if cfg.problem not in BILEVEL_PROBLEMS:
+        from ..problems import check_function_contract
+
+        check_function_contract(problem, cfg.dim)
     metatest = make_metatest(problem, n_measures=cfg.n_measures, n_seen=cfg.n_seen,
                              n_unseen=cfg.n_unseen, seed=cfg.seed, dtype=dtype)
     init = _initial_gaussian(cfg, metatest, dtype)

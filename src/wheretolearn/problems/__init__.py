@@ -5,7 +5,8 @@ Problem modules register themselves on import (below).
 """
 
 from .base import Problem, available_problems, get_problem, problem_spec, register_problem
-from .simulator import SimulationError, SimulatorProblem, check_online_contract
+from .simulator import (SimulationError, SimulatorProblem, check_function_contract,
+                        check_online_contract)
 
 from . import burgers as _burgers  # noqa: F401,E402
 from . import darcy as _darcy  # noqa: F401,E402
@@ -21,4 +22,4 @@ from ..measures import LogNormalField, NtDInputMeasure  # noqa: E402
 __all__ = ["Friedman1", "Friedman2", "RKHSFunction", "SobolG", "LogNormalField", "NtDInputMeasure",
            "Problem", "available_problems", "get_problem", "register_problem",
            "problem_spec", "SimulatorProblem", "SimulationError", "check_online_contract",
-           "ExternalCommandProblem"]
+           "check_function_contract", "ExternalCommandProblem"]

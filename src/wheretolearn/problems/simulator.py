@@ -29,7 +29,8 @@ import torch
 from .._validation import check_positive_int, resolve_dtype
 from .base import Problem
 
-__all__ = ["SimulationError", "SimulatorProblem", "check_online_contract", "simulate_steps"]
+__all__ = ["SimulationError", "SimulatorProblem", "check_function_contract",
+           "check_online_contract", "simulate_steps"]
 
 #: Where the contract is documented (quoted by error messages).
 CONTRACT_DOC = "docs/user_solver.md"
@@ -210,6 +211,22 @@ def check_online_contract(problem: Any, *, bounds: Any = None) -> np.ndarray:
         raise ValueError(f"problem {name!r} does not meet the online contract "
                          f"({CONTRACT_DOC}): " + "; ".join(issues))
     return b
+
+
+def check_function_contract(problem: Any, dim: int) -> None:
+    """Check that ``problem`` is a function of vectors for the bilevel study: inputs
+    ``(B, dim)`` -> one scalar label each, ``(B,)``. Raises one ``ValueError`` otherwise."""
+    name = getattr(problem, "_spec", {}).get("name", getattr(problem, "name", "?"))
+    in_shape = tuple(_attr(problem, "input_shape") or ())
+    out_shape = _attr(problem, "output_shape")
+    issues = []
+    if in_shape != (dim,):
+        issues.append(f"input_shape must be ({dim},) for dim={dim}, got {in_shape}")
+    if out_shape is None or tuple(out_shape) != ():
+        issues.append(f"output_shape must be () (one scalar per input), got {out_shape!r}")
+    if issues:
+        raise ValueError(f"problem {name!r} is not a function of vectors for the bilevel "
+                         f"study ({CONTRACT_DOC}): " + "; ".join(issues))
 
 
 def _attr(obj: Any, name: str) -> Any:
