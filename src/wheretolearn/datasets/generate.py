@@ -25,6 +25,7 @@ sha256 of (problem name, problem options, measure parameters, seed, n, chunk).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -527,7 +528,8 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     if not isinstance(address, str) or not address:
         raise ValueError(f"scheduler must be an address like 'tcp://host:8786', got {address!r}")
     try:
-        _, location = parse_address(address if "://" in address else f"tcp://{address}")
+        address = address if "://" in address else f"tcp://{address}"
+        _, location = parse_address(address)
         host, port = parse_host_port(location)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"scheduler address {address!r} is not of the form 'tcp://host:port' "
@@ -540,6 +542,28 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise ValueError(f"scheduler at {address} cannot be reached within {timeout:g} s "
                          f"({type(exc).__name__}: {exc})") from None
+    # Something listens: make sure it is a Dask scheduler (a Client waits forever on a peer
+    # that accepts but never answers, and reads garbage frame sizes from other services).
+    try:
+        reply = asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout))
+    except Exception as exc:  # noqa: BLE001  (timeouts, protocol garbage, MemoryError)
+        reply = exc
+    if not (isinstance(reply, dict) and reply.get("type") == "Scheduler"):
+        detail = type(reply).__name__ if isinstance(reply, BaseException) else "no identity"
+        raise ValueError(f"no Dask scheduler answers at {address} within {timeout:g} s "
+                         f"({detail}); is that the scheduler's address?")
+
+
+async def _identity(address: str, timeout: float) -> Any:
+    """The scheduler's ``identity`` reply (a dict with ``type = "Scheduler"``)."""
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
 
 
 def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
@@ -561,7 +585,7 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
         if scheduler is not None:
             try:
                 client = stack.enter_context(Client(scheduler, timeout=30))
-            except (OSError, TimeoutError, MemoryError, ValueError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 # something listens there, but not a Dask scheduler (or it does not answer)
                 raise ValueError(f"no Dask scheduler answers at {scheduler} "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
