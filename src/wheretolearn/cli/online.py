@@ -15,7 +15,8 @@ from . import app
 from ._common import cli_errors
 
 _USAGE = ("wheretolearn online CONFIG.toml --out DIR [options]  |  "
-          "wheretolearn online resume DIR")
+          "wheretolearn online resume DIR  |  "
+          "wheretolearn online compare CONFIG.toml --samplers uniform,breed --seeds 5 --out DIR")
 
 
 class _Progress:
@@ -87,7 +88,7 @@ def online(
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers (= concurrent "
                                           "simulations unless [executor] max_concurrent)"),
     sampler: Optional[str] = typer.Option(None, "--sampler",
-                                          help="uniform | halton | sobol | lhs"),
+                                          help="uniform | halton | sobol | lhs | breed"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running "
                                             "Dask scheduler (tcp://host:port)"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm | pbs | sge | "
@@ -99,6 +100,12 @@ def online(
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="stop (resumable) "
                                                 "after this many seconds"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+    samplers: Optional[str] = typer.Option(None, "--samplers", help="compare: comma-separated "
+                                           "samplers, e.g. uniform,breed,breed-weighted"),
+    seeds: int = typer.Option(5, "--seeds", help="compare: seeds per sampler"),
+    batches_per_simulation: float = typer.Option(4.75, "--batches-per-simulation",
+                                                 help="compare: training batches per "
+                                                 "simulation (lockstep pace)"),
 ) -> None:
     """Train a surrogate online while an ensemble of simulations streams into it.
 
@@ -107,6 +114,12 @@ def online(
     """
     if config == "resume" and run_dir is not None:
         return _resume(run_dir, max_seconds=max_seconds, progress=not no_progress)
+    if config == "compare" and run_dir is not None:
+        from .online_compare import run_compare
+
+        return run_compare(str(run_dir), out=out, samplers=samplers, seeds=seeds,
+                           batches_per_simulation=batches_per_simulation,
+                           progress=not no_progress)
     if run_dir is not None:
         raise ValueError(f"unexpected argument {str(run_dir)!r}; usage: {_USAGE}")
     from ..online.cluster import job_script
