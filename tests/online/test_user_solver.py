@@ -45,13 +45,18 @@ def test_example_solver_is_advection_diffusion():
         assert x[np.argmax(u)] == pytest.approx(0.3 + 1.0 * (s + 1) * dt, abs=1.5 / nx)
 
 
-def test_example_study_runs_the_program_exactly_once_per_step(tmp_path):
+@pytest.mark.parametrize("protocol", ["files", "client"])
+def test_example_study_runs_the_program_exactly_once_per_step(tmp_path, protocol):
     cfg = load_online_config(str(EXAMPLE / "study.toml"))
     cfg = small(cfg, study={"n_simulations": 6, "n_steps": 5},
                 buffer={"capacity": 40, "watermark": 10},
                 training={"min_batches": 20, "hidden": [16], "torch_threads": 1},
                 validation={"n_val": 1, "every_batches": 10})
-    cfg = small(cfg, study={"command": [a if a != "20" else "5" for a in cfg.study.command]})
+    command = [a if a != "20" else "5" for a in cfg.study.command]
+    if protocol == "client":                 # the in-situ client: no --out, no files
+        command = [a.replace("solver.py", "solver_client.py") for a in command[:-2]]
+    cfg = small(cfg, study={"command": command,
+                            "options": {**cfg.study.options, "protocol": protocol}})
     out = tmp_path / "run"
     summary = run_online_study(cfg, out)
     assert summary["stopped"] == "completed"

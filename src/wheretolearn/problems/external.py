@@ -360,7 +360,7 @@ class _Watch:
             raise self.run.hung(self.last_step)
 
     def sleep(self) -> None:
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 class _FileStream(_Watch):
