@@ -5,9 +5,38 @@ from .baselines import (BASELINE_NAMES, SOURCE_NAMES, CoresetSource, Distributio
                         TrainingSource, acoreset, make_sources, ncoreset)
 from .evaluation import evaluate_sources
 from .metatest import MetaTest, make_metatest
+from .ama import AMAConfig, AMAObjective, AMAResult, adam_update, de_update, run_ama
+from .ama_bound import BoundValue, LipschitzEstimate, ama_bound, estimate_lipschitz
+from .ama_problems import AMASetup, ama_setup, available_ama_problems
+from .ama_study import AMAStudyConfig, resolve_ama_config, run_ama_study
+from .labelling import Labeller
+from .operator_metatest import (OperatorMetaTest, darcy_family, empirical_operator_metatest,
+                                make_operator_metatest, ntd_family)
 from .study import BilevelStudyConfig, resolve_study_config, run_bilevel_study
 
 __all__: list[str] = [
+    "AMAConfig",
+    "AMAObjective",
+    "AMAResult",
+    "AMASetup",
+    "AMAStudyConfig",
+    "BoundValue",
+    "Labeller",
+    "LipschitzEstimate",
+    "OperatorMetaTest",
+    "adam_update",
+    "ama_bound",
+    "ama_setup",
+    "available_ama_problems",
+    "darcy_family",
+    "de_update",
+    "empirical_operator_metatest",
+    "estimate_lipschitz",
+    "make_operator_metatest",
+    "ntd_family",
+    "resolve_ama_config",
+    "run_ama",
+    "run_ama_study",
     "AdjointGradient",
     "BilevelResult",
     "MetaTest",

@@ -1,0 +1,103 @@
+"""Time per AMA iteration of each ``small`` study, split into labelling, training,
+Lipschitz estimation and the distribution update; and one DeepONet training step at the
+Darcy ``small`` and ``paper`` sizes, measured side by side (SPEC §4).
+
+The studies run in this process, one after the other, with 1 torch thread. Wall time on a
+shared machine is noisy: the script records CPU time next to wall time (for one thread CPU
+time approximates the wall time on a quiet machine) and the load average at the start.
+
+Usage::
+
+    python benchmarks/bench_ama.py [--problems ntd darcy] [--repeats 1] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_ama.json"
+
+
+def training_step(n: int, branch_hidden: list[int], trunk_hidden: list[int], p: int,
+                  batch: int, steps: int = 20) -> dict:
+    """Seconds per Adam step of a DeepONet on an n x n Darcy grid (wall and CPU)."""
+    from wheretolearn.design.ama_problems import ama_setup
+    from wheretolearn.models import DeepONet, relative_l2_loss
+
+    s = ama_setup("darcy", n=n)
+    model = DeepONet([n * n, *branch_hidden, p], [2, *trunk_hidden, p], s.points,
+                     output_shape=(n, n), seed=0)
+    x = torch.randn(batch, n, n)
+    y = torch.randn(batch, n, n)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    w = s.output_weights
+
+    def step():
+        loss = relative_l2_loss(model(x), y, w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    return {"n": n, "branch": [n * n, *branch_hidden, p], "trunk": [2, *trunk_hidden, p],
+            "batch": batch, "steps": steps,
+            "wall_ms_per_step": 1e3 * (time.perf_counter() - w0) / steps,
+            "cpu_ms_per_step": 1e3 * (time.process_time() - c0) / steps}
+
+
+def study_timing(problem: str, repeats: int) -> dict:
+    from wheretolearn.design.ama_study import resolve_ama_config, run_ama_study
+
+    cfg = resolve_ama_config({"problem": problem, "preset": "small", "repeats": repeats,
+                              "num_threads": 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        w0, c0 = time.perf_counter(), time.process_time()
+        summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    hist = [rec for h in summary["history"] for rec in h[1:]]
+    keys = ("seconds_label", "seconds_train", "seconds_update")
+    per_iter = {k.removeprefix("seconds_"): sum(r[k] for r in hist) / len(hist) for k in keys}
+    per_iter["lipschitz (once per run)"] = summary["timing_per_iteration"]["seconds_lipschitz"]
+    per_iter["initial training (iteration 0)"] = \
+        summary["timing_per_iteration"]["seconds_initial_train"]
+    return {"problem": problem, "preset": "small", "repeats": repeats,
+            "iterations": summary["iterations"], "seconds_per_iteration": per_iter,
+            "study_wall_s": wall, "study_cpu_s": cpu,
+            "ood_error": summary["ood_error"], "ama_loss_monotone": summary["ama_loss_monotone"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problems", nargs="+", default=["ntd", "darcy"])
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "torch": torch.__version__, "threads": 1,
+                          "load_average_at_start": os.getloadavg()},
+              "note": "shared 2-core machine, other jobs running; wall and CPU time both given",
+              "training_step": {
+                  "darcy_small": training_step(24, [128, 128], [128, 128], 64, batch=100),
+                  "darcy_paper": training_step(64, [256, 256, 128], [128, 128, 128], 200,
+                                               batch=200, steps=10)},
+              "studies": [study_timing(p, args.repeats) for p in args.problems]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
