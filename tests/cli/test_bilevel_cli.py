@@ -82,3 +82,22 @@ def test_unknown_config_key_and_existing_folder(tmp_path):
     res = runner.invoke(app, ["bilevel", "--problem", "sobol-g", "--out", str(out)])
     assert _one_line_error(res) and "already exists" in res.output
     assert [p.name for p in out.iterdir()] == ["x"]
+
+
+def test_bilevel_trials_flag_and_collapse_warning_line(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    # Friedman 1 at 10x the paper's lr with no trust region: collapses, rejected
+    cfg.write_text('problem = "friedman1"\nlr = 5e-3\nn_train = 100\nsteps = 30\n'
+                   'n_measures = 10\nn_seen = 100\nn_unseen = 20\neval_n = [16]\nrepeats = 1\n'
+                   'baselines = ["normal"]\n'
+                   '[bilevel_options]\nmax_move = 1e9\n')
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["bilevel", "--config", str(cfg), "--trials", "2", "--out",
+                              str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == 2 and "over 2 trials" in res.output
+    # each warning of summary.json is one 'warning:' line of the output
+    lines = [x for x in res.output.splitlines() if x.startswith("warning: ")]
+    assert summary["collapse"]["flagged"] and summary["warnings"]
+    assert len(lines) == len(summary["warnings"]) and "collapsed" in lines[0]

@@ -146,7 +146,7 @@ def test_update_clamps_non_positive_diagonal():
     mean, tril = torch.zeros(2), torch.tensor([[1.0, 0.0], [0.5, 0.1]])
     gm, gl = torch.zeros(2), torch.tensor([[0.0, 0.0], [0.0, 1.0]])
     lower = torch.ones(2, 2).tril()
-    _, new = _update(mean, tril, gm, gl, 0.5, None, lower)
+    _, new, _ = _update(mean, tril, gm, gl, 0.5, None, lower)
     assert float(new[1, 1]) == pytest.approx(1e-7) and float(new[0, 0]) == 1.0
     assert float(tril[1, 1]) == pytest.approx(0.1)  # caller's tensor untouched
 
@@ -215,3 +215,74 @@ def test_bad_arguments(sobol_setup):
         bilevel_descent(problem, mt, Gaussian(torch.zeros(3), torch.eye(3)))
     with pytest.raises(ValueError, match="lr"):
         bilevel_descent(problem, mt, init, lr=-1.0)
+
+
+# ----------------------------------------------------------------- step control (issue 15 §1)
+def _friedman1_blowup(seed=0):
+    """Friedman 1 at 10x the paper's learning rate on a small meta-test: without step control
+    the second step throws nu so far from every Q_j that the kernel vanishes there (seen error
+    exactly 1, gradient 0 from then on) after a minimum of ~0.65 at step 1."""
+    problem = get_problem("friedman1", dim=5)
+    mt = make_metatest(problem, n_measures=10, n_seen=100, n_unseen=10, seed=seed)
+    init = Gaussian(torch.full((5,), 0.5), scale_tril=torch.eye(5))
+    kw = dict(n_train=100, steps=150, lr=5e-3, bandwidth=3.0, generator=seed, eval_unseen=False)
+    return problem, mt, init, kw
+
+
+def test_trust_region_bounds_the_w2_move_and_leaves_small_steps_alone():
+    from wheretolearn.measures import wasserstein2
+
+    mean = torch.tensor([0.3, -0.2], dtype=F64)
+    tril = torch.tensor([[0.9, 0.0], [0.4, 1.3]], dtype=F64)
+    lower = torch.ones(2, 2, dtype=F64).tril()
+    gm = torch.tensor([3e4, -1e5], dtype=F64)
+    gl = torch.tensor([[2e4, 0.0], [5e3, -7e4]], dtype=F64)
+    m1, l1, move = _update(mean, tril, gm, gl, 0.1, None, lower, 0.5)
+    assert move == pytest.approx(0.5)
+    # the bound is W2 <= sqrt(|dm|^2 + |dL|_F^2): check it against the closed-form W2
+    w2 = float(wasserstein2(Gaussian(mean, scale_tril=tril), Gaussian(m1, scale_tril=l1)))
+    assert 0.2 < w2 <= 0.5 + 1e-9
+    # direction kept: the cut step is a positive multiple of the plain one
+    plain_m, _, _ = _update(mean, tril, gm, gl, 0.1, None, lower, None)
+    cos = torch.nn.functional.cosine_similarity(m1 - mean, plain_m - mean, dim=0)
+    assert float(cos) == pytest.approx(1.0)
+    # a step inside the radius is the paper's step, bit for bit
+    small = _update(mean, tril, 1e-3 * gm / 1e5, 1e-3 * gl / 1e5, 0.1, None, lower, 0.5)
+    ref = _update(mean, tril, 1e-3 * gm / 1e5, 1e-3 * gl / 1e5, 0.1, None, lower, None)
+    assert torch.equal(small[0], ref[0]) and torch.equal(small[1], ref[1])
+
+
+def test_large_lr_collapse_without_control_and_recovery_with_it():
+    problem, mt, init, kw = _friedman1_blowup()
+    raw = bilevel_descent(problem, mt, init, max_move=None, backtrack=False, **kw)
+    seen = [h["seen_error"] for h in raw.history]
+    assert seen[-1] == pytest.approx(1.0, abs=1e-4)          # the fit predicts nothing
+    assert raw.collapse["collapsed"] and "vanishing_kernel" in raw.collapse["reasons"]
+    assert min(seen) < 0.8 * seen[0]                         # ...after a good start
+    safe = bilevel_descent(problem, mt, init, **kw)
+    s = [h["seen_error"] for h in safe.history]
+    assert not safe.collapse["collapsed"] and safe.collapse["clipped_steps"] > 0
+    assert max(s) < 1.0 and np.mean(s[-10:]) < 0.6 * s[0]
+    assert safe.best_step == int(np.nanargmin([h["seen_error"] if not h["rejected"] else np.nan
+                                               for h in safe.history]))
+    radius = safe.options["trust_radius"]
+    assert all(h["move"] <= radius * (1 + 1e-9) for h in safe.history)
+
+
+def test_backtracking_rejects_collapsed_iterates_and_returns_to_the_last_good_one():
+    problem, mt, init, kw = _friedman1_blowup()
+    res = bilevel_descent(problem, mt, init, max_move=None, backtrack=True, **kw)
+    c = res.collapse
+    assert c["events"] > 0 and c["lr_factor"] < 1.0 and not c["collapsed"]
+    hist = res.history
+    rejected = [i for i, h in enumerate(hist) if h["rejected"]]
+    assert rejected
+    for i in rejected:
+        if i + 1 < len(hist):
+            # the next step starts from the last accepted iterate, not the collapsed one
+            last_ok = max(j for j in range(i) if not hist[j]["rejected"])
+            assert hist[i + 1]["mean"] == hist[last_ok]["mean"]
+    # no accepted iterate is one whose fit predicts nothing on the seen samples
+    assert min(h["pred_ratio"] for h in hist if not h["rejected"]) > 1e-3
+    assert any(h["pred_ratio"] < 1e-3 for h in hist if h["rejected"])
+    assert res.best_step not in rejected

@@ -5,8 +5,10 @@ import math
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
+from scipy import stats
 
 from wheretolearn.design.baselines import SOURCE_NAMES
 from wheretolearn.design.study import (DEMO_SETTINGS, PAPER_SETTINGS, BilevelStudyConfig,
@@ -35,11 +37,17 @@ def test_tiny_study_writes_complete_run_folder(tmp_path):
     assert written["initial_error"] == pytest.approx(lines[0]["unseen_error"])
     assert written["final_error"] == pytest.approx(lines[-1]["unseen_error"])
     assert set(written["baselines"]) == set(SOURCE_NAMES)
+    evaluations = [json.loads(x) for x in (out / "evaluation.jsonl").read_text().splitlines()]
     for name in SOURCE_NAMES:
         assert set(written["baselines"][name]) == {"16", "32"}
         for n, mean in written["baselines"][name].items():
             ci = written["baselines_ci"][name][n]
-            assert ci["lo"] <= mean <= ci["hi"] and math.isfinite(mean)
+            # the table is the mean and Student-t interval of the fits logged one by one
+            fits = [e["error"] for e in evaluations if e["source"] == name and str(e["n"]) == n]
+            assert ci["values"] == fits and len(fits) == TINY["repeats"]
+            half = stats.t.ppf(0.975, len(fits) - 1) * np.std(fits, ddof=1) / math.sqrt(len(fits))
+            assert mean == pytest.approx(np.mean(fits))
+            assert (ci["lo"], ci["hi"]) == pytest.approx((np.mean(fits) - half, np.mean(fits) + half))
     assert len(written["learned"]["cov"]) == 2
     for fig in ("error_vs_step", "error_vs_n", "covariances"):
         png = out / "figures" / f"{fig}.png"
@@ -115,3 +123,64 @@ def test_barycenter_start_is_the_barycenter_of_seen_gaussians(tmp_path):
     ref = barycenter(empirical_gaussians(mt.seen_x, dtype=torch.float64)).measure
     np.testing.assert_allclose(summary["initial"]["mean"], ref.mean.numpy(), rtol=1e-5)
     np.testing.assert_allclose(summary["initial"]["cov"], ref.cov.numpy(), rtol=1e-4)
+
+
+def test_normal_baseline_is_the_normal_start_whatever_init_is(tmp_path):
+    """With init = "barycenter" the "normal" column used to be built from the start, i.e. it
+    *was* the barycenter column; it must be N(init_mean 1, init_std^2 I) in both cases."""
+    cfg = {**TINY, "steps": 2, "eval_n": [16], "repeats": 2, "baselines": ["normal", "barycenter"]}
+    bary = run_bilevel_study({**cfg, "init": "barycenter"}, tmp_path / "b", progress=False)
+    normal = run_bilevel_study(cfg, tmp_path / "n", progress=False)
+    assert bary["baselines"]["normal"] == normal["baselines"]["normal"]
+    assert bary["baselines"]["normal"]["16"] != bary["baselines"]["barycenter"]["16"]
+
+
+def test_trials_repeat_whole_runs_and_interval_is_over_trials(tmp_path):
+    cfg = {**TINY, "steps": 3, "eval_n": [16], "repeats": 2,
+           "baselines": ["normal", "mixture"]}
+    single = run_bilevel_study(cfg, tmp_path / "one", progress=False)
+    many = run_bilevel_study({**cfg, "trials": 3}, tmp_path / "three", progress=False)
+    assert many["trials"] == 3 and many["ci_over"] == "trials"
+    per = many["per_trial"]
+    # trial 0 is the single run, seed for seed; the others differ
+    assert per[0]["baselines"] == single["baselines"]
+    assert per[1]["baselines"]["optimized"] != per[0]["baselines"]["optimized"]
+    for name in ("optimized", "normal", "mixture"):
+        vals = [p["baselines"][name]["16"] for p in per]
+        ci = many["baselines_ci"][name]["16"]
+        half = stats.t.ppf(0.975, 2) * np.std(vals, ddof=1) / math.sqrt(3)
+        assert ci["values"] == vals and ci["n"] == 3
+        assert many["baselines"][name]["16"] == pytest.approx(np.mean(vals))
+        assert (ci["lo"], ci["hi"]) == pytest.approx((np.mean(vals) - half, np.mean(vals) + half))
+    steps = [json.loads(x) for x in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["trial"] for r in steps] == [0] * 3 + [1] * 3 + [2] * 3
+
+
+def test_collapse_is_flagged_in_summary_and_reported_iterate_is_best_seen(tmp_path):
+    cfg = {"problem": "friedman1", "dim": 5, "n_train": 100, "steps": 40, "lr": 5e-3,
+           "bandwidth": 3.0, "n_measures": 10, "n_seen": 100, "n_unseen": 50, "seed": 0,
+           "eval_n": [16], "repeats": 1, "baselines": ["normal"],
+           "bilevel_options": {"max_move": None, "backtrack": False}}
+    s = run_bilevel_study(cfg, tmp_path / "raw", progress=False)
+    assert s["collapse"]["flagged"] and s["collapse"]["collapsed"]
+    assert "vanishing_kernel" in s["collapse"]["reasons"]
+    assert any("collapsed" in w for w in s["warnings"])
+    steps = [json.loads(x) for x in (tmp_path / "raw" / "metrics.jsonl").read_text().splitlines()]
+    seen = [r["seen_error"] for r in steps]
+    assert s["use_iterate"] == "best" and s["best_step"] == int(np.argmin(seen))
+    assert s["reported_seen_error"] == pytest.approx(min(seen)) and min(seen) < seen[0]
+    safe = run_bilevel_study({**cfg, "bilevel_options": {}}, tmp_path / "safe", progress=False)
+    assert not safe["collapse"]["collapsed"] and safe["collapse"]["events"] == 0
+
+
+def test_figures_module_does_not_import_design():
+    """report must not reach back into design (design imports report): the figure gets the
+    measures it draws instead of rebuilding them."""
+    import ast
+
+    import wheretolearn.report.figures as fig
+
+    tree = ast.parse(Path(fig.__file__).read_text())
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in modules if "design" in m]

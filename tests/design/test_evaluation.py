@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 from wheretolearn.design.baselines import DistributionSource, make_sources
-from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, source_seed
+from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, name_key, source_seed
 from wheretolearn.design.metatest import make_metatest
 from wheretolearn.measures import Gaussian
 from wheretolearn.problems import get_problem
@@ -42,7 +42,7 @@ def test_values_match_numpy_reference_and_t_interval(setup):
         cell = res["normal"][str(n)]
         ref = []
         for r in range(3):
-            g = torch.Generator().manual_seed(source_seed(4, 0, n, r))
+            g = torch.Generator().manual_seed(source_seed(4, name_key("normal"), n, r))
             ref.append(_numpy_krr_error(problem, mt, src.draw(n, generator=g), 1.0, 1e-6))
         np.testing.assert_allclose(cell["values"], ref, rtol=1e-8)
         half = stats.t.ppf(0.975, 2) * np.std(ref, ddof=1) / np.sqrt(3)
@@ -60,15 +60,32 @@ def test_all_sources_and_pool_limit(setup):
     res = evaluate_sources(problem, mt, sources, (20, 200), repeats=1, bandwidth=1.0,
                            seed=0, callback=seen.append)
     assert set(res) == set(names)
-    for name in names:
-        assert 0 < res[name]["20"]["mean"] < 10
+    for src in sources:  # every source's number against the numpy KRR on the same draw
+        g = torch.Generator().manual_seed(source_seed(0, name_key(src.name), 20, 0))
+        ref = _numpy_krr_error(problem, mt, src.draw(20, generator=g, metatest=mt), 1.0, 1e-7)
+        assert res[src.name]["20"]["mean"] == pytest.approx(ref, rel=1e-6), src.name
     # the coreset pool holds 3 * 40 = 120 points: N = 200 is skipped, not faked
     assert res["ncoreset"]["200"]["mean"] is None and "pool" in res["ncoreset"]["200"]["skipped"]
     assert res["normal"]["200"]["mean"] is not None
     assert len(seen) == 7 + 5  # one callback per fit
-    # same source, same draw: "optimized" and "normal" are the same Gaussian but get
-    # different seeds (source index is part of the seed)
+    # "optimized" and "normal" are the same Gaussian but get different seeds (the name is
+    # part of the seed)
     assert res["optimized"]["20"]["values"] != res["normal"]["20"]["values"]
+
+
+def test_seeds_follow_the_name_not_the_position(setup):
+    """Dropping or reordering baselines must not change the others' numbers (it did: the
+    seed used the source's index, so a mixture read 0.320 or 0.332 by list position)."""
+    problem, mt = setup
+    init = Gaussian(torch.full((2,), 0.5, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    names = ["normal", "barycenter", "mixture"]
+    full = evaluate_sources(problem, mt, make_sources(names, init=init, metatest=mt,
+                                                      bandwidth=1.0), (25,), repeats=2,
+                            bandwidth=1.0, seed=3)
+    alone = evaluate_sources(problem, mt, make_sources(["mixture"], init=init, metatest=mt,
+                                                       bandwidth=1.0), (25,), repeats=2,
+                             bandwidth=1.0, seed=3)
+    assert alone["mixture"]["25"]["values"] == full["mixture"]["25"]["values"]
 
 
 def test_float32_failure_falls_back_to_float64(setup):

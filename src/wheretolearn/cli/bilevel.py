@@ -49,8 +49,10 @@ def _print_table(summary: dict) -> None:
     from rich.table import Table
 
     ns = [str(n) for n in summary["eval_n"]]
+    over = (f"{summary['trials']} trials" if summary.get("trials", 1) > 1
+            else f"{summary['repeats']} repeats")
     table = Table(title=(f"{summary['problem']} d={summary['dim']}: unseen relative OOD error "
-                         f"(mean [95% CI] over {summary['repeats']} repeats)"))
+                         f"(mean [95% CI] over {over})"))
     table.add_column("source")
     for n in ns:
         table.add_column(f"N={n}", justify="right")
@@ -67,6 +69,8 @@ def _print_table(summary: dict) -> None:
                   f"(min {summary['min_unseen_error']:.4f}); "
                   f"{1e3 * summary['seconds_per_step']:.2f} ms/step "
                   f"({1e3 * summary['grad_seconds_per_step']:.2f} ms gradient)")
+    for line in summary.get("warnings", []):
+        typer.echo(f"warning: {line}", err=True)
 
 
 @app.command("demo")
@@ -103,9 +107,12 @@ def bilevel(
     init_std: Optional[float] = typer.Option(None, "--init-std", help="s0 of N(m0 1, s0^2 I)"),
     eval_n: Optional[str] = typer.Option(None, "--eval-n", help="e.g. 1024,4096"),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="draws per (source, N)"),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", help="whole runs with different seeds; table = mean and 95% CI over them"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd | adam"),
-    use_iterate: Optional[str] = typer.Option(None, "--use-iterate", help="final | best"),
+    use_iterate: Optional[str] = typer.Option(
+        None, "--use-iterate", help="best (lowest seen error, default) | final"),
     normalize_labels: Optional[bool] = typer.Option(
         None, "--normalize-labels/--raw-labels", help="scale-free bilevel objective"),
     num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
@@ -124,7 +131,8 @@ def bilevel(
         raise ValueError(f"give --problem ({_PROBLEMS}) or a --config file that sets problem")
     flags = {"problem": problem, "dim": dim, "n_train": n_train, "steps": steps, "lr": lr,
              "bandwidth": bandwidth, "init": init, "init_mean": init_mean, "init_std": init_std,
-             "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats, "seed": seed,
+             "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats,
+             "trials": trials, "seed": seed,
              "optimizer": optimizer, "use_iterate": use_iterate,
              "normalize_labels": normalize_labels, "num_threads": num_threads}
     cfg = resolve_study_config(file_cfg, flags)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
+from ..measures.gaussian import empirical_gaussians  # re-exported: its former home
 
 __all__ = [
     "BASELINE_NAMES",
@@ -334,28 +335,6 @@ def _maxmin_batch(feats: torch.Tensor, selected: torch.Tensor, take: int) -> tor
 
 
 # ------------------------------------------------------------------------------ factory
-def empirical_gaussians(samples: torch.Tensor, *, dtype=None) -> list:
-    """Gaussians fitted to each group of samples: (J, L, d) -> J ``Gaussian`` measures.
-
-    Mean ``mean_l x_l``, covariance ``(1/(L-1)) sum_l (x_l - m)(x_l - m)^T`` plus a tiny
-    ``1e-10 * trace`` jitter so a degenerate group still gives a valid measure.
-    """
-    from ..measures import Gaussian
-
-    given = as_tensor(samples, "samples").detach()
-    x = given.double()
-    if x.ndim != 3 or x.shape[1] < 2:
-        raise ValueError(f"samples must have shape (J, L, d) with L >= 2, got {tuple(x.shape)}")
-    mean = x.mean(1)
-    centred = x - mean[:, None, :]
-    cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
-    d = x.shape[2]
-    jitter = 1e-10 * cov.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(d, dtype=x.dtype)
-    cov = 0.5 * (cov + cov.transpose(1, 2)) + jitter
-    dt = dtype or given.dtype
-    return [Gaussian(mean[j], cov[j]).to(dtype=dt) for j in range(x.shape[0])]
-
-
 def make_sources(names: Iterable[str], *, init, final=None, metatest, bandwidth: float,
                  ridge: float = 1e-7, coreset_options: dict | None = None
                  ) -> list[TrainingSource]:

@@ -33,6 +33,26 @@ Which estimator this is (checked in ``tests/design/test_bilevel.py``):
 The score of ``N(m, L L^T)`` at ``x = m + L z`` is closed form:
 ``grad_m = L^{-T} z`` and ``grad_L = tril(L^{-T} z z^T) - diag(1 / diag L)``.
 
+Step control (not in the paper; added because one bad step wrecked runs outside the paper's
+four configurations, issue 15):
+
+* **Trust region on the W2 move.** For ``x = m + L z`` and ``x' = m' + L' z`` (the same ``z``)
+  the synchronous coupling gives ``W2(nu, nu')^2 <= ||m - m'||^2 + ||L - L'||_F^2``. Each
+  update is scaled down so that this bound is at most ``max_move * R``, where ``R`` is the RMS
+  spread of the pooled seen meta-test samples (``sqrt(tr Cov)``): no single step can carry
+  ``nu`` further than a fraction of the region the meta-test family covers. The bound costs
+  nothing (no matrix square roots) and is exact for the mean part. It is a trust region, not
+  a normalisation: steps below the radius are the paper's steps unchanged. A step cut to the
+  radius after which the seen error *rose* is undone and the radius halved; one after which
+  it fell doubles it again, up to ``max_move * R`` (the acceptance test of a trust-region
+  method, on the one noisy objective value each step provides).
+* **Backtracking on the seen error.** A step whose iterate *collapsed* -- its KRR fit predicts
+  (almost) nothing on the seen samples (``||f(V)|| < 1e-3 ||y_V||``: the kernel vanished
+  between ``nu`` and the Q_j), non-finite labels or gradient, or a seen error that jumped above
+  both the start's and ``jump`` times the previous accepted one -- is rejected: ``nu`` returns
+  to the previous iterate and the learning rate is halved for the rest of the run. Every
+  rejection is recorded (``rejected`` in the step record, ``collapse`` in the result).
+
 Implementation notes (speed): the Cholesky factor is computed once per step (float64 by
 default) and reused for the adjoint; the seen kernel block ``k(V, X)`` is built once and used
 for both ``f(V) = k(V, X) a`` and ``k(V, X)^T (y - f)``; the unseen error uses chunked
@@ -49,6 +69,7 @@ from typing import Any, Callable
 
 import torch
 
+from .._threads import torch_threads
 from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
                            torch_generator)
 from ..measures.gaussian import DIAG_CLAMP, Gaussian
@@ -62,6 +83,10 @@ _OPTIMIZERS = ("sgd", "adam")
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 _EVAL_CHUNK = 1024
+#: ``||f(V)|| / ||y_V||`` below this on the seen samples: the fit predicts nothing there.
+_VANISHING = 1e-3
+#: The trust radius never shrinks below this fraction of ``max_move * R``.
+_MIN_RADIUS_FACTOR = 1.0 / 1024
 
 
 @dataclass
@@ -77,15 +102,25 @@ class BilevelResult:
         never used for choosing).
     history : list of dict
         One record per step: ``step``, ``lr``, ``ridge``, ``seen_error``, ``unseen_error``
-        (NaN when not evaluated), ``grad_norm``, ``seconds`` (wall time of the step, without
-        the callback), ``grad_seconds`` (gradient part only) and ``mean`` (the iterate's mean,
-        before the update).
+        (NaN when not evaluated), ``grad_norm``, ``pred_ratio`` (``||f(V)|| / ||y_V||`` on the
+        seen samples: near 0 when the kernel vanished), ``move`` (W2 bound of the update
+        taken), ``rejected`` (the iterate collapsed or overshot and was undone), ``seconds``
+        (wall time of the step, without the callback), ``grad_seconds`` (gradient part only)
+        and ``mean`` (the iterate's mean, before the update).
     seconds_per_step, grad_seconds_per_step : float
         Mean wall time per step, with and without the unseen-error evaluation.
     best_step : int
         Step index of ``best``.
     options : dict
         The settings used (JSON-serialisable).
+    collapse : dict
+        ``{"events", "first_step", "reasons", "lr_factor", "clipped_steps",
+        "radius_shrinks", "radius_factor", "collapsed"}``:
+        how many iterates collapsed (rejected when ``backtrack``; the first index and the
+        reasons: ``"vanishing_kernel"``, ``"error_jump"``, ``"non_finite"``), the final
+        learning-rate factor, how many updates the trust region shortened and how often it
+        shrank (overshoots, undone), and whether the final iterate is a collapsed one
+        (possible only without ``backtrack``).
     """
 
     initial: Gaussian
@@ -96,6 +131,7 @@ class BilevelResult:
     grad_seconds_per_step: float
     best_step: int = 0
     options: dict = field(default_factory=dict)
+    collapse: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +165,10 @@ def cosine_schedule(start: float, end: float, step: int, steps: int) -> float:
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / (steps - 1)))
 
 
+class _FactorError(ValueError):
+    """``K + N eps I`` could not be factored (non-finite kernel entries: ``nu`` ran away)."""
+
+
 class _Workspace:
     """Quantities fixed for a whole run: augmented meta-test points, labels, norms."""
 
@@ -144,6 +184,9 @@ class _Workspace:
         # equal sample counts per measure: (1/J) sum_j mean_l == mean over all seen rows
         self.n_seen = self.seen_y.shape[0]
         self.seen_den = float((self.seen_y.double() ** 2).sum())
+        # RMS spread of the pooled seen samples: the length unit of the trust region
+        centred = seen_x.double() - seen_x.double().mean(0)
+        self.spread = math.sqrt(float((centred * centred).sum(1).mean()))
         self.inv_label_scale2 = 1.0 / (label_scale * label_scale)
         self.unseen_left = None
         if eval_unseen and metatest.unseen_x.shape[1] > 0:
@@ -165,7 +208,8 @@ class _Workspace:
 
 def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
                   scale_tril: torch.Tensor, ridge: float):
-    """Steps 2-5 for one draw. Returns ``(grad_m, grad_L, seen_error, coef, adjoint, right)``.
+    """Steps 2-5 for one draw. Returns ``(grad_m, grad_L, seen_error, coef, adjoint, right,
+    pred_ratio)`` with ``pred_ratio = ||f(V)|| / ||y_V||`` on the seen samples.
 
     ``x = m + L z`` (N, d), ``y`` (N,) labels; all in the working dtype, no autograd.
     """
@@ -177,13 +221,15 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Ten
     kxx.diagonal().add_(n * ridge)
     chol, info = torch.linalg.cholesky_ex(kxx)
     if int(info) != 0:
-        raise ValueError(f"Cholesky factorisation of K + N*ridge*I failed in {fdt} at "
+        raise _FactorError(f"Cholesky factorisation of K + N*ridge*I failed in {fdt} at "
                          f"ridge={ridge:g}; use factor_dtype='float64' or a larger ridge_end")
     coef = torch.cholesky_solve(y.to(fdt)[:, None], chol)[:, 0]
     right = augment_right(x, ws.bandwidth)
     k_seen = kernel_from_augmented(ws.seen_left, right, out=ws.buffer("seen", ws.n_seen, n))
     resid = torch.addmv(ws.seen_y, k_seen, coef.to(ws.dtype), alpha=-1.0)   # y - f(V)
     seen_error = math.sqrt(float(resid.double() @ resid.double()) / ws.seen_den)
+    pred = ws.seen_y.double() - resid.double()
+    pred_ratio = math.sqrt(float(pred @ pred) / ws.seen_den) if ws.seen_den > 0 else 1.0
     r = torch.mv(k_seen.T, resid)                                             # (N,) adjoint rhs
     adjoint = torch.cholesky_solve((r.to(fdt) * (n / ws.n_seen))[:, None], chol)[:, 0]
     # f(x_i) - y_i = -N eps a_i exactly, so c_i = (f_i - y_i) p_i / N = -eps a_i p_i
@@ -194,7 +240,7 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Ten
     sol = torch.linalg.solve_triangular(scale_tril.T, rhs, upper=True)
     grad_m = sol[:, 0]
     grad_l = sol[:, 1:] * ws.lower - c.sum() * torch.diag(1.0 / torch.diagonal(scale_tril))
-    return grad_m, grad_l, seen_error, coef, adjoint, right
+    return grad_m, grad_l, seen_error, coef, adjoint, right, pred_ratio
 
 
 def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> float:
@@ -261,7 +307,7 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
     with torch.no_grad():
         x = mean + zt @ scale_tril.T
         y = _labels(problem, x, dtype)
-        gm, gl, err, coef, adj, _ = _adjoint_step(ws, x, zt, y, scale_tril, ridge)
+        gm, gl, err, coef, adj, _, _ = _adjoint_step(ws, x, zt, y, scale_tril, ridge)
     return AdjointGradient(gm, gl, err, coef, adj)
 
 
@@ -286,7 +332,8 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
                     generator: int | torch.Generator | None = None,
                     callback: Callable[[dict], Any] | None = None, eval_unseen: bool = True,
                     lr_end: float = 0.0, normalize_labels: bool = False, dtype: Any = None,
-                    factor_dtype: Any = "float64", num_threads: int | None = None
+                    factor_dtype: Any = "float64", num_threads: int | None = None,
+                    max_move: float | None = 0.25, backtrack: bool = True, jump: float = 1.5
                     ) -> BilevelResult:
     """Optimise a Gaussian training distribution by bilevel gradient descent (SPEC §3).
 
@@ -325,9 +372,20 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
     dtype : working dtype (default: the meta-test's dtype; float32 in the paper setting).
     factor_dtype : dtype of the Cholesky factorisation and solves (float64 by default).
     num_threads : int, optional
-        torch intra-op threads for the run (restored afterwards). The per-step kernels are
-        small: on a shared machine one thread is often faster than two (OpenMP threads
-        busy-wait on each other when a core is taken).
+        torch intra-op threads for the run (restored afterwards). Default: the package's
+        thread policy (:func:`wheretolearn._threads.default_num_threads`), which gives the
+        small per-step kernels one thread -- on a shared machine two OpenMP threads
+        busy-wait on each other when a core is taken (6x slower beside one busy process).
+    max_move : float or None
+        Trust radius: an update may move ``nu`` by at most ``max_move * R`` in W2 (bounded by
+        the synchronous coupling, module docstring), ``R`` the RMS spread of the seen
+        meta-test samples. ``None`` turns the trust region off (the paper's plain step).
+    backtrack : bool
+        Reject collapsed iterates (vanishing kernel, non-finite values, error jump) and halve
+        the learning rate; with ``False`` a collapse is only recorded.
+    jump : float
+        A seen error above ``jump`` times the previous accepted one *and* above the start's
+        counts as a collapse.
 
     Returns
     -------
@@ -340,6 +398,11 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
     bandwidth = check_positive_float(bandwidth, "bandwidth")
     ridge_start = check_positive_float(ridge_start, "ridge_start")
     ridge_end = check_positive_float(ridge_end, "ridge_end")
+    if max_move is not None:
+        max_move = check_positive_float(max_move, "max_move")
+    jump = check_positive_float(jump, "jump")
+    if jump <= 1.0:
+        raise ValueError(f"jump must be > 1, got {jump:g}")
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}")
     if not isinstance(metatest, MetaTest):
@@ -358,15 +421,13 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
                "normalize_labels": bool(normalize_labels), "label_scale": label_scale,
                "dtype": str(dt).replace("torch.", ""),
                "factor_dtype": str(ws.factor_dtype).replace("torch.", ""),
-               "num_threads": num_threads}
-    previous_threads = torch.get_num_threads()
-    try:
-        if num_threads is not None:
-            torch.set_num_threads(check_positive_int(num_threads, "num_threads"))
-        with torch.no_grad():
-            return _run(problem, ws, init, gen, options, callback)
-    finally:
-        torch.set_num_threads(previous_threads)
+               "num_threads": num_threads, "max_move": max_move, "backtrack": bool(backtrack),
+               "jump": jump, "trust_radius": None if max_move is None else max_move * ws.spread}
+    # dominant call per step: the (J L, N) seen kernel block, d + 2 multiply-adds per entry
+    work = ws.n_seen * n_train * (metatest.dim + 2)
+    with torch_threads(num_threads, work=work) as used, torch.no_grad():
+        options["num_threads"] = used
+        return _run(problem, ws, init, gen, options, callback)
 
 
 def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options: dict,
@@ -375,56 +436,171 @@ def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options:
     mean = init.mean.detach().to(ws.dtype).clone()
     tril = init.scale_tril.detach().to(ws.dtype).clone()
     adam = _Adam(mean, tril) if options["optimizer"] == "adam" else None
+    guard = _Guard(options)
     history: list[dict] = []
     best = (math.inf, 0, mean.clone(), tril.clone())
+    previous = (mean, tril)            # last accepted iterate: where a rejection returns to
+    last_clipped = False               # the update that produced this iterate hit the radius
     total = grad_total = 0.0
     for step in range(steps):
         t0 = time.perf_counter()
-        lr_t = cosine_schedule(options["lr"], options["lr_end"], step, steps)
+        lr_t = guard.lr_factor * cosine_schedule(options["lr"], options["lr_end"], step, steps)
         ridge_t = cosine_schedule(options["ridge_start"], options["ridge_end"], step, steps)
         z = torch.randn(n, d, generator=gen, dtype=ws.dtype)
         x = mean + z @ tril.T
-        y = _labels(problem, x, ws.dtype)
-        gm, gl, seen_err, coef, _, right = _adjoint_step(ws, x, z, y, tril, ridge_t)
-        grad_norm = math.sqrt(float(gm @ gm) + float((gl * gl).sum()))
-        if not math.isfinite(grad_norm):
-            raise ValueError(f"bilevel gradient is not finite at step {step}; lower lr "
-                             f"(got {options['lr']:g}) or raise ridge_end")
-        if seen_err < best[0]:
-            best = (seen_err, step, mean.clone(), tril.clone())
-        record = {"step": step, "lr": lr_t, "ridge": ridge_t, "seen_error": seen_err,
-                  "unseen_error": math.nan, "grad_norm": grad_norm,
-                  "mean": mean.double().tolist()}
-        mean, tril = _update(mean, tril, gm, gl, lr_t, adam, ws.lower)
+        record = {"step": step, "lr": lr_t, "ridge": ridge_t, "seen_error": math.nan,
+                  "unseen_error": math.nan, "grad_norm": math.nan, "pred_ratio": math.nan,
+                  "move": 0.0,
+                  "rejected": False, "mean": mean.double().tolist()}
+        y, bad = _labels_or_reason(problem, x, ws.dtype, step)
+        right = coef = None
+        if bad is None:
+            try:
+                gm, gl, seen_err, coef, _, right, ratio = _adjoint_step(ws, x, z, y, tril,
+                                                                        ridge_t)
+            except _FactorError:
+                if step == 0 or not options["backtrack"]:
+                    raise
+                bad, right = "non_finite", None
+        if bad is None:
+            grad_norm = math.sqrt(float(gm @ gm) + float((gl * gl).sum()))
+            record.update(seen_error=seen_err, grad_norm=grad_norm, pred_ratio=ratio)
+            bad = guard.check(step, seen_err, ratio, grad_norm)
+        if bad == "non_finite" and (step == 0 or not options["backtrack"]):
+            raise ValueError(f"bilevel step {step} is not finite: lower lr (got "
+                             f"{options['lr']:g}) or raise ridge_end")
+        if bad is not None:
+            guard.note(step, bad)
+        overshoot = bad is None and guard.overshot(seen_err, last_clipped)
+        if options["backtrack"] and step > 0 and (bad is not None or overshoot):
+            record["rejected"] = True
+            mean, tril = previous   # return to the last accepted iterate
+            last_clipped = False
+            if overshoot:
+                guard.radius_factor = max(guard.radius_factor * 0.5, _MIN_RADIUS_FACTOR)
+            else:
+                guard.lr_factor *= 0.5
+            if adam is not None:
+                adam.reset()
+        if not record["rejected"]:
+            if seen_err < best[0]:
+                best = (seen_err, step, mean.clone(), tril.clone())
+            previous = (mean, tril)
+            guard.accept(seen_err)
+            radius = guard.radius(options["trust_radius"])
+            mean, tril, record["move"] = _update(mean, tril, gm, gl, lr_t, adam, ws.lower,
+                                                 radius)
+            last_clipped = radius is not None and record["move"] >= radius * (1 - 1e-9)
+            guard.clipped += last_clipped
         t1 = time.perf_counter()
-        if ws.unseen_left is not None:
+        if ws.unseen_left is not None and right is not None:
             record["unseen_error"] = _unseen_error(ws, right, coef)
         t2 = time.perf_counter()
         record["seconds"], record["grad_seconds"] = t2 - t0, t1 - t0
         total += t2 - t0
         grad_total += t1 - t0
         history.append(record)
+        last_bad = bad
         if callback is not None:
             callback(dict(record))
     return BilevelResult(initial=init.detach(), final=Gaussian(mean, scale_tril=tril),
                          best=Gaussian(best[2], scale_tril=best[3]), history=history,
                          seconds_per_step=total / steps, grad_seconds_per_step=grad_total / steps,
-                         best_step=best[1], options=options)
+                         best_step=best[1], options=options,
+                         collapse=guard.summary(last_bad is not None
+                                                and not options["backtrack"]))
 
 
-def _update(mean, tril, gm, gl, lr_t, adam, lower):
-    """One parameter update (new tensors), then the diagonal clamp of SPEC §2."""
+def _labels_or_reason(problem, x, dtype, step):
+    """Labels, or ``(None, "non_finite")`` when ``G*`` is not finite at some input (after step
+    0, where it is the caller's problem and raises)."""
+    try:
+        return _labels(problem, x, dtype), None
+    except ValueError as exc:
+        if step == 0 or "non-finite" not in str(exc):
+            raise
+        return None, "non_finite"
+
+
+class _Guard:
+    """Collapse detection and the learning-rate factor of the backtracking (module docstring)."""
+
+    def __init__(self, options: dict):
+        self.jump = options["jump"]
+        self.lr_factor = 1.0
+        self.start = None          # seen error of the initial iterate
+        self.last = None           # seen error of the last accepted iterate
+        self.events = 0
+        self.shrinks = 0
+        self.radius_factor = 1.0
+        self.first = None
+        self.reasons: set[str] = set()
+        self.clipped = 0
+
+    def check(self, step: int, seen_err: float, ratio: float, grad_norm: float) -> str | None:
+        """The collapse reason for this iterate, or None."""
+        if not (math.isfinite(seen_err) and math.isfinite(grad_norm)):
+            return "non_finite"
+        if ratio < _VANISHING:
+            return "vanishing_kernel"
+        if (self.last is not None and seen_err > self.jump * self.last
+                and seen_err > self.start):
+            return "error_jump"
+        return None
+
+    def accept(self, seen_err: float) -> None:
+        if self.start is None:
+            self.start = seen_err
+        self.last = seen_err
+
+    def radius(self, base: float | None) -> float | None:
+        """The trust radius now: ``base`` shrunk by every overshoot so far."""
+        return None if base is None else base * self.radius_factor
+
+    def overshot(self, seen_err: float, clipped: bool) -> bool:
+        """A step cut to the trust radius that *raised* the seen error overshot: the radius
+        was too large where the gradient is this steep."""
+        if clipped and self.last is not None and seen_err > self.last:
+            self.shrinks += 1
+            return True
+        if clipped:  # a cut step that helped: let the radius grow back
+            self.radius_factor = min(1.0, 2.0 * self.radius_factor)
+        return False
+
+    def note(self, step: int, reason: str) -> None:
+        self.events += 1
+        self.first = step if self.first is None else self.first
+        self.reasons.add(reason)
+
+    def summary(self, ended_collapsed: bool) -> dict:
+        return {"events": self.events, "first_step": self.first,
+                "reasons": sorted(self.reasons), "lr_factor": self.lr_factor,
+                "clipped_steps": int(self.clipped), "radius_shrinks": self.shrinks,
+                "radius_factor": self.radius_factor, "collapsed": bool(ended_collapsed)}
+
+
+def _update(mean, tril, gm, gl, lr_t, adam, lower, radius=None):
+    """One parameter update (new tensors), shortened to the trust ``radius`` (a bound on the
+    W2 move, module docstring), then the diagonal clamp of SPEC §2.
+
+    Returns ``(mean, tril, move)`` with ``move = sqrt(||dm||^2 + ||dL||_F^2)`` as taken.
+    """
     if adam is not None:
         gm, gl = adam.direction(gm, gl)
-    mean = mean - lr_t * gm
-    tril = (tril - lr_t * gl) * lower
+    dm, dl = lr_t * gm, (lr_t * gl) * lower
+    move = math.sqrt(float(dm @ dm) + float((dl * dl).sum()))
+    if radius is not None and move > radius:
+        dm, dl = dm * (radius / move), dl * (radius / move)
+        move = radius
+    mean = mean - dm
+    tril = tril - dl
     diag = torch.diagonal(tril)
     if bool((diag <= 0).any()):
         tril = tril.clone()
         torch.diagonal(tril).masked_fill_(diag <= 0, DIAG_CLAMP)
     if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(tril).all())):
         raise ValueError("bilevel iterate became non-finite; lower lr")
-    return mean, tril
+    return mean, tril, move
 
 
 class _Adam:
@@ -446,3 +622,7 @@ class _Adam:
             vhat = self.v[i] / (1 - b2 ** self.t)
             out.append(mhat / (vhat.sqrt() + _ADAM_EPS))
         return out[0], out[1]
+
+    def reset(self) -> None:
+        """Forget the moments (after a rejected step they point the wrong way)."""
+        self.__init__(self.m[0], self.m[1])

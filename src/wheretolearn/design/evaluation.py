@@ -20,15 +20,23 @@ recorded; so is a float32 fit whose predictions overflow to non-finite values.
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .._threads import torch_threads
 from .._validation import check_positive_float, check_positive_int, resolve_dtype
 from .baselines import TrainingSource
 
-__all__ = ["evaluate_sources", "fit_and_score", "source_seed"]
+__all__ = ["evaluate_sources", "fit_and_score", "source_seed", "name_key"]
+
+
+def name_key(name: str) -> int:
+    """A stable 32-bit integer for a source name (CRC-32 of its UTF-8 bytes): evaluation
+    seeds are keyed by name, never by a source's position in a list."""
+    return zlib.crc32(str(name).encode("utf-8"))
 
 
 def source_seed(seed: int, *parts: int) -> int:
@@ -75,7 +83,8 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
                      n_values: Sequence[int] = (1024, 4096), *, repeats: int = 3,
                      bandwidth: float, ridge: float = 1e-7, seed: int = 0,
                      dtype: Any = torch.float64,
-                     callback: Callable[[dict], None] | None = None) -> dict[str, dict[str, dict]]:
+                     callback: Callable[[dict], None] | None = None,
+                     num_threads: int | None = None) -> dict[str, dict[str, dict]]:
     """Unseen meta-test error of KRR trained on N samples of each source.
 
     Parameters
@@ -92,10 +101,15 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
     bandwidth, ridge : float
         Kernel length scale ``s`` and ridge ``eps`` (system ``K + N eps I``).
     seed : int
-        Base seed; cell (source i, N, repeat r) uses ``source_seed(seed, i, N, r)``.
+        Base seed; cell (source, N, repeat r) uses ``source_seed(seed, name_key(name), N, r)``:
+        a source's draws depend on its *name*, not on its position in ``sources``, so adding
+        or dropping a baseline leaves the others' numbers unchanged.
     dtype : "float64" (default) or "float32" (with float64 fallback)
     callback : callable, optional
         Called with ``{"source", "n", "repeat", "error", "seconds"}`` after every fit.
+    num_threads : int, optional
+        torch threads for each fit; default: the package's thread policy by the fit's size
+        (:func:`wheretolearn._threads.default_num_threads`).
 
     Returns
     -------
@@ -112,7 +126,7 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
     ridge = check_positive_float(ridge, "ridge")
     pool = metatest.seen_x.shape[0] * metatest.seen_x.shape[1]
     out: dict[str, dict[str, dict]] = {}
-    for i, src in enumerate(sources):
+    for src in sources:
         out[src.name] = {}
         for n in ns:
             if getattr(src, "pool", None) is not None and n > pool:
@@ -121,10 +135,11 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
             values, used = [], set()
             for r in range(repeats):
                 t0 = time.perf_counter()
-                g = torch.Generator().manual_seed(source_seed(seed, i, n, r))
-                x = src.draw(n, generator=g, metatest=metatest)
-                err, dt = fit_and_score(problem, metatest, x, bandwidth=bandwidth,
-                                        ridge=ridge, dtype=dtype)
+                g = torch.Generator().manual_seed(source_seed(seed, name_key(src.name), n, r))
+                with torch_threads(num_threads, work=n ** 3 / 3):
+                    x = src.draw(n, generator=g, metatest=metatest)
+                    err, dt = fit_and_score(problem, metatest, x, bandwidth=bandwidth,
+                                            ridge=ridge, dtype=dtype)
                 values.append(err)
                 used.add(dt)
                 if callback is not None:

@@ -6,13 +6,18 @@ folder (see :class:`wheretolearn.report.RunFolder`)::
     out/config.toml     resolved BilevelStudyConfig
     out/metrics.jsonl   one record per bilevel step (step, lr, ridge, seen/unseen error, ...)
     out/evaluation.jsonl one record per baseline fit (source, N, repeat, error, seconds)
-    out/summary.json    errors, timings, learned Gaussian, baseline table with 95 % CIs
+    out/summary.json    errors, timings, learned Gaussian, baseline table with 95 % CIs,
+                        collapse flags and warnings; with ``trials > 1`` the table holds the
+                        mean and 95 % interval over whole runs (``per_trial`` keeps each run)
     out/figures/*.png   error vs step, error vs N, learned vs barycenter / mixture covariance
+
+With ``trials = T`` the study repeats the *whole* run (bilevel descent and every baseline's
+evaluation) T times with different seeds; the meta-test family stays the one of ``seed``
+unless ``vary_metatest``. Trial 0 uses exactly the seeds of a single run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -65,7 +70,9 @@ class BilevelStudyConfig(BaseModel):
     Every field can be given in a TOML file (same names) or on the command line.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: one rule per key from TOML and flags alike (``dim = true``, ``"2"`` or ``2.0``
+    # are not an int); an int is a valid float
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     problem: str = Field("sobol-g", description="sobol-g | friedman1 | friedman2 | rkhs")
     dim: int = Field(2, description="input dimension d")
@@ -81,14 +88,17 @@ class BilevelStudyConfig(BaseModel):
     normalize_labels: bool = Field(
         False, description="divide the bilevel objective by the mean square of the seen labels")
     use_iterate: Literal["final", "best"] = Field(
-        "final", description="which nu is 'optimized': the last iterate or the one with the "
-                             "lowest *seen* error (the unseen set is never used for choosing)")
+        "best", description="which nu is 'optimized': the iterate with the lowest *seen* error "
+                            "(default; the unseen set is never used for choosing) or the last")
     ridge_start: float = 1e-3
     ridge_end: float = 1e-7
     eval_n: list[int] = Field(default_factory=lambda: [1024, 4096])
     eval_ridge: float = Field(1e-7, description="ridge eps of the final fits (K + N eps I)")
     eval_dtype: Literal["float32", "float64"] = "float64"
     repeats: int = 3
+    trials: int = Field(1, description="whole runs with different seeds (paper: 10); the "
+                                       "table then gives mean and 95 % interval over trials")
+    vary_metatest: bool = Field(False, description="draw a new meta-test family per trial")
     seed: int = 0
     n_measures: int = 10
     n_seen: int = 500
@@ -96,8 +106,9 @@ class BilevelStudyConfig(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
     baselines: list[str] = Field(default_factory=lambda: list(BASELINE_NAMES))
     num_threads: Optional[int] = Field(
-        None, description="torch threads for the whole study (restored afterwards); on a "
-                          "shared machine 1 is often faster than 2")
+        None, description="torch threads for the whole study (restored afterwards); unset: "
+                          "wheretolearn's default policy (1 thread for the small per-step "
+                          "kernels, see wheretolearn._threads)")
     bilevel_options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword options for bilevel_descent")
 
@@ -115,7 +126,8 @@ class BilevelStudyConfig(BaseModel):
         raise ValueError(f"unknown problem; choose one of {', '.join(BILEVEL_PROBLEMS)}, an "
                          "installed plugin or an import path 'package.module:factory'")
 
-    @field_validator("dim", "n_train", "steps", "repeats", "n_measures", "n_seen", "n_unseen")
+    @field_validator("dim", "n_train", "steps", "repeats", "trials", "n_measures", "n_seen",
+                     "n_unseen")
     @classmethod
     def _positive_int(cls, v: int) -> int:
         if v < 1:
@@ -179,7 +191,8 @@ class BilevelStudyConfig(BaseModel):
     @classmethod
     def _no_shadowing(cls, v: dict[str, Any]) -> dict[str, Any]:
         taken = {"n_train", "steps", "lr", "bandwidth", "ridge_start", "ridge_end", "optimizer",
-                 "generator", "normalize_labels", "callback", "problem", "metatest", "init"}
+                 "generator", "normalize_labels", "callback", "problem", "metatest", "init",
+                 "num_threads"}
         clash = sorted(taken & set(v))
         if clash:
             raise ValueError(f"set {clash[0]!r} as a top-level key, not in bilevel_options")
@@ -195,30 +208,23 @@ class BilevelStudyConfig(BaseModel):
         return v
 
 
-def _initial_gaussian(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype):
-    """``N(init_mean 1, init_std^2 I)`` or the barycenter of the seen meta-test Gaussians."""
+def _normal_gaussian(cfg: BilevelStudyConfig, dtype: torch.dtype):
+    """``N(init_mean 1, init_std^2 I)``: the problem's normal start (and the "normal" baseline,
+    whatever ``init`` is)."""
     from ..measures import Gaussian
-    from .baselines import seen_barycenter
 
-    if cfg.init == "barycenter":
-        return seen_barycenter(metatest.seen_x, dtype)
     d = cfg.dim
     return Gaussian(torch.full((d,), cfg.init_mean, dtype=dtype),
                     scale_tril=cfg.init_std * torch.eye(d, dtype=dtype))
 
 
-@contextlib.contextmanager
-def _threads(n: Optional[int]):
-    """Set torch's intra-op thread count for the block (no-op for ``None``)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def _initial_gaussian(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype):
+    """``N(init_mean 1, init_std^2 I)`` or the barycenter of the seen meta-test Gaussians."""
+    from .baselines import seen_barycenter
+
+    if cfg.init == "barycenter":
+        return seen_barycenter(metatest.seen_x, dtype)
+    return _normal_gaussian(cfg, dtype)
 
 
 class _Progress:
@@ -256,13 +262,13 @@ class _Progress:
 
 def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
                       progress: bool = True, overwrite: bool = False, console=None) -> dict:
-    """Run one bilevel study and write its run folder.
+    """Run one bilevel study (``trials`` whole runs) and write its run folder.
 
-    Steps: build the meta-test family (J Gaussians, seen / unseen samples); start from
-    the initial Gaussian; run :func:`~wheretolearn.design.bilevel.bilevel_descent`
+    Steps per trial: build the meta-test family (J Gaussians, seen / unseen samples); start
+    from the initial Gaussian; run :func:`~wheretolearn.design.bilevel.bilevel_descent`
     (each step's record goes to ``metrics.jsonl``); fit KRR on ``eval_n`` samples of the
-    optimised Gaussian and every baseline (``repeats`` draws each); draw figures; write
-    ``summary.json``. The folder appears only if all of it succeeds.
+    optimised Gaussian and every baseline (``repeats`` draws each). Then draw figures (of
+    trial 0) and write ``summary.json``. The folder appears only if all of it succeeds.
 
     Parameters
     ----------
@@ -280,18 +286,47 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
     -------
     dict
         The summary (as written to ``summary.json``) plus ``"out"``: the folder path.
+        ``summary["warnings"]`` holds one line per problem found (collapse, no improvement).
     """
-    from .._validation import resolve_dtype, torch_generator
-    from ..problems import get_problem
+    from .._threads import torch_threads
     from ..report.figures import plot_study_figures
     from ..report.runfolder import RunFolder
-    from .evaluation import source_seed
-    from .metatest import make_metatest
 
     cfg = config if isinstance(config, BilevelStudyConfig) else BilevelStudyConfig(**config)
     run = RunFolder(out_dir, overwrite=overwrite)  # refuses an existing folder before any work
-    from .bilevel import bilevel_descent
     t_start = time.perf_counter()
+    with torch_threads(cfg.num_threads), run, _Progress(progress, console) as bar:
+        run.write_config_toml(cfg.model_dump())
+        trials = [_run_trial(cfg, k, run, bar) for k in range(cfg.trials)]
+        summary = trials[0]["summary"] if cfg.trials == 1 else _aggregate(cfg, trials)
+        first = trials[0]
+        summary["figures"] = plot_study_figures(
+            run, summary, first["result"].history, first["metatest"], learned=first["chosen"],
+            reference={k: first["sources"][k] for k in ("barycenter", "mixture")
+                       if k in first["sources"]})
+        summary["seconds_total"] = time.perf_counter() - t_start
+        run.write_summary(summary)
+    summary["out"] = str(run.out)
+    return summary
+
+
+def _trial_seed(cfg: BilevelStudyConfig, trial: int, stream: int) -> int:
+    """Seed of one random stream (1: bilevel draws, 2: evaluation) of one trial; trial 0
+    keeps the seeds of a single run."""
+    from .evaluation import source_seed
+
+    if stream == 1:
+        return source_seed(cfg.seed, 1) if trial == 0 else source_seed(cfg.seed, 1, trial)
+    return cfg.seed if trial == 0 else source_seed(cfg.seed, 2, trial)
+
+
+def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
+    """One whole run: meta-test, bilevel descent, evaluation of every source."""
+    from .._validation import resolve_dtype, torch_generator
+    from ..problems import get_problem
+    from .bilevel import bilevel_descent
+    from .metatest import make_metatest
+
     dtype = resolve_dtype(cfg.dtype)
     problem = get_problem(cfg.problem, dim=cfg.dim)
     if cfg.problem not in BILEVEL_PROBLEMS:
@@ -299,49 +334,75 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
 
         check_function_contract(problem, cfg.dim)
     metatest = make_metatest(problem, n_measures=cfg.n_measures, n_seen=cfg.n_seen,
-                             n_unseen=cfg.n_unseen, seed=cfg.seed, dtype=dtype)
+                             n_unseen=cfg.n_unseen,
+                             seed=cfg.seed + trial if cfg.vary_metatest else cfg.seed,
+                             dtype=dtype)
     init = _initial_gaussian(cfg, metatest, dtype)
-    with _threads(cfg.num_threads), run, _Progress(progress, console) as bar:
-        run.write_config_toml(cfg.model_dump())
-        task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}", cfg.steps)
+    label = f" trial {trial + 1}/{cfg.trials}" if cfg.trials > 1 else ""
+    task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}{label}", cfg.steps)
 
-        def on_step(record: dict) -> None:
-            run.append_metrics(record)
-            bar.advance(task, f"unseen {record.get('unseen_error', float('nan')):.4f}")
+    def on_step(record: dict) -> None:
+        run.append_metrics({"trial": trial, **record})
+        bar.advance(task, f"unseen {record.get('unseen_error', float('nan')):.4f}")
 
-        gen = torch_generator(source_seed(cfg.seed, 1))
-        result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
-                                 lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
-                                 ridge_end=cfg.ridge_end, optimizer=cfg.optimizer, generator=gen,
-                                 normalize_labels=cfg.normalize_labels, callback=on_step,
-                                 **cfg.bilevel_options)
-        chosen = result.best if cfg.use_iterate == "best" else result.final
-        evaluation = _evaluate(cfg, problem, metatest, init, chosen, bar, run)
-        summary = _summary(cfg, result, chosen, evaluation, metatest)
-        summary["figures"] = plot_study_figures(run, summary, result.history, metatest,
-                                                 learned=chosen)
-        summary["seconds_total"] = time.perf_counter() - t_start
-        run.write_summary(summary)
-    summary["out"] = str(run.out)
-    return summary
+    result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
+                             lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
+                             ridge_end=cfg.ridge_end, optimizer=cfg.optimizer,
+                             generator=torch_generator(_trial_seed(cfg, trial, 1)),
+                             normalize_labels=cfg.normalize_labels, callback=on_step,
+                             num_threads=cfg.num_threads, **cfg.bilevel_options)
+    chosen = result.best if cfg.use_iterate == "best" else result.final
+    sources = _sources(cfg, metatest, chosen, dtype)
+    evaluation = _evaluate(cfg, problem, metatest, list(sources.values()), bar, run, trial)
+    summary = _summary(cfg, result, chosen, evaluation, metatest)
+    return {"summary": summary, "result": result, "chosen": chosen, "metatest": metatest,
+            "sources": {k: getattr(v, "measure", None) for k, v in sources.items()}}
 
 
-def _evaluate(cfg, problem, metatest, init, chosen, bar, run) -> dict:
+def _sources(cfg, metatest, chosen, dtype) -> dict:
+    """Every training source of the table, by name; "normal" is the problem's normal start
+    ``N(init_mean 1, init_std^2 I)`` whatever the bilevel run started from."""
     from .baselines import make_sources
-    from .evaluation import evaluate_sources
 
     names = ["optimized", *cfg.baselines]
-    sources = make_sources(names, init=init, final=chosen, metatest=metatest,
-                           bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge)
-    task = bar.add("baselines", len(names) * len(cfg.eval_n) * cfg.repeats)
+    built = make_sources(names, init=_normal_gaussian(cfg, dtype), final=chosen,
+                         metatest=metatest, bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge)
+    return dict(zip(names, built))
+
+
+def _evaluate(cfg, problem, metatest, sources, bar, run, trial: int = 0) -> dict:
+    from .evaluation import evaluate_sources
+
+    task = bar.add("baselines", len(sources) * len(cfg.eval_n) * cfg.repeats)
 
     def on_fit(rec: dict) -> None:
-        run.append_metrics(rec, name="evaluation.jsonl")
+        run.append_metrics({"trial": trial, **rec}, name="evaluation.jsonl")
         bar.advance(task, f"{rec['source']} N={rec['n']}: {rec['error']:.4f}")
 
     return evaluate_sources(problem, metatest, sources, cfg.eval_n, repeats=cfg.repeats,
-                            bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge, seed=cfg.seed,
-                            dtype=cfg.eval_dtype, callback=on_fit)
+                            bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge,
+                            seed=_trial_seed(cfg, trial, 2), dtype=cfg.eval_dtype,
+                            callback=on_fit, num_threads=cfg.num_threads)
+
+
+def _collapse_report(cfg, result, seen_reported: float) -> tuple[dict, list[str]]:
+    """Collapse flags for ``summary.json`` and one warning line per problem found."""
+    c = dict(result.collapse)
+    start_seen = result.history[0]["seen_error"]
+    c["no_improvement"] = bool(seen_reported >= start_seen)
+    c["flagged"] = bool(c.get("events", 0) or c.get("collapsed") or c["no_improvement"])
+    warnings = []
+    if c.get("events"):
+        action = ("rejected, the learning rate halved each time" if result.options.get("backtrack")
+                  else "NOT rejected (backtrack off)")
+        warnings.append(f"bilevel descent collapsed {c['events']} time(s) (first at step "
+                        f"{c['first_step']}: {', '.join(c['reasons'])}); those steps were "
+                        f"{action}")
+    if c["no_improvement"]:
+        warnings.append(f"no reported iterate improved on the start's seen error "
+                        f"({start_seen:.4f} -> {seen_reported:.4f}): the 'optimized' column is "
+                        f"not an improvement; try a smaller lr")
+    return c, warnings
 
 
 def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
@@ -351,6 +412,8 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
     seen = [h["seen_error"] for h in hist]
     best_step = int(result.best_step)
     learned = chosen.detach()
+    reported_step = best_step if cfg.use_iterate == "best" else len(hist) - 1
+    collapse, warnings = _collapse_report(cfg, result, seen[reported_step])
     return {
         "problem": cfg.problem,
         "dim": cfg.dim,
@@ -360,13 +423,17 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
         "normalize_labels": cfg.normalize_labels,
         "init": cfg.init,
         "use_iterate": cfg.use_iterate,
+        "trials": 1,
         "initial_error": unseen[0],
         "final_error": unseen[-1],
         "best_error": unseen[best_step],
         "best_step": hist[best_step]["step"],
-        "min_unseen_error": min(unseen),
+        "min_unseen_error": _nanmin(unseen),
         "initial_seen_error": seen[0],
         "final_seen_error": seen[-1],
+        "reported_seen_error": seen[reported_step],
+        "collapse": collapse,
+        "warnings": warnings,
         "seconds_per_step": float(result.seconds_per_step),
         "grad_seconds_per_step": float(result.grad_seconds_per_step),
         "learned": {"mean": learned.mean.double().tolist(), "cov": learned.cov.double().tolist()},
@@ -374,6 +441,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
                     "cov": result.initial.cov.detach().double().tolist()},
         "eval_n": list(cfg.eval_n),
         "repeats": cfg.repeats,
+        "ci_over": "repeats",
         "baselines": {name: {n: cell["mean"] for n, cell in by_n.items()}
                       for name, by_n in evaluation.items()},
         "baselines_ci": {name: {n: {"lo": cell["lo"], "hi": cell["hi"], "n": cell["n"],
@@ -382,3 +450,44 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
         "metatest": {"n_measures": cfg.n_measures, "n_seen": cfg.n_seen,
                      "n_unseen": cfg.n_unseen, "seed": cfg.seed},
     }
+
+
+def _nanmin(values) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return min(finite) if finite else math.nan
+
+
+_PER_TRIAL_SCALARS = ("initial_error", "final_error", "best_error", "min_unseen_error",
+                      "initial_seen_error", "final_seen_error", "reported_seen_error",
+                      "seconds_per_step", "grad_seconds_per_step")
+
+
+def _aggregate(cfg, trials: list[dict]) -> dict:
+    """Summary over whole runs: each table cell is the mean over trials of the trial's mean
+    over repeats, with the 95 % Student-t interval over trials (``ci_over = "trials"``)."""
+    from ..report.metrics import mean_ci95
+
+    per = [t["summary"] for t in trials]
+    out = dict(per[0])
+    out.update(trials=len(per), ci_over="trials",
+               per_trial=[{k: p[k] for k in (*_PER_TRIAL_SCALARS, "collapse", "learned",
+                                             "baselines")} for p in per],
+               warnings=[f"trial {i}: {w}" for i, p in enumerate(per) for w in p["warnings"]])
+    for key in _PER_TRIAL_SCALARS:
+        out[key] = float(sum(p[key] for p in per) / len(per))
+    out["collapse"] = {"flagged_trials": [i for i, p in enumerate(per) if p["collapse"]["flagged"]],
+                       "flagged": any(p["collapse"]["flagged"] for p in per)}
+    table, table_ci = {}, {}
+    for name, by_n in per[0]["baselines"].items():
+        table[name], table_ci[name] = {}, {}
+        for n in by_n:
+            vals = [p["baselines"][name][n] for p in per]
+            if any(v is None for v in vals):
+                table[name][n] = None
+                table_ci[name][n] = {"lo": None, "hi": None, "n": 0, "values": []}
+                continue
+            ci = mean_ci95(vals)
+            table[name][n] = ci["mean"]
+            table_ci[name][n] = {"lo": ci["lo"], "hi": ci["hi"], "n": ci["n"], "values": vals}
+    out["baselines"], out["baselines_ci"] = table, table_ci
+    return out

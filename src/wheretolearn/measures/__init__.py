@@ -10,7 +10,7 @@ from .boundary import NtDInputMeasure
 from .distances import BarycenterResult, barycenter, sqrtm_psd, wasserstein2, wasserstein2_squared
 from .empirical import Empirical
 from .fields import FourierBasis1D, GaussianRandomField, KLEBasis, SineBasis1D, SineBasis2D
-from .gaussian import DIAG_CLAMP, Gaussian, clamp_scale_tril
+from .gaussian import DIAG_CLAMP, Gaussian, clamp_scale_tril, empirical_gaussians
 from .lognormal import LogNormalField
 from .mixture import Mixture
 from .uniform import Uniform
@@ -20,6 +20,7 @@ __all__ = [
     "Gaussian",
     "DIAG_CLAMP",
     "clamp_scale_tril",
+    "empirical_gaussians",
     "Mixture",
     "Uniform",
     "Empirical",

@@ -14,7 +14,7 @@ import torch
 from .._validation import as_tensor, check_finite, check_spd, resolve_dtype, torch_generator
 from .base import Measure, check_n_samples
 
-__all__ = ["Gaussian", "DIAG_CLAMP", "clamp_scale_tril"]
+__all__ = ["Gaussian", "DIAG_CLAMP", "clamp_scale_tril", "empirical_gaussians"]
 
 #: Value that replaces non-positive diagonal entries of the Cholesky factor (SPEC §2).
 DIAG_CLAMP = 1e-7
@@ -180,3 +180,23 @@ class Gaussian(Measure):
 
     def __repr__(self) -> str:
         return f"Gaussian(dim={self.dim}, dtype={self.dtype})"
+
+
+def empirical_gaussians(samples: torch.Tensor, *, dtype=None) -> list[Gaussian]:
+    """Gaussians fitted to each group of samples: (J, L, d) -> J ``Gaussian`` measures.
+
+    Mean ``mean_l x_l``, covariance ``(1/(L-1)) sum_l (x_l - m)(x_l - m)^T`` plus a tiny
+    ``1e-10 * trace`` jitter so a degenerate group still gives a valid measure.
+    """
+    given = as_tensor(samples, "samples").detach()
+    x = given.double()
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"samples must have shape (J, L, d) with L >= 2, got {tuple(x.shape)}")
+    mean = x.mean(1)
+    centred = x - mean[:, None, :]
+    cov = centred.transpose(1, 2) @ centred / (x.shape[1] - 1)
+    d = x.shape[2]
+    jitter = 1e-10 * cov.diagonal(dim1=1, dim2=2).sum(1)[:, None, None] * torch.eye(d, dtype=x.dtype)
+    cov = 0.5 * (cov + cov.transpose(1, 2)) + jitter
+    dt = dtype or given.dtype
+    return [Gaussian(mean[j], cov[j]).to(dtype=dt) for j in range(x.shape[0])]

@@ -152,30 +152,30 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def plot_study_figures(run: Any, summary: dict, history: Sequence[dict], metatest: Any, *,
-                       learned: Any) -> list[str]:
+                       learned: Any, reference: dict[str, Any] | None = None) -> list[str]:
     """Draw the three figures of a bilevel study into ``run`` (a RunFolder).
+
+    Parameters
+    ----------
+    learned : Gaussian
+        The reported training distribution.
+    reference : dict name -> measure, optional
+        Measures drawn beside it in the covariance figure (the study passes the barycenter and
+        mixture it evaluated); each needs ``mean`` (d,) and ``cov`` (d, d).
 
     Returns the figure file names relative to the run folder.
     """
-    from ..design.baselines import empirical_gaussians
-    from ..measures import Mixture, barycenter
-
     tag = f"{summary['problem']} d={summary['dim']}"
     paths = [plot_error_vs_step(history, run.figure_path("error_vs_step"), title=tag),
              plot_error_vs_n(summary["baselines"], summary["baselines_ci"],
                              run.figure_path("error_vs_n"), title=tag)]
-    comps = empirical_gaussians(metatest.seen_x, dtype=_f64())
-    bary = barycenter(comps).measure
-    mix = Mixture(comps)
-    covs = {"learned": (learned.mean.detach().double().numpy(), learned.cov.detach().double().numpy()),
-            "barycenter": (bary.mean.detach().numpy(), bary.cov.detach().numpy()),
-            "mixture": (mix.mean.detach().numpy(), mix.cov.detach().numpy())}
+    covs = {"learned": _moments(learned)}
+    covs.update({name: _moments(m) for name, m in (reference or {}).items() if m is not None})
     samples = metatest.seen_x.detach().double().numpy()
     paths.append(plot_covariances(covs, run.figure_path("covariances"), samples=samples, title=tag))
     return [str(Path(p).relative_to(run.path)) for p in paths]
 
 
-def _f64():
-    import torch
-
-    return torch.float64
+def _moments(measure: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, cov)`` of a measure as float64 numpy arrays."""
+    return (measure.mean.detach().double().numpy(), measure.cov.detach().double().numpy())
