@@ -198,3 +198,171 @@ def test_step_accepted_while_the_attempt_is_given_up_is_in_buffer_and_ledger(cli
     assert accepted == [(sim_id, 0)]
     assert ledger[sim_id].state == "failed" and ledger[sim_id].has_step(0)
     assert ledger.samples_received == 1 and ledger.late_dropped == 0
+
+
+# ------------------------------------------------------------------ issue 14: real faults
+@pytest.fixture(scope="module")
+def one_worker():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        c.run(_warm_up)
+        yield c
+
+
+def test_a_hang_that_never_polls_frees_its_slot(one_worker):
+    """A simulation spinning in a tight loop (it never polls for cancellation) on the only
+    worker: the timeout must kill it, so that the relaunch runs at once. Before, the
+    timeout only cancelled the Dask future: the relaunch queued behind the hung thread
+    until the hang ended by itself (here after 120 s)."""
+    import time
+
+    seed, rate = 12, 0.5
+    assert fault_plan(seed, 0, 1, rate, 6) == ("hang", 2)
+    assert fault_plan(seed, 0, 2, rate, 6) == (None, -1)
+    t0 = time.monotonic()
+    ledger, col = run(one_worker, 1, fail_rate=rate, seed=seed, simulation_timeout=1.0,
+                      hang_seconds=120.0, hang_mode="spin", max_concurrent=1, timeout=100)
+    assert time.monotonic() - t0 < 90                  # well before the hang would end
+    attempts = ledger[0].attempts
+    assert [a.outcome for a in attempts] == ["timeout", "ok"]
+    assert len(col.fields) == 6
+
+
+def test_a_full_buffer_does_not_hide_a_hang(client):
+    """Simulation 0 hangs at step 0 while the buffer is full (simulation 1's steps wait):
+    back-pressure must pause the timers of waiting attempts only, so the hang is declared
+    after about ``simulation_timeout``, long before the buffer frees. Before, every timer
+    was reset while the buffer was full and the hang was found only after the stall."""
+    import time
+
+    seed, rate, stall = 146, 0.5, 8.0
+    assert fault_plan(seed, 0, 1, rate, 6) == ("hang", 0)
+    assert fault_plan(seed, 1, 1, rate, 6) == (None, -1)
+
+    class FullForAWhile(Collector):
+        def __init__(self):
+            super().__init__()
+            self.t_first = None
+
+        def __call__(self, sim_id, step, params, field, timeout):
+            self.t_first = self.t_first or time.monotonic()
+            if time.monotonic() - self.t_first < stall:
+                time.sleep(timeout)
+                return False
+            return super().__call__(sim_id, step, params, field, timeout)
+
+    col = FullForAWhile()
+    ledger, _ = run(client, 2, collector=col, fail_rate=rate, seed=seed,
+                    simulation_timeout=1.0, hang_seconds=60.0, max_concurrent=2,
+                    max_message_bytes=1)
+    first = ledger[0].attempts[0]
+    assert first.outcome == "timeout"
+    # declared during the stall (wall clock of the ledger: UNIX seconds)
+    stall_end_unix = time.time() - (time.monotonic() - (col.t_first + stall))
+    assert first.end < stall_end_unix - 2.0, (first.end, stall_end_unix)
+    # the healthy simulation, whose steps waited, was never timed out
+    assert [a.outcome for a in ledger[1].attempts] == ["ok"]
+    assert ledger.counts()["completed"] == 2
+
+
+def _steps_sent(seed, rate, sim_id, attempt, n_steps):
+    from wheretolearn.online.faults import resend_plan
+
+    kind, step = fault_plan(seed, sim_id, attempt, rate, n_steps)
+    sent = n_steps if kind is None else step
+    return sent + (1 if resend_plan(seed, sim_id, attempt, rate) == 0 and sent > 0 else 0)
+
+
+def test_injected_faults_resend_steps_and_every_redelivery_is_dropped(client):
+    """A crashed or hung attempt sent the steps it computed before the fault; its relaunch
+    sends them again; a retried message arrives twice. Every one of these redeliveries
+    must be dropped, and counted: total arrivals - distinct steps, computed from the
+    fault plan alone (one step per message)."""
+    seed, rate, n = 4, 0.5, 6
+    ledger, col = run(client, 6, fail_rate=rate, seed=seed, simulation_timeout=1.5,
+                      max_retries=20, max_message_bytes=1)
+    s = ledger.summary()
+    assert s["simulations_completed"] == 6 and len(col.fields) == 6 * n  # Collector asserts once
+    arrivals = sum(_steps_sent(seed, rate, r.sim_id, a.number, n)
+                   for r in ledger for a in r.attempts)
+    dropped = s["redeliveries_dropped"] + s["late_dropped"]
+    assert dropped == arrivals - 6 * n
+    assert s["redeliveries_dropped"] > 0
+
+
+def test_failure_noticed_after_completion_tells_the_sampler(client):
+    """``_fail`` on a simulation whose last step just arrived: nothing is relaunched, and
+    the sampler hears of a completion (before, ``_fail`` returned without telling it)."""
+    from wheretolearn.online.executor import _Active
+
+    class ErroredFuture:
+        status = "error"
+
+        def cancel(self):
+            pass
+
+    class Sampler:
+        adaptive = True
+
+        def __init__(self):
+            self.finished = []
+
+        def ask(self, n, sim_ids=None):
+            return BOUNDS[:, 0][None].repeat(n, 0)
+
+        def simulation_finished(self, sim_id, *, completed):
+            self.finished.append((sim_id, completed))
+
+    ledger = SimulationLedger(SPEC["options"]["n_steps"])
+    sampler = Sampler()
+    ex = EnsembleExecutor(client, SPEC, ledger, sampler, lambda *a: True, n_simulations=1,
+                          max_concurrent=1, max_retries=0)
+    sim_id = ledger.new_simulation(BOUNDS[:, 0])
+    attempt = ledger.start_attempt(sim_id)
+    for step in range(SPEC["options"]["n_steps"]):
+        ledger.record_step(sim_id, step)
+    act = _Active(sim_id, attempt, ErroredFuture(), 0.0, started=True)
+    ex._active[sim_id] = act
+    ex._fail(act, "crash", "reported after the last step")
+    assert sampler.finished == [(sim_id, True)]
+    assert ledger[sim_id].state == "completed" and len(ledger[sim_id].attempts) == 1
+    assert not ex._active
+
+
+def test_receiver_blocks_instead_of_spinning_and_stops_at_the_end(client):
+    import time
+
+    ledger = SimulationLedger(SPEC["options"]["n_steps"])
+    ex = EnsembleExecutor(client, SPEC, ledger, make_sampler("uniform", BOUNDS, seed=3),
+                          Collector(), n_simulations=2, max_concurrent=2).start()
+    t0 = time.monotonic()
+    assert ex.done.wait(60)
+    elapsed = time.monotonic() - t0
+    receiver = ex._threads[0]
+    receiver.join(5)
+    assert not receiver.is_alive()                    # stopped once the ensemble ended
+    # one blocking get per message or per 0.5 s, plus heartbeat polls every 0.25 s; the
+    # spinning receiver made about 170 round trips a second
+    assert ex.queue_gets <= 2 * ex.messages_received + 6 * elapsed + 10
+    ex.stop()
+
+
+@pytest.mark.parametrize("completed, lineage, sim, retries, redraw, want", [
+    (True, 9, 9, 0, 1, "completed"),        # late failure report: nothing to do
+    (False, 1, 1, 3, None, "relaunch"),
+    (False, 3, 3, 3, None, "relaunch"),     # max_retries relaunches allowed
+    (False, 4, 4, 3, None, "give_up"),      # one failure more: failed
+    (False, 1, 1, 3, 1, "redraw"),          # Melissa's crashes_before_redraw = 1
+    (False, 2, 1, 3, 2, "relaunch"),        # failures counted per parameter set
+    (False, 3, 2, 3, 2, "redraw"),
+    (False, 4, 2, 3, 2, "give_up"),         # giving up wins over redrawing
+    (False, 1, 1, 0, None, "give_up"),      # max_retries = 0: no relaunch at all
+])
+def test_decide_after_failure_table(completed, lineage, sim, retries, redraw, want):
+    from wheretolearn.online.policy import decide_after_failure
+
+    assert decide_after_failure(completed=completed, lineage_failures=lineage,
+                                sim_failures=sim, max_retries=retries,
+                                failures_before_redraw=redraw) == want

@@ -1,211 +1,56 @@
-"""Streaming ensemble executor on Dask distributed (SPEC §5, "Ensemble executor").
+"""Streaming ensemble executor on Dask distributed: the server side (SPEC §5).
 
-One Dask task per simulation *attempt* runs ``problem.simulate(params)`` on a worker and
-pushes every time step, as soon as it is computed, into a ``distributed.Queue`` (bytes
-payloads; the queue's ``maxsize`` gives back-pressure, so a slow trainer slows the
-simulations instead of filling memory). The task returns a small status at the end.
+One Dask task per simulation *attempt* (:func:`~wheretolearn.online.attempt.run_simulation_attempt`)
+runs the simulation in a killable child process and pushes every time step, as soon as it
+is computed, into a ``distributed.Queue`` (bytes payloads, :mod:`~wheretolearn.online.messages`;
+the queue's ``maxsize`` gives back-pressure, so a slow trainer slows the simulations instead
+of filling memory). A second, unbounded queue carries heartbeats of attempts whose next
+message waits for room in the first.
 
 On the server two threads run next to the trainer:
 
-* the **receiver** pops messages, drops ``(sim_id, step)`` pairs the ledger already holds
-  (a worker that died and was recomputed restarts from step 0; a relaunched attempt sends
-  its early steps again) and hands new steps to ``on_sample`` (which puts them into the
-  training buffer); only once the buffer accepted a step is it marked received, under
-  :attr:`EnsembleExecutor.receive_lock`, so a checkpoint taken under that lock never sees
-  a step that is in the ledger but not in the buffer (or the reverse);
+* the **receiver** blocks on the queue (with a timeout: no busy polling) and stops once the
+  ensemble is done. It drops ``(sim_id, step)`` pairs the ledger already holds (a worker
+  that died and was recomputed restarts from step 0; a relaunched attempt sends its early
+  steps again; a retried message arrives twice) and hands new steps to ``on_sample``
+  (which puts them into the training buffer); only once the buffer accepted a step is it
+  marked received, under :attr:`EnsembleExecutor.receive_lock`, so a checkpoint taken
+  under that lock never sees a step that is in the ledger but not in the buffer (or the
+  reverse). While the buffer is full, only the timers of attempts whose messages are
+  known to wait are paused: the one being offered, those that sent heartbeats, and those
+  whose task already ended (their last steps are in the queue) -- a hung attempt keeps
+  its timer running;
 * the **monitor** keeps at most ``max_concurrent`` attempts in flight, draws parameters
   just in time (``sampler.ask(1)`` when a slot frees, so an adaptive sampler can still
   change simulations not yet submitted), declares an attempt timed out after
-  ``simulation_timeout`` seconds without a message, and relaunches failed attempts
-  (crash, timeout, worker lost) with the same parameters, up to ``max_retries`` failures
-  per lineage; after ``crashes_before_redraw`` failures of one parameter set it gives the
-  lineage new parameters under a new simulation id (Melissa's rule).
+  ``simulation_timeout`` seconds without a message (cancelling the task kills its process
+  group, so the slot is free for real), and after each failed attempt (crash, timeout,
+  worker lost) applies :func:`~wheretolearn.online.policy.decide_after_failure`:
+  relaunch with the same parameters, redraw (new parameters, new simulation id, same
+  lineage) after ``crashes_before_redraw`` failures of one parameter set, or give the
+  lineage up after ``max_retries`` relaunches.
 
-Fault injection (``fail_rate`` p, for tests and demos): each attempt crashes (raises
-:class:`SimulatedCrash`) with probability p/2 or hangs (stops sending) with probability
-p/2, at a random step; the decision is a function of ``(seed, sim_id, attempt)`` only, so a
-run is reproducible. A hung attempt polls its own Dask task state and returns as soon as
-the server cancels it (or after ``hang_seconds``). A real simulation that hangs cannot be
-stopped this way: Dask cannot kill a thread, so it keeps its worker thread until it ends.
+Fault injection (``fail_rate``): see :mod:`wheretolearn.online.faults`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import struct
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
+from .attempt import _get_problem, prewarm, run_simulation_attempt
+from .faults import SimulatedCrash, fault_plan, resend_plan
+from .messages import (HEARTBEAT, HELLO, decode_step, encode_step, pack_messages,
+                       unpack_messages)
+from .policy import decide_after_failure
 
 __all__ = ["EnsembleExecutor", "SimulatedCrash", "run_simulation_attempt", "fault_plan",
-           "encode_step", "decode_step", "pack_messages", "unpack_messages"]
-
-_HEADER = struct.Struct("<qqqq")  # sim_id, attempt, step (-1: hello), ndim
-_LEN = struct.Struct("<q")
-_PROBLEMS: dict[str, Any] = {}     # per worker process: problems built once, reused
-
-
-class SimulatedCrash(RuntimeError):
-    """Raised by a fault-injected simulation attempt."""
-
-
-# ---------------------------------------------------------------------------- messages
-def encode_step(sim_id: int, attempt: int, step: int, field: np.ndarray) -> bytes:
-    """Pack one time step ``field`` (any shape, sent as float32) into bytes."""
-    arr = np.ascontiguousarray(field, dtype=np.float32)
-    shape = struct.pack(f"<{arr.ndim}q", *arr.shape)
-    return _HEADER.pack(sim_id, attempt, step, arr.ndim) + shape + arr.tobytes()
-
-
-def _encode_hello(sim_id: int, attempt: int, worker: str) -> bytes:
-    return _HEADER.pack(sim_id, attempt, -1, 0) + worker.encode()
-
-
-def decode_step(msg: bytes) -> tuple[int, int, int, Any]:
-    """Inverse of :func:`encode_step`: ``(sim_id, attempt, step, field)``.
-
-    For a hello message (step ``-1``) ``field`` is the worker address (str).
-    """
-    sim_id, attempt, step, ndim = _HEADER.unpack_from(msg, 0)
-    off = _HEADER.size
-    if step < 0:
-        return sim_id, attempt, step, bytes(msg[off:]).decode()
-    shape = struct.unpack_from(f"<{ndim}q", msg, off)
-    off += 8 * ndim
-    field = np.frombuffer(msg, dtype=np.float32, offset=off).reshape(shape)
-    return sim_id, attempt, step, field  # read-only view; the buffer's Sample copies it
-
-
-def pack_messages(parts: list[bytes]) -> bytes:
-    """Several encoded steps in one queue message (each prefixed by its length)."""
-    return b"".join(_LEN.pack(len(p)) + p for p in parts)
-
-
-def unpack_messages(blob: bytes) -> list[memoryview]:
-    """Inverse of :func:`pack_messages`."""
-    view, out, off = memoryview(blob), [], 0
-    while off < len(view):
-        (n,) = _LEN.unpack_from(view, off)
-        out.append(view[off + _LEN.size: off + _LEN.size + n])
-        off += _LEN.size + n
-    return out
-
-
-# ---------------------------------------------------------------------------- faults
-def fault_plan(seed: int, sim_id: int, attempt: int, fail_rate: float,
-               n_steps: int) -> tuple[str | None, int]:
-    """Fault injected into one attempt: ``(kind, step)`` with kind None, "crash" or "hang".
-
-    ``P(crash) = P(hang) = fail_rate / 2``; the step is uniform in ``0..n_steps-1``. The
-    draw depends only on ``(seed, sim_id, attempt)`` (reproducible, independent of timing).
-    """
-    if fail_rate <= 0:
-        return None, -1
-    rng = np.random.default_rng([int(seed), int(sim_id), int(attempt), 0x5EED])
-    u, step = rng.random(), int(rng.integers(n_steps))
-    if u < fail_rate / 2:
-        return "crash", step
-    if u < fail_rate:
-        return "hang", step
-    return None, -1
-
-
-def _get_problem(spec_json: str) -> Any:
-    problem = _PROBLEMS.get(spec_json)
-    if problem is None:
-        from wheretolearn.problems import get_problem
-
-        spec = json.loads(spec_json)
-        problem = get_problem(spec["name"], **spec.get("options", {}))
-        _PROBLEMS[spec_json] = problem
-    return problem
-
-
-def _cancelled() -> bool:
-    """Whether the Dask task running in this thread was cancelled (or forgotten)."""
-    from distributed import get_worker
-    from distributed.worker import thread_state
-
-    key = getattr(thread_state, "key", None)
-    if key is None:
-        return False
-    ts = get_worker().state.tasks.get(key)
-    return ts is None or ts.state in ("cancelled", "released", "forgotten")
-
-
-def _hang(max_seconds: float) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < max_seconds and not _cancelled():
-        time.sleep(0.05)
-
-
-def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params: list[float],
-                           queue_name: str, *, fail_rate: float = 0.0, seed: int = 0,
-                           hang_seconds: float = 60.0, max_message_bytes: int = 262144,
-                           flush_seconds: float = 0.2) -> dict:
-    """Dask task: run one attempt of simulation ``sim_id`` and stream its steps.
-
-    Steps are sent as soon as they are computed, grouped into one queue message while the
-    group stays below ``max_message_bytes`` and younger than ``flush_seconds`` (every queue
-    message is a round trip through the scheduler; grouping small fields cuts that cost,
-    a field above the limit goes alone).
-
-    Parameters
-    ----------
-    problem_spec : str
-        JSON ``{"name": ..., "options": {...}}`` for :func:`wheretolearn.problems.get_problem`.
-    params : list of float (d,)
-    queue_name : str
-        Name of the ``distributed.Queue`` the steps go to (see :func:`pack_messages`).
-
-    Returns
-    -------
-    dict ``{"sim_id", "attempt", "steps_sent", "outcome"}``; ``outcome`` is ``"ok"`` or
-    ``"hung"`` (a fault-injected hang that ended). A crash raises :class:`SimulatedCrash`
-    (steps computed but not yet sent are lost with it, as with a real crash).
-    """
-    from distributed import Queue, get_worker
-
-    queue = Queue(queue_name)
-    queue.put(pack_messages([_encode_hello(sim_id, attempt, get_worker().address)]))
-    problem = _get_problem(problem_spec)
-    kind, fault_step = fault_plan(seed, sim_id, attempt, fail_rate, problem.n_steps)
-    sent, group, group_bytes, t_group = 0, [], 0, time.monotonic()
-    from wheretolearn.problems.simulator import simulate_steps
-
-    steps = simulate_steps(problem, np.asarray(params, dtype=np.float64), sim_id=sim_id,
-                           attempt=attempt)
-    # closing(): an external program is killed however this task ends (a raised crash
-    # keeps the frame, and so an unclosed generator, alive in the traceback)
-    with contextlib.closing(steps):
-        for step, field in steps:
-            if step == fault_step and kind == "crash":
-                raise SimulatedCrash(f"injected crash of simulation {sim_id} attempt {attempt} "
-                                     f"at step {step}")
-            if step == fault_step and kind == "hang":
-                _hang(hang_seconds)
-                return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "hung"}
-            msg = encode_step(sim_id, attempt, step, field)
-            if group and group_bytes + len(msg) > max_message_bytes:
-                queue.put(pack_messages(group))
-                sent += len(group)
-                group, group_bytes, t_group = [], 0, time.monotonic()
-            group.append(msg)
-            group_bytes += len(msg)
-            if time.monotonic() - t_group > flush_seconds:
-                queue.put(pack_messages(group))
-                sent += len(group)
-                group, group_bytes, t_group = [], 0, time.monotonic()
-    if group:
-        queue.put(pack_messages(group))
-        sent += len(group)
-    return {"sim_id": sim_id, "attempt": attempt, "steps_sent": sent, "outcome": "ok"}
+           "resend_plan", "encode_step", "decode_step", "pack_messages", "unpack_messages"]
 
 
 class _InjectedCrashFilter(logging.Filter):
@@ -216,13 +61,14 @@ class _InjectedCrashFilter(logging.Filter):
 
 
 def _setup_worker(problem_spec: str) -> None:
-    """Build the problem once per worker process before any simulation is timed: importing
-    the solver (torch) can take seconds on a loaded machine, longer than a short
-    ``simulation_timeout``."""
+    """Build the problem once per worker process, and start one simulation process, before
+    any simulation is timed: importing the solver (torch) can take seconds on a loaded
+    machine, longer than a short ``simulation_timeout``."""
     logger = logging.getLogger("distributed.worker")
     if not any(isinstance(f, _InjectedCrashFilter) for f in logger.filters):
         logger.addFilter(_InjectedCrashFilter())
     _get_problem(problem_spec)
+    prewarm(problem_spec)
 
 
 def _worker_plugin(problem_spec: str) -> Any:
@@ -244,6 +90,7 @@ class _Active:
     last_activity: float
     started: bool = False              # a message arrived: the task runs on a worker
     finished_at: float | None = None   # task returned but steps may still be in the queue
+    finished_ok: bool = False          # ... and it returned "ok": all its steps were sent
 
 
 class EnsembleExecutor:
@@ -283,6 +130,11 @@ class EnsembleExecutor:
         Steps of one simulation are grouped into queue messages up to this size.
     hang_seconds : float or None
         Longest a fault-injected hang lasts if never cancelled (default 3 x timeout).
+    hang_mode : ``"sleep"`` or ``"spin"``
+        How a fault-injected hang hangs: blocked in C (``time.sleep``) or a tight loop;
+        neither polls anything.
+    heartbeat_seconds : float
+        A producer blocked by back-pressure sends a heartbeat this often.
     sampler_lock : threading.Lock, optional
         Shared with the trainer thread, which calls ``sampler.tell``.
     cluster_handle : ClusterHandle, optional
@@ -296,6 +148,7 @@ class EnsembleExecutor:
                  simulation_timeout: float = 60.0, max_retries: int = 3,
                  crashes_before_redraw: int | None = None, fail_rate: float = 0.0,
                  seed: int = 0, queue_maxsize: int = 64, hang_seconds: float | None = None,
+                 hang_mode: str = "sleep", heartbeat_seconds: float = 0.5,
                  max_message_bytes: int = 262144,
                  sampler_lock: threading.Lock | None = None, cluster_handle: Any = None,
                  ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None):
@@ -312,6 +165,13 @@ class EnsembleExecutor:
         self.fail_rate = float(fail_rate)
         self.seed = int(seed)
         self.hang_seconds = float(hang_seconds or 3 * self.simulation_timeout)
+        if hang_mode not in ("sleep", "spin"):
+            raise ValueError(f"hang_mode must be 'sleep' or 'spin', got {hang_mode!r}")
+        self.hang_mode = hang_mode
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.heartbeats_received = 0
+        self.queue_gets = 0            # round trips to the scheduler's queue (no spinning)
+        self._stalled = False          # the receiver waits for room in the buffer
         self.max_message_bytes = int(max_message_bytes)
         self.sampler_lock = sampler_lock or threading.Lock()
         self.cluster_handle = cluster_handle
@@ -329,6 +189,7 @@ class EnsembleExecutor:
 
         self.queue_name = f"wheretolearn-steps-{uuid.uuid4().hex}"
         self._queue = Queue(self.queue_name, client=client, maxsize=int(queue_maxsize))
+        self._heartbeats = Queue(self.queue_name + "-hb", client=client)
         self._threads: list[threading.Thread] = []
         # Also runs on workers that join later (replacements of lost workers or jobs).
         client.register_plugin(_worker_plugin(self.problem_spec), name="wheretolearn-online-setup")
@@ -384,45 +245,66 @@ class EnsembleExecutor:
 
     # ------------------------------------------------------------------ receiver
     def _receive_loop(self) -> None:
-        while not self._stop.is_set():
-            msgs = self._queue.get(batch=True)
-            if not msgs:
-                time.sleep(0.005)
-                continue
+        last_hb = 0.0
+        while not self._stop.is_set() and not self.done.is_set():
+            msgs = self._get(timeout=0.5)
             for blob in msgs:
                 for msg in unpack_messages(blob):
                     self._handle(msg)
                     if self._stop.is_set():
                         return
+            if time.monotonic() - last_hb > self.heartbeat_seconds / 2:
+                last_hb = time.monotonic()
+                self._poll_heartbeats()
+
+    def _get(self, timeout: float) -> list:
+        """Messages now in the queue, waiting up to ``timeout`` for the first (blocking on
+        the scheduler, not spinning)."""
+        self.queue_gets += 1
+        try:
+            first = self._queue.get(timeout=timeout)
+        except TimeoutError:
+            return []
+        self.queue_gets += 1
+        return [first, *self._queue.get(batch=True)]
+
+    def _poll_heartbeats(self) -> None:
+        self.queue_gets += 1
+        for blob in self._heartbeats.get(batch=True):
+            for msg in unpack_messages(blob):
+                sim_id, attempt, _, _ = decode_step(msg)
+                self.heartbeats_received += 1
+                self._touch(sim_id, attempt)
 
     def _handle(self, msg: bytes) -> None:
         sim_id, attempt, step, field = decode_step(msg)
         self.messages_received += 1
         self._touch(sim_id, attempt)
-        if step < 0:
+        if step == HELLO:
             self.ledger.set_worker(sim_id, attempt, field)
+            return
+        if step == HEARTBEAT:
             return
         params = None
         while not self._stop.is_set():
             with self.receive_lock:
                 if not self.ledger.is_new_step(sim_id, step):
                     self.ledger.count_dropped(sim_id)
+                    self._stalled = False
                     return
                 if params is None:
                     params = self.ledger.params(sim_id)
                 if self.on_sample(sim_id, step, params, field, 0.05):
                     self.ledger.record_step(sim_id, step)
+                    self._stalled = False
                     return
             # Buffer full: let the trainer (and a checkpoint) take the lock, then retry.
-            # The simulations wait on us (back-pressure), so their silence is no timeout.
-            self._touch_all()
-            time.sleep(0.001)
-
-    def _touch_all(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for act in self._active.values():
-                act.last_activity = max(act.last_activity, now)
+            # This attempt's message is waiting on us (back-pressure): its silence is no
+            # timeout. Others keep their timers unless they report waiting (heartbeats).
+            self._stalled = True
+            self._touch(sim_id, attempt)
+            self._poll_heartbeats()
+            time.sleep(0.01)
 
     def _touch(self, sim_id: int, attempt: int) -> None:
         with self._lock:
@@ -456,7 +338,8 @@ class EnsembleExecutor:
         future = self.client.submit(
             run_simulation_attempt, self.problem_spec, sim_id, attempt, list(params),
             self.queue_name, fail_rate=self.fail_rate, seed=self.seed,
-            hang_seconds=self.hang_seconds, max_message_bytes=self.max_message_bytes,
+            hang_seconds=self.hang_seconds, hang_mode=self.hang_mode,
+            heartbeat_seconds=self.heartbeat_seconds, max_message_bytes=self.max_message_bytes,
             key=f"sim-{sim_id}-attempt-{attempt}-"
             f"{uuid.uuid4().hex[:6]}", pure=False, retries=0)
         with self._lock:
@@ -494,10 +377,14 @@ class EnsembleExecutor:
                 if act.finished_at is None:
                     act.finished_at = now
                     result = fut.result()
-                    if result.get("outcome") == "hung":
+                    if result.get("outcome") in ("hung", "cancelled"):
                         self._fail(act, "timeout", "hung attempt ended without its steps")
                         continue
-                if now - act.last_activity > self.simulation_timeout:
+                    act.finished_ok = True
+                if act.finished_ok and self._stalled:
+                    # Its last steps are in the queue behind a full buffer: waiting, not lost.
+                    act.last_activity = max(act.last_activity, now)
+                elif now - act.last_activity > self.simulation_timeout:
                     self._fail(act, "lost", "task ended but some steps never arrived")
             elif fut.status in ("error", "cancelled", "lost"):
                 outcome, error = self._classify(fut)
@@ -524,33 +411,37 @@ class EnsembleExecutor:
             act.future.cancel()
 
     def _fail(self, act: _Active, outcome: str, error: str) -> None:
-        """End the current attempt badly; relaunch, redraw or give up."""
+        """End the current attempt badly; relaunch, redraw or give up
+        (:func:`~wheretolearn.online.policy.decide_after_failure`)."""
         self._release(act)
         # Under the receive lock: a step being handed to the buffer right now is recorded
         # before the simulation leaves the running state (else the buffer would hold a step
         # the ledger refused as late, and a checkpoint would see it in one and not the other).
         with self.receive_lock, self.ledger.lock:
             rec = self.ledger[act.sim_id]
-            if rec.state == "completed":
-                return
-            self.ledger.end_attempt(act.sim_id, act.attempt, outcome, error=error)
-            lineage_failures = self.ledger.lineage_failures(act.sim_id)
-            give_up = lineage_failures > self.max_retries
-            redraw = (not give_up and self.crashes_before_redraw is not None
-                      and rec.failures >= self.crashes_before_redraw)
-            if give_up or redraw:
+            completed = rec.state == "completed"
+            if not completed:
+                self.ledger.end_attempt(act.sim_id, act.attempt, outcome, error=error)
+            action = decide_after_failure(
+                completed=completed, lineage_failures=self.ledger.lineage_failures(act.sim_id),
+                sim_failures=rec.failures, max_retries=self.max_retries,
+                failures_before_redraw=self.crashes_before_redraw)
+            if action in ("give_up", "redraw"):
                 self.ledger.mark_failed(act.sim_id)
-            else:
+            elif action == "relaunch":
                 self.ledger.mark_pending(act.sim_id)
-        self._emit(sim_id=act.sim_id, attempt=act.attempt, outcome=outcome, error=error,
-                   action="failed" if give_up else "redraw" if redraw else "relaunch")
-        if give_up:
-            self._notify_finished(act.sim_id, False)
+        if action == "completed":
+            # All its steps arrived just before the failure was noticed: a completion, which
+            # an adaptive sampler must hear of like any other.
+            self._notify_finished(act.sim_id, True)
             return
-        if redraw:
+        self._emit(sim_id=act.sim_id, attempt=act.attempt, outcome=outcome, error=error,
+                   action={"give_up": "failed"}.get(action, action))
+        if action == "give_up":
             self._notify_finished(act.sim_id, False)
-            new_id = self._new_simulation(replaces=act.sim_id)
-            self._submit(new_id)
+        elif action == "redraw":
+            self._notify_finished(act.sim_id, False)
+            self._submit(self._new_simulation(replaces=act.sim_id))
         else:
             self._submit(act.sim_id)
 
