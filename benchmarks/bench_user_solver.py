@@ -10,7 +10,9 @@ three ways, side by side, ``--repeats`` times each, in one process:
 
 Per run we record the time to the first step (includes the program's start: Python, numpy,
 torch imports) and the time per step after the first ((t_last - t_first) / (n_steps - 1),
-what the stream costs per step once running). Overhead per step = external per-step time
+what the stream costs per step once running), and the launch cost of a numpy-only program
+that writes a single step (``launch_numpy_program_s``: process start, imports, folder set-up
+and clean-up). Overhead per step = external per-step time
 minus builtin per-step time (medians). On a shared 2-core machine the numbers vary with the
 load: compare the ratios measured in one run, not numbers across runs.
 
@@ -78,6 +80,16 @@ def run(n: int, n_steps: int, repeats: int) -> dict:
         summary[name] = {"first_step_s": statistics.median(r["first"] for r in rs),
                          "per_step_ms": 1e3 * statistics.median(r["per_step"] for r in rs),
                          "total_s": statistics.median(r["total"] for r in rs)}
+    # the bare cost of a launch: a numpy-only program that writes one step
+    bare = ExternalCommandProblem(
+        ["{python}", "-c", "import sys, numpy as np; np.save(sys.argv[1] + '/s_0.npy', "
+         "np.zeros(1))", "{outdir}"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1])
+    launches = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        list(bare.simulate([0.5]))
+        launches.append(time.perf_counter() - t0)
+    summary["launch_numpy_program_s"] = statistics.median(launches)
     base = summary["builtin"]["per_step_ms"]
     for name in ("files", "client"):
         summary[name]["overhead_per_step_ms"] = summary[name]["per_step_ms"] - base
@@ -102,6 +114,9 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result["summary"].items():
+        if not isinstance(s, dict):
+            print(f"{name}: {s:.3f}")
+            continue
         extra = (f", overhead {s['overhead_per_step_ms']:+.3f} ms/step, start "
                  f"+{s['start_overhead_s']:.2f} s" if name != "builtin" else "")
         print(f"{name:8s} first step {s['first_step_s']:.3f} s, {s['per_step_ms']:.3f} ms/step"
