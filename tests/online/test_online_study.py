@@ -199,3 +199,32 @@ def test_checkpoint_sampler_state_matches_its_ledger(tmp_path):
         t.join(10)
     assert state["sampler"]["n_drawn"] == len(state["ledger"]["simulations"]) == 1
     assert len(study.ledger) == study.sampler.n_drawn == 2
+
+
+def test_samples_duplicated_is_counted_apart_from_the_ledger(tmp_path):
+    """``samples_duplicated`` compares what the buffer received with itself, not with the
+    ledger: a resumed ledger that lost a received step (a dedup bug) lets the step through
+    again, and the counter must see it. Before, its record was rebuilt from the ledger on
+    resume, so it could not disagree with the ledger."""
+    from wheretolearn.online.study import OnlineStudy
+
+    cfg = tiny()
+    study = OnlineStudy.create(cfg, tmp_path / "run")
+    study._build()
+    sim = study.ledger.new_simulation(study.bounds[:, 0])
+    study.ledger.start_attempt(sim)
+    field = np.zeros(study.y_val.shape[1], dtype=np.float32)
+    params = study.ledger.params(sim)
+    assert study._on_sample(sim, 3, params, field, 0.1)
+    study.ledger.record_step(sim, 3)
+    study._seconds_before, study._t_session = 0.0, 0.0
+    state = study._snapshot(None)
+    # the ledger "forgets" step 3 (what a dedup bug would do)
+    rec = state["ledger"]["simulations"][0]
+    rec["received"] = "00" * len(bytes.fromhex(rec["received"]))
+    resumed = OnlineStudy(cfg, tmp_path / "run")
+    resumed._resume_state = state
+    resumed._build()
+    assert resumed.ledger.is_new_step(sim, 3)          # the buggy ledger accepts it again
+    assert resumed._on_sample(sim, 3, params, field, 0.1)
+    assert resumed.counters["samples_duplicated"] == 1

@@ -62,6 +62,8 @@ def check_accounting(run_dir: Path, n_simulations: int, n_steps: int = N_STEPS) 
     assert summary["simulations_failed"] == c["failed"]
     assert summary["simulations_requested"] == len(ledger)
     assert summary["samples_duplicated"] == 0
+    # independent of the ledger's dedup: what the buffer took == what the ledger accepted
+    assert summary["buffer"]["samples_put"] == summary["samples_received"]
     assert summary["stopped"] == "completed"
     return summary
 

@@ -227,8 +227,14 @@ class OnlineStudy:
         self.ledger.load_state_dict(state["ledger"])
         self.counters.update(state["counters"])
         self.ledger.interrupt_running()
-        for rec in self.ledger:
-            self._delivered[rec.sim_id] = bytearray(rec.received)
+        if "delivered" in state:
+            # Our own record of what reached the buffer, not the ledger's: a ledger that lost
+            # a step would otherwise hide the duplicate it lets through.
+            self._delivered = {int(k): bytearray.fromhex(v)
+                               for k, v in state["delivered"].items()}
+        else:                                   # a checkpoint of an older version
+            for rec in self.ledger:
+                self._delivered[rec.sim_id] = bytearray(rec.received)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.is_file():
             # Lines written after the checkpoint describe batches that will be redone.
@@ -251,7 +257,8 @@ class OnlineStudy:
             return False
         bits = self._delivered.setdefault(sim_id, bytearray((self.n_steps + 7) // 8))
         if bits[step >> 3] & (1 << (step & 7)):
-            # Independent of the ledger's own check: must stay 0.
+            # What the buffer received, kept apart from what the ledger accepted (and
+            # checkpointed on its own): a dedup bug of the ledger shows here. Must stay 0.
             self.counters["samples_duplicated"] += 1
         bits[step >> 3] |= 1 << (step & 7)
         return True
@@ -267,12 +274,14 @@ class OnlineStudy:
                 self.ledger.set_weights(*self.sampler.importance_weights())
             ledger_state = self.ledger.state_dict()
             duplicated = self.counters["samples_duplicated"]
+            delivered = {str(k): v.hex() for k, v in self._delivered.items()}
             sampler_state = self.sampler.state_dict()
         counters = dict(self.counters, samples_duplicated=duplicated,
                         seconds=self._elapsed())
         return {"version": 1, "n_steps": self.n_steps, "trainer": self.trainer.state_dict(),
                 "model_config": getattr(self.model, "config", None), "buffer": buffer_state,
-                "sampler": sampler_state, "ledger": ledger_state, "counters": counters}
+                "sampler": sampler_state, "ledger": ledger_state, "counters": counters,
+                "delivered": delivered}
 
     def checkpoint(self, executor: Any = None, *, background: bool = False) -> None:
         """Publish a checkpoint folder ``checkpoints/NNNNNN/`` (checkpoint.pt + ledger.json +
