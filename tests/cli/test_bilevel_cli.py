@@ -33,7 +33,9 @@ def test_demo_with_tiny_override(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(out), "--config", str(cfg), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "run folder" in res.output and "optimized" in res.output
+    assert "acoreset (approx.)" in res.output       # the column is not the paper's method
     summary = json.loads((out / "summary.json").read_text())
+    assert "acoreset" in summary["approximate"]
     assert summary["problem"] == "sobol-g" and summary["steps"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 

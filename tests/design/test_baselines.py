@@ -71,11 +71,35 @@ def test_acoreset_sizes_distinct_and_first_batch_is_maxmin_in_weighted_features(
     assert idx[6:16] == chosen[6:16]
 
 
-def test_acoreset_round_cap_grows_batches():
+def test_acoreset_round_cap_grows_batches(monkeypatch):
+    import wheretolearn.design.baselines as bl
+
+    takes = []
+    real = bl._maxmin_batch
+    monkeypatch.setattr(bl, "_maxmin_batch",
+                        lambda feats, sel, take: takes.append(take) or real(feats, sel, take))
     pool = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = pool.sum(1)
     idx = acoreset(pool, y, 206, bandwidth=1.0, generator=1, max_rounds=4)
     assert idx.shape == (206,) and len(set(idx.tolist())) == 206
+    assert takes == [50, 50, 50, 50]          # ceil((206 - 6) / 4), not the paper's 10
+    takes.clear()
+    acoreset(pool, y, 56, bandwidth=1.0, generator=1, max_rounds=None)
+    assert takes == [10] * 5                  # no cap: the paper's batches of 10
+    takes.clear()
+    acoreset(pool, y, 206, bandwidth=1.0, generator=1)  # default cap of 100 rounds
+    assert takes == [10] * 20
+
+
+def test_acoreset_default_batches_at_n_1024_are_11_and_labelled_approximate():
+    """The docstring claimed N = 1024 keeps batches of 10; ceil(1018 / 100) = 11."""
+    import math
+
+    from wheretolearn.design.baselines import APPROXIMATE_SOURCES, acoreset_batch_size
+
+    assert acoreset_batch_size(1024) == 11 == math.ceil((1024 - 6) / 100)
+    assert acoreset_batch_size(1024, max_rounds=None) == 10
+    assert "acoreset" in APPROXIMATE_SOURCES
 
 
 def test_coreset_rejects_n_larger_than_pool():

@@ -61,7 +61,8 @@ def _print_table(summary: dict) -> None:
         for n in ns:
             mean, ci = by_n.get(n), summary["baselines_ci"][name].get(n, {})
             cells.append("n/a" if mean is None else f"{mean:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}]")
-        table.add_row(name, *cells)
+        approx = " (approx.)" if name in summary.get("approximate", {}) else ""
+        table.add_row(name + approx, *cells)
     console = Console(width=max(100, 30 * (len(ns) + 1)))
     console.print(table)
     console.print(f"error at N={summary['n_train']} during training: "
@@ -81,12 +82,14 @@ def demo(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML overriding demo settings"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
 ) -> None:
     """Small Sobol G bilevel study (about a minute on 2 cores): run folder, figures, table."""
     from ..design.study import DEMO_SETTINGS, resolve_study_config
 
     file_cfg = load_toml(config) if config is not None else None
-    cfg = resolve_study_config(DEMO_SETTINGS, file_cfg, {"steps": steps})
+    cfg = resolve_study_config(DEMO_SETTINGS, file_cfg, {"steps": steps,
+                                                         "num_threads": num_threads})
     if out is None:
         out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)

@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .baselines import BASELINE_NAMES
+from .baselines import APPROXIMATE_SOURCES, BASELINE_NAMES
 
 __all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
            "DEMO_SETTINGS", "resolve_study_config"]
@@ -449,6 +449,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
                          for name, by_n in evaluation.items()},
         "metatest": {"n_measures": cfg.n_measures, "n_seen": cfg.n_seen,
                      "n_unseen": cfg.n_unseen, "seed": cfg.seed},
+        "approximate": {k: v for k, v in APPROXIMATE_SOURCES.items() if k in evaluation},
     }
 
 
