@@ -88,3 +88,16 @@ def test_bilevel_takes_a_user_function_by_file_path(tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: problem ")
     assert "not a function of vectors" in lines[0] and "output_shape must be ()" in lines[0]
     assert not (tmp_path / "run2").exists()
+
+
+def test_generate_reports_a_crashing_program_in_one_line(tmp_path):
+    command = ["{python}", FAKE, "crash", "{outdir}", "4", "{p0}"]
+    res = runner.invoke(app, [
+        "generate", "external", "--n", "2", "--out", str(tmp_path / "d.zarr"), "--workers",
+        "1", "--chunk", "1", "--no-progress", "-o", f"command={json.dumps(command)}",
+        "-o", "bounds=[[1.0, 2.0]]", "-o", "n_steps=4", "-o", "field_shape=[3]"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: simulation ")
+    assert "exited with status 3 after 2 of 4 steps" in lines[0]
+    assert "fatal error at step 2" in lines[0]

@@ -36,8 +36,12 @@ __all__ = ["SimulationError", "SimulatorProblem", "check_function_contract",
 CONTRACT_DOC = "docs/user_solver.md"
 
 
-class SimulationError(RuntimeError):
-    """A simulation failed: crashed, hung, wrote a malformed step or too few steps."""
+class SimulationError(RuntimeError, ValueError):
+    """A simulation failed: crashed, hung, wrote a malformed step or too few steps.
+
+    Also a ``ValueError``: outside the online engine (which relaunches failed attempts) it
+    is the user's program or its input that failed, and the command line reports it in one
+    ``error:`` line with exit status 2, leaving no half-written output."""
 
 
 class SimulatorProblem(Problem):
