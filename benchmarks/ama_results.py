@@ -41,7 +41,7 @@ def _cell(c: dict) -> str:
 
 def table() -> str:
     lines = ["| problem (grid) | N | learned (AMA) | initial | mixture of Q_j | OOD error per AMA "
-             "iteration | J / J_0 at the end | learned parameter | s per run |",
+             "iteration | J / J_0 at the end | learned parameter | wall / CPU s per run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("ama_small_*.json")):
         s = json.loads(path.read_text())
@@ -53,7 +53,7 @@ def table() -> str:
                 f"{_cell(b['initial'][str(n)])} | {_cell(b['mixture'][str(n)])} | {hist} | "
                 f"{s['relative_ama_loss'][-1]:.3f} | {s['learned']['parameter']} "
                 f"{s['learned']['initial']:.2f} -> {s['learned']['mean']:.3f} | "
-                f"{s['seconds'] / s['repeats']:.0f} |")
+                f"{s['seconds'] / s['repeats']:.0f} / {s.get('cpu_seconds', float('nan')) / s['repeats']:.0f} |")
     return "\n".join(lines)
 
 

@@ -59,8 +59,8 @@ AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                "adam": {"lr": 0.05, "steps": 10, "rounds": 2}, "eval_n": [60], "repeats": 2,
                "lipschitz_samples": 2, "lipschitz_iterations": 10},
         "small": {"n": 24, "n_measures": 20, "n_seen": 5, "n_unseen": 20, "n_train": 200,
-                  "n_opt": 40, "iterations": 3, "steps": 1500, "batch_size": 100,
-                  "eval_every": 100, "patience": 0, "retrain_rounds": 1, "retrain_steps": 500,
+                  "n_opt": 40, "iterations": 3, "steps": 1000, "batch_size": 100,
+                  "eval_every": 100, "patience": 0, "retrain_rounds": 1, "retrain_steps": 300,
                   "adam": {"lr": 0.02, "steps": 25, "rounds": 2}, "eval_n": [50, 200],
                   "repeats": 2, "lipschitz_samples": 3, "lipschitz_iterations": 15},
         "paper": {"n": 64, "n_measures": 20, "n_seen": 50, "n_unseen": 200, "n_train": 200,
@@ -325,7 +325,7 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
 
     cfg = config if isinstance(config, AMAStudyConfig) else AMAStudyConfig(**config)
     run = RunFolder(out_dir, overwrite=overwrite)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes)
     factory, arch = _model_factory(cfg, setup)
     with _threads(cfg.num_threads), _labelling_backend(cfg) as (cache, workers, scheduler), \
@@ -356,6 +356,7 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
 
         summary["figures"] = plot_ama_figures(run, summary, setup, metatest, results[0])
         summary["seconds"] = time.perf_counter() - t_start
+        summary["cpu_seconds"] = time.process_time() - cpu_start
         run.write_summary(summary)
     summary["out"] = str(run.out)
     return summary
