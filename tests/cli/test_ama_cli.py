@@ -101,3 +101,16 @@ def test_bad_config_and_existing_folder(tmp_path):
     res = runner.invoke(app, ["ama", "--problem", "ntd", "--out", str(busy)])
     assert _err(res)[0] == 2 and _err(res)[1].startswith("error:")
     assert (busy / "x.txt").read_text() == "mine"
+
+
+@pytest.mark.slow  # the ci presets: under a minute each on a quiet 2-core machine
+@pytest.mark.parametrize("problem", ["ntd", "darcy"])
+def test_ci_preset_runs_and_improves_on_the_initial_distribution(tmp_path, problem):
+    out = tmp_path / problem
+    res = runner.invoke(app, ["ama", "--problem", problem, "--preset", "ci", "--out", str(out),
+                              "--no-progress", "--num-threads", "1"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ama_loss_monotone"] and s["final_ood_error"] < s["initial_ood_error"]
+    n = str(s["eval_n"][-1])
+    assert s["baselines"]["learned"][n] < s["baselines"]["initial"][n]
