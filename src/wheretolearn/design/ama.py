@@ -290,7 +290,6 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
         t_update = time.perf_counter() - t0
         # ---- (a) train on N samples of the new nu
         nu = setup.build(theta)
-        t0 = time.perf_counter()
         label_before = labeller.seconds
         x, y = labeller.label(nu, cfg.n_train, train_seed)
         t_label = labeller.seconds - label_before

@@ -130,7 +130,8 @@ def _jvp(fn: Callable, x: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Ten
     scale = x.reshape(x.shape[0], -1).abs().amax(1).clamp_min(1.0)
     eps = (1e-4 * scale).reshape(-1, *([1] * (x.ndim - 1)))
     with torch.no_grad():
-        return (fn(x + eps * v) - fn(x - eps * v)) / (2 * eps.reshape(-1, *([1] * (x.ndim - 1))))
+        diff = fn(x + eps * v) - fn(x - eps * v)
+        return diff / (2 * eps.reshape(-1, *([1] * (diff.ndim - 1))))
 
 
 def _vjp(fn: Callable, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
