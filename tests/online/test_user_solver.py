@@ -45,7 +45,7 @@ def test_example_solver_is_advection_diffusion():
         assert x[np.argmax(u)] == pytest.approx(0.3 + 1.0 * (s + 1) * dt, abs=1.5 / nx)
 
 
-@pytest.mark.parametrize("protocol", ["files", "client"])
+@pytest.mark.parametrize("protocol", ["files", pytest.param("client", marks=pytest.mark.slow)])
 def test_example_study_runs_the_program_exactly_once_per_step(tmp_path, protocol):
     cfg = load_online_config(str(EXAMPLE / "study.toml"))
     cfg = small(cfg, study={"n_simulations": 6, "n_steps": 5},
@@ -134,9 +134,25 @@ def test_python_problem_by_file_path_runs_on_workers(tmp_path):
     assert summary["samples_duplicated"] == 0
 
 
+NO_CONTRACT = textwrap.dedent('''
+    from wheretolearn.problems import Problem
+
+    class Scalar(Problem):
+        """A function of vectors: no simulate, no steps, no bounds, no names."""
+        input_shape = (2,)
+        output_shape = ()
+
+        def _evaluate(self, u):
+            return u.sum(dim=1)
+''')
+
+
 @pytest.mark.parametrize("study, match", [
-    ({"problem": "sobol-g", "options": {"dim": 2}},
-     "problem 'sobol-g' does not meet the online contract .*no simulate"),
+    ({"problem": "scalar.py:Scalar"},
+     r"problem '.*scalar.py:Scalar' does not meet the online contract \(docs/user_solver.md\): "
+     r"no simulate\(params\).*n_steps must be a positive int.*no parameter_bounds.*"
+     r"no parameter_names"),
+    ({"problem": "sobol-g", "options": {"dim": 2}}, "'sobol-g' cannot run in an online study"),
     ({"problem": "wtl_nowhere.solvers:make"}, "cannot import 'wtl_nowhere.solvers'"),
     ({"command": ["solver", "{p0}"], "options": {"field_shape": [3]}},
      "a command needs parameter bounds: set \\[sampler\\] bounds"),
@@ -147,6 +163,7 @@ def test_cli_rejects_a_missing_contract_in_one_line(tmp_path, study, match):
     if "{p3}" in str(study):
         sections["sampler"] = {"bounds": [[0.0, 1.0]]}
         match = r"unknown placeholder \{p3\}"
+    (tmp_path / "scalar.py").write_text(NO_CONTRACT)
     toml = tmp_path / "s.toml"
     toml.write_text(tomli_w.dumps(sections))
     res = CliRunner().invoke(app, ["online", str(toml), "--out", str(tmp_path / "run"),

@@ -1,7 +1,8 @@
 """External programs as simulators: streaming step files, and every documented failure."""
 
-import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -157,3 +158,30 @@ def test_read_step_file_completeness(tmp_path):
     np.savez(tmp_path / "e.npz", u=arr, v=arr)
     with pytest.raises(ValueError, match="no array 'field'.*u, v"):
         read_step_file(tmp_path / "e.npz")
+
+
+def test_inside_a_session_leader_the_program_shares_its_group(tmp_path):
+    """In the online engine's attempt process (a session leader) the program stays in that
+    group -- killing the group stops it -- and is still killed with its children on a hang."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        os.setsid()
+        sys.path.insert(0, {SRC!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_external import fake
+        from pathlib import Path
+        prob = fake("hang", Path({str(tmp_path)!r}), step_timeout=1.5, keep_outputs=True)
+        try:
+            list(prob.simulate([1.0]))
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "SimulationError" in r.stdout and "hung" in r.stdout, r.stdout + r.stderr
+    (pidfile,) = (tmp_path / "work").glob("*/child.pid")
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        if not Path(f"/proc/{child}").exists() or "Z" in _state(child):
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _state(child)

@@ -334,7 +334,22 @@ def _child_run(out: Any, req: dict) -> None:
     problem = _get_problem(req["spec"])
     sim_id, attempt = int(req["sim_id"]), int(req["attempt"])
     kind, fault_step = req.get("fault") or [None, -1]
-    for step, field in problem.simulate(np.asarray(req["params"], dtype=np.float64)):
+    from contextlib import closing
+
+    from ..problems.simulator import simulate_steps
+
+    # sim_id / attempt reach a simulate() that accepts them (an external command's {sim_id},
+    # {attempt}); closing() ends the generator however this attempt ends, so a program it
+    # launched is stopped even though this child lives on for the next attempt
+    steps = simulate_steps(problem, np.asarray(req["params"], dtype=np.float64),
+                           sim_id=sim_id, attempt=attempt)
+    with closing(steps):
+        _child_steps(out, req, steps, sim_id, attempt, kind, fault_step)
+
+
+def _child_steps(out: Any, req: dict, steps: Iterator, sim_id: int, attempt: int,
+                 kind: Any, fault_step: int) -> None:
+    for step, field in steps:
         if step == fault_step and kind == "crash":
             raise SimulatedCrash(f"injected crash of simulation {sim_id} attempt {attempt} "
                                  f"at step {step}")

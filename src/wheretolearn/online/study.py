@@ -120,6 +120,9 @@ class OnlineStudy:
         tmp = out / ".config.toml.tmp"
         tmp.write_text(tomli_w.dumps(_toml_ready(config.model_dump())))
         os.replace(tmp, out / "config.toml")
+        from .._ownership import write_marker
+
+        write_marker(out, "run")        # ours: ``--overwrite`` elsewhere may replace it
         return cls(config, out, **kw)
 
     @classmethod
@@ -533,6 +536,10 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
         from .cluster import check_scheduler_reachable
 
         check_scheduler_reachable(config.cluster.address)
+    from .preflight import check_max_seconds, preflight
+
+    check_max_seconds(max_seconds)
+    preflight(config, out)          # everything checkable before the run folder exists
     study = OnlineStudy.create(config, out, progress=progress)
     try:
         return study.run(max_seconds=max_seconds)
@@ -549,5 +556,8 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
 def resume_online_study(run_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
                         max_seconds: float | None = None) -> dict:
     """Continue the study in ``run_dir`` from its last checkpoint; return its summary."""
+    from .preflight import check_max_seconds
+
+    check_max_seconds(max_seconds)
     study = OnlineStudy.open(run_dir, progress=progress)
     return study.run(max_seconds=max_seconds)

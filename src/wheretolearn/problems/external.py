@@ -30,8 +30,12 @@ Failures (each raises :class:`SimulationError` after killing the process group, 
 online executor records as a failed attempt and relaunches):
 
 * non-zero exit -> ``exited with status N``, with the last lines of its stderr;
-* no new step within ``step_timeout`` seconds -> hang; the process group (the program and
-  everything it started: it runs in its own session) is killed with SIGTERM, then SIGKILL;
+* no new step within ``step_timeout`` seconds -> hang; the program and everything it
+  started are killed with SIGTERM, then SIGKILL. The program runs in a session (process
+  group) of its own, killed as a group -- except when the calling process leads its own
+  session (the online engine's per-attempt process): then the program stays in that group,
+  so killing the attempt's group stops it too, and this class kills the program and its
+  descendants by pid;
 * a malformed step file (unreadable, wrong shape, non-finite values, step out of range);
 * exit 0 without all ``n_steps`` steps -> ``exited with status 0 after k of n steps``.
 
@@ -222,6 +226,7 @@ class _Process:
         self.problem, self.folder = problem, folder
         self.p, self.sim_id, self.attempt, self.outdir = p, sim_id, attempt, outdir
         self.proc: subprocess.Popen | None = None
+        self.own_group = True
         self.started = time.monotonic()
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
@@ -236,9 +241,14 @@ class _Process:
                **(extra_env or {})}
         with open(self.folder / "stdout.log", "wb") as out, \
                 open(self.folder / "stderr.log", "wb") as err:
+            # A process that leads its own session (the online engine's attempt process)
+            # keeps the program in its group, so killing that group stops the program too;
+            # anywhere else the program gets a session (and group) of its own.
+            self.own_group = os.getsid(0) != os.getpid()
             try:
                 self.proc = subprocess.Popen(argv, cwd=pr.cwd, env=env, stdin=subprocess.DEVNULL,
-                                             stdout=out, stderr=err, start_new_session=True)
+                                             stdout=out, stderr=err,
+                                             start_new_session=self.own_group)
             except OSError as exc:
                 raise SimulationError(f"cannot start {argv[0]!r} (cwd {pr.cwd!r}): "
                                       f"{exc.strerror or exc}") from None
@@ -248,22 +258,32 @@ class _Process:
         return None if self.proc is None else self.proc.poll()
 
     def kill(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL after a grace period."""
+        """SIGTERM to the program and everything it started, SIGKILL after a grace period:
+        its process group, or (when it shares ours) it and its descendants."""
         proc = self.proc
         if proc is None:
             return
+        seen: set[int] = set()
         for sig, wait in ((signal.SIGTERM, _KILL_GRACE), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            except PermissionError:  # the group id was reused by a foreign process
-                break
+            if self.own_group:
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):   # gone (or id reused)
+                    break
+            else:
+                # remembered: a descendant orphaned by the first signal is still hit
+                seen.update(_descendants(proc.pid))
+                for pid in ([proc.pid] if proc.poll() is None else []) + sorted(seen):
+                    try:
+                        os.kill(pid, sig)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             try:
                 proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 continue
-            if not _group_alive(proc.pid):
+            if not (_group_alive(proc.pid) if self.own_group else
+                    any(_alive(p) for p in seen | set(_descendants(proc.pid)))):
                 break
         if proc.poll() is None:
             proc.wait(timeout=5)
@@ -300,6 +320,40 @@ class _Process:
         return self.fail(f"simulation {self.sim_id} attempt {self.attempt}: no new step for "
                          f"{time.monotonic() - since:.1f} s (step_timeout "
                          f"{self.problem.step_timeout:g} s): hung, process group killed")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (Linux ``/proc``; empty elsewhere). Orphans re-parented
+    to init are no longer found: the program's own group catches those."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _group_alive(pgid: int) -> bool:
