@@ -223,3 +223,21 @@ def test_bad_options_name_the_option():
         BreedSampler(BOUNDS, window=2.5)
     with pytest.raises(TypeError):
         make_sampler("breed", BOUNDS, nonsense=1)
+
+
+def test_step_baseline_removes_the_time_step_from_the_fitness():
+    # Sims 0 and 1 are equally hard but were trained at an easy / a hard step; sim 2 is
+    # twice as hard at both. The batch baseline ranks by step, the step baseline by sim.
+    ids, steps, losses = [0, 1, 2, 2], [0, 1, 0, 1], [10.0, 1.0, 20.0, 2.0]
+    fits = {}
+    for baseline in ("batch", "step"):
+        s = _sampler(fitness_baseline=baseline)
+        s.ask(3)
+        for _ in range(30):
+            s.tell(ids, steps, losses)
+        fits[baseline] = s.fitness([0, 1, 2])
+    assert fits["batch"][0] - fits["batch"][1] > 5.0                  # the step dominates
+    f = fits["step"]
+    assert f[0] == pytest.approx(f[1], abs=1e-6) and f[2] > f[0] + 0.5
+    with pytest.raises(ValueError, match="fitness_baseline"):
+        _sampler(fitness_baseline="epoch")

@@ -10,6 +10,15 @@ their simulation id and time step (:meth:`BreedSampler.tell`). The *loss deviati
 simulation is the mean of its recorded deviations. A simulation is a parent candidate once it
 has ``min_steps`` recorded steps and is among the ``window`` most recently drawn simulations.
 
+Step baseline (``fitness_baseline="step"``, beyond the paper). Losses of one simulation differ
+far more between time steps (the first steps, with their sharp boundary layers, are the
+hardest for every parameter) than between parameters, so a fitness averaged over the random
+steps a simulation happened to have trained mostly measures *which steps* were drawn. With
+the step baseline each loss is first divided by a running mean of the losses at its time
+step, ``r_i = l_i / m[step_i]`` (``m <- 0.9 m + 0.1 l`` per told loss, initialised with the
+first one), and the deviation is ``r_i - mean_batch(r)``: parameters, not steps, make the
+fitness.
+
 Resampling. Once ``min_finished`` simulations have finished, every ``period`` told batches
 (``trigger="period"``) -- or, with ``trigger="ess"``, as soon as the effective sample size of
 the parent weights falls below ``ess_threshold`` of the candidates (at least ``min_period``
@@ -176,24 +185,31 @@ class BreedSampler(ParameterSampler):
         Resample every ``period`` batches, or when the parent weights' ESS fraction is below
         ``ess_threshold`` (at least ``min_period`` batches after the previous resampling).
     ess_threshold : float in (0, 1], min_period : int >= 1
+    fitness_baseline : {"batch", "step"}
+        Deviation from the batch mean of the raw losses (the paper) or of the losses
+        divided by their time step's running mean (module docstring).
     """
 
     name = "breed"
     adaptive = True
     BASES = ("uniform", "halton", "sobol", "lhs")
     TRIGGERS = ("period", "ess")
+    BASELINES = ("batch", "step")
 
     def __init__(self, bounds: Any, *, seed: Any = None, base: str = "uniform",
                  sigma: float = 0.1, shrink: float = 0.3, max_tries: int = 10,
                  period: int = 75, min_finished: int = 10, r_start: float = 0.5,
                  r_end: float = 0.7, r_break: int = 3, window: int = 25, min_steps: int = 33,
                  queue_size: int = 10, trigger: str = "period", ess_threshold: float = 0.5,
-                 min_period: int = 20) -> None:
+                 min_period: int = 20, fitness_baseline: str = "batch") -> None:
         super().__init__(bounds, seed=seed)
         if base not in self.BASES:
             raise ValueError(f"base must be one of {list(self.BASES)}, got {base!r}")
         if trigger not in self.TRIGGERS:
             raise ValueError(f"trigger must be one of {list(self.TRIGGERS)}, got {trigger!r}")
+        if fitness_baseline not in self.BASELINES:
+            raise ValueError(f"fitness_baseline must be one of {list(self.BASELINES)}, got "
+                             f"{fitness_baseline!r}")
         self.options = {
             "base": base,
             "sigma": _check_unit(sigma, "sigma", closed=True),
@@ -210,6 +226,7 @@ class BreedSampler(ParameterSampler):
             "trigger": trigger,
             "ess_threshold": _check_unit(ess_threshold, "ess_threshold", closed=True),
             "min_period": check_positive_int(min_period, "min_period"),
+            "fitness_baseline": fitness_baseline,
         }
         self._reset()
 
@@ -239,6 +256,7 @@ class BreedSampler(ParameterSampler):
         self._fit: dict[tuple[int, int], float] = {}
         self._fsum: dict[int, float] = {}
         self._fcount: dict[int, int] = {}
+        self._step_mean: dict[int, float] = {}
         self._queue_u = np.zeros((0, self.dim))
         self._queue_bred = np.zeros(0, bool)
         self._queue_copy = np.zeros(0, bool)
@@ -349,6 +367,8 @@ class BreedSampler(ParameterSampler):
         ids, st, ls = self._check_tell(sim_ids, steps, losses)
         if len(ls) == 0:
             return
+        if self.options["fitness_baseline"] == "step":
+            ls = self._step_normalised(st, ls)
         dev = ls - ls.mean()
         for s, t, v in zip(ids.tolist(), st.tolist(), dev.tolist()):
             old = self._fit.get((s, t))
@@ -360,6 +380,15 @@ class BreedSampler(ParameterSampler):
         self._since += 1
         if self._due():
             self.resample()
+
+    def _step_normalised(self, steps: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        """``l_i / m[step_i]`` with the running mean ``m`` of each step's losses updated
+        first (``m <- 0.9 m + 0.1 l``, in batch order)."""
+        for t, v in zip(steps.tolist(), losses.tolist()):
+            old = self._step_mean.get(t)
+            self._step_mean[t] = v if old is None else 0.9 * old + 0.1 * v
+        tiny = np.finfo(np.float64).tiny
+        return losses / np.maximum([self._step_mean[t] for t in steps.tolist()], tiny)
 
     def simulation_finished(self, sim_id: int, *, completed: bool = True) -> None:
         """Count finished simulations (failed ones do not count)."""
@@ -496,6 +525,8 @@ class BreedSampler(ParameterSampler):
             "queue": {"u": self._queue_u.tolist(), "bred": self._queue_bred.tolist(),
                       "copy": self._queue_copy.tolist()},
             "finished": sorted(self._finished),
+            "step_mean": {"step": list(self._step_mean),
+                          "mean": list(self._step_mean.values())},
             "counters": {"generation": self.generation, "batches_told": self.batches_told,
                          "since": self._since, "last_ess_fraction": self.last_ess_fraction},
         }
@@ -536,6 +567,9 @@ class BreedSampler(ParameterSampler):
         self._queue_bred = _arr(state["queue"]["bred"], bool).reshape(-1)
         self._queue_copy = _arr(state["queue"]["copy"], bool).reshape(-1)
         self._finished = set(_arr(state["finished"], np.int64).tolist())
+        sm = state.get("step_mean", {"step": [], "mean": []})
+        self._step_mean = dict(zip(_arr(sm["step"], np.int64).reshape(-1).tolist(),
+                                   _arr(sm["mean"], np.float64).reshape(-1).tolist()))
         c = _plain(state["counters"])
         self.generation = int(c["generation"])
         self.batches_told = int(c["batches_told"])

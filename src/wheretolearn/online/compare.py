@@ -25,7 +25,8 @@ corners and edges (largest contrasts between initial and wall temperatures).
 
 Sampler names: ``uniform``, ``halton``, ``sobol``, ``lhs``, ``breed`` and Breed variants
 ``breed-weighted`` (importance-weighted training loss), ``breed-nrmse`` (nRMSE fitness),
-``breed-nrmse-weighted``, ``breed-ess`` (ESS trigger); the other Breed options come from the
+``breed-nrmse-weighted``, ``breed-ess`` (ESS trigger), ``breed-step`` (step-baseline fitness),
+in any combination (``breed-nrmse-step``); the other Breed options come from the
 configuration's ``[sampler]`` table.
 """
 
@@ -47,7 +48,7 @@ __all__ = ["box_validation_set", "sampler_config", "lockstep_study", "compare_sa
            "summarise_comparison", "comparison_table"]
 
 _METRICS = ("mean", "median", "p95", "p99", "max")
-_VARIANTS = {"weighted", "nrmse", "mse", "ess"}
+_VARIANTS = {"weighted", "nrmse", "mse", "ess", "step"}
 
 
 def box_validation_set(bounds: Any, *, n_edge: int = 64, n_interior: int = 64,
@@ -111,6 +112,8 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
             data["fitness_loss"] = "mse"
         if "ess" in variant:
             data["trigger"] = "ess"
+        if "step" in variant:
+            data["fitness_baseline"] = "step"
         section = SamplerSection.model_validate(data)
     return config.model_copy(update={"sampler": section})
 
@@ -213,8 +216,11 @@ def lockstep_study(config: OnlineStudyConfig, *, x_val: np.ndarray, y_val: np.nd
 def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seeds: int = 5,
                      batches_per_simulation: float = 5.0, n_edge: int = 64,
                      n_interior: int = 64, val_seed: int = 2024,
-                     progress: Callable[[str], None] | None = None) -> dict:
+                     progress: Callable[[str], None] | None = None,
+                     on_run: Callable[[dict], None] | None = None) -> dict:
     """Run every sampler with seeds ``0..seeds-1`` at the same budget; return the results.
+
+    ``progress(label)`` is called before each run, ``on_run(record)`` after it.
 
     Seed ``s`` sets ``[study] seed`` (network initialisation, buffer) and the sampler seed
     ``s + 1`` for every sampler, so runs of one seed are paired.
@@ -250,6 +256,8 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
                         for i, g in enumerate(("corner", "edge", "interior"))}
             runs.append({"sampler": name, "seed": seed, **res, "by_group": by_group,
                          "errors": err})
+            if on_run is not None:
+                on_run(runs[-1])
     return {"samplers": samplers, "seeds": seeds, "batches_per_simulation":
             batches_per_simulation, "n_simulations": config.study.n_simulations,
             "validation": {"n_simulations": len(params), "corners": int((group == 0).sum()),

@@ -24,7 +24,9 @@ __all__ = ["OnlineStudyConfig", "StudySection", "SamplerSection", "BufferSection
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # One rule per key, the same from TOML and from flags: no coercion (``dim = true``,
+    # ``n = "8"`` or ``2.0`` for an int are errors; an int is a valid float) and no inf/nan.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class StudySection(_Section):
@@ -44,7 +46,7 @@ class StudySection(_Section):
     dt: float = Field(0.01, gt=0)
     side: float = Field(1.0, gt=0)
     n_simulations: int = Field(200, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     max_seconds: float | None = Field(None, gt=0)
 
     def problem_options(self) -> dict[str, Any]:
@@ -87,7 +89,9 @@ class SamplerSection(_Section):
     ``max_tries``, ``period`` (batches), ``min_finished``, ``r_start``, ``r_end``,
     ``r_break``, ``window`` (simulations), ``min_steps``, ``queue_size``, ``trigger``
     (``period`` | ``ess``), ``ess_threshold``, ``min_period``, ``fitness_loss`` (``mse`` |
-    ``nrmse``: the per-sample loss whose deviations make the fitness) and ``weighted``
+    ``nrmse``: the per-sample loss whose deviations make the fitness), ``fitness_baseline``
+    (``batch``: deviation from the batch mean, the paper; ``step``: of losses divided by their
+    time step's running mean) and ``weighted``
     (weight the training loss by the importance weights, unbiased for the uniform target).
     Unset sizes follow OGAS's rules from the buffer (SPEC §5): ``window`` = capacity in
     simulations, ``period`` = 3 x window, ``min_finished`` = 2 x watermark in simulations,
@@ -95,7 +99,7 @@ class SamplerSection(_Section):
     """
 
     name: str = "uniform"
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
     bounds: list[list[float]] | None = None
     base: Literal["uniform", "halton", "sobol", "lhs"] = "uniform"
     sigma: float = Field(0.1, gt=0, le=1)
@@ -113,13 +117,14 @@ class SamplerSection(_Section):
     ess_threshold: float = Field(0.5, gt=0, le=1)
     min_period: int = Field(20, ge=1)
     fitness_loss: Literal["mse", "nrmse"] = "mse"
+    fitness_baseline: Literal["batch", "step"] = "batch"
     weighted: bool = False
 
     #: Keys that only Breed reads.
     BREED_KEYS: ClassVar[tuple[str, ...]] = (
         "base", "sigma", "shrink", "max_tries", "period", "min_finished", "r_start", "r_end",
         "r_break", "window", "min_steps", "queue_size", "trigger", "ess_threshold",
-        "min_period", "fitness_loss", "weighted")
+        "min_period", "fitness_loss", "fitness_baseline", "weighted")
 
     @model_validator(mode="after")
     def _breed_only(self) -> "SamplerSection":
@@ -255,7 +260,7 @@ class ValidationSection(_Section):
     ``seed`` (uniform on the bounds), evaluated every ``every_batches`` batches."""
 
     n_val: int = Field(10, ge=1)
-    seed: int = 12345
+    seed: int = Field(12345, ge=0)
     every_batches: int = Field(100, ge=1)
 
 
