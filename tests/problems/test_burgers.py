@@ -124,9 +124,6 @@ def test_too_few_steps_for_a_large_input_reports_divergence():
 
 
 def test_default_input_measure_is_periodic_kle():
-    fields = pytest.importorskip("wheretolearn.measures")
-    if not hasattr(fields, "GaussianRandomField"):
-        pytest.skip("wheretolearn.measures.GaussianRandomField not available yet")
     p = get_problem("burgers", n=128, n_steps=100)
     mu = p.default_input_measure()
     u = np.asarray(mu.sample(64, generator=0), dtype=np.float64)
@@ -146,3 +143,18 @@ def test_default_step_count_is_converged_for_default_measure():
     u = np.asarray(p.default_input_measure().sample(4, generator=1), dtype=np.float64)
     fine = get_problem("burgers", n_steps=2000, dtype="float64")
     assert np.abs(p(u) - fine(u)).max() < 1e-7 * np.abs(u).max()
+
+
+@pytest.mark.parametrize("dealias", [False, True])
+def test_nyquist_mode_is_dropped_from_the_state_and_the_nonlinear_term(dealias):
+    """As in the authors' solver the Nyquist mode (-1)^j is held at zero. Over a short time
+    (t = 1e-3: diffusion damps it only by exp(-nu (n/2)^2 t) = 0.90 at n = 64) a solver that
+    kept it in the initial condition or let the nonlinear term feed it would show it."""
+    n = 64
+    p = get_problem("burgers", n=n, n_steps=20, t_final=1e-3, dealias=dealias, dtype="float64")
+    smooth = smooth_field(n, np.random.default_rng(7), n_modes=20, batch=3)  # u^2 reaches k = 32
+    nyquist = 0.7 * (-1.0) ** np.arange(n)
+    out = p(smooth + nyquist)
+    assert np.abs(np.fft.rfft(out)[:, -1]).max() < 1e-10 * n
+    # the Nyquist part of the input is simply ignored
+    np.testing.assert_allclose(out, p(smooth), atol=1e-12)

@@ -1,7 +1,6 @@
 """Tests for the 2-D heat problem against independent sparse solves and the continuum."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -170,11 +169,3 @@ def test_default_input_measure_samples_in_bounds():
     x = np.asarray(p.default_input_measure().sample(200, generator=0))
     assert x.shape == (200, 5)
     assert x.min() >= 100 and x.max() <= 500 and x.std(0).min() > 80
-
-
-def test_64_grid_100_steps_fast_enough():
-    p = get_problem("heat2d")
-    list(p.simulate(PARAMS))  # warm-up (FFT plans)
-    t0 = time.perf_counter()
-    list(p.simulate(PARAMS))
-    assert time.perf_counter() - t0 < 0.5   # target 50 ms; generous for a shared machine
