@@ -66,12 +66,9 @@ def _notes(exc: BaseException) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The first line of the message, the path an ``OSError`` names, and the notes."""
-    if isinstance(exc, OSError) and exc.strerror:
-        path = f": {exc.filename!s}" if exc.filename else ""
-        text = f"{exc.strerror}{path}"
-    else:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """The first line of the message (an ``OSError`` names errno, reason and path) and the
+    notes."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text + _notes(exc)
 
 
@@ -94,15 +91,25 @@ def _sigterm_exits():
 
 
 def format_validation_error(exc: Any) -> str:
-    """One line per pydantic error, joined with '; ': ``key.path: message (got value)``."""
+    """One line per pydantic error, joined with '; ': ``key.path: message (got value)``
+    (a table is named by its keys, long values are cut: never the whole config)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ())) or "config"
         if err.get("type") == "extra_forbidden":
             parts.append(f"unknown config key {loc!r}")
         else:
-            parts.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+            parts.append(f"{loc}: {err.get('msg')} (got {_short(err.get('input'))})")
     return "; ".join(parts)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of an offending value, a table named by its keys, cut at ``limit``."""
+    if isinstance(value, dict):
+        text = "a table with keys " + ", ".join(map(str, value))
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from . import app
 from ._common import cli_errors, load_toml
 
 _CONFIG_KEYS = {"problem", "n", "out", "workers", "seed", "chunk", "scheduler", "overwrite",
-                "options", "measure"}
+                "options", "measure", "num_threads"}
 
 
 def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
@@ -33,6 +33,23 @@ def parse_key_values(items: list[str], what: str) -> dict[str, Any]:
     return parsed
 
 
+#: Type of each config key: one rule for TOML and flags (no coercion: ``n = "8"``,
+#: ``n = 8.0``, ``n = true`` or ``overwrite = "yes"`` are errors).
+_CONFIG_TYPES: dict[str, tuple[type, str]] = {
+    "problem": (str, "a string"), "out": (str, "a string (path)"),
+    "scheduler": (str, "a string (tcp://host:port)"), "n": (int, "an integer"),
+    "workers": (int, "an integer"), "seed": (int, "an integer"), "chunk": (int, "an integer"),
+    "num_threads": (int, "an integer"), "overwrite": (bool, "true or false"),
+    "options": (dict, "a table"), "measure": (dict, "a table")}
+
+
+def _check_type(key: str, value: Any, config: Optional[Path]) -> None:
+    kind, what = _CONFIG_TYPES[key]
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"config key {key!r} in {str(config)!r} must be {what}, got {value!r}")
+
+
 def _merge_config(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]:
     """TOML values overridden by the command-line values that were given."""
     base = load_toml(config) if config is not None else {}
@@ -40,9 +57,8 @@ def _merge_config(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]
     if unknown:
         raise ValueError(f"unknown config key {unknown[0]!r} in {str(config)!r}; allowed: "
                          f"{', '.join(sorted(_CONFIG_KEYS))}")
-    for table in ("options", "measure"):
-        if not isinstance(base.get(table, {}), dict):
-            raise ValueError(f"config key {table!r} must be a table, got {base[table]!r}")
+    for key, value in base.items():
+        _check_type(key, value, config)
     merged = {**base, **{k: v for k, v in cli.items() if v is not None and k not in
                          ("options", "measure")}}
     merged["options"] = {**base.get("options", {}), **cli["options"]}
@@ -67,15 +83,19 @@ def generate(
     measure_param: list[str] = typer.Option([], "--measure-param", "-m",
                                             help="Input-measure parameter key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys "
-                                          "plus [options] and [measure] tables."),
+                                          "plus \\[options] and \\[measure] tables."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an existing store with a different content."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    num_threads: Optional[int] = typer.Option(
+        None, "--num-threads", help="torch threads in this process and in each Dask worker "
+        "(default: torch's)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="show a progress bar"),
 ) -> None:
     """Generate a data set of (input, output) pairs for PROBLEM into a resumable zarr store."""
     cfg = _merge_config(config, {
         "problem": problem, "n": n, "out": out, "workers": workers, "seed": seed, "chunk": chunk,
-        "scheduler": scheduler, "overwrite": overwrite or None,
+        "scheduler": scheduler, "overwrite": overwrite or None, "num_threads": num_threads,
         "options": parse_key_values(option, "--option"),
         "measure": parse_key_values(measure_param, "--measure-param")})
     for required in ("problem", "n", "out"):
@@ -87,7 +107,8 @@ def generate(
         cfg["problem"], cfg["n"], Path(cfg["out"]), options=cfg["options"],
         measure_params=cfg["measure"] or None, seed=cfg.get("seed", 0),
         chunk=cfg.get("chunk"), workers=cfg.get("workers", 2), scheduler=cfg.get("scheduler"),
-        progress=progress, overwrite=bool(cfg.get("overwrite", False)))
+        progress=progress, overwrite=bool(cfg.get("overwrite", False)),
+        num_threads=cfg.get("num_threads"))
     typer.echo(f"wrote {info.n} samples of {info.problem} to {info.path} "
                f"({len(info.computed_chunks)} chunks computed, {info.reused_chunks} reused, "
                f"{info.seconds:.1f} s); key {info.key[:16]}")

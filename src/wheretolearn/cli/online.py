@@ -80,9 +80,10 @@ def _run(fn: Any, *args: Any, total: int, progress: bool, **kw: Any) -> dict:
 @app.command("online", no_args_is_help=True)
 @cli_errors
 def online(
+    ctx: typer.Context,
     config: str = typer.Argument(..., metavar="CONFIG.toml | resume",
                                  help="study configuration, or the word 'resume'"),
-    run_dir: Optional[Path] = typer.Argument(None, metavar="[DIR]",
+    run_dir: Optional[Path] = typer.Argument(None, metavar="\\[DIR]",
                                              help="run folder to resume (after 'resume')"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder to create"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers (= concurrent "
@@ -92,14 +93,26 @@ def online(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running "
                                             "Dask scheduler (tcp://host:port)"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm | pbs | sge | "
-                                          "address (overrides [cluster] kind)"),
+                                          "address (overrides \\[cluster] kind)"),
     print_job_script: bool = typer.Option(False, "--print-job-script",
                                           help="print the batch job script and exit"),
     fail_rate: Optional[float] = typer.Option(None, "--fail-rate", help="fault injection: "
                                               "probability that an attempt crashes or hangs"),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="stop (resumable) "
-                                                "after this many seconds"),
+                                                "after this many seconds (a number > 0)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="study seed (overrides [study] "
+                                       "seed; default 0)"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads of "
+                                              "the trainer (overrides [training] "
+                                              "torch_threads; default: cores left by local "
+                                              "workers)"),
+    queue: Optional[str] = typer.Option(None, "--queue", "--partition", help="batch queue / "
+                                        "Slurm partition (overrides [cluster] queue)"),
+    walltime: Optional[str] = typer.Option(None, "--walltime", help="batch job time limit "
+                                           "HH:MM:SS (overrides [cluster] walltime)"),
+    restart: bool = typer.Option(False, "--restart", help="resume only: start a run whose "
+                                 "checkpoint is gone again from nothing"),
     samplers: Optional[str] = typer.Option(None, "--samplers", help="compare: comma-separated "
                                            "samplers, e.g. uniform,breed,breed-weighted"),
     seeds: int = typer.Option(5, "--seeds", help="compare: seeds per sampler"),
@@ -109,11 +122,17 @@ def online(
 ) -> None:
     """Train a surrogate online while an ensemble of simulations streams into it.
 
-    Usage: wheretolearn online CONFIG.toml --out DIR [options], or
-    wheretolearn online resume DIR (continue an interrupted study).
+    Usage: wheretolearn online CONFIG.toml --out DIR \\[options], or
+    wheretolearn online resume DIR (continue an interrupted study; takes only
+    --max-seconds, --no-progress and --restart).
     """
-    if config == "resume" and run_dir is not None:
-        return _resume(run_dir, max_seconds=max_seconds, progress=not no_progress)
+    from ._online_args import check_config_path, check_resume_flags, resume
+
+    check_max_seconds(max_seconds)
+    if config == "resume":
+        check_resume_flags(ctx)
+        return resume(run_dir, max_seconds=max_seconds, progress=not no_progress,
+                      restart=restart, run=_run, print_summary=_print_summary)
     if config == "compare" and run_dir is not None:
         from .online_compare import run_compare
 
@@ -122,12 +141,17 @@ def online(
                            progress=not no_progress)
     if run_dir is not None:
         raise ValueError(f"unexpected argument {str(run_dir)!r}; usage: {_USAGE}")
+    if restart:
+        raise ValueError("--restart applies only to 'wheretolearn online resume DIR'")
     from ..online.cluster import job_script
     from ..online.config import load_online_config
     from ..online.study import run_online_study
 
+    check_config_path(config)
     cfg = load_online_config(config, **{"executor.workers": workers, "sampler.name": sampler,
-                                        "executor.fail_rate": fail_rate})
+                                        "executor.fail_rate": fail_rate, "study.seed": seed,
+                                        "training.torch_threads": num_threads,
+                                        "cluster.queue": queue, "cluster.walltime": walltime})
     if cluster is not None:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.with_kind(cluster)})
     if scheduler is not None:
@@ -137,18 +161,16 @@ def online(
         raise typer.Exit(0)
     if out is None:
         raise ValueError("--out DIR is required (the run folder to create)")
+    from ..online.preflight import preflight
+
+    preflight(cfg, out)              # before the progress display and the run folder
     summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
                    progress=not no_progress, max_seconds=max_seconds)
     _print_summary(summary, out)
 
 
-def _resume(run_dir: Path, *, max_seconds: float | None, progress: bool) -> None:
-    from ..online.config import load_online_config
-    from ..online.study import resume_online_study
+def check_max_seconds(value: float | None) -> None:
+    """``--max-seconds`` follows the rule of ``[study] max_seconds`` (checked first)."""
+    from ..online.preflight import check_max_seconds as check
 
-    if not (run_dir / "config.toml").is_file():
-        raise ValueError(f"{str(run_dir)!r} is not an online run folder (no config.toml)")
-    total = load_online_config(str(run_dir / "config.toml")).study.n_simulations
-    summary = _run(resume_online_study, run_dir, total=total, progress=progress,
-                   max_seconds=max_seconds)
-    _print_summary(summary, run_dir)
+    check(value)

@@ -397,7 +397,8 @@ def open_dataset(path: str | Path) -> dict[str, Any]:
 def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | None = None,
                      measure: Any = None, measure_params: dict | None = None, seed: int = 0,
                      chunk: int | None = None, workers: int = 2, scheduler: str | None = None,
-                     progress: bool = True, overwrite: bool = False) -> DatasetInfo:
+                     progress: bool = True, overwrite: bool = False,
+                     num_threads: int | None = None) -> DatasetInfo:
     """Sample ``n`` inputs, evaluate ``G*`` on them in parallel and store both in zarr.
 
     Parameters
@@ -430,6 +431,9 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
         wheretolearn wrote, and only once the new one is complete. A folder holding anything
         else, a foreign zarr store or a plain file is never replaced (``FileExistsError``).
 
+    num_threads : int, optional
+        torch threads in this process (restored afterwards) and in every Dask worker.
+
     Notes
     -----
     A new store is written into a hidden staging store next to ``out``
@@ -444,6 +448,8 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     n = check_positive_int(n, "n")
     seed = check_nonnegative_int(seed, "seed")
     workers = check_nonnegative_int(workers, "workers")
+    if num_threads is not None:
+        num_threads = check_positive_int(num_threads, "num_threads")
     prob = _build_problem(problem, options)
     meas = resolve_measure(prob, measure, measure_params)
     in_shape, out_shape = tuple(prob.input_shape), tuple(prob.output_shape)
@@ -485,7 +491,12 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     def sample(i: int) -> np.ndarray:
         return _sample_chunk(meas, seed, i, min(n, (i + 1) * chunk) - i * chunk)
 
+    import torch
+
+    threads_before = torch.get_num_threads()
     try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         with _progress_bar(progress, n_chunks, n_chunks - len(todo), prob.name) as advance:
             if todo and (workers == 0 and scheduler is None):
                 for i in todo:
@@ -493,13 +504,16 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                     write(i, x, _evaluate_chunk(prob, x))
                     advance()
             elif todo:
-                _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance)
+                _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance,
+                          num_threads)
         group.attrs["complete"] = True
         if staging is not None:
             _swap_in(staging, out)
     except BaseException as exc:
         _note_leftover(exc, where, staging, n_chunks - len(todo) + written[0], n_chunks)
         raise
+    finally:
+        torch.set_num_threads(threads_before)
     return DatasetInfo(path=str(out), problem=prob.name, options=prob_options, measure=measure_rec,
                        seed=seed, n=n, chunk=chunk, n_chunks=n_chunks, key=key,
                        computed_chunks=todo, reused_chunks=n_chunks - len(todo),
@@ -569,7 +583,7 @@ async def _identity(address: str, timeout: float) -> Any:
 def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
               write: Callable[[int, np.ndarray, np.ndarray], None], problem: Any,
               options: dict, workers: int, scheduler: str | None,
-              advance: Callable[[], None]) -> None:
+              advance: Callable[[], None], num_threads: int | None = None) -> None:
     """Evaluate the chunks ``todo`` on Dask with a bounded number of tasks in flight.
 
     The built problem is sent to every worker once (so expensive set-up such as an operator
@@ -597,6 +611,8 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
                 processes=True, silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        if num_threads is not None:
+            client.run(_set_threads, num_threads)
         from ..problems import problem_spec
         from ..problems.base import _REGISTRY
 
@@ -629,6 +645,12 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
             advance()
             for j in _take(pending, 1):
                 queue.add(submit(j))
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _take(it: Iterable[int], k: int) -> list[int]:

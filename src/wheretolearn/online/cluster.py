@@ -115,7 +115,7 @@ class ClusterConfig(BaseModel):
         How many jobs that ended early may be replaced in one run.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     kind: Literal["local", "slurm", "pbs", "sge", "address"] = "local"
     address: str | None = None

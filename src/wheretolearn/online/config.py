@@ -298,8 +298,9 @@ class OnlineStudyConfig(_Section):
 
         An external command gets ``[sampler] bounds`` as its ``bounds`` (unless its options
         give them), ``step_timeout`` = 2 x ``simulation_timeout`` (the executor declares the
-        timeout first; this is the backstop) and ``cwd`` = the current folder, so workers
-        started elsewhere run it in the same place."""
+        timeout first; this is the backstop), ``cwd`` = the current folder, so workers
+        started elsewhere run it in the same place, and on a batch cluster ``cores`` (the
+        ``{cores}`` of a launcher) = ``[cluster] cores / processes``."""
         import os
 
         from ..problems.plugins import canonical_spec
@@ -315,6 +316,9 @@ class OnlineStudyConfig(_Section):
                 raise ValueError("a command needs the shape of one step's field: set "
                                  "[study.options] field_shape = [n, ...]")
             options.setdefault("step_timeout", 2 * self.executor.simulation_timeout)
+            if self.cluster.kind in ("slurm", "pbs", "sge"):
+                # {cores} of a launcher: the cores of one worker's share of its batch job
+                options.setdefault("cores", max(1, self.cluster.cores // self.cluster.processes))
             options.setdefault("cwd", os.getcwd())
         return {"name": canonical_spec(self.study.problem), "options": options}
 

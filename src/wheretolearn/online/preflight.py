@@ -1,0 +1,103 @@
+"""Everything an online study can check before its run folder exists.
+
+:func:`preflight` is called by :func:`~wheretolearn.online.study.run_online_study` (and so
+by ``wheretolearn online``) before the run folder is created: the output path, the problem
+(by name first: only problems with a time-stepping ``simulate()`` run online), its options
+and the online contract, and that the resolved configuration can be written. A bad value
+gives one ``ValueError`` / ``FileExistsError`` and nothing on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["online_problems", "check_online_problem", "check_max_seconds", "preflight"]
+
+
+def check_max_seconds(value: Any) -> float | None:
+    """``--max-seconds`` / ``max_seconds=``: the rule of ``[study] max_seconds`` (a finite
+    number > 0, or None); ``ValueError`` naming the value otherwise."""
+    from pydantic import ValidationError
+
+    from .config import StudySection
+
+    if value is None:
+        return None
+    try:
+        return StudySection(max_seconds=value).max_seconds
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"]
+        raise ValueError(f"max_seconds: {msg} (got {value!r}); it must be a finite number "
+                         "of seconds > 0") from None
+
+
+def online_problems() -> list[str]:
+    """Registered problems the online engine runs: those whose class has a time-stepping
+    ``simulate(params)`` yielding ``(step, field)`` as the steps are computed (``heat2d``;
+    user problems given by import path or plugin are checked when built; ``external``, the
+    runner of a ``[study] command``, is left out: it is chosen by ``command``)."""
+    from ..problems.base import _REGISTRY
+
+    return sorted(name for name, factory in _REGISTRY.items()
+                  if callable(getattr(factory, "simulate", None)) and name != "external")
+
+
+def check_online_problem(config: Any) -> Any:
+    """Build ``config``'s problem as the study will and check the online contract.
+
+    A registered problem without ``simulate()`` (``darcy``, ``burgers``, ...) is rejected
+    by name, listing :func:`online_problems`. Returns the built problem."""
+    from ..problems import check_online_contract, get_problem
+    from ..problems.base import _REGISTRY
+
+    name = config.study.problem
+    factory = _REGISTRY.get(name)
+    if factory is not None and not callable(getattr(factory, "simulate", None)):
+        raise ValueError(
+            f"problem {name!r} cannot run in an online study: the online engine streams the "
+            f"steps of a time-stepping simulate(params), which {name!r} does not have; online "
+            f"problems: {', '.join(online_problems())}, a user problem 'module:factory' or a "
+            "[study] command (docs/user_solver.md); use 'wheretolearn generate' for "
+            f"{name!r}")
+    spec = config.problem_spec()
+    try:
+        problem = get_problem(spec["name"], **spec["options"])
+    except TypeError as exc:
+        raise ValueError(f"bad option for problem {name!r}: {exc}") from None
+    check_online_contract(problem, bounds=config.sampler.bounds)
+    return problem
+
+
+def _check_out(out: str | Path) -> None:
+    from .._ownership import check_output_location
+
+    p = Path(out)
+    check_output_location(p)
+    if p.exists() and not p.is_dir():
+        raise FileExistsError(f"--out {str(p)!r} is a file, not a run folder; choose another "
+                              "--out")
+    if p.is_dir() and any(p.iterdir()):
+        hint = (f"; to continue it: wheretolearn online resume {p}"
+                if (p / "config.toml").is_file() else "")
+        raise FileExistsError(f"output folder {str(p)!r} already exists and is not empty; "
+                              f"choose another --out{hint}")
+
+
+def _check_writable_config(config: Any) -> None:
+    import tomli_w
+
+    from ..report.runfolder import _toml_ready
+
+    try:
+        tomli_w.dumps(_toml_ready(config.model_dump()))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the configuration cannot be written as TOML: {exc}") from None
+
+
+def preflight(config: Any, out: str | Path) -> Any:
+    """Check ``out`` and everything in ``config`` that can be checked without starting;
+    return the built problem."""
+    _check_out(out)
+    _check_writable_config(config)
+    return check_online_problem(config)

@@ -1,0 +1,189 @@
+"""``wheretolearn online`` keeps the promise (issue 16 item 3, issue 14 item 7): every value
+is validated before the run folder exists, one rule per key, ``online resume`` applies or
+refuses each flag, finished runs and lost checkpoints are said, wrong paths named."""
+
+import json
+import math
+import shutil
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from wheretolearn.cli import app
+
+runner = CliRunner()
+
+
+def tiny(**sections):
+    base = {"study": {"n": 8, "n_steps": 4, "n_simulations": 3, "seed": 1},
+            "buffer": {"capacity": 20, "watermark": 4},
+            "training": {"hidden": [8], "torch_threads": 1, "batch_size": 4},
+            "executor": {"workers": 1, "simulation_timeout": 20.0},
+            "validation": {"n_val": 1, "every_batches": 2},
+            "checkpoint": {"every_batches": 2}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return base
+
+
+def write(path, cfg):
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+def one_error_line(res, *needles):
+    err = res.stderr.strip()
+    assert res.exit_code == 2, res.output
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny study (run once, copied by the tests that change it)."""
+    root = tmp_path_factory.mktemp("online")
+    cfg = write(root / "s.toml", tiny())
+    res = runner.invoke(app, ["online", str(cfg), "--out", str(root / "run"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return root / "run"
+
+
+@pytest.mark.parametrize("section, key", [
+    ("study", "dt"), ("study", "side"), ("training", "lr"), ("training", "weight_decay"),
+    ("executor", "simulation_timeout"),
+])
+def test_infinite_values_are_refused_before_the_folder_exists(tmp_path, section, key):
+    cfg = write(tmp_path / "s.toml", tiny(**{section: {key: math.inf}}))
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+                   f"{section}.{key}", "finite")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("problem", ["burgers", "darcy"])
+def test_problems_without_simulate_are_refused_by_name(tmp_path, problem, monkeypatch):
+    from wheretolearn.online import study
+
+    created = []
+    monkeypatch.setattr(study.OnlineStudy, "create",
+                        classmethod(lambda cls, *a, **k: created.append(a)))
+    cfg = write(tmp_path / "s.toml", tiny(study={"problem": problem}))
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+                   f"problem {problem!r} cannot run in an online study", "heat2d")
+    assert created == [] and not (tmp_path / "r").exists()    # never even created
+
+
+def test_online_problems_are_those_with_simulate():
+    from wheretolearn.online.preflight import online_problems
+    from wheretolearn.problems.base import _REGISTRY
+
+    names = online_problems()
+    assert "heat2d" in names and "darcy" not in names and "burgers" not in names
+    assert all(callable(getattr(_REGISTRY[n], "simulate", None)) for n in names)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_max_seconds_follows_the_toml_rule(tmp_path, value):
+    cfg = write(tmp_path / "s.toml", tiny())
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+                                       "--max-seconds", value]), "max_seconds")
+    assert not (tmp_path / "r").exists()
+    cfg = write(tmp_path / "t.toml", tiny(study={"max_seconds": float(value)}))
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+                   "max_seconds")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("study", "n", True), ("study", "n", "8"), ("study", "n", 8.0),
+    ("study", "seed", -1), ("sampler", "seed", -2), ("validation", "seed", -3),
+    ("executor", "workers", "2"), ("buffer", "capacity", 20.0),
+])
+def test_strict_types_one_rule_per_key(tmp_path, section, key, value):
+    cfg = write(tmp_path / "s.toml", tiny(**{section: {key: value}}))
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+                   f"{section}.{key}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path):
+    res = runner.invoke(app, ["online", "resume", str(tmp_path), "--workers", "0", "--sampler",
+                              "nosuch", "--fail-rate", "5", "--out", str(tmp_path / "else")])
+    one_error_line(res, "--workers", "--sampler", "--fail-rate", "--out", "--max-seconds")
+    assert not (tmp_path / "else").exists()
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    res = runner.invoke(app, ["online", "resume", str(run), "--no-progress"])
+    assert res.exit_code == 0 and "is finished" in res.output, res.output
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before
+    assert json.loads(before["summary.json"])["sessions"] == 1
+
+
+def test_lost_checkpoint_requires_restart(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "stopped": "max_seconds"}))
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    (run / "checkpoint.pt").unlink(missing_ok=True)
+    one_error_line(runner.invoke(app, ["online", "resume", str(run), "--no-progress"]),
+                   "no usable checkpoint", "--restart")
+    res = runner.invoke(app, ["online", "resume", str(run), "--restart", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "starting the study again from nothing" in res.stderr
+    assert json.loads((run / "summary.json").read_text())["stopped"] == "completed"
+
+
+def test_restart_with_a_checkpoint_is_refused(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "summary.json").unlink()
+    one_error_line(runner.invoke(app, ["online", "resume", str(run), "--restart"]),
+                   "has a checkpoint")
+
+
+def test_wrong_paths_are_named(tmp_path, finished_run):
+    one_error_line(runner.invoke(app, ["online", "resume"]), "needs the run folder")
+    one_error_line(runner.invoke(app, ["online", str(finished_run), "--out", str(tmp_path / "r")]),
+                   "is a folder, not a study configuration", "online resume")
+    cfg = write(tmp_path / "s.toml", tiny())
+    (tmp_path / "afile").write_text("x")
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "afile")]),
+                   "is a file")
+    assert (tmp_path / "afile").read_text() == "x"
+    bilevel = tmp_path / "bilevel"
+    bilevel.mkdir()
+    (bilevel / "config.toml").write_text('problem = "sobol-g"\ndim = 2\nsteps = 3\n')
+    err = one_error_line(runner.invoke(app, ["online", "resume", str(bilevel)]),
+                         "is a bilevel run folder")
+    assert "unknown config key" not in err
+
+
+def test_a_table_error_does_not_dump_the_config(tmp_path):
+    cfg = write(tmp_path / "s.toml", tiny(buffer={"capacity": 4, "watermark": 10,
+                                                 "policy": "uniform"}))
+    err = one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+                         "watermark")
+    assert len(err) < 300 and "'policy'" not in err, err
+
+
+def test_seed_num_threads_queue_walltime_flags(tmp_path):
+    cfg = write(tmp_path / "s.toml", tiny())
+    res = runner.invoke(app, ["online", str(cfg), "--cluster", "slurm", "--partition", "debug",
+                              "--walltime", "00:05:00", "--print-job-script"])
+    assert res.exit_code == 0, res.output
+    assert "-p debug" in res.output and "00:05:00" in res.output
+    from wheretolearn.online.config import load_online_config
+
+    base = load_online_config(str(cfg))
+    assert base.study.seed == 1
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+                                       "--seed", "-1"]), "study.seed")
+    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+                                       "--num-threads", "0"]), "training.torch_threads")
