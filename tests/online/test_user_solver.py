@@ -96,6 +96,20 @@ def test_failures_of_a_program_each_get_their_outcome_and_a_relaunch(tmp_path):
     assert summary["retries"] >= 4
 
 
+def test_a_command_gets_the_batch_jobs_cores_and_its_folder():
+    cfg = OnlineStudyConfig.model_validate({
+        "study": {"command": ["srun", "-n", "{cores}", "./solver", "{p0}"],
+                  "options": {"field_shape": [1]}},
+        "sampler": {"bounds": [[0.0, 1.0]]},
+        "executor": {"simulation_timeout": 7.0},
+        "cluster": {"kind": "slurm", "queue": "q", "cores": 8, "processes": 2}})
+    spec = cfg.problem_spec()
+    assert spec["name"] == "external"
+    opts = spec["options"]
+    assert (opts["cores"], opts["step_timeout"], opts["bounds"]) == (4, 14.0, [[0.0, 1.0]])
+    assert opts["n_steps"] == 100 and opts["keep_outputs"] is False
+
+
 USER_MODULE = textwrap.dedent('''
     import numpy as np
     from wheretolearn.problems import SimulatorProblem
