@@ -154,6 +154,14 @@ def test_trials_repeat_whole_runs_and_interval_is_over_trials(tmp_path):
         assert (ci["lo"], ci["hi"]) == pytest.approx((np.mean(vals) - half, np.mean(vals) + half))
     steps = [json.loads(x) for x in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
     assert [r["trial"] for r in steps] == [0] * 3 + [1] * 3 + [2] * 3
+    # trials split over jobs (trial_offset) aggregate to the same table
+    from wheretolearn.design.study import aggregate_trials
+
+    parts = [single] + [run_bilevel_study({**cfg, "trial_offset": k}, tmp_path / f"k{k}",
+                                          progress=False) for k in (1, 2)]
+    joined = aggregate_trials(parts)
+    assert joined["baselines"] == many["baselines"]
+    assert joined["baselines_ci"] == many["baselines_ci"]
 
 
 def test_collapse_is_flagged_in_summary_and_reported_iterate_is_best_seen(tmp_path):

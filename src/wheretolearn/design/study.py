@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .baselines import APPROXIMATE_SOURCES, BASELINE_NAMES
 
 __all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
-           "DEMO_SETTINGS", "resolve_study_config"]
+           "DEMO_SETTINGS", "resolve_study_config", "aggregate_trials"]
 
 #: Problems a bilevel study accepts (benchmark functions on R^d, SPEC §3).
 BILEVEL_PROBLEMS = ("sobol-g", "friedman1", "friedman2", "rkhs")
@@ -99,6 +99,8 @@ class BilevelStudyConfig(BaseModel):
     trials: int = Field(1, description="whole runs with different seeds (paper: 10); the "
                                        "table then gives mean and 95 % interval over trials")
     vary_metatest: bool = Field(False, description="draw a new meta-test family per trial")
+    trial_offset: int = Field(0, description="index of the first trial: trials k .. k+T-1 of "
+                                             "a study can run as separate jobs")
     seed: int = 0
     n_measures: int = 10
     n_seen: int = 500
@@ -149,7 +151,7 @@ class BilevelStudyConfig(BaseModel):
             raise ValueError("must be a positive integer")
         return v
 
-    @field_validator("seed")
+    @field_validator("seed", "trial_offset")
     @classmethod
     def _nonnegative(cls, v: int) -> int:
         if v < 0:
@@ -297,8 +299,9 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
     t_start = time.perf_counter()
     with torch_threads(cfg.num_threads), run, _Progress(progress, console) as bar:
         run.write_config_toml(cfg.model_dump())
-        trials = [_run_trial(cfg, k, run, bar) for k in range(cfg.trials)]
-        summary = trials[0]["summary"] if cfg.trials == 1 else _aggregate(cfg, trials)
+        trials = [_run_trial(cfg, cfg.trial_offset + k, run, bar) for k in range(cfg.trials)]
+        summary = (trials[0]["summary"] if cfg.trials == 1
+                   else aggregate_trials([t["summary"] for t in trials]))
         first = trials[0]
         summary["figures"] = plot_study_figures(
             run, summary, first["result"].history, first["metatest"], learned=first["chosen"],
@@ -338,7 +341,7 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
                              seed=cfg.seed + trial if cfg.vary_metatest else cfg.seed,
                              dtype=dtype)
     init = _initial_gaussian(cfg, metatest, dtype)
-    label = f" trial {trial + 1}/{cfg.trials}" if cfg.trials > 1 else ""
+    label = f" trial {trial}" if cfg.trials > 1 or trial else ""
     task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}{label}", cfg.steps)
 
     def on_step(record: dict) -> None:
@@ -354,7 +357,7 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
     chosen = result.best if cfg.use_iterate == "best" else result.final
     sources = _sources(cfg, metatest, chosen, dtype)
     evaluation = _evaluate(cfg, problem, metatest, list(sources.values()), bar, run, trial)
-    summary = _summary(cfg, result, chosen, evaluation, metatest)
+    summary = _summary(cfg, result, chosen, evaluation, metatest, trial)
     return {"summary": summary, "result": result, "chosen": chosen, "metatest": metatest,
             "sources": {k: getattr(v, "measure", None) for k, v in sources.items()}}
 
@@ -405,7 +408,7 @@ def _collapse_report(cfg, result, seen_reported: float) -> tuple[dict, list[str]
     return c, warnings
 
 
-def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
+def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) -> dict:
     """Assemble ``summary.json`` (plain JSON types only)."""
     hist = result.history
     unseen = [h["unseen_error"] for h in hist]
@@ -424,6 +427,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest) -> dict:
         "init": cfg.init,
         "use_iterate": cfg.use_iterate,
         "trials": 1,
+        "trial": trial,
         "initial_error": unseen[0],
         "final_error": unseen[-1],
         "best_error": unseen[best_step],
@@ -463,20 +467,26 @@ _PER_TRIAL_SCALARS = ("initial_error", "final_error", "best_error", "min_unseen_
                       "seconds_per_step", "grad_seconds_per_step")
 
 
-def _aggregate(cfg, trials: list[dict]) -> dict:
-    """Summary over whole runs: each table cell is the mean over trials of the trial's mean
-    over repeats, with the 95 % Student-t interval over trials (``ci_over = "trials"``)."""
+def aggregate_trials(summaries: list[dict]) -> dict:
+    """Summary over whole runs from the single-trial summaries (``summary.json`` of studies
+    with ``trials = 1``, or the trials of one study): each table cell is the mean over trials
+    of the trial's mean over repeats, with the 95 % Student-t interval over trials
+    (``ci_over = "trials"``); scalar errors and timings are averaged, each trial is kept
+    under ``per_trial``."""
     from ..report.metrics import mean_ci95
 
-    per = [t["summary"] for t in trials]
+    per = list(summaries)
+    if not per:
+        raise ValueError("summaries must hold at least one trial summary, got none")
     out = dict(per[0])
     out.update(trials=len(per), ci_over="trials",
-               per_trial=[{k: p[k] for k in (*_PER_TRIAL_SCALARS, "collapse", "learned",
-                                             "baselines")} for p in per],
-               warnings=[f"trial {i}: {w}" for i, p in enumerate(per) for w in p["warnings"]])
+               per_trial=[{k: p[k] for k in ("trial", *_PER_TRIAL_SCALARS, "collapse",
+                                             "learned", "baselines")} for p in per],
+               warnings=[f"trial {p['trial']}: {w}" for p in per for w in p["warnings"]])
+    out.pop("trial")
     for key in _PER_TRIAL_SCALARS:
         out[key] = float(sum(p[key] for p in per) / len(per))
-    out["collapse"] = {"flagged_trials": [i for i, p in enumerate(per) if p["collapse"]["flagged"]],
+    out["collapse"] = {"flagged_trials": [p["trial"] for p in per if p["collapse"]["flagged"]],
                        "flagged": any(p["collapse"]["flagged"] for p in per)}
     table, table_ci = {}, {}
     for name, by_n in per[0]["baselines"].items():
