@@ -79,10 +79,15 @@ def chunk_seed(seed: int, index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
-def content_key(problem: str, options: dict, measure: dict, seed: int, n: int, chunk: int) -> str:
-    """sha256 hex digest identifying a data set's content."""
-    blob = json.dumps({"problem": problem, "options": options, "measure": measure, "seed": seed,
-                       "n": n, "chunk": chunk}, sort_keys=True, default=str)
+def content_key(problem: str, options: dict, measure: dict, seed: int, n: int, chunk: int,
+                dtypes: tuple[Any, Any] | None = None) -> str:
+    """sha256 hex digest identifying a data set's content; ``dtypes`` = (inputs, outputs)
+    storage dtypes, part of the content (a float64 request must not find float32 data)."""
+    blob = {"problem": problem, "options": options, "measure": measure, "seed": seed,
+            "n": n, "chunk": chunk}
+    if dtypes is not None:
+        blob["dtypes"] = [str(np.dtype(d)) for d in dtypes]
+    blob = json.dumps(blob, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -145,6 +150,9 @@ def _with_params(measure: Any, params: dict) -> Any:
     from ..measures import Gaussian, GaussianRandomField, Uniform
 
     m, dt = measure, getattr(measure, "dtype", None)
+    if (not isinstance(m, (GaussianRandomField, Uniform, Gaussian))
+            and callable(getattr(m, "with_params", None))):
+        return m.with_params(**params)   # NtDInputMeasure, LogNormalField: name unknown keys
     if isinstance(m, GaussianRandomField):
         current = {"alpha": m.alpha, "tau": m.tau, "sigma": m.sigma, "mean": m.mean}
 
@@ -277,7 +285,8 @@ def _reopen(path: Path, attrs: dict):
     import zarr
 
     try:
-        group = zarr.open_group(str(path), mode="r+")
+        # not the consolidated copy: damage to an array's own metadata must show
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         found = group.attrs.get("key")
     except Exception:  # noqa: BLE001
         return None
@@ -311,9 +320,16 @@ def _create(path: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: 
                        fill_value=False, dimension_names=("chunk",),
                        attributes={"long_name": "chunk written completely",
                                    "description": "sample j belongs to chunk j // chunk"})
-    for name, (dims, values, vattrs) in layout.coords.items():
-        group.create_array(name, data=np.asarray(values), dimension_names=dims,
-                           attributes=vattrs)
+    coords = {"sample": (("sample",), np.arange(n), {"long_name": "sample index"}),
+              **layout.coords}
+    for name, (dims, values, vattrs) in coords.items():
+        values = np.asarray(values)
+        if values.dtype.kind in "US":     # variable-length strings: a stable zarr v3 type
+            arr = group.create_array(name, shape=values.shape, dtype=str,
+                                     dimension_names=dims, attributes=vattrs)
+            arr[...] = values.astype(object)
+        else:
+            group.create_array(name, data=values, dimension_names=dims, attributes=vattrs)
     cgroup = group.require_group("coords")
     for name, values in problem.coordinates().items():
         cgroup.create_array(name, data=np.asarray(values))
@@ -464,7 +480,8 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     n_chunks = -(-n // chunk)
     prob_options = json.loads(json.dumps(prob.options(), default=str))
     measure_rec = _measure_record(meas)
-    key = content_key(prob.name, prob_options, measure_rec, seed, n, chunk)
+    key = content_key(prob.name, prob_options, measure_rec, seed, n, chunk,
+                      dtypes=(in_dtype, out_dtype))
 
     from .. import __version__
 
@@ -507,6 +524,7 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                 _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance,
                           num_threads)
         group.attrs["complete"] = True
+        _consolidate(where)
         if staging is not None:
             _swap_in(staging, out)
     except BaseException as exc:
@@ -519,6 +537,18 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                        computed_chunks=todo, reused_chunks=n_chunks - len(todo),
                        input_shape=in_shape, output_shape=out_shape,
                        seconds=time.perf_counter() - t0)
+
+
+def _consolidate(path: Path) -> None:
+    """Consolidated metadata, so ``xarray.open_zarr(path)`` opens the store in one read
+    (zarr warns that v3 does not specify it yet; xarray and zarr-python read it)."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
 
 
 def _note_leftover(exc: BaseException, where: Path, staging: Path | None, done: int,
@@ -700,7 +730,9 @@ def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: di
     chunk = (_default_chunk(n, tuple(prob.output_shape), out_dtype.itemsize) if chunk is None
              else check_positive_int(chunk, "chunk"))
     prob_options = json.loads(json.dumps(prob.options(), default=str))
-    key = content_key(prob.name, prob_options, _measure_record(meas), seed, n, chunk)
+    in_dtype = _np_dtype(getattr(meas, "dtype", None))
+    key = content_key(prob.name, prob_options, _measure_record(meas), seed, n, chunk,
+                      dtypes=(in_dtype, out_dtype))
     path = Path(cache_dir) / f"{prob.name}-{key[:16]}.zarr"
     path.parent.mkdir(parents=True, exist_ok=True)
     return generate_dataset(prob, n, path, measure=meas, seed=seed, chunk=chunk, workers=workers,
