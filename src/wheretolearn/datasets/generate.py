@@ -285,7 +285,8 @@ def _reopen(path: Path, attrs: dict):
     import zarr
 
     try:
-        group = zarr.open_group(str(path), mode="r+")
+        # not the consolidated copy: damage to an array's own metadata must show
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         found = group.attrs.get("key")
     except Exception:  # noqa: BLE001
         return None
@@ -319,9 +320,16 @@ def _create(path: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: 
                        fill_value=False, dimension_names=("chunk",),
                        attributes={"long_name": "chunk written completely",
                                    "description": "sample j belongs to chunk j // chunk"})
-    for name, (dims, values, vattrs) in layout.coords.items():
-        group.create_array(name, data=np.asarray(values), dimension_names=dims,
-                           attributes=vattrs)
+    coords = {"sample": (("sample",), np.arange(n), {"long_name": "sample index"}),
+              **layout.coords}
+    for name, (dims, values, vattrs) in coords.items():
+        values = np.asarray(values)
+        if values.dtype.kind in "US":     # variable-length strings: a stable zarr v3 type
+            arr = group.create_array(name, shape=values.shape, dtype=str,
+                                     dimension_names=dims, attributes=vattrs)
+            arr[...] = values.astype(object)
+        else:
+            group.create_array(name, data=values, dimension_names=dims, attributes=vattrs)
     cgroup = group.require_group("coords")
     for name, values in problem.coordinates().items():
         cgroup.create_array(name, data=np.asarray(values))
@@ -516,6 +524,7 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                 _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance,
                           num_threads)
         group.attrs["complete"] = True
+        _consolidate(where)
         if staging is not None:
             _swap_in(staging, out)
     except BaseException as exc:
@@ -528,6 +537,18 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                        computed_chunks=todo, reused_chunks=n_chunks - len(todo),
                        input_shape=in_shape, output_shape=out_shape,
                        seconds=time.perf_counter() - t0)
+
+
+def _consolidate(path: Path) -> None:
+    """Consolidated metadata, so ``xarray.open_zarr(path)`` opens the store in one read
+    (zarr warns that v3 does not specify it yet; xarray and zarr-python read it)."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
 
 
 def _note_leftover(exc: BaseException, where: Path, staging: Path | None, done: int,
