@@ -2,7 +2,7 @@
 """A user's simulation code: 1-D advection-diffusion, one ``.npy`` file per time step.
 
     u_t + a u_x = D u_xx     on the periodic interval [0, 1),
-    u(x, 0) = exp(-(x - x0)^2 / (2 w^2))     (w = 0.05)
+    u(x, 0) = exp(-(x - x0)^2 / (2 w^2))     (w = WIDTH = 0.1)
 
 Three parameters: velocity ``a``, diffusivity ``D``, bump centre ``x0``. Solved exactly
 in Fourier space (each mode k decays and travels: ``exp(-(D k^2 + i a k) t)``), so the
@@ -20,13 +20,16 @@ import os
 
 import numpy as np
 
+#: Width ``w`` of the initial bump.
+WIDTH = 0.1
+
 
 def solve(velocity: float, diffusivity: float, center: float, *, nx: int, steps: int,
           dt: float):
     """Yield ``(step, u)`` with ``u`` the (nx,) solution at ``t = (step + 1) dt``."""
     x = np.arange(nx) / nx
     d = (x - center + 0.5) % 1.0 - 0.5                  # periodic distance to the centre
-    u_hat = np.fft.rfft(np.exp(-d**2 / (2 * 0.05**2)))
+    u_hat = np.fft.rfft(np.exp(-d**2 / (2 * WIDTH**2)))
     k = 2 * np.pi * np.fft.rfftfreq(nx, d=1.0 / nx)
     decay = np.exp(-(diffusivity * k**2 + 1j * velocity * k) * dt)
     for step in range(steps):

@@ -39,7 +39,7 @@ def test_example_solver_is_advection_diffusion():
     nx, dt = 256, 0.02
     x = np.arange(nx) / nx
     steps = list(mod.solve(1.0, 1e-4, 0.3, nx=nx, steps=10, dt=dt))
-    mass0 = np.sqrt(2 * np.pi) * 0.05                    # integral of the initial bump
+    mass0 = np.sqrt(2 * np.pi) * mod.WIDTH               # integral of the initial bump
     for s, u in steps:
         assert np.mean(u) == pytest.approx(mass0, rel=1e-6)
         assert x[np.argmax(u)] == pytest.approx(0.3 + 1.0 * (s + 1) * dt, abs=1.5 / nx)

@@ -1,7 +1,7 @@
 """User problems by import path, by file path and by installed plugin name; the online
 contract checked up front."""
 
-import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -125,15 +125,40 @@ def test_installed_plugin_is_found_by_name(user_pkg):
                                decay_truth(1.0, 1.0, n_steps=2), rtol=1e-6)
 
 
-def test_plugin_by_name_from_the_command_line(user_pkg, tmp_path):
-    """A separate process (and its Dask workers) finds the plugin through its environment,
-    not through anything this process imported."""
-    install_plugin(user_pkg)
+PYPROJECT = """
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "wtl-pip-plugin"
+version = "0.1"
+
+[project.entry-points."wheretolearn.problems"]
+pip-decay = "wtl_pip_plugin.solvers:make_decay"
+"""
+
+
+def test_pip_installed_plugin_by_name_from_the_command_line(tmp_path):
+    """A real pip install (offline, into a folder on PYTHONPATH, the venv untouched); a
+    separate process and its Dask workers find the plugin by name through their
+    environment, not through anything this process imported."""
+    src = tmp_path / "src"
+    (src / "wtl_pip_plugin").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(PYPROJECT)
+    (src / "wtl_pip_plugin" / "__init__.py").write_text("")
+    (src / "wtl_pip_plugin" / "solvers.py").write_text(USER_MODULE)
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
+                        "--no-build-isolation", "--quiet", "--target", str(site), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "d.zarr"
-    env = {**__import__("os").environ, "PYTHONPATH": str(user_pkg)}
-    r = subprocess.run([sys.executable, "-m", "wheretolearn", "generate", "demo-decay",
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    r = subprocess.run([sys.executable, "-m", "wheretolearn", "generate", "pip-decay",
                         "--n", "6", "--out", str(out), "--workers", "1", "--no-progress",
-                        "-o", "n_steps=3"], capture_output=True, text=True, env=env, timeout=300)
+                        "-o", "n_steps=3"], capture_output=True, text=True, env=env,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     from wheretolearn.datasets import open_dataset
 
