@@ -228,3 +228,33 @@ def test_samples_duplicated_is_counted_apart_from_the_ledger(tmp_path):
     assert resumed.ledger.is_new_step(sim, 3)          # the buggy ledger accepts it again
     assert resumed._on_sample(sim, 3, params, field, 0.1)
     assert resumed.counters["samples_duplicated"] == 1
+
+
+def test_trainer_wall_time_is_split_honestly_and_validation_keeps_to_its_budget(tmp_path):
+    """The trainer's wall time (first batch to the end) is split into training steps,
+    validation, checkpoints, waiting and other; the parts add up to it and it fits in the
+    session's wall time. Validation every batch would take most of it: the budget
+    (``max_fraction``) skips checks so that validation stays near that fraction."""
+    import time
+
+    cfg = tiny(validation={"every_batches": 1, "max_fraction": 0.1, "n_val": 4},
+               checkpoint={"every_batches": 20})
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    s = run_online_study(cfg, out)
+    outside = time.monotonic() - t0
+    split = s["trainer_time"]
+    parts = split["seconds"]
+    assert set(parts) == {"train", "validation", "checkpoint", "waiting", "other"}
+    assert all(v >= 0 for v in parts.values())
+    assert sum(parts.values()) == pytest.approx(split["wall_seconds"], rel=1e-6)
+    assert sum(split["fractions"].values()) == pytest.approx(1.0, rel=1e-6)
+    assert split["wall_seconds"] + split["warmup_seconds"] <= outside
+    assert s["trainer_idle_fraction"] == pytest.approx(split["fractions"]["waiting"])
+    assert s["trainer_samples_per_second"] == pytest.approx(
+        s["samples_trained"] / split["wall_seconds"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    checks = [r for r in rows if "val_mean" in r and "final" not in r]
+    assert 1 <= len(checks) < s["batches"]                   # skipped to keep the budget
+    one_check = parts["validation"] / len(checks)
+    assert parts["validation"] <= 0.1 * split["wall_seconds"] + one_check + 1e-9

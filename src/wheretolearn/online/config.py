@@ -257,11 +257,15 @@ class ExecutorSection(_Section):
 
 class ValidationSection(_Section):
     """``[validation]``: ``n_val`` held-out simulations generated up front with their own
-    ``seed`` (uniform on the bounds), evaluated every ``every_batches`` batches."""
+    ``seed`` (uniform on the bounds), evaluated every ``every_batches`` batches -- but only
+    while the validation time so far stays within ``max_fraction`` of the trainer's wall
+    time (None: always), so that validation never eats the training steps' time; the first
+    scheduled validation and the final one always run."""
 
     n_val: int = Field(10, ge=1)
     seed: int = Field(12345, ge=0)
     every_batches: int = Field(100, ge=1)
+    max_fraction: float | None = Field(0.05, gt=0, le=1)
 
 
 class CheckpointSection(_Section):

@@ -195,6 +195,8 @@ class OnlineStudy:
                                      y_shift=shift, y_scale=scale)
         self.sampler_lock = threading.Lock()
         self.counters = {"samples_duplicated": 0, "train_seconds": 0.0, "idle_seconds": 0.0,
+                         "validation_seconds": 0.0, "checkpoint_seconds": 0.0,
+                         "trainer_wall_seconds": 0.0, "warmup_seconds": 0.0,
                          "samples_trained": 0, "seconds": 0.0, "sessions": 0,
                          "metrics_lines": 0, "last_loss": None, "last_val": None}
         self._delivered: dict[int, bytearray] = {}
@@ -403,8 +405,11 @@ class OnlineStudy:
             t0 = time.monotonic()
             batch = self.buffer.get_batch(bs, timeout=0.1)
             t1 = time.monotonic()
+            # Wall-time split of the trainer once training started (the wait for the
+            # watermark is "warmup"): train steps, validation, checkpoints, waiting, other.
+            self.counters["idle_seconds" if started else "warmup_seconds"] += t1 - t0
             if started:
-                self.counters["idle_seconds"] += t1 - t0
+                self.counters["trainer_wall_seconds"] += t1 - t0
             if batch is None:
                 self.stopped_reason = "completed"
                 return
@@ -414,17 +419,25 @@ class OnlineStudy:
             if not batch:
                 continue
             started = True
-            out = trainer.train_batch(batch, weights=self._loss_weights(batch))
-            if getattr(self.sampler, "adaptive", False):
-                key = ("per_sample_nrmse" if cfg.sampler.fitness_loss == "nrmse"
-                       else "per_sample_loss")
-                with self.sampler_lock:
-                    self.sampler.tell(out["sim_ids"], out["steps"], out[key])
-            self.counters["train_seconds"] += time.monotonic() - t1
-            self.counters["samples_trained"] += len(batch)
-            losses.append(float(out["loss"]))
-            self.counters["last_loss"] = losses[-1]
-            self._after_batch(executor, losses)
+            self._train_iteration(executor, batch, losses, t1)
+
+    def _train_iteration(self, executor: Any, batch: list, losses: list[float],
+                         t1: float) -> None:
+        """One training step (and what follows it: validation, metrics, checkpoint) on a
+        batch that arrived at ``t1`` (monotonic seconds)."""
+        cfg, trainer = self.config, self.trainer
+        out = trainer.train_batch(batch, weights=self._loss_weights(batch))
+        if getattr(self.sampler, "adaptive", False):
+            key = ("per_sample_nrmse" if cfg.sampler.fitness_loss == "nrmse"
+                   else "per_sample_loss")
+            with self.sampler_lock:
+                self.sampler.tell(out["sim_ids"], out["steps"], out[key])
+        self.counters["train_seconds"] += time.monotonic() - t1
+        self.counters["samples_trained"] += len(batch)
+        losses.append(float(out["loss"]))
+        self.counters["last_loss"] = losses[-1]
+        self._after_batch(executor, losses)
+        self.counters["trainer_wall_seconds"] += time.monotonic() - t1
 
     def _loss_weights(self, batch: list) -> np.ndarray | None:
         """Importance weights (B,) of the batch's simulations with ``[sampler] weighted``
@@ -434,19 +447,29 @@ class OnlineStudy:
         with self.sampler_lock:
             return self.sampler.weights_for([s.sim_id for s in batch])
 
+    def _validation_due(self) -> bool:
+        """Whether validation time so far is within ``[validation] max_fraction`` of the
+        trainer's wall time (the first check always runs)."""
+        frac, c = self.config.validation.max_fraction, self.counters
+        return frac is None or c["validation_seconds"] <= frac * c["trainer_wall_seconds"]
+
     def _after_batch(self, executor: Any, losses: list[float]) -> None:
         cfg = self.config
         b = self.trainer.batches_seen
         val = None
-        if b % cfg.validation.every_batches == 0:
+        if b % cfg.validation.every_batches == 0 and self._validation_due():
+            t0 = time.monotonic()
             val = self.trainer.validate(self.x_val, self.y_val)
             self.counters["last_val"] = float(val["mean"])
+            self.counters["validation_seconds"] += time.monotonic() - t0
         if b % _LOG_EVERY == 0 or val is not None:
             c = self.ledger.counts()
             rec = {"batch": b, "loss": float(np.mean(losses)), "lr": self.trainer.lr,
                    "buffer_fill": len(self.buffer), "samples_received": self.ledger.samples_received,
                    "simulations_completed": c["completed"], "simulations_running": c["running"],
-                   "simulations_failed": c["failed"], "seconds": round(self._elapsed(), 3)}
+                   "simulations_failed": c["failed"], "seconds": round(self._elapsed(), 3),
+                   **{f"trainer_{k}_seconds": round(self.counters[f"{k}_seconds"], 4)
+                      for k in ("train", "validation", "checkpoint", "idle")}}
             if val is not None:
                 rec.update({f"val_{k}": float(v) for k, v in val.items()})
             if hasattr(self.sampler, "metrics"):
@@ -455,7 +478,9 @@ class OnlineStudy:
             self._append_metrics(rec)
             losses.clear()
         if b % cfg.checkpoint.every_batches == 0:
+            t0 = time.monotonic()       # snapshot + copy here; the writing is in background
             self.checkpoint(executor, background=True)
+            self.counters["checkpoint_seconds"] += time.monotonic() - t0
 
     # ------------------------------------------------------------------ end
     def _finish(self) -> dict:
@@ -483,12 +508,24 @@ class OnlineStudy:
     def summary(self, val: dict) -> dict:
         """Final numbers for ``summary.json``.
 
-        ``trainer_samples_per_second`` = samples trained / trainer wall time after the
-        watermark was first reached (training + waiting); ``trainer_idle_fraction`` = time
-        waiting for the buffer after that point / the same wall time.
+        Trainer wall time counts from the first batch (after the watermark was first
+        reached) to the end, everything included; ``trainer_time`` splits it into training
+        steps (``train``), ``validation``, ``checkpoint`` (snapshot in the training thread;
+        the files are written in background), ``waiting`` for the buffer and ``other``
+        (metrics, progress), in seconds and as fractions of it; ``warmup`` is the wait for
+        the watermark before. ``trainer_samples_per_second`` = samples trained / trainer
+        wall time; ``trainer_idle_fraction`` = waiting / trainer wall time.
         """
         c = self.counters
-        wall = c["train_seconds"] + c["idle_seconds"]
+        wall = c["trainer_wall_seconds"]
+        parts = {"train": c["train_seconds"], "validation": c["validation_seconds"],
+                 "checkpoint": c["checkpoint_seconds"], "waiting": c["idle_seconds"]}
+        parts["other"] = max(0.0, wall - sum(parts.values()))
+        split = {"wall_seconds": wall, "warmup_seconds": c["warmup_seconds"],
+                 "seconds": parts,
+                 "fractions": {k: v / wall if wall > 0 else 0.0 for k, v in parts.items()},
+                 "checkpoint_write_seconds": getattr(getattr(self, "_writer", None),
+                                                     "seconds_writing", 0.0)}
         out = {"stopped": self.stopped_reason, **self.ledger.summary(),
                "samples_duplicated": int(c["samples_duplicated"]),
                "val_error": {k: float(val[k]) for k in ("mean", "median", "p95", "p99", "max")},
@@ -496,6 +533,7 @@ class OnlineStudy:
                "batches": self.trainer.batches_seen, "samples_trained": int(c["samples_trained"]),
                "trainer_samples_per_second": c["samples_trained"] / wall if wall > 0 else 0.0,
                "trainer_idle_fraction": c["idle_seconds"] / wall if wall > 0 else 0.0,
+               "trainer_time": split,
                "seconds": self._elapsed(), "sessions": int(c["sessions"]),
                "torch_threads": self._torch_threads(),
                "peak_rss_mb": _peak_rss_mb(), "buffer": self.buffer.stats(),
