@@ -15,6 +15,7 @@ import typer
 from . import app
 from ._common import cli_errors, load_toml
 
+_PAPER = " (default: --config, else the paper setting)"
 _PROBLEMS = "sobol-g | friedman1 | friedman2 | rkhs | a plugin name | pkg.module:factory"
 
 
@@ -77,12 +78,15 @@ def _print_table(summary: dict) -> None:
 @app.command("demo")
 @cli_errors
 def demo(
-    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/demo-<time>)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="bilevel steps (demo: 300)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML overriding demo settings"),
+    out: Optional[Path] = typer.Option(None, "--out",
+        help="run folder (default runs/demo-<time>)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="bilevel steps (default 300)"),
+    config: Optional[Path] = typer.Option(None, "--config",
+        help="TOML overriding demo settings (default: none)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
-    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads",
+                                              help="torch threads (default: automatic)"),
 ) -> None:
     """Small Sobol G bilevel study (about a minute on 2 cores): run folder, figures, table."""
     from ..design.study import DEMO_SETTINGS, resolve_study_config
@@ -99,27 +103,36 @@ def demo(
 @cli_errors
 def bilevel(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
-    problem: Optional[str] = typer.Option(None, "--problem", help=_PROBLEMS),
-    dim: Optional[int] = typer.Option(None, "--dim", help="input dimension d"),
-    n_train: Optional[int] = typer.Option(None, "--n-train", help="samples N per step"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="bilevel steps"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate"),
-    bandwidth: Optional[float] = typer.Option(None, "--bandwidth", help="kernel length scale s"),
-    init: Optional[str] = typer.Option(None, "--init", help="normal | barycenter"),
-    init_mean: Optional[float] = typer.Option(None, "--init-mean", help="m0 of N(m0 1, s0^2 I)"),
-    init_std: Optional[float] = typer.Option(None, "--init-std", help="s0 of N(m0 1, s0^2 I)"),
-    eval_n: Optional[str] = typer.Option(None, "--eval-n", help="e.g. 1024,4096"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="draws per (source, N)"),
+    problem: Optional[str] = typer.Option(None, "--problem",
+                                          help=_PROBLEMS + " (required: flag or config)"),
+    dim: Optional[int] = typer.Option(None, "--dim", help="input dimension d" + _PAPER),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="samples N per step" + _PAPER),
+    steps: Optional[int] = typer.Option(None, "--steps", help="bilevel steps" + _PAPER),
+    lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate" + _PAPER),
+    bandwidth: Optional[float] = typer.Option(None, "--bandwidth",
+        help="kernel length scale s" + _PAPER),
+    init: Optional[str] = typer.Option(None, "--init", help="normal | barycenter" + _PAPER),
+    init_mean: Optional[float] = typer.Option(None, "--init-mean",
+        help="m0 of N(m0 1, s0^2 I)" + _PAPER),
+    init_std: Optional[float] = typer.Option(None, "--init-std",
+        help="s0 of N(m0 1, s0^2 I)" + _PAPER),
+    eval_n: Optional[str] = typer.Option(None, "--eval-n", help="e.g. 1024,4096" + _PAPER),
+    repeats: Optional[int] = typer.Option(None, "--repeats",
+        help="draws per (source, N)" + _PAPER),
     trials: Optional[int] = typer.Option(
-        None, "--trials", help="whole runs with different seeds; table = mean and 95% CI over them"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd | adam"),
+        None, "--trials",
+            help="whole runs with different seeds; table = mean and 95% CI over them" + _PAPER),
+    seed: Optional[int] = typer.Option(None, "--seed",
+        help="seed of the meta-test, sampling and evaluation (default: --config, else 0)"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd | adam" + _PAPER),
     use_iterate: Optional[str] = typer.Option(
         None, "--use-iterate", help="best (lowest seen error, default) | final"),
     normalize_labels: Optional[bool] = typer.Option(
-        None, "--normalize-labels/--raw-labels", help="scale-free bilevel objective"),
-    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings"),
+        None, "--normalize-labels/--raw-labels", help="scale-free bilevel objective" + _PAPER),
+    num_threads: Optional[int] = typer.Option(None, "--num-threads",
+        help="torch threads (default: --config, else automatic)"),
+    config: Optional[Path] = typer.Option(None, "--config",
+        help="TOML file of settings (default: none)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:

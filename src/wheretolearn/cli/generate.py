@@ -70,20 +70,24 @@ def _merge_config(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]
 @cli_errors
 def generate(
     problem: Optional[str] = typer.Argument(None, help="Problem name (heat2d, burgers, ...)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of samples."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output store DIR.zarr."),
+    n: Optional[int] = typer.Option(None, "--n",
+        help="Number of samples (required: flag or config)."),
+    out: Optional[Path] = typer.Option(None, "--out",
+        help="Output store DIR.zarr (required: flag or config)."),
     workers: Optional[int] = typer.Option(
         None, "--workers", help="Dask LocalCluster workers (default 2; 0 = no Dask)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (default 0)."),
-    chunk: Optional[int] = typer.Option(None, "--chunk", help="Samples per task / write."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler",
-                                            help="Address of a running Dask scheduler."),
+    chunk: Optional[int] = typer.Option(None, "--chunk",
+        help="Samples per task / write (default: about 16 MiB of outputs, at most 64)."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Address of a running Dask scheduler (default: none, a "
+        "LocalCluster)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Problem option key=value (repeatable)."),
     measure_param: list[str] = typer.Option([], "--measure-param", "-m",
                                             help="Input-measure parameter key=value (repeatable)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same keys "
-                                          "plus \\[options] and \\[measure] tables."),
+                                          "plus [options] and [measure] tables (default: none)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an existing store with a different content."),
     num_threads: Optional[int] = typer.Option(

@@ -83,23 +83,28 @@ def online(
     ctx: typer.Context,
     config: str = typer.Argument(..., metavar="CONFIG.toml | resume",
                                  help="study configuration, or the word 'resume'"),
-    run_dir: Optional[Path] = typer.Argument(None, metavar="\\[DIR]",
+    run_dir: Optional[Path] = typer.Argument(None, metavar="DIR",
                                              help="run folder to resume (after 'resume')"),
-    out: Optional[Path] = typer.Option(None, "--out", help="run folder to create"),
+    out: Optional[Path] = typer.Option(None, "--out",
+        help="run folder to create (required to run)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers (= concurrent "
-                                          "simulations unless [executor] max_concurrent)"),
+                                          "simulations unless [executor] "
+                                          "max_concurrent; default 2)"),
     sampler: Optional[str] = typer.Option(None, "--sampler",
-                                          help="uniform | halton | sobol | lhs | breed"),
+                                          help="uniform | halton | sobol | lhs | breed "
+                                          "(default uniform)"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running "
-                                            "Dask scheduler (tcp://host:port)"),
+                                            "Dask scheduler (tcp://host:port; default: none)"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm | pbs | sge | "
-                                          "address (overrides \\[cluster] kind)"),
+                                          "address (overrides [cluster] kind; default local)"),
     print_job_script: bool = typer.Option(False, "--print-job-script",
                                           help="print the batch job script and exit"),
     fail_rate: Optional[float] = typer.Option(None, "--fail-rate", help="fault injection: "
-                                              "probability that an attempt crashes or hangs"),
+                                              "probability that an attempt crashes or "
+                                              "hangs (default 0)"),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="stop (resumable) "
-                                                "after this many seconds (a number > 0)"),
+                                                "after this many seconds (a number > 0; "
+                                                "default: no limit)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
     seed: Optional[int] = typer.Option(None, "--seed", help="study seed (overrides [study] "
                                        "seed; default 0)"),
@@ -108,9 +113,11 @@ def online(
                                               "torch_threads; default: cores left by local "
                                               "workers)"),
     queue: Optional[str] = typer.Option(None, "--queue", "--partition", help="batch queue / "
-                                        "Slurm partition (overrides [cluster] queue)"),
+                                        "Slurm partition (overrides [cluster] queue; "
+                                        "default: none)"),
     walltime: Optional[str] = typer.Option(None, "--walltime", help="batch job time limit "
-                                           "HH:MM:SS (overrides [cluster] walltime)"),
+                                           "HH:MM:SS (overrides [cluster] walltime; "
+                                           "default 00:30:00)"),
     restart: bool = typer.Option(False, "--restart", help="resume only: start a run whose "
                                  "checkpoint is gone again from nothing"),
     samplers: Optional[str] = typer.Option(None, "--samplers", help="compare: comma-separated "
@@ -122,7 +129,7 @@ def online(
 ) -> None:
     """Train a surrogate online while an ensemble of simulations streams into it.
 
-    Usage: wheretolearn online CONFIG.toml --out DIR \\[options], or
+    Usage: wheretolearn online CONFIG.toml --out DIR [options], or
     wheretolearn online resume DIR (continue an interrupted study; takes only
     --max-seconds, --no-progress and --restart).
     """
