@@ -32,7 +32,8 @@ from ..models.operator_training import TrainConfig, train_operator
 from .ama_bound import (BoundValue, LipschitzEstimate, ama_bound, estimate_lipschitz,
                         lipschitz_or_fixed, quadrature_norm_sq, w2_squared_to_family)
 
-__all__ = ["AMAConfig", "AMAResult", "AMAObjective", "run_ama", "de_update", "adam_update"]
+__all__ = ["AMAConfig", "AMAResult", "AMAObjective", "run_ama", "de_update", "adam_update",
+           "UPDATES"]
 
 
 @dataclass
@@ -95,8 +96,9 @@ class AMAConfig:
         check_positive_int(self.lipschitz_samples, "lipschitz_samples")
         check_positive_int(self.lipschitz_iterations, "lipschitz_iterations")
         check_nonnegative_int(self.seed, "seed")
-        if self.update not in ("de", "adam"):
-            raise ValueError(f"update must be 'de' or 'adam', got {self.update!r}")
+        if self.update not in UPDATES:
+            raise ValueError(f"update must be one of {', '.join(sorted(UPDATES))}, got "
+                             f"{self.update!r}")
 
 
 @dataclass
@@ -145,11 +147,18 @@ class AMAObjective:
         zero = torch.zeros(1, *self.setup.problem.input_shape, dtype=torch.float64)
         return quadrature_norm_sq(self.model(zero).double().cpu(), self.w_out)[0]
 
+    def samples(self, nu: Any) -> torch.Tensor:
+        """The inputs ``part1`` averages over: ``nu`` at the fixed latent draws, or the
+        particles themselves for an empirical ``nu`` (particle AMA)."""
+        if self.xi is not None and hasattr(nu, "from_coefficients"):
+            return nu.from_coefficients(self.xi)
+        return nu.points
+
     def __call__(self, theta: Any) -> BoundValue:
-        """``J`` at ``theta`` (a float or a scalar tensor that may require grad)."""
+        """``J`` at ``theta`` (a float or a tensor that may require grad)."""
         self.evaluations += 1
         nu = self.setup.build(theta)
-        u = nu.from_coefficients(self.xi)
+        u = self.samples(nu)
         truth = self.setup.problem(u)                       # batched solver (adjoint if grad)
         pred = self.model(u).double().cpu()
         part1 = quadrature_norm_sq(truth.double() - pred, self.w_out).mean()
@@ -198,6 +207,21 @@ def adam_update(objective: AMAObjective, theta: float, *, lr: float = 1e-3, step
             return {"theta": float(t.detach()), "evaluations": objective.evaluations, "lr": step}
         step *= 0.5
     return {"theta": best_theta, "evaluations": objective.evaluations, "lr": step}
+
+
+def _de_step(objective, theta, *, setup, config, j_start, seed):
+    if setup.bounds is None:
+        raise ValueError(f"problem {setup.name!r} has no bounds for differential evolution")
+    return de_update(objective, theta, bounds=setup.bounds, seed=seed, **config.de)
+
+
+def _adam_step(objective, theta, *, setup, config, j_start, seed):
+    return adam_update(objective, theta, j_start=j_start, **config.adam)
+
+
+#: Distribution updates by name: ``(objective, theta, *, setup, config, j_start, seed) ->
+#: {"theta": ..., ...}``; a new variant (e.g. particle gradient flows) adds an entry.
+UPDATES: dict[str, Callable[..., dict]] = {"de": _de_step, "adam": _adam_step}
 
 
 def _lipschitz_samples(setup, metatest, nu_x: torch.Tensor, per: int) -> torch.Tensor:
@@ -275,12 +299,8 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     for k in range(1, cfg.iterations + 1):
         # ---- (b) update nu with the model fixed
         t0 = time.perf_counter()
-        if cfg.update == "de":
-            if setup.bounds is None:
-                raise ValueError(f"problem {setup.name!r} has no bounds for differential evolution")
-            out = de_update(objective, theta, bounds=setup.bounds, seed=seed * 100 + k, **cfg.de)
-        else:
-            out = adam_update(objective, theta, j_start=j_prev, **cfg.adam)
+        out = UPDATES[cfg.update](objective, theta, setup=setup, config=cfg, j_start=j_prev,
+                                  seed=seed * 100 + k)
         j_upd = objective.value(out["theta"])
         update_accepted = j_upd <= j_prev
         if update_accepted:
