@@ -16,7 +16,8 @@ BOUNDS = np.array([[100.0, 500.0], [0.0, 2.0]])
 
 
 def _sampler(**kw):
-    opts = dict(seed=3, min_finished=0, period=1000, min_steps=1, window=50, queue_size=10)
+    opts = dict(seed=3, min_finished=0, period=1000, min_steps=1, window=50, queue_size=10,
+                min_candidates=1)
     opts.update(kw)
     return BreedSampler(BOUNDS, **opts)
 
@@ -153,7 +154,8 @@ def test_importance_weights_integrate_to_the_right_value():
     # the deterministic-mixture weighted one estimates the uniform integrals (standard error
     # of each estimate ~0.012 with 4500 draws).
     s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=5, min_finished=0, period=1000,
-                     min_steps=1, window=60, queue_size=50, r_start=0.8, r_end=0.8, sigma=0.1)
+                     min_steps=1, window=60, queue_size=50, r_start=0.8, r_end=0.8, sigma=0.1,
+                     min_candidates=1)
     for _ in range(8):
         u = s.ask(500)
         ids = np.arange(len(s._sim) - 500, len(s._sim))
@@ -200,7 +202,8 @@ def test_exact_resume_through_a_checkpoint(tmp_path):
         return np.concatenate(out)
 
     a = make_sampler("breed", BOUNDS, seed=9, min_finished=2, period=3, min_steps=1,
-                     window=8, queue_size=4, r_start=0.5, r_end=1.0, r_break=2)
+                     window=8, queue_size=4, r_start=0.5, r_end=1.0, r_break=2,
+                     min_candidates=2)
     drive(a, np.random.default_rng(0), 12)
     assert a.generation >= 2
     save_checkpoint(tmp_path / "c.pt", {"sampler": a.state_dict()})
@@ -241,3 +244,12 @@ def test_step_baseline_removes_the_time_step_from_the_fitness():
     assert f[0] == pytest.approx(f[1], abs=1e-6) and f[2] > f[0] + 0.5
     with pytest.raises(ValueError, match="fitness_baseline"):
         _sampler(fitness_baseline="epoch")
+
+
+def test_resampling_waits_for_min_candidates():
+    s = _sampler(min_candidates=3, period=1)
+    s.ask(5)
+    s.tell([0, 1], [0, 0], [1.0, 2.0])                       # 2 candidates: wait
+    assert s.generation == 0 and not s.resample()
+    s.tell([2, 3], [0, 0], [1.0, 2.0])                       # 4 candidates: resample
+    assert s.generation == 1 and s._proposals[-1]["n_candidates"] == 4

@@ -30,9 +30,9 @@ def tiny_breed(**sampler):
 def test_sampler_options_are_validated_and_derived_from_the_buffer():
     cfg = OnlineStudyConfig().with_overrides(**{"sampler.name": "breed"})
     opts = cfg.sampler.options(n_steps=100, capacity=2500, watermark=500)
-    # OGAS's rules: window = capacity in simulations, period = 3 windows, ...
+    # period and min_finished as OGAS; window 2 x capacity, min_steps 0.1 x steps (ours)
     assert (opts["window"], opts["period"], opts["min_finished"], opts["min_steps"]) == (
-        25, 75, 10, 33)
+        50, 75, 10, 10)
     assert OnlineStudyConfig().sampler.options(n_steps=100, capacity=2500, watermark=500) == {}
     with pytest.raises(ValidationError, match="applies only to name = 'breed'"):
         OnlineStudyConfig.model_validate({"sampler": {"name": "uniform", "sigma": 0.2}})

@@ -89,4 +89,4 @@ def test_heat_breed_example_is_heat_online_with_sampler_breed():
     breed = load_online_config(str(ex / "heat_breed.toml"))
     online = load_online_config(str(ex / "heat_online.toml"), **{"sampler.name": "breed"})
     assert breed == online
-    assert breed.sampler.options(n_steps=100, capacity=2500, watermark=500)["period"] == 75
+    assert breed.sampler.options(n_steps=100, capacity=2500, watermark=500)["window"] == 50

@@ -185,6 +185,9 @@ class BreedSampler(ParameterSampler):
         Resample every ``period`` batches, or when the parent weights' ESS fraction is below
         ``ess_threshold`` (at least ``min_period`` batches after the previous resampling).
     ess_threshold : float in (0, 1], min_period : int >= 1
+    min_candidates : int >= 1
+        A resampling waits until at least this many candidates exist (with one candidate
+        every bred child of the generation would come from one parent).
     fitness_baseline : {"batch", "step"}
         Deviation from the batch mean of the raw losses (the paper) or of the losses
         divided by their time step's running mean (module docstring).
@@ -201,7 +204,8 @@ class BreedSampler(ParameterSampler):
                  period: int = 75, min_finished: int = 10, r_start: float = 0.5,
                  r_end: float = 0.7, r_break: int = 3, window: int = 25, min_steps: int = 33,
                  queue_size: int = 10, trigger: str = "period", ess_threshold: float = 0.5,
-                 min_period: int = 20, fitness_baseline: str = "batch") -> None:
+                 min_period: int = 20, fitness_baseline: str = "batch",
+                 min_candidates: int = 5) -> None:
         super().__init__(bounds, seed=seed)
         if base not in self.BASES:
             raise ValueError(f"base must be one of {list(self.BASES)}, got {base!r}")
@@ -227,6 +231,7 @@ class BreedSampler(ParameterSampler):
             "ess_threshold": _check_unit(ess_threshold, "ess_threshold", closed=True),
             "min_period": check_positive_int(min_period, "min_period"),
             "fitness_baseline": fitness_baseline,
+            "min_candidates": check_positive_int(min_candidates, "min_candidates"),
         }
         self._reset()
 
@@ -433,9 +438,10 @@ class BreedSampler(ParameterSampler):
 
     def resample(self) -> bool:
         """Build the next generation's proposal from the current candidates and redraw the
-        queue; returns False (nothing changes) when there is no candidate."""
+        queue; returns False (nothing changes, it is tried again at the next batch) when
+        there are fewer than ``min_candidates`` candidates."""
         ids, u, fit = self.candidates()
-        if len(ids) == 0:
+        if len(ids) < self.options["min_candidates"]:
             return False
         o = self.options
         self.generation += 1
