@@ -17,4 +17,13 @@ The numerical core never imports :mod:`wheretolearn.online` or the CLI.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    # ``wheretolearn.load_model(RUN_DIR)`` without importing torch at package import
+    if name == "load_model":
+        from .report.load import load_model
+
+        return load_model
+    raise AttributeError(f"module 'wheretolearn' has no attribute {name!r}")

@@ -187,3 +187,32 @@ def test_seed_num_threads_queue_walltime_flags(tmp_path):
                                        "--seed", "-1"]), "study.seed")
     one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
                                        "--num-threads", "0"]), "training.torch_threads")
+
+
+def test_load_model_predicts_what_the_run_validated(finished_run):
+    """Round trip: the loaded surrogate, fed the held-out simulations' parameters and steps,
+    reproduces the final validation error in summary.json (against the true solver)."""
+    import numpy as np
+
+    import wheretolearn
+    from wheretolearn.online.config import load_online_config
+    from wheretolearn.online.study import validation_set
+    from wheretolearn.problems import get_problem
+
+    model = wheretolearn.load_model(finished_run)
+    cfg = load_online_config(str(finished_run / "config.toml"))
+    problem = get_problem("heat2d", **cfg.study.problem_options())
+    bounds = np.asarray(problem.parameter_bounds, dtype=np.float64)
+    params, _, y = validation_set(problem, bounds, n_val=cfg.validation.n_val,
+                                  seed=cfg.validation.seed)
+    n_steps = problem.n_steps
+    steps = np.tile(np.arange(n_steps), len(params))
+    pred = model(np.repeat(params, n_steps, axis=0), steps)
+    assert pred.shape == (len(params) * n_steps, 8, 8)
+    errors = (np.linalg.norm((pred.reshape(len(steps), -1) - y).astype(np.float64), axis=1)
+              / np.linalg.norm(y.astype(np.float64), axis=1))
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert errors.mean() == pytest.approx(summary["val_error"]["mean"], rel=1e-4)
+    assert model(params[0], 0).shape == (8, 8)
+    with pytest.raises(ValueError, match="steps must be integers in 0..3"):
+        model(params, 4)
