@@ -329,3 +329,38 @@ def test_local_cluster_is_closed_when_the_client_cannot_connect(monkeypatch):
         with open_cluster(ClusterConfig(), n_workers=1):
             pass  # pragma: no cover -- never entered
     assert closed == [True]  # the worker processes are not left running
+
+
+# -- the private dask API, kept in one adapter ----------------------------------------------
+def test_private_dask_api_still_matches_the_adapter():
+    """Fails when a dask / dask-jobqueue release changes the private API the engine uses
+    (SpecCluster._correct_state, ._i, ._dummy_job, worker_spec / new_worker_spec)."""
+    from dask_jobqueue import SLURMCluster
+
+    from wheretolearn.online import dask_private as dp
+
+    assert dp.private_api_problems() == []
+    with SLURMCluster(cores=1, processes=1, memory="1GB", queue="q",
+                      scheduler_options={"dashboard_address": None}) as cluster:
+        assert dp.private_api_problems(cluster) == []
+        assert dp.worker_processes_per_job(cluster) == 1
+        dp.add_jobs(cluster, 2)                       # specs only: nothing is submitted
+        names = set(cluster.worker_spec)
+        assert len(names) == 2 and not cluster.workers
+        dp.fresh_job_names(cluster)
+        dp.add_jobs(cluster, 1)
+        assert len(set(cluster.worker_spec) - names) == 1   # a new, unused name
+        cluster.worker_spec.clear()
+
+
+def test_no_private_dask_api_outside_the_adapter():
+    from pathlib import Path
+
+    import wheretolearn.online as online
+
+    for path in Path(online.__file__).parent.glob("*.py"):
+        if path.name == "dask_private.py":
+            continue
+        text = path.read_text()
+        for name in ("._correct_state", "._dummy_job", "cluster._i "):
+            assert name not in text, f"{path.name} uses {name}; go through dask_private"
