@@ -216,3 +216,17 @@ def test_load_model_predicts_what_the_run_validated(finished_run):
     assert model(params[0], 0).shape == (8, 8)
     with pytest.raises(ValueError, match="steps must be integers in 0..3"):
         model(params, 4)
+
+
+def test_compare_puts_runs_side_by_side(finished_run, tmp_path):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    fig = tmp_path / "cmp.png"
+    res = runner.invoke(app, ["compare", str(finished_run), str(finished_run), "--figure",
+                              str(fig)])
+    assert res.exit_code == 0, res.output
+    assert f"{summary['val_error']['mean']:.4g}" in res.output
+    assert f"{summary['val_error']['max']:.4g}" in res.output and "online" in res.output
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+    one_error_line(runner.invoke(app, ["compare", str(finished_run), "--figure", str(fig)]),
+                   "already exists")
+    one_error_line(runner.invoke(app, ["compare", str(tmp_path)]), "no readable summary.json")

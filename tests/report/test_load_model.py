@@ -15,17 +15,24 @@ TINY = ("n_train = 12\nsteps = 2\neval_n = [8, 16]\nrepeats = 1\nn_measures = 2\
         "n_seen = 20\nn_unseen = 30\nbaselines = []\n")
 
 
-def test_bilevel_model_reproduces_the_reported_error(tmp_path):
-    from wheretolearn.design.metatest import make_metatest
-    from wheretolearn.models.krr import KernelRidge
-    from wheretolearn.problems import get_problem
-
+@pytest.fixture(scope="module")
+def bilevel_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("bilevel")
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(TINY)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["bilevel", "--problem", "sobol-g", "--dim", "2", "--config",
                                    str(cfg_path), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
+    return out
+
+
+def test_bilevel_model_reproduces_the_reported_error(bilevel_run):
+    from wheretolearn.design.metatest import make_metatest
+    from wheretolearn.models.krr import KernelRidge
+    from wheretolearn.problems import get_problem
+
+    out = bilevel_run
     model = wheretolearn.load_model(out)
     assert isinstance(model, KernelRidge)
     cfg = tomllib.loads((out / "config.toml").read_text())
@@ -48,3 +55,15 @@ def test_load_model_names_what_it_cannot_load(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(ValueError, match="not a wheretolearn run folder"):
         wheretolearn.load_model(tmp_path / "x")
+
+
+def test_compare_rows_of_a_bilevel_run(bilevel_run):
+    from wheretolearn.report.compare_runs import summarize_run
+
+    out = bilevel_run
+    summary = json.loads((out / "summary.json").read_text())
+    row = summarize_run(out)
+    assert row["kind"] == "bilevel" and row["mean"] == summary["baselines"]["optimized"]["16"]
+    assert row["max"] == max(summary["baselines_ci"]["optimized"]["16"]["values"])
+    res = CliRunner().invoke(app, ["compare", str(out)])
+    assert res.exit_code == 0 and "bilevel" in res.output

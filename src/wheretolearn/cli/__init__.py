@@ -46,6 +46,7 @@ from . import bilevel as _bilevel  # noqa: E402,F401  (registers demo, bilevel)
 from . import generate as _generate  # noqa: E402,F401  (registers generate)
 from . import online as _online  # noqa: E402,F401  (registers online)
 from . import problems as _problems  # noqa: E402,F401  (registers problems)
+from . import compare as _compare  # noqa: E402,F401  (registers compare)
 
 
 @app.command("version")
