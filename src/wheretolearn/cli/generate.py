@@ -69,7 +69,10 @@ def _merge_config(config: Optional[Path], cli: dict[str, Any]) -> dict[str, Any]
 @app.command("generate")
 @cli_errors
 def generate(
-    problem: Optional[str] = typer.Argument(None, help="Problem: a name (heat2d, burgers, ..., an installed plugin), an import path pkg.module:factory or file.py:factory, or external (a program, see docs/user_solver.md)."),
+    problem: Optional[str] = typer.Argument(
+        None, help="Problem: a name (heat2d, burgers, ..., an installed plugin), an import "
+        "path pkg.module:factory or file.py:factory, or external (a program; see "
+        "docs/user_solver.md)."),
     n: Optional[int] = typer.Option(None, "--n",
         help="Number of samples (required: flag or config)."),
     out: Optional[Path] = typer.Option(None, "--out",
