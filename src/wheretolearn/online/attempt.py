@@ -85,7 +85,7 @@ class AttemptProcess:
         self.problem_spec = problem_spec
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wheretolearn.online.attempt"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "wheretolearn.online._attempt_main"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, bufsize=0, start_new_session=True, env=env)
         self._buf = bytearray()
         self._send({"load": problem_spec})
@@ -382,7 +382,3 @@ def _child_main() -> None:
             return
         except Exception as exc:  # noqa: BLE001 -- reported to the relay, which raises it
             _write_frame(out, b"E", f"{type(exc).__name__}: {exc}".encode())
-
-
-if __name__ == "__main__":
-    _child_main()
