@@ -17,6 +17,7 @@ one thread approximates the wall time on a quiet machine.
 Usage::
 
     python benchmarks/bench_bilevel.py [--steps 40] [--threads 1 2] [--out PATH] [--quick]
+    python benchmarks/bench_bilevel.py --busy [--steps 40] [--rounds 3]   # thread policy
 """
 
 from __future__ import annotations
@@ -109,10 +110,14 @@ def _stats(walls: list[float], grads: list[float]) -> dict:
 
 
 # ---------------------------------------------------------------------------- ours
-def ours_run(problem, mt, init, *, n_train, steps, lr, eval_unseen=True, seed=0):
+def ours_run(problem, mt, init, *, n_train, steps, lr, eval_unseen=True, seed=0,
+             num_threads="current"):
+    """``num_threads``: "current" = the count set by the caller, None = the package's
+    default policy, or an int."""
     cpu0 = time.process_time()
+    nt = torch.get_num_threads() if num_threads == "current" else num_threads
     res = bilevel_descent(problem, mt, init, n_train=n_train, steps=steps, lr=lr,
-                          generator=seed, eval_unseen=eval_unseen)
+                          generator=seed, eval_unseen=eval_unseen, num_threads=nt)
     cpu = time.process_time() - cpu0
     return {**_stats([h["seconds"] for h in res.history], [h["grad_seconds"] for h in res.history]),
             "cpu_total_ms": 1e3 * cpu / steps,
@@ -166,6 +171,53 @@ def run(steps: int, threads: list[int], quick: bool) -> dict:
     return {"rows": rows, "gradient_rel_diff_vs_reference": gradient_agreement(problem, mt, init)}
 
 
+def _spin() -> None:  # pragma: no cover - runs in the neighbour process
+    while True:
+        pass
+
+
+def busy_neighbour(steps: int, rounds: int) -> dict:
+    """Step time beside one process that keeps one core busy, for the default thread policy,
+    one thread and two threads, interleaved round by round in one run (so the three see
+    the same machine load)."""
+    import multiprocessing as mp
+
+    problem = get_problem("sobol-g", dim=2)
+    init = Gaussian(torch.full((2,), 0.5), torch.eye(2))
+    mt = make_metatest(problem, n_measures=10, n_seen=500, n_unseen=4500, seed=0)
+    modes = {"default policy": None, "1 thread": 1, "2 threads": 2}
+    out: dict = {m: {"quiet": [], "busy": []} for m in modes}
+    torch.set_num_threads(2)
+    for _ in range(rounds):
+        for state in ("quiet", "busy"):
+            neighbour = mp.get_context("fork").Process(target=_spin, daemon=True)
+            if state == "busy":
+                neighbour.start()
+                time.sleep(0.5)
+            try:
+                for mode, nt in modes.items():
+                    r = ours_run(problem, mt, init, n_train=250, steps=steps, lr=1e-2,
+                                 num_threads=nt)
+                    out[mode][state].append(r["total_ms"])
+            finally:
+                if state == "busy":
+                    neighbour.terminate()
+                    neighbour.join()
+    rows = []
+    for mode, by in out.items():
+        q, b = sorted(by["quiet"]), sorted(by["busy"])
+        rows.append({"threads": mode, "quiet_ms_median": q[len(q) // 2],
+                     "busy_ms_median": b[len(b) // 2], "quiet_ms": by["quiet"],
+                     "busy_ms": by["busy"]})
+    two = next(r for r in rows if r["threads"] == "2 threads")
+    for r in rows:
+        r["busy_speedup_vs_2_threads"] = two["busy_ms_median"] / r["busy_ms_median"]
+    return {"rows": rows, "steps": steps, "rounds": rounds,
+            "note": "Sobol G d=2, N=250, J=10, 500 seen + 4500 unseen per Q, float32; "
+                    "ms per step incl. seen + unseen error; 'busy' = beside one process "
+                    "spinning on one core; the machine is shared with other jobs (see load)"}
+
+
 def _table(result: dict) -> str:
     head = (f"{'thr':>3} {'N':>5} {'seen/Q':>6} {'unseen/Q':>8} | {'ours total':>16} "
             f"{'ours grad':>15} {'cpu':>7} | {'ref total':>17} {'ref grad':>15} {'cpu':>7} |"
@@ -196,8 +248,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="fewer configurations")
+    parser.add_argument("--busy", action="store_true",
+                        help="only the thread-policy rows beside a busy process "
+                             "(writes bench_bilevel_busy.json)")
+    parser.add_argument("--rounds", type=int, default=3, help="--busy: interleaved rounds")
     args = parser.parse_args()
     load_before = os.getloadavg()
+    if args.busy:
+        result = busy_neighbour(args.steps, args.rounds)
+        result["meta"] = {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+                          "load_average_before": load_before,
+                          "load_average_after": os.getloadavg()}
+        for r in result["rows"]:
+            print(f"{r['threads']:>15}: quiet {r['quiet_ms_median']:7.1f} ms  beside a busy "
+                  f"process {r['busy_ms_median']:7.1f} ms  ({r['busy_speedup_vs_2_threads']:.1f}x "
+                  f"vs 2 threads)")
+        out = args.out.with_name("bench_bilevel_busy.json")
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
     t0 = time.perf_counter()
     result = run(args.steps, args.threads, args.quick)
     result["meta"] = {"torch": torch.__version__, "python": platform.python_version(),

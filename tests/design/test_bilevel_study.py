@@ -192,3 +192,24 @@ def test_figures_module_does_not_import_design():
     modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in modules if "design" in m]
+
+
+def test_laplace_kernel_reaches_bilevel_step_and_final_fits(tmp_path):
+    from wheretolearn.design.evaluation import fit_and_score, name_key, source_seed
+    from wheretolearn.design.metatest import make_metatest
+    from wheretolearn.measures import Gaussian
+    from wheretolearn.problems import get_problem
+    import torch
+
+    cfg = {**TINY, "steps": 2, "eval_n": [16], "repeats": 1, "baselines": ["normal"],
+           "kernel": "laplace"}
+    s = run_bilevel_study(cfg, tmp_path / "lap", progress=False)
+    assert s["kernel"] == "laplace"
+    problem = get_problem("sobol-g", dim=2)
+    mt = make_metatest(problem, n_measures=3, n_seen=30, n_unseen=60, seed=1)
+    normal = Gaussian(torch.full((2,), 0.5), scale_tril=torch.eye(2))
+    x = normal.sample(16, generator=torch.Generator().manual_seed(
+        source_seed(1, name_key("normal"), 16, 0)))
+    ref, _ = fit_and_score(problem, mt, x, bandwidth=1.0, ridge=1e-7, kernel="laplace")
+    gauss, _ = fit_and_score(problem, mt, x, bandwidth=1.0, ridge=1e-7)
+    assert s["baselines"]["normal"]["16"] == pytest.approx(ref, rel=1e-9) and ref != gauss

@@ -105,3 +105,29 @@ def test_does_not_modify_inputs():
     krr.predict(xt)
     assert torch.equal(xt, torch.from_numpy(x)) and torch.equal(yt, torch.from_numpy(y))
     assert krr.x_train_.data_ptr() != xt.data_ptr()
+
+
+def test_laplace_kernel_fit_and_predict_match_scipy():
+    """kernel="laplace": exp(-|x - x'| / s); fit and chunked prediction against a dense
+    scipy solve with scipy's distances."""
+    from wheretolearn.models import laplace_kernel
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 3))
+    y = np.sin(x).sum(1)
+    v = rng.normal(size=(2500, 3))
+    s, eps = 1.7, 1e-4
+    k = np.exp(-scipy.spatial.distance.cdist(x, x) / s)
+    a = scipy.linalg.solve(k + 60 * eps * np.eye(60), y, assume_a="pos")
+    ref = np.exp(-scipy.spatial.distance.cdist(v, x) / s) @ a
+    np.testing.assert_allclose(laplace_kernel(torch.from_numpy(x), torch.from_numpy(x), s).numpy(),
+                               k, rtol=1e-12)
+    model = KernelRidge(bandwidth=s, ridge=eps, kernel="laplace", chunk_rows=700)
+    model.fit(torch.from_numpy(x), torch.from_numpy(y))
+    np.testing.assert_allclose(model.coef_.numpy(), a, rtol=1e-8)
+    np.testing.assert_allclose(model.predict(torch.from_numpy(v)).numpy(), ref, rtol=1e-5,
+                               atol=1e-6 * np.abs(ref).max())
+    gauss = KernelRidge(bandwidth=s, ridge=eps).fit(torch.from_numpy(x), torch.from_numpy(y))
+    assert np.abs(gauss.predict(torch.from_numpy(v)).numpy() - ref).max() > 1e-2  # not the same
+    with pytest.raises(ValueError, match="kernel must be one of gaussian, laplace"):
+        KernelRidge(kernel="matern")

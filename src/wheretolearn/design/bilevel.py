@@ -73,7 +73,8 @@ from .._threads import torch_threads
 from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
                            torch_generator)
 from ..measures.gaussian import DIAG_CLAMP, Gaussian
-from ..models.krr import augment_left, augment_right, kernel_from_augmented
+from ..models.krr import (augment_left, augment_right, check_kernel, kernel_from_augmented,
+                          laplace_kernel)
 from .metatest import MetaTest
 
 __all__ = ["BilevelResult", "AdjointGradient", "bilevel_descent", "adjoint_gradient",
@@ -173,9 +174,11 @@ class _Workspace:
     """Quantities fixed for a whole run: augmented meta-test points, labels, norms."""
 
     def __init__(self, metatest: MetaTest, *, bandwidth: float, dtype: torch.dtype,
-                 factor_dtype: torch.dtype, label_scale: float, eval_unseen: bool):
+                 factor_dtype: torch.dtype, label_scale: float, eval_unseen: bool,
+                 kernel: str = "gaussian"):
         d = metatest.dim
         self.bandwidth = bandwidth
+        self.kernel = kernel
         self.dtype = dtype
         self.factor_dtype = factor_dtype
         seen_x = metatest.seen_x.detach().to(dtype).reshape(-1, d)
@@ -217,7 +220,11 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Ten
     fdt = ws.factor_dtype
     xf = x.to(fdt)
     # K + N eps I in the factor dtype (float64: the norm expansion loses nothing there)
-    kxx = kernel_from_augmented(augment_left(xf, ws.bandwidth), augment_right(xf, ws.bandwidth))
+    if ws.kernel == "laplace":   # explicit differences: sqrt amplifies the cancellation of
+        kxx = laplace_kernel(xf, xf, ws.bandwidth)          # the expansion near the diagonal
+    else:
+        kxx = kernel_from_augmented(augment_left(xf, ws.bandwidth),
+                                    augment_right(xf, ws.bandwidth))
     kxx.diagonal().add_(n * ridge)
     chol, info = torch.linalg.cholesky_ex(kxx)
     if int(info) != 0:
@@ -225,7 +232,8 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Ten
                          f"ridge={ridge:g}; use factor_dtype='float64' or a larger ridge_end")
     coef = torch.cholesky_solve(y.to(fdt)[:, None], chol)[:, 0]
     right = augment_right(x, ws.bandwidth)
-    k_seen = kernel_from_augmented(ws.seen_left, right, out=ws.buffer("seen", ws.n_seen, n))
+    k_seen = kernel_from_augmented(ws.seen_left, right, out=ws.buffer("seen", ws.n_seen, n),
+                                   kernel=ws.kernel)
     resid = torch.addmv(ws.seen_y, k_seen, coef.to(ws.dtype), alpha=-1.0)   # y - f(V)
     seen_error = math.sqrt(float(resid.double() @ resid.double()) / ws.seen_den)
     pred = ws.seen_y.double() - resid.double()
@@ -251,7 +259,7 @@ def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> fl
     diff = ws.buffer("unseen_diff", 1, n_rows)[0]
     for start in range(0, n_rows, _EVAL_CHUNK):
         blk = ws.unseen_left[start:start + _EVAL_CHUNK]
-        k = kernel_from_augmented(blk, right, out=buf[:blk.shape[0]])
+        k = kernel_from_augmented(blk, right, out=buf[:blk.shape[0]], kernel=ws.kernel)
         torch.mv(k, c, out=diff[start:start + _EVAL_CHUNK])
     diff.sub_(ws.unseen_y)
     return math.sqrt(float(diff.double() @ diff.double()) / ws.unseen_den)
@@ -269,7 +277,7 @@ def _label_scale(metatest: MetaTest, normalize_labels: bool) -> float:
 def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
                      z: torch.Tensor, *, bandwidth: float = 1.0, ridge: float = 1e-3,
                      normalize_labels: bool = False,
-                     factor_dtype: Any = "float64") -> AdjointGradient:
+                     factor_dtype: Any = "float64", kernel: str = "gaussian") -> AdjointGradient:
     """Single adjoint gradient of the seen OOD loss with respect to ``(mean, scale_tril)``.
 
     Parameters
@@ -287,6 +295,8 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
     normalize_labels : bool
         Divide the objective by the mean square of the seen labels.
     factor_dtype : dtype of the Cholesky factorisation and the solves.
+    kernel : "gaussian" | "laplace"
+        The KRR kernel; it enters only through ``K``, ``k(V, X)`` (the score is that of nu).
 
     Returns
     -------
@@ -303,7 +313,8 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
         raise ValueError(f"z must have shape (N, {measure.dim}), got {tuple(zt.shape)}")
     ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dtype,
                     factor_dtype=resolve_dtype(factor_dtype),
-                    label_scale=_label_scale(metatest, normalize_labels), eval_unseen=False)
+                    label_scale=_label_scale(metatest, normalize_labels), eval_unseen=False,
+                    kernel=check_kernel(kernel))
     with torch.no_grad():
         x = mean + zt @ scale_tril.T
         y = _labels(problem, x, dtype)
@@ -333,8 +344,8 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
                     callback: Callable[[dict], Any] | None = None, eval_unseen: bool = True,
                     lr_end: float = 0.0, normalize_labels: bool = False, dtype: Any = None,
                     factor_dtype: Any = "float64", num_threads: int | None = None,
-                    max_move: float | None = 0.25, backtrack: bool = True, jump: float = 1.5
-                    ) -> BilevelResult:
+                    max_move: float | None = 0.25, backtrack: bool = True, jump: float = 1.5,
+                    kernel: str = "gaussian") -> BilevelResult:
     """Optimise a Gaussian training distribution by bilevel gradient descent (SPEC §3).
 
     Parameters
@@ -386,6 +397,8 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
     jump : float
         A seen error above ``jump`` times the previous accepted one *and* above the start's
         counts as a collapse.
+    kernel : "gaussian" | "laplace"
+        KRR kernel ``exp(-|x - x'|^2 / (2 s^2))`` (paper default) or ``exp(-|x - x'| / s)``.
 
     Returns
     -------
@@ -413,7 +426,7 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
     label_scale = _label_scale(metatest, normalize_labels)
     ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dt,
                     factor_dtype=resolve_dtype(factor_dtype), label_scale=label_scale,
-                    eval_unseen=eval_unseen)
+                    eval_unseen=eval_unseen, kernel=check_kernel(kernel))
     gen = torch_generator(generator)
     options = {"n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
                "bandwidth": bandwidth, "ridge_start": ridge_start, "ridge_end": ridge_end,
@@ -422,7 +435,8 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
                "dtype": str(dt).replace("torch.", ""),
                "factor_dtype": str(ws.factor_dtype).replace("torch.", ""),
                "num_threads": num_threads, "max_move": max_move, "backtrack": bool(backtrack),
-               "jump": jump, "trust_radius": None if max_move is None else max_move * ws.spread}
+               "jump": jump, "kernel": kernel,
+               "trust_radius": None if max_move is None else max_move * ws.spread}
     # dominant call per step: the (J L, N) seen kernel block, d + 2 multiply-adds per entry
     work = ws.n_seen * n_train * (metatest.dim + 2)
     with torch_threads(num_threads, work=work) as used, torch.no_grad():

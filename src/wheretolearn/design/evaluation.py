@@ -46,7 +46,8 @@ def source_seed(seed: int, *parts: int) -> int:
 
 
 def fit_and_score(problem, metatest, x: torch.Tensor, *, bandwidth: float, ridge: float,
-                  dtype: Any = torch.float64, split: str = "unseen") -> tuple[float, str]:
+                  dtype: Any = torch.float64, split: str = "unseen",
+                  kernel: str = "gaussian") -> tuple[float, str]:
     """Fit KRR on inputs ``x`` (N, d) labelled by ``problem`` and score it on ``metatest``.
 
     Returns
@@ -64,7 +65,7 @@ def fit_and_score(problem, metatest, x: torch.Tensor, *, bandwidth: float, ridge
         y = problem(xt).detach()
         try:
             model = KernelRidge(bandwidth=bandwidth, ridge=ridge, dtype=attempt,
-                                factor_dtype=attempt).fit(xt, y)
+                                factor_dtype=attempt, kernel=kernel).fit(xt, y)
         except ValueError:  # Cholesky of K + N eps I failed in float32
             if attempt == torch.float64:
                 raise
@@ -84,7 +85,8 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
                      bandwidth: float, ridge: float = 1e-7, seed: int = 0,
                      dtype: Any = torch.float64,
                      callback: Callable[[dict], None] | None = None,
-                     num_threads: int | None = None) -> dict[str, dict[str, dict]]:
+                     num_threads: int | None = None,
+                     kernel: str = "gaussian") -> dict[str, dict[str, dict]]:
     """Unseen meta-test error of KRR trained on N samples of each source.
 
     Parameters
@@ -110,6 +112,8 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
     num_threads : int, optional
         torch threads for each fit; default: the package's thread policy by the fit's size
         (:func:`wheretolearn._threads.default_num_threads`).
+    kernel : "gaussian" | "laplace"
+        Kernel of the KRR fits.
 
     Returns
     -------
@@ -139,7 +143,7 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
                 with torch_threads(num_threads, work=n ** 3 / 3):
                     x = src.draw(n, generator=g, metatest=metatest)
                     err, dt = fit_and_score(problem, metatest, x, bandwidth=bandwidth,
-                                            ridge=ridge, dtype=dtype)
+                                            ridge=ridge, dtype=dtype, kernel=kernel)
                 values.append(err)
                 used.add(dt)
                 if callback is not None:

@@ -79,7 +79,10 @@ class BilevelStudyConfig(BaseModel):
     n_train: int = Field(250, description="training samples N per bilevel step")
     steps: int = Field(1000, description="bilevel gradient steps")
     lr: float = Field(1e-2, description="initial learning rate (cosine-annealed to 0)")
-    bandwidth: float = Field(1.0, description="Gaussian kernel length scale s")
+    bandwidth: float = Field(1.0, description="kernel length scale s")
+    kernel: Literal["gaussian", "laplace"] = Field(
+        "gaussian", description="KRR kernel: exp(-|x-x'|^2/(2 s^2)) or exp(-|x-x'|/s), in the "
+                                "bilevel step and the final fits (coresets keep the Gaussian)")
     init: Literal["normal", "barycenter"] = Field(
         "normal", description="initial nu: N(init_mean 1, init_std^2 I) or the barycenter of Q")
     init_mean: float = Field(0.5, description="m0 of the initial N(m0 1, s0^2 I)")
@@ -194,7 +197,7 @@ class BilevelStudyConfig(BaseModel):
     def _no_shadowing(cls, v: dict[str, Any]) -> dict[str, Any]:
         taken = {"n_train", "steps", "lr", "bandwidth", "ridge_start", "ridge_end", "optimizer",
                  "generator", "normalize_labels", "callback", "problem", "metatest", "init",
-                 "num_threads"}
+                 "num_threads", "kernel"}
         clash = sorted(taken & set(v))
         if clash:
             raise ValueError(f"set {clash[0]!r} as a top-level key, not in bilevel_options")
@@ -353,7 +356,8 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
                              ridge_end=cfg.ridge_end, optimizer=cfg.optimizer,
                              generator=torch_generator(_trial_seed(cfg, trial, 1)),
                              normalize_labels=cfg.normalize_labels, callback=on_step,
-                             num_threads=cfg.num_threads, **cfg.bilevel_options)
+                             num_threads=cfg.num_threads, kernel=cfg.kernel,
+                             **cfg.bilevel_options)
     chosen = result.best if cfg.use_iterate == "best" else result.final
     sources = _sources(cfg, metatest, chosen, dtype)
     evaluation = _evaluate(cfg, problem, metatest, list(sources.values()), bar, run, trial)
@@ -385,7 +389,7 @@ def _evaluate(cfg, problem, metatest, sources, bar, run, trial: int = 0) -> dict
     return evaluate_sources(problem, metatest, sources, cfg.eval_n, repeats=cfg.repeats,
                             bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge,
                             seed=_trial_seed(cfg, trial, 2), dtype=cfg.eval_dtype,
-                            callback=on_fit, num_threads=cfg.num_threads)
+                            callback=on_fit, num_threads=cfg.num_threads, kernel=cfg.kernel)
 
 
 def _collapse_report(cfg, result, seen_reported: float) -> tuple[dict, list[str]]:
@@ -422,6 +426,7 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) ->
         "dim": cfg.dim,
         "steps": cfg.steps,
         "n_train": cfg.n_train,
+        "kernel": cfg.kernel,
         "optimizer": cfg.optimizer,
         "normalize_labels": cfg.normalize_labels,
         "init": cfg.init,

@@ -1,7 +1,7 @@
 """wheretolearn.models (see the package docstring of :mod:`wheretolearn`)."""
 
 from .deeponet import DeepONet
-from .krr import KernelRidge, gaussian_kernel, kernel_matvec
+from .krr import KERNELS, KernelRidge, gaussian_kernel, kernel_matvec, laplace_kernel
 from .mlp import MLP
 from .operator_training import TrainConfig, TrainResult, relative_l2_loss, train_operator
 
@@ -9,7 +9,9 @@ __all__: list[str] = [
     "DeepONet",
     "KernelRidge",
     "MLP",
+    "KERNELS",
     "gaussian_kernel",
+    "laplace_kernel",
     "kernel_matvec",
     "TrainConfig",
     "TrainResult",

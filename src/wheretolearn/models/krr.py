@@ -1,8 +1,9 @@
-"""Kernel ridge regression with the Gaussian (squared-exponential) kernel.
+"""Kernel ridge regression with the Gaussian (squared-exponential) or Laplace kernel.
 
 Paper §4.1 / SM D.2 Lemma D.4, SPEC §3 step 2:
 
-    k(x, x') = exp(-||x - x'||^2 / (2 s^2))
+    k(x, x') = exp(-||x - x'||^2 / (2 s^2))      (kernel = "gaussian", default)
+    k(x, x') = exp(-||x - x'|| / s)              (kernel = "laplace"; the paper also fits with it)
     a = (K + N eps I)^{-1} y            (K = k(X, X), Cholesky factorisation)
     f(v) = k(v, X) a
 
@@ -25,8 +26,12 @@ import torch
 from .._validation import (as_tensor, check_finite, check_positive_float, check_positive_int,
                            resolve_dtype)
 
-__all__ = ["gaussian_kernel", "kernel_matvec", "augment_left", "augment_right",
-           "kernel_from_augmented", "regularised_cholesky", "KernelRidge"]
+__all__ = ["KERNELS", "gaussian_kernel", "laplace_kernel", "kernel_matrix", "kernel_matvec",
+           "augment_left", "augment_right", "kernel_from_augmented", "regularised_cholesky",
+           "check_kernel", "KernelRidge"]
+
+#: Kernels the KRR model, the bilevel step and the study accept.
+KERNELS = ("gaussian", "laplace")
 
 # Below this many (n * m * d) elements the kernel is built from explicit differences, which
 # avoids the cancellation of the ||x||^2 + ||y||^2 - 2 x.y expansion.
@@ -59,6 +64,41 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch
     return torch.exp(sq / (-2.0 * s * s))
 
 
+def laplace_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """Laplace kernel matrix ``k(x_i, y_j) = exp(-||x_i - y_j|| / s)``.
+
+    Parameters
+    ----------
+    x : (n, d) tensor
+    y : (m, d) tensor
+    bandwidth : float
+        Length scale ``s > 0``.
+
+    Returns
+    -------
+    (n, m) tensor (explicit differences: no cancellation at ``x = y``).
+    """
+    s = check_positive_float(bandwidth, "bandwidth")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be (n, d) and (m, d) with the same d, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    return torch.exp(-torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") / s)
+
+
+def check_kernel(kernel: Any) -> str:
+    """``kernel`` if it is one of :data:`KERNELS`, else a ValueError naming it."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    return kernel
+
+
+def kernel_matrix(x: torch.Tensor, y: torch.Tensor, bandwidth: float,
+                  kernel: str = "gaussian") -> torch.Tensor:
+    """``k(x, y)`` (n, m) for ``kernel`` in :data:`KERNELS`."""
+    fn = gaussian_kernel if check_kernel(kernel) == "gaussian" else laplace_kernel
+    return fn(x, y, bandwidth)
+
+
 def augment_left(v: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """``log2(e) [v / s^2, -||v||^2 / (2 s^2), 1]``, shape (M, d + 2): evaluation-point factor.
 
@@ -78,9 +118,12 @@ def augment_right(x: torch.Tensor, bandwidth: float) -> torch.Tensor:
 
 
 def kernel_from_augmented(a_left: torch.Tensor, b_right: torch.Tensor, *,
-                          out: torch.Tensor | None = None) -> torch.Tensor:
+                          out: torch.Tensor | None = None,
+                          kernel: str = "gaussian") -> torch.Tensor:
     """Kernel block ``2^(A B^T) = exp(-||v - x||^2 / (2 s^2))`` from :func:`augment_left` and
-    :func:`augment_right`, shape (M, N), optionally written into ``out``.
+    :func:`augment_right`, shape (M, N), optionally written into ``out``. With
+    ``kernel="laplace"`` the same factors (built with ``s``) give ``exp(-||v - x|| / s)``:
+    ``||v - x|| = s sqrt(-2 A B^T / log2 e)``.
 
     Exponents are clamped from below at the smallest normal exponent of the dtype (-126 in
     float32): kernel values below ``2^-126`` are irrelevant, and producing subnormal numbers
@@ -88,12 +131,16 @@ def kernel_from_augmented(a_left: torch.Tensor, b_right: torch.Tensor, *,
     slightly positive (~1e-7 ||v||^2 / s^2 in float32); such values are left as they are.
     """
     e = torch.mm(a_left, b_right.T, out=out) if out is not None else a_left @ b_right.T
+    if kernel == "laplace":
+        # e = log2(e) (-||v - x||^2 / (2 s^2)): back to ||v - x|| / s, then to the base-2
+        # exponent of exp(-||v - x|| / s)
+        e.mul_(-2.0 / _LOG2E).clamp_min_(0.0).sqrt_().mul_(-_LOG2E)
     e.clamp_min_(math.log2(torch.finfo(e.dtype).tiny))
     return torch.exp2(e, out=e)
 
 
 def kernel_matvec(v: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, *, bandwidth: float,
-                  chunk_rows: int = 1024) -> torch.Tensor:
+                  chunk_rows: int = 1024, kernel: str = "gaussian") -> torch.Tensor:
     """``k(v, x) @ coef`` without forming the full (M, N) kernel matrix.
 
     Parameters
@@ -106,12 +153,14 @@ def kernel_matvec(v: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, *, bandw
     bandwidth : float
     chunk_rows : int
         Rows of ``k(v, x)`` formed at a time (cache-sized blocks).
+    kernel : "gaussian" | "laplace"
 
     Returns
     -------
     (M,) tensor in the dtype of ``v``.
     """
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    kernel = check_kernel(kernel)
     b = augment_right(x.to(v.dtype), bandwidth)
     c = coef.to(v.dtype)
     out = torch.empty(v.shape[0], dtype=v.dtype, device=v.device)
@@ -119,18 +168,20 @@ def kernel_matvec(v: torch.Tensor, x: torch.Tensor, coef: torch.Tensor, *, bandw
     with torch.no_grad():
         for start in range(0, v.shape[0], chunk_rows):
             blk = augment_left(v[start:start + chunk_rows], bandwidth)
-            k = kernel_from_augmented(blk, b, out=buf[:blk.shape[0]])
+            k = kernel_from_augmented(blk, b, out=buf[:blk.shape[0]], kernel=kernel)
             torch.mv(k, c, out=out[start:start + chunk_rows])
     return out
 
 
 class KernelRidge:
-    """Kernel ridge regression with the Gaussian kernel (scikit-learn style).
+    """Kernel ridge regression with the Gaussian or Laplace kernel (scikit-learn style).
 
     Parameters
     ----------
     bandwidth : float
         Kernel length scale ``s``.
+    kernel : "gaussian" | "laplace"
+        ``exp(-||x - x'||^2 / (2 s^2))`` (default) or ``exp(-||x - x'|| / s)``.
     ridge : float
         Regularisation ``eps``; the system solved is ``(K + N eps I) a = y``.
     dtype : "float32" | "float64" | torch.dtype, optional
@@ -154,8 +205,9 @@ class KernelRidge:
     """
 
     def __init__(self, *, bandwidth: float = 1.0, ridge: float = 1e-7, dtype: Any = None,
-                 factor_dtype: Any = "float64", chunk_rows: int = 1024):
+                 factor_dtype: Any = "float64", chunk_rows: int = 1024, kernel: str = "gaussian"):
         self.bandwidth = check_positive_float(bandwidth, "bandwidth")
+        self.kernel = check_kernel(kernel)
         self.ridge = check_positive_float(ridge, "ridge", allow_zero=True)
         self.dtype = None if dtype is None else resolve_dtype(dtype)
         self.factor_dtype = resolve_dtype(factor_dtype)
@@ -187,8 +239,8 @@ class KernelRidge:
         fx = xt.detach().to(self.factor_dtype).clone()
         fy = yt.detach().to(self.factor_dtype)
         n = fx.shape[0]
-        chol = regularised_cholesky(gaussian_kernel(fx, fx, self.bandwidth), n * self.ridge,
-                                    ridge=self.ridge)
+        chol = regularised_cholesky(kernel_matrix(fx, fx, self.bandwidth, self.kernel),
+                                    n * self.ridge, ridge=self.ridge)
         # fitted attributes are set only once the factorisation succeeded: a failed refit
         # leaves the previous fit whole (it used to switch dtype_ and keep the old coef_)
         self.dtype_ = self.dtype or (xt.dtype if xt.dtype in (torch.float32, torch.float64)
@@ -217,11 +269,12 @@ class KernelRidge:
             raise ValueError(f"v must have shape (M, {self.n_features_in_}), got {tuple(vt.shape)}")
         check_finite(vt.detach(), "v")
         return kernel_matvec(vt.detach().to(self.dtype_), self.x_train_, self.coef_,
-                             bandwidth=self.bandwidth, chunk_rows=self.chunk_rows)
+                             bandwidth=self.bandwidth, chunk_rows=self.chunk_rows,
+                             kernel=self.kernel)
 
     def __repr__(self) -> str:
-        return (f"KernelRidge(bandwidth={self.bandwidth}, ridge={self.ridge}, dtype={self.dtype}, "
-                f"factor_dtype={self.factor_dtype})")
+        return (f"KernelRidge(bandwidth={self.bandwidth}, ridge={self.ridge}, "
+                f"kernel={self.kernel!r}, dtype={self.dtype}, factor_dtype={self.factor_dtype})")
 
 
 def regularised_cholesky(kernel: torch.Tensor, shift: float, *, ridge: float) -> torch.Tensor:
