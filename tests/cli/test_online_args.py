@@ -125,7 +125,16 @@ def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path):
     assert json.loads(before["summary.json"])["sessions"] == 1
 
 
-def test_lost_checkpoint_requires_restart(finished_run, tmp_path):
+def test_lost_checkpoint_requires_restart(finished_run, tmp_path, monkeypatch):
+    from wheretolearn.online import study
+
+    calls = []
+
+    def fake_resume(run_dir, **kw):          # the study itself is tested in tests/online
+        calls.append(run_dir)
+        return {**json.loads((finished_run / "summary.json").read_text()), "sessions": 2}
+
+    monkeypatch.setattr(study, "resume_online_study", fake_resume)
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     summary = json.loads((run / "summary.json").read_text())
@@ -134,10 +143,10 @@ def test_lost_checkpoint_requires_restart(finished_run, tmp_path):
     (run / "checkpoint.pt").unlink(missing_ok=True)
     one_error_line(runner.invoke(app, ["online", "resume", str(run), "--no-progress"]),
                    "no usable checkpoint", "--restart")
+    assert calls == []
     res = runner.invoke(app, ["online", "resume", str(run), "--restart", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "starting the study again from nothing" in res.stderr
-    assert json.loads((run / "summary.json").read_text())["stopped"] == "completed"
+    assert "starting the study again from nothing" in res.stderr and calls == [run]
 
 
 def test_restart_with_a_checkpoint_is_refused(finished_run, tmp_path):
