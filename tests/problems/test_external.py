@@ -1,5 +1,6 @@
 """External programs as simulators: streaming step files, and every documented failure."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -185,3 +186,23 @@ def test_inside_a_session_leader_the_program_shares_its_group(tmp_path):
             break
         time.sleep(0.05)
     assert not Path(f"/proc/{child}").exists() or "Z" in _state(child)
+
+
+def test_folders_of_killed_owners_are_swept_by_the_next_run(tmp_path):
+    import json
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    work = tmp_path / "work"
+    work.mkdir()
+    owners = {"stale": dead.pid, "live": os.getpid(), "kept": dead.pid}
+    for name, pid in owners.items():
+        (work / f"wtl-{name}").mkdir()
+        (work / f"wtl-{name}" / ".owner.json").write_text(json.dumps(
+            {"host": socket.gethostname(), "pid": pid, "keep": name == "kept"}))
+    (work / "wtl-elsewhere").mkdir()
+    (work / "wtl-elsewhere" / ".owner.json").write_text(json.dumps(
+        {"host": "another-node", "pid": dead.pid, "keep": False}))
+    list(fake("ok", tmp_path).simulate([1.0]))
+    assert sorted(p.name for p in work.iterdir()) == ["wtl-elsewhere", "wtl-kept", "wtl-live"]

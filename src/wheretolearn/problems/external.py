@@ -43,7 +43,9 @@ Steps streamed before a failure stay streamed (the online ledger deduplicates by
 process group is also killed when the consumer stops iterating (``close()`` of the
 generator), and when the Dask task running the simulation is cancelled. The per-attempt
 working folder ``workdir/wtl-<sim>-<attempt>-<random>/`` (``out/`` = ``{outdir}``,
-``stdout.log``, ``stderr.log``) is removed at the end unless ``keep_outputs``.
+``stdout.log``, ``stderr.log``) is removed at the end unless ``keep_outputs``; a folder
+whose owner was killed before it could clean up (the online engine kills a hung attempt
+with SIGKILL) is removed by the next simulation started on the same host.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ STEP_FILE_PATTERN = re.compile(r"^(?!\.).*?(\d+)\.(npy|npz)$")
 CLIENT_MAGIC = b"WTL1"
 CLIENT_HEADER = struct.Struct("<qQ")
 _STDERR_LINES = 8
+_OWNER = ".owner.json"        # in each working folder: host, pid, keep (see _sweep_stale)
 _KILL_GRACE = 2.0
 
 
@@ -199,7 +202,11 @@ class ExternalCommandProblem(SimulatorProblem):
     def _run(self, p: np.ndarray, sim_id: int, attempt: int) -> Iterator[tuple[int, np.ndarray]]:
         root = Path(self.workdir or tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(root)
         folder = Path(tempfile.mkdtemp(prefix=f"wtl-{sim_id}-{attempt}-", dir=root))
+        (folder / _OWNER).write_text(json.dumps({"host": socket.gethostname(),
+                                                 "pid": os.getpid(),
+                                                 "keep": self.keep_outputs}))
         outdir = folder / "out"
         outdir.mkdir()
         run = _Process(self, p, sim_id, attempt, folder, outdir)
@@ -216,6 +223,21 @@ class ExternalCommandProblem(SimulatorProblem):
                 shutil.rmtree(folder, ignore_errors=True)
             elif not ok:
                 (folder / "FAILED").touch()
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove working folders left by killed processes (an attempt killed with SIGKILL by
+    the online engine cannot clean up): those of this host whose owner pid is gone and that
+    were not to be kept. A folder of another host or of a live pid is never touched."""
+    host = socket.gethostname()
+    for folder in root.glob("wtl-*"):
+        try:
+            owner = json.loads((folder / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.get("host") != host or owner.get("keep") or _alive(int(owner.get("pid", 0))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Process:
