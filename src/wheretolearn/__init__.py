@@ -11,6 +11,8 @@ Subpackages, one concept each (data flows top to bottom):
 * :mod:`wheretolearn.report` -- metrics, run folders and figures.
 * :mod:`wheretolearn.datasets` -- dataset generation to zarr.
 * :mod:`wheretolearn.online` -- online training from streaming simulation ensembles (Dask).
+* :mod:`wheretolearn.client` -- in-situ client: a user's simulation loop sends its time
+  steps to the online engine (``connect()`` / ``send(step, field)``; numpy only).
 
 The numerical core never imports :mod:`wheretolearn.online` or the CLI.
 """
