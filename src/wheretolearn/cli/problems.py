@@ -6,8 +6,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import typer
-
 from . import app
 
 

@@ -5,8 +5,10 @@ measure (or a given one), evaluates the problem in chunks and writes a resumable
 ``find_or_generate(cache_dir, ...)`` reuses a store with the same content key.
 """
 
-from .generate import (DatasetInfo, chunk_seed, content_key, find_or_generate, generate_dataset,
-                       open_dataset, resolve_measure)
+from .generate import (DamagedStoreError, DatasetInfo, check_scheduler, chunk_seed, content_key,
+                       find_or_generate, generate_dataset, open_dataset, resolve_measure)
+from .layout import DatasetLayout, dataset_layout
 
-__all__ = ["DatasetInfo", "chunk_seed", "content_key", "find_or_generate", "generate_dataset",
+__all__ = ["DamagedStoreError", "DatasetInfo", "DatasetLayout", "check_scheduler", "chunk_seed",
+           "content_key", "dataset_layout", "find_or_generate", "generate_dataset",
            "open_dataset", "resolve_measure"]

@@ -40,8 +40,8 @@ import numpy as np
 
 from .._validation import check_nonnegative_int, check_positive_int
 
-__all__ = ["DamagedStoreError", "DatasetInfo", "check_scheduler", "generate_dataset", "find_or_generate", "open_dataset", "content_key",
-           "resolve_measure", "chunk_seed"]
+__all__ = ["DamagedStoreError", "DatasetInfo", "check_scheduler", "generate_dataset",
+           "find_or_generate", "open_dataset", "content_key", "resolve_measure", "chunk_seed"]
 
 #: Target size of one default data-set chunk (outputs), bytes.
 _CHUNK_TARGET_BYTES = 16 * 2**20
