@@ -343,8 +343,8 @@ def test_receiver_blocks_instead_of_spinning_and_stops_at_the_end(client):
     receiver = ex._threads[0]
     receiver.join(5)
     assert not receiver.is_alive()                    # stopped once the ensemble ended
-    # one blocking get per message or per 0.5 s, plus heartbeat polls every 0.25 s; the
-    # spinning receiver made about 170 round trips a second
+    # two round trips per batch of messages (a blocking get), plus heartbeat polls every
+    # 0.25 s; the spinning receiver made about 170 round trips a second
     assert ex.queue_gets <= 2 * ex.messages_received + 6 * elapsed + 10
     ex.stop()
 

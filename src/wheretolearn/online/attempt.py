@@ -203,15 +203,27 @@ class _Relay:
         self.sent = self.messages = 0
 
     def put(self, blob: bytes) -> None:
-        while True:
+        """Put ``blob`` into the queue; while it waits for room, send a heartbeat every
+        ``heartbeat_seconds`` (the put runs in a helper thread: a ``put`` with a timeout
+        would make the scheduler log an error each time it expires)."""
+        done, error = threading.Event(), []
+
+        def target() -> None:
             try:
-                self.queue.put(blob, timeout=self.hb_seconds)
-                return
-            except TimeoutError:
-                # Still waiting for room: our steps are queued behind others, not hung.
-                if _cancelled():
-                    raise _Cancelled from None
-                self.hb.put(pack_messages([encode_heartbeat(self.sim_id, self.attempt)]))
+                self.queue.put(blob)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the task thread
+                error.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=target, daemon=True, name="wheretolearn-put").start()
+        while not done.wait(self.hb_seconds):
+            # Still waiting for room: our steps are queued behind others, not hung.
+            if _cancelled():
+                raise _Cancelled
+            self.hb.put(pack_messages([encode_heartbeat(self.sim_id, self.attempt)]))
+        if error:
+            raise error[0]
 
     def add(self, msg: bytes) -> None:
         if self.group and self.group_bytes + len(msg) > self.max_bytes:

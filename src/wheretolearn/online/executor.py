@@ -221,6 +221,7 @@ class EnsembleExecutor:
         study relaunches them.
         """
         self._stop.set()
+        self._wake()
         for t in self._threads:
             t.join(timeout=30)
         with self._lock:
@@ -245,28 +246,31 @@ class EnsembleExecutor:
 
     # ------------------------------------------------------------------ receiver
     def _receive_loop(self) -> None:
-        last_hb = 0.0
         while not self._stop.is_set() and not self.done.is_set():
-            msgs = self._get(timeout=0.5)
-            for blob in msgs:
+            for blob in self._get():
                 for msg in unpack_messages(blob):
                     self._handle(msg)
                     if self._stop.is_set():
                         return
-            if time.monotonic() - last_hb > self.heartbeat_seconds / 2:
-                last_hb = time.monotonic()
-                self._poll_heartbeats()
 
-    def _get(self, timeout: float) -> list:
-        """Messages now in the queue, waiting up to ``timeout`` for the first (blocking on
-        the scheduler, not spinning)."""
+    def _get(self) -> list:
+        """Messages now in the queue, blocking on the scheduler until the first arrives (no
+        polling; :meth:`_wake` ends the wait with an empty message). No timeout on purpose:
+        the scheduler logs every timed-out ``queue_get`` as an error."""
         self.queue_gets += 1
-        try:
-            first = self._queue.get(timeout=timeout)
-        except TimeoutError:
-            return []
+        first = self._queue.get()
         self.queue_gets += 1
         return [first, *self._queue.get(batch=True)]
+
+    def _wake(self) -> None:
+        """Unblock the receiver's wait (an empty queue message carries no step)."""
+        receiver = self._threads[0] if self._threads else None
+        if receiver is None or not receiver.is_alive():
+            return
+        try:
+            self._queue.put(b"", timeout=2)
+        except Exception:  # noqa: BLE001 -- queue full or gone: the receiver is not waiting
+            pass
 
     def _poll_heartbeats(self) -> None:
         self.queue_gets += 1
@@ -303,7 +307,6 @@ class EnsembleExecutor:
             # timeout. Others keep their timers unless they report waiting (heartbeats).
             self._stalled = True
             self._touch(sim_id, attempt)
-            self._poll_heartbeats()
             time.sleep(0.01)
 
     def _touch(self, sim_id: int, attempt: int) -> None:
@@ -315,12 +318,16 @@ class EnsembleExecutor:
 
     # ------------------------------------------------------------------ monitor
     def _monitor_loop(self) -> None:
-        last_ensure = time.monotonic()
+        last_ensure = last_hb = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - last_hb > self.heartbeat_seconds / 2:
+                last_hb = time.monotonic()
+                self._poll_heartbeats()
             self._check_active()
             self._fill_slots()
             if self._finished():
                 self.done.set()
+                self._wake()
                 return
             if self.cluster_handle is not None and time.monotonic() - last_ensure > self.ensure_every:
                 last_ensure = time.monotonic()
