@@ -296,3 +296,15 @@ def test_backtracking_rejects_collapsed_iterates_and_returns_to_the_last_good_on
     assert min(h["pred_ratio"] for h in hist if not h["rejected"]) > 1e-3
     assert any(h["pred_ratio"] < 1e-3 for h in hist if h["rejected"])
     assert res.best_step not in rejected
+
+
+def test_unseen_error_every_k_steps_logs_only_and_changes_nothing(sobol_setup):
+    problem, mt, init = sobol_setup
+    kw = dict(n_train=50, steps=12, generator=5)
+    full = bilevel_descent(problem, mt, init, **kw)
+    sparse = bilevel_descent(problem, mt, init, eval_unseen=5, **kw)
+    logged = [h["step"] for h in sparse.history if not math.isnan(h["unseen_error"])]
+    assert logged == [0, 5, 10, 11]
+    for i in logged:
+        assert sparse.history[i]["unseen_error"] == full.history[i]["unseen_error"]
+    assert torch.equal(sparse.final.mean, full.final.mean)   # logging never steers the run

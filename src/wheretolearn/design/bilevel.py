@@ -341,7 +341,8 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
                     bandwidth: float = 1.0, ridge_start: float = 1e-3, ridge_end: float = 1e-7,
                     optimizer: str = "sgd",
                     generator: int | torch.Generator | None = None,
-                    callback: Callable[[dict], Any] | None = None, eval_unseen: bool = True,
+                    callback: Callable[[dict], Any] | None = None,
+                    eval_unseen: bool | int = True,
                     lr_end: float = 0.0, normalize_labels: bool = False, dtype: Any = None,
                     factor_dtype: Any = "float64", num_threads: int | None = None,
                     max_move: float | None = 0.25, backtrack: bool = True, jump: float = 1.5,
@@ -373,8 +374,10 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
         Source of the latent draws; same seed -> same run.
     callback : callable, optional
         Called with a copy of each step's record after the step.
-    eval_unseen : bool
-        Evaluate the unseen error every step (else records carry NaN).
+    eval_unseen : bool or int
+        Evaluate the unseen error every step (``True``), never (``False``: records carry NaN),
+        or every ``k``-th step and at the last one (an int ``k``; the unseen evaluation is
+        most of a step's cost and is only logged, never used for choosing).
     lr_end : float
         Final learning rate (default 0).
     normalize_labels : bool
@@ -426,11 +429,11 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
     label_scale = _label_scale(metatest, normalize_labels)
     ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dt,
                     factor_dtype=resolve_dtype(factor_dtype), label_scale=label_scale,
-                    eval_unseen=eval_unseen, kernel=check_kernel(kernel))
+                    eval_unseen=bool(_unseen_every(eval_unseen)), kernel=check_kernel(kernel))
     gen = torch_generator(generator)
     options = {"n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
                "bandwidth": bandwidth, "ridge_start": ridge_start, "ridge_end": ridge_end,
-               "optimizer": optimizer, "eval_unseen": bool(eval_unseen),
+               "optimizer": optimizer, "eval_unseen": _unseen_every(eval_unseen),
                "normalize_labels": bool(normalize_labels), "label_scale": label_scale,
                "dtype": str(dt).replace("torch.", ""),
                "factor_dtype": str(ws.factor_dtype).replace("torch.", ""),
@@ -507,7 +510,9 @@ def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options:
             last_clipped = radius is not None and record["move"] >= radius * (1 - 1e-9)
             guard.clipped += last_clipped
         t1 = time.perf_counter()
-        if ws.unseen_left is not None and right is not None:
+        every = options["eval_unseen"]
+        if (ws.unseen_left is not None and right is not None and every
+                and (step % every == 0 or step == steps - 1)):
             record["unseen_error"] = _unseen_error(ws, right, coef)
         t2 = time.perf_counter()
         record["seconds"], record["grad_seconds"] = t2 - t0, t1 - t0
@@ -523,6 +528,13 @@ def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options:
                          best_step=best[1], options=options,
                          collapse=guard.summary(last_bad is not None
                                                 and not options["backtrack"]))
+
+
+def _unseen_every(eval_unseen: bool | int) -> int:
+    """``True`` -> 1, ``False`` -> 0, a positive int -> itself."""
+    if isinstance(eval_unseen, bool):
+        return int(eval_unseen)
+    return check_positive_int(eval_unseen, "eval_unseen")
 
 
 def _labels_or_reason(problem, x, dtype, step):
