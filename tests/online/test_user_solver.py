@@ -189,3 +189,23 @@ def test_cli_rejects_a_missing_contract_in_one_line(tmp_path, study, match):
 
     assert re.search(match, lines[0]), lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_problem_and_options_from_the_command_line(tmp_path, monkeypatch):
+    """--problem (a file path relative to the current folder) and -o key=value reach the
+    problem; resolved before anything is written."""
+    (tmp_path / "scalar.py").write_text(NO_CONTRACT)
+    toml = tmp_path / "s.toml"
+    toml.write_text(tomli_w.dumps({"study": {"n_simulations": 2}}))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["online", str(toml), "--out", "run", "--problem",
+                              "scalar.py:Scalar", "--no-progress"])
+    assert res.exit_code == 2
+    assert f"problem '{tmp_path.resolve()}/scalar.py:Scalar' does not meet the online" \
+        in res.output
+    res = runner.invoke(app, ["online", str(toml), "--out", "run", "-o", "bogus=1",
+                              "--no-progress"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "bogus" in res.output
+    assert not (tmp_path / "run").exists()

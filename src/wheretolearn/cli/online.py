@@ -70,6 +70,23 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     typer.echo(f"run folder: {run_dir}")
 
 
+def _problem_overrides(config: str, problem: str | None, option: list[str]) -> dict:
+    """``--problem`` (a relative ``file.py:factory`` is relative to the current folder) and
+    ``--option key=value`` merged into the file's ``[study.options]``."""
+    from ..problems.plugins import canonical_spec
+    from .generate import parse_key_values
+
+    overrides: dict[str, Any] = {}
+    if problem is not None:
+        overrides["study.problem"] = canonical_spec(problem)
+    if option:
+        from ..online.config import load_online_config
+
+        base = load_online_config(config).study.options
+        overrides["study.options"] = {**base, **parse_key_values(option, "--option")}
+    return overrides
+
+
 def _run(fn: Any, *args: Any, total: int, progress: bool, **kw: Any) -> dict:
     if not progress:
         return fn(*args, **kw)
@@ -108,6 +125,12 @@ def online(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
     seed: Optional[int] = typer.Option(None, "--seed", help="study seed (overrides [study] "
                                        "seed; default 0)"),
+    problem: Optional[str] = typer.Option(None, "--problem", help="the simulator (overrides "
+                                          "[study] problem): heat2d, a plugin name, "
+                                          "pkg.module:factory or file.py:factory; see "
+                                          "docs/user_solver.md"),
+    option: list[str] = typer.Option([], "--option", "-o", help="problem option key=value "
+                                     "(repeatable; merged into [study.options])"),
     num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads of "
                                               "the trainer (overrides [training] "
                                               "torch_threads; default: cores left by local "
@@ -155,7 +178,8 @@ def online(
     from ..online.study import run_online_study
 
     check_config_path(config)
-    cfg = load_online_config(config, **{"executor.workers": workers, "sampler.name": sampler,
+    cfg = load_online_config(config, **_problem_overrides(config, problem, option),
+                             **{"executor.workers": workers, "sampler.name": sampler,
                                         "executor.fail_rate": fail_rate, "study.seed": seed,
                                         "training.torch_threads": num_threads,
                                         "cluster.queue": queue, "cluster.walltime": walltime})
