@@ -258,3 +258,10 @@ def test_trainer_wall_time_is_split_honestly_and_validation_keeps_to_its_budget(
     assert 1 <= len(checks) < s["batches"]                   # skipped to keep the budget
     one_check = parts["validation"] / len(checks)
     assert parts["validation"] <= 0.1 * split["wall_seconds"] + one_check + 1e-9
+
+
+def test_failures_before_redraw_accepts_melissas_old_key():
+    old = OnlineStudyConfig.model_validate({"executor": {"crashes_before_redraw": 2}})
+    new = OnlineStudyConfig.model_validate({"executor": {"failures_before_redraw": 2}})
+    assert old == new and new.executor.failures_before_redraw == 2
+    assert OnlineStudyConfig.model_validate(new.model_dump()) == new   # round trip

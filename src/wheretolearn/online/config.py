@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .cluster import ClusterConfig
 
@@ -237,10 +237,16 @@ class TrainingSection(_Section):
 class ExecutorSection(_Section):
     """``[executor]``: ensemble execution and fault tolerance.
 
-    ``workers`` Dask workers (local cluster) and ``max_concurrent`` simulations in flight
-    (default: ``workers``); ``simulation_timeout`` seconds without a message; ``max_retries``
-    failed attempts relaunched per simulation lineage; ``crashes_before_redraw`` failures
-    before new parameters (None: never); ``fail_rate`` fault injection; ``queue_maxsize``
+    One meaning per name: ``workers`` = Dask worker processes a local cluster starts (and
+    the workers asked of a batch cluster); ``max_concurrent`` = simulation attempts in
+    flight at once (default: ``workers``; :attr:`concurrency` is the value in use);
+    ``simulation_timeout`` seconds without a message; ``max_retries`` = failed attempts
+    (crash, timeout, lost worker) a lineage may be relaunched after, redraws included --
+    one more failure gives it up (the summary's ``relaunches`` counts the relaunches that
+    happened); ``failures_before_redraw`` failures of one parameter set (crashes, timeouts
+    and lost workers alike) before the lineage gets new parameters (None: never; the old
+    key ``crashes_before_redraw``, Melissa's name, is accepted); ``fail_rate`` fault
+    injection; ``queue_maxsize``
     messages in the Dask queue before producers block (so at most ``queue_maxsize x
     max_message_bytes`` in flight); ``max_message_bytes``: steps of one simulation are
     grouped into messages up to this size; ``hang_seconds``: longest a fault-injected hang
@@ -251,7 +257,9 @@ class ExecutorSection(_Section):
     max_concurrent: int | None = Field(None, ge=1)
     simulation_timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
-    crashes_before_redraw: int | None = Field(None, ge=1)
+    failures_before_redraw: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("failures_before_redraw",
+                                                  "crashes_before_redraw"))
     fail_rate: float = Field(0.0, ge=0, lt=1)
     queue_maxsize: int = Field(64, ge=1)
     max_message_bytes: int = Field(262144, ge=1)
@@ -259,7 +267,13 @@ class ExecutorSection(_Section):
 
     @property
     def concurrency(self) -> int:
+        """Simulation attempts in flight: ``max_concurrent``, else ``workers``."""
         return self.max_concurrent or self.workers
+
+    @property
+    def crashes_before_redraw(self) -> int | None:
+        """Former name of :attr:`failures_before_redraw`."""
+        return self.failures_before_redraw
 
 
 class ValidationSection(_Section):

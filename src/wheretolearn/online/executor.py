@@ -27,7 +27,7 @@ On the server two threads run next to the trainer:
   group, so the slot is free for real), and after each failed attempt (crash, timeout,
   worker lost) applies :func:`~wheretolearn.online.policy.decide_after_failure`:
   relaunch with the same parameters, redraw (new parameters, new simulation id, same
-  lineage) after ``crashes_before_redraw`` failures of one parameter set, or give the
+  lineage) after ``failures_before_redraw`` failures of one parameter set, or give the
   lineage up after ``max_retries`` relaunches.
 
 Fault injection (``fail_rate``): see :mod:`wheretolearn.online.faults`.
@@ -118,7 +118,8 @@ class EnsembleExecutor:
         Seconds without a message after which an attempt is declared timed out.
     max_retries : int
         Failed attempts a lineage may relaunch; one more failure records it failed.
-    crashes_before_redraw : int or None
+    failures_before_redraw : int or None
+        (``crashes_before_redraw`` is accepted as its former name)
         Failures of one parameter set before its lineage gets new parameters (None: never).
     fail_rate : float in [0, 1)
         Fault injection (see module docstring).
@@ -146,12 +147,13 @@ class EnsembleExecutor:
     def __init__(self, client: Any, problem_spec: dict, ledger: Any, sampler: Any,
                  on_sample: Callable[..., bool], *, n_simulations: int, max_concurrent: int,
                  simulation_timeout: float = 60.0, max_retries: int = 3,
-                 crashes_before_redraw: int | None = None, fail_rate: float = 0.0,
+                 failures_before_redraw: int | None = None, fail_rate: float = 0.0,
                  seed: int = 0, queue_maxsize: int = 64, hang_seconds: float | None = None,
                  hang_mode: str = "sleep", heartbeat_seconds: float = 0.5,
                  max_message_bytes: int = 262144,
                  sampler_lock: threading.Lock | None = None, cluster_handle: Any = None,
-                 ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None):
+                 ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None,
+                 **legacy: Any):
         self.client = client
         self.problem_spec = json.dumps(problem_spec, sort_keys=True)
         self.ledger = ledger
@@ -161,7 +163,11 @@ class EnsembleExecutor:
         self.max_concurrent = int(max_concurrent)
         self.simulation_timeout = float(simulation_timeout)
         self.max_retries = int(max_retries)
-        self.crashes_before_redraw = crashes_before_redraw
+        if "crashes_before_redraw" in legacy:
+            failures_before_redraw = legacy.pop("crashes_before_redraw")
+        if legacy:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(legacy)}")
+        self.failures_before_redraw = failures_before_redraw
         self.fail_rate = float(fail_rate)
         self.seed = int(seed)
         self.hang_seconds = float(hang_seconds or 3 * self.simulation_timeout)
@@ -432,7 +438,7 @@ class EnsembleExecutor:
             action = decide_after_failure(
                 completed=completed, lineage_failures=self.ledger.lineage_failures(act.sim_id),
                 sim_failures=rec.failures, max_retries=self.max_retries,
-                failures_before_redraw=self.crashes_before_redraw)
+                failures_before_redraw=self.failures_before_redraw)
             if action in ("give_up", "redraw"):
                 self.ledger.mark_failed(act.sim_id)
             elif action == "relaunch":

@@ -400,6 +400,9 @@ class SimulationLedger:
                     "simulations_redrawn": sum(r.replaced_by is not None
                                                for r in self._records.values()),
                     "simulations_unfinished": c["pending"] + c["running"],
+                    # relaunches of a simulation with the same parameters; "retries" is
+                    # its former name (kept for old readers), not max_retries' budget
+                    "relaunches": self.retries,
                     "retries": self.retries,
                     "attempts": sum(len(r.attempts) for r in self._records.values()),
                     "samples_received": self.samples_received,
