@@ -57,9 +57,9 @@ def test_loop_logs_a_monotone_J_and_is_reproducible():
 def test_differential_evolution_finds_the_global_minimum_over_omega():
     s, lab, mt, factory = _small("ntd", 8)
     obj = _objective(s, mt, factory(0))
-    grid = np.linspace(-4 * math.pi, 4 * math.pi, 801)
+    grid = np.linspace(-4 * math.pi, 4 * math.pi, 401)
     values = np.array([obj.value(float(w)) for w in grid])
-    out = de_update(obj, 4 * math.pi, bounds=s.bounds, seed=0, popsize=15, tol=1e-10, maxiter=100)
+    out = de_update(obj, 4 * math.pi, bounds=s.bounds, seed=0, popsize=10, tol=1e-10, maxiter=60)
     # independent check: a dense grid; DE (with polishing) must not be worse than its minimum
     assert obj.value(out["theta"]) <= values.min() + 1e-9
     assert abs(out["theta"] - grid[values.argmin()]) < 2 * (grid[1] - grid[0])
