@@ -45,7 +45,7 @@ import numpy as np
 from .config import OnlineStudyConfig, SamplerSection
 
 __all__ = ["box_validation_set", "sampler_config", "lockstep_study", "compare_samplers",
-           "summarise_comparison", "comparison_table"]
+           "summarise_comparison", "comparison_table", "write_comparison"]
 
 _METRICS = ("mean", "median", "p95", "p99", "max")
 _VARIANTS = {"weighted", "nrmse", "mse", "ess", "step"}
