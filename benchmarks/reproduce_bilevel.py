@@ -54,6 +54,13 @@ REPRO_EVAL = {"eval_n": [1024], "repeats": 1, "num_threads": 1}
 SPARSE_LOGGING = {"eval_unseen": 100}
 
 
+def to_jsonable(value):
+    """NaN (e.g. the unseen error of a step that was not logged) -> None, as in run folders."""
+    from wheretolearn.report.runfolder import to_jsonable as convert
+
+    return convert(value)
+
+
 def _study(cfg: dict, folder: Path) -> dict:
     from wheretolearn.design import resolve_study_config, run_bilevel_study
 
@@ -85,7 +92,7 @@ def reproduction(name: str, trial: int, sparse: bool = False) -> Path:
     out = RESULTS / name
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"trial{trial}.json"
-    path.write_text(json.dumps(summary, indent=1, allow_nan=False))
+    path.write_text(json.dumps(to_jsonable(summary), indent=1, allow_nan=False))
     return path
 
 

@@ -489,8 +489,9 @@ def aggregate_trials(summaries: list[dict]) -> dict:
                                              "learned", "baselines")} for p in per],
                warnings=[f"trial {p['trial']}: {w}" for p in per for w in p["warnings"]])
     out.pop("trial")
-    for key in _PER_TRIAL_SCALARS:
-        out[key] = float(sum(p[key] for p in per) / len(per))
+    for key in _PER_TRIAL_SCALARS:   # None / NaN: not logged in that trial (eval_unseen=k)
+        vals = [p[key] for p in per if p[key] is not None and math.isfinite(p[key])]
+        out[key] = float(sum(vals) / len(vals)) if vals else None
     out["collapse"] = {"flagged_trials": [p["trial"] for p in per if p["collapse"]["flagged"]],
                        "flagged": any(p["collapse"]["flagged"] for p in per)}
     table, table_ci = {}, {}
