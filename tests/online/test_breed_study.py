@@ -11,20 +11,24 @@ from pydantic import ValidationError
 from wheretolearn.models.mlp import MLP
 from wheretolearn.online.config import OnlineStudyConfig
 from wheretolearn.online.ledger import SimulationLedger
-from wheretolearn.online.study import OnlineStudy, run_online_study
+from wheretolearn.online.study import OnlineStudy
 from wheretolearn.online.trainer import OnlineTrainer
 from wheretolearn.report.runfolder import to_jsonable
 
 
-def tiny_breed(**sampler):
-    return OnlineStudyConfig.model_validate({
-        "study": {"n": 12, "n_steps": 8, "n_simulations": 10, "seed": 1},
-        "sampler": {"name": "breed", "period": 15, **sampler},
+TINY = {"study": {"n": 12, "n_steps": 8, "n_simulations": 10, "seed": 1},
         "buffer": {"capacity": 40, "watermark": 16},
         "training": {"hidden": [32, 32], "torch_threads": 1, "min_batches": 120},
         "executor": {"workers": 2, "simulation_timeout": 10.0},
         "validation": {"n_val": 2, "every_batches": 20},
-        "checkpoint": {"every_batches": 50}})
+        "checkpoint": {"every_batches": 50}}
+
+
+def tiny_breed(**sampler):
+    # period 15 = the derived 3 x (capacity 40 // 8 steps) simulations
+    return OnlineStudyConfig.model_validate({**TINY,
+                                             "sampler": {"name": "breed", "period": 15,
+                                                         **sampler}})
 
 
 def test_sampler_options_are_validated_and_derived_from_the_buffer():
@@ -72,10 +76,20 @@ def test_weighted_batch_loss_and_nrmse():
 
 
 def test_tell_reaches_breed_during_a_real_study_and_resume_restores_it(tmp_path):
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from wheretolearn.cli import app
+
     run = tmp_path / "run"
     cfg = tiny_breed(weighted=True, fitness_loss="nrmse")
-    stop = cfg.with_overrides(**{"training.max_batches": 60, "checkpoint.every_batches": 20})
-    run_online_study(stop, run)
+    # First session from the CLI with --sampler breed (Breed's defaults), stopped at 60 batches.
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(tomli_w.dumps({**TINY, "training": {**TINY["training"], "max_batches": 60},
+                                   "checkpoint": {"every_batches": 20}}))
+    res = CliRunner().invoke(app, ["online", str(toml), "--sampler", "breed", "--out", str(run),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
     # Resume: the restored Breed state equals the checkpointed one (generator, fitness,
     # window, proposals, counters, queue), so it continues as the uninterrupted study would.
     study = OnlineStudy.open(run)
