@@ -98,10 +98,13 @@ def _run(fn: Any, *args: Any, total: int, progress: bool, **kw: Any) -> dict:
 @cli_errors
 def online(
     ctx: typer.Context,
-    config: str = typer.Argument(..., metavar="CONFIG.toml | resume",
-                                 help="study configuration, or the word 'resume'"),
+    config: str = typer.Argument(..., metavar="CONFIG.toml | resume | compare",
+                                 help="study configuration, or the word 'resume' or "
+                                 "'compare'"),
     run_dir: Optional[Path] = typer.Argument(None, metavar="DIR",
-                                             help="run folder to resume (after 'resume')"),
+                                             help="run folder to resume (after 'resume'), "
+                                             "or the CONFIG.toml to compare samplers on "
+                                             "(after 'compare')"),
     out: Optional[Path] = typer.Option(None, "--out",
         help="run folder to create (required to run)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers (= concurrent "
@@ -154,7 +157,9 @@ def online(
 
     Usage: wheretolearn online CONFIG.toml --out DIR [options], or
     wheretolearn online resume DIR (continue an interrupted study; takes only
-    --max-seconds, --no-progress and --restart).
+    --max-seconds, --no-progress and --restart), or
+    wheretolearn online compare CONFIG.toml --samplers uniform,breed,breed-weighted --seeds 5
+    --out DIR (samplers at the same simulation budget; see docs/online.md, Breed).
     """
     from ._online_args import check_config_path, check_resume_flags, resume
 
