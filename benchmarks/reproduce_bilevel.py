@@ -47,8 +47,9 @@ ROBUSTNESS: dict[str, dict] = {
 }
 ROBUST_EVAL = {"eval_n": [1024], "repeats": 3, "baselines": ["normal"], "num_threads": 1}
 #: Evaluation of the reproduction trials: N = 1024, one draw per source and trial (the
-#: interval is over trials), one thread.
-REPRO_EVAL = {"eval_n": [1024], "repeats": 1, "num_threads": 1}
+#: interval is over trials), one thread; the committed trials were started before the
+#: study's start check existed, so it stays off here (the table shows the bilevel iterate).
+REPRO_EVAL = {"eval_n": [1024], "repeats": 1, "num_threads": 1, "check_start": False}
 #: Trials after the first log the unseen error every 100 steps only (logging; the run itself
 #: is bit-identical, see tests/design/test_bilevel.py), which cuts a step's cost by ~3x.
 SPARSE_LOGGING = {"eval_unseen": 100}
@@ -102,6 +103,8 @@ def robustness(only: list[str] | None) -> Path:
     for name, over in ROBUSTNESS.items():
         if (only and name not in only) or (not only and name in rows):
             continue
+        if only and name in rows:
+            rows[name + " (before the start check)"] = rows.pop(name)
         tmp = Path(tempfile.mkdtemp(prefix="robust-"))
         try:
             s = _study({**over, **ROBUST_EVAL, "bilevel_options": SPARSE_LOGGING}, tmp / "run")
@@ -116,6 +119,7 @@ def robustness(only: list[str] | None) -> Path:
             "seen_error_reported": s["reported_seen_error"],
             "unseen_error_n250_start_end": [s["initial_error"], s["final_error"]],
             "best_step": s["best_step"], "collapse": s["collapse"], "warnings": s["warnings"],
+            "start_check": s.get("start_check"),
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=1, allow_nan=False))

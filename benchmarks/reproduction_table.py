@@ -88,17 +88,22 @@ def robustness_table() -> str:
         return "(no robustness results yet)"
     rows = json.loads(path.read_text())
     lines = ["| configuration | d | lr | start (normal) | reported | not worse | steps cut by the "
-             "trust region | rejected steps |", "|---|---|---|---|---|---|---|---|"]
+             "trust region | rejected steps | start check |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         c = r["collapse"]
+        chk = r.get("start_check")
+        check = ("off (older run)" if chk is None else
+                 "kept the start" if chk["kept_start"] else "kept the iterate")
         lines.append(f"| {name} | {r['settings']['dim']} | {r['settings']['lr']:g} | "
                      f"{r['start_error_1024']:.3f} | {r['reported_error_1024']:.3f} | "
                      f"{'yes' if r['reported_not_worse'] else '**no**'} | "
-                     f"{c.get('clipped_steps', 0)} | {c.get('events', 0)} |")
+                     f"{c.get('clipped_steps', 0)} | {c.get('events', 0)} | {check} |")
     lines.append("")
     lines.append("Unseen error of KRR at N = 1024 (mean of 3 draws) on the start N(m0 1, I) and "
                  "on the reported distribution, one run per row (meta-test seed 0 unless the "
-                 "row says otherwise), 1000 steps with the default step control. Generated from "
+                 "row says otherwise), 1000 steps with the default step control; \"start "
+                 "check\": the study's final seen-split comparison with the start (rows run "
+                 "before it existed say so). Generated from "
                  "`benchmarks/results/reproduction/robustness.json`.")
     return "\n".join(lines)
 

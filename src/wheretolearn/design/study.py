@@ -104,6 +104,10 @@ class BilevelStudyConfig(BaseModel):
     vary_metatest: bool = Field(False, description="draw a new meta-test family per trial")
     trial_offset: int = Field(0, description="index of the first trial: trials k .. k+T-1 of "
                                              "a study can run as separate jobs")
+    check_start: bool = Field(
+        True, description="before the evaluation, fit KRR on eval_n[0] samples of the chosen "
+                          "iterate and of the start and keep the start when the chosen one is "
+                          "not better on the *seen* split")
     seed: int = 0
     n_measures: int = 10
     n_seen: int = 500
@@ -359,11 +363,48 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
                              num_threads=cfg.num_threads, kernel=cfg.kernel,
                              **cfg.bilevel_options)
     chosen = result.best if cfg.use_iterate == "best" else result.final
+    check = _start_check(cfg, problem, metatest, init, chosen, trial) if cfg.check_start else None
+    if check is not None and check["kept_start"]:
+        chosen = init
     sources = _sources(cfg, metatest, chosen, dtype)
     evaluation = _evaluate(cfg, problem, metatest, list(sources.values()), bar, run, trial)
     summary = _summary(cfg, result, chosen, evaluation, metatest, trial)
+    summary["start_check"] = check
+    if check is not None and check["kept_start"]:
+        summary["collapse"]["no_improvement"] = summary["collapse"]["flagged"] = True
+        summary["warnings"].append(
+            f"at N={check['n']} the chosen iterate's seen error ({check['seen_error_chosen']:.4f}) "
+            f"is not below the start's ({check['seen_error_start']:.4f}): 'optimized' reports "
+            f"the start distribution")
     return {"summary": summary, "result": result, "chosen": chosen, "metatest": metatest,
             "sources": {k: getattr(v, "measure", None) for k, v in sources.items()}}
+
+
+_CHECK_DRAWS = 2
+
+
+def _start_check(cfg, problem, metatest, init, chosen, trial: int) -> dict:
+    """Seen error of KRR on ``eval_n[0]`` samples of the chosen iterate and of the start
+    (mean of two draws each, same seeds for both). The bilevel objective is measured at
+    ``n_train`` with one draw per step, so the iterate it picks can lose to the start at the
+    evaluation size; this check uses the seen split only, never the unseen one."""
+    from .evaluation import fit_and_score, source_seed
+
+    n = cfg.eval_n[0]
+    errs = {}
+    for label, measure in (("chosen", chosen), ("start", init)):
+        vals = []
+        for r in range(_CHECK_DRAWS):
+            g = torch.Generator().manual_seed(source_seed(_trial_seed(cfg, trial, 2), 3, r))
+            x = measure.sample(n, generator=g).detach()
+            err, _ = fit_and_score(problem, metatest, x, bandwidth=cfg.bandwidth,
+                                   ridge=cfg.eval_ridge, dtype=cfg.eval_dtype, split="seen",
+                                   kernel=cfg.kernel)
+            vals.append(err)
+        errs[label] = sum(vals) / len(vals)
+    return {"n": n, "draws": _CHECK_DRAWS, "seen_error_chosen": errs["chosen"],
+            "seen_error_start": errs["start"],
+            "kept_start": bool(errs["chosen"] >= errs["start"])}
 
 
 def _sources(cfg, metatest, chosen, dtype) -> dict:
