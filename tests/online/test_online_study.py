@@ -256,8 +256,11 @@ def test_trainer_wall_time_is_split_honestly_and_validation_keeps_to_its_budget(
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     checks = [r for r in rows if "val_mean" in r and "final" not in r]
     assert 1 <= len(checks) < s["batches"]                   # skipped to keep the budget
-    one_check = parts["validation"] / len(checks)
-    assert parts["validation"] <= 0.1 * split["wall_seconds"] + one_check + 1e-9
+    # A check runs only while validation so far is within 10 % of the wall time so far, so the
+    # total can pass the budget by at most the longest single check (whatever the load).
+    cumulative = [0.0] + [r["trainer_validation_seconds"] for r in checks]
+    longest_check = max(b - a for a, b in zip(cumulative, cumulative[1:]))
+    assert parts["validation"] <= 0.1 * split["wall_seconds"] + longest_check + 1e-3
 
 
 def test_failures_before_redraw_accepts_melissas_old_key():
