@@ -20,13 +20,16 @@ working.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from .cluster_config import _BATCH_KINDS, CLUSTER_KINDS, ClusterConfig
-from .dask_private import add_jobs, drop_unsubmitted, submit_jobs
+from .dask_private import add_jobs, close_credential_files, drop_unsubmitted, submit_jobs
 from .job_watch import ClusterHandle
 from .jobs import _job_kwargs, _jobqueue_classes, _submit_error, job_script
 from .reach import check_scheduler_reachable
@@ -35,12 +38,24 @@ __all__ = [
     "CLUSTER_KINDS",
     "ClusterConfig",
     "ClusterHandle",
+    "InsecureClusterWarning",
     "check_scheduler_reachable",
     "job_script",
     "open_cluster",
 ]
 
 _ = _BATCH_KINDS  # re-exported for callers of the former single module
+
+
+class InsecureClusterWarning(UserWarning):
+    """A batch cluster runs without TLS (``[cluster] tls = false``)."""
+
+
+_INSECURE = (
+    "[cluster] tls = false: the Dask scheduler of this run accepts plain tcp:// connections "
+    "without authentication; anyone who can reach its port can run code as you and read "
+    "the simulation data (recorded in summary.json)"
+)
 
 
 @contextmanager
@@ -51,6 +66,7 @@ def open_cluster(
     threads_per_worker: int = 1,
     log_directory: str | None = None,
     connect_timeout: float = 10.0,
+    shared_temp_directory: str | os.PathLike | None = None,
 ) -> Iterator[ClusterHandle]:
     """Start (or connect to) the cluster described by ``cfg`` and close it on exit.
 
@@ -67,6 +83,11 @@ def open_cluster(
         Job stdout/stderr directory, overriding ``cfg.log_directory``.
     connect_timeout : float
         Seconds allowed to reach a scheduler given by address.
+    shared_temp_directory : path, optional
+        Batch kinds with TLS: where the workers' copy of the temporary credentials goes
+        (created with mode 0700 if missing, emptied of them on exit); ``cfg.shared_temp_directory``
+        wins when set. Default: a hidden temporary folder in the current directory,
+        removed on exit.
 
     Yields
     ------
@@ -85,7 +106,7 @@ def open_cluster(
         with _local_cluster(cfg, n_workers, threads_per_worker) as handle:
             yield handle
     else:
-        with _batch_cluster(cfg, n_workers, log_directory) as handle:
+        with _batch_cluster(cfg, n_workers, log_directory, shared_temp_directory) as handle:
             yield handle
 
 
@@ -103,7 +124,16 @@ def _address_cluster(cfg: ClusterConfig, timeout: float) -> Iterator[ClusterHand
     from distributed import Client
 
     check_scheduler_reachable(cfg.address, timeout=timeout)
-    client = Client(cfg.address, timeout=timeout)
+    try:
+        # tls:// addresses: the client's certificates come from the Dask configuration
+        # (distributed.comm.tls.*), checked above.
+        client = Client(cfg.address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ValueError(
+            f"scheduler at {cfg.address} refused the connection within {timeout:g} s "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "a tls:// scheduler needs certificates it trusts, a tcp:// one no TLS"
+        ) from None
     handle = ClusterHandle("address", client, None, target_jobs=0, max_replacements=0)
     try:
         handle._poll()
@@ -139,7 +169,74 @@ def _local_cluster(cfg: ClusterConfig, n_workers: int, threads: int) -> Iterator
 
 
 @contextmanager
-def _batch_cluster(cfg: ClusterConfig, n_workers: int, log_directory: str | None) -> Iterator[ClusterHandle]:
+def _credentials_folder(cfg: ClusterConfig, default: str | os.PathLike | None) -> Iterator[str | None]:
+    """The shared folder for the workers' TLS credentials (``None`` without TLS).
+
+    A folder this function creates is removed on exit; the credential files themselves
+    are removed by dask-jobqueue when the cluster object goes away.
+    """
+    if not cfg.tls:
+        yield None
+        return
+    chosen = cfg.shared_temp_directory or default
+    created = None
+    if chosen is None:
+        created = chosen = tempfile.mkdtemp(prefix=".wheretolearn-tls-", dir=os.getcwd())
+    else:
+        folder = Path(chosen).expanduser()
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True)
+            created = str(folder)
+    try:
+        yield str(chosen)
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _tls_options(cfg: ClusterConfig, shared: str | None) -> dict[str, Any]:
+    """dask-jobqueue keywords for TLS with temporary credentials (none without TLS)."""
+    if not cfg.tls:
+        return {}
+    try:
+        import cryptography  # noqa: F401  (Security.temporary() needs it)
+    except ImportError:
+        raise ValueError(
+            "[cluster] tls = true needs the 'cryptography' package (pip install cryptography), "
+            "or set tls = false to run without encryption"
+        ) from None
+    return {"security": True, "shared_temp_directory": shared}
+
+
+def _batch_cluster_kwargs(cfg: ClusterConfig, log_directory: str | None, shared: str | None) -> dict[str, Any]:
+    """Keyword arguments of the dask-jobqueue cluster class for ``cfg``; warns
+    (:class:`InsecureClusterWarning`) when ``cfg.tls`` is false."""
+    tls = _tls_options(cfg, shared)
+    if not cfg.tls:
+        warnings.warn(_INSECURE, InsecureClusterWarning, stacklevel=5)
+    return dict(
+        # A random port for the scheduler's HTTP endpoints, on loopback only: no clash
+        # with another scheduler on this host, nothing served to the network, and no
+        # dashboard (bokeh is not a dependency).
+        scheduler_options={"dashboard_address": "127.0.0.1:0", "dashboard": False},
+        **_job_kwargs(cfg, log_directory=log_directory),
+        **tls,
+    )
+
+
+@contextmanager
+def _batch_cluster(
+    cfg: ClusterConfig, n_workers: int, log_directory: str | None, shared: str | os.PathLike | None
+) -> Iterator[ClusterHandle]:
+    with _credentials_folder(cfg, shared) as folder:
+        with _batch_cluster_in(cfg, n_workers, log_directory, folder) as handle:
+            yield handle
+
+
+@contextmanager
+def _batch_cluster_in(
+    cfg: ClusterConfig, n_workers: int, log_directory: str | None, shared: str | None
+) -> Iterator[ClusterHandle]:
     from distributed import Client
 
     cluster_cls, job_cls = _jobqueue_classes(cfg.kind)
@@ -154,12 +251,7 @@ def _batch_cluster(cfg: ClusterConfig, n_workers: int, log_directory: str | None
     if logs is None:
         tmp_logs = tempfile.mkdtemp(prefix="wheretolearn-joblogs-")
         logs = tmp_logs
-    cluster = cluster_cls(
-        # A random port for the scheduler's HTTP endpoints: no clash with another
-        # scheduler on this host, and no dashboard (bokeh is not a dependency).
-        scheduler_options={"dashboard_address": ":0", "dashboard": False},
-        **_job_kwargs(cfg, log_directory=str(logs)),
-    )
+    cluster = cluster_cls(**_batch_cluster_kwargs(cfg, str(logs), shared))
     client = _client_or_close(Client, cluster)
     target = cfg.n_jobs(n_workers)
     handle = ClusterHandle(
@@ -184,5 +276,6 @@ def _batch_cluster(cfg: ClusterConfig, n_workers: int, log_directory: str | None
         handle._stop_watcher()
         client.close()
         cluster.close()
+        close_credential_files(cluster)
         if tmp_logs:
             shutil.rmtree(tmp_logs, ignore_errors=True)

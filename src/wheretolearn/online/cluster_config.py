@@ -26,7 +26,9 @@ class ClusterConfig(BaseModel):
         one batch job per ``processes`` workers, submitted through dask-jobqueue.
         ``address``: connect to a running Dask scheduler at ``address``.
     address : str, optional
-        Scheduler address ``tcp://host:port`` (required for ``kind="address"``).
+        Scheduler address ``tcp://host:port`` or ``tls://host:port`` (required for
+        ``kind="address"``); a ``tls://`` scheduler is reached with the certificates of
+        the Dask configuration (``distributed.comm.tls.*``).
     queue : str, optional
         Partition (Slurm) or queue (PBS, SGE); required for the batch kinds.
     cores, processes : int
@@ -54,6 +56,17 @@ class ClusterConfig(BaseModel):
         Network interface the scheduler and workers use (e.g. ``"ib0"``).
     max_replacement_jobs : int
         How many jobs that ended early may be replaced in one run.
+    tls : bool
+        Batch kinds: the scheduler, its workers and the study's client talk TLS with
+        mutual authentication, using temporary credentials made for this run (default
+        ``True``). ``False`` opens a plain ``tcp://`` scheduler that anyone who can reach
+        its port can use to run code as you: a warning is printed and ``summary.json``
+        records it. ``local`` clusters listen on 127.0.0.1 only and ignore this key.
+    shared_temp_directory : str, optional
+        Where the workers' copy of the temporary credentials is written (key files
+        readable by you only, removed when the cluster closes); it must be on a
+        filesystem the compute nodes see. Default: a hidden folder ``.dask-tls`` inside
+        the run folder.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -73,6 +86,8 @@ class ClusterConfig(BaseModel):
     log_directory: str | None = None
     interface: str | None = None
     max_replacement_jobs: int = Field(10, ge=0)
+    tls: bool = True
+    shared_temp_directory: str | None = None
 
     @field_validator("walltime")
     @classmethod
@@ -101,7 +116,11 @@ class ClusterConfig(BaseModel):
                 f"cluster kind {self.kind!r} needs queue (the partition/queue the jobs go to)"
             )
         if self.kind == "address" and not self.address:
-            raise ValueError("cluster kind 'address' needs address (e.g. 'tcp://host:8786')")
+            raise ValueError("cluster kind 'address' needs address (e.g. 'tls://host:8786')")
+        if self.address and "://" in self.address and not self.address.startswith(("tcp://", "tls://")):
+            raise ValueError(
+                f"address {self.address!r} must start with 'tcp://' or 'tls://' (e.g. 'tls://host:8786')"
+            )
         if self.processes > self.cores:
             raise ValueError(
                 f"processes ({self.processes}) must not exceed cores ({self.cores}): "

@@ -14,7 +14,8 @@ import inspect
 from typing import Any
 
 __all__ = ["add_jobs", "drop_unsubmitted", "submit_jobs", "submit_jobs_async",
-           "fresh_job_names", "worker_processes_per_job", "private_api_problems"]
+           "fresh_job_names", "worker_processes_per_job", "close_credential_files",
+           "private_api_problems"]
 
 
 def add_jobs(cluster: Any, n: int) -> None:
@@ -58,6 +59,18 @@ def fresh_job_names(cluster: Any) -> None:
 def worker_processes_per_job(cluster: Any) -> int:
     """Dask workers one job of this dask-jobqueue cluster starts."""
     return int(cluster._dummy_job.worker_processes)
+
+
+def close_credential_files(cluster: Any) -> None:
+    """Delete the workers' temporary TLS files now, not when the cluster is garbage
+    collected (dask-jobqueue keeps them as ``cluster._job_<key>`` temporary files)."""
+    for key in ("ca_file", "cert", "key"):
+        handle = getattr(cluster, f"_job_{key}", None)
+        if handle is not None:
+            try:
+                handle.close()
+            except FileNotFoundError:  # its folder was removed already
+                pass
 
 
 def private_api_problems(cluster: Any | None = None) -> list[str]:

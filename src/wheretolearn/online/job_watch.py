@@ -149,11 +149,19 @@ class ClusterHandle:
             return list(self._job_ids)
 
     def info(self) -> dict:
-        """``{"kind", "jobs_submitted", "workers_seen": [...]}`` for ``summary.json``."""
+        """``{"kind", "scheduler", "tls", "jobs_submitted", "workers_seen": [...]}`` for
+        ``summary.json``; ``tls`` is whether the scheduler address is ``tls://``."""
         self._poll()
         with self._lock:
             seen = list(self._workers_seen)
-        return {"kind": self.kind, "jobs_submitted": self.jobs_submitted, "workers_seen": seen}
+        address = self.scheduler_address
+        return {"kind": self.kind, "scheduler": address, "tls": address.startswith("tls://"),
+                "jobs_submitted": self.jobs_submitted, "workers_seen": seen}
+
+    @property
+    def scheduler_address(self) -> str:
+        """The address the client talks to (``tls://...`` for a batch cluster with TLS)."""
+        return str(self.client.scheduler.address)
 
     def _poll(self) -> None:
         try:

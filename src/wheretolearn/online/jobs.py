@@ -52,6 +52,20 @@ def _job_kwargs(cfg: ClusterConfig, *, log_directory: str | None) -> dict[str, A
     return kwargs
 
 
+def _preview_security(cfg: ClusterConfig) -> Any:
+    """The worker credentials a TLS job script names, as placeholders (the real files are
+    written, readable by the user only, when the cluster starts)."""
+    from distributed.security import Security
+
+    folder = cfg.shared_temp_directory or "<run-folder>/.dask-tls"
+    return Security(
+        require_encryption=True,
+        tls_ca_file=f"{folder}/.dask-jobqueue.worker.ca_file.<random>",
+        tls_worker_cert=f"{folder}/.dask-jobqueue.worker.cert.<random>",
+        tls_worker_key=f"{folder}/.dask-jobqueue.worker.key.<random>",
+    )
+
+
 def _submit_error(exc: BaseException) -> str:
     """The batch system's own complaint from dask-jobqueue's submission error."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -80,7 +94,8 @@ def job_script(cfg: ClusterConfig, *, n_workers: int = 1) -> str:
     Returns
     -------
     str
-        The script; the scheduler address is a placeholder until the cluster starts.
+        The script; the scheduler address (``tls://`` unless ``cfg.tls`` is false) and
+        the credential file names are placeholders until the cluster starts.
     """
     from wheretolearn._validation import check_positive_int
 
@@ -91,10 +106,12 @@ def job_script(cfg: ClusterConfig, *, n_workers: int = 1) -> str:
             f"one of {', '.join(_BATCH_KINDS)}"
         )
     _, job_cls = _jobqueue_classes(cfg.kind)
+    tls = {"protocol": "tls://", "security": _preview_security(cfg)} if cfg.tls else {}
     job = job_cls(
-        scheduler="tcp://<scheduler-address>:<port>",
+        scheduler=("tls" if cfg.tls else "tcp") + "://<scheduler-address>:<port>",
         name="wheretolearn-worker",
         **_job_kwargs(cfg, log_directory=cfg.log_directory),
+        **tls,
     )
     n_jobs = cfg.n_jobs(n_workers)
     return (

@@ -4,18 +4,44 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["check_scheduler_reachable"]
+__all__ = ["check_scheduler_reachable", "check_tls_credentials"]
+
+
+def check_tls_credentials(address: str) -> None:
+    """Raise ``ValueError`` unless the Dask configuration gives a client of the ``tls://``
+    scheduler at ``address`` a CA file and a certificate (``distributed.comm.tls.*``)."""
+    import os
+
+    from distributed.security import Security
+
+    sec = Security()
+    missing = [key for key, value in (("distributed.comm.tls.ca-file", sec.tls_ca_file),
+                                      ("distributed.comm.tls.client.cert", sec.tls_client_cert))
+               if not value]
+    if missing:
+        raise ValueError(
+            f"scheduler {address} uses TLS but the Dask configuration sets no {' and no '.join(missing)} "
+            "(e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=client.pem "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=client.key)"
+        )
+    for value in (sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key):
+        if value and "\n" not in value and not os.path.isfile(os.path.expanduser(value)):
+            raise ValueError(f"scheduler {address}: TLS file {value!r} from the Dask configuration does not exist")
 
 
 def check_scheduler_reachable(address: str, timeout: float = 5.0) -> None:
     """Raise ``ValueError`` unless a TCP connection to the scheduler ``address`` opens
-    within ``timeout`` seconds.
+    within ``timeout`` seconds (and, for ``tls://``, the Dask configuration names the
+    client's certificates).
 
     Parameters
     ----------
     address : str
-        ``tcp://host:port`` (``tls://`` and ``ws://`` are checked the same way; a bare
-        ``host:port`` means ``tcp://``).
+        ``tcp://host:port`` or ``tls://host:port`` (a bare ``host:port`` means
+        ``tcp://``). A ``tls://`` scheduler needs ``distributed.comm.tls.ca-file`` and
+        ``distributed.comm.tls.client.cert`` (and ``.key`` unless the cert file holds it)
+        in the Dask configuration, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``.
     timeout : float
         Seconds to wait for the connection.
     """
@@ -24,7 +50,7 @@ def check_scheduler_reachable(address: str, timeout: float = 5.0) -> None:
     if not isinstance(address, str) or not address:
         raise ValueError(f"scheduler address must be a string like 'tcp://host:8786', got {address!r}")
     try:
-        _, location = parse_address(address)
+        scheme, location = parse_address(address)
         host, port = parse_host_port(location)
     except (ValueError, TypeError) as exc:
         raise ValueError(
@@ -32,6 +58,8 @@ def check_scheduler_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
     if not port:
         raise ValueError(f"scheduler address {address!r} has no port (e.g. 'tcp://host:8786')")
+    if scheme == "tls":
+        check_tls_credentials(address)
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass

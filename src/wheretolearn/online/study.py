@@ -349,7 +349,10 @@ class OnlineStudy:
         self.counters["sessions"] += 1
         max_seconds = max_seconds if max_seconds is not None else cfg.study.max_seconds
         ex_cfg = cfg.executor
-        with open_cluster(cfg.cluster, n_workers=ex_cfg.workers) as handle:
+        # Batch clusters with TLS: the workers' copy of the credentials goes to a hidden
+        # folder of the run (on the shared filesystem), removed when the cluster closes.
+        with open_cluster(cfg.cluster, n_workers=ex_cfg.workers,
+                          shared_temp_directory=self.run_dir / ".dask-tls") as handle:
             executor = EnsembleExecutor(
                 handle.client, self.problem_spec, self.ledger, self.sampler, self._on_sample,
                 n_simulations=cfg.study.n_simulations, max_concurrent=ex_cfg.concurrency,
