@@ -251,3 +251,32 @@ def test_layered_conductivity_uses_harmonic_face_means():
     assert right.std() < 1e-12 and left.std() < 1e-12
     harmonic = 2 * col[:-1] * col[1:] / (col[:-1] + col[1:])
     assert right.mean() - left.mean() == pytest.approx(h * (1 / harmonic).sum(), rel=1e-10)
+
+
+def test_input_measure_w2_is_that_of_the_mean_removed_law_against_pot():
+    """W2 of two NtD input measures is computed on the law of their (mean-removed) samples,
+    as their second moment is: POT's Bures distance on the explicit (n, n) covariances in the
+    quadrature norm agrees; the field formula (before the removal) does not."""
+    import ot
+
+    from wheretolearn.measures import wasserstein2, wasserstein2_squared
+
+    a = NtDInputMeasure(3.0, n_boundary=40, n_modes=25, dtype="float64")
+    b = NtDInputMeasure(5.0, tau=2.0, alpha=2.5, sigma=4.0, n_boundary=40, n_modes=25,
+                        dtype="float64")
+    q = a.field.basis.quadrature_weights
+    sq = q.sqrt()
+    phi = a.field.basis.functions.reshape(25, -1)
+    pc = phi - phi.mean(dim=1, keepdim=True)
+
+    def moments(m):
+        cov = pc.T @ torch.diag(m.eigenvalues) @ pc
+        return sq * m.mean_function(), sq[:, None] * cov * sq[None, :]
+
+    (ma, ca), (mb, cb) = moments(a), moments(b)
+    ref = float(ot.gaussian.bures_wasserstein_distance(ma, mb, ca, cb)) ** 2
+    got = float(wasserstein2_squared(a, b))
+    assert got == pytest.approx(ref, rel=1e-6)
+    assert abs(float(wasserstein2(a.field, b.field)) ** 2 - ref) > 1e-3 * ref
+    # a measure is at distance 0 from itself (nuclear norm = trace for a PSD matrix)
+    assert float(wasserstein2_squared(a, a)) == pytest.approx(0.0, abs=1e-9)

@@ -149,6 +149,8 @@ def wasserstein2_squared(a, b, *, method: str = "emd", reg: float | None = None,
       ``||m1 - m2||^2 + tr C1 + tr C2 - 2 tr (C1^{1/2} C2 C1^{1/2})^{1/2}``.
     * ``GaussianRandomField`` pair on the same basis:
       ``||m1 - m2||_h^2 + sum_k (sqrt(l1_k) - sqrt(l2_k))^2`` (quadrature L2 norm ``h``).
+    * ``NtDInputMeasure`` pair: the mean-removed laws (the law of their samples), see
+      :meth:`NtDInputMeasure.wasserstein2_squared`.
     * ``Empirical``, ``Empirical``: ``min_P <P, M>`` with ``M_il = ||x_i - y_l||^2``
       (weighted by the measures' ``quadrature_weights`` if set), exact (``method="emd"``,
       ``ot.emd2``) or entropic (``method="sinkhorn"``, ``ot.sinkhorn2`` in log domain with
@@ -179,6 +181,10 @@ def wasserstein2_squared(a, b, *, method: str = "emd", reg: float | None = None,
         return _w2sq_gaussian(a, b)
     if isinstance(a, GaussianRandomField) and isinstance(b, GaussianRandomField):
         return _w2sq_field(a, b)
+    from .boundary import NtDInputMeasure
+
+    if isinstance(a, NtDInputMeasure) and isinstance(b, NtDInputMeasure):
+        return a.wasserstein2_squared(b)   # the mean-removed laws, as their samples
     if isinstance(a, Empirical) and isinstance(b, Empirical):
         return _w2sq_empirical(a, b, method=method, reg=reg, num_iter_max=num_iter_max)
     raise TypeError("wasserstein2 supports (Gaussian, Gaussian), (GaussianRandomField, "
