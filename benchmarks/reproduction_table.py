@@ -88,7 +88,7 @@ def robustness_table() -> str:
         return "(no robustness results yet)"
     rows = json.loads(path.read_text())
     lines = ["| configuration | d | lr | start (normal) | reported | not worse | steps cut by the "
-             "trust region | rejected steps | start check |", "|---|---|---|---|---|---|---|---|---|"]
+             "trust region | rejected steps | start check |", "|" + "---|" * 9]
     for name, r in rows.items():
         c = r["collapse"]
         chk = r.get("start_check")

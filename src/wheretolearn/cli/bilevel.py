@@ -88,7 +88,7 @@ def demo(
     num_threads: Optional[int] = typer.Option(None, "--num-threads",
                                               help="torch threads (default: automatic)"),
 ) -> None:
-    """Small Sobol G bilevel study (300 steps; prints its time per step): run folder, figures, table."""
+    """Small Sobol G bilevel study (300 steps): run folder, figures, table."""
     from ..design.study import DEMO_SETTINGS, resolve_study_config
 
     file_cfg = load_toml(config) if config is not None else None
