@@ -176,7 +176,7 @@ def test_server_killed_then_resumed(tmp_path):
     assert batches == sorted(set(batches))                    # no batch logged twice
 
 
-def kill_at_random_instants(tmp_path, n_kills, seed, t_window=2.0):
+def kill_at_random_instants(tmp_path, n_kills, seed, t_window=2.0, n_sims=24):
     """SIGKILL a study ``n_kills`` times at random instants, ``resume`` after each, then
     check exactly-once accounting and that no sample was trained twice or lost.
 
@@ -188,7 +188,6 @@ def kill_at_random_instants(tmp_path, n_kills, seed, t_window=2.0):
 
     rng = np.random.default_rng(seed)
     run_dir = tmp_path / "run"
-    n_sims = 24
     cfg = tiny(study={"n_simulations": n_sims}, buffer={"kind": "fifo"},
                checkpoint={"every_batches": 3}, validation={"every_batches": 7},
                executor={"workers": 1})
@@ -238,7 +237,8 @@ def test_killed_at_random_instants_then_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_killed_at_20_random_instants_then_resumed(tmp_path):
-    kills, _ = kill_at_random_instants(tmp_path, n_kills=20, seed=1)
+    # long enough that 20 kills (each after at least one new checkpoint) fit in the study
+    kills, _ = kill_at_random_instants(tmp_path, n_kills=20, seed=1, t_window=1.0, n_sims=90)
     assert kills >= 15
 
 
