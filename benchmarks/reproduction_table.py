@@ -97,7 +97,7 @@ def robustness_table() -> str:
         # a kept start *is* the start distribution: the two columns differ by draws only
         not_worse = bool(chk and chk["kept_start"]) or r["reported_error_1024"] <= r["start_error_1024"]
         lines.append(f"| {name} | {r['settings']['dim']} | {r['settings']['lr']:g} | "
-                     f"{r['start_error_1024']:.3f} | {r['reported_error_1024']:.3f} | "
+                     f"{r['start_error_1024']:.3g} | {r['reported_error_1024']:.3g} | "
                      f"{'yes' if not_worse else '**no**'} | "
                      f"{c.get('clipped_steps', 0)} | {c.get('events', 0)} | {check} |")
     lines.append("")
