@@ -19,7 +19,10 @@ pytestmark = pytest.mark.slurm
 
 
 def _slurm_cfg(partition: str, **kw) -> ClusterConfig:
-    return ClusterConfig(kind="slurm", queue=partition, memory="1GB", walltime="00:10:00", **kw)
+    # interface "lo": the scheduler and workers listen on loopback only (the local Slurm
+    # node is 127.0.0.1), so the tests send no traffic to the network.
+    return ClusterConfig(kind="slurm", queue=partition, memory="1GB", walltime="00:10:00",
+                         interface="lo", **kw)
 
 
 def _job_state(job_id: str) -> str:
@@ -142,6 +145,7 @@ kind = "local"          # --cluster slurm overrides it
 queue = "{partition}"
 memory = "1GB"
 walltime = "00:10:00"
+interface = "lo"        # scheduler and workers on loopback only
 """
 
 
@@ -171,6 +175,9 @@ def test_heat_study_runs_on_slurm_from_the_cli(slurm_partition, tmp_path):
     _check_ensemble_accounted_for(summary, n_steps=20)
     assert summary["simulations_completed"] == 8
     assert summary["cluster"]["kind"] == "slurm"
+    assert summary["cluster"]["tls"] is True  # TLS by default
+    assert summary["cluster"]["scheduler"].startswith("tls://127.0.0.1:")
+    assert not (out / ".dask-tls").exists()  # the workers' credentials went with the cluster
     assert summary["cluster"]["jobs_submitted"] == 2
     assert len(summary["cluster"]["workers_seen"]) == 2
 
@@ -270,3 +277,60 @@ def test_replacements_stop_at_max_replacement_jobs(slurm_partition, tmp_path):
         time.sleep(2.5)  # watcher passes that must not submit anything
         handle.ensure_workers()
         assert handle.jobs_submitted == 1 and handle.jobs_replaced == 0
+
+
+def _intruder_refused(address: str, security=None) -> str:
+    """Try a Dask client at ``address``; return how the connection was refused (the test
+    fails if it got in, or if it failed for another reason than a refused connection)."""
+    from distributed import Client
+
+    try:
+        with Client(address, security=security, timeout=5):
+            pass
+    except (OSError, TimeoutError) as exc:  # CommClosedError, FatalCommClosedError are OSErrors
+        return f"{type(exc).__name__}: {str(exc)[:100]}"
+    raise AssertionError(f"a client without the run's credentials connected to {address}")
+
+
+def _tls_without_certificate_refused(address: str) -> str:
+    """Open a TLS connection that presents no client certificate (and trusts any server);
+    return how the scheduler refused it (mutual TLS: it demands a certificate)."""
+    import socket
+    import ssl
+
+    host, port = address.split("://", 1)[1].rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(b"\0" * 8)
+                data = tls.recv(1)  # TLS 1.3: the server's verdict arrives with the first read
+        except (ssl.SSLError, ConnectionError) as exc:
+            return f"{type(exc).__name__}: {str(exc)[:100]}"
+    assert data == b"", f"the scheduler answered a client without a certificate: {data!r}"
+    return "connection closed by the scheduler"
+
+
+def test_client_without_the_credentials_is_refused_while_the_cluster_works(slurm_partition, tmp_path):
+    from distributed.security import Security
+
+    with open_cluster(_slurm_cfg(slurm_partition), n_workers=1, log_directory=str(tmp_path),
+                      shared_temp_directory=tmp_path / "tls") as handle:
+        address = handle.scheduler_address
+        job = handle.client.submit(time.sleep, 3.0, pure=False)  # a task in flight meanwhile
+        start = time.monotonic()
+        refusals = [
+            _intruder_refused("tcp://" + address.split("://", 1)[1]),  # plain tcp to the TLS port
+            _tls_without_certificate_refused(address),  # tls, no client certificate
+            _intruder_refused(address, Security.temporary()),  # tls with someone else's CA
+        ]
+        refused_in = time.monotonic() - start
+        job.result(timeout=90)  # the run's own work still completes
+        result = handle.client.submit(os.getenv, "SLURM_JOB_ID", pure=False).result(timeout=30)
+        job_ids = handle.job_ids
+    print(f"intruders refused in {refused_in:.1f} s:", *refusals, sep="\n  ")
+    assert address.startswith("tls://127.0.0.1:")
+    assert result in job_ids
+    assert refused_in < 30
