@@ -182,6 +182,27 @@ def test_heat_study_runs_on_slurm_from_the_cli(slurm_partition, tmp_path):
     assert len(summary["cluster"]["workers_seen"]) == 2
 
 
+def test_tls_false_from_the_cli_warns_once_and_is_recorded(slurm_partition, tmp_path):
+    import json
+    import sys
+
+    config = tmp_path / "study.toml"
+    config.write_text(_STUDY_TOML.format(n_steps=5, n_simulations=2, partition=slurm_partition)
+                      + "tls = false\n")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wheretolearn", "online", str(config), "--out", str(out),
+         "--cluster", "slurm", "--no-progress"],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [ln for ln in proc.stderr.splitlines() if "tls = false" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: [cluster] tls = false")
+    cluster = json.loads((out / "summary.json").read_text())["cluster"]
+    assert cluster["tls"] is False and cluster["scheduler"].startswith("tcp://127.0.0.1:")
+    assert json.loads((out / "summary.json").read_text())["simulations_completed"] == 2
+
+
 def test_refused_submission_from_the_cli_exits_2_and_leaves_no_run_folder(tmp_path):
     import sys
 

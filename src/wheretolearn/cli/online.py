@@ -6,6 +6,7 @@ merged as: defaults < CONFIG.toml < flags. Heavy imports happen inside the comma
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -114,7 +115,8 @@ def online(
                                           help="uniform | halton | sobol | lhs | breed "
                                           "(default uniform)"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running "
-                                            "Dask scheduler (tcp://host:port; default: none)"),
+                                            "Dask scheduler (tls://host:port with certificates from the Dask configuration, "
+                                            "or tcp://host:port; default: none)"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm | pbs | sge | "
                                           "address (overrides [cluster] kind; default local)"),
     print_job_script: bool = typer.Option(False, "--print-job-script",
@@ -200,9 +202,28 @@ def online(
     from ..online.preflight import preflight
 
     preflight(cfg, out)              # before the progress display and the run folder
-    summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
-                   progress=not no_progress, max_seconds=max_seconds)
+    with _insecure_cluster_warning(cfg.cluster):
+        summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
+                       progress=not no_progress, max_seconds=max_seconds)
     _print_summary(summary, out)
+
+
+@contextmanager
+def _insecure_cluster_warning(cluster_cfg):
+    """``[cluster] tls = false`` on a batch kind: one ``warning:`` line on stderr before the
+    run (instead of Python's warning display with a source line)."""
+    import warnings
+
+    from ..online.cluster import InsecureClusterWarning
+    from ..online.cluster_config import _BATCH_KINDS
+
+    with warnings.catch_warnings():
+        if cluster_cfg.kind in _BATCH_KINDS and not cluster_cfg.tls:
+            from ..online.cluster import _INSECURE
+
+            typer.echo(f"warning: {_INSECURE}", err=True)
+            warnings.simplefilter("ignore", InsecureClusterWarning)
+        yield
 
 
 def check_max_seconds(value: float | None) -> None:
