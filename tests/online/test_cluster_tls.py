@@ -154,3 +154,30 @@ def test_tls_scheduler_is_used_with_configured_certificates(tmp_path):
                 with open_cluster(cfg, n_workers=1, connect_timeout=3):
                     pass
     assert address.startswith("tls://127.0.0.1:")
+
+
+def test_code_given_only_the_address_reaches_a_tls_scheduler_started_here():
+    """AMA labelling and dataset generation get the scheduler's address only: a TLS
+    scheduler this process started is found by address, while it is registered."""
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    from wheretolearn.datasets.generate import check_scheduler
+    from wheretolearn.online.reach import forget_scheduler, register_scheduler
+
+    sec = Security.temporary()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://",
+                      host="127.0.0.1", security=sec, dashboard_address=":0",
+                      scheduler_kwargs={"dashboard": False}) as cluster:
+        address = cluster.scheduler_address
+        with pytest.raises(ValueError, match="sets no distributed.comm.tls.ca-file"):
+            check_scheduler(address)  # not ours, and no certificates configured
+        register_scheduler(address, sec)
+        try:
+            check_scheduler(address)
+            with Client(address, timeout=20) as client:
+                assert client.submit(os.getpid, pure=False).result(timeout=20) == os.getpid()
+        finally:
+            forget_scheduler(address)
+        with pytest.raises(ValueError, match="sets no distributed.comm.tls.ca-file"):
+            check_scheduler(address)

@@ -586,6 +586,10 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise ValueError(f"scheduler at {address} cannot be reached within {timeout:g} s "
                          f"({type(exc).__name__}: {exc})") from None
+    if address.startswith("tls://"):
+        from ..online.reach import client_security
+
+        client_security(address)  # a ValueError naming the missing certificates
     # Something listens: make sure it is a Dask scheduler (a Client waits forever on a peer
     # that accepts but never answers, and reads garbage frame sizes from other services).
     try:
@@ -602,7 +606,10 @@ async def _identity(address: str, timeout: float) -> Any:
     """The scheduler's ``identity`` reply (a dict with ``type = "Scheduler"``)."""
     from distributed.comm import connect
 
-    comm = await connect(address, timeout=timeout)
+    from ..online.reach import client_security
+
+    # tls:// schedulers: the run's own credentials or those of the Dask configuration.
+    comm = await connect(address, timeout=timeout, **client_security(address).get_connection_args("client"))
     try:
         await comm.write({"op": "identity", "reply": True})
         return await comm.read()

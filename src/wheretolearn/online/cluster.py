@@ -32,7 +32,7 @@ from .cluster_config import _BATCH_KINDS, CLUSTER_KINDS, ClusterConfig
 from .dask_private import add_jobs, close_credential_files, drop_unsubmitted, submit_jobs
 from .job_watch import ClusterHandle
 from .jobs import _job_kwargs, _jobqueue_classes, _submit_error, job_script
-from .reach import check_scheduler_reachable
+from .reach import check_scheduler_reachable, forget_scheduler, register_scheduler
 
 __all__ = [
     "CLUSTER_KINDS",
@@ -253,6 +253,9 @@ def _batch_cluster_in(
         logs = tmp_logs
     cluster = cluster_cls(**_batch_cluster_kwargs(cfg, str(logs), shared))
     client = _client_or_close(Client, cluster)
+    address = str(cluster.scheduler_address)
+    if cfg.tls:
+        register_scheduler(address, cluster.security)
     target = cfg.n_jobs(n_workers)
     handle = ClusterHandle(
         cfg.kind, client, cluster, target_jobs=target, max_replacements=cfg.max_replacement_jobs
@@ -277,5 +280,6 @@ def _batch_cluster_in(
         client.close()
         cluster.close()
         close_credential_files(cluster)
+        forget_scheduler(address)
         if tmp_logs:
             shutil.rmtree(tmp_logs, ignore_errors=True)

@@ -4,7 +4,47 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["check_scheduler_reachable", "check_tls_credentials"]
+__all__ = ["check_scheduler_reachable", "check_tls_credentials", "client_security", "security_loader"]
+
+# Credentials of the TLS schedulers this process started (address -> distributed Security),
+# so that code given only the address (AMA labelling, dataset generation) can connect.
+_OWN_SCHEDULERS: dict = {}
+
+
+def register_scheduler(address: str, security) -> None:
+    """Remember the credentials of a TLS scheduler started here, and make
+    ``distributed.Client(address)`` find them (Dask's ``distributed.client.security-loader``,
+    set unless the user configured one)."""
+    import dask
+
+    _OWN_SCHEDULERS[address] = security
+    if dask.config.get("distributed.client.security-loader", None) is None:
+        dask.config.set({"distributed.client.security-loader": f"{__name__}.security_loader"})
+
+
+def forget_scheduler(address: str) -> None:
+    """Forget the credentials of a scheduler that closed."""
+    _OWN_SCHEDULERS.pop(address, None)
+
+
+def security_loader(info: dict):
+    """Dask client security loader: the credentials of a scheduler started in this process,
+    ``None`` (Dask's configuration) for any other address."""
+    return _OWN_SCHEDULERS.get(info.get("address"))
+
+
+def client_security(address: str):
+    """The ``distributed.security.Security`` a client of ``address`` uses: the run's own
+    credentials for a TLS scheduler this process started, else the Dask configuration
+    (for a ``tls://`` address it must name the certificates: :func:`check_tls_credentials`)."""
+    from distributed.security import Security
+
+    own = _OWN_SCHEDULERS.get(address)
+    if own is not None:
+        return own
+    if address.startswith("tls://"):
+        check_tls_credentials(address)
+    return Security()
 
 
 def check_tls_credentials(address: str) -> None:
@@ -59,7 +99,7 @@ def check_scheduler_reachable(address: str, timeout: float = 5.0) -> None:
     if not port:
         raise ValueError(f"scheduler address {address!r} has no port (e.g. 'tcp://host:8786')")
     if scheme == "tls":
-        check_tls_credentials(address)
+        client_security(address)
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
