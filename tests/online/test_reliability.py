@@ -238,7 +238,7 @@ def test_killed_at_random_instants_then_resumed(tmp_path):
 @pytest.mark.slow
 def test_killed_at_20_random_instants_then_resumed(tmp_path):
     # long enough that 20 kills (each after at least one new checkpoint) fit in the study
-    kills, _ = kill_at_random_instants(tmp_path, n_kills=20, seed=1, t_window=1.0, n_sims=90)
+    kills, _ = kill_at_random_instants(tmp_path, n_kills=20, seed=1, t_window=1.0, n_sims=300)
     assert kills >= 15
 
 
