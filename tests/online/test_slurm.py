@@ -348,6 +348,11 @@ def test_client_without_the_credentials_is_refused_while_the_cluster_works(slurm
             _intruder_refused(address, Security.temporary()),  # tls with someone else's CA
         ]
         refused_in = time.monotonic() - start
+        # Code of this process given only the address (AMA labelling) gets in.
+        from distributed import Client
+
+        with Client(address, timeout=20) as own:
+            assert own.submit(os.getenv, "SLURM_JOB_ID", pure=False).result(timeout=30) in handle.job_ids
         job.result(timeout=90)  # the run's own work still completes
         result = handle.client.submit(os.getenv, "SLURM_JOB_ID", pure=False).result(timeout=30)
         job_ids = handle.job_ids
