@@ -57,21 +57,33 @@ def _print_summary(summary: dict) -> None:
 @cli_errors
 def ama(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
-    problem: Optional[str] = typer.Option(None, "--problem", help="ntd | darcy"),
+    problem: Optional[str] = typer.Option(
+        None, "--problem", help="ntd | darcy (required unless --config sets problem)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="ci | small | paper (default ci)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="independent AMA runs"),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="AMA iterations"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="TOML file of settings (default: none, the preset alone)"),
+    repeats: Optional[int] = typer.Option(
+        None, "--repeats", help="independent AMA runs (default: the preset's)"),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", help="AMA iterations (default: the preset's)"),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="seed of the first repeat (default 0)"),
     lipschitz: Optional[str] = typer.Option(
-        None, "--lipschitz", help="auto (estimate L and L') or a fixed value for both"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (model training)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers for labelling"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler ADDRESS"),
+        None, "--lipschitz",
+        help="auto (estimate L and L') or a fixed value for both (default auto)"),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu | cuda (model training; default cpu)"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Dask workers for labelling (default: label in this process)"),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Dask scheduler ADDRESS (default: none)"),
     cluster: Optional[str] = typer.Option(
-        None, "--cluster", help="local | slurm | pbs | sge (uses the config's [cluster] table)"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="labelled data (zarr)"),
-    num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads"),
+        None, "--cluster",
+        help="local | slurm | pbs | sge (uses the config's [cluster] table; default: none)"),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="labelled data (zarr; default: kept in memory)"),
+    num_threads: Optional[int] = typer.Option(
+        None, "--num-threads", help="torch threads (default: torch's current count)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:

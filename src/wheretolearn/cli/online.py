@@ -133,7 +133,8 @@ def online(
     problem: Optional[str] = typer.Option(None, "--problem", help="the simulator (overrides "
                                           "[study] problem): heat2d, a plugin name, "
                                           "pkg.module:factory or file.py:factory; see "
-                                          "docs/user_solver.md"),
+                                          "docs/user_solver.md (default: the config's problem, "
+                                          "heat2d)"),
     option: list[str] = typer.Option([], "--option", "-o", help="problem option key=value "
                                      "(repeatable; merged into [study.options])"),
     num_threads: Optional[int] = typer.Option(None, "--num-threads", help="torch threads of "
