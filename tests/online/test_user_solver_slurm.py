@@ -26,7 +26,7 @@ def test_example_solver_study_on_slurm_with_an_srun_launcher(slurm_partition, tm
     cfg["validation"].update(n_val=1)
     cfg["executor"].update(simulation_timeout=60)
     cfg["cluster"] = {"kind": "slurm", "queue": slurm_partition, "memory": "1GB",
-                      "walltime": "00:10:00"}
+                      "walltime": "00:10:00", "interface": "lo"}  # Dask on loopback only
     config = tmp_path / "study.toml"
     config.write_text(tomli_w.dumps(cfg))
     out = tmp_path / "run"
@@ -71,7 +71,7 @@ def test_python_problem_by_file_path_in_slurm_jobs(slurm_partition, tmp_path):
         "executor": {"workers": 2, "simulation_timeout": 60.0},
         "validation": {"n_val": 1, "every_batches": 5},
         "cluster": {"kind": "slurm", "queue": slurm_partition, "memory": "1GB",
-                    "walltime": "00:10:00"}}))
+                    "walltime": "00:10:00", "interface": "lo"}}))  # Dask on loopback only
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "wheretolearn", "online", str(config),
                            "--out", str(out), "--no-progress"],
