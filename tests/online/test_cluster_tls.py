@@ -94,10 +94,16 @@ def test_tls_false_warns_and_is_recorded(tmp_path):
     assert info["tls"] is False and info["scheduler"].startswith("tcp://127.0.0.1:")
 
 
-def test_an_existing_shared_folder_is_kept(tmp_path):
+def test_the_configured_folder_is_kept_and_the_runs_own_removed(tmp_path):
     with _credentials_folder(_slurm(shared_temp_directory=str(tmp_path)), None) as folder:
         assert folder == str(tmp_path)
     assert tmp_path.is_dir()
+    stale = tmp_path / "run" / ".dask-tls"  # left by a crashed session of the run
+    stale.mkdir(parents=True)
+    (stale / ".dask-jobqueue.worker.key.old").write_text("x")
+    with _credentials_folder(_slurm(), stale) as folder:
+        assert folder == str(stale)
+    assert not stale.exists()
     with _credentials_folder(_slurm(tls=False), tmp_path / "x") as folder:
         assert folder is None
     assert not (tmp_path / "x").exists()

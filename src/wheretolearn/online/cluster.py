@@ -84,10 +84,11 @@ def open_cluster(
     connect_timeout : float
         Seconds allowed to reach a scheduler given by address.
     shared_temp_directory : path, optional
-        Batch kinds with TLS: where the workers' copy of the temporary credentials goes
-        (created with mode 0700 if missing, emptied of them on exit); ``cfg.shared_temp_directory``
-        wins when set. Default: a hidden temporary folder in the current directory,
-        removed on exit.
+        Batch kinds with TLS: the folder, owned by this run, for the workers' copy of the
+        temporary credentials (created with mode 0700, removed on exit). A
+        ``cfg.shared_temp_directory`` wins when set (created if missing, kept; only the
+        credential files are deleted). Default: a hidden temporary folder in the current
+        directory, removed on exit.
 
     Yields
     ------
@@ -186,6 +187,8 @@ def _credentials_folder(cfg: ClusterConfig, default: str | os.PathLike | None) -
         folder = Path(chosen).expanduser()
         if not folder.exists():
             folder.mkdir(mode=0o700, parents=True)
+        if not cfg.shared_temp_directory:
+            # The run's own folder: removed on exit even if a crashed session left it.
             created = str(folder)
     try:
         yield str(chosen)
