@@ -131,6 +131,9 @@ def resume(run_dir: Path | None, *, max_seconds: float | None, progress: bool, r
     elif restart:
         raise ValueError(f"run folder {str(run_dir)!r} has a checkpoint; --restart is only for "
                          "a run whose checkpoint is gone (to start afresh, use a new --out)")
-    summary = run(resume_online_study, run_dir, total=cfg.study.n_simulations,
-                  progress=progress, max_seconds=max_seconds)
+    from .online import _insecure_cluster_warning
+
+    with _insecure_cluster_warning(cfg.cluster):  # [cluster] tls = false: one warning line
+        summary = run(resume_online_study, run_dir, total=cfg.study.n_simulations,
+                      progress=progress, max_seconds=max_seconds)
     print_summary(summary, run_dir)
