@@ -115,8 +115,9 @@ def online(
                                           help="uniform | halton | sobol | lhs | breed "
                                           "(default uniform)"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running "
-                                            "Dask scheduler (tls://host:port with certificates from the Dask configuration, "
-                                            "or tcp://host:port; default: none)"),
+                                            "Dask scheduler (tls://host:port with certificates "
+                                            "from the Dask configuration, or tcp://host:port; "
+                                            "default: none)"),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm | pbs | sge | "
                                           "address (overrides [cluster] kind; default local)"),
     print_job_script: bool = typer.Option(False, "--print-job-script",

@@ -609,7 +609,8 @@ async def _identity(address: str, timeout: float) -> Any:
     from ..online.reach import client_security
 
     # tls:// schedulers: the run's own credentials or those of the Dask configuration.
-    comm = await connect(address, timeout=timeout, **client_security(address).get_connection_args("client"))
+    tls = client_security(address).get_connection_args("client")
+    comm = await connect(address, timeout=timeout, **tls)
     try:
         await comm.write({"op": "identity", "reply": True})
         return await comm.read()

@@ -211,7 +211,9 @@ def _tls_options(cfg: ClusterConfig, shared: str | None) -> dict[str, Any]:
     return {"security": True, "shared_temp_directory": shared}
 
 
-def _batch_cluster_kwargs(cfg: ClusterConfig, log_directory: str | None, shared: str | None) -> dict[str, Any]:
+def _batch_cluster_kwargs(
+    cfg: ClusterConfig, log_directory: str | None, shared: str | None
+) -> dict[str, Any]:
     """Keyword arguments of the dask-jobqueue cluster class for ``cfg``; warns
     (:class:`InsecureClusterWarning`) when ``cfg.tls`` is false."""
     tls = _tls_options(cfg, shared)

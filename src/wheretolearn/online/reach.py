@@ -67,7 +67,9 @@ def check_tls_credentials(address: str) -> None:
         )
     for value in (sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key):
         if value and "\n" not in value and not os.path.isfile(os.path.expanduser(value)):
-            raise ValueError(f"scheduler {address}: TLS file {value!r} from the Dask configuration does not exist")
+            raise ValueError(
+                f"scheduler {address}: TLS file {value!r} from the Dask configuration does not exist"
+            )
 
 
 def check_scheduler_reachable(address: str, timeout: float = 5.0) -> None:
