@@ -59,6 +59,7 @@ def test_tiny_study_writes_the_run_folder(tmp_path):
     for fig in summary["figures"]:
         assert (out / fig).exists()
     assert (out / "model.pt").exists()
+    _load_model_round_trip(out)
     # a fixed Lipschitz constant is reported as fixed
     out2 = tmp_path / "run2"
     res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(out2), "--no-progress",
@@ -114,3 +115,26 @@ def test_ci_preset_runs_and_improves_on_the_initial_distribution(tmp_path, probl
     assert s["ama_loss_monotone"] and s["final_ood_error"] < s["initial_ood_error"]
     n = str(s["eval_n"][-1])
     assert s["baselines"]["learned"][n] < s["baselines"]["initial"][n]
+
+
+def _load_model_round_trip(out):
+    """load_model(RUN_DIR) gives the run's DeepONet: same weights, same predictions on the
+    problem's inputs, ready to predict (evaluation mode)."""
+    import torch
+
+    import wheretolearn
+    from wheretolearn.models.deeponet import DeepONet
+
+    model = wheretolearn.load_model(out)
+    assert isinstance(model, DeepONet) and not model.training
+    saved = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    u = torch.randn(3, model.n_in, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pred = model(u)
+    assert pred.shape == (3, *model.output_shape) and torch.isfinite(pred).all()
+    again = DeepONet.load(out / "model.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(again(u), pred)
+    with pytest.raises(ValueError, match="bilevel"):
+        wheretolearn.load_model(out, n=4)

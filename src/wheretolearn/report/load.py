@@ -8,7 +8,9 @@
   Gaussian (default: the largest ``eval_n``), drawn with the seed of the study's first
   evaluation repeat of that source, so it is the model whose error the run reported there.
 
-AMA run folders are not supported yet (the AMA study is being built).
+* an AMA run (``wheretolearn ama``): the final
+  :class:`~wheretolearn.models.deeponet.DeepONet` of its first repeat (``model.pt``), in
+  evaluation mode: ``model(u (B, *input_shape)) -> (B, *output_shape)`` on the problem's grid.
 """
 
 from __future__ import annotations
@@ -101,10 +103,21 @@ def _kind(run: Path) -> str:
         return "online"
     if "problem" in cfg and (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text())
+        if "ama_loss" in summary:
+            return "ama"
         if "learned" in summary:
             return "bilevel"
-    raise ValueError(f"{str(run)!r}: load_model supports finished online and bilevel run "
-                     "folders (AMA: not yet)")
+    raise ValueError(f"{str(run)!r}: load_model supports finished online, bilevel and AMA "
+                     "run folders")
+
+
+def _load_ama(run: Path) -> Any:
+    from ..models.deeponet import DeepONet
+
+    path = run / "model.pt"
+    if not path.is_file():
+        raise ValueError(f"AMA run folder {str(run)!r} has no model.pt to load")
+    return DeepONet.load(path).eval()
 
 
 def _load_online(run: Path) -> OnlineSurrogate:
@@ -163,15 +176,16 @@ def load_model(run_dir: str | Path, *, n: int | None = None) -> Any:
     Parameters
     ----------
     run_dir : path
-        A run folder written by ``wheretolearn online`` or ``wheretolearn bilevel``/``demo``.
+        A run folder written by ``wheretolearn online``, ``bilevel``/``demo`` or ``ama``.
     n : int, optional
         Bilevel only: training samples of the refitted KRR (default: the largest ``eval_n``).
 
     Returns
     -------
-    OnlineSurrogate or KernelRidge
+    OnlineSurrogate, KernelRidge or DeepONet
         Online: ``model(params (B, d), steps (B,)) -> (B, *field)`` in the simulation's
-        units. Bilevel: a fitted KRR, ``model.predict(x (B, d)) -> (B,)``.
+        units. Bilevel: a fitted KRR, ``model.predict(x (B, d)) -> (B,)``. AMA: the
+        DeepONet, ``model(u (B, *input_shape)) -> (B, *output_shape)``.
 
     Examples
     --------
@@ -181,8 +195,10 @@ def load_model(run_dir: str | Path, *, n: int | None = None) -> Any:
     """
     run = Path(run_dir)
     kind = _kind(run)
+    if kind != "bilevel" and n is not None:
+        raise ValueError("n applies only to bilevel run folders")
     if kind == "online":
-        if n is not None:
-            raise ValueError("n applies only to bilevel run folders")
         return _load_online(run)
+    if kind == "ama":
+        return _load_ama(run)
     return _load_bilevel(run, n)
