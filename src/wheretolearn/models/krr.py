@@ -39,6 +39,15 @@ _DIRECT_LIMIT = 2 ** 22
 _LOG2E = math.log2(math.e)
 
 
+def _check_pair(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+    """The bandwidth ``s > 0`` after checking that ``x`` (n, d) and ``y`` (m, d) share ``d``."""
+    s = check_positive_float(bandwidth, "bandwidth")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be (n, d) and (m, d) with the same d, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    return s
+
+
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """Gaussian kernel matrix ``k(x_i, y_j) = exp(-||x_i - y_j||^2 / (2 s^2))``.
 
@@ -53,10 +62,7 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch
     -------
     (n, m) tensor, differentiable in ``x`` and ``y``.
     """
-    s = check_positive_float(bandwidth, "bandwidth")
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (n, d) and (m, d) with the same d, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    s = _check_pair(x, y, bandwidth)
     if x.shape[0] * y.shape[0] * x.shape[1] <= _DIRECT_LIMIT:
         sq = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
     else:
@@ -78,10 +84,7 @@ def laplace_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.
     -------
     (n, m) tensor (explicit differences: no cancellation at ``x = y``).
     """
-    s = check_positive_float(bandwidth, "bandwidth")
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (n, d) and (m, d) with the same d, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    s = _check_pair(x, y, bandwidth)
     return torch.exp(-torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") / s)
 
 
