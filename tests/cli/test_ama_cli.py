@@ -71,7 +71,7 @@ def test_tiny_study_writes_the_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--problem", "heat"], "--problem must be ntd or darcy"),
+    (["--problem", "heat"], "not an AMA problem"),
     (["--problem", "ntd", "--preset", "huge"], "--preset must be ci, small or paper"),
     (["--problem", "ntd", "--lipschitz", "big"], "--lipschitz must be 'auto' or a number"),
     (["--problem", "ntd", "--lipschitz", "-1"], "--lipschitz must be 'auto' or a number"),
@@ -92,7 +92,7 @@ def test_bad_config_and_existing_folder(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('problem = "darcy"\nupdate = "de"\n')
     res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
-    assert _err(res)[0] == 2 and "only the ntd problem" in _err(res)[1]
+    assert _err(res)[0] == 2 and "give bounds" in _err(res)[1]
     cfg.write_text('problem = "ntd"\nbogus = 1\n')
     res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
     assert _err(res)[0] == 2 and "unknown config key 'bogus'" in _err(res)[1]

@@ -58,7 +58,9 @@ def _print_summary(summary: dict) -> None:
 def ama(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
     problem: Optional[str] = typer.Option(
-        None, "--problem", help="ntd | darcy (required unless --config sets problem)"),
+        None, "--problem",
+        help="ntd | darcy | a user problem 'pkg.mod:factory', 'file.py:factory' or plugin "
+             "name (required unless --config sets problem)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="ci | small | paper (default ci)"),
     config: Optional[Path] = typer.Option(
         None, "--config", help="TOML file of settings (default: none, the preset alone)"),
@@ -97,9 +99,8 @@ def ama(
 
     file_cfg: dict[str, Any] = dict(load_toml(config)) if config is not None else {}
     if problem is None and not file_cfg.get("problem"):
-        raise ValueError("give --problem (ntd | darcy) or a --config file that sets problem")
-    if problem is not None and problem not in ("ntd", "darcy"):
-        raise ValueError(f"--problem must be ntd or darcy, got {problem!r}")
+        raise ValueError("give --problem (ntd | darcy | pkg.mod:factory) or a --config file "
+                         "that sets problem")
     if preset is not None and preset not in ("ci", "small", "paper"):
         raise ValueError(f"--preset must be ci, small or paper, got {preset!r}")
     cluster_cfg = None

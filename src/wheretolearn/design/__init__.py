@@ -7,11 +7,11 @@ from .evaluation import evaluate_sources
 from .metatest import MetaTest, make_metatest
 from .ama import AMAConfig, AMAObjective, AMAResult, adam_update, de_update, run_ama
 from .ama_bound import BoundValue, LipschitzEstimate, ama_bound, estimate_lipschitz
-from .ama_problems import AMASetup, ama_setup, available_ama_problems
+from .ama_problems import AMASetup, ama_setup, available_ama_problems, field_setup
 from .ama_study import AMAStudyConfig, resolve_ama_config, run_ama_study
 from .labelling import Labeller
 from .operator_metatest import (OperatorMetaTest, darcy_family, empirical_operator_metatest,
-                                make_operator_metatest, ntd_family)
+                                field_family, make_operator_metatest, ntd_family)
 from .study import BilevelStudyConfig, resolve_study_config, run_bilevel_study
 
 __all__: list[str] = [
@@ -32,6 +32,8 @@ __all__: list[str] = [
     "de_update",
     "empirical_operator_metatest",
     "estimate_lipschitz",
+    "field_family",
+    "field_setup",
     "make_operator_metatest",
     "ntd_family",
     "resolve_ama_config",

@@ -349,8 +349,19 @@ def _record(k, theta, bound: BoundValue, j_update, metatest, model, t_label, t_t
     sq = metatest.error_squared(model)
     model.train()
     d = bound.to_dict()
-    return {"iteration": k, "theta": float(theta), "ama_loss": d["value"], "part1": d["part1"],
+    return {"iteration": k, "theta": _plain(theta), "ama_loss": d["value"], "part1": d["part1"],
             "part2": d["part2"], "part3": d["part3"], "ama_loss_after_update": j_update,
             "ood_error": float(np.sqrt(sq)), "ood_error_squared": float(sq),
             "seconds_label": t_label, "seconds_train": t_train, "seconds_lipschitz": t_lip,
             "seconds_update": t_update, **extra}
+
+
+def _plain(theta: Any) -> Any:
+    """``theta`` for the JSON record: a float, or nested lists for a vector / particle
+    parameter (particle AMA's theta is a tensor of particles)."""
+    if isinstance(theta, torch.Tensor):
+        t = theta.detach().cpu().double()
+        return float(t) if t.numel() == 1 else t.tolist()
+    if isinstance(theta, np.ndarray):
+        return float(theta) if theta.size == 1 else theta.astype(float).tolist()
+    return float(theta)

@@ -152,8 +152,11 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     Jacobian as an operator between the quadrature-normed spaces): ``J v`` by forward-mode
     autograd (``jvp="forward"``) or a central difference (``jvp="fd"``, for maps such as
     the Darcy solver whose gradient is an adjoint ``autograd.Function``), ``J^T u`` by
-    reverse-mode autograd (the adjoint). All samples iterate together (``fn`` must map a
-    batch sample by sample). The estimate is a lower bound of each ``||J(x_b)||`` that
+    reverse-mode autograd (the adjoint). A black box with neither (``jvp="fd-random"``, e.g.
+    a user solver that is not differentiable) gets the largest difference quotient
+    ``||J v||_q / ||v||_q`` over ``iterations`` random directions ``v`` per sample instead of
+    the power iteration: a cruder lower bound of the same norm. All samples iterate
+    together (``fn`` must map a batch sample by sample). The estimate is a lower bound of each ``||J(x_b)||`` that
     increases with the iterations; the supremum over inputs is approximated by the
     maximum over ``samples`` -- hence the safety factor.
 
@@ -164,7 +167,7 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     input_weights, output_weights : in / out-shaped tensors or None (Euclidean)
     iterations : int
     safety : float >= 1
-    jvp : "forward" | "fd"
+    jvp : "forward" | "fd" | "fd-random"
     generator : seed or torch.Generator for the start vectors
     batch : int
         Samples per power-iteration batch.
@@ -173,8 +176,8 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     safety = check_positive_float(safety, "safety")
     if safety < 1:
         raise ValueError(f"safety must be >= 1, got {safety}")
-    if jvp not in ("forward", "fd"):
-        raise ValueError(f"jvp must be 'forward' or 'fd', got {jvp!r}")
+    if jvp not in ("forward", "fd", "fd-random"):
+        raise ValueError(f"jvp must be 'forward', 'fd' or 'fd-random', got {jvp!r}")
     x_all = as_tensor(samples, "samples")
     g = torch_generator(generator)
     win = None if input_weights is None else as_tensor(input_weights, "input_weights",
@@ -188,10 +191,14 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
         v = v / v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
         sigma = torch.zeros(x.shape[0], dtype=torch.float64)
         for _ in range(iterations):
-            jv = _jvp(fn, x, v * inv_root, jvp)
+            jv = _jvp(fn, x, v * inv_root, "fd" if jvp == "fd-random" else jvp)
             wo = None if wout is None else wout.to(jv.dtype)
             z = jv if wo is None else jv * wo.sqrt()
             sigma = torch.maximum(sigma, z.reshape(z.shape[0], -1).norm(dim=1).double().detach())
+            if jvp == "fd-random":               # no adjoint: a fresh random direction
+                v = torch.randn(x.shape, generator=g, dtype=x.dtype)
+                v = v / v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+                continue
             back = _vjp(fn, x, z if wo is None else z * wo.sqrt()) * inv_root
             nrm = back.reshape(back.shape[0], -1).norm(dim=1).clamp_min(1e-300)
             v = (back / nrm.reshape(-1, *([1] * (x.ndim - 1)))).detach()

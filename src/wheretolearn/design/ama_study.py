@@ -72,14 +72,36 @@ AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def _user_presets() -> dict[str, dict[str, Any]]:
+    """Presets of user field problems: Darcy's sizes (Adam) with NtD's differential-evolution
+    settings (used when the problem is not differentiable); the grid is the problem's."""
+    out = {}
+    for name in ("ci", "small", "paper"):
+        p = copy.deepcopy(AMA_PRESETS["darcy"][name])
+        p.pop("n")
+        p["de"] = copy.deepcopy(AMA_PRESETS["ntd"][name]["de"])
+        out[name] = p
+    return out
+
+
 class AMAStudyConfig(BaseModel):
     """Settings of one AMA study (every field may be set in a TOML file or by a flag)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    problem: Literal["ntd", "darcy"] = "ntd"
+    problem: str = Field("ntd", description="ntd | darcy | a user problem: 'pkg.mod:factory', "
+                         "'file.py:factory' or an installed plugin name")
+    problem_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of a user problem's factory")
+    bounds: Optional[list[float]] = Field(
+        None, description="[low, high] search interval of theta for differential evolution "
+                          "(user problems: default the meta-test means' range widened)")
+    mean_range: Optional[list[float]] = Field(
+        None, description="user field problems: [low, high] of the meta-test means (default "
+                          "[0, 1])")
     preset: Literal["ci", "small", "paper"] = "ci"
-    n: int = Field(12, description="grid nodes per side including the boundary")
+    n: int = Field(12, description="grid nodes per side including the boundary (built-in "
+                                   "problems; a user problem has its own grid)")
     n_modes: Optional[int] = Field(None, description="KLE modes (NtD: 1-D; Darcy: per side)")
     n_measures: int = Field(20, description="K meta-test measures")
     n_seen: int = 4
@@ -122,6 +144,30 @@ class AMAStudyConfig(BaseModel):
     scheduler: Optional[str] = None
     cluster: Optional[dict[str, Any]] = Field(
         None, description="the online engine's [cluster] table; labelling runs there")
+
+    @field_validator("problem")
+    @classmethod
+    def _known_problem(cls, v: str) -> str:
+        from ..problems.plugins import canonical_spec, entry_point_problems, is_import_spec
+        from .ama_problems import available_ama_problems
+
+        if v in available_ama_problems():
+            return v
+        if is_import_spec(v):
+            return canonical_spec(v)
+        if v in entry_point_problems():
+            return v
+        raise ValueError(f"not an AMA problem; choose one of "
+                         f"{', '.join(available_ama_problems())}, an installed plugin or an "
+                         "import path 'package.module:factory' (docs/user_solver.md)")
+
+    @field_validator("bounds", "mean_range")
+    @classmethod
+    def _interval(cls, v: Optional[list[float]]) -> Optional[list[float]]:
+        if v is not None and (len(v) != 2 or not all(math.isfinite(x) for x in v)
+                              or not v[0] < v[1]):
+            raise ValueError("must be two finite numbers [low, high] with low < high")
+        return v
 
     @field_validator("n")
     @classmethod
@@ -183,9 +229,18 @@ class AMAStudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "AMAStudyConfig":
-        if self.update == "de" and self.problem != "ntd":
-            raise ValueError("update 'de' needs a bounded parameter: only the ntd problem has one")
+        if self.update == "de" and self.problem == "darcy" and self.bounds is None:
+            raise ValueError("update 'de' needs a bounded parameter: give bounds = [low, high] "
+                             "for the Darcy mean")
+        builtin = self.problem in AMA_PRESETS
+        if builtin and (self.problem_options or self.mean_range is not None):
+            raise ValueError(f"problem_options and mean_range are for user problems, not "
+                             f"{self.problem!r}")
         return self
+
+    @property
+    def is_user_problem(self) -> bool:
+        return self.problem not in AMA_PRESETS
 
 
 def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
@@ -195,12 +250,12 @@ def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
         merged.update({k: v for k, v in (layer or {}).items() if v is not None})
     problem = merged.get("problem", "ntd")
     preset = merged.get("preset", "ci")
-    if problem not in AMA_PRESETS:
-        raise ValueError(f"unknown AMA problem {problem!r}; choose one of "
-                         f"{', '.join(sorted(AMA_PRESETS))}")
-    if preset not in AMA_PRESETS[problem]:
+    presets = AMA_PRESETS.get(problem) if isinstance(problem, str) else None
+    if presets is None:
+        presets = _user_presets()       # a user problem (AMAStudyConfig checks the name)
+    if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose one of ci, small, paper")
-    base = copy.deepcopy(AMA_PRESETS[problem][preset])
+    base = copy.deepcopy(presets[preset])
     base.update(merged)
     return AMAStudyConfig(**base)
 
@@ -326,7 +381,9 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     cfg = config if isinstance(config, AMAStudyConfig) else AMAStudyConfig(**config)
     run = RunFolder(out_dir, overwrite=overwrite)
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes)
+    setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes,
+                      problem_options=cfg.problem_options or None, bounds=cfg.bounds,
+                      mean_range=cfg.mean_range)
     factory, arch = _model_factory(cfg, setup)
     with _threads(cfg.num_threads), _labelling_backend(cfg) as (cache, workers, scheduler), \
             run, _Bar(progress, console) as bar:
@@ -420,7 +477,7 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
     return {
         "problem": cfg.problem,
         "preset": cfg.preset,
-        "grid": cfg.n,
+        "grid": setup.options.get("n", cfg.n),
         "parameter": setup.parameter,
         "iterations": cfg.iterations,
         "n_train": cfg.n_train,

@@ -27,7 +27,7 @@ from .._validation import check_nonnegative_int, check_positive_int, resolve_dty
 from ..report.metrics import relative_ood_error_squared
 
 __all__ = ["OperatorMetaTest", "one_minus_cos_samples", "ntd_family", "darcy_family",
-           "make_operator_metatest", "empirical_operator_metatest"]
+           "field_family", "make_operator_metatest", "empirical_operator_metatest"]
 
 
 def one_minus_cos_samples(n: int, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
@@ -137,25 +137,41 @@ def ntd_family(n_boundary: int, *, n_measures: int = 20, seed: int = 0, n_modes:
     return measures, params
 
 
+def field_family(basis: Any, *, n_measures: int = 20, seed: int = 0,
+                 mean_range: tuple[float, float] = (0.0, 1.0), dtype: Any = None
+                 ) -> tuple[list, list[dict]]:
+    """Gaussian random fields ``m_j + KLE(alpha_j, tau_j, sigma_j)`` on a sine ``basis`` (1-D
+    or 2-D): ``m ~ 1 - cos`` on ``mean_range``, ``alpha`` on [2, 3], ``tau`` on [1, 4],
+    ``sigma = tau^(alpha - dim/2)``. The Darcy family (SPEC §4) is this family on a 2-D
+    basis; AMA studies of user field problems use it on their grid. Returns
+    ``(measures, params)``."""
+    from ..measures import GaussianRandomField
+
+    k = check_positive_int(n_measures, "n_measures")
+    lo, hi = (float(v) for v in mean_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"mean_range must be two finite numbers low < high, got {mean_range!r}")
+    rng = np.random.default_rng(check_nonnegative_int(seed, "seed"))
+    ms = one_minus_cos_samples(k, lo, hi, rng)
+    alphas = one_minus_cos_samples(k, 2.0, 3.0, rng)
+    taus = one_minus_cos_samples(k, 1.0, 4.0, rng)
+    measures, params = [], []
+    for m, a, t in zip(ms, alphas, taus):
+        sigma = float(t) ** (float(a) - basis.dim / 2)
+        measures.append(GaussianRandomField(basis, alpha=float(a), tau=float(t), sigma=sigma,
+                                            mean=float(m), dtype=dtype))
+        params.append({"mean": float(m), "alpha": float(a), "tau": float(t), "sigma": sigma})
+    return measures, params
+
+
 def darcy_family(basis: Any, *, n_measures: int = 20, seed: int = 0,
                  dtype: Any = None) -> tuple[list, list[dict]]:
     """The Darcy meta-test log-conductivity fields (SPEC §4) on a 2-D sine ``basis``:
     ``m ~ 1 - cos`` on [0, 1], ``alpha`` on [2, 3], ``tau`` on [1, 4],
     ``sigma = tau^(alpha - 1)``. Returns ``(measures, params)``."""
-    from ..measures import GaussianRandomField
-
-    k = check_positive_int(n_measures, "n_measures")
-    rng = np.random.default_rng(check_nonnegative_int(seed, "seed"))
-    ms = one_minus_cos_samples(k, 0.0, 1.0, rng)
-    alphas = one_minus_cos_samples(k, 2.0, 3.0, rng)
-    taus = one_minus_cos_samples(k, 1.0, 4.0, rng)
-    measures, params = [], []
-    for m, a, t in zip(ms, alphas, taus):
-        sigma = float(t) ** (float(a) - 1.0)
-        measures.append(GaussianRandomField(basis, alpha=float(a), tau=float(t), sigma=sigma,
-                                            mean=float(m), dtype=dtype))
-        params.append({"mean": float(m), "alpha": float(a), "tau": float(t), "sigma": sigma})
-    return measures, params
+    if basis.dim != 2:
+        raise ValueError(f"the Darcy family needs a 2-D basis, got a {basis.dim}-D one")
+    return field_family(basis, n_measures=n_measures, seed=seed, dtype=dtype)
 
 
 def make_operator_metatest(labeller: Any, measures: Sequence[Any], *, n_seen: int, n_unseen: int,

@@ -66,6 +66,9 @@ def _predictions(run, setup, metatest, result) -> str:
     with torch.no_grad():
         preds = {"iteration 0": result.initial_model(x)[0].double().cpu().numpy(),
                  "final": result.model(x)[0].double().cpu().numpy()}
+    if truth.ndim > 2:                                   # user problems: any output shape
+        truth = truth.reshape(-1)
+        preds = {k: v.reshape(-1) for k, v in preds.items()}
     if truth.ndim == 1:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         s = np.arange(truth.size)
@@ -76,7 +79,7 @@ def _predictions(run, setup, metatest, result) -> str:
         axes[0].set_title("unseen sample of Q_1")
         axes[1].set_title("pointwise |error|")
         for ax in axes:
-            ax.set_xlabel("boundary node (clockwise)")
+            ax.set_xlabel("boundary node (clockwise)" if setup.name == "ntd" else "output node")
             ax.legend()
     else:
         fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
@@ -95,8 +98,12 @@ def _learned_vs_family(run, summary: dict) -> str:
     par = summary["learned"]["parameter"]
     other = "tau" if par == "omega" else "alpha"
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.scatter([p[par] for p in params], [p[other] for p in params], color="C7",
-               label="meta-test Q_j")
+    if all(par in p and other in p for p in params):
+        ax.scatter([p[par] for p in params], [p[other] for p in params], color="C7",
+                   label="meta-test Q_j")
+    else:                                   # a user family that reports other parameters
+        ax.text(0.5, 0.5, "meta-test parameters not reported", transform=ax.transAxes,
+                ha="center", color="C7")
     ax.axvline(summary["learned"]["initial"], color="C1", ls="--", label=f"initial {par}")
     for i, v in enumerate(summary["learned"]["values"]):
         ax.axvline(v, color="C0", lw=1.5, label=f"learned {par}" if i == 0 else None)
