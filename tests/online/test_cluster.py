@@ -66,7 +66,7 @@ def test_with_kind_overrides_and_revalidates():
 
 
 @pytest.mark.parametrize(("n_workers", "processes", "jobs", "expected"), [(5, 1, None, 5), (5, 2, None, 3), (5, 2, 7, 7)])
-def test_job_count_follows_the_concurrency_limit(n_workers, processes, jobs, expected):
+def test_job_count_follows_the_number_of_workers(n_workers, processes, jobs, expected):
     cfg = ClusterConfig(kind="slurm", queue="q", cores=2, processes=processes, jobs=jobs)
     assert cfg.n_jobs(n_workers) == expected
 

@@ -50,7 +50,7 @@ def test_defaults_are_the_cpu_settings_and_the_example_parses():
     assert (cfg.study.n, cfg.study.n_steps, cfg.study.n_simulations) == (64, 100, 200)
     assert (cfg.buffer.kind, cfg.buffer.capacity, cfg.buffer.watermark) == ("reservoir", 2500, 500)
     assert (cfg.training.hidden, cfg.training.lr, cfg.training.batch_size) == ([256, 256], 1e-3, 10)
-    assert cfg.executor.concurrency == cfg.executor.workers == 2
+    assert cfg.executor.attempts_in_flight == cfg.executor.workers == 2
     # The example spells the defaults, but for a shorter timeout suited to 50 ms simulations.
     assert load_online_config(str(EXAMPLE)) == cfg.with_overrides(
         **{"executor.simulation_timeout": 10.0})

@@ -1,8 +1,8 @@
 """Where the online engine's simulations run: a local Dask cluster, an HPC batch system
 (Slurm, PBS, SGE through dask-jobqueue) or an existing Dask scheduler.
 
-The study asks :func:`open_cluster` for as many Dask workers as its concurrency limit
-needs; the returned :class:`ClusterHandle` carries the ``distributed.Client``, keeps the
+The study asks :func:`open_cluster` for as many Dask workers as ``[executor] workers``
+says; the returned :class:`ClusterHandle` carries the ``distributed.Client``, keeps the
 number of batch jobs at that target (a job that ends early -- ``scancel``, walltime
 reached, node failure -- is replaced, up to ``max_replacement_jobs`` times) and reports
 ``{"kind", "jobs_submitted", "workers_seen"}`` for ``summary.json``.
@@ -74,7 +74,7 @@ def open_cluster(
     ----------
     cfg : ClusterConfig
     n_workers : int
-        Workers the study wants (its concurrency limit). ``local``: that many worker
+        Workers the study wants (``[executor] workers``). ``local``: that many worker
         processes; batch kinds: ``cfg.jobs`` or ``ceil(n_workers / cfg.processes)`` jobs;
         ``address``: ignored (the scheduler's workers are used as they are).
     threads_per_worker : int

@@ -39,7 +39,7 @@ class ClusterConfig(BaseModel):
     walltime : str
         ``HH:MM:SS``.
     jobs : int, optional
-        Number of jobs; default ``ceil(n_workers / processes)`` from the concurrency limit.
+        Number of jobs; default ``ceil(n_workers / processes)`` from ``[executor] workers``.
     job_extra_directives : list of str
         Extra header lines, e.g. ``["--qos=short"]`` (Slurm) or ``["-l select=1"]`` (PBS).
     account : str, optional

@@ -174,7 +174,7 @@ def lockstep_study(config: OnlineStudyConfig, *, x_val: np.ndarray, y_val: np.nd
             sampler.tell(out["sim_ids"], out["steps"], out[key])
         return True
 
-    n_sims, conc = cfg.study.n_simulations, cfg.executor.concurrency
+    n_sims, conc = cfg.study.n_simulations, cfg.executor.attempts_in_flight
     launched, credit = 0, 0.0
     steps = np.arange(n_steps)
     while launched < n_sims:

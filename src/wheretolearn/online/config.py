@@ -239,7 +239,7 @@ class ExecutorSection(_Section):
 
     One meaning per name: ``workers`` = Dask worker processes a local cluster starts (and
     the workers asked of a batch cluster); ``max_concurrent`` = simulation attempts in
-    flight at once (default: ``workers``; :attr:`concurrency` is the value in use);
+    flight at once (default: ``workers``; :attr:`attempts_in_flight` is the value in use);
     ``simulation_timeout`` seconds without a message; ``max_retries`` = failed attempts
     (crash, timeout, lost worker) a lineage may be relaunched after, redraws included --
     one more failure gives it up (the summary's ``relaunches`` counts the relaunches that
@@ -266,8 +266,8 @@ class ExecutorSection(_Section):
     hang_seconds: float | None = Field(None, gt=0)
 
     @property
-    def concurrency(self) -> int:
-        """Simulation attempts in flight: ``max_concurrent``, else ``workers``."""
+    def attempts_in_flight(self) -> int:
+        """Most simulation attempts in flight at once: ``max_concurrent``, else ``workers``."""
         return self.max_concurrent or self.workers
 
     @property

@@ -355,7 +355,7 @@ class OnlineStudy:
                           shared_temp_directory=self.run_dir / ".dask-tls") as handle:
             executor = EnsembleExecutor(
                 handle.client, self.problem_spec, self.ledger, self.sampler, self._on_sample,
-                n_simulations=cfg.study.n_simulations, max_concurrent=ex_cfg.concurrency,
+                n_simulations=cfg.study.n_simulations, max_concurrent=ex_cfg.attempts_in_flight,
                 simulation_timeout=ex_cfg.simulation_timeout, max_retries=ex_cfg.max_retries,
                 failures_before_redraw=ex_cfg.failures_before_redraw,
                 fail_rate=ex_cfg.fail_rate,
