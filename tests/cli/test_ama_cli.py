@@ -1,6 +1,7 @@
 """``wheretolearn ama``: a tiny run end to end, and one-line errors with exit status 2."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 from wheretolearn.cli import app
 
 runner = CliRunner()
+USER = str(Path(__file__).resolve().parents[1] / "design" / "user_field_problem.py")
 
 TINY = """
 problem = "darcy"
@@ -79,6 +81,13 @@ def test_tiny_study_writes_the_run_folder(tmp_path):
     (["--problem", "ntd", "--cluster", "moon"], "--cluster must be"),
     (["--problem", "ntd", "--cluster", "local", "--scheduler", "tcp://x:1"], "not both"),
     ([], "give --problem"),
+    # user problems (docs/ama.md, "Your own problem")
+    (["--problem", "heat2d"], "not an AMA problem"),
+    (["--problem", "sobol-g"], "not an AMA problem"),
+    (["--problem", f"{USER}:make_vector_map"], "input_shape (3,)"),
+    (["--problem", f"{USER}:make_nothing"], "not a wheretolearn Problem or an AMASetup"),
+    (["--problem", f"{USER}:missing"], "has no attribute"),
+    (["--problem", "no_such_module_xyz:make"], "cannot import"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, args, message):
     out = tmp_path / "run"
@@ -93,6 +102,12 @@ def test_bad_config_and_existing_folder(tmp_path):
     cfg.write_text('problem = "darcy"\nupdate = "de"\n')
     res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
     assert _err(res)[0] == 2 and "give bounds" in _err(res)[1]
+    cfg.write_text('problem = "ntd"\nproblem_options = {n = 3}\n')       # user problems only
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert _err(res)[0] == 2 and "problem_options" in _err(res)[1]
+    cfg.write_text('problem = "darcy"\nbounds = [1.0, 0.0]\n')
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert _err(res)[0] == 2 and "low < high" in _err(res)[1]
     cfg.write_text('problem = "ntd"\nbogus = 1\n')
     res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
     assert _err(res)[0] == 2 and "unknown config key 'bogus'" in _err(res)[1]
@@ -138,3 +153,12 @@ def _load_model_round_trip(out):
         assert torch.equal(again(u), pred)
     with pytest.raises(ValueError, match="bilevel"):
         wheretolearn.load_model(out, n=4)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_device_is_one_error_line(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["ama", "--problem", "ntd", "--device", "cuda", "--out", str(out)])
+    code, line = _err(res)
+    assert code == 2 and line.startswith("error:") and "cuda" in line and "CUDA" in line
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """AMA studies of user problems (issue 17 item 4): a factory returning a field Problem (the
 Darcy-like generic setup, Adam when differentiable, differential evolution otherwise) or
-a full AMASetup; bad user problems give one ``error:`` line and exit 2."""
+a full AMASetup. Bad user problems (one ``error:`` line, exit 2) are tested with the other
+CLI errors in tests/cli/test_ama_cli.py."""
 
 import json
 from pathlib import Path
@@ -43,11 +44,6 @@ de = {popsize = 4, tol = 1e-6, maxiter = 3}
 """
 
 
-def _err(result):
-    lines = result.output.strip().splitlines()
-    return result.exit_code, lines[-1] if lines else ""
-
-
 def _run(tmp_path, extra, *args):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(extra + TINY)
@@ -86,32 +82,6 @@ def test_a_black_box_user_problem_uses_differential_evolution_in_its_bounds(tmp_
 def test_a_factory_may_return_a_full_ama_setup(tmp_path):
     s, _ = _run(tmp_path, "", "--problem", f"{USER}:make_setup")
     assert s["grid"] == 6 and s["parameter"] == "mean" and s["ama_loss_monotone"] is True
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("heat2d", "not an AMA problem"),
-    ("sobol-g", "not an AMA problem"),
-    (f"{USER}:make_vector_map", "input_shape (3,)"),
-    (f"{USER}:make_nothing", "not a wheretolearn Problem or an AMASetup"),
-    (f"{USER}:missing", "has no attribute"),
-    ("no_such_module_xyz:make", "cannot import"),
-])
-def test_bad_user_problems_are_one_error_line(tmp_path, spec, message):
-    out = tmp_path / "run"
-    res = runner.invoke(app, ["ama", "--problem", spec, "--out", str(out), "--no-progress"])
-    code, line = _err(res)
-    assert code == 2 and line.startswith("error:") and message in line, res.output
-    assert not out.exists()
-
-
-def test_options_for_user_problems_are_refused_for_built_in_ones(tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('problem = "ntd"\nproblem_options = {n = 3}\n')
-    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
-    assert _err(res)[0] == 2 and "problem_options" in _err(res)[1]
-    cfg.write_text('problem = "darcy"\nbounds = [1.0, 0.0]\n')
-    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
-    assert _err(res)[0] == 2 and "low < high" in _err(res)[1]
 
 
 def test_field_setup_norms_points_and_family():
