@@ -149,13 +149,11 @@ def grid_weights(shape: tuple[int, ...]) -> torch.Tensor:
     """Trapezoid weights (float32) of a uniform grid of ``shape`` on ``[0, 1]^d`` (d = 1, 2),
     boundary nodes included; other shapes get equal weights ``1 / size``. The weights sum
     to 1, so ``sum w u^2`` is the grid's L2 norm squared on the unit domain."""
+    from ..measures.fields import trapezoid_weights
+
     shape = tuple(int(s) for s in shape)
     if len(shape) in (1, 2) and min(shape) >= 2:
-        sides = []
-        for m in shape:
-            q = torch.full((m,), 1.0 / (m - 1), dtype=torch.float64)
-            q[0] = q[-1] = 0.5 / (m - 1)
-            sides.append(q)
+        sides = [trapezoid_weights(m) for m in shape]
         w = sides[0] if len(shape) == 1 else sides[0][:, None] * sides[1][None, :]
     else:
         w = torch.full(shape, 1.0 / max(1, math.prod(shape)), dtype=torch.float64)
@@ -240,19 +238,15 @@ def field_setup(problem: Any, *, n_modes: int | None = None,
                  "input_shape": list(shape), "output_shape": list(problem.output_shape)})
 
 
-def is_builtin_ama_problem(name: str) -> bool:
-    return name in AMA_SETUPS
-
-
 def _user_setup(spec: str, *, problem_options: dict | None, n_modes: int | None,
                 bounds: Any, mean_range: Any) -> AMASetup:
     """Resolve a user problem (import path, file path, plugin) into an :class:`AMASetup`."""
     from ..problems import Problem, available_problems
-    from ..problems.plugins import is_import_spec, load_entry_point, load_factory
+    from ..problems.plugins import find_factory
     from ..problems.simulator import SimulatorProblem
 
     options = dict(problem_options or {})
-    factory = load_factory(spec) if is_import_spec(spec) else load_entry_point(spec)
+    factory = find_factory(spec)
     if factory is None:
         builtin = set(available_problems())
         why = (f"problem {spec!r} is not an AMA problem" if spec in builtin

@@ -238,10 +238,6 @@ class AMAStudyConfig(BaseModel):
                              f"{self.problem!r}")
         return self
 
-    @property
-    def is_user_problem(self) -> bool:
-        return self.problem not in AMA_PRESETS
-
 
 def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
     """Merge layers (later wins) on top of the preset of the problem they name."""

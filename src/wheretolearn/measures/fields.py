@@ -25,7 +25,16 @@ import torch
 from .._validation import as_tensor, check_finite, check_positive_int, resolve_dtype, torch_generator
 from .base import Measure, check_n_samples
 
-__all__ = ["KLEBasis", "SineBasis1D", "SineBasis2D", "FourierBasis1D", "GaussianRandomField"]
+__all__ = ["KLEBasis", "SineBasis1D", "SineBasis2D", "FourierBasis1D", "GaussianRandomField",
+           "trapezoid_weights"]
+
+
+def trapezoid_weights(n: int) -> torch.Tensor:
+    """Trapezoid-rule weights (float64, shape ``(n,)``) of ``n >= 2`` equispaced nodes on
+    [0, 1], end points included: ``h = 1/(n-1)`` inside, ``h/2`` at both ends (sum 1)."""
+    q = torch.full((n,), 1.0 / (n - 1), dtype=torch.float64)
+    q[[0, -1]] *= 0.5
+    return q
 
 
 class KLEBasis(ABC):
@@ -114,9 +123,7 @@ class SineBasis1D(KLEBasis):
         self.laplacian_eigenvalues = (math.pi * k) ** 2
         self.functions = math.sqrt(2.0) * torch.sin(math.pi * k[:, None] * x[None, :])
         self.functions[:, [0, -1]] = 0.0  # sin(pi k) is 0 only up to round-off
-        q = torch.full((n,), 1.0 / (n - 1), dtype=torch.float64)
-        q[[0, -1]] *= 0.5
-        self.quadrature_weights = q
+        self.quadrature_weights = trapezoid_weights(n)
 
     def coordinates(self) -> np.ndarray:
         return np.linspace(0.0, 1.0, self.n_points)

@@ -116,7 +116,7 @@ def get_problem(name: str, **options: Any) -> Problem:
     Raises ``ValueError`` naming the allowed problems when ``name`` is unknown, or the
     cause when a user problem cannot be imported or its factory returns no ``Problem``.
     """
-    from .plugins import is_import_spec, load_entry_point, load_factory
+    from .plugins import find_factory
 
     if not isinstance(name, str):
         raise TypeError(f"problem must be a name or an import path (str), got "
@@ -124,7 +124,7 @@ def get_problem(name: str, **options: Any) -> Problem:
     if name in _REGISTRY:
         problem = _REGISTRY[name](**options)
     else:
-        factory = load_factory(name) if is_import_spec(name) else load_entry_point(name)
+        factory = find_factory(name)
         if factory is None:
             raise ValueError(f"unknown problem {name!r}; choose one of "
                              f"{', '.join(available_problems())}, or give an import path "

@@ -27,8 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["ENTRY_POINT_GROUP", "canonical_spec", "entry_point_problems", "is_import_spec",
-           "load_factory"]
+__all__ = ["ENTRY_POINT_GROUP", "canonical_spec", "entry_point_problems", "find_factory",
+           "is_import_spec", "load_factory"]
 
 #: Entry-point group in which installed packages register problems by name.
 ENTRY_POINT_GROUP = "wheretolearn.problems"
@@ -118,3 +118,9 @@ def load_entry_point(name: str) -> Callable[..., Any] | None:
     if not callable(factory):
         raise ValueError(f"problem {name!r}: entry point {ep.value!r} is not callable")
     return factory
+
+
+def find_factory(spec: str) -> Callable[..., Any] | None:
+    """The factory a user spec names: an import / file path (:func:`load_factory`) or an
+    installed plugin name (:func:`load_entry_point`); None when ``spec`` is neither."""
+    return load_factory(spec) if is_import_spec(spec) else load_entry_point(spec)
