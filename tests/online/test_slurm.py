@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from wheretolearn.online.cluster import ClusterConfig, open_cluster
+from wheretolearn.cluster import ClusterConfig, open_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -223,7 +223,7 @@ def test_refused_submission_from_the_cli_exits_2_and_leaves_no_run_folder(tmp_pa
 def test_heat_study_survives_a_scancelled_worker_job(slurm_partition, tmp_path, monkeypatch):
     import contextlib
 
-    import wheretolearn.online.cluster as cluster_mod
+    import wheretolearn.cluster.start as cluster_mod
     from wheretolearn.online.config import load_online_config
     from wheretolearn.online.study import run_online_study
 
@@ -300,53 +300,14 @@ def test_replacements_stop_at_max_replacement_jobs(slurm_partition, tmp_path):
         assert handle.jobs_submitted == 1 and handle.jobs_replaced == 0
 
 
-def _intruder_refused(address: str, security=None) -> str:
-    """Try a Dask client at ``address``; return how the connection was refused (the test
-    fails if it got in, or if it failed for another reason than a refused connection)."""
-    from distributed import Client
-
-    try:
-        with Client(address, security=security, timeout=5):
-            pass
-    except (OSError, TimeoutError) as exc:  # CommClosedError, FatalCommClosedError are OSErrors
-        return f"{type(exc).__name__}: {str(exc)[:100]}"
-    raise AssertionError(f"a client without the run's credentials connected to {address}")
-
-
-def _tls_without_certificate_refused(address: str) -> str:
-    """Open a TLS connection that presents no client certificate (and trusts any server);
-    return how the scheduler refused it (mutual TLS: it demands a certificate)."""
-    import socket
-    import ssl
-
-    host, port = address.split("://", 1)[1].rsplit(":", 1)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        try:
-            with ctx.wrap_socket(raw) as tls:
-                tls.sendall(b"\0" * 8)
-                data = tls.recv(1)  # TLS 1.3: the server's verdict arrives with the first read
-        except (ssl.SSLError, ConnectionError) as exc:
-            return f"{type(exc).__name__}: {str(exc)[:100]}"
-    assert data == b"", f"the scheduler answered a client without a certificate: {data!r}"
-    return "connection closed by the scheduler"
-
-
-def test_client_without_the_credentials_is_refused_while_the_cluster_works(slurm_partition, tmp_path):
-    from distributed.security import Security
-
+def test_client_without_the_credentials_is_refused_while_the_cluster_works(
+        slurm_partition, tmp_path, intruders_refused):
     with open_cluster(_slurm_cfg(slurm_partition), n_workers=1, log_directory=str(tmp_path),
                       shared_temp_directory=tmp_path / "tls") as handle:
         address = handle.scheduler_address
         job = handle.client.submit(time.sleep, 3.0, pure=False)  # a task in flight meanwhile
         start = time.monotonic()
-        refusals = [
-            _intruder_refused("tcp://" + address.split("://", 1)[1]),  # plain tcp to the TLS port
-            _tls_without_certificate_refused(address),  # tls, no client certificate
-            _intruder_refused(address, Security.temporary()),  # tls with someone else's CA
-        ]
+        refusals = intruders_refused(address)
         refused_in = time.monotonic() - start
         # Code of this process given only the address (AMA labelling) gets in.
         from distributed import Client

@@ -182,7 +182,7 @@ def online(
         raise ValueError(f"unexpected argument {str(run_dir)!r}; usage: {_USAGE}")
     if restart:
         raise ValueError("--restart applies only to 'wheretolearn online resume DIR'")
-    from ..online.cluster import job_script
+    from ..cluster import job_script
     from ..online.config import load_online_config
     from ..online.study import run_online_study
 
@@ -216,14 +216,11 @@ def _insecure_cluster_warning(cluster_cfg):
     run (instead of Python's warning display with a source line)."""
     import warnings
 
-    from ..online.cluster import InsecureClusterWarning
-    from ..online.cluster_config import _BATCH_KINDS
+    from ..cluster import INSECURE_MESSAGE, InsecureClusterWarning
 
     with warnings.catch_warnings():
-        if cluster_cfg.kind in _BATCH_KINDS and not cluster_cfg.tls:
-            from ..online.cluster import _INSECURE
-
-            typer.echo(f"warning: {_INSECURE}", err=True)
+        if cluster_cfg.kind != "address" and not cluster_cfg.tls:
+            typer.echo(f"warning: {INSECURE_MESSAGE}", err=True)
             warnings.simplefilter("ignore", InsecureClusterWarning)
         yield
 

@@ -25,11 +25,9 @@ sha256 of (problem name, problem options, measure parameters, seed, n, chunk).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import shutil
 import time
@@ -563,59 +561,12 @@ def _note_leftover(exc: BaseException, where: Path, staging: Path | None, done: 
 
 
 def check_scheduler(address: str, timeout: float = 5.0) -> None:
-    """Raise ``ValueError`` unless ``address`` (``tcp://host:port``) is well formed and a TCP
-    connection to it opens within ``timeout`` seconds (checked before any work)."""
-    import socket
+    """Raise ``ValueError`` unless ``address`` (``tcp://host:port`` or ``tls://host:port``)
+    is well formed, a TCP connection to it opens within ``timeout`` seconds and a Dask
+    scheduler answers there (checked before any work)."""
+    from ..cluster import check_scheduler_reachable
 
-    from distributed.comm.addressing import parse_address, parse_host_port
-
-    if not isinstance(address, str) or not address:
-        raise ValueError(f"scheduler must be an address like 'tcp://host:8786', got {address!r}")
-    try:
-        address = address if "://" in address else f"tcp://{address}"
-        _, location = parse_address(address)
-        host, port = parse_host_port(location)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"scheduler address {address!r} is not of the form 'tcp://host:port' "
-                         f"({exc})") from None
-    if not port:
-        raise ValueError(f"scheduler address {address!r} has no port (e.g. 'tcp://host:8786')")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise ValueError(f"scheduler at {address} cannot be reached within {timeout:g} s "
-                         f"({type(exc).__name__}: {exc})") from None
-    if address.startswith("tls://"):
-        from ..online.reach import client_security
-
-        client_security(address)  # a ValueError naming the missing certificates
-    # Something listens: make sure it is a Dask scheduler (a Client waits forever on a peer
-    # that accepts but never answers, and reads garbage frame sizes from other services).
-    try:
-        reply = asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout))
-    except Exception as exc:  # noqa: BLE001  (timeouts, protocol garbage, MemoryError)
-        reply = exc
-    if not (isinstance(reply, dict) and reply.get("type") == "Scheduler"):
-        detail = type(reply).__name__ if isinstance(reply, BaseException) else "no identity"
-        raise ValueError(f"no Dask scheduler answers at {address} within {timeout:g} s "
-                         f"({detail}); is that the scheduler's address?")
-
-
-async def _identity(address: str, timeout: float) -> Any:
-    """The scheduler's ``identity`` reply (a dict with ``type = "Scheduler"``)."""
-    from distributed.comm import connect
-
-    from ..online.reach import client_security
-
-    # tls:// schedulers: the run's own credentials or those of the Dask configuration.
-    tls = client_security(address).get_connection_args("client")
-    comm = await connect(address, timeout=timeout, **tls)
-    try:
-        await comm.write({"op": "identity", "reply": True})
-        return await comm.read()
-    finally:
-        comm.abort()
+    check_scheduler_reachable(address, timeout, identify=True)
 
 
 def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
@@ -631,7 +582,7 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
 
     from contextlib import ExitStack
 
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     with ExitStack() as stack:
         if scheduler is not None:
@@ -642,11 +593,10 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
                 raise ValueError(f"no Dask scheduler answers at {scheduler} "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
         else:
-            # ":0": the scheduler's HTTP endpoint on a free port (None still tries 8787, which
-            # clashes with any other cluster on the machine)
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=max(1, workers), threads_per_worker=1, dashboard_address=":0",
-                processes=True, silence_logs=logging.ERROR))
+            # TLS with this run's credentials, every listener on 127.0.0.1
+            from ..cluster import local_cluster
+
+            cluster = stack.enter_context(local_cluster(max(1, workers), quiet=True))
             client = stack.enter_context(Client(cluster))
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
         if num_threads is not None:

@@ -321,7 +321,7 @@ def _labelling_backend(cfg: AMAStudyConfig):
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="wtl-ama-"))
         scheduler = cfg.scheduler
         if cfg.cluster is not None and scheduler is None:
-            from ..online.cluster import ClusterConfig, open_cluster
+            from ..cluster import ClusterConfig, open_cluster
 
             handle = stack.enter_context(open_cluster(ClusterConfig(**cfg.cluster),
                                                       n_workers=max(1, cfg.workers)))

@@ -1,6 +1,6 @@
 """wheretolearn.online (see the package docstring of :mod:`wheretolearn`)."""
 
-from wheretolearn.online.cluster import (
+from wheretolearn.cluster import (
     ClusterConfig,
     ClusterHandle,
     check_scheduler_reachable,

@@ -2,7 +2,7 @@
 
 Tables: ``[study]`` (problem and budget), ``[sampler]``, ``[buffer]``, ``[training]``,
 ``[executor]``, ``[validation]``, ``[checkpoint]`` and ``[cluster]``
-(:class:`~wheretolearn.online.cluster.ClusterConfig`). Unknown keys are errors; every
+(:class:`~wheretolearn.cluster.ClusterConfig`). Unknown keys are errors; every
 error message names the key, the value and what is allowed. Defaults are the CPU settings
 of SPEC §5 (64 x 64 heat equation, 200 simulations of 100 steps, reservoir 2500 / 500,
 Melissa's MLP and optimiser); ``OnlineStudyConfig.paper()`` gives the SC'23 sizes.
@@ -16,11 +16,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .cluster import ClusterConfig
+from ..cluster import ClusterConfig
 
 __all__ = ["OnlineStudyConfig", "StudySection", "SamplerSection", "BufferSection",
            "TrainingSection", "ExecutorSection", "ValidationSection", "CheckpointSection",
-           "load_online_config"]
+           "load_online_config", "check_run_trusted"]
 
 
 class _Section(BaseModel):
@@ -347,6 +347,34 @@ class OnlineStudyConfig(_Section):
             options.setdefault("cwd", os.getcwd())
         return {"name": canonical_spec(self.study.problem), "options": options}
 
+    def problem_code(self) -> str | None:
+        """What in ``[study]`` names code from outside the package, as ``key = value``: a
+        ``command`` (problem ``external``) or a problem that is not built-in (an import
+        path, a file, a plugin name); None for a built-in problem."""
+        from ..problems.trust import is_builtin_problem
+
+        s = self.study
+        if s.command is not None or s.problem == "external":
+            return f"command = {s.command or s.options.get('command')!r}"
+        return None if is_builtin_problem(s.problem) else f"problem = {s.problem!r}"
+
+    def user_code(self) -> str | None:
+        """What a run of this configuration would import or launch that it names itself
+        (:meth:`problem_code`, or a ``[cluster]`` key: the ``python`` the workers run, the
+        scheduler ``address`` it connects to -- whose replies it unpickles -- or
+        ``job_extra_directives`` of the job script), as ``key = value``; None if nothing."""
+        found = self.problem_code()
+        if found is not None:
+            return found
+        c = self.cluster
+        if c.python is not None:
+            return f"[cluster] python = {c.python!r}"
+        if c.kind == "address":
+            return f"[cluster] address = {c.address!r}"
+        if c.job_extra_directives:
+            return f"[cluster] job_extra_directives = {c.job_extra_directives!r}"
+        return None
+
     @classmethod
     def paper(cls) -> "OnlineStudyConfig":
         """The SC'23 sizes: 1000 x 1000 grid, 25 000 simulations, reservoir 6000 / 1000."""
@@ -398,3 +426,15 @@ def _anchor_paths(cfg: OnlineStudyConfig, base: Any) -> OnlineStudyConfig:
     if study.command is not None and "problem" not in study.model_fields_set:
         data["study"].pop("problem")
     return OnlineStudyConfig.model_validate(data)
+
+
+def check_run_trusted(run_dir: Any, config: OnlineStudyConfig, *,
+                      how: str = "pass trust=True if you trust who wrote it") -> None:
+    """Refuse to run the study in ``run_dir`` (someone else's folder, perhaps) when its
+    ``config`` names code (:meth:`OnlineStudyConfig.user_code`): one ``ValueError`` saying
+    what it names and ``how`` to go on anyway."""
+    from ..problems.trust import user_code_message
+
+    found = config.user_code()
+    if found is not None:
+        raise ValueError(user_code_message(run_dir, found, how))

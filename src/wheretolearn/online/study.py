@@ -337,7 +337,7 @@ class OnlineStudy:
         ``max_seconds`` (default ``[study] max_seconds``) limits this session's wall time;
         the study then stops with a checkpoint and can be resumed.
         """
-        from .cluster import check_scheduler_reachable, open_cluster
+        from ..cluster import check_scheduler_reachable, open_cluster
         from .executor import EnsembleExecutor
 
         cfg = self.config
@@ -575,7 +575,7 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
     if not isinstance(config, OnlineStudyConfig):
         raise TypeError(f"config must be an OnlineStudyConfig, got {type(config).__name__}")
     if config.cluster.kind == "address":
-        from .cluster import check_scheduler_reachable
+        from ..cluster import check_scheduler_reachable
 
         check_scheduler_reachable(config.cluster.address)
     from .preflight import check_max_seconds, preflight

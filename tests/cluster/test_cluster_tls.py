@@ -11,15 +11,15 @@ import stat
 import pytest
 from pydantic import ValidationError
 
-from wheretolearn.online.cluster import (
+from wheretolearn.cluster import (
     ClusterConfig,
     ClusterHandle,
     InsecureClusterWarning,
     check_scheduler_reachable,
     job_script,
 )
-from wheretolearn.online.cluster import _batch_cluster_kwargs, _credentials_folder
-from wheretolearn.online.dask_private import close_credential_files
+from wheretolearn.cluster.start import _batch_cluster_kwargs, _credentials_folder
+from wheretolearn.cluster.dask_private import close_credential_files
 
 
 def _slurm(**kw) -> ClusterConfig:
@@ -130,7 +130,7 @@ def test_tls_scheduler_is_used_with_configured_certificates(tmp_path):
     from distributed import LocalCluster
     from distributed.security import Security
 
-    from wheretolearn.online.cluster import open_cluster
+    from wheretolearn.cluster import open_cluster
 
     sec = Security.temporary()
     paths = {}
@@ -169,7 +169,7 @@ def test_code_given_only_the_address_reaches_a_tls_scheduler_started_here():
     from distributed.security import Security
 
     from wheretolearn.datasets.generate import check_scheduler
-    from wheretolearn.online.reach import forget_scheduler, register_scheduler
+    from wheretolearn.cluster.security import forget_scheduler, register_scheduler
 
     sec = Security.temporary()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://",

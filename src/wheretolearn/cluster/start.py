@@ -10,12 +10,14 @@ reached, node failure -- is replaced, up to ``max_replacement_jobs`` times) and 
 Work lost with a job is rescheduled by Dask itself (the executor's retry policy decides
 what happens to a simulation whose worker died); this module only brings capacity back.
 
+Every cluster started here is secured as :mod:`.security` decides: TLS with temporary
+credentials and, for local clusters, every listener on 127.0.0.1.
+
 This module holds the context managers that start a cluster; the rest lives by concern:
-:mod:`.cluster_config` (the ``[cluster]`` table), :mod:`.jobs` (job keyword arguments and
-scripts), :mod:`.reach` (scheduler reachability), :mod:`.job_watch` (:class:`ClusterHandle`,
-the job watchdog) and :mod:`.dask_private` (every use of private dask API). The names
-below are re-exported here, so ``from wheretolearn.online.cluster import ...`` keeps
-working.
+:mod:`.config` (the ``[cluster]`` table), :mod:`.security` (credentials), :mod:`.jobs`
+(job keyword arguments and scripts), :mod:`.reach` (scheduler reachability),
+:mod:`.job_watch` (:class:`ClusterHandle`, the job watchdog) and :mod:`.dask_private`
+(every use of private dask API).
 """
 
 from __future__ import annotations
@@ -28,34 +30,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .cluster_config import _BATCH_KINDS, CLUSTER_KINDS, ClusterConfig
+from .config import ClusterConfig
 from .dask_private import add_jobs, close_credential_files, drop_unsubmitted, submit_jobs
 from .job_watch import ClusterHandle
-from .jobs import _job_kwargs, _jobqueue_classes, _submit_error, job_script
-from .reach import check_scheduler_reachable, forget_scheduler, register_scheduler
+from .jobs import _job_kwargs, _jobqueue_classes, _submit_error
+from .reach import check_scheduler_reachable
+from .security import (INSECURE_MESSAGE, InsecureClusterWarning, forget_scheduler,
+                       register_scheduler, temporary_security)
 
-__all__ = [
-    "CLUSTER_KINDS",
-    "ClusterConfig",
-    "ClusterHandle",
-    "InsecureClusterWarning",
-    "check_scheduler_reachable",
-    "job_script",
-    "open_cluster",
-]
-
-_ = _BATCH_KINDS  # re-exported for callers of the former single module
-
-
-class InsecureClusterWarning(UserWarning):
-    """A batch cluster runs without TLS (``[cluster] tls = false``)."""
-
-
-_INSECURE = (
-    "[cluster] tls = false: the Dask scheduler of this run accepts plain tcp:// connections "
-    "without authentication; anyone who can reach its port can run code as you and read "
-    "the simulation data (recorded in summary.json)"
-)
+__all__ = ["local_cluster", "open_cluster"]
 
 
 @contextmanager
@@ -144,29 +127,75 @@ def _address_cluster(cfg: ClusterConfig, timeout: float) -> Iterator[ClusterHand
 
 
 @contextmanager
-def _local_cluster(cfg: ClusterConfig, n_workers: int, threads: int) -> Iterator[ClusterHandle]:
-    from distributed import Client, LocalCluster
+def local_cluster(
+    n_workers: int,
+    *,
+    threads_per_worker: int = 1,
+    tls: bool = True,
+    local_directory: str | None = None,
+    quiet: bool = False,
+) -> Iterator[Any]:
+    """A ``distributed.LocalCluster`` of ``n_workers`` processes on this machine, closed on
+    exit: the one way the package starts local Dask clusters.
+
+    Every listener (scheduler, workers, nannies, HTTP endpoints) is on 127.0.0.1, and with
+    ``tls`` (default) the cluster talks TLS with mutual authentication using temporary
+    credentials, so another user of the machine cannot connect to it or run anything on it.
+    ``Client(cluster)`` picks the credentials up; code handed only the scheduler address
+    finds them too (:func:`~.security.register_scheduler`) while the cluster runs.
+    ``tls=False`` warns (:class:`~.security.InsecureClusterWarning`).
+    """
+    import logging
+
+    from distributed import LocalCluster
 
     kwargs: dict[str, Any] = {}
-    if cfg.local_directory:
-        kwargs["local_directory"] = cfg.local_directory
+    if local_directory:
+        kwargs["local_directory"] = local_directory
+    if tls:
+        kwargs.update(security=temporary_security(), protocol="tls://")
+    else:
+        warnings.warn(INSECURE_MESSAGE, InsecureClusterWarning, stacklevel=3)
+    if quiet:
+        kwargs["silence_logs"] = logging.ERROR
     cluster = LocalCluster(
         n_workers=n_workers,
-        threads_per_worker=threads,
+        threads_per_worker=threads_per_worker,
         processes=True,
-        dashboard_address=":0",
+        host="127.0.0.1",
+        # the scheduler's HTTP endpoints on a free loopback port, no dashboard (bokeh is
+        # not a dependency); the workers serve none
+        dashboard_address="127.0.0.1:0",
         scheduler_kwargs={"dashboard": False},
+        worker_dashboard_address=None,
         **kwargs,
     )
-    client = _client_or_close(Client, cluster)
-    handle = ClusterHandle("local", client, cluster, target_jobs=n_workers, max_replacements=0)
+    address = ""
     try:
-        handle._install_plugin()
-        handle._poll()
-        yield handle
+        address = str(cluster.scheduler_address)
+        if tls:
+            register_scheduler(address, cluster.security)
+        yield cluster
     finally:
-        client.close()
+        forget_scheduler(address)
         cluster.close()
+
+
+@contextmanager
+def _local_cluster(cfg: ClusterConfig, n_workers: int, threads: int) -> Iterator[ClusterHandle]:
+    from distributed import Client
+
+    with local_cluster(n_workers, threads_per_worker=threads, tls=cfg.tls,
+                       local_directory=cfg.local_directory) as cluster:
+        client = Client(cluster)
+        handle = ClusterHandle("local", client, cluster, target_jobs=n_workers,
+                               max_replacements=0)
+        try:
+            handle._install_plugin()
+            handle._poll()
+            yield handle
+        finally:
+            client.close()
 
 
 @contextmanager
@@ -201,14 +230,7 @@ def _tls_options(cfg: ClusterConfig, shared: str | None) -> dict[str, Any]:
     """dask-jobqueue keywords for TLS with temporary credentials (none without TLS)."""
     if not cfg.tls:
         return {}
-    try:
-        import cryptography  # noqa: F401  (Security.temporary() needs it)
-    except ImportError:
-        raise ValueError(
-            "[cluster] tls = true needs the 'cryptography' package (pip install cryptography), "
-            "or set tls = false to run without encryption"
-        ) from None
-    return {"security": True, "shared_temp_directory": shared}
+    return {"security": temporary_security(), "shared_temp_directory": shared}
 
 
 def _batch_cluster_kwargs(
@@ -218,7 +240,7 @@ def _batch_cluster_kwargs(
     (:class:`InsecureClusterWarning`) when ``cfg.tls`` is false."""
     tls = _tls_options(cfg, shared)
     if not cfg.tls:
-        warnings.warn(_INSECURE, InsecureClusterWarning, stacklevel=5)
+        warnings.warn(INSECURE_MESSAGE, InsecureClusterWarning, stacklevel=5)
     return dict(
         # A random port for the scheduler's HTTP endpoints, on loopback only: no clash
         # with another scheduler on this host, nothing served to the network, and no

@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["CLUSTER_KINDS", "ClusterConfig"]
+__all__ = ["BATCH_KINDS", "CLUSTER_KINDS", "ClusterConfig"]
 
 CLUSTER_KINDS = ("local", "slurm", "pbs", "sge", "address")
-_BATCH_KINDS = ("slurm", "pbs", "sge")
+BATCH_KINDS = ("slurm", "pbs", "sge")
 _WALLTIME = re.compile(r"^\d{1,4}:[0-5]\d:[0-5]\d$")
 
 
@@ -57,11 +57,12 @@ class ClusterConfig(BaseModel):
     max_replacement_jobs : int
         How many jobs that ended early may be replaced in one run.
     tls : bool
-        Batch kinds: the scheduler, its workers and the study's client talk TLS with
-        mutual authentication, using temporary credentials made for this run (default
-        ``True``). ``False`` opens a plain ``tcp://`` scheduler that anyone who can reach
-        its port can use to run code as you: a warning is printed and ``summary.json``
-        records it. ``local`` clusters listen on 127.0.0.1 only and ignore this key.
+        The scheduler, its workers and the study's client talk TLS with mutual
+        authentication, using temporary credentials made for this run (default ``True``),
+        for local clusters (which also listen on 127.0.0.1 only) and batch kinds alike.
+        ``False`` opens a plain ``tcp://`` scheduler that anyone who can reach its port
+        can use to run code as you: a warning is printed and ``summary.json`` records it.
+        ``address``: the scheme of ``address`` decides.
     shared_temp_directory : str, optional
         Where the workers' copy of the temporary credentials is written (key files
         readable by you only, removed when the cluster closes); it must be on a
@@ -111,7 +112,7 @@ class ClusterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> "ClusterConfig":
-        if self.kind in _BATCH_KINDS and not self.queue:
+        if self.kind in BATCH_KINDS and not self.queue:
             raise ValueError(
                 f"cluster kind {self.kind!r} needs queue (the partition/queue the jobs go to)"
             )

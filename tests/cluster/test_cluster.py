@@ -11,7 +11,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from wheretolearn.online.cluster import (
+from wheretolearn.cluster import (
     ClusterConfig,
     check_scheduler_reachable,
     job_script,
@@ -288,7 +288,7 @@ def test_a_failing_watcher_pass_is_logged_once_and_does_not_stop_the_watcher(cap
     import asyncio
     import logging
 
-    from wheretolearn.online.cluster import ClusterHandle
+    from wheretolearn.cluster import ClusterHandle
 
     handle = ClusterHandle("slurm", None, None, target_jobs=1, max_replacements=1)
     outcomes = iter([OSError("squeue: command timed out")] * 2 + [None])
@@ -299,7 +299,7 @@ def test_a_failing_watcher_pass_is_logged_once_and_does_not_stop_the_watcher(cap
             raise exc
 
     handle._ensure_async = ensure
-    with caplog.at_level(logging.WARNING, logger="wheretolearn.online.cluster"):
+    with caplog.at_level(logging.WARNING, logger="wheretolearn.cluster.job_watch"):
         for _ in range(3):
             asyncio.run(handle._watch_tick())  # never raises: the watcher keeps running
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -314,6 +314,9 @@ def test_local_cluster_is_closed_when_the_client_cannot_connect(monkeypatch):
     closed = []
 
     class FakeCluster:
+        scheduler_address = "tls://127.0.0.1:1"
+        security = None
+
         def __init__(self, **kwargs):
             pass
 
@@ -337,7 +340,7 @@ def test_private_dask_api_still_matches_the_adapter():
     (SpecCluster._correct_state, ._i, ._dummy_job, worker_spec / new_worker_spec)."""
     from dask_jobqueue import SLURMCluster
 
-    from wheretolearn.online import dask_private as dp
+    from wheretolearn.cluster import dask_private as dp
 
     assert dp.private_api_problems() == []
     with SLURMCluster(cores=1, processes=1, memory="1GB", queue="q",
@@ -356,9 +359,9 @@ def test_private_dask_api_still_matches_the_adapter():
 def test_no_private_dask_api_outside_the_adapter():
     from pathlib import Path
 
-    import wheretolearn.online as online
+    import wheretolearn.cluster as cluster_pkg
 
-    for path in Path(online.__file__).parent.glob("*.py"):
+    for path in Path(cluster_pkg.__file__).parent.glob("*.py"):
         if path.name == "dask_private.py":
             continue
         text = path.read_text()

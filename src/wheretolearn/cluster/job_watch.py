@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from .cluster_config import _BATCH_KINDS
+from .config import BATCH_KINDS
 from .dask_private import (add_jobs, drop_unsubmitted, fresh_job_names, submit_jobs_async,
                            worker_processes_per_job)
 from .jobs import _submit_error
@@ -94,7 +94,7 @@ class ClusterHandle:
                 self._workers_seen.append(name)
 
     def _record_jobs(self) -> None:
-        if self.kind not in _BATCH_KINDS or self.cluster is None:
+        if self.kind not in BATCH_KINDS or self.cluster is None:
             return
         try:
             jobs = list(self.cluster.workers.values())
@@ -271,7 +271,7 @@ class ClusterHandle:
         reached, node lost), up to ``max_replacement_jobs`` in total; no-op for ``local``
         and ``address``. Also runs by itself every second while the cluster is open."""
         self._poll()
-        if self.kind not in _BATCH_KINDS or self.cluster is None:
+        if self.kind not in BATCH_KINDS or self.cluster is None:
             return
         from distributed.utils import sync
 
@@ -283,7 +283,7 @@ class ClusterHandle:
             raise ValueError(f"n_workers must be >= 0, got {n_workers}")
         if self.cluster is None:
             return
-        if self.kind in _BATCH_KINDS:
+        if self.kind in BATCH_KINDS:
             processes = worker_processes_per_job(self.cluster)
             self.target_jobs = math.ceil(n_workers / processes)
             self.cluster.scale(jobs=self.target_jobs)
@@ -292,7 +292,7 @@ class ClusterHandle:
             self.cluster.scale(n_workers)
 
     def _start_watcher(self) -> None:
-        if self.kind not in _BATCH_KINDS:
+        if self.kind not in BATCH_KINDS:
             return
         from tornado.ioloop import PeriodicCallback
 

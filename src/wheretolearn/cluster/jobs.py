@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .cluster_config import _BATCH_KINDS, ClusterConfig
+from .config import BATCH_KINDS, ClusterConfig
 
 __all__ = ["job_script"]
 
@@ -100,10 +100,10 @@ def job_script(cfg: ClusterConfig, *, n_workers: int = 1) -> str:
     from wheretolearn._validation import check_positive_int
 
     check_positive_int(n_workers, "n_workers")
-    if cfg.kind not in _BATCH_KINDS:
+    if cfg.kind not in BATCH_KINDS:
         raise ValueError(
             f"cluster kind {cfg.kind!r} submits no batch job; --print-job-script needs "
-            f"one of {', '.join(_BATCH_KINDS)}"
+            f"one of {', '.join(BATCH_KINDS)}"
         )
     _, job_cls = _jobqueue_classes(cfg.kind)
     tls = {"protocol": "tls://", "security": _preview_security(cfg)} if cfg.tls else {}
