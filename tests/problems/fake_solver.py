@@ -4,12 +4,14 @@
 
 Step ``s`` holds ``P0 * (s + 1)`` in every entry of a (3,) field, so tests know the truth.
 MODE: ok | npz | direct (written in place, slowly, no rename) | crash | hang | malformed |
-short | wrongshape | client | client-crash | crash-once | hang-once (the last two fail on
+short | wrongshape | client | client-crash | client-silent (3 silent connections stay
+open until the engine drops them) | crash-once | hang-once (the last two fail on
 attempt 1 only) | mixed (by $WHERETOLEARN_SIM_ID mod 5: 1 crash-once, 2 hang-once,
 3 malformed-once, 4 short-once, else ok).
 """
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,11 +43,21 @@ if mode.startswith("client"):
     sys.path.insert(0, os.environ["WTL_SRC"])
     from wheretolearn.client import connect
 
+    silent = []
+    if mode == "client-silent":      # connect and say nothing, before the real client
+        host, _, port = os.environ["WHERETOLEARN_ADDRESS"].rpartition(":")
+        silent = [socket.create_connection((host, int(port))) for _ in range(3)]
     with connect() as c:
         for s in range(n):
             if mode == "client-crash" and s == FAIL_AT:
                 raise RuntimeError(f"client boom at step {s}")
             c.send(s, field(s))
+    for sock in silent:              # keep them open until the engine closes them
+        sock.settimeout(120)
+        try:
+            sock.recv(1)
+        except OSError:
+            pass
     sys.exit(0)
 
 for s in range(n):

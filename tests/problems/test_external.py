@@ -206,3 +206,308 @@ def test_folders_of_killed_owners_are_swept_by_the_next_run(tmp_path):
         {"host": "another-node", "pid": dead.pid, "keep": False}))
     list(fake("ok", tmp_path).simulate([1.0]))
     assert sorted(p.name for p in work.iterdir()) == ["wtl-elsewhere", "wtl-kept", "wtl-live"]
+
+
+# ---------------------------------------------------------------- shared machines (issue 24)
+def _owner_json(pid, *, keep=False, host=None):
+    import json
+    import socket
+
+    return json.dumps({"host": host or socket.gethostname(), "pid": pid, "keep": keep})
+
+
+def _dead_pid():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def _sweep_in_thread(work, seconds=5.0):
+    """Run the sweep in a thread; fail (instead of hanging the suite) if it blocks."""
+    import threading
+
+    from wheretolearn.problems.external import _sweep_stale
+
+    errors = []
+
+    def target():
+        try:
+            _sweep_stale(work)
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    return t, errors
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param('{"host": "%(host)s", "pid": "abc", "keep": false}', id="pid-text"),
+    pytest.param('{"host": "%(host)s", "pid": -5, "keep": false}', id="pid-negative"),
+    pytest.param('{"host": "%(host)s", "pid": 0, "keep": false}', id="pid-zero"),
+    pytest.param('{"host": "%(host)s", "pid": 1e30, "keep": false}', id="pid-float"),
+    pytest.param('{"host": "%(host)s", "pid": [1], "keep": false}', id="pid-list"),
+    pytest.param('{"host": "%(host)s", "pid": %(dead)d, "keep": "no"}', id="keep-text"),
+    pytest.param('[1, 2, 3]', id="not-an-object"),
+    pytest.param('[' * 50000 + ']' * 50000, id="too-large"),
+    pytest.param('{"host": "%(host)s", "pid": %(dead)d, "keep": false' + ' ' * 70000 + '}',
+                 id="over-64KiB"),
+    pytest.param('\xff\xfe not json', id="garbage"),
+])
+def test_sweep_leaves_folders_with_malformed_owner_records_alone(tmp_path, content):
+    import socket
+
+    dead = _dead_pid()
+    work = tmp_path / "work"
+    (work / "wtl-bad").mkdir(parents=True)
+    (work / "wtl-bad" / ".owner.json").write_text(
+        content % {"host": socket.gethostname(), "dead": dead} if "%(" in content else content)
+    (work / "wtl-stale").mkdir()
+    (work / "wtl-stale" / ".owner.json").write_text(_owner_json(dead))
+    t, errors = _sweep_in_thread(work)
+    assert not t.is_alive() and errors == []
+    assert sorted(p.name for p in work.iterdir()) == ["wtl-bad"]   # stale one still swept
+
+
+def test_sweep_does_not_hang_on_a_fifo_owner_file(tmp_path):
+    work = tmp_path / "work"
+    (work / "wtl-fifo").mkdir(parents=True)
+    fifo = work / "wtl-fifo" / ".owner.json"
+    os.mkfifo(fifo)
+    (work / "wtl-stale").mkdir()
+    (work / "wtl-stale" / ".owner.json").write_text(_owner_json(_dead_pid()))
+    t, errors = _sweep_in_thread(work)
+    try:
+        assert not t.is_alive(), "the sweep blocked on a FIFO named .owner.json"
+    finally:
+        if t.is_alive():                              # unblock the stuck reader
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(5)
+    assert errors == []
+    assert sorted(p.name for p in work.iterdir()) == ["wtl-fifo"]
+
+
+def test_sweep_ignores_links_and_folders_of_other_users(tmp_path):
+    import shutil
+
+    dead = _dead_pid()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "wtl-other").mkdir()                              # another user's stale folder
+    (work / "wtl-other" / ".owner.json").write_text(_owner_json(dead))
+    for path in (work / "wtl-other", work / "wtl-other" / ".owner.json"):
+        os.chown(path, 65534, 65534)
+    (work / "wtl-foreign-record").mkdir()                     # ours, record written by another
+    (work / "wtl-foreign-record" / ".owner.json").write_text(_owner_json(dead))
+    os.chown(work / "wtl-foreign-record" / ".owner.json", 65534, 65534)
+    (tmp_path / "record.json").write_text(_owner_json(dead))  # a link to a stale record
+    (work / "wtl-linked-record").mkdir()
+    (work / "wtl-linked-record" / ".owner.json").symlink_to(tmp_path / "record.json")
+    target = tmp_path / "victim"                              # a link to someone's folder
+    target.mkdir()
+    (target / ".owner.json").write_text(_owner_json(dead))
+    (work / "wtl-link").symlink_to(target)
+    t, errors = _sweep_in_thread(work)
+    assert not t.is_alive() and errors == []
+    assert sorted(p.name for p in work.iterdir()) == [
+        "wtl-foreign-record", "wtl-link", "wtl-linked-record", "wtl-other"]
+    assert (target / ".owner.json").exists()
+    shutil.rmtree(work / "wtl-other")
+
+
+def test_default_workdir_is_a_private_per_user_folder(tmp_path, monkeypatch):
+    import stat
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    prob = ExternalCommandProblem(
+        ["{python}", FAKE, "ok", "{outdir}", "2", "{p0}"], bounds=[[0.0, 1.0]], n_steps=2,
+        field_shape=[3], env={"WTL_SRC": SRC}, keep_outputs=True)
+    assert [s for s, _ in prob.simulate([0.5])] == [0, 1]
+    root = tmp_path / f"wheretolearn-{os.getuid()}"
+    st = os.lstat(root)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+    assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+    assert len(list(root.glob("wtl-*"))) == 1
+
+
+@pytest.mark.parametrize("how, match", [
+    ("world-writable", "writable by group or others"),
+    ("other-user", "belongs to uid 65534"),
+    ("symlink", "symbolic link"),
+    ("file", "not a folder"),
+])
+def test_an_unsafe_default_workdir_is_refused(tmp_path, monkeypatch, how, match):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = tmp_path / f"wheretolearn-{os.getuid()}"
+    if how == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        root.symlink_to(tmp_path / "elsewhere")
+    elif how == "file":
+        root.write_text("")
+    else:
+        root.mkdir()
+        os.chmod(root, 0o777 if how == "world-writable" else 0o700)
+        if how == "other-user":
+            os.chown(root, 65534, 65534)
+    prob = ExternalCommandProblem(["{python}", FAKE, "ok", "{outdir}", "1", "{p0}"],
+                                  bounds=[[0.0, 1.0]], n_steps=1, field_shape=[3])
+    with pytest.raises(ValueError, match=f"{root}.*{match}.*workdir"):
+        list(prob.simulate([0.5]))
+
+
+class _IdleRun:
+    """Stands in for a running program that never exits (for the handshake alone)."""
+
+    sim_id, attempt = 0, 1
+
+    def poll(self):
+        return None
+
+    def fail(self, message):
+        return SimulationError(message)
+
+    def hung(self, since):
+        return SimulationError("hung")
+
+
+def _accept_in_thread(server, token, seconds=30.0):
+    import threading
+
+    from wheretolearn.problems.external import _ClientStream
+
+    prob = ExternalCommandProblem(["x"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1],
+                                  step_timeout=600)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(
+        conn=_ClientStream(prob, _IdleRun())._accept(server, token)), daemon=True)
+    t.start()
+    t.join(seconds)
+    return t, got
+
+
+def test_silent_connections_do_not_hold_up_the_real_client():
+    import socket
+
+    from wheretolearn.problems.external import CLIENT_MAGIC
+
+    token = "a" * 32
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        addr = server.getsockname()[:2]
+        silent = [socket.create_connection(addr) for _ in range(3)]   # connect, say nothing
+        real = socket.create_connection(addr)
+        real.sendall(CLIENT_MAGIC + token.encode())
+        try:
+            t, got = _accept_in_thread(server, token)
+            assert not t.is_alive(), "the handshake blocked on a silent connection"
+            assert got["conn"].getpeername() == real.getsockname()
+        finally:
+            for sock in silent + [real]:                 # (unblocks a stuck handshake)
+                sock.close()
+            t.join(30)
+        got["conn"].close()
+
+
+def test_a_silent_connection_is_dropped_at_its_hello_deadline(monkeypatch):
+    import socket
+    import threading
+
+    from wheretolearn.problems import external
+
+    monkeypatch.setattr(external, "_HELLO_TIMEOUT", 0.2)
+    token = "b" * 32
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        addr = server.getsockname()[:2]
+        silent = socket.create_connection(addr)
+        got = {}
+        t = threading.Thread(target=lambda: got.update(conn=external._ClientStream(
+            ExternalCommandProblem(["x"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1],
+                                   step_timeout=600), _IdleRun())._accept(server, token)),
+            daemon=True)
+        t.start()
+        with silent:
+            silent.settimeout(30)
+            assert silent.recv(1) == b""                 # closed by the engine, no client yet
+        assert t.is_alive()                              # still waiting for the real one
+        with socket.create_connection(addr) as real:
+            real.sendall(external.CLIENT_MAGIC + token.encode())
+            t.join(30)
+            assert got["conn"].getpeername() == real.getsockname()
+            got["conn"].close()
+
+
+def test_a_wrong_token_is_refused_with_a_constant_time_comparison(monkeypatch):
+    import hmac
+    import socket
+
+    from wheretolearn.problems.external import CLIENT_MAGIC
+
+    calls = []
+    compare = hmac.compare_digest
+    monkeypatch.setattr("wheretolearn.problems.external.hmac.compare_digest",
+                        lambda a, b: calls.append((a, b)) or compare(a, b))
+    token = "0123456789abcdef" * 2
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        addr = server.getsockname()[:2]
+        wrong = socket.create_connection(addr)
+        wrong.sendall(CLIENT_MAGIC + b"f" * len(token))          # same length, wrong value
+        real = socket.create_connection(addr)
+        real.sendall(CLIENT_MAGIC + token.encode())
+        with wrong, real:
+            t, got = _accept_in_thread(server, token)
+            assert not t.is_alive()
+            assert got["conn"].getpeername() == real.getsockname()
+            wrong.settimeout(30)
+            assert wrong.recv(1) == b""                           # dropped by the engine
+            got["conn"].close()
+    assert (CLIENT_MAGIC + b"f" * len(token), CLIENT_MAGIC + token.encode()) in calls
+
+
+def test_a_client_program_with_silent_connections_streams_normally(tmp_path):
+    import threading
+
+    prob = fake("client-silent", tmp_path, protocol="client", step_timeout=300)
+    got = []
+    t = threading.Thread(target=lambda: got.extend(prob.simulate([1.5])), daemon=True)
+    t.start()
+    t.join(90)
+    assert not t.is_alive(), "the study stalled on silent connections"
+    assert [s for s, _ in got] == list(range(5))
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("{p0:{bogus}}", r"nested field \{bogus\}"),
+    ("{p0:{p0}}", r"nested field \{p0\}"),
+    ("--x={p0:>{p0:{p0}}}", r"nested field \{p0:\{p0\}\}"),
+    ("{p0.real}", r"\{p0\.real\}.*attribute access or indexing"),
+    ("{p0[0]}", r"\{p0\[0\]\}.*attribute access or indexing"),
+    ("{outdir.__class__}", r"attribute access or indexing"),
+    ("{p0!x}", r"conversion !x"),
+    ("{}", r"unknown placeholder \{\}"),
+    ("{0}", r"unknown placeholder \{0\}"),
+    ("{p0:d}", r"cannot be formatted.*Unknown format code 'd'"),
+    ("{p0", r"not a valid template"),
+])
+def test_placeholders_are_checked_fully_up_front(arg, match):
+    with pytest.raises(ValueError, match=match) as err:
+        get_problem("external", command=["solver", arg], bounds=[[0, 1]], n_steps=1,
+                    field_shape=[1])
+    msg = str(err.value)
+    assert "command argument" in msg and repr(arg) in msg and "allowed" in msg
+    with pytest.raises(ValueError, match="launcher argument"):
+        get_problem("external", command=["solver"], launcher=[arg], bounds=[[0, 1]],
+                    n_steps=1, field_shape=[1])
+
+
+def test_plain_placeholders_with_conversions_and_specs_still_work():
+    prob = get_problem("external", command=["s", "{p0!r}", "{p1:>8.3f}", "{sim_id:03d}",
+                                            "{outdir!s}", "{{x}}"],
+                       bounds=[[0, 1], [0, 1]], n_steps=1, field_shape=[1])
+    assert prob.argv([0.5, 0.25], sim_id=7, outdir="/o") == [
+        "s", "0.5", "   0.250", "007", "/o", "{x}"]

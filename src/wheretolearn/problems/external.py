@@ -22,8 +22,10 @@ streams its time steps back as they appear. Two ways for the program to hand ove
 Placeholders in ``command`` and ``launcher`` (``str.format`` syntax, ``{{`` for a brace):
 ``{p0}``, ``{p1}``, ... the parameters (full precision; ``{p0:.3f}`` works), ``{sim_id}``,
 ``{attempt}``, ``{outdir}`` (the step folder, created before the launch), ``{cores}``,
-``{python}`` (the Python running the worker). The environment also carries
-``WHERETOLEARN_SIM_ID``, ``WHERETOLEARN_ATTEMPT``, ``WHERETOLEARN_OUTDIR``,
+``{python}`` (the Python running the worker) -- plain names only, each optionally with a
+conversion (``!s``, ``!r``, ``!a``) and a format spec without fields in it; anything else
+(attribute access, indexing, nested fields) is refused up front. The environment also
+carries ``WHERETOLEARN_SIM_ID``, ``WHERETOLEARN_ATTEMPT``, ``WHERETOLEARN_OUTDIR``,
 ``WHERETOLEARN_N_STEPS`` and ``WHERETOLEARN_PARAMS`` (JSON list).
 
 Failures (each raises :class:`SimulationError` after killing the process group, which the
@@ -45,11 +47,14 @@ generator), and when the Dask task running the simulation is cancelled. The per-
 working folder ``workdir/wtl-<sim>-<attempt>-<random>/`` (``out/`` = ``{outdir}``,
 ``stdout.log``, ``stderr.log``) is removed at the end unless ``keep_outputs``; a folder
 whose owner was killed before it could clean up (the online engine kills a hung attempt
-with SIGKILL) is removed by the next simulation started on the same host.
+with SIGKILL) is removed by the next simulation of the same user started on the same host.
+Without ``workdir`` the folders go into the private ``<tempdir>/wheretolearn-<uid>``
+(mode 0700; refused if it is a link, another user's or writable by others).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import os
@@ -59,6 +64,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -67,7 +73,7 @@ import time
 import zipfile
 from pathlib import Path
 from string import Formatter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -85,7 +91,11 @@ CLIENT_MAGIC = b"WTL1"
 CLIENT_HEADER = struct.Struct("<qQ")
 _STDERR_LINES = 8
 _OWNER = ".owner.json"        # in each working folder: host, pid, keep (see _sweep_stale)
+_OWNER_MAX_BYTES = 64 * 1024  # a larger owner record is not ours: its folder is left alone
 _KILL_GRACE = 2.0
+_HELLO_TIMEOUT = 2.0          # seconds a new connection has to send its whole hello
+_MAX_PENDING = 32             # connections waiting for their hello, at most (oldest dropped)
+_CONVERSIONS = ("s", "r", "a")
 
 
 @register_problem("external")
@@ -116,7 +126,8 @@ class ExternalCommandProblem(SimulatorProblem):
         Folder the program runs in (default: the current folder of the calling process);
         relative paths in ``command`` are relative to it.
     workdir : str, optional
-        Parent of the per-attempt working folders (default: the system temp folder).
+        Parent of the per-attempt working folders (default: the private per-user folder
+        ``<tempdir>/wheretolearn-<uid>``).
     keep_outputs : bool
         Keep working folders and step files (default False: removed after each attempt).
     step_timeout : float
@@ -178,20 +189,20 @@ class ExternalCommandProblem(SimulatorProblem):
 
     # ------------------------------------------------------------------ internals
     def _check_placeholders(self) -> None:
+        """Check every launcher and command argument up front (see :func:`_check_template`):
+        only the documented plain names, and each argument formats with sample values."""
         d = self.input_shape[0]
-        allowed = {f"p{i}" for i in range(d)} | {"sim_id", "attempt", "outdir", "cores",
-                                                   "python"}
-        for arg in self.launcher + self.command:
-            try:
-                fields = [f for _, f, _, _ in Formatter().parse(arg) if f is not None]
-            except ValueError as exc:
-                raise ValueError(f"command argument {arg!r} is not a valid template ({exc}); "
-                                 "write {{ and }} for literal braces") from None
-            for f in fields:
-                key = re.split(r"[.\[!:]", f, maxsplit=1)[0]
-                if key not in allowed:
-                    raise ValueError(f"unknown placeholder {{{f}}} in command argument "
-                                     f"{arg!r}; allowed: {', '.join(sorted(allowed))}")
+        names = [f"p{i}" for i in range(d)] + ["sim_id", "attempt", "outdir", "cores",
+                                                "python"]
+        shown = (", ".join(f"{{p{i}}}" for i in range(d)) if d <= 3
+                 else f"{{p0}}..{{p{d - 1}}}")
+        allowed = (f"{shown}, {{sim_id}}, {{attempt}}, {{outdir}}, {{cores}}, {{python}} as "
+                   "plain names, each optionally with a conversion (!s, !r, !a) and a format "
+                   "spec without fields in it (e.g. {p0:.3f}); {{ and }} for literal braces")
+        sample = self._values(np.full(d, 0.5), 0, 1, "OUTDIR")
+        for label, args in (("launcher", self.launcher), ("command", self.command)):
+            for arg in args:
+                _check_template(arg, f"{label} argument {arg!r}", set(names), allowed, sample)
 
     def _values(self, p: np.ndarray, sim_id: int, attempt: int, outdir: str) -> dict:
         values: dict[str, Any] = {f"p{i}": float(v) for i, v in enumerate(p)}
@@ -200,8 +211,7 @@ class ExternalCommandProblem(SimulatorProblem):
         return values
 
     def _run(self, p: np.ndarray, sim_id: int, attempt: int) -> Iterator[tuple[int, np.ndarray]]:
-        root = Path(self.workdir or tempfile.gettempdir())
-        root.mkdir(parents=True, exist_ok=True)
+        root = _work_root(self.workdir)
         _sweep_stale(root)
         folder = Path(tempfile.mkdtemp(prefix=f"wtl-{sim_id}-{attempt}-", dir=root))
         (folder / _OWNER).write_text(json.dumps({"host": socket.gethostname(),
@@ -225,19 +235,148 @@ class ExternalCommandProblem(SimulatorProblem):
                 (folder / "FAILED").touch()
 
 
+def _check_template(arg: str, where: str, names: set[str], allowed: str,
+                    sample: dict[str, Any]) -> None:
+    """Refuse (``ValueError`` naming ``where``, the field and what is ``allowed``) any
+    field of ``arg`` that is not a plain allowed name: attribute access, indexing, unknown
+    names, unknown conversions, fields nested in a format spec; then format ``arg`` with
+    ``sample`` values so that a bad format spec is caught before anything runs."""
+    for field, conversion, spec, depth in _template_fields(arg, where, allowed):
+        text = _field_text(field, conversion, spec)
+        if depth:
+            why = f"has the nested field {text} in a format spec"
+        elif field in names:
+            why = (f"has the conversion !{conversion} in {text}"
+                   if conversion is not None and conversion not in _CONVERSIONS else "")
+        elif "." in field or "[" in field:
+            why = f"uses attribute access or indexing in {text}"
+        else:
+            raise ValueError(f"unknown placeholder {{{field}}} in {where}; allowed: {allowed}")
+        if why:
+            raise ValueError(f"{where} {why}; allowed: {allowed}")
+    try:
+        arg.format_map(sample)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{where} cannot be formatted ({exc}); allowed: {allowed}") from None
+
+
+def _template_fields(template: str, where: str, allowed: str,
+                     depth: int = 0) -> Iterator[tuple[str, str | None, str, int]]:
+    """Every replacement field of ``template`` as ``(name, conversion, spec, depth)``,
+    including the fields nested in format specs (``depth`` > 0), recursively."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{where} is not a valid template ({exc}); allowed: "
+                         f"{allowed}") from None
+    for _, field, spec, conversion in parsed:
+        if field is not None:
+            yield field, conversion, spec or "", depth
+            if spec:
+                yield from _template_fields(spec, where, allowed, depth + 1)
+
+
+def _field_text(field: str, conversion: str | None, spec: str) -> str:
+    """A replacement field written back as in the template, e.g. ``{p0!r:>8}``."""
+    return ("{" + field + (f"!{conversion}" if conversion is not None else "")
+            + (f":{spec}" if spec else "") + "}")
+
+
+def _work_root(workdir: str | None) -> Path:
+    """The parent of the working folders: ``workdir`` if configured, else the private
+    per-user folder ``<tempdir>/wheretolearn-<uid>`` (see :func:`_private_folder`)."""
+    if workdir:
+        root = Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    return _private_folder(Path(tempfile.gettempdir()) / f"wheretolearn-{os.getuid()}")
+
+
+def _private_folder(path: Path) -> Path:
+    """``path`` as a folder only the current user can write into: created with mode 0700,
+    or refused (``ValueError`` naming it) when it is a link, not a folder, another user's
+    folder, or writable by group or others."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    uid = os.getuid()
+    if stat.S_ISLNK(st.st_mode):
+        why = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a folder"
+    elif st.st_uid != uid:
+        why = f"belongs to uid {st.st_uid}, not to the current user (uid {uid})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return path
+    raise ValueError(f"default working folder {path} {why}: refusing to run simulations "
+                     "there; remove it, or set workdir to a folder of your own")
+
+
 def _sweep_stale(root: Path) -> None:
     """Remove working folders left by killed processes (an attempt killed with SIGKILL by
-    the online engine cannot clean up): those of this host whose owner pid is gone and that
-    were not to be kept. A folder of another host or of a live pid is never touched."""
-    host = socket.gethostname()
-    for folder in root.glob("wtl-*"):
+    the online engine cannot clean up): those of the current user on this host whose owner
+    pid is gone and that were not to be kept. Folders of other users or hosts, of live
+    pids, links, and folders whose owner record is anything unexpected are never touched;
+    the sweep itself never fails."""
+    try:
+        with os.scandir(root) as it:
+            paths = [e.path for e in it if e.name.startswith("wtl-")]
+    except OSError:
+        return
+    host, uid = socket.gethostname(), os.getuid()
+    for path in paths:
         try:
-            owner = json.loads((folder / _OWNER).read_text())
-        except (OSError, ValueError):
-            continue
-        if owner.get("host") != host or owner.get("keep") or _alive(int(owner.get("pid", 0))):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
+            stale = _is_stale(path, host, uid)
+        except Exception:  # noqa: BLE001 -- anything unexpected: leave that folder alone
+            stale = False
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_stale(folder: str, host: str, uid: int) -> bool:
+    """Whether ``folder`` is a real folder of ``uid`` whose valid owner record names this
+    host, a dead pid, and ``keep`` false (may raise: the caller then leaves it alone)."""
+    if not _owned_by(os.lstat(folder), uid, stat.S_ISDIR):
+        return False
+    owner = _read_owner(os.path.join(folder, _OWNER), uid)
+    if owner is None or owner.get("host") != host or owner.get("keep") is not False:
+        return False
+    pid = owner.get("pid")
+    if type(pid) is not int or not 0 < pid < 2 ** 31:
+        return False
+    return not _alive(pid)
+
+
+def _owned_by(st: os.stat_result, uid: int, kind: Callable[[int], bool]) -> bool:
+    """Whether ``st`` (from ``lstat``/``fstat``) is of type ``kind`` and belongs to ``uid``."""
+    return kind(st.st_mode) and st.st_uid == uid
+
+
+def _read_owner(path: str, uid: int) -> dict | None:
+    """The owner record at ``path``, read only if it is a regular file of ``uid`` (no link,
+    FIFO or device: opened with ``O_NOFOLLOW | O_NONBLOCK``) of at most
+    ``_OWNER_MAX_BYTES``; None if it is not such a file or holds no JSON object."""
+    st = os.lstat(path)
+    if not _owned_by(st, uid, stat.S_ISREG) or st.st_size > _OWNER_MAX_BYTES:
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        now = os.fstat(fd)
+        if not _owned_by(now, uid, stat.S_ISREG) or (now.st_dev, now.st_ino) != (
+                st.st_dev, st.st_ino):
+            return None                                   # replaced in between
+        data = os.read(fd, _OWNER_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _OWNER_MAX_BYTES:
+        return None
+    owner = json.loads(data)
+    return owner if isinstance(owner, dict) else None
 
 
 class _Process:
@@ -562,24 +701,28 @@ class _ClientStream(_Watch):
                 yield from self._receive(conn)
 
     def _accept(self, server: socket.socket, token: str) -> socket.socket | None:
-        while True:
-            ready, _, _ = select.select([server], [], [], 0.05)
-            if ready:
-                conn, _ = server.accept()
-                conn.setblocking(True)
-                conn.settimeout(self.problem.step_timeout)
-                try:
-                    hello = _recv_exact(conn, len(CLIENT_MAGIC) + len(token))
-                except OSError:
-                    hello = None
-                if hello == CLIENT_MAGIC + token.encode():
-                    conn.settimeout(None)
-                    return conn
-                conn.close()                     # a stray connection: ignore it
-                continue
-            if self.run.poll() is not None:
-                return None
-            self.check_alive()
+        """The program's connection, once it sent the right hello (None: the program exited
+        without connecting). Runs in the polling loop and never blocks on one connection:
+        each gets ``_HELLO_TIMEOUT`` seconds to send its hello, so silent or stray
+        connections are dropped without delaying the real client or the hang detection."""
+        expected = CLIENT_MAGIC + token.encode()
+        pending: dict[socket.socket, tuple[float, bytes]] = {}   # conn -> (deadline, got)
+        try:
+            while True:
+                exited = self.run.poll() is not None   # before select: no client is missed
+                ready, _, _ = select.select([server, *pending], [], [], 0.05)
+                fresh = _accept_new(server, pending) if server in ready else []
+                for conn in [c for c in ready if c is not server] + fresh:
+                    if _read_hello(conn, pending, expected):
+                        conn.setblocking(True)
+                        return conn
+                _drop_expired(pending)
+                if exited and not ready:
+                    return None
+                self.check_alive()
+        finally:
+            for conn in pending:
+                conn.close()
 
     def _receive(self, conn: socket.socket) -> Iterator[tuple[int, np.ndarray]]:
         buf = bytearray()
@@ -623,6 +766,60 @@ class _ClientStream(_Watch):
             self.check_alive()
 
 
+def _accept_new(server: socket.socket,
+                pending: dict[socket.socket, tuple[float, bytes]]) -> list[socket.socket]:
+    """Accept every waiting connection (non-blocking) into ``pending`` with its hello
+    deadline; beyond ``_MAX_PENDING`` the oldest pending ones are dropped."""
+    fresh = []
+    for _ in range(_MAX_PENDING):             # bounded: an accept that keeps failing
+        try:                                  # (e.g. too many open files) cannot spin
+            conn, _ = server.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:                       # e.g. aborted before accept: ignore it
+            continue
+        conn.setblocking(False)
+        pending[conn] = (time.monotonic() + _HELLO_TIMEOUT, b"")
+        fresh.append(conn)
+    while len(pending) > _MAX_PENDING:
+        oldest = next(iter(pending))
+        pending.pop(oldest)
+        oldest.close()
+    return [c for c in fresh if c in pending]
+
+
+def _read_hello(conn: socket.socket, pending: dict[socket.socket, tuple[float, bytes]],
+                expected: bytes) -> bool:
+    """Read what ``conn`` has sent of its hello without blocking; True once it is complete
+    and right (compared in constant time). A wrong or closed one is dropped."""
+    if conn not in pending:
+        return False
+    deadline, got = pending[conn]
+    try:
+        chunk = conn.recv(len(expected) - len(got))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        chunk = b""
+    got += chunk
+    if chunk and len(got) < len(expected):
+        pending[conn] = (deadline, got)
+        return False
+    del pending[conn]
+    if chunk and hmac.compare_digest(got, expected):
+        return True
+    conn.close()                               # a stray connection: ignore it
+    return False
+
+
+def _drop_expired(pending: dict[socket.socket, tuple[float, bytes]]) -> None:
+    """Close the connections that did not send their hello in time."""
+    now = time.monotonic()
+    for conn in [c for c, (deadline, _) in pending.items() if deadline <= now]:
+        del pending[conn]
+        conn.close()
+
+
 class _Bytes:
     """Minimal file object over bytes for ``np.lib.format.read_array``."""
 
@@ -639,16 +836,6 @@ class _Bytes:
         out = self.read(len(b))
         b[: len(out)] = out
         return len(out)
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
 
 
 def _str_list(value: Any, name: str) -> list[str]:
