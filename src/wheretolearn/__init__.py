@@ -13,6 +13,8 @@ Subpackages, one concept each (data flows top to bottom):
 * :mod:`wheretolearn.online` -- online training from streaming simulation ensembles (Dask).
 * :mod:`wheretolearn.client` -- in-situ client: a user's simulation loop sends its time
   steps to the online engine (``connect()`` / ``send(step, field)``; numpy only).
+* :mod:`wheretolearn.loading` -- ``load_model(RUN_DIR)``: the trained surrogate of any
+  finished run folder, rebuilt from what the run recorded (a run folder is data, not code).
 
 The numerical core never imports :mod:`wheretolearn.online` or the CLI.
 """
@@ -25,7 +27,7 @@ __all__ = ["__version__", "load_model"]
 def __getattr__(name: str):
     # ``wheretolearn.load_model(RUN_DIR)`` without importing torch at package import
     if name == "load_model":
-        from .report.load import load_model
+        from .loading import load_model
 
         return load_model
     raise AttributeError(f"module 'wheretolearn' has no attribute {name!r}")

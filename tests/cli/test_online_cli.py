@@ -1,6 +1,7 @@
 """Tests of ``wheretolearn online`` argument handling (a full CLI study runs in
 tests/online/test_reliability.py::test_fault_injection_20_percent_through_cli)."""
 
+import pytest
 import tomli_w
 from typer.testing import CliRunner
 
@@ -89,3 +90,141 @@ def test_progress_counts_lineages_so_redraws_do_not_overfill_the_bar():
     bar = _Progress(4)
     bar(status)
     assert bar._bar.tasks[0].completed == 2  # two lineages ended, two still running
+
+
+# -- online resume: a run folder is data, not code (issue 24 item 2) ------------------------
+EVIL = "from pathlib import Path\nPath({sentinel!r}).write_text('evil.py was imported')\n" \
+       "def make(**options):\n    raise RuntimeError('evil make ran')\n"
+
+
+def _one_error_line(res, *needles):
+    err = res.stderr.strip()
+    assert res.exit_code == 2, res.output
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _crafted_run(tmp_path, problem="evil", **study):
+    """A run folder (no checkpoint yet) whose config.toml was written by someone else:
+    ``problem`` "evil" names ``DIR/evil.py:make``, which writes SENTINEL when imported."""
+    run = tmp_path / "run"
+    run.mkdir()
+    sentinel = tmp_path / "SENTINEL"
+    (run / "evil.py").write_text(EVIL.format(sentinel=str(sentinel)))
+    spec = f"{run / 'evil.py'}:make" if problem == "evil" else problem
+    write_config(run / "config.toml", study={"problem": spec, "n_steps": 4, **study})
+    return run, spec, sentinel
+
+
+def _listing(run):
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+
+@pytest.mark.parametrize("problem, options", [
+    ("evil", {}),
+    ("subprocess:run", {"args": ["touch", "{sentinel}"]}),
+])
+def test_resume_refuses_a_folder_naming_user_code(tmp_path, problem, options):
+    run, spec, sentinel = _crafted_run(tmp_path, problem)
+    if options:
+        opts = {"args": [a.format(sentinel=sentinel) for a in options["args"]]}
+        write_config(run / "config.toml", study={"problem": spec, "options": opts})
+    before = _listing(run)
+    res = runner.invoke(app, ["online", "resume", str(run), "--no-progress"])
+    _one_error_line(res, "names user code", f"problem = {spec!r}", "--trust", str(run))
+    assert not sentinel.exists() and _listing(run) == before
+
+
+def test_resume_refuses_a_folder_naming_a_command(tmp_path):
+    run, _, sentinel = _crafted_run(tmp_path, "heat2d")
+    write_config(run / "config.toml",
+                 study={"command": ["touch", str(sentinel)], "n_steps": 2,
+                        "options": {"field_shape": [2]}},
+                 sampler={"bounds": [[0.0, 1.0]]})
+    res = runner.invoke(app, ["online", "resume", str(run), "--no-progress"])
+    _one_error_line(res, "names user code", "command = ['touch'", "--trust")
+    assert not sentinel.exists()
+
+
+def test_resume_refuses_a_folder_naming_a_worker_python(tmp_path):
+    run, _, _ = _crafted_run(tmp_path, "heat2d")
+    write_config(run / "config.toml", study={"n": 8},
+                 cluster={"kind": "slurm", "queue": "q", "python": "/tmp/not-python"})
+    _one_error_line(runner.invoke(app, ["online", "resume", str(run)]),
+                    "[cluster] python = '/tmp/not-python'", "--trust")
+
+
+def _fake_resume(monkeypatch):
+    """Replace the study itself (tested in tests/online); record how it was called."""
+    from wheretolearn.online import study
+
+    calls = []
+
+    def fake(run_dir, **kw):
+        calls.append(kw)
+        raise ValueError("the study would start here")
+
+    monkeypatch.setattr(study, "resume_online_study", fake)
+    return calls
+
+
+def test_resume_with_trust_goes_past_the_check(tmp_path, monkeypatch):
+    calls = _fake_resume(monkeypatch)
+    run, _, _ = _crafted_run(tmp_path)
+    res = runner.invoke(app, ["online", "resume", str(run), "--trust", "--no-progress"])
+    assert res.exit_code == 2 and "names user code" not in res.stderr, res.output
+    assert res.stderr.strip().splitlines()[-1] == "error: the study would start here"
+    assert len(calls) == 1 and calls[0]["trust"] is True
+
+
+def test_resume_of_a_builtin_problem_needs_no_trust(tmp_path, monkeypatch):
+    calls = _fake_resume(monkeypatch)
+    run, _, _ = _crafted_run(tmp_path, "heat2d")
+    res = runner.invoke(app, ["online", "resume", str(run), "--no-progress"])
+    assert res.stderr.strip().splitlines()[-1] == "error: the study would start here"
+    assert len(calls) == 1 and calls[0]["trust"] is False
+
+
+def test_resume_online_study_asks_for_trust(tmp_path):
+    from wheretolearn.online.study import resume_online_study
+
+    run, _, sentinel = _crafted_run(tmp_path)
+    before = _listing(run)
+    with pytest.raises(ValueError, match=r"names user code .*evil\.py:make.*trust=True"):
+        resume_online_study(run)
+    assert not sentinel.exists() and _listing(run) == before
+
+
+def test_trust_is_only_for_resume(tmp_path):
+    cfg = write_config(tmp_path / "s.toml", study={"n": 8})
+    _one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+                                        "--trust"]), "--trust applies only to")
+    assert not (tmp_path / "r").exists()
+
+
+# -- the insecure-cluster warning, and imports that flow one way -----------------------------
+@pytest.mark.parametrize("kind, warned", [("local", True), ("slurm", True), ("address", False)])
+def test_tls_false_warns_for_every_kind_but_address(kind, warned, capsys):
+    from wheretolearn.cli._online_args import insecure_cluster_warning
+    from wheretolearn.cluster import ClusterConfig
+
+    extra = {"queue": "q"} if kind == "slurm" else {}
+    extra = {"address": "tcp://127.0.0.1:1"} if kind == "address" else extra
+    with insecure_cluster_warning(ClusterConfig(kind=kind, tls=False, **extra)):
+        pass
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") == warned and err.count("\n") == int(warned)
+
+
+def test_online_args_does_not_import_the_online_command():
+    import ast
+    import inspect
+
+    from wheretolearn.cli import _online_args
+
+    tree = ast.parse(inspect.getsource(_online_args))
+    relative = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert "online" not in relative, relative

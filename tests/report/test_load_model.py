@@ -1,5 +1,7 @@
 """``wheretolearn.load_model(RUN_DIR)`` gives back the surrogate a run reported on
-(issue 16 item 5); the online round trip is in tests/cli/test_online_args.py."""
+(issue 16 item 5); the online round trip is in tests/cli/test_online_args.py. A run folder
+is data, not code (issue 24 item 2): one whose config names user code loads from what the
+run recorded without importing it, or is refused unless ``trust=True``."""
 
 import json
 import tomllib
@@ -67,3 +69,237 @@ def test_compare_rows_of_a_bilevel_run(bilevel_run):
     assert row["max"] == max(summary["baselines_ci"]["optimized"]["16"]["values"])
     res = CliRunner().invoke(app, ["compare", str(out)])
     assert res.exit_code == 0 and "bilevel" in res.output
+
+
+# -- run folders are data, not code (issue 24 item 2) --------------------------------------
+EVIL = """
+from pathlib import Path
+
+Path({sentinel!r}).write_text("evil.py was imported")
+
+
+def make(dim=2, **options):
+    from wheretolearn.problems import SobolG
+
+    return SobolG(dim=dim)
+"""
+
+
+def _plant(run, tmp_path):
+    """Put ``evil.py`` (writes ``sentinel`` when imported) in ``run``; return its spec and
+    the sentinel path."""
+    sentinel = tmp_path / "SENTINEL"
+    (run / "evil.py").write_text(EVIL.format(sentinel=str(sentinel)))
+    return f"{run / 'evil.py'}:make", sentinel
+
+
+def _set_problem(run, problem):
+    import tomli_w
+
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    cfg["problem"] = problem
+    (run / "config.toml").write_text(tomli_w.dumps(cfg))
+
+
+def _copy(run, tmp_path, name="copy"):
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_bilevel_run_records_the_training_set_of_its_model(bilevel_run):
+    rec = torch.load(bilevel_run / "model.pt", weights_only=True)
+    assert rec["n"] == 16 and rec["x"].shape == (16, 2) and rec["y"].shape == (16,)
+    assert rec["x"].dtype == torch.float64 and rec["bandwidth"] > 0 and rec["ridge"] > 0
+
+
+def test_bilevel_folder_naming_user_code_loads_from_its_records(bilevel_run, tmp_path):
+    """A genuine run whose config.toml was swapped for ``evil.py:make``: the model is the
+    recorded one and nothing is imported; a size the run did not record is refused."""
+    run = _copy(bilevel_run, tmp_path)
+    spec, sentinel = _plant(run, tmp_path)
+    _set_problem(run, spec)
+    want = wheretolearn.load_model(bilevel_run)
+    model = wheretolearn.load_model(run)
+    x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.predict(x), want.predict(x))
+    with pytest.raises(ValueError, match=r"names user code .*evil\.py:make.*trust=True"):
+        wheretolearn.load_model(run, n=8)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("problem", ["evil", "subprocess:run"])
+def test_old_bilevel_folder_naming_user_code_is_refused(bilevel_run, tmp_path, problem):
+    run = _copy(bilevel_run, tmp_path)
+    (run / "model.pt").unlink(missing_ok=True)             # as written by an older version
+    spec, sentinel = _plant(run, tmp_path)
+    _set_problem(run, spec if problem == "evil" else problem)
+    with pytest.raises(ValueError) as err:
+        wheretolearn.load_model(run)
+    msg = str(err.value)
+    assert "names user code" in msg and "trust=True" in msg and str(run) in msg
+    assert (spec if problem == "evil" else problem) in msg
+    assert not sentinel.exists()
+
+
+def test_old_bilevel_folder_loads_with_trust(bilevel_run, tmp_path):
+    run = _copy(bilevel_run, tmp_path)
+    (run / "model.pt").unlink(missing_ok=True)
+    spec, sentinel = _plant(run, tmp_path)
+    _set_problem(run, spec)
+    model = wheretolearn.load_model(run, trust=True)
+    assert sentinel.exists()                      # the user said so: evil.py was imported
+    x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(model.predict(x), wheretolearn.load_model(bilevel_run).predict(x))
+
+
+def test_old_bilevel_folder_of_a_builtin_problem_still_loads(bilevel_run, tmp_path):
+    run = _copy(bilevel_run, tmp_path)
+    (run / "model.pt").unlink()
+    x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(wheretolearn.load_model(run).predict(x),
+                       wheretolearn.load_model(bilevel_run).predict(x))
+
+
+def test_the_external_problem_is_user_code(bilevel_run, tmp_path):
+    """``external`` is registered here but runs the command its options name."""
+    run = _copy(bilevel_run, tmp_path)
+    (run / "model.pt").unlink()
+    _set_problem(run, "external")
+    with pytest.raises(ValueError, match="names user code"):
+        wheretolearn.load_model(run)
+
+
+def _ama_folder(tmp_path, problem):
+    from wheretolearn.models.deeponet import DeepONet
+
+    run = tmp_path / "ama"
+    run.mkdir()
+    (run / "config.toml").write_text(f"problem = {problem!r}\n")
+    (run / "summary.json").write_text(json.dumps({"ama_loss": [0.1], "problem": problem}))
+    net = DeepONet([4, 8, 3], [1, 8, 3], [[0.0], [0.5], [1.0]], seed=0)
+    net.save(run / "model.pt")
+    return run, net
+
+
+def test_ama_folder_naming_user_code_loads_without_importing_it(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    spec, sentinel = _plant(run, tmp_path)
+    folder, net = _ama_folder(tmp_path, spec)
+    model = wheretolearn.load_model(folder)
+    u = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(model(u), net(u))
+    assert not sentinel.exists()
+
+
+def test_deeponet_load_rebuilds_only_from_known_arguments(tmp_path):
+    from wheretolearn.models.deeponet import DeepONet
+
+    folder, _ = _ama_folder(tmp_path, "darcy")
+    blob = torch.load(folder / "model.pt", weights_only=True)
+    blob["config"]["surprise"] = 1
+    torch.save(blob, folder / "model.pt")
+    with pytest.raises(ValueError, match="surprise"):
+        DeepONet.load(folder / "model.pt")
+
+
+# -- online run folders --------------------------------------------------------------------
+ONLINE = {"study": {"n": 8, "n_steps": 4, "n_simulations": 3, "seed": 1},
+          "buffer": {"capacity": 20, "watermark": 4},
+          "training": {"hidden": [8], "torch_threads": 1, "batch_size": 4},
+          "executor": {"workers": 1, "simulation_timeout": 20.0},
+          "validation": {"n_val": 1, "every_batches": 2},
+          "checkpoint": {"every_batches": 2}}
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory):
+    import tomli_w
+
+    root = tmp_path_factory.mktemp("online")
+    (root / "s.toml").write_text(tomli_w.dumps(ONLINE))
+    res = CliRunner().invoke(app, ["online", str(root / "s.toml"), "--out", str(root / "run"),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return root / "run"
+
+
+def _set_online_problem(run, problem, options=None):
+    import tomli_w
+
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    cfg["study"]["problem"] = problem
+    cfg["study"]["options"] = options or {}
+    (run / "config.toml").write_text(tomli_w.dumps(cfg))
+
+
+def _as_older_version(run):
+    """The run folder as an older version wrote it: one checkpoint.pt without the
+    surrogate's record."""
+    import shutil
+
+    from wheretolearn.online.checkpoint import CheckpointStore, save_checkpoint
+
+    state, _ = CheckpointStore(run).load_latest()
+    state.pop("surrogate", None)
+    shutil.rmtree(run / "checkpoints")
+    save_checkpoint(run / "checkpoint.pt", state)
+
+
+def _online_prediction(model):
+    import numpy as np
+
+    return model(np.array([300.0, 100.0, 500.0, 200.0, 400.0]), 2)
+
+
+def test_online_folder_naming_user_code_loads_from_its_records(online_run, tmp_path):
+    """``problem = "subprocess:run"`` with options that would run a command: load_model
+    rebuilds the surrogate from the checkpoint alone and runs nothing."""
+    import numpy as np
+
+    run = _copy(online_run, tmp_path)
+    sentinel = tmp_path / "SENTINEL"
+    _set_online_problem(run, "subprocess:run", {"args": ["touch", str(sentinel)]})
+    model = wheretolearn.load_model(run)
+    assert not sentinel.exists()
+    np.testing.assert_array_equal(_online_prediction(model),
+                                  _online_prediction(wheretolearn.load_model(online_run)))
+    assert model.field_shape == (8, 8) and model.n_steps == 4 and len(model.parameter_names) == 5
+
+
+@pytest.mark.parametrize("problem", ["evil", "subprocess:run"])
+def test_old_online_folder_naming_user_code_is_refused(online_run, tmp_path, problem):
+    run = _copy(online_run, tmp_path)
+    _as_older_version(run)
+    spec, sentinel = _plant(run, tmp_path)
+    options = {"args": ["touch", str(sentinel)]} if problem != "evil" else {}
+    _set_online_problem(run, spec if problem == "evil" else problem, options)
+    with pytest.raises(ValueError) as err:
+        wheretolearn.load_model(run)
+    msg = str(err.value)
+    assert "names user code" in msg and "trust=True" in msg
+    assert (spec if problem == "evil" else problem) in msg
+    assert not sentinel.exists()
+
+
+def test_old_online_folder_of_heat2d_still_loads(online_run, tmp_path):
+    import numpy as np
+
+    run = _copy(online_run, tmp_path)
+    _as_older_version(run)
+    np.testing.assert_array_equal(_online_prediction(wheretolearn.load_model(run)),
+                                  _online_prediction(wheretolearn.load_model(online_run)))
+
+
+def test_load_model_lives_at_the_top_of_the_package():
+    import importlib
+
+    from wheretolearn.loading import load_model
+
+    assert wheretolearn.load_model is load_model
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("wheretolearn.report.load")

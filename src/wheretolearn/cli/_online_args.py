@@ -1,24 +1,32 @@
 """Argument checks of ``wheretolearn online`` and ``online resume`` (issue 16 item 3).
 
-``online resume DIR`` takes only ``--max-seconds``, ``--no-progress`` and ``--restart``:
-every other flag would change a study that has started (its settings are in
+``online resume DIR`` takes only ``--max-seconds``, ``--no-progress``, ``--restart`` and
+``--trust``: every other flag would change a study that has started (its settings are in
 ``DIR/config.toml``), so it is refused by name instead of being ignored. A finished run
 is reported and left unchanged; a run whose checkpoint is gone is restarted from nothing
-only with ``--restart``.
+only with ``--restart``. A run folder is data, not code (issue 24 item 2): one whose
+config names code to import or launch (a problem that is not built-in, a command, a
+cluster's ``python`` / ``address`` / job directives) is resumed only with ``--trust``.
+
+Imports flow one way: :mod:`.online` imports this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import typer
 
-__all__ = ["RESUME_FLAGS", "check_config_path", "check_resume_flags", "resume"]
+__all__ = ["RESUME_FLAGS", "check_config_path", "check_resume_flags",
+           "insecure_cluster_warning", "resume"]
 
 #: Parameters ``online resume`` accepts (besides the folder).
-RESUME_FLAGS = ("max_seconds", "no_progress", "restart")
+RESUME_FLAGS = ("max_seconds", "no_progress", "restart", "trust")
+#: How to go on with a run folder that names code.
+TRUST_HINT = "pass --trust if you trust who wrote it"
 #: How a study that ended on its own is recorded in ``summary.json``.
 _FINISHED = ("completed", "max_batches")
 
@@ -50,7 +58,22 @@ def check_resume_flags(ctx: typer.Context) -> None:
     if given:
         raise ValueError(f"online resume does not take {', '.join(given)}: a started study "
                          "keeps the settings of its config.toml; resume takes only "
-                         "--max-seconds, --no-progress and --restart")
+                         "--max-seconds, --no-progress, --restart and --trust")
+
+
+@contextmanager
+def insecure_cluster_warning(cluster_cfg: Any) -> Iterator[None]:
+    """``[cluster] tls = false`` on any kind but ``address``: one ``warning:`` line on
+    stderr before the run (instead of Python's warning display with a source line)."""
+    import warnings
+
+    from ..cluster import INSECURE_MESSAGE, InsecureClusterWarning
+
+    with warnings.catch_warnings():
+        if cluster_cfg.kind != "address" and not cluster_cfg.tls:
+            typer.echo(f"warning: {INSECURE_MESSAGE}", err=True)
+            warnings.simplefilter("ignore", InsecureClusterWarning)
+        yield
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -102,8 +125,11 @@ def _finished(run_dir: Path) -> str | None:
 
 
 def resume(run_dir: Path | None, *, max_seconds: float | None, progress: bool, restart: bool,
-           run: Callable[..., dict], print_summary: Callable[[dict, Path], None]) -> None:
-    """``wheretolearn online resume DIR``: checks, then continue the study."""
+           run: Callable[..., dict], print_summary: Callable[[dict, Path], None],
+           trust: bool = False) -> None:
+    """``wheretolearn online resume DIR``: checks (``trust``: the folder may name code to
+    run), then continue the study."""
+    from ..online.config import check_run_trusted
     from ..online.study import resume_online_study
 
     if run_dir is None:
@@ -121,6 +147,8 @@ def resume(run_dir: Path | None, *, max_seconds: float | None, progress: bool, r
         typer.echo(f"run folder {run_dir} is finished (stopped: {stopped}); nothing to resume, "
                    "nothing changed")
         return
+    if not trust:
+        check_run_trusted(run_dir, cfg, how=TRUST_HINT)   # before anything is written
     if not _has_checkpoint(run_dir):
         if _checkpoint_expected(run_dir) and not restart:
             raise ValueError(f"run folder {str(run_dir)!r} has no usable checkpoint (deleted "
@@ -131,9 +159,7 @@ def resume(run_dir: Path | None, *, max_seconds: float | None, progress: bool, r
     elif restart:
         raise ValueError(f"run folder {str(run_dir)!r} has a checkpoint; --restart is only for "
                          "a run whose checkpoint is gone (to start afresh, use a new --out)")
-    from .online import _insecure_cluster_warning
-
-    with _insecure_cluster_warning(cfg.cluster):  # [cluster] tls = false: one warning line
+    with insecure_cluster_warning(cfg.cluster):  # [cluster] tls = false: one warning line
         summary = run(resume_online_study, run_dir, total=cfg.study.n_simulations,
-                      progress=progress, max_seconds=max_seconds)
+                      progress=progress, max_seconds=max_seconds, trust=trust)
     print_summary(summary, run_dir)

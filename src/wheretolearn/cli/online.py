@@ -6,7 +6,6 @@ merged as: defaults < CONFIG.toml < flags. Heavy imports happen inside the comma
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +13,8 @@ import typer
 
 from . import app
 from ._common import cli_errors
+from ._online_args import (check_config_path, check_resume_flags, insecure_cluster_warning,
+                           resume)
 
 _USAGE = ("wheretolearn online CONFIG.toml --out DIR [options]  |  "
           "wheretolearn online resume DIR  |  "
@@ -150,38 +151,69 @@ def online(
                                            "default 00:30:00)"),
     restart: bool = typer.Option(False, "--restart", help="resume only: start a run whose "
                                  "checkpoint is gone again from nothing"),
+    trust: bool = typer.Option(False, "--trust", help="resume only: the run folder may name "
+                               "code to import or launch (a user problem, a command, a "
+                               "cluster's python or address); resume it anyway (only for "
+                               "folders whose author you trust)"),
     samplers: Optional[str] = typer.Option(None, "--samplers", help="compare: comma-separated "
-                                           "samplers, e.g. uniform,breed,breed-weighted"),
-    seeds: int = typer.Option(5, "--seeds", help="compare: seeds per sampler"),
-    batches_per_simulation: float = typer.Option(4.75, "--batches-per-simulation",
-                                                 help="compare: training batches per "
-                                                 "simulation (lockstep pace)"),
+                                           "samplers, including uniform (the reference) (default "
+                                           "uniform,breed,breed-weighted)"),
+    seeds: int = typer.Option(10, "--seeds", help="compare: paired seeds 0..N-1, the same "
+                              "for every sampler (default 10)"),
+    passes: Optional[float] = typer.Option(None, "--passes", help="compare: training passes "
+                                           "over the samples generated, the same for every "
+                                           "sampler (default 1.5)"),
+    batches_per_simulation: Optional[float] = typer.Option(
+        None, "--batches-per-simulation", help="compare: a fixed pace of training batches "
+        "per simulation instead of --passes (the old protocol: 4.75; default: off)"),
+    val_interior: int = typer.Option(512, "--val-interior", help="compare: interior "
+                                     "validation simulations (the headline; default 512)"),
+    val_faces: int = typer.Option(128, "--val-faces", help="compare: validation simulations "
+                                  "on the faces of the box (default 128)"),
+    val_corners: int = typer.Option(64, "--val-corners", help="compare: at most this many "
+                                    "corners of the box (all when fewer; default 64)"),
+    val_seed: int = typer.Option(2024, "--val-seed", help="compare: seed of the validation "
+                                 "set (default 2024)"),
+    val_design: str = typer.Option("sobol", "--val-design", help="compare: sobol | halton "
+                                   "(space-filling design of the validation set; default "
+                                   "sobol)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="compare: folder caching "
+                                         "validation sets, reused when problem, options, "
+                                         "bounds, sizes and seed match (default: DIR/"
+                                         "validation, not shared)"),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="compare: seed of the "
+                                       "bootstrap intervals (default 0)"),
 ) -> None:
     """Train a surrogate online while an ensemble of simulations streams into it.
 
     Usage: wheretolearn online CONFIG.toml --out DIR [options], or
     wheretolearn online resume DIR (continue an interrupted study; takes only
-    --max-seconds, --no-progress and --restart), or
-    wheretolearn online compare CONFIG.toml --samplers uniform,breed,breed-weighted --seeds 5
-    --out DIR (samplers at the same simulation budget; see docs/online.md, Breed).
+    --max-seconds, --no-progress, --restart and --trust), or
+    wheretolearn online compare CONFIG.toml --samplers uniform,breed,breed-weighted --seeds 10
+    --out DIR (samplers at the same budget, paired seeds, interior / faces / corners
+    validation groups; see docs/online.md, Comparing samplers).
     """
-    from ._online_args import check_config_path, check_resume_flags, resume
-
     check_max_seconds(max_seconds)
     if config == "resume":
         check_resume_flags(ctx)
         return resume(run_dir, max_seconds=max_seconds, progress=not no_progress,
-                      restart=restart, run=_run, print_summary=_print_summary)
+                      restart=restart, run=_run, print_summary=_print_summary, trust=trust)
     if config == "compare" and run_dir is not None:
         from .online_compare import run_compare
 
         return run_compare(str(run_dir), out=out, samplers=samplers, seeds=seeds,
-                           batches_per_simulation=batches_per_simulation,
+                           passes=passes, batches_per_simulation=batches_per_simulation,
+                           val_interior=val_interior, val_faces=val_faces,
+                           val_corners=val_corners, val_seed=val_seed, val_design=val_design,
+                           cache=cache, bootstrap_seed=bootstrap_seed,
                            progress=not no_progress)
     if run_dir is not None:
         raise ValueError(f"unexpected argument {str(run_dir)!r}; usage: {_USAGE}")
     if restart:
         raise ValueError("--restart applies only to 'wheretolearn online resume DIR'")
+    if trust:
+        raise ValueError("--trust applies only to 'wheretolearn online resume DIR' (a config "
+                         "file of your own needs no trust)")
     from ..cluster import job_script
     from ..online.config import load_online_config
     from ..online.study import run_online_study
@@ -204,25 +236,10 @@ def online(
     from ..online.preflight import preflight
 
     preflight(cfg, out)              # before the progress display and the run folder
-    with _insecure_cluster_warning(cfg.cluster):
+    with insecure_cluster_warning(cfg.cluster):
         summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
                        progress=not no_progress, max_seconds=max_seconds)
     _print_summary(summary, out)
-
-
-@contextmanager
-def _insecure_cluster_warning(cluster_cfg):
-    """``[cluster] tls = false`` on a batch kind: one ``warning:`` line on stderr before the
-    run (instead of Python's warning display with a source line)."""
-    import warnings
-
-    from ..cluster import INSECURE_MESSAGE, InsecureClusterWarning
-
-    with warnings.catch_warnings():
-        if cluster_cfg.kind != "address" and not cluster_cfg.tls:
-            typer.echo(f"warning: {INSECURE_MESSAGE}", err=True)
-            warnings.simplefilter("ignore", InsecureClusterWarning)
-        yield
 
 
 def check_max_seconds(value: float | None) -> None:

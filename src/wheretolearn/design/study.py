@@ -10,6 +10,10 @@ folder (see :class:`wheretolearn.report.RunFolder`)::
                         collapse flags and warnings; with ``trials > 1`` the table holds the
                         mean and 95 % interval over whole runs (``per_trial`` keeps each run)
     out/figures/*.png   error vs step, error vs N, learned vs barycenter / mixture covariance
+    out/model.pt        the training set of the KRR the run reports for "optimized" at the
+                        largest N (first trial, repeat 0): x, y, bandwidth, ridge, kernel --
+                        plain tensors and numbers, so ``load_model`` refits it without
+                        importing the problem (:func:`read_training_record`)
 
 With ``trials = T`` the study repeats the *whole* run (bilevel descent and every baseline's
 evaluation) T times with different seeds; the meta-test family stays the one of ``seed``
@@ -29,7 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .baselines import APPROXIMATE_SOURCES, BASELINE_NAMES
 
 __all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
-           "DEMO_SETTINGS", "resolve_study_config", "aggregate_trials"]
+           "DEMO_SETTINGS", "resolve_study_config", "aggregate_trials",
+           "final_training_inputs", "read_training_record", "TRAINING_RECORD_FORMAT"]
+
+#: Marker of the bilevel run folder's ``model.pt`` (the final KRR's training set).
+TRAINING_RECORD_FORMAT = "wheretolearn-krr-training-set/1"
 
 #: Problems a bilevel study accepts (benchmark functions on R^d, SPEC §3).
 BILEVEL_PROBLEMS = ("sobol-g", "friedman1", "friedman2", "rkhs")
@@ -314,6 +322,7 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
             run, summary, first["result"].history, first["metatest"], learned=first["chosen"],
             reference={k: first["sources"][k] for k in ("barycenter", "mixture")
                        if k in first["sources"]})
+        _write_training_record(run.file("model.pt"), cfg, summary, first["problem"])
         summary["seconds_total"] = time.perf_counter() - t_start
         run.write_summary(summary)
     summary["out"] = str(run.out)
@@ -377,7 +386,8 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
             f"is not below the start's ({check['seen_error_start']:.4f}): 'optimized' reports "
             f"the start distribution")
     return {"summary": summary, "result": result, "chosen": chosen, "metatest": metatest,
-            "sources": {k: getattr(v, "measure", None) for k, v in sources.items()}}
+            "sources": {k: getattr(v, "measure", None) for k, v in sources.items()},
+            "problem": problem}
 
 
 _CHECK_DRAWS = 2
@@ -549,3 +559,57 @@ def aggregate_trials(summaries: list[dict]) -> dict:
             table_ci[name][n] = {"lo": ci["lo"], "hi": ci["hi"], "n": ci["n"], "values": vals}
     out["baselines"], out["baselines_ci"] = table, table_ci
     return out
+
+
+def final_training_inputs(learned: dict, n: int, *, seed: int, trial: int = 0,
+                          dtype: Any = "float32") -> torch.Tensor:
+    """Inputs ``(n, d)`` float64 of the KRR the study reports for "optimized" at N = ``n``:
+    ``n`` draws of the learned Gaussian (``summary["learned"]``, ``{"mean", "cov"}``, in
+    the study's ``dtype``) with the seed of repeat 0 of the evaluation of trial ``trial``."""
+    from .._validation import resolve_dtype
+    from ..measures import Gaussian
+    from .evaluation import name_key, source_seed
+
+    dt = resolve_dtype(dtype)
+    gaussian = Gaussian(torch.tensor(learned["mean"], dtype=dt),
+                        torch.tensor(learned["cov"], dtype=dt), dtype=dt)
+    stream = seed if trial == 0 else source_seed(seed, 2, trial)     # as _trial_seed
+    g = torch.Generator().manual_seed(source_seed(stream, name_key("optimized"), n, 0))
+    return gaussian.sample(n, generator=g).detach().to(torch.float64)
+
+
+def _write_training_record(path: Path, cfg: BilevelStudyConfig, summary: dict,
+                           problem: Any) -> None:
+    """``model.pt``: the training set of the final KRR at the largest N (see the module
+    docstring), labelled by ``problem``, for ``load_model`` to refit without the problem."""
+    n = max(cfg.eval_n)
+    x = final_training_inputs(summary["learned"], n, seed=cfg.seed, trial=cfg.trial_offset,
+                              dtype=cfg.dtype)
+    y = torch.as_tensor(problem(x)).detach().to(torch.float64)
+    torch.save({"format": TRAINING_RECORD_FORMAT, "n": n, "x": x, "y": y,
+                "bandwidth": float(cfg.bandwidth), "ridge": float(cfg.eval_ridge),
+                "kernel": cfg.kernel}, path)
+
+
+def read_training_record(path: str | Path) -> dict | None:
+    """The ``model.pt`` of a bilevel run (``{"n", "x", "y", "bandwidth", "ridge",
+    "kernel"}``, read weights-only), or None when the folder has none (an older version).
+
+    Raises ``ValueError`` naming the file when it is not such a record.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- torch raises several types for foreign files
+        raise ValueError(f"{str(path)!r} is not readable as a weights-only file "
+                         f"({type(exc).__name__})") from None
+    ok = (isinstance(rec, dict) and rec.get("format") == TRAINING_RECORD_FORMAT
+          and isinstance(rec.get("n"), int) and isinstance(rec.get("x"), torch.Tensor)
+          and isinstance(rec.get("y"), torch.Tensor) and rec["x"].ndim == 2
+          and rec["x"].shape[0] == rec["n"] == rec["y"].shape[0])
+    if not ok:
+        raise ValueError(f"{str(path)!r} is not a bilevel training record "
+                         f"({TRAINING_RECORD_FORMAT!r} with n, x (n, d), y (n, ...))")
+    return rec

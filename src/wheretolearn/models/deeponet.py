@@ -27,6 +27,9 @@ from .mlp import ACTIVATIONS
 
 __all__ = ["DeepONet"]
 
+#: Constructor arguments a saved DeepONet records (``points`` travel with the weights).
+_SAVED_KEYS = ("branch", "trunk", "output_shape", "activation", "dtype", "n_points")
+
 
 def _layer_list(layers: Any, name: str) -> list[int]:
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
@@ -152,13 +155,27 @@ class DeepONet(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "DeepONet":
-        """Rebuild a model written by :meth:`save` (no study configuration needed)."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        """Rebuild a model written by :meth:`save` (no study configuration needed).
+
+        The file is read weights-only (tensors and plain containers, no pickled objects)
+        and the model is built from the recorded constructor arguments alone
+        (:data:`_SAVED_KEYS`); anything else in the file is refused by name.
+        """
+        try:
+            blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 -- torch raises several types for foreign files
+            raise ValueError(f"{str(path)!r} is not readable as a weights-only DeepONet "
+                             f"checkpoint ({type(exc).__name__})") from None
         if not isinstance(blob, dict) or blob.get("kind") != "deeponet":
             raise ValueError(f"{str(path)!r} is not a DeepONet checkpoint")
-        cfg = dict(blob["config"])
-        n_points = cfg.pop("n_points")
-        model = cls(points=np.zeros((n_points, cfg["trunk"][0])), **cfg)
+        cfg = blob.get("config")
+        if not isinstance(cfg, dict) or set(cfg) != set(_SAVED_KEYS):
+            got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
+            raise ValueError(f"{str(path)!r}: config must hold exactly "
+                             f"{', '.join(_SAVED_KEYS)}; got {got}")
+        cfg = dict(cfg)
+        n_points = check_positive_int(cfg.pop("n_points"), "n_points")
+        model = cls(points=np.zeros((n_points, _layer_list(cfg["trunk"], "trunk")[0])), **cfg)
         model.load_state_dict(blob["state_dict"])
         return model
 

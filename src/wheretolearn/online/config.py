@@ -84,17 +84,29 @@ class SamplerSection(_Section):
     (default: study seed + 1) and optional ``bounds`` (d, 2) overriding the problem's parameter
     bounds.
 
+    ``boundary_share`` (every sampler, default 0; Breed: its base sampler): every
+    ``round(1 / boundary_share)``-th simulation is a boundary point, each coordinate snapped
+    to a bound with probability 1/2 (at least one), from a stream of its own, so the other
+    simulations are those of ``boundary_share = 0`` (:mod:`wheretolearn.online.samplers`).
+
     Breed options (only with ``name = "breed"``; see :mod:`wheretolearn.online.breed`):
-    ``base`` sampler of the non-bred share, ``sigma`` (relative to the range), ``shrink``,
-    ``max_tries``, ``period`` (batches), ``min_finished``, ``r_start``, ``r_end``,
-    ``r_break``, ``window`` (simulations), ``min_steps``, ``queue_size``, ``trigger``
-    (``period`` | ``ess``), ``ess_threshold``, ``min_period``, ``fitness_loss`` (``mse`` |
-    ``nrmse``: the per-sample loss whose deviations make the fitness), ``fitness_baseline``
-    (``batch``: deviation from the batch mean, the paper; ``step``: of losses divided by their
-    time step's running mean) and ``weighted``
-    (weight the training loss by the importance weights, unbiased for the uniform target).
-    ``min_candidates``: a resampling waits for that many parent candidates. Unset sizes are
-    derived from the buffer (SPEC §5 gives OGAS's rules): ``period`` = 3 x capacity in
+    ``base`` sampler of the non-bred share (at the sampler's seed: Breed's generation 0 is
+    that sampler's sequence), ``sigma`` (relative to the range), ``children`` (``reflect``:
+    folded back into the box at the bounds, default; ``retry``: the paper's shrink-and-retry,
+    with ``shrink`` and ``max_tries``), ``period`` (batches), ``min_finished``, ``r_start``,
+    ``r_end``, ``r_break`` (default OGAS's 0 -> 0.7 over 3 resamplings), ``window``
+    (simulations), ``min_steps``, ``queue_size``, ``trigger`` (``period`` | ``ess``),
+    ``ess_threshold``, ``min_period``, ``fitness_loss`` (``nrmse``, default, | ``mse``: the
+    per-sample loss whose deviations make the fitness), ``fitness_baseline`` (``step``,
+    default: deviation of losses divided by their time step's running mean; ``batch``: from
+    the batch mean, the paper), ``fitness_quantile`` (a simulation's fitness is this quantile
+    of its recorded deviations, default 0.9; ``"mean"``: the paper's mean), ``weighted``
+    (weight the training loss by the importance weights, unbiased for the base design) and
+    ``weight_cap`` (those weights are normalised to mean 1 over each batch and capped at
+    ``weight_cap`` times it, default 10). ``min_candidates``: a resampling waits for that
+    many parent candidates. The study passes its ``n_simulations``: no resampling once the
+    last simulation was requested. Unset sizes are derived from the buffer (SPEC §5 gives
+    OGAS's rules): ``period`` = 3 x capacity in
     simulations and ``min_finished`` = 2 x watermark in simulations as OGAS, but ``window``
     = 2 x capacity in simulations and ``min_steps`` = 0.1 x steps per simulation instead of
     OGAS's 1 x and 0.33 x: at the default pace (about 5 batches per simulation) a simulation
@@ -106,13 +118,15 @@ class SamplerSection(_Section):
     name: str = "uniform"
     seed: int | None = Field(None, ge=0)
     bounds: list[list[float]] | None = None
+    boundary_share: float = Field(0.0, ge=0, le=1)
     base: Literal["uniform", "halton", "sobol", "lhs"] = "uniform"
     sigma: float = Field(0.1, gt=0, le=1)
+    children: Literal["reflect", "retry"] = "reflect"
     shrink: float = Field(0.3, gt=0, lt=1)
     max_tries: int = Field(10, ge=1)
     period: int | None = Field(None, ge=1)
     min_finished: int | None = Field(None, ge=0)
-    r_start: float = Field(0.5, ge=0, le=1)
+    r_start: float = Field(0.0, ge=0, le=1)
     r_end: float = Field(0.7, ge=0, le=1)
     r_break: int = Field(3, ge=0)
     window: int | None = Field(None, ge=1)
@@ -121,16 +135,19 @@ class SamplerSection(_Section):
     trigger: Literal["period", "ess"] = "period"
     ess_threshold: float = Field(0.5, gt=0, le=1)
     min_period: int = Field(20, ge=1)
-    fitness_loss: Literal["mse", "nrmse"] = "mse"
-    fitness_baseline: Literal["batch", "step"] = "batch"
+    fitness_loss: Literal["mse", "nrmse"] = "nrmse"
+    fitness_baseline: Literal["batch", "step"] = "step"
+    fitness_quantile: float | Literal["mean"] = 0.9
     min_candidates: int = Field(5, ge=1)
     weighted: bool = False
+    weight_cap: float = Field(10.0, ge=1)
 
     #: Keys that only Breed reads.
     BREED_KEYS: ClassVar[tuple[str, ...]] = (
-        "base", "sigma", "shrink", "max_tries", "period", "min_finished", "r_start", "r_end",
-        "r_break", "window", "min_steps", "queue_size", "trigger", "ess_threshold",
-        "min_period", "fitness_loss", "fitness_baseline", "min_candidates", "weighted")
+        "base", "sigma", "children", "shrink", "max_tries", "period", "min_finished",
+        "r_start", "r_end", "r_break", "window", "min_steps", "queue_size", "trigger",
+        "ess_threshold", "min_period", "fitness_loss", "fitness_baseline", "fitness_quantile",
+        "min_candidates", "weighted", "weight_cap")
 
     @model_validator(mode="after")
     def _breed_only(self) -> "SamplerSection":
@@ -140,12 +157,29 @@ class SamplerSection(_Section):
                 if value != default:
                     raise ValueError(f"sampler option {key} = {value!r} applies only to "
                                      f"name = 'breed' (this sampler is {self.name!r})")
+        elif self.boundary_share > 0 and math.floor(1 / self.boundary_share + 0.5) == 1:
+            raise ValueError(f"boundary_share = {self.boundary_share} puts every base point on "
+                             "the boundary; breed needs interior base points: use "
+                             "boundary_share <= 2/3")
         return self
 
-    def options(self, *, n_steps: int, capacity: int, watermark: int) -> dict[str, Any]:
-        """Keyword options for ``make_sampler`` (Breed's unset sizes derived as documented)."""
+    @field_validator("fitness_quantile")
+    @classmethod
+    def _quantile(cls, value: float | str) -> float | str:
+        if value != "mean" and not 0 < value <= 1:
+            raise ValueError(f"fitness_quantile must be a number in (0, 1] or 'mean', got "
+                             f"{value!r}")
+        return value
+
+    def options(self, *, n_steps: int, capacity: int, watermark: int,
+                n_simulations: int | None = None) -> dict[str, Any]:
+        """Keyword options for ``make_sampler``: ``boundary_share`` when set and, for Breed,
+        its options (unset sizes derived as documented; ``n_simulations``, the study's
+        budget, when given)."""
+        extra: dict[str, Any] = ({"boundary_share": self.boundary_share}
+                                 if self.boundary_share else {})
         if self.name != "breed":
-            return {}
+            return extra
         sims = max(1, capacity // n_steps)
         window = self.window or 2 * sims
         opts = {key: getattr(self, key) for key in self.BREED_KEYS
@@ -153,13 +187,15 @@ class SamplerSection(_Section):
         opts.update(window=window, period=self.period or 3 * sims,
                     min_finished=(self.min_finished if self.min_finished is not None
                                   else 2 * math.ceil(watermark / n_steps)),
-                    min_steps=self.min_steps or max(1, math.ceil(0.1 * n_steps)))
+                    min_steps=self.min_steps or max(1, math.ceil(0.1 * n_steps)), **extra)
+        if n_simulations is not None:
+            opts["n_simulations"] = n_simulations
         return opts
 
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        from .samplers import SAMPLERS
+        from .sampler_registry import SAMPLERS
 
         if value not in SAMPLERS:
             raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(sorted(SAMPLERS))}")

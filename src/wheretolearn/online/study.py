@@ -15,7 +15,9 @@ Run folder (created after the configuration validated, kept while the study runs
                      line), lr, buffer_fill, samples_received, simulations done/running/failed,
                      and val_* when validation ran
     checkpoints/NNNNNN/   the last two complete checkpoints, each published by one rename:
-                     checkpoint.pt (everything), ledger.json (every simulation, attempt and
+                     checkpoint.pt (everything, with the surrogate's record: n_steps, field
+                     shape, bounds, parameter names, so ``load_model`` needs no problem),
+                     ledger.json (every simulation, attempt and
                      received step at that checkpoint) and manifest.json (sizes, SHA-256)
     ledger.json      the final ledger (written at the end, with summary.json)
     summary.json     final numbers (see :func:`OnlineStudy.summary`)
@@ -126,15 +128,24 @@ class OnlineStudy:
         return cls(config, out, **kw)
 
     @classmethod
-    def open(cls, run_dir: str | Path, **kw: Any) -> "OnlineStudy":
-        """Reopen a run folder written by :meth:`create` for :meth:`run` to resume it."""
+    def open(cls, run_dir: str | Path, *, trust: bool = False, **kw: Any) -> "OnlineStudy":
+        """Reopen a run folder written by :meth:`create` for :meth:`run` to resume it.
+
+        A folder whose ``config.toml`` names code (a problem that is not built-in, a
+        command, a cluster's ``python`` / ``address`` / job directives) is refused unless
+        ``trust``: resuming it would run that code (see
+        :meth:`~wheretolearn.online.config.OnlineStudyConfig.user_code`).
+        """
         from .checkpoint import CheckpointStore, load_checkpoint
-        from .config import load_online_config
+        from .config import check_run_trusted, load_online_config
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.toml").is_file():
             raise ValueError(f"{str(run_dir)!r} is not an online run folder (no config.toml)")
-        study = cls(load_online_config(str(run_dir / "config.toml")), run_dir, **kw)
+        config = load_online_config(str(run_dir / "config.toml"))
+        if not trust:
+            check_run_trusted(run_dir, config)
+        study = cls(config, run_dir, **kw)
         store = CheckpointStore(run_dir)
         store.clean_staging()
         found = store.load_latest()
@@ -149,7 +160,7 @@ class OnlineStudy:
         from ..models.mlp import MLP
         from ..problems import check_online_contract, get_problem
         from .buffers import make_buffer
-        from .samplers import make_sampler
+        from .sampler_registry import make_sampler
         from .trainer import OnlineTrainer, target_scaling_from_bounds
 
         cfg = self.config
@@ -161,6 +172,8 @@ class OnlineStudy:
         self.problem = get_problem(self.problem_spec["name"], **self.problem_spec["options"])
         bounds = check_online_contract(self.problem, bounds=cfg.sampler.bounds)
         self.n_steps = int(self.problem.n_steps)
+        self.field_shape = tuple(int(s) for s in self.problem.output_shape[1:])
+        self.parameter_names = [str(n) for n in getattr(self.problem, "parameter_names", [])]
         if bounds.shape != (self.problem.input_shape[0], 2):
             raise ValueError(f"sampler bounds must have shape ({self.problem.input_shape[0]}, 2),"
                              f" got {bounds.shape}")
@@ -169,7 +182,8 @@ class OnlineStudy:
         self.sampler = make_sampler(cfg.sampler.name, bounds, seed=(
             cfg.sampler.seed if cfg.sampler.seed is not None else seed + 1),
             **cfg.sampler.options(n_steps=self.n_steps, capacity=cfg.buffer.capacity,
-                                  watermark=cfg.buffer.watermark))
+                                  watermark=cfg.buffer.watermark,
+                                  n_simulations=cfg.study.n_simulations))  # Breed: no late gens
         self.buffer = make_buffer(cfg.buffer.kind, cfg.buffer.capacity,
                                   watermark=cfg.buffer.watermark, seed=seed + 2,
                                   **cfg.buffer.options())
@@ -286,7 +300,15 @@ class OnlineStudy:
         return {"version": 1, "n_steps": self.n_steps, "trainer": self.trainer.state_dict(),
                 "model_config": getattr(self.model, "config", None), "buffer": buffer_state,
                 "sampler": sampler_state, "ledger": ledger_state, "counters": counters,
-                "delivered": delivered}
+                "delivered": delivered, "surrogate": self.surrogate_record()}
+
+    def surrogate_record(self) -> dict:
+        """What ``load_model`` needs besides the trainer to rebuild the surrogate without
+        the problem (a run folder is data, never code): ``n_steps``, ``field_shape``,
+        ``bounds`` (d, 2) of the feature normalisation and ``parameter_names``."""
+        return {"n_steps": self.n_steps, "field_shape": list(self.field_shape),
+                "bounds": np.asarray(self.bounds, dtype=np.float64).tolist(),
+                "parameter_names": list(self.parameter_names)}
 
     def checkpoint(self, executor: Any = None, *, background: bool = False) -> None:
         """Publish a checkpoint folder ``checkpoints/NNNNNN/`` (checkpoint.pt + ledger.json +
@@ -445,7 +467,8 @@ class OnlineStudy:
 
     def _loss_weights(self, batch: list) -> np.ndarray | None:
         """Importance weights (B,) of the batch's simulations with ``[sampler] weighted``
-        (Breed: unbiased training for the uniform target), else None."""
+        (Breed: unbiased training for the base design; mean 1 over the batch, capped at
+        ``weight_cap`` times it), else None."""
         if not (self.config.sampler.weighted and hasattr(self.sampler, "weights_for")):
             return None
         with self.sampler_lock:
@@ -596,10 +619,14 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
 
 
 def resume_online_study(run_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
-                        max_seconds: float | None = None) -> dict:
-    """Continue the study in ``run_dir`` from its last checkpoint; return its summary."""
+                        max_seconds: float | None = None, trust: bool = False) -> dict:
+    """Continue the study in ``run_dir`` from its last checkpoint; return its summary.
+
+    ``trust``: the folder may name code to run (a user problem, a command, ...; see
+    :meth:`OnlineStudy.open`); without it such a folder is refused before anything runs.
+    """
     from .preflight import check_max_seconds
 
     check_max_seconds(max_seconds)
-    study = OnlineStudy.open(run_dir, progress=progress)
+    study = OnlineStudy.open(run_dir, progress=progress, trust=trust)
     return study.run(max_seconds=max_seconds)

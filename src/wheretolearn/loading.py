@@ -1,0 +1,276 @@
+"""``load_model(RUN_DIR)``: the trained surrogate of a finished run, ready to predict.
+
+* an online run (``wheretolearn online``): :class:`OnlineSurrogate`, ``model(params, steps)
+  -> fields`` in the simulation's units (the feature normalisation and the target scaling
+  of training are applied inside), from the newest complete checkpoint;
+* a bilevel run (``wheretolearn bilevel`` / ``demo``): the
+  :class:`~wheretolearn.models.krr.KernelRidge` fitted on ``n`` samples of the learned
+  Gaussian (default: the largest ``eval_n``), drawn with the seed of the study's first
+  evaluation repeat of that source, so it is the model whose error the run reported there;
+* an AMA run (``wheretolearn ama``): the final
+  :class:`~wheretolearn.models.deeponet.DeepONet` of its first repeat (``model.pt``), in
+  evaluation mode: ``model(u (B, *input_shape)) -> (B, *output_shape)`` on the problem's grid.
+
+A run folder is data, not code (issue 24 item 2): it may come from someone else, so the
+model is rebuilt from what the run recorded -- the online checkpoint (network arguments,
+weights, steps, field shape, bounds, parameter names), the bilevel ``model.pt`` (the final
+KRR's training set), the AMA ``model.pt`` (DeepONet arguments and weights), all read with
+``torch.load(weights_only=True)`` -- and never imports the problem the folder names. A
+folder of an older version lacking those records is rebuilt through the problem registry
+when it names a built-in problem; one naming user code (an import path, a file, a plugin,
+a command) is refused unless ``trust=True``.
+
+This module sits at the top of the package: it reads the run folders of :mod:`.online`
+and :mod:`.design`, which :mod:`.report` (below them) must not import.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["OnlineSurrogate", "load_model"]
+
+#: How to go on with a folder that names user code.
+_TRUST_HINT = "load_model(..., trust=True) imports it if you trust who wrote the folder"
+
+
+class OnlineSurrogate:
+    """Trained online surrogate: ``(params, step) -> field``.
+
+    Parameters
+    ----------
+    trainer : OnlineTrainer
+        Holds the network and the target scaling.
+    bounds : (d, 2) array
+        Parameter bounds used for the feature normalisation.
+    n_steps : int
+        Time steps of one simulation (``step`` in ``0 .. n_steps - 1``).
+    field_shape : tuple of int
+        Shape of one step's field.
+    parameter_names : list of str
+    """
+
+    def __init__(self, trainer: Any, bounds: np.ndarray, n_steps: int,
+                 field_shape: tuple[int, ...], parameter_names: list[str]):
+        self.trainer = trainer
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.n_steps = int(n_steps)
+        self.field_shape = tuple(int(s) for s in field_shape)
+        self.parameter_names = [str(n) for n in parameter_names]
+
+    @property
+    def model(self) -> Any:
+        """The underlying ``torch.nn.Module`` (normalised features -> scaled targets)."""
+        return self.trainer.model
+
+    def __call__(self, params: Any, steps: Any) -> np.ndarray:
+        """Predict fields.
+
+        Parameters
+        ----------
+        params : (B, d) or (d,) array
+            Simulation parameters in the user's units (e.g. temperatures).
+        steps : int or (B,) ints
+            Time-step index in ``0 .. n_steps - 1`` (step ``k`` = the field after ``k + 1``
+            solver steps).
+
+        Returns
+        -------
+        (B, *field_shape) float32 ndarray (``(*field_shape,)`` for a single ``(d,)`` input).
+        """
+        from .online.trainer import heat_features
+
+        p = np.asarray(params, dtype=np.float64)
+        single = p.ndim == 1
+        p = np.atleast_2d(p)
+        d = self.bounds.shape[0]
+        if p.ndim != 2 or p.shape[1] != d:
+            raise ValueError(f"params must have shape (B, {d}) or ({d},), got "
+                             f"{np.shape(params)}")
+        s = np.broadcast_to(np.asarray(steps), (p.shape[0],))
+        if not np.issubdtype(s.dtype, np.integer) or s.min() < 0 or s.max() >= self.n_steps:
+            raise ValueError(f"steps must be integers in 0..{self.n_steps - 1}, got {steps!r}")
+        x = heat_features(p, s, bounds=self.bounds, n_steps=self.n_steps)
+        out = self.trainer.predict(x).astype(np.float32).reshape(-1, *self.field_shape)
+        return out[0] if single else out
+
+    def __repr__(self) -> str:
+        return (f"OnlineSurrogate(params {self.parameter_names}, steps 0..{self.n_steps - 1} "
+                f"-> field {self.field_shape})")
+
+
+def _refuse(run: Path, what: str, missing: str) -> ValueError:
+    """The error for a folder that names user code and lacks the record that avoids it."""
+    from .problems.trust import user_code_message
+
+    return ValueError(user_code_message(run, what, f"the run recorded no {missing}, so "
+                                                   f"loading it would import that code; "
+                                                   f"{_TRUST_HINT}"))
+
+
+def _kind(run: Path) -> str:
+    import tomllib
+
+    if not run.is_dir():
+        raise ValueError(f"run folder {str(run)!r} does not exist or is not a folder")
+    try:
+        cfg = tomllib.loads((run / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        raise ValueError(f"{str(run)!r} is not a wheretolearn run folder (no readable "
+                         "config.toml)") from None
+    if "study" in cfg:
+        return "online"
+    if "problem" in cfg and (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+        if "ama_loss" in summary:
+            return "ama"
+        if "learned" in summary:
+            return "bilevel"
+    raise ValueError(f"{str(run)!r}: load_model supports finished online, bilevel and AMA "
+                     "run folders")
+
+
+# -- AMA ------------------------------------------------------------------------------------
+def _load_ama(run: Path) -> Any:
+    """The DeepONet of ``model.pt``: recorded arguments and weights only."""
+    from .models.deeponet import DeepONet
+
+    path = run / "model.pt"
+    if not path.is_file():
+        raise ValueError(f"AMA run folder {str(run)!r} has no model.pt to load")
+    return DeepONet.load(path).eval()
+
+
+# -- online ---------------------------------------------------------------------------------
+def _online_state(run: Path) -> dict:
+    """The newest complete checkpoint's state (weights-only load)."""
+    from .online.checkpoint import CheckpointStore, load_checkpoint
+
+    found = CheckpointStore(run).load_latest()
+    if found is not None:
+        return found[0]
+    if (run / "checkpoint.pt").is_file():              # a run folder of an older version
+        return load_checkpoint(run / "checkpoint.pt")
+    raise ValueError(f"run folder {str(run)!r} has no checkpoint to load a model from")
+
+
+def _online_record_from_problem(run: Path, trust: bool) -> dict:
+    """Older checkpoints lack the surrogate's record: rebuild the problem to read it --
+    through the registry for a built-in problem, through its spec only with ``trust``."""
+    from .online.config import load_online_config
+    from .problems import check_online_contract, get_problem
+    from .problems.trust import build_builtin_problem
+
+    cfg = load_online_config(str(run / "config.toml"))
+    spec = cfg.problem_spec()
+    code = cfg.problem_code()
+    if code is not None and not trust:
+        raise _refuse(run, code, "surrogate record in its checkpoint")
+    build = get_problem if code is not None else build_builtin_problem
+    problem = build(spec["name"], **spec["options"])
+    bounds = check_online_contract(problem, bounds=cfg.sampler.bounds)
+    return {"n_steps": int(problem.n_steps), "field_shape": list(problem.output_shape[1:]),
+            "bounds": bounds.tolist(),
+            "parameter_names": list(getattr(problem, "parameter_names", []))}
+
+
+def _load_online(run: Path, trust: bool) -> OnlineSurrogate:
+    from .online.trainer import OnlineTrainer
+
+    state = _online_state(run)
+    trainer = OnlineTrainer.from_state_dict(state["trainer"])
+    rec = state.get("surrogate") or _online_record_from_problem(run, trust)
+    return OnlineSurrogate(trainer, np.asarray(rec["bounds"], dtype=np.float64),
+                           int(rec["n_steps"]), tuple(rec["field_shape"]),
+                           list(rec["parameter_names"]))
+
+
+# -- bilevel --------------------------------------------------------------------------------
+def _bilevel_labels(run: Path, cfg: dict, x: Any, trust: bool, why: str) -> Any:
+    """``problem(x)`` for a refit the run did not record: a built-in problem through the
+    registry; anything else only with ``trust``."""
+    from .problems import get_problem
+    from .problems.trust import build_builtin_problem, is_builtin_problem
+
+    name = cfg["problem"]
+    if is_builtin_problem(name):
+        problem = build_builtin_problem(name, dim=int(cfg["dim"]))
+    elif trust:
+        problem = get_problem(name, dim=int(cfg["dim"]))
+    else:
+        raise _refuse(run, f"problem = {name!r}", why)
+    return problem(x).detach()
+
+
+def _load_bilevel(run: Path, n: int | None, trust: bool) -> Any:
+    import tomllib
+
+    import torch
+
+    from .design.study import final_training_inputs, read_training_record
+    from .models.krr import KernelRidge
+
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    n = int(n if n is not None else max(cfg.get("eval_n") or summary["eval_n"]))
+    hyper = {"bandwidth": float(cfg["bandwidth"]), "ridge": float(cfg.get("eval_ridge", 1e-7)),
+             "kernel": str(cfg.get("kernel", "gaussian"))}
+    rec = read_training_record(run / "model.pt")
+    if rec is not None and rec["n"] == n:
+        x, y = rec["x"], rec["y"]
+        hyper = {"bandwidth": float(rec["bandwidth"]), "ridge": float(rec["ridge"]),
+                 "kernel": str(rec["kernel"])}
+    else:
+        x = final_training_inputs(summary["learned"], n, seed=int(cfg.get("seed", 0)),
+                                  trial=int(cfg.get("trial_offset", 0)),
+                                  dtype=cfg.get("dtype", "float32"))
+        why = (f"training set of N={n} (it recorded N={rec['n']})" if rec is not None
+               else "training set (model.pt)")
+        y = _bilevel_labels(run, cfg, x, trust, why)
+    return KernelRidge(**hyper, dtype=torch.float64).fit(x, y)
+
+
+def load_model(run_dir: str | Path, *, n: int | None = None, trust: bool = False) -> Any:
+    """The trained surrogate of the finished run in ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder written by ``wheretolearn online``, ``bilevel``/``demo`` or ``ama``.
+    n : int, optional
+        Bilevel only: training samples of the refitted KRR (default: the largest ``eval_n``,
+        whose training set the run recorded).
+    trust : bool
+        Allow importing the problem the folder names when the run did not record what the
+        model needs (a folder of an older version, or a bilevel ``n`` other than the
+        recorded one) and that problem is user code. Default False: such a folder is
+        refused with a ``ValueError``; built-in problems never need it.
+
+    Returns
+    -------
+    OnlineSurrogate, KernelRidge or DeepONet
+        Online: ``model(params (B, d), steps (B,)) -> (B, *field)`` in the simulation's
+        units. Bilevel: a fitted KRR, ``model.predict(x (B, d)) -> (B,)``. AMA: the
+        DeepONet, ``model(u (B, *input_shape)) -> (B, *output_shape)``.
+
+    Examples
+    --------
+    >>> import wheretolearn
+    >>> model = wheretolearn.load_model("runs/heat")             # doctest: +SKIP
+    >>> field = model([300, 100, 500, 200, 400], steps=99)       # doctest: +SKIP
+    """
+    if not isinstance(trust, bool):
+        raise TypeError(f"trust must be True or False, got {trust!r}")
+    run = Path(run_dir)
+    kind = _kind(run)
+    if kind != "bilevel" and n is not None:
+        raise ValueError("n applies only to bilevel run folders")
+    if kind == "online":
+        return _load_online(run, trust)
+    if kind == "ama":
+        return _load_ama(run)
+    return _load_bilevel(run, n, trust)
