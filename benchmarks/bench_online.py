@@ -97,7 +97,7 @@ def run_offline(args: argparse.Namespace) -> dict:
     import torch
 
     from wheretolearn.models.mlp import MLP
-    from wheretolearn.online.samplers import make_sampler
+    from wheretolearn.online.sampler_registry import make_sampler
     from wheretolearn.online.study import validation_set
     from wheretolearn.online.trainer import (OnlineTrainer, heat_features,
                                              target_scaling_from_bounds)

@@ -10,7 +10,7 @@ from scipy.special import ndtr
 from wheretolearn.online.breed import (BreedSampler, child_density, effective_sample_size,
                                        normalised_fitness, r_schedule)
 from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
-from wheretolearn.online.samplers import make_sampler
+from wheretolearn.online.sampler_registry import make_sampler
 
 BOUNDS = np.array([[100.0, 500.0], [0.0, 2.0]])
 
@@ -23,7 +23,9 @@ def _sampler(**kw):
 
 
 def test_fitness_is_mean_deviation_from_batch_mean_keyed_by_sim_and_step():
-    s = _sampler(min_steps=2)
+    # The paper's fitness (batch baseline, mean deviation); the defaults changed in issue 23
+    # (step baseline, 0.9-quantile: tested below), the bookkeeping per (sim, step) did not.
+    s = _sampler(min_steps=2, fitness_baseline="batch", fitness_quantile="mean")
     s.ask(3)
     s.tell([0, 0, 1, 2], [0, 1, 0, 0], [1.0, 3.0, 2.0, 6.0])      # mean 3
     # deviations: (0,0) -2, (0,1) 0, (1,0) -1, (2,0) +3
@@ -68,8 +70,9 @@ def test_parents_are_chosen_with_probability_proportional_to_normalised_fitness(
 def test_out_of_bounds_children_shrink_sigma_then_copy_the_parent():
     corner = np.array([[0.0, 0.0]])
     # At the exact corner each try lands inside with probability 1/4 whatever sigma is,
-    # so after 3 tries (1 - 1/4)^3 of the children are copies of the parent.
-    s = _sampler(sigma=0.05, max_tries=3)
+    # so after 3 tries (1 - 1/4)^3 of the children are copies of the parent. (children =
+    # "retry", the paper's rule; the default is reflection since issue 23.)
+    s = _sampler(sigma=0.05, max_tries=3, children="retry")
     kids, copied = s._breed(corner, np.ones(1), 20000)
     copies = np.all(kids == 0.0, axis=1).mean()
     assert copied.mean() == copies
@@ -77,7 +80,7 @@ def test_out_of_bounds_children_shrink_sigma_then_copy_the_parent():
     inside = kids[~np.all(kids == 0.0, axis=1)]
     assert np.all((inside >= 0) & (inside < 1))
     # Near a wall the retries succeed with a smaller sigma: no copies, all inside.
-    s2 = _sampler(sigma=0.5, max_tries=10)
+    s2 = _sampler(sigma=0.5, max_tries=10, children="retry")
     kids2, _ = s2._breed(np.array([[0.02, 0.5]]), np.ones(1), 5000)
     assert np.all((kids2 >= 0) & (kids2 < 1))
     assert not np.any(np.all(kids2 == [0.02, 0.5], axis=1))
@@ -91,10 +94,10 @@ def test_child_density_integrates_to_the_probability_of_not_copying():
     expected = 1.0 - np.prod(1.0 - np.array(m))
     g = (np.arange(1000) + 0.5) / 1000
     grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-    dens = child_density(grid, parent, [1.0], sigma=sigma, shrink=shrink, max_tries=tries)
+    kw = dict(sigma=sigma, children="retry", shrink=shrink, max_tries=tries)
+    dens = child_density(grid, parent, [1.0], **kw)
     assert dens.mean() == pytest.approx(expected, rel=2e-3)
-    assert child_density(np.array([[1.2, 0.5]]), parent, [1.0], sigma=sigma, shrink=shrink,
-                         max_tries=tries)[0] == 0.0
+    assert child_density(np.array([[1.2, 0.5]]), parent, [1.0], **kw)[0] == 0.0
 
 
 def test_r_schedule_ramps_linearly_and_first_generation_is_never_bred():
@@ -190,7 +193,9 @@ def test_ess_trigger_resamples_when_fitness_concentrates():
     assert s.generation == 1 and s.metrics()["sampler_fitness_ess"] < 0.5
 
 
-def test_exact_resume_through_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"boundary_share": 0.25, "children": "retry",
+                                       "fitness_quantile": "mean", "n_simulations": 40}])
+def test_exact_resume_through_a_checkpoint(tmp_path, extra):
     def drive(sampler, rng, n):
         out = []
         for _ in range(n):
@@ -203,7 +208,7 @@ def test_exact_resume_through_a_checkpoint(tmp_path):
 
     a = make_sampler("breed", BOUNDS, seed=9, min_finished=2, period=3, min_steps=1,
                      window=8, queue_size=4, r_start=0.5, r_end=1.0, r_break=2,
-                     min_candidates=2)
+                     min_candidates=2, **extra)
     drive(a, np.random.default_rng(0), 12)
     assert a.generation >= 2
     save_checkpoint(tmp_path / "c.pt", {"sampler": a.state_dict()})
@@ -253,3 +258,197 @@ def test_resampling_waits_for_min_candidates():
     assert s.generation == 0 and not s.resample()
     s.tell([2, 3], [0, 0], [1.0, 2.0])                       # 4 candidates: resample
     assert s.generation == 1 and s._proposals[-1]["n_candidates"] == 4
+
+
+# -- issue 23: seed pairing, per-batch weights, schedule, defaults, reflection, quantile ----------
+
+@pytest.mark.parametrize("base", ["uniform", "halton", "sobol", "lhs"])
+def test_breed_generation_zero_is_the_plain_base_sampler_at_the_same_seed(base):
+    # Paired seeds: Breed at seed s shares its generation 0 with the base sampler at seed s
+    # (its own parent / child draws come from a separate stream derived from s).
+    b = make_sampler("breed", BOUNDS, seed=7, base=base)
+    np.testing.assert_array_equal(b.ask(23), make_sampler(base, BOUNDS, seed=7).ask(23))
+    bs = make_sampler("breed", BOUNDS, seed=7, base=base, boundary_share=1 / 6)
+    np.testing.assert_array_equal(
+        bs.ask(23), make_sampler(base, BOUNDS, seed=7, boundary_share=1 / 6).ask(23))
+
+
+def test_new_defaults_follow_the_review():
+    s = BreedSampler(BOUNDS, seed=0)
+    o = s.options
+    assert (o["r_start"], o["r_end"], o["r_break"]) == (0.0, 0.7, 3)          # OGAS
+    assert o["fitness_baseline"] == "step" and o["fitness_quantile"] == 0.9
+    assert o["children"] == "reflect" and o["weight_cap"] == 10.0
+    assert o["n_simulations"] is None
+
+
+def test_weights_for_are_normalised_per_batch_and_capped():
+    # Mixture weights here range over a factor ~80 (bred draws crowd the corner (1, 1));
+    # a cap of 1.5 x the batch mean is active in most batches of 10.
+    s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=5, min_finished=0, period=1000,
+                     min_steps=1, window=60, queue_size=50, r_start=0.9, r_end=0.9,
+                     sigma=0.05, min_candidates=1, weight_cap=1.5)
+    for _ in range(4):
+        u = s.ask(300)
+        ids = np.arange(len(s._sim) - 300, len(s._sim))
+        s.tell(ids[-60:], np.zeros(60), u[-60:].sum(1) ** 4)
+        s.resample()
+    s.ask(300)
+    ids, raw = s.importance_weights()
+    assert raw.max() / raw.min() > 50
+    rng = np.random.default_rng(0)
+    capped = 0
+    for _ in range(200):
+        batch = rng.choice(ids, size=10)
+        w = s.weights_for(batch)
+        assert w.mean() == pytest.approx(1.0, rel=1e-12)
+        assert w.max() <= 1.5 * (1 + 1e-12) and w.min() > 0
+        r = raw[batch]                          # the order of the mixture weights is kept
+        assert np.all(np.diff(w[np.argsort(r, kind="stable")]) >= -1e-12)
+        if r.max() / r.mean() > 1.5:
+            capped += 1
+            assert w.max() == pytest.approx(1.5)
+        else:                                   # below the cap: raw weight / batch mean
+            np.testing.assert_allclose(w, r / r.mean())
+    assert capped > 100
+    assert s.weights_for([10**6]).tolist() == [1.0]                 # not drawn here: weight 1
+
+
+@pytest.mark.parametrize("w, cap", [([1, 1, 1, 1], 2.0), ([100, 1, 1, 1, 1, 0], 3.0),
+                                    ([5, 4, 1e-3, 1e-3], 1.5), ([0, 0, 0], 10.0),
+                                    ([0, 0, 7, 0], 2.0)])
+def test_cap_weights_mean_one_and_bounded(w, cap):
+    from wheretolearn.online.breed import cap_weights
+
+    v = cap_weights(np.asarray(w, float), cap)
+    if np.count_nonzero(w) * cap >= len(w):
+        assert v.mean() == pytest.approx(1.0) and v.max() <= cap * (1 + 1e-12)
+    elif np.count_nonzero(w) == 0:
+        np.testing.assert_array_equal(v, np.ones(len(w)))           # nothing to re-weight
+    else:                                                           # cap wins over mean 1
+        assert v.max() == pytest.approx(cap) and v.mean() < 1
+    with pytest.raises(ValueError, match="weight_cap"):
+        cap_weights(np.ones(3), 0.5)
+
+
+def _drive_ensemble(s, n_sims, batches_per_sim=5):
+    """The engine's pattern: ask one simulation, tell a few batches; then the final drain."""
+    gens = []
+    for i in range(n_sims):
+        s.ask(1, sim_ids=[i])
+        s.simulation_finished(i)
+        for _ in range(batches_per_sim):
+            ids = np.arange(max(0, i - 5), i + 1)
+            s.tell(ids, np.zeros(len(ids)), ids % 3 + 0.1)
+        gens.append(s.generation)
+    for _ in range(200):                                             # drain: no more asks
+        s.tell([0, 1, 2], [0, 0, 0], [1.0, 2.0, 3.0])
+    return gens
+
+
+def test_no_resampling_once_the_last_simulation_was_requested():
+    kw = dict(period=5, min_finished=1, min_steps=1, window=10, min_candidates=1)
+    free = _sampler(**kw)
+    _drive_ensemble(free, 20)
+    bounded = _sampler(n_simulations=20, **kw)
+    gens = _drive_ensemble(bounded, 20)
+    assert free.generation > gens[-1] + 30                           # the old waste
+    assert gens[-1] >= 3 and bounded.generation == gens[-2] == gens[-1]  # none after sim 19
+    assert not bounded.resample()                                   # refused by hand too
+    assert bounded.metrics()["sampler_generation"] == gens[-1]
+    with pytest.raises(ValueError, match="n_simulations"):
+        _sampler(n_simulations=0)
+
+
+def test_reflected_children_of_a_parent_at_the_bound_are_half_normal():
+    from scipy.stats import halfnorm, kstest
+
+    s = _sampler(sigma=0.1)
+    kids, copied = s._breed(np.array([[0.0, 0.5]]), np.ones(1), 20000)
+    assert not copied.any() and np.all((kids >= 0) & (kids <= 1))
+    assert kstest(kids[:, 0], halfnorm(scale=0.1).cdf).pvalue > 1e-3
+    assert kstest(kids[:, 1] - 0.5, "norm", args=(0, 0.1)).pvalue > 1e-3
+    # near the upper bound the mass beyond it is folded back
+    kids_hi, _ = s._breed(np.array([[0.97, 1.0]]), np.ones(1), 20000)
+    assert np.all(kids_hi <= 1) and (kids_hi[:, 1] < 1).all()
+    assert kstest(1.0 - kids_hi[:, 1], halfnorm(scale=0.1).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("parent, sigma", [([0.0, 0.95], 0.3), ([0.5, 0.5], 1.0),
+                                           ([1.0, 0.02], 0.05)])
+def test_reflected_child_density_integrates_to_one_and_matches_the_draws(parent, sigma):
+    par = np.array([parent])
+    g = (np.arange(1000) + 0.5) / 1000
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    dens = child_density(grid, par, [1.0], sigma=sigma)              # children="reflect"
+    assert dens.mean() == pytest.approx(1.0, rel=2e-3)
+    assert child_density(np.array([[1.2, 0.5]]), par, [1.0], sigma=sigma)[0] == 0.0
+    # histogram of the sampler's children against the density on a 5 x 5 grid of cells
+    kids, _ = _sampler(sigma=sigma)._breed(par, np.ones(1), 100000)
+    hist = np.histogram2d(kids[:, 0], kids[:, 1], bins=5, range=[[0, 1], [0, 1]])[0] / 1e5
+    cells = dens.reshape(5, 200, 5, 200).mean(axis=(1, 3)) / 25      # mass per cell
+    np.testing.assert_allclose(hist, cells, atol=4e-3)
+
+
+def test_retry_children_remain_available():
+    s = _sampler(children="retry", sigma=0.05, max_tries=3)
+    kids, copied = s._breed(np.array([[0.0, 0.0]]), np.ones(1), 4000)
+    assert copied.mean() == pytest.approx(0.75 ** 3, abs=0.03)
+    with pytest.raises(ValueError, match="children"):
+        _sampler(children="mirror")
+
+
+def test_fitness_is_an_upper_quantile_of_the_recorded_deviations():
+    s = _sampler(fitness_baseline="batch", fitness_quantile=0.9)
+    s.ask(2)
+    # sim 0: deviations -1 at 9 steps and +9 at one step; sim 1: mirrored deviations
+    for t in range(10):
+        s.tell([0, 1], [t, t], [9.0, 11.0] if t else [19.0, 1.0])
+    dev0 = np.array([9.0] + [-1.0] * 9)
+    np.testing.assert_allclose(s.fitness([0, 1]), [np.quantile(dev0, 0.9),
+                                                   np.quantile(-dev0, 0.9)])
+    m = _sampler(fitness_baseline="batch", fitness_quantile="mean")
+    m.ask(2)
+    for t in range(10):
+        m.tell([0, 1], [t, t], [9.0, 11.0] if t else [19.0, 1.0])
+    np.testing.assert_allclose(m.fitness([0, 1]), [0.0, 0.0], atol=1e-12)
+    for bad in (0.0, 1.5, "median"):
+        with pytest.raises(ValueError, match="fitness_quantile"):
+            _sampler(fitness_quantile=bad)
+
+
+def test_weights_with_a_boundary_share_target_the_base_design():
+    # Target = the base design: (1 - 1/4) uniform + 1/4 boundary points. The weighted
+    # draws estimate its boundary share and interior integrals despite the bred lean.
+    s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=2, min_finished=0, period=1000,
+                     min_steps=1, window=60, queue_size=50, r_start=0.7, r_end=0.7,
+                     sigma=0.1, min_candidates=1, boundary_share=0.25)
+    for _ in range(6):
+        u = s.ask(500)
+        ids = np.arange(len(s._sim) - 500, len(s._sim))
+        s.tell(ids[-60:], np.zeros(60), u[-60:].sum(1))
+        s.resample()
+    _, w = s.importance_weights()
+    x = np.array(s.diagnostics()["draws"]["params"])
+    on = ((x == 0) | (x == 1)).any(axis=1)
+    assert on.mean() < 0.2                                       # bred points dilute it
+    assert np.mean(w) == pytest.approx(1.0, abs=0.05)
+    assert np.mean(w * on) == pytest.approx(0.25, abs=0.03)
+    assert np.mean(w * ~on * x[:, 0]) == pytest.approx(0.75 * 0.5, abs=0.03)
+    with pytest.raises(ValueError, match="boundary_share"):
+        BreedSampler(BOUNDS, boundary_share=0.9)
+
+
+def test_a_state_from_before_issue_23_resumes_with_its_old_behaviour():
+    # Such a state lacks the new options and boundary flags: retry children, mean fitness.
+    a = _sampler(children="retry", fitness_quantile="mean")
+    a.ask(5)
+    state = json.loads(json.dumps(a.state_dict()))
+    for key in ("children", "fitness_quantile", "weight_cap", "n_simulations"):
+        del state["options"][key]
+    del state["boundary_share"], state["draws"]["boundary"], state["queue"]["boundary"]
+    b = make_sampler("breed", BOUNDS, seed=0)
+    b.load_state_dict(state)
+    assert b.options["children"] == "retry" and b.options["fitness_quantile"] == "mean"
+    assert json.dumps(b.state_dict()) == json.dumps(a.state_dict())
+    np.testing.assert_array_equal(b.ask(7), a.ask(7))

@@ -109,6 +109,8 @@ def test_tell_reaches_breed_during_a_real_study_and_resume_restores_it(tmp_path)
     told = [f for f in diag["draws"]["fitness"] if f is not None]
     assert len(told) == summary["simulations_completed"] == 10
     assert len(diag["proposals"]) == sampler["counters"]["generation"] + 1
+    # the study told Breed its budget: no generation once the 10th simulation was requested
+    assert sampler["options"]["n_simulations"] == 10
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("sampler_generation", 0) >= 1 for r in lines)
     ledger = SimulationLedger.load_json(run / "ledger.json")
@@ -116,3 +118,36 @@ def test_tell_reaches_breed_during_a_real_study_and_resume_restores_it(tmp_path)
     assert np.all(weights > 0) and len(weights) == 10
     for name in ("breed_params.png", "breed_fitness.png", "breed_schedule.png"):
         assert (run / "figures" / name).stat().st_size > 0
+
+
+def test_issue_23_sampler_keys_defaults_and_options():
+    s = OnlineStudyConfig.model_validate({"sampler": {"name": "breed"}}).sampler
+    # the review's defaults: nRMSE fitness with the step baseline, OGAS's R schedule
+    assert (s.fitness_loss, s.fitness_baseline, s.fitness_quantile) == ("nrmse", "step", 0.9)
+    assert (s.r_start, s.r_end, s.r_break) == (0.0, 0.7, 3)
+    assert (s.children, s.weight_cap, s.boundary_share) == ("reflect", 10.0, 0.0)
+    opts = s.options(n_steps=100, capacity=2500, watermark=500, n_simulations=200)
+    assert opts["n_simulations"] == 200 and opts["weight_cap"] == 10.0
+    assert opts["children"] == "reflect" and opts["fitness_quantile"] == 0.9
+    assert "n_simulations" not in s.options(n_steps=100, capacity=2500, watermark=500)
+    assert "boundary_share" not in opts                              # 0: the plain design
+    # boundary_share applies to every sampler (Breed: to its base sampler)
+    u = OnlineStudyConfig.model_validate({"sampler": {"name": "halton",
+                                                      "boundary_share": 0.125}}).sampler
+    assert u.options(n_steps=100, capacity=2500, watermark=500) == {"boundary_share": 0.125}
+    b = OnlineStudyConfig.model_validate({"sampler": {"name": "breed", "boundary_share": 0.125,
+                                                      "fitness_quantile": "mean"}}).sampler
+    opts = b.options(n_steps=100, capacity=2500, watermark=500)
+    assert opts["boundary_share"] == 0.125 and opts["fitness_quantile"] == "mean"
+    from wheretolearn.online.sampler_registry import make_sampler
+
+    make_sampler("breed", [[0.0, 1.0]] * 5, seed=0, **opts)         # every key is accepted
+    for bad, match in (({"name": "breed", "weight_cap": 0.5}, "weight_cap"),
+                       ({"name": "breed", "children": "wrap"}, "children"),
+                       ({"name": "breed", "fitness_quantile": 0.0}, "fitness_quantile"),
+                       ({"name": "breed", "fitness_quantile": "median"}, "fitness_quantile"),
+                       ({"name": "uniform", "boundary_share": 1.5}, "boundary_share"),
+                       ({"name": "breed", "boundary_share": 0.8}, "boundary_share"),
+                       ({"name": "uniform", "weight_cap": 3.0}, "applies only")):
+        with pytest.raises(ValidationError, match=match):
+            OnlineStudyConfig.model_validate({"sampler": bad})

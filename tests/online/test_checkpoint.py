@@ -8,7 +8,7 @@ from wheretolearn.models import MLP
 from wheretolearn.online import checkpoint as ckpt
 from wheretolearn.online.buffers import Sample, make_buffer
 from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
-from wheretolearn.online.samplers import make_sampler
+from wheretolearn.online.sampler_registry import make_sampler
 from wheretolearn.online.trainer import OnlineTrainer
 
 

@@ -8,7 +8,7 @@ import pytest
 from wheretolearn.online.executor import (EnsembleExecutor, decode_step, encode_step,
                                           fault_plan, pack_messages, unpack_messages)
 from wheretolearn.online.ledger import SimulationLedger
-from wheretolearn.online.samplers import make_sampler
+from wheretolearn.online.sampler_registry import make_sampler
 from wheretolearn.problems import get_problem
 
 SPEC = {"name": "heat2d", "options": {"n": 8, "n_steps": 6}}

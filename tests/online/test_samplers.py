@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import qmc
 
-from wheretolearn.online.samplers import (SAMPLERS, HaltonSampler, LHSSampler,
-                                          ParameterSampler, UniformSampler, make_sampler)
+from wheretolearn.online.sampler_registry import SAMPLERS, make_sampler
+from wheretolearn.online.samplers import (HaltonSampler, LHSSampler, ParameterSampler,
+                                          UniformSampler)
 
 BOUNDS = np.array([[100.0, 500.0], [-1.0, 1.0], [0.0, 1e-3]])
 NAMES = sorted(SAMPLERS)
@@ -167,4 +168,62 @@ def test_a_subclass_needs_only_draw_and_reset():
 
     s = Corner(BOUNDS, seed=1)
     np.testing.assert_array_equal(s.ask(2), np.tile(BOUNDS[:, 0], (2, 1)))
-    assert set(s.state_dict()) == {"name", "seed", "n_drawn", "bounds"}
+    # boundary_share (issue 23) is part of every sampler's state: a resume keeps the design.
+    assert set(s.state_dict()) == {"name", "seed", "n_drawn", "bounds", "boundary_share"}
+
+
+# -- boundary_share (issue 23, item 3): a share of face and corner points -----------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_boundary_share_puts_every_mth_point_on_the_boundary_and_leaves_the_others(name):
+    plain = make_sampler(name, BOUNDS, seed=4).ask(60)
+    s = make_sampler(name, BOUNDS, seed=4, boundary_share=1 / 6)
+    x = s.ask(60)
+    low, high = BOUNDS[:, 0], BOUNDS[:, 1]
+    on = (x == low) | (x == high)                                   # exactly on a bound
+    rows = np.flatnonzero(on.any(axis=1))
+    # every 6th simulation (positions 5, 11, ..., 59), and only those
+    np.testing.assert_array_equal(rows, np.arange(5, 60, 6))
+    np.testing.assert_array_equal(s.boundary_mask(0, 60), np.isin(np.arange(60), rows))
+    keep = np.setdiff1d(np.arange(60), rows)
+    np.testing.assert_array_equal(x[keep], plain[keep])             # a separate stream
+    assert np.all((x >= low) & (x <= high))
+    assert np.all(x[keep] < high)                                   # only snapped ones reach high
+
+
+def test_boundary_points_snap_each_coordinate_with_probability_one_half():
+    d = 4
+    s = make_sampler("uniform", [[0.0, 1.0]] * d, seed=0, boundary_share=1.0)
+    u = s.ask(4000)
+    snapped = (u == 0.0) | (u == 1.0)
+    assert snapped.any(axis=1).all()                                 # always on the boundary
+    # P(coordinate snapped) = 1/2 conditioned on at least one: (1/2) / (1 - 2^-d)
+    assert snapped.mean() == pytest.approx(0.5 / (1 - 2.0 ** -d), abs=0.02)
+    assert (u[snapped] == 1.0).mean() == pytest.approx(0.5, abs=0.03)  # low or high alike
+    corners = snapped.all(axis=1).mean()
+    assert corners == pytest.approx(2.0 ** -d / (1 - 2.0 ** -d), abs=0.015)
+    free = u[~snapped]
+    assert free.min() > 0 and free.max() < 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_boundary_share_is_in_the_state_and_resume_continues_exactly(name):
+    s = make_sampler(name, BOUNDS, seed=11, boundary_share=0.25)
+    s.ask(37)
+    state = json.loads(json.dumps(s.state_dict()))
+    assert state["boundary_share"] == 0.25
+    expected = s.ask(45)
+    restored = make_sampler(name, BOUNDS, seed=0)                    # share 0: the state wins
+    restored.load_state_dict(state)
+    assert restored.boundary_share == 0.25
+    np.testing.assert_array_equal(restored.ask(45), expected)
+
+
+def test_boundary_share_rounds_to_every_mth_and_is_validated():
+    s = make_sampler("halton", BOUNDS, seed=0, boundary_share=0.3)   # round(1 / 0.3) = 3
+    assert s.boundary_every == 3
+    np.testing.assert_array_equal(np.flatnonzero(s.boundary_mask(0, 12)), [2, 5, 8, 11])
+    assert make_sampler("uniform", BOUNDS, seed=0).boundary_every == 0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="boundary_share"):
+            make_sampler("uniform", BOUNDS, seed=0, boundary_share=bad)

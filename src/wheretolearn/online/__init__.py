@@ -20,15 +20,14 @@ from wheretolearn.online.buffers import (
 )
 from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
 from wheretolearn.online.samplers import (
-    SAMPLERS,
-    BreedSampler,
     HaltonSampler,
     LHSSampler,
     ParameterSampler,
     SobolSampler,
     UniformSampler,
-    make_sampler,
 )
+from wheretolearn.online.breed import BreedSampler
+from wheretolearn.online.sampler_registry import SAMPLERS, make_sampler
 from wheretolearn.online.config import OnlineStudyConfig, load_online_config
 from wheretolearn.online.executor import EnsembleExecutor, SimulatedCrash
 from wheretolearn.online.ledger import SimulationLedger

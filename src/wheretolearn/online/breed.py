@@ -3,21 +3,31 @@
 Breed ("MelissaDL x Breed", seed paper 002) chooses the parameters of the simulations not yet
 submitted so that simulations whose samples the surrogate finds hard breed new ones nearby.
 
-Fitness (SPEC §5, first bullet). Every training batch reports per-sample losses ``l_i`` with
-their simulation id and time step (:meth:`BreedSampler.tell`). The *loss deviation*
-``delta_i = l_i - mean_batch(l)`` is comparable across network states. It is stored per
-``(sim_id, step)`` (a step served again overwrites its older value), and the fitness of a
-simulation is the mean of its recorded deviations. A simulation is a parent candidate once it
-has ``min_steps`` recorded steps and is among the ``window`` most recently drawn simulations.
+Seeds. The base sampler is built with the sampler's own ``seed`` (and ``boundary_share``), so
+Breed at seed ``s`` draws exactly the plain base sampler's sequence at seed ``s`` for its
+non-bred points -- all of generation 0 is that sequence, which pairs Breed and the base
+sampler seed by seed in a comparison. Breed's own randomness (parent choice, children, queue
+order) comes from a separate stream, ``SeedSequence(seed, spawn_key=(1,))``.
 
-Step baseline (``fitness_baseline="step"``, beyond the paper). Losses of one simulation differ
-far more between time steps (the first steps, with their sharp boundary layers, are the
-hardest for every parameter) than between parameters, so a fitness averaged over the random
-steps a simulation happened to have trained mostly measures *which steps* were drawn. With
-the step baseline each loss is first divided by a running mean of the losses at its time
-step, ``r_i = l_i / m[step_i]`` (``m <- 0.9 m + 0.1 l`` per told loss, initialised with the
-first one), and the deviation is ``r_i - mean_batch(r)``: parameters, not steps, make the
-fitness.
+Fitness (SPEC §5, first bullet). Every training batch reports per-sample losses ``l_i`` with
+their simulation id and time step (:meth:`BreedSampler.tell`; the engine tells the loss named
+by ``[sampler] fitness_loss``, default the per-sample nRMSE, OGAS's choice). The *loss
+deviation* ``delta_i = l_i - mean_batch(l)`` is comparable across network states. It is
+stored per ``(sim_id, step)`` (a step served again overwrites its older value), and the
+fitness of a simulation is the ``fitness_quantile``-quantile (default 0.9; ``"mean"``: the
+mean, the paper) of its recorded deviations: a simulation that is hard at a few steps is a
+parent even if it is easy at most of them. A simulation is a parent candidate once it has
+``min_steps`` recorded steps and is among the ``window`` most recently drawn simulations.
+
+Step baseline (``fitness_baseline="step"``, the default, beyond the paper). Losses of one
+simulation differ far more between time steps (the first steps, with their sharp boundary
+layers, are the hardest for every parameter) than between parameters, so a fitness computed
+from the random steps a simulation happened to have trained mostly measures *which steps*
+were drawn. With the step baseline each loss is first divided by a running mean of the losses
+at its time step, ``r_i = l_i / m[step_i]`` (``m <- 0.9 m + 0.1 l`` per told loss,
+initialised with the first one), and the deviation is ``r_i - mean_batch(r)``: parameters,
+not steps, make the fitness. (``"batch"``: the paper's raw deviations.) nRMSE with the step
+baseline tracked the final per-simulation error best (Spearman 0.75, issue 23).
 
 Resampling. Once ``min_finished`` simulations have finished, every ``period`` told batches
 (``trigger="period"``) -- or, with ``trigger="ess"``, as soon as the effective sample size of
@@ -29,11 +39,34 @@ batches apart) -- the proposal is rebuilt (generation ``g = 1, 2, ...``):
 * a fraction ``R_g`` of the upcoming simulations is bred, the rest comes from the base
   sampler; ``R_g = r_start + (r_end - r_start) * min((g - 1) / r_break, 1)`` (linear ramp
   over ``r_break`` resamplings, then constant); generation 0 (before any resampling) is never
-  bred;
-* a child of parent ``p`` is ``N(p, diag(s^2))`` with ``s = sigma * (high - low)``; a child
-  outside the box is drawn again with ``s <- shrink * s`` (the paper's "decrease sigma by
-  3e-1", read as a factor 0.3), at most ``max_tries`` draws, after which the parent itself is
-  copied.
+  bred. The defaults are OGAS's 0 -> 0.7 over 3: ``R = 0, 0.23, 0.47, 0.7, 0.7, ...`` for
+  ``g = 1, 2, ...`` (the first resampling breeds nothing yet);
+* no resampling once the last simulation of the budget was requested: with
+  ``n_simulations`` set (the online study passes its ``[study] n_simulations``), a
+  resampling is refused once ``n_simulations`` parameters were handed out by :meth:`ask`
+  (relaunches reuse their parameters and do not ask; a redraw after repeated failures asks
+  and counts, so with redraws the last resampling may come up to that many simulations
+  early). Without it (``None``) generations would keep firing during the end-of-ensemble
+  drain, where they can change nothing.
+
+Children (``children="reflect"``, the default). A child of parent ``p`` is ``p + s z``,
+``z ~ N(0, I)``, ``s = sigma`` in unit coordinates (``sigma * (high - low)`` in parameter
+units), folded back into the box coordinate by coordinate (reflection at both bounds,
+repeated: ``y = x mod 2``, ``y <- 2 - y`` if ``y > 1``). Every child is inside the box and
+nothing is copied; a parent on a bound has children ``|N(0, s^2)|`` away from it. The
+density of a reflected child is the folded normal, per coordinate::
+
+    c_k(u) = prod_i sum_{n in Z} [phi_s(u_i - p_ki - 2n) + phi_s(u_i + p_ki - 2n)]
+
+(terms with ``|n| > ceil((8 s + 1) / 2)`` are below ``phi(8)`` and dropped); it integrates
+to 1 over the box. ``children="retry"`` (the paper): a child outside the box is drawn again
+with ``s <- shrink * s`` (the paper's "decrease sigma by 3e-1", read as a factor 0.3), at
+most ``max_tries`` draws, after which the parent itself is copied; its density is::
+
+    c_k(u) = 1_box(u) * sum_{j < J} [prod_{i < j} (1 - m_{k,i})] * N(u; p_k, s_j^2)
+
+where ``s_j = sigma * shrink^j`` and ``m_{k,i}`` is the Gaussian mass of the box at ``s_i``
+(a product of normal CDF differences); a copied parent is a point mass.
 
 Queue. The engine asks one simulation at a time right before it submits it, so Breed keeps a
 queue of the next ``queue_size`` parameters drawn from the current proposal (exactly
@@ -42,33 +75,40 @@ redraws the queue; parameters already handed out by :meth:`ask` (submitted, rela
 resumed simulations) are never changed.
 
 Importance weights (beyond the paper, AMIS with deterministic mixture weights; Cornuet et al.
-2012). Working in unit coordinates ``u = (theta - low) / (high - low)`` the uniform target has
-density 1. Proposal ``t`` has density ``q_t(u) = (1 - R_t) + R_t * sum_k p_k c_k(u)`` with the
-exact truncated-retry child density of parent ``k``::
-
-    c_k(u) = 1_box(u) * sum_{j < J} [prod_{i < j} (1 - m_{k,i})] * N(u; p_k, s_j^2)
-
-where ``s_j = sigma * shrink^j`` and ``m_{k,i}`` is the Gaussian mass of the box at ``s_i``
-(a product of normal CDF differences). A copied parent (all ``J`` tries out of the box) is a
-point mass: the uniform target has no atom, so its weight is 0 (the density ratio of the
-target to the mixture's atom). Every other drawn simulation ``n`` gets the
-deterministic-mixture weight::
+2012). The target is the base design: in unit coordinates ``u = (theta - low) / (high -
+low)`` the uniform density 1, or, with a boundary share ``b = 1 / round(1 /
+boundary_share)`` (:mod:`.samplers`), ``(1 - b)`` uniform plus ``b`` on the boundary design.
+Proposal ``t`` (bred fraction ``R_t``, parents ``p_k``) has, relative to the target, the
+density ``q_t(u) = (1 - R_t) + R_t * sum_k p_k c_k(u) / (1 - b)`` at an interior point and
+``q_t = 1 - R_t`` at a boundary point of the base design (children put no mass on the
+faces). A copied parent (``children="retry"``) is an atom the target lacks: weight 0. Every
+other drawn simulation ``n`` gets the deterministic-mixture weight::
 
     w_n = 1 / sum_t (N_t / N) q_t(u_n)
 
 with ``N_t`` simulations drawn from proposal ``t`` out of ``N``: ``(1/N) sum_n w_n f(u_n)``
-estimates ``int f(u) du`` over the unit box (the uniform target). The densities of every draw
-under every proposal are kept in a table, updated when a draw or a proposal is added.
+estimates the target's integral of ``f``. The densities of every draw under every proposal
+are kept in a table, updated when a draw or a proposal is added.
+
+Weighted training (``[sampler] weighted``): :meth:`BreedSampler.weights_for` gives the
+weights of one training batch, normalised over that batch (mean 1: the learning rate is
+unchanged whatever the mixture weights' scale) and capped at ``weight_cap`` times the batch
+mean (default 10; the largest ``c`` with ``min(w, c) / mean(min(w, c)) <= weight_cap`` is
+used, so the order is kept). The raw weights (:meth:`BreedSampler.importance_weights`, in
+the ledger) had a batch mean drifting from 1.3 to 4.4, a largest weight of 35 and an ESS of
+6 % of the draws -- a 3-4x effective learning rate with heavy-tailed gradients (issue 23).
 
 State. :meth:`BreedSampler.state_dict` holds the generator state, the base sampler's state,
 the fitness table, the draws (window), the proposals, generation and schedule counters and the
 queue; :meth:`BreedSampler.load_state_dict` restores them, so a resumed study continues
 exactly as the uninterrupted one from the same checkpoint (no replay: draws depend on
-``tell``).
+``tell``). A state written before issue 23 lacks the new options and resumes with the old
+behaviour (``children="retry"``, mean fitness).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -76,12 +116,18 @@ from scipy.special import ndtr
 
 from .._validation import (check_nonnegative_int, check_positive_float, check_positive_int,
                            check_probability)
-from .samplers import ParameterSampler
+from .samplers import STATIC_SAMPLERS, ParameterSampler
 
 __all__ = ["BreedSampler", "r_schedule", "child_density", "normalised_fitness",
-           "effective_sample_size"]
+           "effective_sample_size", "cap_weights"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+#: ``spawn_key`` of Breed's own stream (the boundary design of :mod:`.samplers` uses 2).
+_BREED_STREAM = 1
+#: Rows of ``u`` per block in :func:`child_density` (bounds the (rows, K, d) temporaries).
+_ROWS = 4096
+#: Options of a state written before issue 23 (absent there): its behaviour then.
+_LEGACY = {"children": "retry", "fitness_quantile": "mean"}
 
 
 def r_schedule(generation: int, r_start: float, r_end: float, r_break: int) -> float:
@@ -117,20 +163,68 @@ def effective_sample_size(weights: Any) -> float:
     return float(w.sum()) ** 2 / s2 if s2 > 0 else 0.0
 
 
+def cap_weights(weights: Any, weight_cap: float) -> np.ndarray:
+    """Non-negative weights (B,) -> mean 1 over the B of them with the largest at most
+    ``weight_cap`` (>= 1) times the mean.
+
+    Returns ``min(w, c) / mean(min(w, c))`` with the largest clip level ``c`` that keeps the
+    maximum within ``weight_cap`` (no clipping when the normalised weights already are), so
+    the order of the weights is kept. When fewer than ``B / weight_cap`` weights are positive
+    no such ``c`` exists: the positive ones get ``weight_cap`` (the cap wins, the mean is
+    below 1). All zero: ones (nothing to re-weight).
+    """
+    if isinstance(weight_cap, bool) or not isinstance(weight_cap, (int, float)) or not (
+            math.isfinite(weight_cap) and weight_cap >= 1.0):
+        raise ValueError(f"weight_cap must be a finite number >= 1 (the largest weight over "
+                         f"the batch mean), got {weight_cap!r}")
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    b, total = len(w), float(w.sum()) if len(w) else 0.0
+    if b == 0:
+        return w.copy()
+    if not total > 0:
+        return np.ones(b)
+    cap = float(weight_cap)
+    ws = np.sort(w)[::-1]
+    if b * ws[0] <= cap * total:
+        return w * (b / total)
+    tail = np.cumsum(ws[::-1])[::-1]                          # tail[k] = sum of ws[k:]
+    tol = 1e-12
+    for k in range(1, b):                                     # clip the k largest
+        denom = b - cap * k
+        if denom <= 0 or not tail[k] > 0:
+            break
+        c = cap * tail[k] / denom
+        if ws[k] * (1 - tol) <= c <= ws[k - 1] * (1 + tol):
+            clipped = np.minimum(w, c)
+            return clipped * (b / clipped.sum())
+    return np.where(w > 0, cap, 0.0)
+
+
 def _box_mass(centres: np.ndarray, s: float) -> np.ndarray:
     """Mass of ``N(c, s^2 I)`` on the unit box, for centres (K, d) -> (K,)."""
     return np.prod(ndtr((1.0 - centres) / s) - ndtr(-centres / s), axis=1)
 
 
-def child_density(u: Any, parents: Any, probs: Any, *, sigma: float, shrink: float,
-                  max_tries: int) -> np.ndarray:
+def _fold(x: np.ndarray) -> np.ndarray:
+    """Reflect coordinates into [0, 1] at both bounds, repeatedly (period 2)."""
+    y = np.mod(x, 2.0)
+    return np.where(y > 1.0, 2.0 - y, y)
+
+
+def child_density(u: Any, parents: Any, probs: Any, *, sigma: float,
+                  children: str = "reflect", shrink: float = 0.3,
+                  max_tries: int = 10) -> np.ndarray:
     """Density of a bred child on the unit box (module docstring), ``u (N, d) -> (N,)``.
 
-    ``sum_k probs_k c_k(u)`` with ``c_k`` the truncated-retry density of parent ``k``
-    (``parents (K, d)`` in unit coordinates, ``probs (K,)``), relative ``sigma``, factor
-    ``shrink`` per retry and ``max_tries`` draws. Zero outside the box; the point mass of
-    copied parents is not included.
+    ``sum_k probs_k c_k(u)`` with ``c_k`` the child density of parent ``k`` (``parents
+    (K, d)`` in unit coordinates, ``probs (K,)``, relative ``sigma``): the folded normal for
+    ``children="reflect"`` (integrates to 1 over the box), or the truncated-retry density
+    for ``children="retry"`` (factor ``shrink`` per retry, ``max_tries`` draws; the point
+    mass of copied parents is not included). Zero outside the box.
     """
+    if children not in BreedSampler.CHILDREN:
+        raise ValueError(f"children must be one of {list(BreedSampler.CHILDREN)}, got "
+                         f"{children!r}")
     u = np.asarray(u, dtype=np.float64)
     par = np.asarray(parents, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
@@ -139,17 +233,36 @@ def child_density(u: Any, parents: Any, probs: Any, *, sigma: float, shrink: flo
     if n == 0 or par.shape[0] == 0:
         return out
     inside = np.all((u >= 0.0) & (u <= 1.0), axis=1)
-    sq = ((u[:, None, :] - par[None, :, :]) ** 2).sum(axis=2)      # (N, K)
-    survive = np.ones(par.shape[0])                                  # prod_{i<j} (1 - m_i)
     s = float(sigma)
-    for _ in range(max_tries):
-        logn = -0.5 * sq / s**2 - d * (np.log(s) + 0.5 * _LOG_2PI)
-        out += (np.exp(logn) * (p * survive)[None, :]).sum(axis=1)
-        survive = survive * (1.0 - _box_mass(par, s))
-        if not survive.max() > 1e-15:
-            break
-        s *= shrink
+    for lo in range(0, n, _ROWS):
+        blk = u[lo:lo + _ROWS]
+        if children == "reflect":
+            out[lo:lo + _ROWS] = _folded_density(blk, par, s) @ p
+            continue
+        sq = ((blk[:, None, :] - par[None, :, :]) ** 2).sum(axis=2)   # (rows, K)
+        survive = np.ones(par.shape[0])                               # prod_{i<j} (1 - m_i)
+        sj = s
+        for _ in range(max_tries):
+            logn = -0.5 * sq / sj**2 - d * (np.log(sj) + 0.5 * _LOG_2PI)
+            out[lo:lo + _ROWS] += (np.exp(logn) * (p * survive)[None, :]).sum(axis=1)
+            survive = survive * (1.0 - _box_mass(par, sj))
+            if not survive.max() > 1e-15:
+                break
+            sj *= shrink
     return out * inside
+
+
+def _folded_density(u: np.ndarray, par: np.ndarray, s: float) -> np.ndarray:
+    """Reflected-normal density of the children of each parent, ``(N, d), (K, d) -> (N, K)``:
+    a product over coordinates of sums over the images ``+-u + 2n``."""
+    diff = u[:, None, :] - par[None, :, :]
+    summ = u[:, None, :] + par[None, :, :]
+    acc = np.zeros(diff.shape)
+    n_max = math.ceil((8.0 * s + 1.0) / 2.0)
+    for m in range(-n_max, n_max + 1):
+        acc += np.exp(-0.5 * ((diff - 2 * m) / s) ** 2) + np.exp(-0.5 * ((summ - 2 * m) / s) ** 2)
+    acc /= s * math.sqrt(2.0 * math.pi)
+    return acc.prod(axis=2)
 
 
 class BreedSampler(ParameterSampler):
@@ -159,22 +272,26 @@ class BreedSampler(ParameterSampler):
     ----------
     bounds : (d, 2) array
     seed : int, numpy.random.Generator or None
-        Seeds the breeding generator and (seed + 1) the base sampler.
+        Seeds the base sampler (the same sequence as the plain base sampler at this seed)
+        and, through ``SeedSequence(seed, spawn_key=(1,))``, Breed's own draws.
     base : {"uniform", "halton", "sobol", "lhs"}
         Sampler of the non-bred share (and of all of generation 0).
     sigma : float in (0, 1]
         Child standard deviation relative to the parameter range (OGAS: 0.1; the paper: 10 on
         a range of 400 = 0.025).
-    shrink : float in (0, 1)
-        Factor applied to sigma when a child falls out of the box (0.3).
-    max_tries : int >= 1
-        Draws of one child before the parent is copied.
+    children : {"reflect", "retry"}
+        Children folded back into the box at its bounds (default), or drawn again with a
+        shrinking sigma and copied after ``max_tries`` (the paper).
+    shrink : float in (0, 1), max_tries : int >= 1
+        ``children="retry"`` only: factor applied to sigma when a child falls out of the box
+        (0.3), draws of one child before the parent is copied.
     period : int >= 1
         Told batches between resamplings (``trigger="period"``; the paper's P = 100).
     min_finished : int >= 0
         Finished simulations needed before the first resampling.
     r_start, r_end : float in [0, 1], r_break : int >= 0
-        Linear schedule of the bred fraction (the paper: 0.5 -> 0.7 over 3).
+        Linear schedule of the bred fraction (default OGAS's 0 -> 0.7 over 3; the paper:
+        0.5 -> 0.7 over 3).
     window : int >= 1
         Parent candidates come from the ``window`` most recently drawn simulations.
     min_steps : int >= 1
@@ -185,12 +302,23 @@ class BreedSampler(ParameterSampler):
         Resample every ``period`` batches, or when the parent weights' ESS fraction is below
         ``ess_threshold`` (at least ``min_period`` batches after the previous resampling).
     ess_threshold : float in (0, 1], min_period : int >= 1
+    fitness_baseline : {"step", "batch"}
+        Deviation from the batch mean of the losses divided by their time step's running
+        mean (default) or of the raw losses (the paper); module docstring.
+    fitness_quantile : float in (0, 1] or "mean"
+        A simulation's fitness is this quantile of its recorded deviations (default 0.9), or
+        their mean (the paper).
     min_candidates : int >= 1
         A resampling waits until at least this many candidates exist (with one candidate
         every bred child of the generation would come from one parent).
-    fitness_baseline : {"batch", "step"}
-        Deviation from the batch mean of the raw losses (the paper) or of the losses
-        divided by their time step's running mean (module docstring).
+    weight_cap : float >= 1
+        Largest training weight over its batch's mean (:meth:`weights_for`; default 10).
+    n_simulations : int >= 1 or None
+        The study's simulation budget: no resampling once that many were asked for (None:
+        unknown, resample as long as batches are told).
+    boundary_share : float
+        Of the base sampler (:mod:`.samplers`), at most 2/3 so that some base points are
+        interior (bred children are; the weights need the target's interior part).
     """
 
     name = "breed"
@@ -198,25 +326,33 @@ class BreedSampler(ParameterSampler):
     BASES = ("uniform", "halton", "sobol", "lhs")
     TRIGGERS = ("period", "ess")
     BASELINES = ("batch", "step")
+    CHILDREN = ("reflect", "retry")
 
     def __init__(self, bounds: Any, *, seed: Any = None, base: str = "uniform",
-                 sigma: float = 0.1, shrink: float = 0.3, max_tries: int = 10,
-                 period: int = 75, min_finished: int = 10, r_start: float = 0.5,
-                 r_end: float = 0.7, r_break: int = 3, window: int = 25, min_steps: int = 33,
-                 queue_size: int = 10, trigger: str = "period", ess_threshold: float = 0.5,
-                 min_period: int = 20, fitness_baseline: str = "batch",
-                 min_candidates: int = 5) -> None:
-        super().__init__(bounds, seed=seed)
-        if base not in self.BASES:
-            raise ValueError(f"base must be one of {list(self.BASES)}, got {base!r}")
-        if trigger not in self.TRIGGERS:
-            raise ValueError(f"trigger must be one of {list(self.TRIGGERS)}, got {trigger!r}")
-        if fitness_baseline not in self.BASELINES:
-            raise ValueError(f"fitness_baseline must be one of {list(self.BASELINES)}, got "
-                             f"{fitness_baseline!r}")
+                 sigma: float = 0.1, children: str = "reflect", shrink: float = 0.3,
+                 max_tries: int = 10, period: int = 75, min_finished: int = 10,
+                 r_start: float = 0.0, r_end: float = 0.7, r_break: int = 3, window: int = 25,
+                 min_steps: int = 33, queue_size: int = 10, trigger: str = "period",
+                 ess_threshold: float = 0.5, min_period: int = 20,
+                 fitness_baseline: str = "step", fitness_quantile: float | str = 0.9,
+                 min_candidates: int = 5, weight_cap: float = 10.0,
+                 n_simulations: int | None = None, boundary_share: float = 0.0) -> None:
+        super().__init__(bounds, seed=seed, boundary_share=boundary_share)
+        if self.boundary_every == 1:
+            raise ValueError(f"boundary_share = {boundary_share} puts every base point on the "
+                             "boundary (round(1 / share) = 1); breed needs interior base "
+                             "points: use boundary_share <= 2/3")
+        for key, value, allowed in (("base", base, self.BASES),
+                                    ("trigger", trigger, self.TRIGGERS),
+                                    ("fitness_baseline", fitness_baseline, self.BASELINES),
+                                    ("children", children, self.CHILDREN)):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
+        cap_weights(np.ones(1), weight_cap)                  # validates weight_cap
         self.options = {
             "base": base,
             "sigma": _check_unit(sigma, "sigma", closed=True),
+            "children": children,
             "shrink": _check_unit(shrink, "shrink", closed=False),
             "max_tries": check_positive_int(max_tries, "max_tries"),
             "period": check_positive_int(period, "period"),
@@ -231,40 +367,45 @@ class BreedSampler(ParameterSampler):
             "ess_threshold": _check_unit(ess_threshold, "ess_threshold", closed=True),
             "min_period": check_positive_int(min_period, "min_period"),
             "fitness_baseline": fitness_baseline,
+            "fitness_quantile": _check_quantile(fitness_quantile),
             "min_candidates": check_positive_int(min_candidates, "min_candidates"),
+            "weight_cap": float(weight_cap),
+            "n_simulations": (None if n_simulations is None
+                              else check_positive_int(n_simulations, "n_simulations")),
         }
         self._reset()
 
     # ------------------------------------------------------------------ set-up
     def _reset(self) -> None:
-        from .samplers import make_sampler
-
         o = self.options
-        self._rng = np.random.default_rng(self.seed)
+        self._rng = np.random.default_rng(np.random.SeedSequence(self.seed,
+                                                                 spawn_key=(_BREED_STREAM,)))
         unit_box = np.tile([0.0, 1.0], (self.dim, 1))
-        self._base = make_sampler(o["base"], unit_box, seed=self.seed + 1)
+        self._base = STATIC_SAMPLERS[o["base"]](unit_box, seed=self.seed,
+                                                 boundary_share=self.boundary_share)
         self.generation = 0
         self.batches_told = 0
         self._since = 0
         self.last_ess_fraction = float("nan")
-        # Draws: unit parameters (N, d), sim ids, proposal index, bred flag.
+        # Draws: unit parameters (N, d), sim ids, proposal index, bred / copy / boundary flags.
         self._u = np.zeros((0, self.dim))
         self._sim = np.zeros(0, np.int64)
         self._prop = np.zeros(0, np.int64)
         self._bred = np.zeros(0, bool)
         self._copy = np.zeros(0, bool)
+        self._bnd = np.zeros(0, bool)
         # Proposals: generation, R, parents (K, d), probs (K,), batch, candidates, ess.
         self._proposals: list[dict] = [self._proposal_record(0.0, np.zeros((0, self.dim)),
                                                               np.zeros(0), ess=float("nan"))]
         self._dens = np.ones((0, 1))            # q_t(u_n), (N, T)
-        # Fitness: (sim, step) -> deviation, and per-simulation sums / counts.
-        self._fit: dict[tuple[int, int], float] = {}
-        self._fsum: dict[int, float] = {}
-        self._fcount: dict[int, int] = {}
+        # Fitness: sim -> {step -> deviation}, and a cache of fitness values (sim -> f).
+        self._fit: dict[int, dict[int, float]] = {}
+        self._fit_cache: dict[int, float] = {}
         self._step_mean: dict[int, float] = {}
         self._queue_u = np.zeros((0, self.dim))
         self._queue_bred = np.zeros(0, bool)
         self._queue_copy = np.zeros(0, bool)
+        self._queue_bnd = np.zeros(0, bool)
         self._finished: set[int] = set()
 
     def _proposal_record(self, r: float, parents: np.ndarray, probs: np.ndarray, *,
@@ -290,19 +431,18 @@ class BreedSampler(ParameterSampler):
             raise ValueError(f"sim_ids must have shape ({k},) to match k, got {ids.shape}")
         unit = self._pop(k, ids)
         self.n_drawn += k
-        low, high = self.bounds[:, 0], self.bounds[:, 1]
-        return np.minimum(low + unit * (high - low), np.nextafter(high, low))
+        return self._to_bounds(unit)
 
     def _pop(self, k: int, ids: np.ndarray | None) -> np.ndarray:
         while len(self._queue_u) < k:
             self._refill()
         unit, bred = self._queue_u[:k].copy(), self._queue_bred[:k].copy()
-        copy = self._queue_copy[:k].copy()
+        copy, bnd = self._queue_copy[:k].copy(), self._queue_bnd[:k].copy()
         self._queue_u, self._queue_bred = self._queue_u[k:], self._queue_bred[k:]
-        self._queue_copy = self._queue_copy[k:]
+        self._queue_copy, self._queue_bnd = self._queue_copy[k:], self._queue_bnd[k:]
         if ids is None:
             ids = np.arange(len(self._sim), len(self._sim) + k, dtype=np.int64)
-        self._record_draws(unit, ids, bred, copy)
+        self._record_draws(unit, ids, bred, copy, bnd)
         return unit
 
     def _refill(self) -> None:
@@ -310,28 +450,35 @@ class BreedSampler(ParameterSampler):
         q = self.options["queue_size"]
         prop = self._proposals[-1]
         n_bred = int(round(prop["r"] * q)) if len(prop["probs"]) else 0
-        base = self._base.ask(q - n_bred)
+        n_base = q - n_bred
+        on_boundary = self._base.boundary_mask(self._base.n_drawn, n_base)
+        base = self._base.ask(n_base)
         children, copied = self._breed(prop["parents"], prop["probs"], n_bred)
         u = np.concatenate([base, children])
-        bred = np.concatenate([np.zeros(q - n_bred, bool), np.ones(n_bred, bool)])
-        copy = np.concatenate([np.zeros(q - n_bred, bool), copied])
+        bred = np.concatenate([np.zeros(n_base, bool), np.ones(n_bred, bool)])
+        copy = np.concatenate([np.zeros(n_base, bool), copied])
+        bnd = np.concatenate([on_boundary, np.zeros(n_bred, bool)])
         order = self._rng.permutation(q) if n_bred else np.arange(q)
         self._queue_u = np.concatenate([self._queue_u, u[order]])
         self._queue_bred = np.concatenate([self._queue_bred, bred[order]])
         self._queue_copy = np.concatenate([self._queue_copy, copy[order]])
+        self._queue_bnd = np.concatenate([self._queue_bnd, bnd[order]])
 
     def _breed(self, parents: np.ndarray, probs: np.ndarray, n: int
                ) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` children (n, d) in unit coordinates (retry with shrinking sigma, then copy)
-        and which of them are copies of their parent (n,) bool."""
+        """``n`` children (n, d) in unit coordinates and which of them are copies of their
+        parent (n,) bool (only with ``children="retry"``)."""
         o = self.options
         if n == 0:
             return np.zeros((0, self.dim)), np.zeros(0, bool)
         idx = self._rng.choice(len(probs), size=n, p=probs)
         centre = parents[idx]
+        s = o["sigma"]
+        if o["children"] == "reflect":
+            child = _fold(centre + s * self._rng.standard_normal((n, self.dim)))
+            return child, np.zeros(n, bool)
         child = centre.copy()
         todo = np.arange(n)
-        s = o["sigma"]
         for _ in range(o["max_tries"]):
             draw = centre[todo] + s * self._rng.standard_normal((len(todo), self.dim))
             ok = np.all((draw >= 0.0) & (draw < 1.0), axis=1)
@@ -345,26 +492,30 @@ class BreedSampler(ParameterSampler):
         return child, copied
 
     def _record_draws(self, unit: np.ndarray, ids: np.ndarray, bred: np.ndarray,
-                      copy: np.ndarray) -> None:
+                      copy: np.ndarray, bnd: np.ndarray) -> None:
         t = len(self._proposals) - 1
-        rows = np.stack([self._density(p, unit) for p in self._proposals], axis=1)
+        rows = np.stack([self._density(p, unit, bnd) for p in self._proposals], axis=1)
         self._u = np.concatenate([self._u, unit])
         self._sim = np.concatenate([self._sim, ids])
         self._prop = np.concatenate([self._prop, np.full(len(ids), t, np.int64)])
         self._bred = np.concatenate([self._bred, bred])
         self._copy = np.concatenate([self._copy, copy])
+        self._bnd = np.concatenate([self._bnd, bnd])
         self._dens = np.concatenate([self._dens, rows])
 
-    def _density(self, prop: dict, unit: np.ndarray) -> np.ndarray:
-        """``q_t(u)`` of proposal ``prop`` at unit points (N, d) -> (N,)."""
+    def _density(self, prop: dict, unit: np.ndarray, bnd: np.ndarray) -> np.ndarray:
+        """``q_t(u)`` of proposal ``prop`` relative to the target, at unit points (N, d) that
+        are (``bnd``) or not boundary points of the base design -> (N,)."""
         r = prop["r"]
         inside = np.all((unit >= 0.0) & (unit <= 1.0), axis=1).astype(np.float64)
         if r == 0.0 or len(prop["probs"]) == 0:
             return inside
         o = self.options
         c = child_density(unit, prop["parents"], prop["probs"], sigma=o["sigma"],
-                          shrink=o["shrink"], max_tries=o["max_tries"])
-        return (1.0 - r) * inside + r * c
+                          children=o["children"], shrink=o["shrink"],
+                          max_tries=o["max_tries"])
+        interior = 1.0 - (1.0 / self.boundary_every if self.boundary_every else 0.0)
+        return np.where(bnd, 1.0 - r, (1.0 - r) * inside + r * c / interior)
 
     # ------------------------------------------------------------------ tell
     def tell(self, sim_ids: Any, steps: Any, losses: Any) -> None:
@@ -376,11 +527,8 @@ class BreedSampler(ParameterSampler):
             ls = self._step_normalised(st, ls)
         dev = ls - ls.mean()
         for s, t, v in zip(ids.tolist(), st.tolist(), dev.tolist()):
-            old = self._fit.get((s, t))
-            self._fit[(s, t)] = v
-            self._fsum[s] = self._fsum.get(s, 0.0) + v - (old if old is not None else 0.0)
-            if old is None:
-                self._fcount[s] = self._fcount.get(s, 0) + 1
+            self._fit.setdefault(s, {})[t] = v
+            self._fit_cache.pop(s, None)
         self.batches_told += 1
         self._since += 1
         if self._due():
@@ -404,12 +552,27 @@ class BreedSampler(ParameterSampler):
     def n_finished(self) -> int:
         return len(self._finished)
 
+    @property
+    def budget_requested(self) -> bool:
+        """Whether the last simulation of ``n_simulations`` was asked for (then no more
+        resampling); False when the budget is unknown."""
+        n = self.options["n_simulations"]
+        return n is not None and self.n_drawn >= n
+
     def fitness(self, sim_ids: Any = None) -> np.ndarray:
-        """Fitness (mean recorded loss deviation) of ``sim_ids`` (default: every draw); NaN
-        for a simulation without recorded steps."""
+        """Fitness of ``sim_ids`` (default: every draw): the ``fitness_quantile``-quantile
+        (or the mean) of its recorded loss deviations; NaN for a simulation without any."""
         ids = self._sim if sim_ids is None else np.asarray(sim_ids, np.int64).reshape(-1)
-        return np.array([self._fsum[s] / self._fcount[s] if self._fcount.get(s) else np.nan
-                         for s in ids.tolist()])
+        q = self.options["fitness_quantile"]
+        out = np.full(len(ids), np.nan)
+        for i, s in enumerate(ids.tolist()):
+            f = self._fit_cache.get(s)
+            if f is None and self._fit.get(s):
+                v = np.fromiter(self._fit[s].values(), np.float64, len(self._fit[s]))
+                f = self._fit_cache[s] = float(v.mean() if q == "mean" else np.quantile(v, q))
+            if f is not None:
+                out[i] = f
+        return out
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Parent candidates: ``(sim_ids (K,), unit params (K, d), fitness (K,))`` -- the last
@@ -417,14 +580,14 @@ class BreedSampler(ParameterSampler):
         o = self.options
         last = slice(max(0, len(self._sim) - o["window"]), len(self._sim))
         ids, u = self._sim[last], self._u[last]
-        keep = np.array([self._fcount.get(s, 0) >= o["min_steps"] for s in ids.tolist()],
+        keep = np.array([len(self._fit.get(s, ())) >= o["min_steps"] for s in ids.tolist()],
                         dtype=bool)
         ids, u = ids[keep], u[keep]
         return ids, u, self.fitness(ids)
 
     def _due(self) -> bool:
         o = self.options
-        if self.n_finished < o["min_finished"]:
+        if self.n_finished < o["min_finished"] or self.budget_requested:
             return False
         if o["trigger"] == "period":
             return self._since >= o["period"]
@@ -438,8 +601,11 @@ class BreedSampler(ParameterSampler):
 
     def resample(self) -> bool:
         """Build the next generation's proposal from the current candidates and redraw the
-        queue; returns False (nothing changes, it is tried again at the next batch) when
-        there are fewer than ``min_candidates`` candidates."""
+        queue; returns False (nothing changes) when there are fewer than ``min_candidates``
+        candidates (tried again at the next batch) or the last simulation of the budget was
+        already requested (never again)."""
+        if self.budget_requested:
+            return False
         ids, u, fit = self.candidates()
         if len(ids) < self.options["min_candidates"]:
             return False
@@ -450,22 +616,24 @@ class BreedSampler(ParameterSampler):
         r = r_schedule(self.generation, o["r_start"], o["r_end"], o["r_break"])
         prop = self._proposal_record(r, u.copy(), probs, ess=ess)
         self._proposals.append(prop)
-        self._dens = np.concatenate([self._dens, self._density(prop, self._u)[:, None]],
-                                    axis=1)
+        self._dens = np.concatenate([self._dens,
+                                     self._density(prop, self._u, self._bnd)[:, None]], axis=1)
         self._since = 0
         self.last_ess_fraction = ess
         # Not yet submitted: redraw from the new proposal (handed-out draws stay as they are).
         self._queue_u = np.zeros((0, self.dim))
         self._queue_bred = np.zeros(0, bool)
         self._queue_copy = np.zeros(0, bool)
+        self._queue_bnd = np.zeros(0, bool)
         return True
 
     # ------------------------------------------------------------------ weights
     def importance_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """Deterministic-mixture weights of every drawn simulation w.r.t. the uniform target.
+        """Deterministic-mixture weights of every drawn simulation w.r.t. the target (the
+        base design).
 
         Returns ``(sim_ids (N,), w (N,))`` with ``w_n = 1 / sum_t (N_t / N) q_t(u_n)`` (0 for a
-        copied parent); ``mean(w f(u))`` estimates the integral of ``f`` over the unit box.
+        copied parent); ``mean(w f(u))`` estimates the target's integral of ``f``.
         """
         n = len(self._sim)
         if n == 0:
@@ -475,12 +643,16 @@ class BreedSampler(ParameterSampler):
         return self._sim.copy(), np.where(self._copy, 0.0, 1.0 / mix)
 
     def weights_for(self, sim_ids: Any) -> np.ndarray:
-        """Importance weights of ``sim_ids`` (B,), normalised to mean 1 over every draw;
-        1.0 for an id this sampler did not draw."""
+        """Training weights of the samples of one batch, from their simulations ``sim_ids``
+        (B,): the importance weights (an id this sampler did not draw counts as the mean
+        weight), normalised to mean 1 over the batch and capped at ``weight_cap`` times that
+        mean (:func:`cap_weights`)."""
         ids, w = self.importance_weights()
-        lookup = dict(zip(ids.tolist(), (w / w.mean()).tolist())) if len(w) else {}
-        return np.array([lookup.get(s, 1.0) for s in
-                         np.asarray(sim_ids, np.int64).reshape(-1).tolist()])
+        scale = float(w.mean()) if len(w) and w.mean() > 0 else 1.0
+        lookup = dict(zip(ids.tolist(), (w / scale).tolist()))
+        raw = np.array([lookup.get(s, 1.0) for s in
+                        np.asarray(sim_ids, np.int64).reshape(-1).tolist()])
+        return cap_weights(raw, self.options["weight_cap"])
 
     # ------------------------------------------------------------------ diagnostics
     def metrics(self) -> dict:
@@ -496,40 +668,41 @@ class BreedSampler(ParameterSampler):
                 "sampler_copies": int(self._copy.sum())}
 
     def diagnostics(self) -> dict:
-        """Per draw (sim id, params, generation, bred, fitness, weight) and per proposal
-        (generation, batch, R, candidates, ESS), JSON-ready."""
-        low, high = self.bounds[:, 0], self.bounds[:, 1]
+        """Per draw (sim id, params, generation, bred, boundary, fitness, weight) and per
+        proposal (generation, batch, R, candidates, ESS), JSON-ready."""
         ids, w = self.importance_weights()
         fit = self.fitness(ids)
         return {"draws": {"sim_id": ids.tolist(),
-                          "params": (low + self._u * (high - low)).tolist(),
+                          "params": self._to_bounds(self._u).tolist(),
                           "generation": [self._proposals[t]["generation"]
                                          for t in self._prop.tolist()],
                           "bred": self._bred.tolist(), "copy": self._copy.tolist(),
+                          "boundary": self._bnd.tolist(),
                           "fitness": [None if np.isnan(f) else f for f in fit.tolist()],
                           "weight": w.tolist()},
                 "proposals": [{k: p[k] for k in ("generation", "batch", "r", "n_candidates",
                                                   "ess_fraction")}
                               for p in self._proposals],
-                "bounds": self.bounds.tolist(), "options": dict(self.options)}
+                "bounds": self.bounds.tolist(),
+                "options": dict(self.options, boundary_share=self.boundary_share)}
 
     # ------------------------------------------------------------------ state
     def _extra_state(self) -> dict:
-        fit_keys = list(self._fit)
+        fit = [(s, t, v) for s, rec in self._fit.items() for t, v in rec.items()]
         return {
             "options": dict(self.options),
             "rng": self._rng.bit_generator.state,
             "base": self._base.state_dict(),
             "draws": {"u": self._u.tolist(), "sim": self._sim.tolist(),
                       "prop": self._prop.tolist(), "bred": self._bred.tolist(),
-                      "copy": self._copy.tolist()},
+                      "copy": self._copy.tolist(), "boundary": self._bnd.tolist()},
             "proposals": [dict(p, parents=p["parents"].tolist(), probs=p["probs"].tolist())
                           for p in self._proposals],
             "dens": self._dens.tolist(),
-            "fitness": {"sim": [k[0] for k in fit_keys], "step": [k[1] for k in fit_keys],
-                        "dev": [self._fit[k] for k in fit_keys]},
+            "fitness": {"sim": [f[0] for f in fit], "step": [f[1] for f in fit],
+                        "dev": [f[2] for f in fit]},
             "queue": {"u": self._queue_u.tolist(), "bred": self._queue_bred.tolist(),
-                      "copy": self._queue_copy.tolist()},
+                      "copy": self._queue_copy.tolist(), "boundary": self._queue_bnd.tolist()},
             "finished": sorted(self._finished),
             "step_mean": {"step": list(self._step_mean),
                           "mean": list(self._step_mean.values())},
@@ -545,9 +718,9 @@ class BreedSampler(ParameterSampler):
         if bounds.shape != self.bounds.shape:
             raise ValueError(f"state bounds have shape {bounds.shape}, sampler has "
                              f"{self.bounds.shape}")
-        opts = _plain(state["options"])
+        opts = {**_LEGACY, **_plain(state["options"])}
         self.__init__(bounds, seed=check_nonnegative_int(int(state["seed"]), "state['seed']"),
-                      **opts)
+                      boundary_share=float(_plain(state.get("boundary_share", 0.0))), **opts)
         self.n_drawn = int(state["n_drawn"])
         self._rng.bit_generator.state = _rng_state(state["rng"])
         self._base.load_state_dict(_plain(state["base"]))
@@ -558,20 +731,22 @@ class BreedSampler(ParameterSampler):
         self._prop = _arr(dr["prop"], np.int64).reshape(-1)
         self._bred = _arr(dr["bred"], bool).reshape(-1)
         self._copy = _arr(dr["copy"], bool).reshape(-1)
+        self._bnd = _arr(dr.get("boundary", np.zeros(len(self._sim), bool)), bool).reshape(-1)
         self._proposals = [dict(_plain(p), parents=_arr(p["parents"], np.float64).reshape(-1, d),
                                 probs=_arr(p["probs"], np.float64).reshape(-1))
                            for p in state["proposals"]]
         self._dens = _arr(state["dens"], np.float64).reshape(len(self._u), len(self._proposals))
         f = state["fitness"]
-        self._fit, self._fsum, self._fcount = {}, {}, {}
+        self._fit, self._fit_cache = {}, {}
         for s, t, v in zip(_arr(f["sim"], np.int64).tolist(), _arr(f["step"], np.int64).tolist(),
                            _arr(f["dev"], np.float64).tolist()):
-            self._fit[(s, t)] = v
-            self._fsum[s] = self._fsum.get(s, 0.0) + v
-            self._fcount[s] = self._fcount.get(s, 0) + 1
-        self._queue_u = _arr(state["queue"]["u"], np.float64).reshape(-1, d)
-        self._queue_bred = _arr(state["queue"]["bred"], bool).reshape(-1)
-        self._queue_copy = _arr(state["queue"]["copy"], bool).reshape(-1)
+            self._fit.setdefault(s, {})[t] = v
+        qs = state["queue"]
+        self._queue_u = _arr(qs["u"], np.float64).reshape(-1, d)
+        self._queue_bred = _arr(qs["bred"], bool).reshape(-1)
+        self._queue_copy = _arr(qs["copy"], bool).reshape(-1)
+        self._queue_bnd = _arr(qs.get("boundary", np.zeros(len(self._queue_u), bool)),
+                               bool).reshape(-1)
         self._finished = set(_arr(state["finished"], np.int64).tolist())
         sm = state.get("step_mean", {"step": [], "mean": []})
         self._step_mean = dict(zip(_arr(sm["step"], np.int64).reshape(-1).tolist(),
@@ -592,6 +767,15 @@ def _check_unit(value: Any, name: str, *, closed: bool) -> float:
     if v > 1.0 or (not closed and v == 1.0):
         raise ValueError(f"{name} must be in (0, 1{']' if closed else ')'}, got {value}")
     return v
+
+
+def _check_quantile(value: Any) -> float | str:
+    if value == "mean":
+        return "mean"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"fitness_quantile must be a number in (0, 1] or 'mean', got "
+                         f"{value!r}")
+    return float(value)
 
 
 def _plain(obj: Any) -> Any:

@@ -8,7 +8,7 @@ Samplers follow an *ask / tell* protocol (as in optuna):
 * ``tell(sim_ids, steps, losses)`` reports per-sample training losses of one batch: sample
   ``i`` of the batch came from simulation ``sim_ids[i]`` at time step ``steps[i]`` and had
   loss ``losses[i]``. Static samplers ignore it; an adaptive sampler turns it into a fitness
-  per simulation (mean loss deviation over the recorded steps).
+  per simulation (an upper quantile of its loss deviations over the recorded steps).
 * ``simulation_finished(sim_id, completed=...)`` tells when a simulation ended (an adaptive
   sampler only breeds once enough simulations have finished).
 
@@ -16,12 +16,30 @@ Static samplers draw points of the unit cube ``[0, 1)^d`` and scale them to the 
 
     theta = low + u * (high - low)
 
-Reproducibility rule. ``state_dict()`` holds the integer seed and the number of points drawn
-so far; ``load_state_dict`` rebuilds the generator from the seed and fast-forwards it, so a
-restored sampler continues *exactly* the sequence it would have produced. The sequence does not
-depend on how it was split into ``ask`` calls (``ask(2)`` then ``ask(3)`` equals ``ask(5)``).
-With ``seed=None`` a seed is drawn from OS entropy once, at construction, and stored, so even an
-unseeded run can be resumed.
+Points are inside the box, ``low <= theta < high``, except boundary points (below), whose
+snapped coordinates equal ``low`` or ``high`` exactly.
+
+Boundary share (every sampler, option ``boundary_share``, default 0). A uniform or
+low-discrepancy design almost never visits the faces and corners of the box, where solutions
+are often hardest (SPEC §5: the heat study's tail lives in a corner). With
+``boundary_share = s > 0`` every ``m``-th point, ``m = round(1 / s)`` (positions ``m - 1,
+2m - 1, ...`` counted from 0 over the whole sequence; the share is therefore ``1 / m``), is a
+boundary point: each coordinate is snapped, with probability 1/2, to ``low`` or ``high``
+(1/2 each); if no coordinate was snapped, one chosen at random is, so every such point lies
+on a face, an edge or a corner (a corner with probability ``2^-d / (1 - 2^-d)``). Point
+``j`` of the boundary design is drawn from its own stream,
+``SeedSequence(seed, spawn_key=(2, j))``, and the sampler's own sequence still advances
+over those positions: the other points are exactly those of ``boundary_share = 0`` at the
+same seed, and the boundary points need no replay on resume. (A boundary point replaces a
+point of the design: a Latin hypercube block or a Halton / Sobol' prefix loses its exact
+stratification at those positions.)
+
+Reproducibility rule. ``state_dict()`` holds the integer seed, the number of points drawn
+so far and ``boundary_share``; ``load_state_dict`` rebuilds the generator from the seed and
+fast-forwards it, so a restored sampler continues *exactly* the sequence it would have
+produced. The sequence does not depend on how it was split into ``ask`` calls (``ask(2)``
+then ``ask(3)`` equals ``ask(5)``). With ``seed=None`` a seed is drawn from OS entropy once,
+at construction, and stored, so even an unseeded run can be resumed.
 """
 
 from __future__ import annotations
@@ -33,7 +51,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
-from .._validation import check_bounds, check_finite, check_nonnegative_int, check_positive_int
+from .._validation import (check_bounds, check_finite, check_nonnegative_int, check_positive_int,
+                           check_probability)
 
 __all__ = [
     "ParameterSampler",
@@ -41,9 +60,8 @@ __all__ = [
     "HaltonSampler",
     "SobolSampler",
     "LHSSampler",
-    "BreedSampler",
-    "SAMPLERS",
-    "make_sampler",
+    "STATIC_SAMPLERS",
+    "boundary_point",
 ]
 
 # Replaying a long sequence in chunks keeps the memory of a restore bounded.
@@ -72,6 +90,33 @@ def _as_bounds(bounds: Any) -> np.ndarray:
     return b
 
 
+#: ``spawn_key`` tag of the boundary-point streams (Breed's own stream uses 1).
+_BOUNDARY_STREAM = 2
+
+
+def _boundary_every(share: Any) -> int:
+    """``round(1 / share)`` (halves up), 0 for ``share = 0``; ``share`` must be in [0, 1]."""
+    s = check_probability(share, "boundary_share")
+    return 0 if s == 0.0 else int(np.floor(1.0 / s + 0.5))
+
+
+def boundary_point(seed: int, j: int, dim: int) -> np.ndarray:
+    """Boundary point ``j`` (unit coordinates, ``(dim,)``) of the design of ``seed``.
+
+    Each coordinate is snapped to 0 or 1 (1/2 each) with probability 1/2, at least one of
+    them; the others are uniform on ``[0, 1)``. Drawn from
+    ``SeedSequence(seed, spawn_key=(2, j))``: random access, independent of the main stream.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_BOUNDARY_STREAM, j)))
+    u = rng.random(dim)
+    snap = rng.random(dim) < 0.5
+    side = (rng.random(dim) < 0.5).astype(np.float64)
+    if not snap.any():
+        snap[rng.integers(dim)] = True
+    u[snap] = side[snap]
+    return u
+
+
 class ParameterSampler(ABC):
     """Base class of the ask/tell parameter samplers.
 
@@ -82,6 +127,9 @@ class ParameterSampler(ABC):
         dimension that violates it).
     seed : int, numpy.random.Generator or None
         Same seed -> same sequence. A Generator is consumed once to derive an integer seed.
+    boundary_share : float in [0, 1]
+        Share of boundary points: every ``round(1 / boundary_share)``-th point (module
+        docstring); 0 (default): none.
 
     Attributes
     ----------
@@ -91,16 +139,20 @@ class ParameterSampler(ABC):
         ``True`` when ``tell`` changes future ``ask`` results; the engine may skip computing
         per-sample losses for samplers where it is ``False``.
     bounds : (d, 2) ndarray (read-only), dim : int, seed : int, n_drawn : int
+    boundary_share : float, boundary_every : int
+        The option and ``m = round(1 / boundary_share)`` (0: no boundary points).
     """
 
     name: str = ""
     adaptive: bool = False
 
-    def __init__(self, bounds: Any, *, seed: Any = None) -> None:
+    def __init__(self, bounds: Any, *, seed: Any = None, boundary_share: float = 0.0) -> None:
         self.bounds = _as_bounds(bounds)
         self.dim = int(self.bounds.shape[0])
         self.seed = _resolve_seed(seed)
         self.n_drawn = 0
+        self.boundary_every = _boundary_every(boundary_share)
+        self.boundary_share = float(boundary_share)
 
     # -- ask / tell -----------------------------------------------------------------------
     def ask(self, k: int = 1, *, sim_ids: Any = None) -> np.ndarray:
@@ -115,19 +167,40 @@ class ParameterSampler(ABC):
 
         Returns
         -------
-        (k, d) float64 ndarray, inside ``bounds`` (``low <= theta < high``).
+        (k, d) float64 ndarray, inside ``bounds`` (``low <= theta < high``; boundary points
+        have their snapped coordinates exactly at ``low`` or ``high``).
         """
         k = check_nonnegative_int(k, "k")
         if sim_ids is not None:
             ids = np.asarray(sim_ids)
             if ids.shape != (k,):
                 raise ValueError(f"sim_ids must have shape ({k},) to match k, got {ids.shape}")
-        unit = self._draw_unit(k)
+        unit = self._with_boundary(self._draw_unit(k), self.n_drawn)
         self.n_drawn += k
+        return self._to_bounds(unit)
+
+    def boundary_mask(self, start: int, k: int) -> np.ndarray:
+        """Which of the points ``start, ..., start + k - 1`` of the sequence are boundary
+        points, ``(k,)`` bool (every ``boundary_every``-th: positions ``m - 1, 2m - 1, ...``)."""
+        idx = np.arange(start, start + k)
+        m = self.boundary_every
+        return (idx + 1) % m == 0 if m else np.zeros(k, bool)
+
+    def _with_boundary(self, unit: np.ndarray, start: int) -> np.ndarray:
+        """``unit`` (points ``start, ...``) with its boundary positions replaced."""
+        mask = self.boundary_mask(start, len(unit))
+        for i in np.flatnonzero(mask).tolist():
+            unit[i] = boundary_point(self.seed, (start + i + 1) // self.boundary_every - 1,
+                                     self.dim)
+        return unit
+
+    def _to_bounds(self, unit: np.ndarray) -> np.ndarray:
+        """Unit points (k, d) -> parameters; a unit coordinate of exactly 1 (a snapped
+        boundary coordinate) gives ``high`` exactly, any other stays below ``high``."""
         low, high = self.bounds[:, 0], self.bounds[:, 1]
         theta = low + unit * (high - low)
         # Rounding in low + u (high - low) can reach high when u is within 1 ulp of 1.
-        return np.minimum(theta, np.nextafter(high, low))
+        return np.where(unit >= 1.0, high, np.minimum(theta, np.nextafter(high, low)))
 
     def tell(self, sim_ids: Any, steps: Any, losses: Any) -> None:
         """Report per-sample training losses of one batch (static samplers ignore them).
@@ -158,9 +231,11 @@ class ParameterSampler(ABC):
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """JSON-serialisable state: ``{"name", "seed", "n_drawn", "bounds", ...}``."""
+        """JSON-serialisable state: ``{"name", "seed", "n_drawn", "bounds",
+        "boundary_share", ...}``."""
         return {"name": self.name, "seed": self.seed, "n_drawn": self.n_drawn,
-                "bounds": self.bounds.tolist(), **self._extra_state()}
+                "bounds": self.bounds.tolist(), "boundary_share": self.boundary_share,
+                **self._extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from :meth:`state_dict`; the sequence then continues exactly."""
@@ -173,6 +248,9 @@ class ParameterSampler(ABC):
         self._load_extra_state(state)
         self.bounds = bounds
         self.seed = check_nonnegative_int(state["seed"], "state['seed']")
+        share = state.get("boundary_share", 0.0)          # absent in older checkpoints
+        self.boundary_every = _boundary_every(share)
+        self.boundary_share = float(share)
         n = check_nonnegative_int(state["n_drawn"], "state['n_drawn']")
         self._reset()
         self._fast_forward(n)
@@ -208,8 +286,8 @@ class UniformSampler(ParameterSampler):
 
     name = "uniform"
 
-    def __init__(self, bounds: Any, *, seed: Any = None) -> None:
-        super().__init__(bounds, seed=seed)
+    def __init__(self, bounds: Any, *, seed: Any = None, boundary_share: float = 0.0) -> None:
+        super().__init__(bounds, seed=seed, boundary_share=boundary_share)
         self._reset()
 
     def _reset(self) -> None:
@@ -223,8 +301,8 @@ class UniformSampler(ParameterSampler):
 class _QMCSampler(ParameterSampler):
     """A scrambled low-discrepancy sequence from :mod:`scipy.stats.qmc`."""
 
-    def __init__(self, bounds: Any, *, seed: Any = None) -> None:
-        super().__init__(bounds, seed=seed)
+    def __init__(self, bounds: Any, *, seed: Any = None, boundary_share: float = 0.0) -> None:
+        super().__init__(bounds, seed=seed, boundary_share=boundary_share)
         self._reset()
 
     @abstractmethod
@@ -278,8 +356,9 @@ class LHSSampler(ParameterSampler):
 
     name = "lhs"
 
-    def __init__(self, bounds: Any, *, seed: Any = None, block_size: int = 100) -> None:
-        super().__init__(bounds, seed=seed)
+    def __init__(self, bounds: Any, *, seed: Any = None, block_size: int = 100,
+                 boundary_share: float = 0.0) -> None:
+        super().__init__(bounds, seed=seed, boundary_share=boundary_share)
         self.block_size = check_positive_int(block_size, "block_size")
         self._reset()
 
@@ -310,24 +389,7 @@ class LHSSampler(ParameterSampler):
                                              "state['block_size']")
 
 
-SAMPLERS: dict[str, type[ParameterSampler]] = {
+#: The static samplers by name (Breed, the adaptive one, is added in :mod:`.sampler_registry`).
+STATIC_SAMPLERS: dict[str, type[ParameterSampler]] = {
     cls.name: cls for cls in (UniformSampler, HaltonSampler, SobolSampler, LHSSampler)
 }
-
-
-# Breed (adaptive, SPEC §5) lives in its own module; it subclasses ParameterSampler.
-from .breed import BreedSampler  # noqa: E402
-
-SAMPLERS[BreedSampler.name] = BreedSampler
-
-
-def make_sampler(name: str, bounds: Any, *, seed: Any = None, **options: Any) -> ParameterSampler:
-    """Build a sampler by registry name (``"uniform"``, ``"halton"``, ``"sobol"``, ``"lhs"``,
-    ``"breed"``).
-
-    ``options`` go to the constructor (e.g. ``block_size`` for ``"lhs"``, ``sigma``,
-    ``period``, ... for ``"breed"``); an unknown option raises ``TypeError`` naming it.
-    """
-    if name not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
-    return SAMPLERS[name](bounds, seed=seed, **options)
