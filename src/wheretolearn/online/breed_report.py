@@ -5,7 +5,7 @@
 
 * ``figures/breed_params.png`` -- per parameter, the density histogram of the sampled values
   of each generation against the uniform density ``1 / (high - low)`` (dashed);
-* ``figures/breed_fitness.png`` -- fitness (mean loss deviation) against each parameter, bred
+* ``figures/breed_fitness.png`` -- fitness (loss deviation) against each parameter, bred
   simulations marked;
 * ``figures/breed_schedule.png`` -- bred fraction R, the parent weights' ESS fraction and
   the importance weights' ESS fraction over training batches (from ``metrics.jsonl``).
@@ -91,7 +91,7 @@ def _fitness_figure(plt: Any, diag: dict, history: Sequence[dict]) -> Any:
     for j, ax in enumerate(axes[0]):
         ax.scatter(params[ok & ~bred, j], fit[ok & ~bred], s=6, label="base")
         ax.scatter(params[ok & bred, j], fit[ok & bred], s=6, marker="x", label="bred")
-        ax.set(xlabel=f"parameter {j}", ylabel="fitness (mean loss deviation)" if j == 0
+        ax.set(xlabel=f"parameter {j}", ylabel="fitness (loss deviation)" if j == 0
                else None)
     axes[0][0].legend(fontsize=6)
     return fig
