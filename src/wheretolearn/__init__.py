@@ -10,6 +10,8 @@ Subpackages, one concept each (data flows top to bottom):
 * :mod:`wheretolearn.design` -- training-distribution design loops (bilevel) and baselines.
 * :mod:`wheretolearn.report` -- metrics, run folders and figures.
 * :mod:`wheretolearn.datasets` -- dataset generation to zarr.
+* :mod:`wheretolearn.cluster` -- opening, reaching and securing the Dask clusters that
+  ``datasets``, ``design`` and ``online`` run on (TLS for every cluster it starts).
 * :mod:`wheretolearn.online` -- online training from streaming simulation ensembles (Dask).
 * :mod:`wheretolearn.client` -- in-situ client: a user's simulation loop sends its time
   steps to the online engine (``connect()`` / ``send(step, field)``; numpy only).
