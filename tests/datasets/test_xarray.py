@@ -16,6 +16,8 @@ xr = pytest.importorskip("xarray")
 SMALL = {
     "heat2d": ({"n": 6, "n_steps": 4, "output_every": 2},
                ("sample", "parameter"), ("sample", "t", "y", "x")),
+    "grayscott": ({"n": 6, "n_steps": 2, "every": 3},
+                  ("sample", "parameter"), ("sample", "t", "y", "x")),
     "burgers": ({"n": 16, "n_steps": 5}, ("sample", "x"), ("sample", "x")),
     "darcy": ({"n": 8}, ("sample", "x", "y"), ("sample", "x", "y")),
     "ntd": ({"n": 6}, ("sample", "boundary"), ("sample", "boundary")),

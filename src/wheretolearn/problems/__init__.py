@@ -12,6 +12,7 @@ from . import burgers as _burgers  # noqa: F401,E402
 from . import darcy as _darcy  # noqa: F401,E402
 from . import functions as _functions  # noqa: F401,E402
 from .functions import Friedman1, Friedman2, RKHSFunction, SobolG  # noqa: E402
+from . import grayscott as _grayscott  # noqa: F401,E402
 from . import heat2d as _heat2d  # noqa: F401,E402
 from . import ntd as _ntd  # noqa: F401,E402
 from . import radiative as _radiative  # noqa: F401,E402
