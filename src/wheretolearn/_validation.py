@@ -8,6 +8,8 @@ the value that was given and what is allowed, e.g.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -19,6 +21,13 @@ __all__ = [
     "check_nonnegative_int",
     "check_positive_float",
     "check_probability",
+    "check_int_range",
+    "check_sizes",
+    "check_memory",
+    "memory_limit_bytes",
+    "format_bytes",
+    "SIZE_LIMITS",
+    "MAX_PROBLEM_OPTION",
     "check_finite",
     "check_shape",
     "check_spd",
@@ -71,6 +80,119 @@ def check_probability(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {_describe(value)}")
     return float(value)
+
+
+#: Largest values of the size settings of each command (flags and config keys alike):
+#: ``key -> (lowest, highest)``. Beyond them a run does not fit in memory or time on any
+#: machine the package targets; the error names the key, the value and this range.
+SIZE_LIMITS: dict[str, dict[str, tuple[int, int]]] = {
+    "bilevel": {
+        "dim": (1, 10_000), "n_train": (1, 100_000), "steps": (1, 10_000_000),
+        "eval_n": (1, 100_000), "repeats": (1, 10_000), "trials": (1, 10_000),
+        "trial_offset": (0, 1_000_000), "n_measures": (1, 10_000),
+        "n_seen": (1, 10_000_000), "n_unseen": (1, 10_000_000), "num_threads": (1, 1024)},
+    "ama": {
+        "n": (5, 1024), "n_modes": (1, 1024), "n_measures": (1, 10_000),
+        "n_seen": (1, 1_000_000), "n_unseen": (1, 1_000_000), "n_train": (1, 1_000_000),
+        "n_opt": (1, 1_000_000), "iterations": (0, 10_000), "branch_hidden": (1, 100_000),
+        "trunk_hidden": (1, 100_000), "width": (1, 100_000), "steps": (1, 10_000_000),
+        "decay_steps": (1, 1_000_000_000), "batch_size": (1, 1_000_000),
+        "eval_every": (1, 10_000_000), "patience": (0, 10_000_000),
+        "retrain_rounds": (0, 10_000), "retrain_steps": (1, 10_000_000),
+        "lipschitz_samples": (1, 100_000), "lipschitz_iterations": (1, 100_000),
+        "eval_n": (2, 1_000_000), "repeats": (1, 10_000), "workers": (0, 256),
+        "num_threads": (1, 1024), "de.popsize": (1, 10_000), "de.maxiter": (1, 10_000_000),
+        "adam.steps": (1, 10_000_000), "adam.rounds": (1, 10_000)},
+    "generate": {
+        "n": (1, 10_000_000), "chunk": (1, 1_000_000), "workers": (0, 256),
+        "num_threads": (1, 1024)},
+}
+#: Largest integer problem option (a grid size, a number of steps) ``generate`` accepts.
+MAX_PROBLEM_OPTION = 10_000_000
+#: Longest list of layer widths.
+_MAX_LIST = 1_000
+
+
+def check_int_range(value: Any, name: str, low: int, high: int) -> int:
+    """Return ``value`` as ``int`` if it is an integer in ``[low, high]``, else raise naming
+    ``name``, the value and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer between {low} and {high}, "
+                        f"got {_describe(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return int(value)
+
+
+def _lookup(values: Mapping[str, Any], key: str) -> Any:
+    """``values[key]``, with ``"table.key"`` reaching into a sub-table; ``None`` if absent."""
+    head, _, rest = key.partition(".")
+    value = values.get(head)
+    if rest:
+        return value.get(rest) if isinstance(value, Mapping) else None
+    return value
+
+
+def check_sizes(values: Mapping[str, Any], limits: Mapping[str, tuple[int, int]], *,
+                flags: Mapping[str, str] | None = None) -> None:
+    """Check every size in ``values`` (a resolved config) against ``limits`` (see
+    :data:`SIZE_LIMITS`); a list is checked entry by entry. The error names the flag and the
+    config key, e.g. ``--dim (config key 'dim') must be between 1 and 10000, got 10**11``.
+    Only the upper bounds are checked here: wrong types and values below the range are left
+    to the command's own validation (and its messages)."""
+    for key, (low, high) in limits.items():
+        value = _lookup(values, key)
+        if value is None:
+            continue
+        flag = (flags or {}).get(key)
+        name = f"{flag} (config key {key!r})" if flag else f"config key {key!r}"
+        if isinstance(value, (list, tuple)):
+            if len(value) > _MAX_LIST:
+                raise ValueError(f"{name} must have at most {_MAX_LIST} entries, "
+                                 f"got {len(value)}")
+            for item in value:
+                _check_at_most(item, f"every entry of {name}", low, high)
+        else:
+            _check_at_most(value, name, low, high)
+
+
+def _check_at_most(value: Any, name: str, low: int, high: int) -> None:
+    """The upper bound of :func:`check_sizes` (types and lower bounds are the command's own
+    validation, with its own messages)."""
+    if isinstance(value, Integral) and not isinstance(value, bool) and value > high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def memory_limit_bytes() -> int:
+    """The machine's physical memory in bytes (64 GiB when it cannot be read): the most a
+    run may plan to hold at once."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2**30
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"  # pragma: no cover
+
+
+def check_memory(terms: Mapping[str, float], what: str, hint: str) -> None:
+    """Raise ``ValueError`` when the bytes in ``terms`` (description -> bytes, a rough
+    estimate of what ``what`` holds at once) exceed :func:`memory_limit_bytes`; the message
+    names the largest term and ``hint`` (which settings to lower)."""
+    total = float(sum(terms.values()))
+    limit = memory_limit_bytes()
+    if total <= limit:
+        return
+    largest = max(terms, key=lambda k: terms[k])
+    raise ValueError(f"{what} needs about {format_bytes(total)} of memory (mostly "
+                     f"{largest}: {format_bytes(terms[largest])}), more than this machine's "
+                     f"{format_bytes(limit)}; {hint}")
 
 
 def check_finite(x: torch.Tensor | np.ndarray, name: str) -> None:

@@ -104,3 +104,52 @@ def test_sigterm_handler_is_restored():
     result = CliRunner().invoke(_app_raising(ValueError("bad value")))
     assert result.exit_code == 2 and "error: bad value" in result.output
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ---------------------------------------------------------------- issue 24 item 5: memory
+def _allocate_numpy():
+    import numpy as np
+
+    np.empty(2**50)                                 # numpy's _ArrayMemoryError
+
+
+def _allocate_torch():
+    import torch
+
+    torch.empty(2**50)                              # RuntimeError: DefaultCPUAllocator
+
+
+def _app_calling(func) -> typer.Typer:
+    sub = typer.Typer()
+
+    @sub.command()
+    @cli_errors
+    def cmd() -> None:
+        func()
+
+    return sub
+
+
+@pytest.mark.parametrize("func, needle", [
+    (_allocate_numpy, "Unable to allocate 8.00 PiB"),
+    (_allocate_torch, "can't allocate memory"),
+])
+def test_running_out_of_memory_is_one_line_exit_2(func, needle):
+    result = CliRunner().invoke(_app_calling(func))
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: out of memory (") and "\n" not in err, err
+    assert needle in err and "smaller sizes" in err
+    assert "Traceback" not in result.output
+
+
+def test_a_bare_memory_error_is_one_line_exit_2():
+    result = CliRunner().invoke(_app_raising(MemoryError()))
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: out of memory (MemoryError)")
+
+
+def test_other_runtime_errors_still_raise():
+    result = CliRunner().invoke(_app_raising(RuntimeError("solver diverged")))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, RuntimeError)

@@ -172,3 +172,40 @@ def test_sigterm_says_what_happened_and_the_rerun_resumes(tmp_path, monkeypatch)
     assert res.exit_code == 0 and "2 chunks computed, 1 reused" in res.output
     assert json.loads((out / "zarr.json").read_text())["attributes"]["complete"] is True
     assert _visible(tmp_path) == ["d.zarr"]
+
+
+# ---------------------------------------------------------------- issue 24 item 5: memory
+def test_out_of_memory_in_a_study_leaves_no_staging(tmp_path, monkeypatch):
+    from wheretolearn.design import study
+
+    def exhaust(*args, **kwargs):
+        import numpy as np
+
+        np.empty(2**50)
+
+    monkeypatch.setattr(study, "_run_trial", exhaust)
+    out = tmp_path / "run"
+    _one_error_line(_bilevel(tmp_path, out), "out of memory")
+    assert _visible(tmp_path) == []
+    assert not any(p.name.startswith(".run") for p in tmp_path.iterdir())
+
+
+def test_out_of_memory_creating_a_store_leaves_no_partial_store(tmp_path, monkeypatch):
+    from wheretolearn.problems.burgers import Burgers
+
+    def exhaust(self):
+        raise MemoryError("Unable to allocate 728. TiB for an array")
+
+    monkeypatch.setattr(Burgers, "coordinates", exhaust)
+    _one_error_line(_generate(tmp_path / "d.zarr"), "out of memory (Unable to allocate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_evaluating_leaves_no_partial_store(tmp_path, monkeypatch):
+    def exhaust(problem, x):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 800000000000 bytes")
+
+    monkeypatch.setattr(gen_module, "_evaluate_chunk", exhaust)
+    _one_error_line(_generate(tmp_path / "d.zarr"), "can't allocate memory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

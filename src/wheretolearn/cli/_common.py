@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import typer
 
-__all__ = ["cli_errors", "fail", "load_toml"]
+__all__ = ["cli_errors", "fail", "is_allocation_failure", "load_toml"]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -24,9 +24,12 @@ def fail(message: str, code: int = 2) -> None:
 def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user-input errors (ValueError, TypeError, FileNotFoundError, FileExistsError,
     pydantic's ValidationError) and the environment's refusals (any ``OSError``: a
-    read-only file system, a full disk, a file where a folder is needed) raised by the
-    library into one line ``error: ...`` and exit status 2. Notes added to the exception
-    (``add_note``, e.g. where an interrupted data set waits to be resumed) go on that line.
+    read-only file system, a full disk, a file where a folder is needed; running out of
+    memory: ``MemoryError``, numpy's ``_ArrayMemoryError``, torch's allocation failures)
+    raised by the library into one line ``error: ...`` and exit status 2. Notes added to
+    the exception (``add_note``, e.g. where an interrupted data set waits to be resumed) go
+    on that line. The ``with`` blocks unwind first: run folders' and data sets' staging
+    folders are removed, nothing is left half-written.
 
     SIGTERM (``timeout``, ``kill``, a batch scheduler's time limit) is turned into
     ``SystemExit(143)`` while the command runs, so ``with`` blocks unwind: a run folder's
@@ -49,6 +52,12 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             # the environment refused: read-only file system, disk full, a file where a
             # folder is needed, ... -- say which path and why, nothing half-written
             fail(_one_line(exc))
+        except MemoryError as exc:
+            fail(_out_of_memory(exc))
+        except RuntimeError as exc:
+            if not is_allocation_failure(exc):
+                raise
+            fail(_out_of_memory(exc))
         except KeyboardInterrupt as exc:
             typer.echo(f"error: interrupted{_notes(exc)}", err=True)
             sys.exit(130)
@@ -58,6 +67,26 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return wrapper
+
+
+#: Messages of torch's (and other libraries') ``RuntimeError`` when memory runs out.
+_ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory",
+                        "Cannot allocate memory")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out (``MemoryError``; a torch allocator's
+    ``RuntimeError``, CUDA's included)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _ALLOCATION_FAILURES)
+
+
+def _out_of_memory(exc: BaseException) -> str:
+    """``out of memory (...)``: the first line of what the allocator said, what to do."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory ({text[:200]}); choose smaller sizes (dimension, samples, grid, "
+            f"chunk) or fewer workers{_notes(exc)}")
 
 
 def _notes(exc: BaseException) -> str:

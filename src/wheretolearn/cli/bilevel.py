@@ -32,6 +32,36 @@ def _parse_int_list(text: str | None, name: str) -> list[int] | None:
     return values
 
 
+#: Flag of each bounded config key (``SIZE_LIMITS["bilevel"]``; the others are keys only).
+_SIZE_FLAGS = {"dim": "--dim", "n_train": "--n-train", "steps": "--steps", "eval_n": "--eval-n",
+               "repeats": "--repeats", "trials": "--trials", "num_threads": "--num-threads"}
+
+
+def _memory_terms(cfg) -> dict[str, float]:
+    """Rough bytes a bilevel study holds at once (see :func:`check_memory`)."""
+    item = 4 if cfg.dtype == "float32" else 8
+    n_eval, seen = max(cfg.eval_n), cfg.n_measures * cfg.n_seen
+    return {
+        "meta-test samples (n_measures x (n_seen + n_unseen) x dim)":
+            cfg.n_measures * (cfg.n_seen + cfg.n_unseen) * cfg.dim * 8,
+        "bilevel kernels (n_train x (n_train + n_measures x n_seen))":
+            3 * cfg.n_train * (cfg.n_train + seen) * item,
+        "evaluation kernels (eval_n x (eval_n + n_unseen))":
+            3 * n_eval * (n_eval + cfg.n_unseen) * 8,
+        "covariances (dim x dim per measure)": 3 * (cfg.n_measures + 8) * cfg.dim ** 2 * 8,
+    }
+
+
+def check_study_size(cfg) -> None:
+    """Refuse a study whose sizes exceed :data:`SIZE_LIMITS` or whose rough memory need
+    exceeds the machine's, before any work; one error naming the option."""
+    from .._validation import SIZE_LIMITS, check_memory, check_sizes
+
+    check_sizes(cfg.model_dump(), SIZE_LIMITS["bilevel"], flags=_SIZE_FLAGS)
+    check_memory(_memory_terms(cfg), "this bilevel study",
+                 "lower dim, n_train, eval_n, n_measures, n_seen or n_unseen")
+
+
 def _run_and_report(cfg, out: Path, *, overwrite: bool, progress: bool) -> dict:
     from rich.console import Console
 
@@ -94,6 +124,7 @@ def demo(
     file_cfg = load_toml(config) if config is not None else None
     cfg = resolve_study_config(DEMO_SETTINGS, file_cfg, {"steps": steps,
                                                          "num_threads": num_threads})
+    check_study_size(cfg)
     if out is None:
         out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)
@@ -152,4 +183,5 @@ def bilevel(
              "optimizer": optimizer, "use_iterate": use_iterate,
              "normalize_labels": normalize_labels, "num_threads": num_threads}
     cfg = resolve_study_config(file_cfg, flags)
+    check_study_size(cfg)
     _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)

@@ -43,6 +43,11 @@ _CONFIG_TYPES: dict[str, tuple[type, str]] = {
     "options": (dict, "a table"), "measure": (dict, "a table")}
 
 
+#: Flag of each bounded config key (``SIZE_LIMITS["generate"]``).
+_SIZE_FLAGS = {"n": "--n", "chunk": "--chunk", "workers": "--workers",
+               "num_threads": "--num-threads"}
+
+
 def _check_type(key: str, value: Any, config: Optional[Path]) -> None:
     kind, what = _CONFIG_TYPES[key]
     ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
@@ -108,6 +113,9 @@ def generate(
     for required in ("problem", "n", "out"):
         if cfg.get(required) is None:
             raise ValueError(f"{required} is required (argument or config key)")
+    from .._validation import SIZE_LIMITS, check_sizes
+
+    check_sizes(cfg, SIZE_LIMITS["generate"], flags=_SIZE_FLAGS)
     from ..datasets import generate_dataset
 
     info = generate_dataset(

@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .._validation import check_nonnegative_int, check_positive_int
+from .._validation import (MAX_PROBLEM_OPTION, SIZE_LIMITS, check_int_range, check_memory,
+                           check_nonnegative_int, check_positive_int, format_bytes)
 
 __all__ = ["DamagedStoreError", "DatasetInfo", "check_scheduler", "generate_dataset",
            "find_or_generate", "open_dataset", "content_key", "resolve_measure", "chunk_seed"]
@@ -100,6 +101,7 @@ def _build_problem(problem: Any, options: dict | None):
         raise TypeError(f"problem must be a problem name or a Problem, "
                         f"got {type(problem).__name__}")
     options = dict(options or {})
+    _check_option_sizes(options)
     allowed = _option_names(problem)
     unknown = sorted(set(options) - allowed) if allowed is not None else []
     if unknown:
@@ -112,6 +114,20 @@ def _build_problem(problem: Any, options: dict | None):
         return get_problem(canonical_spec(problem), **options)
     except TypeError as exc:
         raise ValueError(f"bad option for problem {problem!r}: {exc}") from None
+
+
+def _check_option_sizes(options: dict) -> None:
+    """Refuse an integer problem option (a grid size, a number of steps; seeds aside), or an
+    entry of a list option, above :data:`MAX_PROBLEM_OPTION`: the problem would not even be
+    built within memory."""
+    for key, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            big = isinstance(v, int) and not isinstance(v, bool) and v > MAX_PROBLEM_OPTION
+            if big and "seed" not in key:
+                raise ValueError(f"problem option {key!r} must be at most "
+                                 f"{MAX_PROBLEM_OPTION} (a size this large does not fit in "
+                                 f"memory), got {v}")
 
 
 def _option_names(name: str) -> set[str] | None:
@@ -369,9 +385,25 @@ def _open_target(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dty
             group = None
         if group is not None:
             return group, staging
-        shutil.rmtree(staging)          # our own hidden, key-named leftover: start it again
+        _remove_leftover(staging)       # our own hidden, key-named leftover: start it again
     out.parent.mkdir(parents=True, exist_ok=True)
-    return _create(staging, attrs, chunk, in_dtype, out_dtype, problem), staging
+    try:
+        return _create(staging, attrs, chunk, in_dtype, out_dtype, problem), staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)   # just made here: nothing to resume
+        raise
+
+
+def _remove_leftover(staging: Path) -> None:
+    """Delete an earlier run's staging store, only what wheretolearn wrote in it; anything
+    else found there is named and kept."""
+    from .._ownership import remove_owned
+
+    kept = remove_owned(staging, "dataset") if staging.is_dir() and not staging.is_symlink() \
+        else [staging.name]
+    if kept:
+        raise FileExistsError(f"{str(staging)!r} (an earlier run's unfinished data set) holds "
+                              f"{kept[0]!r}, which wheretolearn did not write; move it out")
 
 
 def _stored_key(path: Path) -> Any:
@@ -380,16 +412,25 @@ def _stored_key(path: Path) -> Any:
     return store_attributes(path).get("key")
 
 
-def _swap_in(staging: Path, out: Path) -> None:
-    """Put the finished ``staging`` store at ``out``; a replaced store is deleted only
-    after the new one is in place."""
+def _swap_in(staging: Path, out: Path, overwrite: bool) -> None:
+    """Put the finished ``staging`` store at ``out``. What is at ``out`` is checked again
+    (it may have changed during the run); a replaced store is deleted only after the new one
+    is in place, and only what wheretolearn wrote in it."""
     import uuid
+    import warnings
 
+    from .._ownership import check_replaceable, remove_owned
+
+    if not check_replaceable(out, "dataset", overwrite=overwrite) and out.exists():
+        out.rmdir()                     # an empty folder
     if out.exists():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         out.rename(old)
         staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        kept = remove_owned(old, "dataset")
+        if kept:
+            warnings.warn(f"the replaced data set is kept as {str(old)!r}: it holds "
+                          f"{kept[0]!r}, which wheretolearn did not write", stacklevel=2)
     else:
         staging.rename(out)
 
@@ -459,11 +500,11 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     DatasetInfo
     """
     t0 = time.perf_counter()
-    n = check_positive_int(n, "n")
+    n = _bounded(check_positive_int(n, "n"), "n")
     seed = check_nonnegative_int(seed, "seed")
-    workers = check_nonnegative_int(workers, "workers")
+    workers = _bounded(check_nonnegative_int(workers, "workers"), "workers")
     if num_threads is not None:
-        num_threads = check_positive_int(num_threads, "num_threads")
+        num_threads = _bounded(check_positive_int(num_threads, "num_threads"), "num_threads")
     prob = _build_problem(problem, options)
     meas = resolve_measure(prob, measure, measure_params)
     in_shape, out_shape = tuple(prob.input_shape), tuple(prob.output_shape)
@@ -474,7 +515,9 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     out_dtype = _np_dtype(getattr(prob, "dtype", None))
     in_dtype = _np_dtype(getattr(meas, "dtype", None))
     chunk = (_default_chunk(n, out_shape, out_dtype.itemsize) if chunk is None
-             else check_positive_int(chunk, "chunk"))
+             else _bounded(check_positive_int(chunk, "chunk"), "chunk"))
+    _check_chunk_memory(chunk, in_shape, out_shape, in_dtype, out_dtype,
+                        0 if scheduler is None and workers == 0 else max(1, workers))
     n_chunks = -(-n // chunk)
     prob_options = json.loads(json.dumps(prob.options(), default=str))
     measure_rec = _measure_record(meas)
@@ -488,6 +531,8 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
              "input_shape": list(in_shape), "output_shape": list(out_shape),
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(out).expanduser()
+    if ".." in out.parts:
+        out = out.resolve()             # staging stores are named after the last part
     if scheduler is not None:
         check_scheduler(scheduler)
     group, staging = _open_target(out, attrs, chunk, in_dtype, out_dtype, prob, overwrite)
@@ -524,7 +569,7 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
         group.attrs["complete"] = True
         _consolidate(where)
         if staging is not None:
-            _swap_in(staging, out)
+            _swap_in(staging, out, overwrite)
     except BaseException as exc:
         _note_leftover(exc, where, staging, n_chunks - len(todo) + written[0], n_chunks)
         raise
@@ -535,6 +580,24 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                        computed_chunks=todo, reused_chunks=n_chunks - len(todo),
                        input_shape=in_shape, output_shape=out_shape,
                        seconds=time.perf_counter() - t0)
+
+
+def _bounded(value: int, name: str) -> int:
+    """``value`` if within ``SIZE_LIMITS["generate"][name]``, else a ``ValueError``."""
+    low, high = SIZE_LIMITS["generate"][name]
+    return check_int_range(value, name, low, high)
+
+
+def _check_chunk_memory(chunk: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                        in_dtype: np.dtype, out_dtype: np.dtype, workers: int) -> None:
+    """Refuse a run whose chunks in flight (two per worker plus the one being written, each
+    with its inputs and outputs, twice for the conversions) exceed the machine's memory."""
+    per_sample = (math.prod(in_shape) * in_dtype.itemsize
+                  + math.prod(out_shape) * out_dtype.itemsize)
+    in_flight = 2 * workers + 1
+    check_memory({f"{in_flight} chunks of {chunk} samples ({format_bytes(per_sample)} each)":
+                  2 * in_flight * chunk * per_sample}, "this data set's generation",
+                 "lower --chunk or --workers, or the problem's grid options (--option)")
 
 
 def _consolidate(path: Path) -> None:
@@ -682,11 +745,11 @@ def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: di
     finishing) it if needed. The store is ``cache_dir/<problem>-<key[:16]>.zarr``."""
     prob = _build_problem(problem, options)
     meas = resolve_measure(prob, measure, measure_params)
-    n = check_positive_int(n, "n")
+    n = _bounded(check_positive_int(n, "n"), "n")
     seed = check_nonnegative_int(seed, "seed")
     out_dtype = _np_dtype(getattr(prob, "dtype", None))
     chunk = (_default_chunk(n, tuple(prob.output_shape), out_dtype.itemsize) if chunk is None
-             else check_positive_int(chunk, "chunk"))
+             else _bounded(check_positive_int(chunk, "chunk"), "chunk"))
     prob_options = json.loads(json.dumps(prob.options(), default=str))
     in_dtype = _np_dtype(getattr(meas, "dtype", None))
     key = content_key(prob.name, prob_options, _measure_record(meas), seed, n, chunk,

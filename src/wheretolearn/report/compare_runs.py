@@ -10,6 +10,10 @@ columns for every kind of run:
   best baseline, wall seconds;
 * anything else with a ``summary.json``: the ``error``-like numbers it holds (AMA runs).
 
+What is read is checked first (:func:`check_summary`): a ``summary.json`` that is not valid
+JSON, not a JSON object, lacks a key its kind needs or holds a value of the wrong type is a
+``ValueError`` naming the file, the key and what is wrong.
+
 :func:`plot_comparison` draws the mean with the tail (p95 .. max) as an error bar per run.
 """
 
@@ -20,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarize_run", "compare_runs", "plot_comparison"]
+__all__ = ["summarize_run", "compare_runs", "plot_comparison", "check_summary"]
 
 COLUMNS = ("run", "kind", "problem", "mean", "p95", "p99", "max", "baseline", "seconds")
 
@@ -29,9 +33,113 @@ def _nan() -> float:
     return math.nan
 
 
+class _Bad(ValueError):
+    """A value of ``summary.json`` that does not have the type its key needs."""
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _expect(table: dict, key: str, ok, what: str, where: str, *, required: bool = False):
+    """``table[key]`` after checking it with ``ok``; ``_Bad`` names ``where.key``."""
+    if key not in table:
+        if required:
+            raise _Bad(f"key {where + key!r} is missing")
+        return None
+    value = table[key]
+    if not ok(value):
+        raise _Bad(f"key {where + key!r} must be {what}, got {_short(value)}")
+    return value
+
+
+def _size(n: Any) -> bool:
+    """A sample size as ``summary.json`` holds it: an integer (or its digits)."""
+    return (isinstance(n, int) and not isinstance(n, bool)) or (isinstance(n, str)
+                                                                and n.isdigit())
+
+
+def _short(value: Any) -> str:
+    """``list [1, 2]``: the JSON type and the start of the value."""
+    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    text = json.dumps(value)
+    return f"{kinds.get(type(value), 'number')} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _is_table_of_numbers(value: Any) -> bool:
+    return isinstance(value, dict) and all(_number(v) for v in value.values())
+
+
+def _check_online(summary: dict) -> None:
+    ve = _expect(summary, "val_error", lambda v: isinstance(v, dict), "a table", "",
+                 required=True)
+    for key in ("mean", "p95", "p99", "max"):
+        _expect(ve, key, _number, "a number or null", "val_error.")
+    _expect(summary, "seconds", _number, "a number or null", "")
+
+
+def _check_bilevel(summary: dict) -> None:
+    _expect(summary, "eval_n", lambda v: isinstance(v, list) and all(map(_size, v)),
+            "a list of sample sizes", "", required=True)
+    _expect(summary, "baselines", lambda v: isinstance(v, dict) and all(
+        _is_table_of_numbers(c) for c in v.values()),
+        "a table of tables of numbers (source -> N -> error)", "", required=True)
+    cis = _expect(summary, "baselines_ci", lambda v: isinstance(v, dict) and all(
+        isinstance(c, dict) and all(isinstance(x, dict) for x in c.values())
+        for c in v.values()), "a table of tables (source -> N -> interval)", "") or {}
+    for name, cells in cis.items():
+        for n, cell in cells.items():
+            _expect(cell, "values", lambda v: isinstance(v, list) and all(map(_number, v)),
+                    "a list of numbers", f"baselines_ci.{name}.{n}.")
+    _expect(summary, "seconds_total", _number, "a number or null", "")
+
+
+def _check_generic(summary: dict) -> None:
+    for key in ("seconds", "seconds_total"):
+        _expect(summary, key, _number, "a number or null", "")
+
+
+def check_summary(summary: Any, source: str | Path) -> dict:
+    """``summary`` (the parsed ``summary.json`` at ``source``) after checking the keys and
+    types its kind of run needs; ``ValueError`` naming the file and what is wrong."""
+    if not isinstance(summary, dict):     # the file's content: a value error, as the others
+        raise ValueError(f"{str(source)!r} must hold a JSON object (a table of "  # noqa: TRY004
+                         f"results), got {_short(summary)}")
+    try:
+        if "val_error" in summary:
+            _check_online(summary)
+        elif "baselines" in summary and "learned" in summary:
+            _check_bilevel(summary)
+        else:
+            _check_generic(summary)
+    except _Bad as exc:
+        raise ValueError(f"{str(source)!r} is not a summary wheretolearn wrote: {exc}") from None
+    return summary
+
+
+def _read_summary(run: Path) -> dict:
+    """The checked ``summary.json`` of ``run``."""
+    path = run / "summary.json"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        raise ValueError(f"{str(run)!r} holds no finished run (no readable summary.json)"
+                         ) from None
+    try:
+        summary = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    return check_summary(summary, path)
+
+
+def _table(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _online_row(summary: dict, cfg: dict) -> dict:
     ve = summary.get("val_error") or {}
-    return {"kind": "online", "problem": (cfg.get("study") or {}).get("problem", "heat2d"),
+    return {"kind": "online", "problem": str(_table(cfg.get("study")).get("problem",
+                                                                              "heat2d")),
             "mean": ve.get("mean"), "p95": ve.get("p95"), "p99": ve.get("p99"),
             "max": ve.get("max"), "baseline": None, "seconds": summary.get("seconds"),
             "detail": f"{summary.get('simulations_completed', '?')} simulations, "
@@ -44,8 +152,9 @@ def _bilevel_row(summary: dict) -> dict:
     cis = summary.get("baselines_ci", {})
     opt = (cis.get("optimized") or {}).get(n, {}) if n else {}
     values = [v for v in opt.get("values", []) if v is not None]
-    others = {name: (cells.get(n) or {}).get("mean") for name, cells in
-              summary.get("baselines", {}).items() if name != "optimized" and n}
+    # baselines: source -> N -> mean error (a number), as the bilevel study writes it
+    others = {name: cells.get(n) for name, cells in summary.get("baselines", {}).items()
+              if name != "optimized" and n}
     others = {k: v for k, v in others.items() if v is not None}
     best = min(others.items(), key=lambda kv: kv[1]) if others else None
     return {"kind": "bilevel", "problem": f"{summary.get('problem')} d={summary.get('dim')}",
@@ -73,14 +182,10 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     import tomllib
 
     run = Path(run_dir)
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{str(run)!r} holds no finished run (no readable summary.json)"
-                         ) from None
+    summary = _read_summary(run)
     try:
         cfg = tomllib.loads((run / "config.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         cfg = {}
     if "val_error" in summary:
         row = _online_row(summary, cfg)

@@ -12,8 +12,9 @@ Layout of a finished run folder::
       metrics.jsonl    one JSON object per line (e.g. one per optimisation step)
       summary.json     final numbers
       figures/*.png    plots
-      .wheretolearn.json  marker: this folder was written by wheretolearn (``--overwrite``
-                       replaces only such folders, see :mod:`wheretolearn._ownership`)
+      .wheretolearn.json  marker: this folder was written by wheretolearn, and every path
+                       in it (``--overwrite`` replaces only such folders holding nothing
+                       else, see :mod:`wheretolearn._ownership`)
 
 The class is generic: bilevel, AMA and online studies all use it.
 """
@@ -25,10 +26,12 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
-from .._ownership import check_output_location, check_replaceable, write_marker
+from .._ownership import (check_output_location, check_replaceable, list_tree, normalise_out,
+                          remove_owned, write_marker)
 
 __all__ = ["RunFolder", "to_jsonable"]
 
@@ -64,6 +67,18 @@ def _toml_ready(value: Any) -> Any:
     return to_jsonable(value)
 
 
+def _remove_replaced(old: Path) -> None:
+    """Delete the replaced run folder ``old``: only what wheretolearn wrote in it (a file a
+    user added since the check is kept there, with a warning naming it)."""
+    try:
+        kept = remove_owned(old, "run")
+    except OSError as exc:
+        kept = [f"({exc})"]
+    if kept:
+        warnings.warn(f"the replaced run folder is kept as {str(old)!r}: it holds "
+                      f"{kept[0]!r}, which wheretolearn did not write", stacklevel=3)
+
+
 class RunFolder:
     """Atomic output folder for one study.
 
@@ -92,9 +107,9 @@ class RunFolder:
     def __init__(self, out: str | Path, *, overwrite: bool = False):
         if not isinstance(out, (str, os.PathLike)) or str(out) == "":
             raise TypeError(f"out must be a non-empty path, got {out!r}")
-        self.out = Path(out).expanduser().absolute()
+        check_output_location(out)
+        self.out = normalise_out(out)
         self.overwrite = bool(overwrite)
-        check_output_location(self.out)
         self._check_target()
         self.staging = self.out.parent / f".{self.out.name}.staging-{uuid.uuid4().hex[:8]}"
         self._open = False
@@ -126,12 +141,12 @@ class RunFolder:
             # ``out`` appeared while the run was going: keep the finished run and say where
             raise FileExistsError(f"{exc}; this run's files are kept in "
                                   f"{str(self.staging)!r}") from None
-        write_marker(self.staging, "run", files=[p.name for p in self.staging.iterdir()])
+        write_marker(self.staging, "run", paths=list_tree(self.staging))
         if self.out.exists():
             old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             self.out.rename(old)
             self.staging.rename(self.out)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_replaced(old)
         else:
             self.staging.rename(self.out)
         self._open = False
@@ -165,7 +180,10 @@ class RunFolder:
         return self.staging
 
     def file(self, name: str) -> Path:
-        """Path of a file ``name`` (relative, may contain sub-folders) inside the run."""
+        """Path of a file ``name`` (relative, may contain sub-folders) inside the run.
+
+        Only the names :mod:`wheretolearn._ownership` knows (:data:`RUN_NAMES`,
+        ``figures/*.png``) keep the run replaceable with ``--overwrite``."""
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts:
             raise ValueError(f"file name must be relative and stay inside the run, got {name!r}")
