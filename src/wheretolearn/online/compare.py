@@ -1,27 +1,44 @@
-"""Compare parameter samplers of the online study at the same simulation budget (issue 13).
+"""Compare parameter samplers of the online study at the same budget (issues 13 and 23).
 
-``wheretolearn online compare CONFIG.toml --samplers uniform,breed,breed-weighted --seeds 5
---out DIR`` runs, for every sampler and seed, the study of ``CONFIG.toml`` and measures the
-per-sample relative L2 error ``||y_hat - y|| / ||y||`` on one validation set shared by all
-runs, then reports mean, median, P95, P99 and max with their spread over seeds and their
-ratio to uniform (``uniform / method``: > 1 is better, as in OGAS).
+``wheretolearn online compare CONFIG.toml --samplers uniform,breed --seeds 10 --out DIR`` runs,
+for every sampler and seed, the study of ``CONFIG.toml`` and measures the per-sample relative
+L2 error ``||y_hat - y|| / ||y||`` on one validation set shared by all runs. The protocol
+(SPEC §5, "Comparing samplers" and "Where the heat study's tail lives"):
 
-Lockstep engine. Comparisons run the study's components (problem, sampler, buffer, trainer,
-validation) in one process in lockstep instead of on Dask: simulations are launched in waves
-of ``[executor] workers`` (each asked from the sampler just before it starts, as the engine
-does), their steps enter the buffer, then ``batches_per_simulation`` training batches per
-simulation of the wave are trained (every batch told to the sampler), then the next wave.
-After the last wave the buffer is closed and drained as in the engine (a reservoir serves
-every stored sample once more). With threads, how many batches a simulation overlaps
-depends on machine load; in lockstep it does not, so two samplers differ only by where they
-simulate (same seed: same initial network, same buffer randomness, same base draws). The
-default heat study trains about 4.75 batches per simulation on 2 cores
-(``benchmarks/results/bench_online.json``: 950 batches for 200 simulations).
+* **Validation groups** (:func:`box_validation_set`). ``interior``: a scrambled Sobol (or
+  Halton) set strictly inside the box, 512 simulations by default -- the headline, what a
+  sampler can learn. ``faces``: points with 1 to d-1 coordinates on a bound, the others
+  space-filling. ``corners``: every corner of the box (at most ``n_corners``, drawn at random
+  when 2^d is larger). On the heat study the union's P99 was set by three simulations at or
+  next to the all-cold corner (extrapolation that no sampler reaches), so every metric is
+  reported per group, never on the union. The set (parameters and fields) is generated once
+  and cached on disk (:func:`validation_set`): a folder per key (problem, its options,
+  bounds, steps, design, sizes, seed), written atomically, read back with
+  ``allow_pickle=False`` (plain ``.npy`` arrays and a JSON key; never pickle).
+* **Paired seeds.** Seed ``s`` sets ``[study] seed = s`` (network initialisation, buffer
+  randomness) and sampler seed ``s + 1`` (the engine's rule) for *every* sampler, so the runs
+  of one seed share their base stream and differ only by where they simulate.
+* **Same budget.** Every run simulates ``n_simulations`` and trains ``passes`` (default 1.5,
+  OGAS's budget) passes over the samples generated: ``passes x n_simulations x steps``
+  trained samples, the end-of-ensemble drain included (:func:`lockstep_study`). The achieved
+  passes are recorded per run.
+* **Statistics** (:func:`ratio_statistics`). Per seed and metric the ratio
+  ``uniform / sampler`` (> 1: better than uniform, as in OGAS), summarised by its geometric
+  mean (the mean of the log-ratios) with a paired percentile bootstrap 95 % interval over
+  seeds (seeds resampled with replacement, 10 000 resamples, a fixed seed so that the
+  interval is reproducible). Metrics: mean, median, P95, P99, CVaR 0.99 (mean error at or
+  above the 99th percentile) and max. The per-seed log P99 ratio had sd about 0.3 on the old
+  protocol: resolving 1.3x needs 10 or more paired seeds (default 10).
 
-Validation set (``box_validation_set``): the ``2^d`` corners of the box, ``n_edge`` points
-with a random half of their coordinates on a bound (edges and faces) and ``n_interior``
-scrambled Sobol points, drawn once with their own seed. Heat solutions are hardest at the
-corners and edges (largest contrasts between initial and wall temperatures).
+Lockstep engine. Comparisons run the study's components (problem, sampler, buffer, trainer)
+in one process in lockstep instead of on Dask: simulations are launched in waves of
+``[executor] workers`` (each asked from the sampler just before it starts, as the engine
+does), their steps enter the buffer, then the wave's share of the training batches is trained
+(every batch told to the sampler), then the next wave. After the last wave the buffer is
+closed and drained as in the engine (a reservoir serves every stored sample once more). With
+threads, how many batches a simulation overlaps depends on machine load; in lockstep it does
+not. The old protocol paced 4.75 batches per simulation (the default heat study's measured
+950 batches for 200 simulations on 2 cores): about 0.6 passes.
 
 Sampler names: ``uniform``, ``halton``, ``sobol``, ``lhs``, ``breed`` and Breed variants
 ``breed-weighted`` (importance-weighted training loss), ``breed-nrmse`` (nRMSE fitness),
@@ -32,11 +49,16 @@ configuration's ``[sampler]`` table.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,52 +66,246 @@ import numpy as np
 
 from .config import OnlineStudyConfig, SamplerSection
 
-__all__ = ["box_validation_set", "sampler_config", "lockstep_study", "compare_samplers",
-           "summarise_comparison", "comparison_table", "write_comparison"]
+__all__ = ["GROUPS", "METRICS", "ValidationSet", "box_validation_set", "validation_set",
+           "tail_metrics", "ratio_statistics", "sampler_config", "lockstep_study",
+           "compare_samplers", "summarise_comparison", "comparison_table",
+           "write_comparison"]
 
-_METRICS = ("mean", "median", "p95", "p99", "max")
+#: Metrics of the per-sample errors, in table order.
+METRICS = ("mean", "median", "p95", "p99", "cvar99", "max")
+#: Validation groups (codes 0, 1, 2 of :attr:`ValidationSet.group`); ``interior`` headlines.
+GROUPS = ("interior", "faces", "corners")
+DESIGNS = ("sobol", "halton")
 _VARIANTS = {"weighted", "nrmse", "mse", "ess", "step"}
+_CACHE_VERSION = 1
+_LABELS = {"mean": "mean", "median": "median", "p95": "P95", "p99": "P99",
+           "cvar99": "CVaR0.99", "max": "max"}
 
 
-def box_validation_set(bounds: Any, *, n_edge: int = 64, n_interior: int = 64,
-                       seed: int = 2024) -> tuple[np.ndarray, np.ndarray]:
-    """Validation parameters covering the whole box, shape ``(2^d + n_edge + n_interior, d)``.
-
-    Rows: every corner of the box, then ``n_edge`` Sobol points with each coordinate snapped
-    to its nearer bound with probability 1/2 (points on edges and faces), then
-    ``n_interior`` Sobol points. Returns ``(params, group)`` with ``group`` 0 / 1 / 2 for
-    corner / edge / interior rows.
-    """
+# -- validation set ----------------------------------------------------------------------
+def _space_filling(design: str, d: int, n: int, seed: Any) -> np.ndarray:
+    """``n`` scrambled Sobol or Halton points of the unit cube ``(n, d)``."""
     from scipy.stats import qmc
 
+    if n == 0:
+        return np.zeros((0, d))
+    engine = (qmc.Sobol(d, scramble=True, rng=np.random.default_rng(seed)) if design == "sobol"
+              else qmc.Halton(d, scramble=True, rng=np.random.default_rng(seed)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # Sobol balance for n != 2^m
+        return engine.random(n)
+
+
+def box_validation_set(bounds: Any, *, n_interior: int = 512, n_faces: int = 128,
+                       n_corners: int = 64, seed: int = 2024,
+                       design: str = "sobol") -> tuple[np.ndarray, np.ndarray]:
+    """Validation parameters in three groups; returns ``(params (V, d), group (V,))``.
+
+    Rows: ``n_interior`` scrambled ``design`` points strictly inside the box (group 0), then
+    ``n_faces`` space-filling points with ``k ~ U{1..d-1}`` random coordinates set to a random
+    bound each (group 1: on a face, not a corner; none when d = 1), then the corners (group
+    2): all ``2^d`` when ``2^d <= n_corners``, else ``n_corners`` distinct ones at random.
+    Each group has its own stream of ``seed``, so changing one size leaves the others.
+    """
     b = np.asarray(bounds, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 2 or not np.all(b[:, 0] < b[:, 1]):
+        raise ValueError(f"bounds must have shape (d, 2) with low < high, got {b.tolist()}")
+    for name, v, lo in (("n_interior", n_interior, 1), ("n_faces", n_faces, 0),
+                        ("n_corners", n_corners, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {list(DESIGNS)}, got {design!r}")
     d = b.shape[0]
-    rng = np.random.default_rng(seed)
-    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T
-    sob = qmc.Sobol(d, scramble=True, rng=rng).random(n_edge + n_interior)
-    edge = sob[:n_edge].copy()
-    snap = rng.random(edge.shape) < 0.5
-    edge[snap] = np.round(edge[snap])
-    unit = np.concatenate([corners, edge, sob[n_edge:]])
-    group = np.concatenate([np.zeros(len(corners), np.int64), np.ones(n_edge, np.int64),
-                            np.full(n_interior, 2, np.int64)])
-    return b[:, 0] + unit * (b[:, 1] - b[:, 0]), group
+    s_int, s_face, s_corner = np.random.SeedSequence(seed).spawn(3)
+    interior = _space_filling(design, d, n_interior, s_int)
+    lo, hi = b[:, 0], b[:, 1]
+    interior = np.clip(lo + interior * (hi - lo), np.nextafter(lo, hi), np.nextafter(hi, lo))
+
+    n_faces = n_faces if d > 1 else 0
+    rng = np.random.default_rng(s_face)
+    unit = _space_filling(design, d, n_faces, rng)
+    on = np.zeros(unit.shape, dtype=bool)
+    for row in on:
+        row[rng.choice(d, size=int(rng.integers(1, d)), replace=False)] = True  # 1..d-1 on
+    at_high = rng.integers(0, 2, size=unit.shape) == 1
+    faces = np.clip(lo + unit * (hi - lo), np.nextafter(lo, hi), np.nextafter(hi, lo))
+    faces = np.where(on, np.where(at_high, hi, lo), faces)
+
+    rng = np.random.default_rng(s_corner)
+    if d < 63 and 2 ** d <= n_corners:
+        bits = (np.arange(2 ** d)[:, None] >> np.arange(d)[::-1]) & 1
+    else:
+        seen: dict[bytes, np.ndarray] = {}
+        while len(seen) < n_corners:
+            for row in rng.integers(0, 2, size=(n_corners, d)):
+                if len(seen) < n_corners:
+                    seen.setdefault(row.tobytes(), row)
+        bits = np.array(list(seen.values())).reshape(-1, d)
+    corners = np.where(bits == 1, hi, lo)
+    params = np.concatenate([interior, faces, corners])
+    group = np.repeat(np.arange(3, dtype=np.int8), [len(interior), len(faces), len(corners)])
+    return params, group
 
 
-def _validation_arrays(problem: Any, params: np.ndarray, bounds: np.ndarray,
-                       chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``(V * T, F)`` and float32 fields ``(V * T, O)`` of the validation set."""
-    from .trainer import heat_features
+@dataclass(frozen=True)
+class ValidationSet:
+    """Validation simulations: ``params (V, d)``, ``group (V,)`` codes into :data:`GROUPS`,
+    ``fields (V, T, O)`` float32 (a read-only memory map when cached), the cache ``key``, its
+    folder ``path`` (None: in memory) and whether the cache was ``reused``."""
 
+    params: np.ndarray
+    group: np.ndarray
+    fields: np.ndarray
+    key: dict
+    path: Path | None = None
+    reused: bool = False
+
+    def sizes(self) -> dict:
+        """Simulations and samples per group."""
+        t = int(self.fields.shape[1])
+        return {g: {"simulations": int((self.group == i).sum()),
+                    "samples": int((self.group == i).sum()) * t} for i, g in enumerate(GROUPS)}
+
+
+def _key_digest(key: dict) -> str:
+    text = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_cached(folder: Path, key: dict) -> ValidationSet | None:
+    """The cached set of ``folder`` if its key matches and its arrays are consistent."""
+    try:
+        stored = json.loads((folder / "key.json").read_text())
+        if stored != json.loads(json.dumps(key, sort_keys=True, default=str)):
+            return None
+        params = np.load(folder / "params.npy", allow_pickle=False)
+        group = np.load(folder / "group.npy", allow_pickle=False)
+        fields = np.load(folder / "fields.npy", allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    v = key["n_simulations"]
+    if (params.shape != (v, len(key["bounds"])) or group.shape != (v,)
+            or fields.shape[:2] != (v, key["n_steps"]) or fields.dtype != np.float32):
+        return None
+    return ValidationSet(params, group, fields, key, folder, reused=True)
+
+
+def _simulate_into(problem: Any, params: np.ndarray, out: np.ndarray, chunk: int,
+                   progress: Callable[[int], None] | None) -> None:
+    n_steps = out.shape[1]
+    for i in range(0, len(params), chunk):
+        p = params[i:i + chunk]
+        out[i:i + len(p)] = np.asarray(problem(p), dtype=np.float32).reshape(len(p), n_steps,
+                                                                              -1)
+        if progress is not None:
+            progress(i + len(p))
+
+
+def validation_set(problem: Any, bounds: Any, *, problem_name: str, problem_options: dict,
+                   n_interior: int = 512, n_faces: int = 128, n_corners: int = 64,
+                   seed: int = 2024, design: str = "sobol", cache: str | Path | None = None,
+                   chunk: int = 16,
+                   progress: Callable[[int], None] | None = None) -> ValidationSet:
+    """The validation set of :func:`box_validation_set` with its fields ``problem(params)``.
+
+    With ``cache`` (a folder), the set lives in ``cache/<problem>-<digest>/`` (``key.json``,
+    ``params.npy``, ``group.npy``, ``fields.npy``): reused when its key (problem name and
+    options, bounds, steps, design, sizes, seed) matches, else generated into a staging
+    folder and renamed into place (atomic; a concurrent writer of the same key wins, its
+    copy is used). Fields are read back as a read-only memory map. ``progress(done)`` is
+    called after every ``chunk`` simulations generated.
+    """
+    b = np.asarray(bounds, dtype=np.float64)
+    params, group = box_validation_set(b, n_interior=n_interior, n_faces=n_faces,
+                                       n_corners=n_corners, seed=seed, design=design)
     n_steps = int(problem.n_steps)
-    y = np.concatenate([np.asarray(problem(params[i:i + chunk]), dtype=np.float32)
-                        .reshape(len(params[i:i + chunk]) * n_steps, -1)
-                        for i in range(0, len(params), chunk)])
-    x = heat_features(np.repeat(params, n_steps, axis=0), np.tile(np.arange(n_steps),
-                      len(params)), bounds=bounds, n_steps=n_steps)
-    return x, y
+    key = {"version": _CACHE_VERSION, "problem": str(problem_name),
+           "options": problem_options, "bounds": b.tolist(), "n_steps": n_steps,
+           "design": design, "n_interior": int(n_interior), "n_faces": int(n_faces),
+           "n_corners": int(n_corners), "seed": int(seed), "n_simulations": len(params)}
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    n_out = int(np.prod(problem.output_shape)) // n_steps
+    if cache is None:
+        fields = np.empty((len(params), n_steps, n_out), dtype=np.float32)
+        _simulate_into(problem, params, fields, chunk, progress)
+        return ValidationSet(params, group, fields, key)
+    cache = Path(cache)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(str(problem_name)).name)[:40] or "problem"
+    folder = cache / f"{name}-{_key_digest(key)}"
+    if folder.exists():
+        found = _load_cached(folder, key)
+        if found is not None:
+            return found
+        shutil.rmtree(folder)                # our own folder, stale or broken: regenerate
+    cache.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))
+    try:
+        np.save(stage / "params.npy", params, allow_pickle=False)
+        np.save(stage / "group.npy", group, allow_pickle=False)
+        fields = np.lib.format.open_memmap(stage / "fields.npy", mode="w+", dtype=np.float32,
+                                           shape=(len(params), n_steps, n_out))
+        _simulate_into(problem, params, fields, chunk, progress)
+        fields.flush()
+        del fields
+        (stage / "key.json").write_text(json.dumps(key, sort_keys=True, indent=1) + "\n")
+        try:
+            os.replace(stage, folder)
+        except OSError:
+            if not folder.exists():
+                raise
+            shutil.rmtree(stage, ignore_errors=True)      # another writer won the race
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    found = _load_cached(folder, key)
+    if found is None:
+        raise RuntimeError(f"validation cache {str(folder)!r} was written but does not read "
+                           "back; remove it and run again")
+    return ValidationSet(found.params, found.group, found.fields, key, folder, reused=False)
 
 
+# -- metrics and statistics -----------------------------------------------------------------
+def tail_metrics(errors: Any) -> dict[str, float]:
+    """Mean, median, P95, P99, CVaR 0.99 (mean of the errors at or above the 99th
+    percentile) and max of per-sample errors (any shape, flattened)."""
+    from ..report.metrics import tail_summary
+
+    e = np.asarray(errors, dtype=np.float64).ravel()
+    out = tail_summary(e)
+    out["cvar99"] = float(e[e >= out["p99"]].mean())
+    return {m: out[m] for m in METRICS}
+
+
+def ratio_statistics(reference: Any, values: Any, *, n_boot: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Paired ratios ``reference / values`` over seeds, summarised on the log scale.
+
+    Returns ``ratio`` (geometric mean: ``exp(mean(log r))``), ``lo`` / ``hi`` (percentile
+    bootstrap interval at ``level``: seeds resampled with replacement ``n_boot`` times by
+    ``numpy.random.default_rng(seed)``, the mean log-ratio of each resample), ``log_sd``
+    (sd of the per-seed log-ratios, 0 with one seed) and ``per_seed`` (the ratios).
+    """
+    u = np.asarray(reference, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if u.shape != v.shape or u.ndim != 1 or len(u) == 0:
+        raise ValueError(f"reference and values must be equal-length 1-d arrays with at least "
+                         f"one seed, got shapes {u.shape} and {v.shape}")
+    if not (np.all(u > 0) and np.all(v > 0) and np.isfinite(u).all() and np.isfinite(v).all()):
+        raise ValueError("ratios need finite positive errors, got "
+                         f"{u.tolist()} and {v.tolist()}")
+    log_r = np.log(u) - np.log(v)
+    idx = np.random.default_rng(seed).integers(0, len(log_r), size=(n_boot, len(log_r)))
+    boot = log_r[idx].mean(axis=1)
+    a = (1.0 - level) / 2
+    lo, hi = np.quantile(boot, [a, 1.0 - a])
+    return {"ratio": float(np.exp(log_r.mean())), "lo": float(np.exp(lo)),
+            "hi": float(np.exp(hi)),
+            "log_sd": float(log_r.std(ddof=1)) if len(log_r) > 1 else 0.0,
+            "per_seed": np.exp(log_r).tolist()}
+
+
+# -- samplers and the lockstep engine ---------------------------------------------------------
 def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
     """``config`` with sampler ``name`` (a registry name or a Breed variant such as
     ``breed-weighted``); a non-Breed sampler drops the Breed options."""
@@ -118,31 +334,82 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
     return config.model_copy(update={"sampler": section})
 
 
-def lockstep_study(config: OnlineStudyConfig, *, x_val: np.ndarray, y_val: np.ndarray,
-                   batches_per_simulation: float = 5.0,
+def _bounds(config: OnlineStudyConfig, problem: Any) -> np.ndarray:
+    return (np.asarray(config.sampler.bounds, dtype=np.float64) if config.sampler.bounds
+            else np.asarray(problem.parameter_bounds, dtype=np.float64))
+
+
+def _drain_size(buffer: Any) -> int:
+    """Samples the end-of-ensemble drain will serve: every stored sample once (reservoir,
+    FIFO), each FIRO sample its remaining pseudo-epochs."""
+    if buffer.kind == "firo":
+        return int((buffer.pseudo_epochs - buffer.seen_counts()).clip(min=0).sum())
+    return len(buffer)
+
+
+def _errors(trainer: Any, val: ValidationSet, bounds: np.ndarray, chunk: int = 16
+            ) -> np.ndarray:
+    """Per-sample relative L2 errors ``(V, T)`` on the validation set, ``chunk`` simulations
+    at a time (the fields stay on disk)."""
+    import torch
+
+    from .trainer import heat_features
+
+    v, t = val.fields.shape[:2]
+    steps = np.arange(t)
+    out = np.empty((v, t))
+    with torch.no_grad():
+        for i in range(0, v, chunk):
+            p = val.params[i:i + chunk]
+            x = heat_features(np.repeat(p, t, axis=0), np.tile(steps, len(p)), bounds=bounds,
+                              n_steps=t)
+            y = np.asarray(val.fields[i:i + len(p)], dtype=np.float64).reshape(len(p) * t, -1)
+            diff = trainer.predict(x).astype(np.float64) - y
+            err = np.linalg.norm(diff, axis=1) / np.linalg.norm(y, axis=1)
+            out[i:i + len(p)] = err.reshape(len(p), t)
+    return out
+
+
+def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
+                   passes: float | None = 1.5, batches_per_simulation: float | None = None,
                    progress: Callable[[int], None] | None = None) -> dict:
-    """Run the study of ``config`` in lockstep (module docstring); return the errors.
+    """Run the study of ``config`` in lockstep (module docstring); return its errors.
+
+    Budget: with ``passes``, ``passes x n_simulations x steps`` trained samples in all: the
+    expected end-of-ensemble drain (the buffer's capacity for a reservoir) is set aside and
+    the rest spread over the waves (a wave before the buffer's watermark trains nothing;
+    its share moves to the later waves), then the total is topped up to the nearest batch
+    before the drain. With ``batches_per_simulation`` instead, that fixed pace per
+    simulation (the old protocol). ``[training] max_batches`` and ``min_batches`` apply.
+    Torch uses ``[training] torch_threads`` threads, 1 when unset: batches of 10 are too small
+    to gain from more, and on a busy 2-core machine 2 threads made a run 8x slower (measured).
 
     Returns
     -------
-    dict with ``errors`` ``(V,)`` per-sample relative L2 errors on ``(x_val, y_val)``,
-    ``summary`` (mean, median, P95, P99, max), ``batches``, ``simulations``, ``seconds`` and,
-    for Breed, ``generations``, ``bred``, ``copies``.
+    dict with ``errors`` ``(V, T)`` per-sample relative L2 errors, ``params``
+    ``(n_simulations, d)`` where it simulated, ``metrics`` per group (:func:`tail_metrics`),
+    ``batches``, ``samples_trained``, ``samples_generated``, ``passes`` (achieved),
+    ``simulations``, ``seconds`` and, for Breed, ``generations``, ``bred``, ``copies``.
     """
     import torch
 
     from ..models.mlp import MLP
     from ..problems import get_problem
     from .buffers import Sample, make_buffer
-    from .samplers import make_sampler
+    from .sampler_registry import make_sampler
     from .trainer import OnlineTrainer, heat_features, target_scaling_from_bounds
 
+    if (passes is None) == (batches_per_simulation is None):
+        raise ValueError("give exactly one of passes and batches_per_simulation, got "
+                         f"{passes!r} and {batches_per_simulation!r}")
+    for name, v in (("passes", passes), ("batches_per_simulation", batches_per_simulation)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     t0 = time.perf_counter()
     cfg = config
     problem = get_problem(cfg.study.problem, **cfg.study.problem_options())
     n_steps = int(problem.n_steps)
-    bounds = (np.asarray(cfg.sampler.bounds, dtype=np.float64) if cfg.sampler.bounds
-              else np.asarray(problem.parameter_bounds, dtype=np.float64))
+    bounds = _bounds(cfg, problem)
     seed = cfg.study.seed
     sampler = make_sampler(cfg.sampler.name, bounds, seed=(
         cfg.sampler.seed if cfg.sampler.seed is not None else seed + 1),
@@ -150,9 +417,12 @@ def lockstep_study(config: OnlineStudyConfig, *, x_val: np.ndarray, y_val: np.nd
                               watermark=cfg.buffer.watermark))
     buffer = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, watermark=cfg.buffer.watermark,
                          seed=seed + 2, **cfg.buffer.options())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.training.torch_threads or 1)
     torch.manual_seed(seed)
     t = cfg.training
-    model = MLP(x_val.shape[1], y_val.shape[1], hidden=tuple(t.hidden))
+    n_out = int(validation.fields.shape[2])
+    model = MLP(bounds.shape[0] + 1, n_out, hidden=tuple(t.hidden))
     shift, scale = target_scaling_from_bounds(bounds)
     trainer = OnlineTrainer(model, lr=t.lr, weight_decay=t.weight_decay,
                             milestones=tuple(t.milestones), gamma=t.gamma, y_shift=shift,
@@ -175,37 +445,56 @@ def lockstep_study(config: OnlineStudyConfig, *, x_val: np.ndarray, y_val: np.nd
         return True
 
     n_sims, conc = cfg.study.n_simulations, cfg.executor.attempts_in_flight
-    launched, credit = 0, 0.0
+    generated = n_sims * n_steps
+    if passes is not None:
+        drain = min(cfg.buffer.capacity, generated)          # the drain serves the buffer once
+        in_loop = max(0.0, passes * generated - drain) / bs   # batches during the ensemble
+    else:
+        in_loop = batches_per_simulation * n_sims
+    launched = 0
     steps = np.arange(n_steps)
-    while launched < n_sims:
-        ids = list(range(launched, min(n_sims, launched + conc)))
-        params = np.stack([sampler.ask(1, sim_ids=[i])[0] for i in ids])
-        fields = np.asarray(problem(params), dtype=np.float32).reshape(len(ids), n_steps, -1)
-        for j, sim in enumerate(ids):
-            x = heat_features(np.repeat(params[j:j + 1], n_steps, axis=0), steps,
-                              bounds=bounds, n_steps=n_steps)
-            for step in range(n_steps):
-                while not buffer.put(Sample(sim, step, x[step], fields[j, step]), timeout=0):
-                    train_one()          # a FIFO / FIRO buffer is full: train to make room
-            sampler.simulation_finished(sim)
-        launched += len(ids)
-        credit += batches_per_simulation * len(ids)
-        while credit >= 1.0:
-            credit -= 1.0
-            if not train_one():
-                credit = 0.0
-        if progress is not None:
-            progress(launched)
-    while (t.min_batches is not None and trainer.batches_seen < t.min_batches
-           and train_one()):
-        pass
-    buffer.close()
-    while train_one():
-        pass
-    val = trainer.validate(x_val, y_val, return_errors=True)
-    out = {"errors": val["errors"], "summary": {k: float(val[k]) for k in _METRICS},
-           "batches": trainer.batches_seen, "simulations": launched,
-           "seconds": time.perf_counter() - t0}
+    all_params = []
+    try:
+        while launched < n_sims:
+            ids = list(range(launched, min(n_sims, launched + conc)))
+            params = np.stack([sampler.ask(1, sim_ids=[i])[0] for i in ids])
+            all_params.append(params)
+            fields = np.asarray(problem(params), dtype=np.float32).reshape(len(ids), n_steps,
+                                                                           -1)
+            for j, sim in enumerate(ids):
+                x = heat_features(np.repeat(params[j:j + 1], n_steps, axis=0), steps,
+                                  bounds=bounds, n_steps=n_steps)
+                for step in range(n_steps):
+                    while not buffer.put(Sample(sim, step, x[step], fields[j, step]),
+                                         timeout=0):
+                        train_one()       # a FIFO / FIRO buffer is full: train to make room
+                sampler.simulation_finished(sim)
+            left_before, launched = n_sims - launched, launched + len(ids)
+            # the batches still due, spread evenly over the simulations not yet trained for
+            goal = in_loop - (in_loop - trainer.batches_seen) * (n_sims - launched) / left_before
+            while trainer.batches_seen < round(goal) and train_one():
+                pass
+            if progress is not None:
+                progress(launched)
+        while (t.min_batches is not None and trainer.batches_seen < t.min_batches
+               and train_one()):
+            pass
+        if passes is not None:                # top up to the nearest batch of the target
+            while (trainer.samples_seen + _drain_size(buffer) + bs / 2 < passes * generated
+                   and train_one()):
+                pass
+        buffer.close()
+        while train_one():
+            pass
+        errors = _errors(trainer, validation, bounds)
+    finally:
+        torch.set_num_threads(threads)
+    out = {"errors": errors, "params": np.concatenate(all_params),
+           "metrics": {g: tail_metrics(errors[validation.group == i])
+                       for i, g in enumerate(GROUPS) if (validation.group == i).any()},
+           "batches": trainer.batches_seen, "samples_trained": trainer.samples_seen,
+           "samples_generated": generated, "passes": trainer.samples_seen / generated,
+           "simulations": launched, "seconds": time.perf_counter() - t0}
     if hasattr(sampler, "diagnostics"):
         m = sampler.metrics()
         out.update(generations=int(m["sampler_generation"]), bred=int(m["sampler_bred"]),
@@ -213,100 +502,149 @@ def lockstep_study(config: OnlineStudyConfig, *, x_val: np.ndarray, y_val: np.nd
     return out
 
 
-def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seeds: int = 5,
-                     batches_per_simulation: float = 5.0, n_edge: int = 64,
-                     n_interior: int = 64, val_seed: int = 2024,
+def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seeds: int = 10,
+                     passes: float | None = 1.5, batches_per_simulation: float | None = None,
+                     n_interior: int = 512, n_faces: int = 128, n_corners: int = 64,
+                     val_seed: int = 2024, design: str = "sobol",
+                     cache: str | Path | None = None, bootstrap_seed: int = 0,
+                     n_boot: int = 10000,
                      progress: Callable[[str], None] | None = None,
                      on_run: Callable[[dict], None] | None = None) -> dict:
     """Run every sampler with seeds ``0..seeds-1`` at the same budget; return the results.
 
-    ``progress(label)`` is called before each run, ``on_run(record)`` after it.
-
-    Seed ``s`` sets ``[study] seed`` (network initialisation, buffer) and the sampler seed
-    ``s + 1`` for every sampler, so runs of one seed are paired.
+    ``progress(label)`` is called before the validation set and before each run,
+    ``on_run(record)`` after each run. Seed ``s`` sets ``[study] seed = s`` and the sampler
+    seed ``s + 1`` for every sampler (paired runs). The budget is ``passes`` (or the old
+    fixed ``batches_per_simulation``); the validation set is :func:`validation_set` (cached
+    in ``cache`` when given). The result holds the ``protocol``, the ``validation`` set and
+    the ``runs``; :func:`summarise_comparison` computes the ratios.
     """
     from ..problems import get_problem
 
     samplers = list(samplers)
     if not samplers:
         raise ValueError("samplers must name at least one sampler")
+    if len(set(samplers)) != len(samplers):
+        raise ValueError(f"samplers must be distinct, got {samplers}")
     if "uniform" not in samplers:
         raise ValueError(f"samplers must include 'uniform' (the reference), got {samplers}")
     cfgs = {name: sampler_config(config, name) for name in samplers}   # validate all first
-    seeds = int(seeds)
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if (passes is None) == (batches_per_simulation is None):
+        raise ValueError("give exactly one of passes and batches_per_simulation, got "
+                         f"{passes!r} and {batches_per_simulation!r}")
     problem = get_problem(config.study.problem, **config.study.problem_options())
-    bounds = (np.asarray(config.sampler.bounds, dtype=np.float64) if config.sampler.bounds
-              else np.asarray(problem.parameter_bounds, dtype=np.float64))
-    params, group = box_validation_set(bounds, n_edge=n_edge, n_interior=n_interior,
-                                       seed=val_seed)
-    x_val, y_val = _validation_arrays(problem, params, bounds)
-    n_steps = int(problem.n_steps)
+    bounds = _bounds(config, problem)
+    n_val = n_interior + (n_faces if len(bounds) > 1 else 0) + min(n_corners, 2 ** len(bounds))
+    def val_progress(done: int) -> None:
+        if progress is not None:
+            progress(f"validation set {done}/{n_val} simulations")
+
+    val_progress(0)
+    val = validation_set(problem, bounds, problem_name=config.study.problem,
+                         problem_options=config.study.problem_options(),
+                         n_interior=n_interior, n_faces=n_faces, n_corners=n_corners,
+                         seed=val_seed, design=design, cache=cache, progress=val_progress)
     runs = []
-    for seed in range(seeds):
+    for seed in range(int(seeds)):
         for name in samplers:
             cfg = cfgs[name].with_overrides(**{"study.seed": seed, "sampler.seed": seed + 1})
             if progress is not None:
                 progress(f"{name} seed {seed}")
-            res = lockstep_study(cfg, x_val=x_val, y_val=y_val,
+            res = lockstep_study(cfg, validation=val, passes=passes,
                                  batches_per_simulation=batches_per_simulation)
-            err = res.pop("errors")
-            by_group = {g: _tail(err.reshape(len(params), n_steps)[group == i])
-                        for i, g in enumerate(("corner", "edge", "interior"))}
-            runs.append({"sampler": name, "seed": seed, **res, "by_group": by_group,
-                         "errors": err})
+            runs.append({"sampler": name, "seed": seed, **res})
             if on_run is not None:
                 on_run(runs[-1])
-    return {"samplers": samplers, "seeds": seeds, "batches_per_simulation":
-            batches_per_simulation, "n_simulations": config.study.n_simulations,
-            "validation": {"n_simulations": len(params), "corners": int((group == 0).sum()),
-                           "edge": int((group == 1).sum()),
-                           "interior": int((group == 2).sum()), "seed": val_seed,
-                           "samples": int(len(params) * n_steps)},
-            "runs": runs}
+    t = config.training
+    protocol = {
+        "samplers": samplers, "seeds": list(range(int(seeds))),
+        "seed_rule": "run of seed s: [study] seed = s, sampler seed = s + 1, every sampler",
+        "reference": "uniform",
+        "passes": passes, "batches_per_simulation": batches_per_simulation,
+        "n_simulations": config.study.n_simulations, "steps_per_simulation":
+            int(problem.n_steps), "batch_size": t.batch_size,
+        "buffer": {"kind": config.buffer.kind, "capacity": config.buffer.capacity,
+                   "watermark": config.buffer.watermark},
+        "validation": {"design": design, "seed": val_seed, "n_interior": n_interior,
+                       "n_faces": n_faces, "n_corners": n_corners, "groups": val.sizes(),
+                       "key": _key_digest(val.key),
+                       "cache": None if val.path is None else str(val.path),
+                       "reused": val.reused},
+        "bootstrap": {"seed": bootstrap_seed, "resamples": n_boot, "level": 0.95,
+                      "statistic": "geometric mean over seeds of uniform / sampler, "
+                      "paired percentile bootstrap over seeds"},
+        "metrics": list(METRICS), "groups": list(GROUPS), "headline": "interior"}
+    return {"protocol": protocol, "validation": val, "runs": runs}
 
 
-def _tail(errors: np.ndarray) -> dict:
-    from ..report.metrics import tail_summary
-
-    return tail_summary(errors)
-
-
+# -- summary, table, files ----------------------------------------------------------------
 def summarise_comparison(result: dict) -> dict:
-    """Per sampler and metric: mean and std over seeds of the value and of the per-seed ratio
-    ``uniform / sampler`` (paired by seed)."""
+    """``{group: {sampler: {metric: stats}}}`` over seeds: ``mean`` / ``std`` of the value
+    and the paired ratio statistics of :func:`ratio_statistics` (``ratio``, ``lo``, ``hi``,
+    ``log_sd``, ``per_seed``) of ``uniform / sampler``, bootstrap seed and resamples from
+    ``result["protocol"]["bootstrap"]``."""
+    boot = result["protocol"]["bootstrap"]
     runs = result["runs"]
-    ref = {r["seed"]: r["summary"] for r in runs if r["sampler"] == "uniform"}
-    table = {}
-    for name in result["samplers"]:
-        rows = [r for r in runs if r["sampler"] == name]
-        entry = {}
-        for m in _METRICS:
-            v = np.array([r["summary"][m] for r in rows])
-            ratio = np.array([ref[r["seed"]][m] / r["summary"][m] for r in rows])
-            entry[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1
-                        else 0.0, "ratio": float(ratio.mean()),
-                        "ratio_std": float(ratio.std(ddof=1)) if len(v) > 1 else 0.0,
-                        "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max())}
-        entry["batches"] = float(np.mean([r["batches"] for r in rows]))
-        entry["seconds"] = float(np.mean([r["seconds"] for r in rows]))
-        table[name] = entry
+    samplers = result["protocol"]["samplers"]
+    ref = {r["seed"]: r["metrics"] for r in runs if r["sampler"] == "uniform"}
+    table: dict = {}
+    for g in GROUPS:
+        if not all(g in r["metrics"] for r in runs):
+            continue
+        table[g] = {}
+        for name in samplers:
+            rows = sorted((r for r in runs if r["sampler"] == name), key=lambda r: r["seed"])
+            entry = {}
+            for m in METRICS:
+                v = np.array([r["metrics"][g][m] for r in rows])
+                u = np.array([ref[r["seed"]][g][m] for r in rows])
+                entry[m] = {"mean": float(v.mean()),
+                            "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                            **ratio_statistics(u, v, n_boot=boot["resamples"],
+                                               seed=boot["seed"], level=boot["level"])}
+            table[g][name] = entry
     return table
 
 
-def comparison_table(summary: dict, *, seeds: int) -> str:
-    """Markdown table: value mean +- std over seeds, and ratio uniform / sampler (+- std)."""
-    head = ("| sampler | " + " | ".join(m.upper() if m.startswith("p") else m
-                                       for m in _METRICS) + " |")
-    lines = [head, "|" + "---|" * (len(_METRICS) + 1)]
-    for name, e in summary.items():
-        cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f} (×{e[m]['ratio']:.2f} ± "
-                 f"{e[m]['ratio_std']:.2f})" for m in _METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Per-sample relative L2 error, mean ± std over {seeds} seeds; (×r ± s): "
-                 "ratio uniform / sampler per seed (> 1 is better), mean ± std.")
+def _passes_line(result: dict) -> str:
+    p = [r["passes"] for r in result["runs"]]
+    want = result["protocol"]["passes"]
+    ask = (f"requested {want:g}" if want is not None else
+           f"fixed pace {result['protocol']['batches_per_simulation']:g} batches/simulation")
+    return f"training passes: {ask}, achieved {min(p):.3f}-{max(p):.3f}"
+
+
+def comparison_table(summary: dict, result: dict) -> str:
+    """Markdown: per group, per metric, the absolute error of each sampler (mean over seeds)
+    and, for the others, the geometric-mean ratio uniform / sampler with its 95 % interval."""
+    proto = result["protocol"]
+    samplers, n = proto["samplers"], len(proto["seeds"])
+    sizes = proto["validation"]["groups"]
+    lines = []
+    for g, entries in summary.items():
+        head = " (headline)" if g == proto["headline"] else ""
+        lines += [(f"### {g}{head}: {sizes[g]['simulations']} simulations, "
+                   f"{sizes[g]['samples']} samples"), "",
+                  "| metric | " + " | ".join(samplers) + " |",
+                  "|---|" + "---|" * len(samplers)]
+        for m in METRICS:
+            cells = []
+            for name in samplers:
+                e = entries[name][m]
+                cell = f"{e['mean']:.4f}"
+                if name != "uniform":
+                    cell += f" ×{e['ratio']:.2f} [{e['lo']:.2f}, {e['hi']:.2f}]"
+                cells.append(cell)
+            lines.append(f"| {_LABELS[m]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    b = proto["bootstrap"]
+    lines += [f"Per-sample relative L2 error, mean over {n} paired seed(s); ×r [lo, hi]:",
+              "geometric mean over seeds of uniform / sampler (> 1: better than uniform) and",
+              (f"its 95 % paired bootstrap interval ({b['resamples']} resamples of the seeds, "
+               f"bootstrap seed {b['seed']})."), "CVaR0.99: mean error at or above P99; "
+              + _passes_line(result) + "."]
     return "\n".join(lines)
 
 
@@ -316,27 +654,30 @@ def _figure(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    inner = result["validation"].group == 0
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name in result["samplers"]:
-        err = np.sort(np.concatenate([r["errors"] for r in result["runs"]
+    for name in result["protocol"]["samplers"]:
+        err = np.sort(np.concatenate([r["errors"][inner].ravel() for r in result["runs"]
                                       if r["sampler"] == name]))
         surv = 1.0 - np.arange(len(err)) / len(err)
         ax[0].loglog(err, surv, label=name)
-        p99 = [r["summary"]["p99"] for r in result["runs"] if r["sampler"] == name]
+        p99 = [r["metrics"]["interior"]["p99"] for r in result["runs"] if r["sampler"] == name]
         ax[1].scatter([name] * len(p99), p99, s=18)
     ax[0].axhline(0.01, color="k", lw=0.5, ls=":")
     ax[0].set(xlabel="per-sample relative L2 error", ylabel="fraction of samples above",
-              title="error distribution (all seeds)")
+              title="interior error distribution (all seeds)")
     ax[0].legend(fontsize=8)
-    ax[1].set(ylabel="P99 per seed", title="P99 over seeds")
+    ax[1].set(ylabel="interior P99 per seed", title="interior P99 over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_comparison(result: dict, out: str | Path, *, config_path: str | None = None) -> dict:
+def write_comparison(result: dict, out: str | Path, *, config_path: str | None = None,
+                     stage: str | Path | None = None) -> dict:
     """Write ``compare.json``, ``compare.md``, ``errors.npz`` and
-    ``figures/compare_errors.png`` into the new folder ``out`` (staged, then renamed, so a
+    ``figures/compare_errors.png`` into the new folder ``out`` (staged -- in ``stage`` when
+    given, e.g. a folder that already holds the validation cache -- then renamed, so a
     failure leaves nothing); return the summary table."""
     from ..report.runfolder import to_jsonable
 
@@ -345,23 +686,32 @@ def write_comparison(result: dict, out: str | Path, *, config_path: str | None =
         raise FileExistsError(f"output folder {str(out)!r} already exists; choose another --out")
     summary = summarise_comparison(result)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    stage = (Path(stage) if stage is not None
+             else Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
-        runs = [{k: v for k, v in r.items() if k != "errors"} for r in result["runs"]]
-        payload = {**{k: v for k, v in result.items() if k != "runs"}, "config": config_path,
-                   "summary": summary, "runs": runs}
+        protocol = json.loads(json.dumps(to_jsonable(result["protocol"])))
+        cache = protocol["validation"]["cache"]
+        if cache is not None and Path(cache).resolve().is_relative_to(stage.resolve()):
+            protocol["validation"]["cache"] = str(out / Path(cache).resolve().relative_to(
+                stage.resolve()))
+        skip = ("errors", "params")
+        runs = [{k: v for k, v in r.items() if k not in skip} for r in result["runs"]]
+        payload = {"protocol": protocol, "config": config_path, "summary": summary,
+                   "runs": runs}
         (stage / "compare.json").write_text(json.dumps(to_jsonable(payload), indent=1,
                                                        allow_nan=False) + "\n")
-        (stage / "compare.md").write_text(comparison_table(summary, seeds=result["seeds"])
-                                          + "\n")
-        np.savez_compressed(stage / "errors.npz", **{
-            f"{r['sampler']}_seed{r['seed']}": r["errors"].astype(np.float32)
-            for r in result["runs"]})
-        (stage / "figures").mkdir()
+        table = comparison_table(summary, result)
+        (stage / "compare.md").write_text(table + "\n")
+        val = result["validation"]
+        arrays = {"validation_group": val.group, "validation_params": val.params}
+        for r in result["runs"]:
+            arrays[f"{r['sampler']}_seed{r['seed']}"] = r["errors"].astype(np.float32)
+            arrays[f"params_{r['sampler']}_seed{r['seed']}"] = r["params"]
+        np.savez_compressed(stage / "errors.npz", **arrays)
+        (stage / "figures").mkdir(exist_ok=True)
         _figure(result, stage / "figures" / "compare_errors.png")
         os.replace(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return summary
-
