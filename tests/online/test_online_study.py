@@ -121,6 +121,16 @@ def test_run_folder_summary_metrics_checkpoint(tmp_path):
     assert summary["samples_trained"] == state["trainer"]["samples_seen"]
     with pytest.raises(FileExistsError, match="not empty"):
         run_online_study(tiny(), out)
+    # the marker lists every path the run wrote: --overwrite may replace exactly those
+    from wheretolearn._ownership import MARKER, check_replaceable, list_tree
+
+    record = json.loads((out / MARKER).read_text())
+    assert record["paths"] == sorted(list_tree(out)) and "figures/online_training.png" in \
+        record["paths"]
+    assert check_replaceable(out, "run", overwrite=True) is True
+    (out / "figures" / "mine.png").write_bytes(b"a user's figure")
+    with pytest.raises(FileExistsError, match="mine.png"):
+        check_replaceable(out, "run", overwrite=True)
 
 
 def test_stop_at_max_batches_then_resume_to_the_end(tmp_path):

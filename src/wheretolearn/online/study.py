@@ -530,6 +530,10 @@ class OnlineStudy:
             with self.sampler_lock:
                 diagnostics = self.sampler.diagnostics()
             write_breed_report(diagnostics, self._history, self.run_dir)
+        from .._ownership import list_tree, write_marker
+
+        # every path the run wrote: ``--overwrite`` may replace exactly these, nothing else
+        write_marker(self.run_dir, "run", paths=list_tree(self.run_dir))
         return summary
 
     def summary(self, val: dict) -> dict:
