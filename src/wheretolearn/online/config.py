@@ -41,11 +41,11 @@ class StudySection(_Section):
     command: list[str] | None = None
     launcher: list[str] | None = None
     keep_outputs: bool = False
-    n: int = Field(64, ge=2)
-    n_steps: int = Field(100, ge=1)
+    n: int = Field(64, ge=2, le=4096)
+    n_steps: int = Field(100, ge=1, le=1_000_000)
     dt: float = Field(0.01, gt=0)
     side: float = Field(1.0, gt=0)
-    n_simulations: int = Field(200, ge=1)
+    n_simulations: int = Field(200, ge=1, le=10_000_000)
     seed: int = Field(0, ge=0)
     max_seconds: float | None = Field(None, gt=0)
 
@@ -123,22 +123,22 @@ class SamplerSection(_Section):
     sigma: float = Field(0.1, gt=0, le=1)
     children: Literal["reflect", "retry"] = "reflect"
     shrink: float = Field(0.3, gt=0, lt=1)
-    max_tries: int = Field(10, ge=1)
-    period: int | None = Field(None, ge=1)
-    min_finished: int | None = Field(None, ge=0)
+    max_tries: int = Field(10, ge=1, le=10_000)
+    period: int | None = Field(None, ge=1, le=100_000_000)
+    min_finished: int | None = Field(None, ge=0, le=10_000_000)
     r_start: float = Field(0.0, ge=0, le=1)
     r_end: float = Field(0.7, ge=0, le=1)
-    r_break: int = Field(3, ge=0)
-    window: int | None = Field(None, ge=1)
-    min_steps: int | None = Field(None, ge=1)
-    queue_size: int = Field(10, ge=1)
+    r_break: int = Field(3, ge=0, le=10_000)
+    window: int | None = Field(None, ge=1, le=10_000_000)
+    min_steps: int | None = Field(None, ge=1, le=1_000_000)
+    queue_size: int = Field(10, ge=1, le=100_000)
     trigger: Literal["period", "ess"] = "period"
     ess_threshold: float = Field(0.5, gt=0, le=1)
-    min_period: int = Field(20, ge=1)
+    min_period: int = Field(20, ge=1, le=100_000_000)
     fitness_loss: Literal["mse", "nrmse"] = "nrmse"
     fitness_baseline: Literal["batch", "step"] = "step"
     fitness_quantile: float | Literal["mean"] = 0.9
-    min_candidates: int = Field(5, ge=1)
+    min_candidates: int = Field(5, ge=1, le=10_000_000)
     weighted: bool = False
     weight_cap: float = Field(10.0, ge=1)
 
@@ -222,9 +222,9 @@ class BufferSection(_Section):
     ``policy`` (reservoir eviction: ``replace`` = Melissa, ``uniform`` = Algorithm R)."""
 
     kind: Literal["fifo", "firo", "reservoir"] = "reservoir"
-    capacity: int = Field(2500, ge=1)
-    watermark: int = Field(500, ge=1)
-    pseudo_epochs: int = Field(1, ge=1)
+    capacity: int = Field(2500, ge=1, le=100_000_000)
+    watermark: int = Field(500, ge=1, le=100_000_000)
+    pseudo_epochs: int = Field(1, ge=1, le=10_000)
     policy: Literal["replace", "uniform"] = "replace"
 
     def options(self) -> dict[str, Any]:
@@ -252,21 +252,22 @@ class TrainingSection(_Section):
     that many batches before the end-of-ensemble drain.
     """
 
-    batch_size: int = Field(10, ge=1)
+    batch_size: int = Field(10, ge=1, le=1_000_000)
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     milestones: list[int] = Field(default_factory=lambda: [1000, 2000])
     gamma: float = Field(0.5, gt=0, le=1)
-    max_batches: int | None = Field(None, ge=1)
-    min_batches: int | None = Field(None, ge=1)
-    torch_threads: int | None = Field(None, ge=1)  # None: cores left by local workers
+    max_batches: int | None = Field(None, ge=1, le=10_000_000_000)
+    min_batches: int | None = Field(None, ge=1, le=10_000_000_000)
+    torch_threads: int | None = Field(None, ge=1, le=1024)  # None: cores left by local workers
 
     @field_validator("hidden")
     @classmethod
     def _hidden(cls, value: list[int]) -> list[int]:
-        if not value or any(h < 1 for h in value):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {value}")
+        if not value or len(value) > 1_000 or any(h < 1 or h > 100_000 for h in value):
+            raise ValueError("hidden must be a non-empty list of at most 1000 widths, each "
+                             f"between 1 and 100000, got {value}")
         return value
 
 
@@ -289,16 +290,16 @@ class ExecutorSection(_Section):
     lasts when nobody cancels it (default 3 x timeout).
     """
 
-    workers: int = Field(2, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
+    workers: int = Field(2, ge=1, le=100_000)
+    max_concurrent: int | None = Field(None, ge=1, le=100_000)
     simulation_timeout: float = Field(60.0, gt=0)
-    max_retries: int = Field(3, ge=0)
+    max_retries: int = Field(3, ge=0, le=1_000)
     failures_before_redraw: int | None = Field(
         None, ge=1, validation_alias=AliasChoices("failures_before_redraw",
                                                   "crashes_before_redraw"))
     fail_rate: float = Field(0.0, ge=0, lt=1)
-    queue_maxsize: int = Field(64, ge=1)
-    max_message_bytes: int = Field(262144, ge=1)
+    queue_maxsize: int = Field(64, ge=1, le=1_000_000)
+    max_message_bytes: int = Field(262144, ge=1, le=2**31 - 1)
     hang_seconds: float | None = Field(None, gt=0)
 
     @property
@@ -319,16 +320,16 @@ class ValidationSection(_Section):
     time (None: always), so that validation never eats the training steps' time; the first
     scheduled validation and the final one always run."""
 
-    n_val: int = Field(10, ge=1)
+    n_val: int = Field(10, ge=1, le=1_000_000)
     seed: int = Field(12345, ge=0)
-    every_batches: int = Field(100, ge=1)
+    every_batches: int = Field(100, ge=1, le=10_000_000_000)
     max_fraction: float | None = Field(0.05, gt=0, le=1)
 
 
 class CheckpointSection(_Section):
     """``[checkpoint]``: save everything every ``every_batches`` batches and at the end."""
 
-    every_batches: int = Field(500, ge=1)
+    every_batches: int = Field(500, ge=1, le=10_000_000_000)
 
 
 class OnlineStudyConfig(_Section):

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["online_problems", "check_online_problem", "check_max_seconds", "preflight"]
+__all__ = ["online_problems", "check_online_problem", "check_online_memory",
+           "check_max_seconds", "preflight"]
 
 
 def check_max_seconds(value: Any) -> float | None:
@@ -95,9 +96,26 @@ def _check_writable_config(config: Any) -> None:
         raise ValueError(f"the configuration cannot be written as TOML: {exc}") from None
 
 
+def check_online_memory(config: Any, problem: Any) -> None:
+    """Refuse a study whose buffer and validation set alone exceed the machine's memory
+    (one ``ValueError`` naming the largest part and what to lower)."""
+    import math
+
+    from .._validation import check_memory
+
+    field = math.prod(tuple(problem.output_shape)[1:]) * 4           # float32 per step
+    steps = int(problem.n_steps)
+    check_memory({"the buffer ([buffer] capacity steps)": config.buffer.capacity * field,
+                  "the validation set ([validation] n_val simulations)":
+                      config.validation.n_val * steps * field},
+                 "this online study", "lower [buffer] capacity, [validation] n_val or the grid")
+
+
 def preflight(config: Any, out: str | Path) -> Any:
     """Check ``out`` and everything in ``config`` that can be checked without starting;
     return the built problem."""
     _check_out(out)
     _check_writable_config(config)
-    return check_online_problem(config)
+    problem = check_online_problem(config)
+    check_online_memory(config, problem)
+    return problem
