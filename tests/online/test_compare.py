@@ -190,6 +190,27 @@ def test_sampler_variants():
     assert (w.name, w.weighted, w.fitness_loss, w.sigma) == ("breed", True, "nrmse", 0.2)
     with pytest.raises(ValueError, match="unknown sampler variant"):
         sampler_config(cfg, "uniform-weighted")
+    # the boundary share is the base design of every sampler, not a Breed option
+    shared = cfg.with_overrides(**{"sampler.boundary_share": 0.25})
+    assert sampler_config(shared, "uniform").sampler.boundary_share == 0.25
+    assert sampler_config(shared, "breed").sampler.boundary_share == 0.25
+
+
+def test_breed_in_lockstep_knows_the_budget(monkeypatch):
+    # Breed stops resampling once the last simulation is asked: it must know the budget
+    from wheretolearn.online import sampler_registry
+
+    built = []
+
+    def spy(name, bounds, **kw):
+        built.append(kw)
+        return make(name, bounds, **kw)
+
+    make = sampler_registry.make_sampler
+    monkeypatch.setattr(sampler_registry, "make_sampler", spy)
+    cfg = OnlineStudyConfig.model_validate(TINY)
+    lockstep_study(sampler_config(cfg, "breed"), validation=_tiny_validation(cfg), passes=1.0)
+    assert built[0]["n_simulations"] == cfg.study.n_simulations
 
 
 def test_compare_cli_writes_json_and_table_and_nothing_on_bad_input(tmp_path):

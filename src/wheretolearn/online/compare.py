@@ -308,7 +308,8 @@ def ratio_statistics(reference: Any, values: Any, *, n_boot: int = 10000, seed: 
 # -- samplers and the lockstep engine ---------------------------------------------------------
 def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
     """``config`` with sampler ``name`` (a registry name or a Breed variant such as
-    ``breed-weighted``); a non-Breed sampler drops the Breed options."""
+    ``breed-weighted``); a non-Breed sampler drops the Breed options but keeps
+    ``boundary_share``."""
     base, *variant = name.split("-")
     unknown = set(variant) - _VARIANTS
     if unknown or (variant and base != "breed"):
@@ -316,7 +317,9 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
                          f"followed by any of {sorted(_VARIANTS)} joined with '-'")
     s = config.sampler
     if base != "breed":
-        section = SamplerSection(name=base, seed=s.seed, bounds=s.bounds)
+        # the same base design (boundary points included) as every other sampler
+        section = SamplerSection(name=base, seed=s.seed, bounds=s.bounds,
+                                 boundary_share=s.boundary_share)
     else:
         data = s.model_dump()
         data["name"] = "breed"
@@ -414,7 +417,8 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     sampler = make_sampler(cfg.sampler.name, bounds, seed=(
         cfg.sampler.seed if cfg.sampler.seed is not None else seed + 1),
         **cfg.sampler.options(n_steps=n_steps, capacity=cfg.buffer.capacity,
-                              watermark=cfg.buffer.watermark))
+                              watermark=cfg.buffer.watermark,
+                              n_simulations=cfg.study.n_simulations))
     buffer = make_buffer(cfg.buffer.kind, cfg.buffer.capacity, watermark=cfg.buffer.watermark,
                          seed=seed + 2, **cfg.buffer.options())
     threads = torch.get_num_threads()
