@@ -90,7 +90,7 @@ def unit_costs(problem: str, device: str, repeats: int = 3) -> dict:
     setup = ama_setup(problem, n=cfg.n)
     model = _model_factory(cfg, setup)[0](0)
     g = torch.Generator().manual_seed(0)
-    nu = setup.build(float(setup.theta0))
+    nu = setup.build(setup.theta0)
     x = nu.sample(paper["batch_size"], generator=g).float()
     y = torch.randn(paper["batch_size"], *setup.problem.output_shape, generator=g)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -117,9 +117,9 @@ def unit_costs(problem: str, device: str, repeats: int = 3) -> dict:
     t0 = time.perf_counter()
     for _ in range(repeats):
         if problem == "ntd":
-            obj.value(float(setup.theta0))
+            obj.value(setup.theta0)
         else:
-            t = torch.tensor(float(setup.theta0), dtype=torch.float64, requires_grad=True)
+            t = torch.tensor(setup.theta0, dtype=torch.float64, requires_grad=True)
             obj(t).value.backward()
     update_s = (time.perf_counter() - t0) / repeats
     return {"train_s_per_step": train_s, "update_s_per_unit": update_s,

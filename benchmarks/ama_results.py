@@ -39,21 +39,45 @@ def _cell(c: dict) -> str:
     return f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
 
 
+def _vec(v) -> str:
+    return "(" + ", ".join(f"{x:.2f}" for x in v) + ")" if isinstance(v, list) else f"{v:.3f}"
+
+
+SOURCES = ("learned", "initial", "barycenter", "mixture")
+
+
 def table() -> str:
-    lines = ["| problem (grid) | N | learned (AMA) | initial | mixture of Q_j | OOD error per AMA "
-             "iteration | J / J_0 at the end | learned parameter | wall / CPU s per run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The README / docs table: fresh models per source (unseen error, mean [95 % CI] over
+    repeats), the guard's recommendation, the in-loop J and how often theta moved."""
+    lines = ["| problem (grid) | N | learned (AMA) | initial | W2 barycenter | mixture of Q_j | "
+             "recommended (margin) | J / J_0 at the end | theta moved (iterations per repeat) | "
+             "wall s per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("ama_small_*.json")):
         s = json.loads(path.read_text())
+        if "recommended" not in s:
+            continue
+        b, rec = s["baselines_ci"], s["recommended"]
         for n in s["eval_n"]:
-            b = s["baselines_ci"]
-            hist = ", ".join(f"{e:.3f}" for e in s["ood_error"])
+            cells = " | ".join(_cell(b[src][str(n)]) if src in b else "-" for src in SOURCES)
             lines.append(
-                f"| {s['problem']} ({s['grid']}x{s['grid']}) | {n} | {_cell(b['learned'][str(n)])} | "
-                f"{_cell(b['initial'][str(n)])} | {_cell(b['mixture'][str(n)])} | {hist} | "
-                f"{s['relative_ama_loss'][-1]:.3f} | {s['learned']['parameter']} "
-                f"{s['learned']['initial']:.2f} -> {s['learned']['mean']:.3f} | "
-                f"{s['seconds'] / s['repeats']:.0f} / {s.get('cpu_seconds', float('nan')) / s['repeats']:.0f} |")
+                f"| {s['problem']} ({s['grid']}x{s['grid']}) | {n} | {cells} | "
+                f"{rec['source']} ({rec['margin']:.3f}) | {s['relative_ama_loss'][-1]:.3f} | "
+                f"{s.get('theta_moved_iterations')} | {s['seconds'] / s['repeats']:.0f} |")
+    return "\n".join(lines)
+
+
+def learned_table() -> str:
+    """Learned parameters per repeat (natural units) for the docs."""
+    lines = ["| problem | repeat | learned parameters | stop |", "|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("ama_small_*.json")):
+        s = json.loads(path.read_text())
+        if "recommended" not in s:
+            continue
+        for r, (m, why) in enumerate(zip(s["learned"]["measures"], s["learned"]["stop_reason"])):
+            keys = [k for k in ("omega", "m", "sigma", "tau", "alpha", "offset_sd") if k in m]
+            lines.append(f"| {s['problem']} | {r} | "
+                         f"{', '.join(f'{k} = {m[k]:.3g}' for k in keys)} | {why} |")
     return "\n".join(lines)
 
 
@@ -71,6 +95,8 @@ def main() -> None:
         torch.set_num_threads(1)
         run(args.problems, args.repeats)
     print(table())
+    print()
+    print(learned_table())
 
 
 if __name__ == "__main__":

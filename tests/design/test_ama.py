@@ -28,7 +28,7 @@ def _small(name, n, k=4):
 
 
 def _objective(s, mt, model, n_opt=16, L=0.5, Lp=1.0):
-    xi = s.build(float(s.theta0)).sample_coefficients(n_opt, torch.Generator().manual_seed(0))
+    xi = s.build(s.theta0).sample_coefficients(n_opt, torch.Generator().manual_seed(0))
     return AMAObjective(s, mt, model, xi, L, Lp, s.g0_true_sq())
 
 

@@ -81,7 +81,7 @@ def test_a_black_box_user_problem_uses_differential_evolution_in_its_bounds(tmp_
 
 def test_a_factory_may_return_a_full_ama_setup(tmp_path):
     s, _ = _run(tmp_path, "", "--problem", f"{USER}:make_setup")
-    assert s["grid"] == 6 and s["parameter"] == "mean" and s["ama_loss_monotone"] is True
+    assert s["grid"] == 6 and s["parameter"][0] == "mean" and s["ama_loss_monotone"] is True
 
 
 def test_field_setup_norms_points_and_family():

@@ -27,13 +27,56 @@ def _lipschitz(text: Optional[str]) -> Any:
     return value
 
 
+#: Flag of each bounded config key (``SIZE_LIMITS["ama"]``; the others are keys only).
+_SIZE_FLAGS = {"repeats": "--repeats", "iterations": "--iterations", "workers": "--workers",
+               "num_threads": "--num-threads"}
+
+
+def _sample_bytes(cfg) -> int | None:
+    """Bytes of one labelled (input, output) pair of a built-in problem (``None``: a user
+    problem, whose grid is its own)."""
+    item = 4 if cfg.dtype == "float32" else 8
+    if cfg.problem == "ntd":
+        return 2 * 4 * cfg.n * item             # boundary data in and out
+    if cfg.problem == "darcy":
+        return 2 * cfg.n ** 2 * item            # coefficient field in, solution out
+    return None
+
+
+def check_ama_size(cfg) -> None:
+    """Refuse sizes beyond :data:`SIZE_LIMITS` and, for the built-in problems, labelled
+    data larger than the machine's memory, before any work."""
+    from .._validation import SIZE_LIMITS, check_memory, check_sizes
+
+    check_sizes(cfg.model_dump(), SIZE_LIMITS["ama"], flags=_SIZE_FLAGS)
+    per = _sample_bytes(cfg)
+    if per is None:
+        return
+    held = {"meta-test samples (n_measures x (n_seen + n_unseen))":
+                cfg.n_measures * (cfg.n_seen + cfg.n_unseen) * per,
+            "training samples (n_train + n_opt + eval_n)":
+                (cfg.n_train + cfg.n_opt + max(cfg.eval_n)) * per}
+    check_memory(held, "this AMA study", "lower n, n_measures, n_seen, n_unseen, n_train, "
+                 "n_opt or eval_n")
+
+
+def _offset(text: Optional[str]) -> Any:
+    """``--offset-sd``: None, "family" or a float."""
+    if text is None or text == "family":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--offset-sd must be 'family' or a number >= 0, got {text!r}") from None
+
+
 def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     ns = [str(n) for n in summary["eval_n"]]
-    table = Table(title=(f"AMA {summary['problem']} ({summary['preset']}): unseen relative OOD "
-                         f"error (mean [95% CI] over {summary['repeats']} repeats)"))
+    table = Table(title=(f"AMA {summary['problem']} ({summary['preset']}): fresh models, unseen "
+                         f"relative OOD error (mean [95% CI] over {summary['repeats']} repeats)"))
     table.add_column("source")
     for n in ns:
         table.add_column(f"N={n}", justify="right")
@@ -43,14 +86,27 @@ def _print_summary(summary: dict) -> None:
     console = Console(width=max(100, 30 * (len(ns) + 1)))
     console.print(table)
     lip = summary["lipschitz"]
-    console.print(f"OOD error per iteration: {', '.join(f'{e:.4f}' for e in summary['ood_error'])}")
+    rec = summary.get("recommended")
+    if rec:
+        console.print(f"recommended: {rec['source']} (lowest seen error {rec['seen_error']:.4f} at "
+                      f"N={rec['n']}; margin {rec['margin']:.4f} over {rec['runner_up']}; learned "
+                      f"is {rec['learned_minus_best']:.4f} above the best)")
+    console.print(f"in-loop model (not a fresh model) OOD error per iteration: "
+                  f"{', '.join(f'{e:.4f}' for e in summary['ood_error'])}")
     console.print(f"J / J_0 per iteration: "
                   f"{', '.join(f'{e:.4f}' for e in summary['relative_ama_loss'])} "
                   f"(monotone: {summary['ama_loss_monotone']})")
     console.print(f"L = {lip['true'][0]['value']:.4g}, L' = {lip['model'][0]['value']:.4g} "
-                  f"(repeat 1); learned {summary['learned']['parameter']} = "
-                  f"{summary['learned']['mean']:.4f} (from {summary['learned']['initial']:.4f}); "
-                  f"{summary['seconds']:.1f} s")
+                  f"(repeat 1); learned {_fmt(summary['learned']['parameter'])} = "
+                  f"{_fmt(summary['learned']['mean'])} (from "
+                  f"{_fmt(summary['learned']['initial'])}); {summary['seconds']:.1f} s")
+
+
+def _fmt(value: Any) -> str:
+    """A float, a name, or a list of either, for the summary line."""
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 @app.command("ama")
@@ -86,6 +142,14 @@ def ama(
         None, "--cache-dir", help="labelled data (zarr; default: kept in memory)"),
     num_threads: Optional[int] = typer.Option(
         None, "--num-threads", help="torch threads (default: torch's current count)"),
+    theta_tol: Optional[float] = typer.Option(
+        None, "--theta-tol", help="stop when an update moves theta less than this (default 1e-4)"),
+    offset_sd: Optional[str] = typer.Option(
+        None, "--offset-sd", help="Darcy: spread of the random constant offset: 'family' (sd "
+                                  "of the meta-test means, default) or a number >= 0"),
+    learn_spectrum: Optional[bool] = typer.Option(
+        None, "--learn-spectrum/--mean-only",
+        help="Darcy: learn the KLE spectrum with the mean (default) or the mean only"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:
@@ -114,8 +178,10 @@ def ama(
              "seed": seed, "lipschitz": _lipschitz(lipschitz), "device": device,
              "workers": workers, "scheduler": scheduler, "cluster": cluster_cfg,
              "cache_dir": None if cache_dir is None else str(cache_dir),
-             "num_threads": num_threads}
+             "num_threads": num_threads, "theta_tol": theta_tol,
+             "offset_sd": _offset(offset_sd), "learn_spectrum": learn_spectrum}
     cfg = resolve_ama_config(file_cfg, flags)
+    check_ama_size(cfg)
     summary = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,
                             console=Console(stderr=True))
     _print_summary(summary)

@@ -1,20 +1,28 @@
-"""Alternating minimisation of the OOD bound (paper Alg. 2, §4.2; SPEC §4).
+"""Alternating minimisation of the OOD bound (paper Alg. 2, §4.2; SPEC §4; issue 21).
 
 Iteration 0 trains the model on ``N`` samples of the initial ``nu``. Each later iteration
-(b) updates ``nu = nu(theta)`` with the model fixed, to decrease ``J(nu, G)``, then (a)
-trains the model on ``N`` samples of the new ``nu``. ``J`` never increases (Prop. 4.7):
+(b) updates ``nu = nu(theta)`` (``theta`` a float or a vector) with the model fixed, to
+decrease ``J(nu, G)``, then (a) trains the model on ``N`` samples of the new ``nu``:
 
 * ``J`` is always evaluated on the same fixed latent draws ``xi_opt`` (common random
   numbers), so it is a deterministic function of ``theta`` and the model;
 * an update that does not lower ``J`` is reverted (Adam: the round is undone and its
   step halved before the next round; differential evolution: the old ``theta`` is kept);
-* after training, if ``J`` went up, training continues for ``retrain_steps`` more steps
-  up to ``retrain_rounds`` times (the authors' rule), and if it is still higher the
-  previous weights are restored.
+* training is judged on the *held-out loss* of the new data set (never on ``J``): the
+  previous weights' held-out loss on that split is the reference; training that does not
+  beat it continues for ``retrain_steps`` more steps up to ``retrain_rounds`` times, and
+  if it still does not, the previous weights are restored. A warm start never restores
+  the old weights silently (:func:`train_operator` keeps the best weights *seen during
+  training*);
+* the loop stops early, and says so (``stop_reason``), when an update moves ``theta`` by
+  less than ``theta_tol`` (max-norm).
 
-The Lipschitz constants ``L`` (solver) and ``L'`` (model) are estimated once, after the
-first training, over samples of ``nu_0`` and of every ``Q_j`` (or fixed by the user), and
-then kept fixed as in the paper, so ``J`` stays one function across iterations.
+The Lipschitz constants ``L`` (solver) and ``L'`` (model) and the model's ``||G(0)||`` are
+estimated once, after the first training, over samples of ``nu_0`` and of every ``Q_j`` (or
+fixed by the user), and then kept fixed as in the paper (the authors hard-coded all three),
+so ``J`` stays one function of ``(theta, G)`` whose model dependence is ``part1``. The safety
+factor on the estimates is a heuristic (the supremum over inputs is approximated by a
+maximum over samples); a map known to be linear (NtD) has one Jacobian, so its factor is 1.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from .ama_bound import (BoundValue, LipschitzEstimate, ama_bound, estimate_lipsc
                         lipschitz_or_fixed, quadrature_norm_sq, w2_squared_to_family)
 
 __all__ = ["AMAConfig", "AMAResult", "AMAObjective", "run_ama", "de_update", "adam_update",
-           "UPDATES"]
+           "UPDATES", "retrain", "theta_step"]
 
 
 @dataclass
@@ -61,12 +69,14 @@ class AMAConfig:
         Samples per measure (``nu_0`` and each ``Q_j``) for the estimates.
     lipschitz_iterations : int
         Power iterations.
-    update : "de" | "adam"
+    update : "de" | "adam" | "de+adam"
     de : dict
         ``differential_evolution`` options (``popsize``, ``tol``, ``maxiter``).
     adam : dict
         ``lr``, ``steps`` per round, ``rounds``.
     seed : int
+    theta_tol : float
+        Stop when an update moves ``theta`` by less than this (max over components).
     """
 
     n_train: int = 200
@@ -85,6 +95,7 @@ class AMAConfig:
     de: dict = field(default_factory=lambda: {"popsize": 30, "tol": 1e-12, "maxiter": 1000})
     adam: dict = field(default_factory=lambda: {"lr": 1e-3, "steps": 500, "rounds": 3})
     seed: int = 0
+    theta_tol: float = 1e-4
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_train, "n_train")
@@ -96,6 +107,7 @@ class AMAConfig:
         check_positive_int(self.lipschitz_samples, "lipschitz_samples")
         check_positive_int(self.lipschitz_iterations, "lipschitz_iterations")
         check_nonnegative_int(self.seed, "seed")
+        check_positive_float(self.theta_tol, "theta_tol", allow_zero=True)
         if self.update not in UPDATES:
             raise ValueError(f"update must be one of {', '.join(sorted(UPDATES))}, got "
                              f"{self.update!r}")
@@ -109,16 +121,21 @@ class AMAResult:
     ``J(nu_k, G_k)``, its parts, ``ood_error``, ``ood_error_squared``, the ``J`` after the
     update half-step, whether the update / training were accepted, and timings
     ``seconds_label``, ``seconds_train``, ``seconds_lipschitz``, ``seconds_update``).
+    ``ood_error`` there is the *in-loop* model's error (warm-started, trained across
+    iterations): not comparable with fresh-model errors. ``stop_reason``: "iterations" or
+    "theta moved less than theta_tol at iteration k".
     """
 
     history: list[dict]
-    theta: float
-    theta0: float
+    theta: Any
+    theta0: Any
     model: torch.nn.Module
     lipschitz_true: LipschitzEstimate
     lipschitz_model: LipschitzEstimate
     learned: Any = None
     initial_model: Any = None
+    stop_reason: str = "iterations"
+    g0_model_sq: float = 0.0
 
 
 class AMAObjective:
@@ -131,10 +148,14 @@ class AMAObjective:
     model : torch.nn.Module
     xi : (n_opt, K) tensor of standard-normal KLE coefficients
     lipschitz_true, lipschitz_model : float
+    g0_true_sq : float, ``||G*(0)||_q^2``
+    g0_model_sq : float or None
+        A fixed ``||G(0)||_q^2`` (the loop's estimate after the first training); None: the
+        current model's value at every evaluation.
     """
 
     def __init__(self, setup, metatest, model, xi, lipschitz_true: float, lipschitz_model: float,
-                 g0_true_sq: float):
+                 g0_true_sq: float, g0_model_sq: float | None = None):
         self.setup, self.model, self.xi = setup, model, xi
         self.family = metatest.measures
         self.m2_family = torch.stack([q.second_moment().double() for q in self.family])
@@ -142,8 +163,11 @@ class AMAObjective:
         self.g0_true_sq = g0_true_sq
         self.w_out = setup.output_weights.double()
         self.evaluations = 0
+        self.fixed_g0_model_sq = g0_model_sq
 
     def g0_model_sq(self) -> torch.Tensor:
+        if self.fixed_g0_model_sq is not None:
+            return torch.tensor(float(self.fixed_g0_model_sq), dtype=torch.float64)
         zero = torch.zeros(1, *self.setup.problem.input_shape, dtype=torch.float64)
         return quadrature_norm_sq(self.model(zero).double().cpu(), self.w_out)[0]
 
@@ -154,12 +178,20 @@ class AMAObjective:
             return nu.from_coefficients(self.xi)
         return nu.points
 
+    def truth(self, nu: Any, u: torch.Tensor) -> torch.Tensor:
+        """``G*(u)`` (B, *out): the setup's exact shortcut on the fixed draws when it has one
+        (Darcy: ``G*(c + v) = exp(-c) G*(v)``), else the batched solver (adjoint if grad)."""
+        if getattr(self.setup, "truth", None) is not None and self.xi is not None and \
+                hasattr(nu, "kle_part"):
+            return self.setup.truth(nu, self.xi)
+        return self.setup.problem(u)
+
     def __call__(self, theta: Any) -> BoundValue:
-        """``J`` at ``theta`` (a float or a tensor that may require grad)."""
+        """``J`` at ``theta`` (a float, a vector, or a tensor that may require grad)."""
         self.evaluations += 1
         nu = self.setup.build(theta)
         u = self.samples(nu)
-        truth = self.setup.problem(u)                       # batched solver (adjoint if grad)
+        truth = self.truth(nu, u)
         pred = self.model(u).double().cpu()
         part1 = quadrature_norm_sq(truth.double() - pred, self.w_out).mean()
         m2 = nu.second_moment().double()
@@ -173,40 +205,85 @@ class AMAObjective:
             return float(self(theta).value)
 
 
-def de_update(objective: AMAObjective, theta: float, *, bounds: tuple[float, float],
-              seed: int, popsize: int = 30, tol: float = 1e-12, maxiter: int = 1000) -> dict:
-    """Global 1-D update by ``scipy.optimize.differential_evolution`` (paper SM F.3)."""
+def _bounds_list(bounds: Any, dim: int) -> list[tuple[float, float]]:
+    """One ``(low, high)`` per component (a single pair for a 1-D parameter)."""
+    if bounds is None:
+        raise ValueError("differential evolution needs bounds")
+    b = list(bounds)
+    if len(b) == 2 and all(isinstance(v, (int, float)) for v in b):
+        b = [tuple(b)]
+    if len(b) < dim:
+        raise ValueError(f"bounds give {len(b)} intervals for a {dim}-component theta")
+    return [(float(lo), float(hi)) for lo, hi in b[:dim]]
+
+
+def _theta_out(like: Any, value: np.ndarray) -> Any:
+    """Return ``value`` in the kind of ``like``: a float for a scalar, else a list."""
+    if np.ndim(like) == 0:
+        return float(value[0])
+    return [float(v) for v in value]
+
+
+def de_update(objective: AMAObjective, theta: Any, *, bounds: Any, seed: int, popsize: int = 30,
+              tol: float = 1e-12, maxiter: int = 1000) -> dict:
+    """Global update by ``scipy.optimize.differential_evolution`` (paper SM F.3).
+
+    ``theta`` a float (``bounds`` one pair) or a vector (``bounds`` one pair per component);
+    returns ``{"theta": same kind, "evaluations"}``.
+    """
     from scipy.optimize import differential_evolution
 
-    res = differential_evolution(lambda t: objective.value(float(t[0])), [bounds],
-                                 popsize=popsize, tol=tol, maxiter=maxiter, seed=seed,
-                                 x0=np.array([min(max(theta, bounds[0]), bounds[1])]),
-                                 polish=True)
-    return {"theta": float(res.x[0]), "evaluations": int(res.nfev)}
+    x0 = np.atleast_1d(np.asarray(theta, dtype=np.float64))
+    b = _bounds_list(bounds, x0.size)
+    x0 = np.array([min(max(v, lo), hi) for v, (lo, hi) in zip(x0, b)])
+
+    def f(t):
+        return objective.value(_theta_out(theta, t))
+
+    res = differential_evolution(f, b, popsize=popsize, tol=tol, maxiter=maxiter, seed=seed,
+                                 x0=x0, polish=True)
+    return {"theta": _theta_out(theta, np.asarray(res.x)), "evaluations": int(res.nfev)}
 
 
-def adam_update(objective: AMAObjective, theta: float, *, lr: float = 1e-3, steps: int = 500,
-                rounds: int = 3, j_start: float | None = None) -> dict:
-    """Adam on ``theta`` with the gradient of ``J`` through the model *and* the solver.
+def adam_update(objective: AMAObjective, theta: Any, *, lr: float = 1e-3, steps: int = 500,
+                rounds: int = 3, j_start: float | None = None, mask: Any = None,
+                bounds: Any = None) -> dict:
+    """Adam on ``theta`` (float or vector) through reparametrised samples: the gradient of
+    ``J`` passes through the model, the solver (or its exact shortcut) and the closed-form
+    ``m2`` and ``W2``.
 
     Up to ``rounds`` rounds of ``steps`` steps; a round that does not lower ``J`` is undone
     and the step halved for the next one; stops after the first round that lowers ``J``.
+    ``mask`` (bool per component) freezes components (their values are detached, so an
+    exact shortcut that caches solves per spectrum stays valid). ``bounds`` (one pair per
+    component, or None) are enforced by projecting every iterate.
     """
-    best_theta = float(theta)
-    best_j = objective.value(best_theta) if j_start is None else j_start
+    vec = np.ndim(theta) > 0
+    best = np.atleast_1d(np.asarray(theta, dtype=np.float64)).copy()
+    keep = (torch.ones(best.size, dtype=torch.bool) if mask is None
+            else torch.as_tensor(np.asarray(mask, dtype=bool)))
+    best_j = objective.value(_theta_out(theta, best)) if j_start is None else j_start
     step = float(lr)
+    box = None if bounds is None else torch.tensor(_bounds_list(bounds, best.size),
+                                                   dtype=torch.float64)
     for _ in range(check_positive_int(rounds, "rounds")):
-        t = torch.tensor(best_theta, dtype=torch.float64, requires_grad=True)
+        t = torch.tensor(best, dtype=torch.float64, requires_grad=True)
         opt = torch.optim.Adam([t], lr=step)
         for _ in range(check_positive_int(steps, "steps")):
             opt.zero_grad(set_to_none=True)
-            objective(t).value.backward()
+            eff = torch.where(keep, t, t.detach())
+            objective(eff if vec else eff[0]).value.backward()
             opt.step()
-        j = objective.value(float(t.detach()))
+            if box is not None:
+                with torch.no_grad():
+                    t.copy_(torch.minimum(torch.maximum(t, box[:, 0]), box[:, 1]))
+        cand = t.detach().numpy().copy()
+        j = objective.value(_theta_out(theta, cand))
         if j < best_j:
-            return {"theta": float(t.detach()), "evaluations": objective.evaluations, "lr": step}
+            return {"theta": _theta_out(theta, cand), "evaluations": objective.evaluations,
+                    "lr": step}
         step *= 0.5
-    return {"theta": best_theta, "evaluations": objective.evaluations, "lr": step}
+    return {"theta": _theta_out(theta, best), "evaluations": objective.evaluations, "lr": step}
 
 
 def _de_step(objective, theta, *, setup, config, j_start, seed):
@@ -216,12 +293,42 @@ def _de_step(objective, theta, *, setup, config, j_start, seed):
 
 
 def _adam_step(objective, theta, *, setup, config, j_start, seed):
-    return adam_update(objective, theta, j_start=j_start, **config.adam)
+    bounds = setup.bounds if isinstance(setup.bounds, list) else None
+    return adam_update(objective, theta, j_start=j_start, mask=setup.mask, bounds=bounds,
+                       **config.adam)
+
+
+def _de_adam_step(objective, theta, *, setup, config, j_start, seed):
+    """A multimodal location parameter (NtD frequency): differential evolution over the first
+    component with the others fixed, then Adam over the whole vector from there."""
+    if setup.bounds is None or np.ndim(theta) == 0:
+        raise ValueError(f"update 'de+adam' needs a vector theta with bounds ({setup.name!r})")
+    rest = list(theta[1:])
+    sub = _FirstComponent(objective, rest)
+    first = de_update(sub, float(theta[0]), bounds=_bounds_list(setup.bounds, 1)[0], seed=seed,
+                      **config.de)["theta"]
+    start = [first, *rest]
+    j_mid = objective.value(start)
+    if j_mid > j_start:                                      # DE found nothing better
+        start, j_mid = list(theta), j_start
+    out = _adam_step(objective, start, setup=setup, config=config, j_start=j_mid, seed=seed)
+    return out
+
+
+class _FirstComponent:
+    """``J`` as a function of ``theta[0]`` with the other components fixed (for DE)."""
+
+    def __init__(self, objective, rest):
+        self.objective, self.rest = objective, rest
+
+    def value(self, t0: float) -> float:
+        return self.objective.value([float(t0), *self.rest])
 
 
 #: Distribution updates by name: ``(objective, theta, *, setup, config, j_start, seed) ->
 #: {"theta": ..., ...}``; a new variant (e.g. particle gradient flows) adds an entry.
-UPDATES: dict[str, Callable[..., dict]] = {"de": _de_step, "adam": _adam_step}
+UPDATES: dict[str, Callable[..., dict]] = {"de": _de_step, "adam": _adam_step,
+                                           "de+adam": _de_adam_step}
 
 
 def _lipschitz_samples(setup, metatest, nu_x: torch.Tensor, per: int) -> torch.Tensor:
@@ -251,23 +358,24 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     progress : callable, optional
         Forwarded to :func:`train_operator`.
     """
-    cfg = config
-    seed = cfg.seed
-    g = torch.Generator().manual_seed(seed)
-    theta = float(setup.theta0)
+    from .ama_problems import prepare_setup
+
+    cfg, seed = config, config.seed
+    setup = prepare_setup(setup, metatest)
+    theta = _initial_theta(setup)
     nu = setup.build(theta)
+    g = torch.Generator().manual_seed(seed)
     xi_opt = nu.sample_coefficients(cfg.n_opt, g)           # fixed for every J evaluation
     train_seed = 10_000 + seed                               # fixed training draws (CRN)
     model = model_factory(seed)
     history: list[dict] = []
-    g0_true = setup.g0_true_sq()
 
     def train(x, y, steps=None, k=0):
         return train_operator(model, x, y, config=cfg.train, steps=steps,
                               weights=setup.output_weights, seed=seed * 7919 + k,
                               progress=progress)
 
-    # ---- iteration 0: train on nu_0, estimate L and L'
+    # ---- iteration 0: train on nu_0, estimate L, L' and ||G(0)||
     t0 = time.perf_counter()
     x, y = labeller.label(nu, cfg.n_train, train_seed)
     t_label = time.perf_counter() - t0
@@ -275,26 +383,23 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     res = train(x, y)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    samples = _lipschitz_samples(setup, metatest, x, cfg.lipschitz_samples)
-    lip_true = lipschitz_or_fixed(cfg.lipschitz_true, lambda: estimate_lipschitz(
-        setup.problem, samples, input_weights=setup.input_weights.double(),
-        output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
-        safety=cfg.safety, jvp=setup.jvp, generator=seed))
-    lip_model = lipschitz_or_fixed(cfg.lipschitz_model, lambda: estimate_lipschitz(
-        lambda u: model(u).double().cpu(), samples, input_weights=setup.input_weights.double(),
-        output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
-        safety=cfg.safety, jvp="forward", generator=seed + 1))
+    lip_true, lip_model = _constants(setup, metatest, model, x, cfg)
     t_lip = time.perf_counter() - t0
-    objective = AMAObjective(setup, metatest, model, xi_opt, lip_true.value, lip_model.value, g0_true)
+    objective = AMAObjective(setup, metatest, model, xi_opt, lip_true.value, lip_model.value,
+                             setup.g0_true_sq())
+    g0_model = float(objective.g0_model_sq().detach())
+    objective.fixed_g0_model_sq = g0_model
     with torch.no_grad():
         bound = objective(theta)
     record = _record(0, theta, bound, None, metatest, model, t_label, t_train, t_lip, 0.0,
-                     update_accepted=None, train_accepted=True, train_steps=res.steps)
+                     update_accepted=None, train_accepted=True, train_steps=res.steps,
+                     val_loss=res.best_val_loss)
     history.append(record)
     if callback:
         callback(record)
     j_prev = record["ama_loss"]
     initial_model = copy.deepcopy(model)
+    stop_reason = "iterations"
 
     for k in range(1, cfg.iterations + 1):
         # ---- (b) update nu with the model fixed
@@ -303,44 +408,103 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
                                   seed=seed * 100 + k)
         j_upd = objective.value(out["theta"])
         update_accepted = j_upd <= j_prev
+        old = theta
         if update_accepted:
             theta = out["theta"]
         else:
             j_upd = j_prev
+        moved = theta_step(old, theta)
         t_update = time.perf_counter() - t0
-        # ---- (a) train on N samples of the new nu
+        if moved < cfg.theta_tol:
+            stop_reason = (f"theta moved {moved:.3g} < theta_tol = {cfg.theta_tol:g} at "
+                           f"iteration {k}")
+            break
+        # ---- (a) train on N samples of the new nu, judged on the held-out loss
         nu = setup.build(theta)
         label_before = labeller.seconds
         x, y = labeller.label(nu, cfg.n_train, train_seed)
         t_label = labeller.seconds - label_before
         t0 = time.perf_counter()
-        previous = copy.deepcopy(model.state_dict())
         if not cfg.warm_start:
-            model.load_state_dict(model_factory(seed + 1000 * k).state_dict())
-        res = train(x, y, k=k)
-        steps = res.steps
-        j_new = objective.value(theta)
-        rounds = 0
-        while j_new > j_upd and rounds < cfg.retrain_rounds:
-            steps += train(x, y, steps=cfg.retrain_steps, k=k * 100 + rounds + 1).steps
-            j_new = objective.value(theta)
-            rounds += 1
-        train_accepted = j_new <= j_upd
-        if not train_accepted:
-            model.load_state_dict(previous)
+            fresh = model_factory(seed + 1000 * k).state_dict()
+        outcome = retrain(model, lambda steps=None, x=x, y=y, k=k: train(x, y, steps=steps, k=k),
+                          rounds=cfg.retrain_rounds, retrain_steps=cfg.retrain_steps,
+                          start_state=None if cfg.warm_start else fresh)
         t_train = time.perf_counter() - t0
         with torch.no_grad():
             bound = objective(theta)
         record = _record(k, theta, bound, j_upd, metatest, model, t_label, t_train, 0.0, t_update,
-                         update_accepted=update_accepted, train_accepted=train_accepted,
-                         train_steps=steps, retrain_rounds=rounds)
+                         update_accepted=update_accepted, theta_step=moved, **outcome)
         history.append(record)
         if callback:
             callback(record)
         j_prev = record["ama_loss"]
-    return AMAResult(history=history, theta=theta, theta0=float(setup.theta0), model=model,
+    return AMAResult(history=history, theta=theta, theta0=setup.theta0, model=model,
                      lipschitz_true=lip_true, lipschitz_model=lip_model,
-                     learned=setup.build(theta), initial_model=initial_model)
+                     learned=setup.build(theta).detach() if hasattr(setup.build(theta), "detach")
+                     else setup.build(theta), initial_model=initial_model,
+                     stop_reason=stop_reason, g0_model_sq=g0_model)
+
+
+def _initial_theta(setup) -> Any:
+    """``theta0`` as a float (one parameter) or a list of floats (a vector)."""
+    t0 = setup.theta0
+    return [float(v) for v in t0] if np.ndim(t0) > 0 else float(t0)
+
+
+def theta_step(old: Any, new: Any) -> float:
+    """``max_i |new_i - old_i|``: how far an update moved ``theta`` (stop rule)."""
+    a = np.atleast_1d(np.asarray(old, dtype=np.float64))
+    b = np.atleast_1d(np.asarray(new, dtype=np.float64))
+    return float(np.max(np.abs(b - a))) if a.size else 0.0
+
+
+def retrain(model: torch.nn.Module, train: Callable[..., Any], *, rounds: int,
+            retrain_steps: int, start_state: dict | None = None) -> dict:
+    """Train ``model`` on a new data set and keep the result only if it helps.
+
+    The reference is the held-out loss of the *current* weights on the new data's split
+    (``TrainResult.initial_val_loss`` of the first call, before any step). Training that
+    does not beat it continues ``retrain_steps`` more steps, up to ``rounds`` times; if it
+    still does not, the previous weights are restored. ``start_state`` (a fresh
+    initialisation) replaces the weights before training (the reference stays the previous
+    weights' loss). ``train(steps=None) -> TrainResult`` trains in place on one fixed split.
+
+    Returns ``{"train_accepted", "train_steps", "retrain_rounds", "val_loss",
+    "val_loss_before"}`` (``val_loss``: held-out loss of the weights kept).
+    """
+    previous = copy.deepcopy(model.state_dict())
+    if start_state is not None:
+        ref = train(steps=1).initial_val_loss           # previous weights on the new split
+        model.load_state_dict(start_state)
+    res = train()
+    ref = res.initial_val_loss if start_state is None else ref
+    val, steps, done = res.best_val_loss, res.steps, 0
+    while not val < ref and done < rounds:
+        more = train(steps=retrain_steps)
+        steps += more.steps
+        val = min(val, more.best_val_loss)
+        done += 1
+    accepted = bool(val < ref)
+    if not accepted:
+        model.load_state_dict(previous)
+    return {"train_accepted": accepted, "train_steps": steps, "retrain_rounds": done,
+            "val_loss": float(val if accepted else ref), "val_loss_before": float(ref)}
+
+
+def _constants(setup, metatest, model, x, cfg) -> tuple[LipschitzEstimate, LipschitzEstimate]:
+    """``L`` (safety 1 for a linear ``G*``: one Jacobian everywhere) and ``L'``."""
+    samples = _lipschitz_samples(setup, metatest, x, cfg.lipschitz_samples)
+    safety_true = 1.0 if getattr(setup, "linear", False) else cfg.safety
+    lip_true = lipschitz_or_fixed(cfg.lipschitz_true, lambda: estimate_lipschitz(
+        setup.problem, samples, input_weights=setup.input_weights.double(),
+        output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
+        safety=safety_true, jvp=setup.jvp, generator=cfg.seed))
+    lip_model = lipschitz_or_fixed(cfg.lipschitz_model, lambda: estimate_lipschitz(
+        lambda u: model(u).double().cpu(), samples, input_weights=setup.input_weights.double(),
+        output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
+        safety=cfg.safety, jvp="forward", generator=cfg.seed + 1))
+    return lip_true, lip_model
 
 
 def _record(k, theta, bound: BoundValue, j_update, metatest, model, t_label, t_train, t_lip,
@@ -364,4 +528,6 @@ def _plain(theta: Any) -> Any:
         return float(t) if t.numel() == 1 else t.tolist()
     if isinstance(theta, np.ndarray):
         return float(theta) if theta.size == 1 else theta.astype(float).tolist()
+    if isinstance(theta, (list, tuple)):
+        return [float(v) for v in theta]
     return float(theta)

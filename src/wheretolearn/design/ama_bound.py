@@ -50,6 +50,8 @@ def w2_squared_to_family(nu: Any, family: Sequence[Any]) -> torch.Tensor:
     basis, exact OT (POT ``emd2``) between empirical measures (differentiable in ``nu``)."""
     from ..measures import wasserstein2_squared
 
+    if hasattr(nu, "w2_squared_to"):                    # the AMA family (SpectrumField)
+        return torch.stack([nu.w2_squared_to(q) for q in family])
     a = _w2_view(nu)
     return torch.stack([wasserstein2_squared(a, _w2_view(q)) for q in family])
 
@@ -167,7 +169,9 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     input_weights, output_weights : in / out-shaped tensors or None (Euclidean)
     iterations : int
     safety : float >= 1
-    jvp : "forward" | "fd" | "fd-random"
+    jvp : "forward" | "fd" | "fd-random" | "linearised"
+        ``"linearised"``: ``fn.linearise(x) -> (jvp, vjp)`` (Darcy: each sample's matrix
+        factored once for all power iterations, both products reuse the factors).
     generator : seed or torch.Generator for the start vectors
     batch : int
         Samples per power-iteration batch.
@@ -176,8 +180,11 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     safety = check_positive_float(safety, "safety")
     if safety < 1:
         raise ValueError(f"safety must be >= 1, got {safety}")
-    if jvp not in ("forward", "fd", "fd-random"):
-        raise ValueError(f"jvp must be 'forward', 'fd' or 'fd-random', got {jvp!r}")
+    if jvp not in ("forward", "fd", "fd-random", "linearised"):
+        raise ValueError(f"jvp must be 'forward', 'fd', 'fd-random' or 'linearised', got "
+                         f"{jvp!r}")
+    if jvp == "linearised" and not hasattr(fn, "linearise"):
+        raise ValueError("jvp='linearised' needs fn.linearise(x) -> (jvp, vjp)")
     x_all = as_tensor(samples, "samples")
     g = torch_generator(generator)
     win = None if input_weights is None else as_tensor(input_weights, "input_weights",
@@ -190,8 +197,12 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
         v = torch.randn(x.shape, generator=g, dtype=x.dtype)
         v = v / v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
         sigma = torch.zeros(x.shape[0], dtype=torch.float64)
+        lin = fn.linearise(x) if jvp == "linearised" else None     # one factorisation
         for _ in range(iterations):
-            jv = _jvp(fn, x, v * inv_root, "fd" if jvp == "fd-random" else jvp)
+            if lin is not None:
+                jv = lin[0](v * inv_root)
+            else:
+                jv = _jvp(fn, x, v * inv_root, "fd" if jvp == "fd-random" else jvp)
             wo = None if wout is None else wout.to(jv.dtype)
             z = jv if wo is None else jv * wo.sqrt()
             sigma = torch.maximum(sigma, z.reshape(z.shape[0], -1).norm(dim=1).double().detach())
@@ -199,7 +210,8 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
                 v = torch.randn(x.shape, generator=g, dtype=x.dtype)
                 v = v / v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
                 continue
-            back = _vjp(fn, x, z if wo is None else z * wo.sqrt()) * inv_root
+            u_out = z if wo is None else z * wo.sqrt()
+            back = (lin[1](u_out) if lin is not None else _vjp(fn, x, u_out)) * inv_root
             nrm = back.reshape(back.shape[0], -1).norm(dim=1).clamp_min(1e-300)
             v = (back / nrm.reshape(-1, *([1] * (x.ndim - 1)))).detach()
         norms.extend(sigma.tolist())

@@ -28,8 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["AMASetup", "ama_setup", "AMA_SETUPS", "available_ama_problems", "field_setup",
-           "grid_weights", "grid_points"]
+__all__ = ["AMASetup", "SpectrumField", "barycenter_field", "prepare_setup", "vector_theta",
+           "matern_sqrt_eigenvalues", "ama_setup", "AMA_SETUPS", "available_ama_problems",
+           "field_setup", "grid_weights", "grid_points"]
 
 
 @dataclass
@@ -54,8 +55,9 @@ class AMASetup:
         Name of ``theta`` in reports.
     bounds : (float, float) or None
         Search interval for a global update.
-    update : "de" | "adam"
-        Default update rule (differential evolution / Adam through model and solver).
+    update : "de" | "adam" | "de+adam"
+        Default update rule (differential evolution / Adam through model and solver / DE
+        over the first component then Adam over all).
     family : callable
         ``(n_measures, seed) -> (measures, params)``: the meta-test family ``Q_j``.
     branch, trunk : list of int
@@ -63,6 +65,17 @@ class AMASetup:
     jvp : "forward" | "fd" | "fd-random"
         How the Lipschitz estimate applies the solver's Jacobian (``"fd-random"``: a solver
         with no gradient at all, see :func:`~wheretolearn.design.ama_bound.estimate_lipschitz`).
+    linear : bool
+        ``G*`` is known to be linear (NtD): its Lipschitz estimate gets safety factor 1.
+    basis, center : KLE basis of the family and its mean removal (barycenter baseline).
+    mask : list of bool or None
+        Components of ``theta`` that the update may move (None: all).
+    truth : callable or None
+        ``(nu, xi) -> G*(nu.from_coefficients(xi))`` when a problem has a cheaper exact route
+        (Darcy's constant-shift identity); None: the solver on the samples.
+
+    ``theta0`` is a float (one parameter) or a list (a vector ``theta``, ``parameter`` then
+    lists the names); ``bounds`` is one ``(low, high)`` or a list of them.
     """
 
     name: str
@@ -71,15 +84,20 @@ class AMASetup:
     output_weights: torch.Tensor
     points: np.ndarray
     build: Callable[[Any], Any]
-    theta0: float
-    parameter: str
-    bounds: tuple[float, float] | None
+    theta0: Any
+    parameter: Any
+    bounds: Any
     update: str
     family: Callable[[int, int], tuple[list, list[dict]]]
     branch: list[int]
     trunk: list[int]
     jvp: str = "forward"
     options: dict = field(default_factory=dict)
+    linear: bool = False
+    basis: Any = None
+    center: bool = False
+    mask: Any = None
+    truth: Any = None
 
     def g0_true_sq(self) -> float:
         """``||G*(0)||_q^2`` (NtD: 0; Darcy: the solution for ``a = 1``)."""
@@ -91,31 +109,220 @@ class AMASetup:
         return float(quadrature_norm_sq(y, self.output_weights.double())[0])
 
 
+class SpectrumField:
+    """A Gaussian KLE field with a free spectrum and an optional random constant offset: the
+    parametric training family ``nu(theta)`` of the built-in AMA problems (issue 21).
+
+    A sample is ``u = P(mean + sum_k s_k xi_k phi_k) + offset_sd * eta`` with ``xi_k, eta``
+    i.i.d. ``N(0, 1)``, ``s_k = sqrt(lambda_k)`` (K,), ``phi_k`` the basis functions and ``P``
+    the removal of the grid average (``center=True``, NtD boundary data) or the identity.
+
+    Parameters
+    ----------
+    basis : KLEBasis
+    mean : scalar or grid-shaped tensor (may require grad)
+    sqrt_eigenvalues : (K,) tensor (may require grad)
+    offset_sd : float >= 0
+        Spread of the random constant offset (a design choice, not learned).
+    center : bool
+        Remove the grid average from every sample (NtD compatibility).
+    meta : dict
+        Natural parameters reported by :meth:`to_dict` (``omega``, ``tau`` ...).
+
+    Latent draws ``xi`` have ``K + 1`` columns (the last is ``eta``) when ``offset_sd > 0``.
+    """
+
+    def __init__(self, basis, *, mean, sqrt_eigenvalues, offset_sd: float = 0.0,
+                 center: bool = False, meta: dict | None = None, dtype=torch.float64):
+        if offset_sd < 0 or not math.isfinite(offset_sd):
+            raise ValueError(f"offset_sd must be a finite number >= 0, got {offset_sd!r}")
+        self.basis, self.dtype, self.center = basis, dtype, bool(center)
+        self.mean = torch.as_tensor(mean, dtype=dtype)
+        self.sqrt_eigenvalues = torch.as_tensor(sqrt_eigenvalues, dtype=dtype)
+        if self.sqrt_eigenvalues.shape != (basis.n_terms,):
+            raise ValueError(f"sqrt_eigenvalues must have shape ({basis.n_terms},), got "
+                             f"{tuple(self.sqrt_eigenvalues.shape)}")
+        self.offset_sd = float(offset_sd)
+        self.meta = dict(meta or {})
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.basis.grid_shape)
+
+    @property
+    def n_latent(self) -> int:
+        return self.basis.n_terms + (1 if self.offset_sd > 0 else 0)
+
+    def sample_coefficients(self, n: int, generator=None) -> torch.Tensor:
+        """Standard normal latent draws, shape (n, K [+ 1])."""
+        from .._validation import torch_generator
+
+        return torch.randn(int(n), self.n_latent, generator=torch_generator(generator),
+                           dtype=self.dtype)
+
+    def kle_part(self, xi: torch.Tensor) -> torch.Tensor:
+        """``sum_k s_k xi_k phi_k`` (no mean, no offset) for xi (n, K [+ 1]) -> (n, *grid)."""
+        k = self.basis.n_terms
+        return self.basis.synthesize(xi[:, :k].to(self.dtype) * self.sqrt_eigenvalues)
+
+    def offsets(self, xi: torch.Tensor) -> torch.Tensor:
+        """Per-sample constant shift ``mean + offset_sd * eta`` (n,) (scalar mean only)."""
+        eta = xi[:, -1].to(self.dtype) if self.offset_sd > 0 else 0.0 * xi[:, 0].to(self.dtype)
+        return self.mean + self.offset_sd * eta
+
+    def from_coefficients(self, xi) -> torch.Tensor:
+        """Samples for latent draws xi (n, K [+ 1]) -> (n, *grid); differentiable."""
+        xi = torch.as_tensor(xi, dtype=self.dtype)
+        if xi.ndim != 2 or xi.shape[1] != self.n_latent:
+            raise ValueError(f"xi must have shape (n, {self.n_latent}), got {tuple(xi.shape)}")
+        u = self.mean + self.kle_part(xi)
+        if self.center:
+            u = u - u.reshape(u.shape[0], -1).mean(1).reshape(-1, *[1] * (u.ndim - 1))
+        if self.offset_sd > 0:
+            u = u + self.offset_sd * xi[:, -1].reshape(-1, *[1] * (u.ndim - 1))
+        return u
+
+    def sample(self, n: int, *, generator=None) -> torch.Tensor:
+        return self.from_coefficients(self.sample_coefficients(n, generator))
+
+    def _gram(self) -> torch.Tensor:
+        """``B_kl = <P phi_k, P phi_l>_q`` (K, K); the identity without centring."""
+        q = self.basis.quadrature_weights.to(self.dtype).reshape(-1)
+        phi = self.basis.functions.to(self.dtype).reshape(self.basis.n_terms, -1)
+        if not self.center:
+            return (phi * q) @ phi.T
+        pc = phi - phi.mean(1, keepdim=True)
+        return (pc * q) @ pc.T
+
+    def second_moment(self) -> torch.Tensor:
+        """``E ||u||_q^2 = ||P mean||_q^2 + sum_k s_k^2 B_kk + offset_sd^2 sum q`` (the
+        offset is independent of the zero-mean KLE part; the cross term with a constant
+        mean is ``2 mean offset E eta = 0``)."""
+        q = self.basis.quadrature_weights.to(self.dtype)
+        m = self.mean.expand(self.event_shape)
+        if self.center:
+            m = m - m.mean()
+        diag = torch.diagonal(self._gram())
+        return ((q * m ** 2).sum() + (self.sqrt_eigenvalues ** 2 * diag).sum()
+                + self.offset_sd ** 2 * q.sum())
+
+    def w2_squared_to(self, other) -> torch.Tensor:
+        """``W2(nu, Q)^2`` to a Gaussian field ``Q`` on the same basis (an NtD measure: its
+        field before the mean removal, paper F.16, as :func:`~.ama_bound._w2_view`):
+
+            ||mean - mean_Q||_q^2 + sum_k (s_k - s_Q,k)^2 + offset_sd^2 sum q.
+
+        Without an offset this is the closed form; with one it is the cost of the coupling
+        that shares ``xi`` (the offset is independent of everything), an upper bound of
+        ``W2^2`` -- so ``J`` stays an upper bound of the OOD error."""
+        from .ama_bound import _w2_view
+
+        field = _w2_view(other)
+        q = self.basis.quadrature_weights.to(self.dtype)
+        dm = self.mean.expand(self.event_shape) - field.mean.to(self.dtype).expand(
+            self.event_shape)
+        ds = self.sqrt_eigenvalues - field.sqrt_eigenvalues.to(self.dtype)
+        return (q * dm ** 2).sum() + (ds ** 2).sum() + self.offset_sd ** 2 * q.sum()
+
+    def detach(self) -> "SpectrumField":
+        return SpectrumField(self.basis, mean=self.mean.detach(),
+                             sqrt_eigenvalues=self.sqrt_eigenvalues.detach(),
+                             offset_sd=self.offset_sd, center=self.center, meta=self.meta,
+                             dtype=self.dtype)
+
+    def to_dict(self) -> dict:
+        """JSON description (also the labelling cache key: it holds every parameter)."""
+        m = self.mean.detach().double()
+        return {"kind": "spectrum_field", "basis": repr(self.basis), **self.meta,
+                "mean": float(m) if m.ndim == 0 else m.reshape(-1).tolist(),
+                "sqrt_eigenvalues": self.sqrt_eigenvalues.detach().double().tolist(),
+                "offset_sd": self.offset_sd, "center": self.center}
+
+    def __repr__(self) -> str:
+        return f"SpectrumField({self.basis!r}, offset_sd={self.offset_sd:.4g}, {self.meta})"
+
+
+def matern_sqrt_eigenvalues(mu: torch.Tensor, sigma, tau, alpha) -> torch.Tensor:
+    """``sqrt(lambda_k) = sigma (mu_k + tau^2)^(-alpha / 2)`` (K,), differentiable."""
+    return sigma * (mu + tau ** 2) ** (-0.5 * alpha)
+
+
+def _spectrum(theta: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``theta[1:] = (log sigma, log tau, log alpha)`` -> sqrt eigenvalues and natural values."""
+    sigma, tau, alpha = torch.exp(theta[1]), torch.exp(theta[2]), torch.exp(theta[3])
+    meta = {"sigma": float(sigma.detach()), "tau": float(tau.detach()),
+            "alpha": float(alpha.detach())}
+    return matern_sqrt_eigenvalues(mu.to(theta.dtype), sigma, tau, alpha), meta
+
+
+def vector_theta(theta: Any, theta0: Any) -> torch.Tensor:
+    """``theta`` as a float64 vector like ``theta0``: a scalar replaces the first (location)
+    component only, the others keep their initial values; a vector must match."""
+    t0 = torch.as_tensor(np.atleast_1d(np.asarray(theta0, dtype=np.float64)))
+    t = theta if isinstance(theta, torch.Tensor) else torch.as_tensor(
+        np.asarray(theta, dtype=np.float64))
+    t = t.to(torch.float64)
+    if t.ndim == 0:
+        return torch.cat([t.reshape(1), t0[1:]]) if t0.numel() > 1 else t.reshape(1)
+    if t.shape != t0.shape:
+        raise ValueError(f"theta must be a scalar or have shape {tuple(t0.shape)}, got "
+                         f"{tuple(t.shape)}")
+    return t
+
+
+def barycenter_field(basis, measures: list, *, center: bool = False) -> SpectrumField:
+    """The W2 barycenter of Gaussian fields on one basis (commuting covariances): mean
+    ``mean_j m_j``, ``sqrt(lambda) = mean_j sqrt(lambda_j)``. NtD measures enter through
+    their fields before the mean removal (``center=True`` removes it from the samples)."""
+    from .ama_bound import _w2_view
+
+    fields = [_w2_view(q) for q in measures]
+    mean = torch.stack([f.mean.double().expand(basis.grid_shape) for f in fields]).mean(0)
+    if all(f.mean.ndim == 0 for f in fields):
+        mean = mean.reshape(-1)[0]
+    sqrt_eig = torch.stack([f.sqrt_eigenvalues.double() for f in fields]).mean(0)
+    return SpectrumField(basis, mean=mean, sqrt_eigenvalues=sqrt_eig, center=center,
+                         meta={"source": "W2 barycenter of the Q_j"})
+
+
 def _ntd_setup(n: int = 128, n_modes: int | None = None) -> AMASetup:
-    from ..measures import NtDInputMeasure, SineBasis1D
+    from ..measures import SineBasis1D
     from ..problems import get_problem
     from .operator_metatest import ntd_family
 
     problem = get_problem("ntd", n=n)
     nb = 4 * n - 4
     k = min(128, nb - 2) if n_modes is None else int(n_modes)
-    w = SineBasis1D(nb, k).quadrature_weights.float()
+    basis = SineBasis1D(nb, k)
+    w = basis.quadrature_weights.float()
+    s = torch.linspace(0.0, 1.0, nb, dtype=torch.float64)
 
     def build(theta):
-        return NtDInputMeasure(theta, n_boundary=nb, n_modes=k, dtype=torch.float64)
+        t = vector_theta(theta, theta0)
+        sqrt_eig, meta = _spectrum(t, basis.laplacian_eigenvalues)
+        return SpectrumField(basis, mean=torch.sin(t[0] * (s - 0.5)), sqrt_eigenvalues=sqrt_eig,
+                             center=True, meta={"omega": float(t[0].detach()), **meta})
 
+    # omega = 4 pi, the paper's training spectrum sigma = 3^1.5, tau = 3, alpha = 2
+    theta0 = [4 * math.pi, 1.5 * math.log(3.0), math.log(3.0), math.log(2.0)]
     return AMASetup(
         name="ntd", problem=problem, input_weights=w, output_weights=w,
-        points=problem.coordinates()["points"], build=build, theta0=4 * math.pi,
-        parameter="omega", bounds=(-4 * math.pi, 4 * math.pi), update="de",
+        points=problem.coordinates()["points"], build=build, theta0=theta0,
+        parameter=["omega", "log_sigma", "log_tau", "log_alpha"],
+        bounds=[(-4 * math.pi, 4 * math.pi), (0.0, math.log(200.0)), (0.0, math.log(60.0)),
+                (0.0, math.log(3.0))], update="de+adam",
         family=lambda j, seed: ntd_family(nb, n_measures=j, seed=seed, n_modes=k,
                                           dtype=torch.float64),
         branch=[nb, 256, 256, 128, 200], trunk=[2, 128, 128, 128, 200], jvp="forward",
-        options={"n": n, "n_modes": k})
+        options={"n": n, "n_modes": k}, linear=True, basis=basis, center=True)
 
 
-def _darcy_setup(n: int = 64, n_modes: int | None = None) -> AMASetup:
-    from ..measures import GaussianRandomField, SineBasis2D
+def _darcy_setup(n: int = 64, n_modes: int | None = None, offset_sd: Any = "family",
+                 learn_spectrum: bool = True) -> AMASetup:
+    """Darcy: ``theta = (m, log sigma, log tau, log alpha)``; ``log a = m + offset_sd eta +
+    KLE``. ``offset_sd="family"`` sets the offset spread to the sd of the meta-test means (a
+    design choice: ``J`` alone would shrink it to 0); set by :func:`prepare_setup`."""
+    from ..measures import SineBasis2D
     from ..problems import get_problem
     from .operator_metatest import darcy_family
 
@@ -123,18 +330,69 @@ def _darcy_setup(n: int = 64, n_modes: int | None = None) -> AMASetup:
     k = min(n - 2, 32) if n_modes is None else int(n_modes)
     basis = SineBasis2D(n, k)
     w = basis.quadrature_weights.float()
+    state = {"offset_sd": 0.0 if offset_sd == "family" else float(offset_sd)}
 
     def build(theta):
-        return GaussianRandomField(basis, alpha=2.0, tau=3.0, sigma=3.0, mean=theta,
-                                   dtype=torch.float64)
+        t = vector_theta(theta, theta0)
+        sqrt_eig, meta = _spectrum(t, basis.laplacian_eigenvalues)
+        return SpectrumField(basis, mean=t[0], sqrt_eigenvalues=sqrt_eig,
+                             offset_sd=state["offset_sd"],
+                             meta={"m": float(t[0].detach()), **meta})
 
-    return AMASetup(
+    theta0 = [0.0, math.log(3.0), math.log(3.0), math.log(2.0)]
+    setup = AMASetup(
         name="darcy", problem=problem, input_weights=w, output_weights=w,
-        points=problem.coordinates()["points"], build=build, theta0=0.0, parameter="mean",
+        points=problem.coordinates()["points"], build=build, theta0=theta0,
+        parameter=["mean", "log_sigma", "log_tau", "log_alpha"],
         bounds=None, update="adam",
         family=lambda j, seed: darcy_family(basis, n_measures=j, seed=seed, dtype=torch.float64),
-        branch=[n * n, 256, 256, 128, 200], trunk=[2, 128, 128, 128, 200], jvp="fd",
-        options={"n": n, "n_modes": k})
+        branch=[n * n, 256, 256, 128, 200], trunk=[2, 128, 128, 128, 200], jvp="linearised",
+        options={"n": n, "n_modes": k, "offset_sd": offset_sd, "learn_spectrum": learn_spectrum},
+        basis=basis, mask=[True, learn_spectrum, learn_spectrum, learn_spectrum])
+    setup.state = state
+    setup.truth = _darcy_truth(problem, frozen_spectrum=not learn_spectrum)
+    return setup
+
+
+def _darcy_truth(problem, frozen_spectrum: bool = False) -> Callable:
+    """``G*`` on samples of a Darcy :class:`SpectrumField` through the exact identity
+    ``G*(c + v) = exp(-c) G*(v)`` for a constant ``c`` (``a -> e^c a`` scales the solution
+    by ``e^-c``): the solves ``G*(v)`` of the KLE parts are cached per spectrum, so moving the
+    mean (or the offset) needs no solve; a spectrum that requires grad is solved (adjoint)
+    unless ``frozen_spectrum`` (the update never moves it: its gradient is discarded)."""
+    cache: dict = {}
+
+    def truth(nu, xi: torch.Tensor) -> torch.Tensor:
+        if nu.sqrt_eigenvalues.requires_grad and not frozen_spectrum:
+            base = problem(nu.kle_part(xi))
+        else:
+            key = (tuple(nu.sqrt_eigenvalues.detach().tolist()), xi.data_ptr(),
+                   tuple(xi.shape))
+            if key not in cache:
+                cache.clear()
+                with torch.no_grad():
+                    cache[key] = problem(nu.detach().kle_part(xi))
+            base = cache[key]
+        scale = torch.exp(-nu.offsets(xi))
+        return scale.reshape(-1, *[1] * (base.ndim - 1)) * base
+
+    return truth
+
+
+def _default_bounds(setup: AMASetup) -> list[tuple[float, float]]:
+    """Bounds of the spectrum components (log sigma, log tau, log alpha) for a global search."""
+    return [(-10.0, 10.0), (0.0, math.log(200.0)), (0.0, math.log(60.0)), (0.0, math.log(4.0))]
+
+
+def prepare_setup(setup: AMASetup, metatest) -> AMASetup:
+    """Settings that depend on the meta-test family: Darcy's offset spread ``"family"`` =
+    the (population) sd of the ``Q_j`` means."""
+    state = getattr(setup, "state", None)
+    if state is not None and setup.options.get("offset_sd") == "family":
+        means = [float(p["mean"]) for p in metatest.params]
+        state["offset_sd"] = float(np.std(means)) if len(means) > 1 else 0.0
+        setup.options["offset_sd_value"] = state["offset_sd"]
+    return setup
 
 
 #: Builders of AMA setups by problem name (keyword options: grid size ``n``, ``n_modes``).
@@ -288,9 +546,15 @@ def ama_setup(name: str, *, problem_options: dict | None = None, bounds: Any = N
         if mean_range is not None:
             raise ValueError(f"mean_range is for user field problems; {name!r} has its own "
                              "meta-test family")
-        setup = AMA_SETUPS[name](**options)
+        setup = AMA_SETUPS[name](**{k: v for k, v in options.items() if v is not None})
         if bounds is not None:
-            setup.bounds = (float(bounds[0]), float(bounds[1]))
+            b = (float(bounds[0]), float(bounds[1]))
+            if isinstance(setup.bounds, list) or (setup.bounds is None and
+                                                  isinstance(setup.theta0, list)):
+                rest = list(setup.bounds or [])[1:] or _default_bounds(setup)[1:]
+                setup.bounds = [b, *rest]
+            else:
+                setup.bounds = b
         return setup
     if not isinstance(name, str) or not name:
         raise ValueError(f"problem must be a name or an import path, got {name!r}")

@@ -3,9 +3,11 @@
 
     out/config.toml        resolved AMAStudyConfig
     out/metrics.jsonl      one record per AMA iteration and repeat
-    out/evaluation.jsonl   one record per baseline fit (source, N, repeat, error)
-    out/summary.json       per-iteration OOD error / AMA loss (mean, 95 % CI), baselines,
-                           Lipschitz estimates, learned parameters, timings
+    out/evaluation.jsonl   one record per guard fit (source, N, repeat, seen and unseen error)
+    out/summary.json       per-iteration in-loop OOD error / AMA loss (mean, 95 % CI), the
+                           guard (fresh models on learned / initial / barycenter / mixture,
+                           ``recommended`` and its margin), Lipschitz estimates, learned
+                           parameters, timings
     out/model.pt           the final DeepONet of repeat 0 (``DeepONet.load``)
     out/figures/*.png
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["AMAStudyConfig", "AMA_PRESETS", "resolve_ama_config", "run_ama_study"]
+__all__ = ["AMAStudyConfig", "AMA_PRESETS", "resolve_ama_config", "run_ama_study", "recommend"]
 
 _HIDDEN = {"ci": ([64, 64], [64, 64], 32), "small": ([128, 128], [128, 128], 64),
            "paper": ([256, 256, 128], [128, 128, 128], 200)}
@@ -38,17 +40,20 @@ AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ci": {"n": 12, "n_measures": 20, "n_seen": 4, "n_unseen": 8, "n_train": 100,
                "n_opt": 50, "iterations": 2, "steps": 300, "batch_size": 50, "eval_every": 50,
                "patience": 0, "retrain_rounds": 1, "retrain_steps": 100,
-               "de": {"popsize": 8, "tol": 1e-8, "maxiter": 15}, "eval_n": [100],
+               "de": {"popsize": 8, "tol": 1e-8, "maxiter": 15},
+               "adam": {"lr": 0.05, "steps": 5, "rounds": 1}, "eval_n": [100],
                "repeats": 2, "lipschitz_samples": 2, "lipschitz_iterations": 15},
         "small": {"n": 24, "n_measures": 20, "n_seen": 10, "n_unseen": 40, "n_train": 400,
                   "n_opt": 200, "iterations": 3, "steps": 1500, "batch_size": 100,
                   "eval_every": 100, "patience": 0, "retrain_rounds": 1, "retrain_steps": 500,
-                  "de": {"popsize": 15, "tol": 1e-10, "maxiter": 40}, "eval_n": [100, 400],
-                  "repeats": 2, "lipschitz_samples": 4, "lipschitz_iterations": 20},
+                  "de": {"popsize": 15, "tol": 1e-10, "maxiter": 40},
+                  "adam": {"lr": 0.05, "steps": 20, "rounds": 2}, "eval_n": [400],
+                  "repeats": 3, "lipschitz_samples": 4, "lipschitz_iterations": 20},
         "paper": {"n": 128, "n_measures": 20, "n_seen": 100, "n_unseen": 500, "n_train": 1000,
                   "n_opt": 1000, "iterations": 10, "steps": 5000, "batch_size": 1000,
                   "eval_every": 100, "patience": 0, "retrain_rounds": 10, "retrain_steps": 1000,
                   "de": {"popsize": 30, "tol": 1e-12, "maxiter": 1000},
+                  "adam": {"lr": 1e-2, "steps": 500, "rounds": 3},
                   "eval_n": [250, 500, 1000], "repeats": 5, "lipschitz_samples": 8,
                   "lipschitz_iterations": 30},
     },
@@ -61,12 +66,12 @@ AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "small": {"n": 24, "n_measures": 20, "n_seen": 5, "n_unseen": 20, "n_train": 200,
                   "n_opt": 40, "iterations": 3, "steps": 1000, "batch_size": 100,
                   "eval_every": 100, "patience": 0, "retrain_rounds": 1, "retrain_steps": 300,
-                  "adam": {"lr": 0.02, "steps": 25, "rounds": 2}, "eval_n": [50, 200],
-                  "repeats": 2, "lipschitz_samples": 3, "lipschitz_iterations": 15},
+                  "adam": {"lr": 0.05, "steps": 20, "rounds": 2}, "eval_n": [200],
+                  "repeats": 3, "lipschitz_samples": 3, "lipschitz_iterations": 15},
         "paper": {"n": 64, "n_measures": 20, "n_seen": 50, "n_unseen": 200, "n_train": 200,
                   "n_opt": 200, "iterations": 10, "steps": 5000, "batch_size": 200,
                   "eval_every": 100, "patience": 0, "retrain_rounds": 2, "retrain_steps": 1000,
-                  "adam": {"lr": 1e-3, "steps": 500, "rounds": 3}, "eval_n": [50, 100, 200],
+                  "adam": {"lr": 1e-2, "steps": 25, "rounds": 2}, "eval_n": [50, 100, 200],
                   "repeats": 13, "lipschitz_samples": 8, "lipschitz_iterations": 30},
     },
 }
@@ -130,7 +135,15 @@ class AMAStudyConfig(BaseModel):
     safety: float = 1.5
     lipschitz_samples: int = 2
     lipschitz_iterations: int = 15
-    update: Optional[Literal["de", "adam"]] = None
+    update: Optional[Literal["de", "adam", "de+adam"]] = None
+    theta_tol: float = Field(1e-4, description="stop when an update moves theta by less "
+                                                "(max over components)")
+    offset_sd: Optional[Union[Literal["family"], float]] = Field(
+        None, description="Darcy: spread of the random constant offset of log a ('family' = "
+                          "sd of the meta-test means, the default; 0 = none)")
+    learn_spectrum: Optional[bool] = Field(
+        None, description="Darcy: learn the KLE spectrum too (default true; false = the mean "
+                          "only, no solves in the update)")
     de: dict[str, Any] = Field(default_factory=dict)
     adam: dict[str, Any] = Field(default_factory=dict)
     eval_n: list[int] = Field(default_factory=lambda: [100])
@@ -232,6 +245,12 @@ class AMAStudyConfig(BaseModel):
         if self.update == "de" and self.problem == "darcy" and self.bounds is None:
             raise ValueError("update 'de' needs a bounded parameter: give bounds = [low, high] "
                              "for the Darcy mean")
+        if self.problem != "darcy" and (self.offset_sd is not None
+                                        or self.learn_spectrum is not None):
+            raise ValueError("offset_sd and learn_spectrum are Darcy settings")
+        if isinstance(self.offset_sd, float) and not (math.isfinite(self.offset_sd)
+                                                      and self.offset_sd >= 0):
+            raise ValueError("offset_sd must be 'family' or a finite number >= 0")
         builtin = self.problem in AMA_PRESETS
         if builtin and (self.problem_options or self.mean_range is not None):
             raise ValueError(f"problem_options and mean_range are for user problems, not "
@@ -277,7 +296,8 @@ def _ama_config(cfg: AMAStudyConfig, setup, repeat: int):
                      lipschitz_model=lip_model, safety=cfg.safety,
                      lipschitz_samples=cfg.lipschitz_samples,
                      lipschitz_iterations=cfg.lipschitz_iterations,
-                     update=cfg.update or setup.update, seed=cfg.seed + repeat, **kw)
+                     update=cfg.update or setup.update, seed=cfg.seed + repeat,
+                     theta_tol=cfg.theta_tol, **kw)
 
 
 def _model_factory(cfg: AMAStudyConfig, setup):
@@ -377,9 +397,11 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     cfg = config if isinstance(config, AMAStudyConfig) else AMAStudyConfig(**config)
     run = RunFolder(out_dir, overwrite=overwrite)
     t_start, cpu_start = time.perf_counter(), time.process_time()
+    extra = ({"offset_sd": cfg.offset_sd, "learn_spectrum": cfg.learn_spectrum}
+             if cfg.problem == "darcy" else {})
     setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes,
                       problem_options=cfg.problem_options or None, bounds=cfg.bounds,
-                      mean_range=cfg.mean_range)
+                      mean_range=cfg.mean_range, **extra)
     factory, arch = _model_factory(cfg, setup)
     with _threads(cfg.num_threads), _labelling_backend(cfg) as (cache, workers, scheduler), \
             run, _Bar(progress, console) as bar:
@@ -415,25 +437,34 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     return summary
 
 
-def _sources(cfg, setup, metatest, result):
+def _sources(cfg, setup, metatest, result) -> dict:
+    """The distributions the guard compares: the learned ``nu``, the initial one, the W2
+    barycenter of the ``Q_j`` (when the family is Gaussian on one basis) and their mixture."""
     from ..measures import Mixture
+    from .ama_problems import barycenter_field
 
-    return {"learned": result.learned, "initial": setup.build(float(setup.theta0)),
-            "mixture": Mixture(metatest.measures)}
+    out = {"learned": result.learned, "initial": setup.build(setup.theta0)}
+    if getattr(setup, "basis", None) is not None:
+        out["barycenter"] = barycenter_field(setup.basis, metatest.measures, center=setup.center)
+    out["mixture"] = Mixture(metatest.measures)
+    return out
 
 
 def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run) -> dict:
-    """Fresh models trained on ``N`` samples of each source, every repeat: OOD error."""
+    """The guard's data: fresh models (same ``N``, steps and seeds for every source) trained
+    on each source, every repeat; errors on the *seen* samples (selection) and the unseen
+    ones (report). Returns ``{split: {source: {N: [error per repeat]}}}``."""
     from ..models.operator_training import train_operator
 
-    names = ("learned", "initial", "mixture")
-    adv = bar.task("baselines", len(names) * len(cfg.eval_n) * cfg.repeats)
-    values: dict[str, dict[int, list[float]]] = {s: {n: [] for n in cfg.eval_n} for s in names}
+    names = list(_sources(cfg, setup, metatest, results[0]))
+    adv = bar.task("guard: fresh models", len(names) * len(cfg.eval_n) * cfg.repeats)
+    values = {split: {s: {n: [] for n in cfg.eval_n} for s in names}
+              for split in ("unseen", "seen")}
     tcfg = _ama_config(cfg, setup, 0).train
     for r, res in enumerate(results):
         srcs = _sources(cfg, setup, metatest, res)
         for n in cfg.eval_n:
-            for i, name in enumerate(names):
+            for name in names:
                 seed = 50_000 + 97 * r + n
                 x, y = labeller.label(srcs[name], n, seed)
                 model = factory(cfg.seed + 7 * r + 1)
@@ -442,12 +473,42 @@ def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run) -> dic
                                seed=seed)
                 model.eval()
                 sq = metatest.error_squared(model)
+                seen = metatest.error(model, split="seen")
                 rec = {"source": name, "n": n, "repeat": r, "error": math.sqrt(sq),
-                       "error_squared": sq, "seconds": time.perf_counter() - t0}
+                       "error_squared": sq, "seen_error": seen,
+                       "seconds": time.perf_counter() - t0}
                 run.append_metrics(rec, name="evaluation.jsonl")
-                values[name][n].append(rec["error"])
+                values["unseen"][name][n].append(rec["error"])
+                values["seen"][name][n].append(seen)
                 adv(info=f"{name} N={n}: {rec['error']:.4f}")
     return values
+
+
+def recommend(seen: dict[str, list[float]], unseen: dict[str, list[float]] | None = None
+              ) -> dict:
+    """The guard's choice: the source with the lowest mean *seen* error over repeats.
+
+    ``seen`` / ``unseen``: ``{source: [error per repeat]}``. Returns ``{"source",
+    "seen_error", "runner_up", "margin"}`` (``margin`` = runner-up's mean seen error minus
+    the best one's, >= 0), ``"learned_minus_best"`` (how much worse the learned ``nu`` is on
+    seen samples; 0 when it is recommended) and, with ``unseen``, the recommended source's
+    and the learned one's mean unseen errors.
+    """
+    if not seen:
+        raise ValueError("the guard needs at least one evaluated source")
+    means = {k: float(np.mean(v)) for k, v in seen.items()}
+    order = sorted(means, key=means.get)
+    best = order[0]
+    out = {"source": best, "seen_error": means[best], "seen_errors": means,
+           "runner_up": order[1] if len(order) > 1 else None,
+           "margin": means[order[1]] - means[best] if len(order) > 1 else 0.0,
+           "learned_minus_best": means.get("learned", means[best]) - means[best],
+           "selected_on": "mean relative error on the seen samples of the Q_j"}
+    if unseen is not None:
+        out["unseen_error"] = float(np.mean(unseen[best]))
+        if "learned" in unseen:
+            out["learned_unseen_error"] = float(np.mean(unseen["learned"]))
+    return out
 
 
 def _ci(values) -> dict:
@@ -458,8 +519,42 @@ def _ci(values) -> dict:
             "values": [float(v) for v in values]}
 
 
+def _padded(hist: list[list[dict]]) -> list[list[dict]]:
+    """Histories of equal length: a run that stopped early (theta converged) keeps its last
+    record for the remaining iterations (its distribution and model no longer change)."""
+    n = max(len(h) for h in hist)
+    return [h + [h[-1]] * (n - len(h)) for h in hist]
+
+
+def _learned(setup, results) -> dict:
+    """The learned parameters: per repeat, their mean per component, and the natural
+    parameters of each learned measure."""
+    values = [res.theta for res in results]
+    arr = np.array([np.atleast_1d(v) for v in values], dtype=np.float64)
+    mean = arr.mean(0)
+    init = setup.theta0
+    return {"parameter": setup.parameter,
+            "initial": [float(v) for v in init] if np.ndim(init) else float(init),
+            "values": values,
+            "mean": [float(v) for v in mean] if np.ndim(init) else float(mean[0]),
+            "measures": [res.learned.to_dict() if hasattr(res.learned, "to_dict") else
+                         repr(res.learned) for res in results],
+            "stop_reason": [res.stop_reason for res in results],
+            "iterations_run": [len(res.history) - 1 for res in results]}
+
+
+def _guard(cfg, evaluation) -> dict:
+    """``recommended`` per N and overall (at ``N = n_train`` when evaluated, else the
+    largest N)."""
+    per_n = {str(n): recommend({k: v[n] for k, v in evaluation["seen"].items()},
+                               {k: v[n] for k, v in evaluation["unseen"].items()})
+             for n in cfg.eval_n}
+    main = cfg.n_train if cfg.n_train in cfg.eval_n else max(cfg.eval_n)
+    return {**per_n[str(main)], "n": main, "per_n": per_n}
+
+
 def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
-    hist = [res.history for res in results]
+    hist = _padded([res.history for res in results])
     iters = len(hist[0])
     per_iter = lambda key: [[h[k][key] for h in hist] for k in range(iters)]  # noqa: E731
     ood, ood_sq, loss = per_iter("ood_error"), per_iter("ood_error_squared"), per_iter("ama_loss")
@@ -470,6 +565,9 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
     timing["seconds_initial_train"] = float(np.mean([h[0]["seconds_train"] for h in hist]))
     monotone = all(h[k + 1]["ama_loss"] <= h[k]["ama_loss"] * (1 + 1e-12)
                    for h in hist for k in range(iters - 1))
+    moved = [sum(1 for rec in res.history[1:] if rec.get("theta_step", 0.0) > 0)
+             for res in results]
+    unseen = evaluation["unseen"]
     return {
         "problem": cfg.problem,
         "preset": cfg.preset,
@@ -479,6 +577,9 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
         "n_train": cfg.n_train,
         "repeats": cfg.repeats,
         "norm": "quadrature L2 (trapezoid weights of the grid) for errors, m2, W2 and G(0)",
+        "in_loop_note": "ood_error* and initial/final_ood_error are the IN-LOOP model's errors "
+                        "(warm-started across iterations); compare sources only through "
+                        "'baselines' (fresh models, same N, steps and seeds)",
         "ood_error": [float(np.mean(v)) for v in ood],
         "ood_error_ci": [_ci(v) for v in ood],
         "ood_error_squared": [float(np.mean(v)) for v in ood_sq],
@@ -486,24 +587,28 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
         "relative_ama_loss": [float(np.mean(v)) for v in rel_loss],
         "relative_ama_loss_ci": [_ci(v) for v in rel_loss],
         "ama_loss_monotone": monotone,
+        "theta_moved_iterations": moved,
         "initial_ood_error": float(np.mean(ood[0])),
         "final_ood_error": float(np.mean(ood[-1])),
         "initial_ood_error_squared": float(np.mean(ood_sq[0])),
         "final_ood_error_squared": float(np.mean(ood_sq[-1])),
         "eval_n": list(cfg.eval_n),
         "baselines": {name: {str(n): float(np.mean(v)) for n, v in by_n.items()}
-                      for name, by_n in evaluation.items()},
+                      for name, by_n in unseen.items()},
         "baselines_ci": {name: {str(n): _ci(v) for n, v in by_n.items()}
-                         for name, by_n in evaluation.items()},
+                         for name, by_n in unseen.items()},
+        "baselines_seen_ci": {name: {str(n): _ci(v) for n, v in by_n.items()}
+                              for name, by_n in evaluation["seen"].items()},
+        "recommended": _guard(cfg, evaluation),
         "lipschitz": {"true": [res.lipschitz_true.to_dict() for res in results],
                       "model": [res.lipschitz_model.to_dict() for res in results],
-                      "g0_true_norm": math.sqrt(setup.g0_true_sq())},
-        "learned": {"parameter": setup.parameter,
-                    "initial": float(setup.theta0),
-                    "values": [res.theta for res in results],
-                    "mean": float(np.mean([res.theta for res in results])),
-                    "measures": [res.learned.to_dict() if hasattr(res.learned, "to_dict") else
-                                 repr(res.learned) for res in results]},
+                      "g0_true_norm": math.sqrt(setup.g0_true_sq()),
+                      "g0_model_norm": [math.sqrt(res.g0_model_sq) for res in results],
+                      "safety_true": 1.0 if getattr(setup, "linear", False) else cfg.safety,
+                      "safety_note": "safety factors are a heuristic (max over samples for the "
+                                     "sup over inputs); 1 for a map known to be linear"},
+        "learned": _learned(setup, results),
+        "family_options": {k: v for k, v in setup.options.items()},
         "metatest": {"n_measures": cfg.n_measures, "n_seen": cfg.n_seen,
                      "n_unseen": cfg.n_unseen, "family_seed": cfg.family_seed,
                      "params": metatest.params},
@@ -511,5 +616,5 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
         "timing_per_iteration": timing,
         "labelled_samples": labeller.n_labelled,
         "seconds_labelling": labeller.seconds,
-        "history": hist,
+        "history": [res.history for res in results],
     }

@@ -5,8 +5,10 @@ quadrature L2 norm of the output grid (plain Euclidean norm when no weights are 
 Adam with an inverse-time-decay learning rate ``lr / (1 + rate * step / decay_steps)``,
 minibatches drawn without replacement each epoch from a seeded generator, a held-out split
 evaluated every ``eval_every`` steps, early stopping after ``patience`` evaluations without
-improvement and restore of the best weights. A second call on the same model continues
-from its weights (warm start / retrain rounds).
+improvement and restore of the best weights *seen during this call* (the starting weights are
+not a candidate, so a warm start on new data never silently restores the old weights; their
+held-out loss is reported as ``initial_val_loss`` for callers that want to keep or revert). A
+second call on the same model continues from its weights (warm start / retrain rounds).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class TrainResult:
 
     ``history``: records ``{"step", "train_loss", "val_loss"}`` at each evaluation;
     ``best_val_loss`` is the held-out loss of the restored weights (the training loss when
-    nothing is held out); ``steps`` the steps actually taken.
+    nothing is held out); ``initial_val_loss`` that of the starting weights on the same
+    split; ``steps`` the steps actually taken.
     """
 
     best_val_loss: float
@@ -88,6 +91,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    initial_val_loss: float = float("inf")
 
 
 def relative_l2_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -167,8 +171,8 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
             return float(relative_l2_loss(model(x_va), y_va, w))
 
     t0 = time.perf_counter()
-    best = held_out()
-    best_state, best_step, stale = copy.deepcopy(model.state_dict()), 0, 0
+    initial = held_out()
+    best, best_state, best_step, stale = float("inf"), None, 0, 0
     history: list[dict] = []
     order, pos, running, count = torch.randperm(x_tr.shape[0], generator=g), 0, 0.0, 0
     step = 0
@@ -199,6 +203,8 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
                 stale += 1
                 if cfg.patience and stale >= cfg.patience:
                     break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return TrainResult(best_val_loss=best, best_step=best_step, steps=step,
-                       seconds=time.perf_counter() - t0, history=history)
+                       seconds=time.perf_counter() - t0, history=history,
+                       initial_val_loss=initial)

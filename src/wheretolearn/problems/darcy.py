@@ -17,8 +17,9 @@ Gradients: :class:`_DarcySolve` is a ``torch.autograd.Function`` whose backward 
 adjoint. For ``J(u)`` with ``w = dJ/du`` the adjoint solves ``A lambda = w`` (``A`` is
 symmetric) and ``dJ/da_face = -(u_p - u_q)(lambda_p - lambda_q) / h^2`` for the face
 between ``p`` and ``q`` (boundary values 0). The chain to the nodal ``log a`` (harmonic
-mean, ``exp``) is left to torch autograd. The backward re-factors each matrix rather than
-keeping every LU factor alive between forward and backward (memory stays O(one factor)).
+mean, ``exp``) is left to torch autograd. The forward keeps each sample's LU factor for the
+backward when the input requires grad (one factorisation per sample for forward + adjoint;
+memory: B factors, about 1-2 MB each at n = 64).
 """
 
 from __future__ import annotations
@@ -102,13 +103,24 @@ class _Operator:
         k = self.m * self.m
         return sp.csc_matrix((data, self.indices, self.indptr), shape=(k, k))
 
-    def solve(self, faces: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-        """Solve ``A(faces_b) x_b = rhs_b`` for each sample; faces (B, n_faces), rhs (B, m^2)."""
+    def factor(self, faces: np.ndarray) -> list:
+        """SuperLU factors of ``A(faces_b)`` for each sample (B of them)."""
         data = self.entries(faces)
-        out = np.empty_like(rhs)
-        for b in range(faces.shape[0]):  # one factorisation per sample: matrices differ
-            out[b] = spla.splu(self.matrix(data[b]), **_SPLU_OPTIONS).solve(rhs[b])
-        return out
+        return [spla.splu(self.matrix(data[b]), **_SPLU_OPTIONS) for b in range(faces.shape[0])]
+
+    def solve(self, faces: np.ndarray, rhs: np.ndarray, factors: list | None = None
+              ) -> np.ndarray:
+        """Solve ``A(faces_b) x_b = rhs_b`` for each sample; faces (B, n_faces), rhs (B, m^2).
+
+        ``factors`` (from :meth:`factor`) are reused when given; else each sample is factored
+        (one factorisation per sample: the matrices differ)."""
+        if factors is None:
+            data = self.entries(faces)
+            out = np.empty_like(rhs)
+            for b in range(faces.shape[0]):
+                out[b] = spla.splu(self.matrix(data[b]), **_SPLU_OPTIONS).solve(rhs[b])
+            return out
+        return np.stack([lu.solve(np.ascontiguousarray(rhs[b])) for b, lu in enumerate(factors)])
 
     def pad(self, x: np.ndarray) -> np.ndarray:
         """Interior vectors (B, m^2) -> nodal arrays (B, n, n) with zero boundary."""
@@ -131,10 +143,11 @@ class _DarcySolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, faces: torch.Tensor, op: _Operator, rhs: np.ndarray) -> torch.Tensor:
         f64 = faces.detach().cpu().double().numpy()
-        u = op.solve(f64, rhs)
+        factors = op.factor(f64) if ctx.needs_input_grad[0] else None
+        u = op.solve(f64, rhs, factors)
         ctx.op = op
         ctx.save_for_backward(faces)
-        ctx.u = u
+        ctx.u, ctx.factors = u, factors
         return torch.as_tensor(u, dtype=faces.dtype, device=faces.device)
 
     @staticmethod
@@ -142,7 +155,9 @@ class _DarcySolve(torch.autograd.Function):
         (faces,) = ctx.saved_tensors
         op: _Operator = ctx.op
         f64 = faces.detach().cpu().double().numpy()
-        lam = op.solve(f64, grad_u.detach().cpu().double().numpy())  # A symmetric: A^T = A
+        lam = op.solve(f64, grad_u.detach().cpu().double().numpy(),  # A symmetric: A^T = A
+                       ctx.factors)
+        ctx.factors = None
         g = op.face_gradient(ctx.u, lam)
         return torch.as_tensor(g, dtype=faces.dtype, device=faces.device), None, None
 
@@ -195,6 +210,42 @@ class Darcy(Problem):
         """``log a = m + KLE``: Dirichlet sine basis (32 x 32 modes, fewer on grids below 34),
         alpha = 2, tau = 3, sigma = 3, m = 0 (SPEC §4)."""
         return dirichlet_field(self.n, alpha=2.0, tau=3.0, sigma=3.0, mean=0.0)
+
+    def _faces(self, u: torch.Tensor) -> torch.Tensor:
+        """Face conductivities (B, n_faces) of log-conductivities u (B, n, n)."""
+        ax, ay = harmonic_faces(torch.exp(u))
+        return torch.cat([ax.reshape(u.shape[0], -1), ay.reshape(u.shape[0], -1)], dim=1)
+
+    def linearise(self, u: torch.Tensor) -> tuple:
+        """The Jacobian of ``log a -> u`` at samples u (B, n, n), each matrix factored ONCE.
+
+        Returns ``(jvp, vjp)``: ``jvp(v) = J v`` by ``A du = -dA[dfaces] u`` and
+        ``vjp(w) = J^T w`` by the adjoint ``A lam = w`` (``A`` symmetric); both reuse the
+        forward LU factors (for power iterations: one factorisation per sample in all).
+        Inputs and outputs (B, n, n) float64 tensors.
+        """
+        op, m = self._op, self._op.m
+        x = torch.as_tensor(u, dtype=torch.float64).detach()
+        faces = self._faces(x).numpy()
+        factors = op.factor(faces)
+        rhs = np.full((x.shape[0], m * m), self.source)
+        sol = op.solve(faces, rhs, factors)
+
+        def jvp(v: torch.Tensor) -> torch.Tensor:
+            _, dfaces = torch.func.jvp(self._faces, (x,), (v.double(),))
+            data = op.entries(dfaces.numpy())
+            r = np.stack([op.matrix(data[b]) @ sol[b] for b in range(x.shape[0])])
+            du = -op.solve(faces, r, factors)
+            return torch.as_tensor(op.pad(du))
+
+        def vjp(w: torch.Tensor) -> torch.Tensor:
+            wi = w.double()[:, 1:-1, 1:-1].reshape(x.shape[0], -1).numpy()
+            lam = op.solve(faces, wi, factors)
+            gf = torch.as_tensor(op.face_gradient(sol, lam))
+            _, back = torch.func.vjp(self._faces, x)
+            return back(gf)[0]
+
+        return jvp, vjp
 
     def _evaluate(self, u: torch.Tensor) -> torch.Tensor:
         a = torch.exp(u)

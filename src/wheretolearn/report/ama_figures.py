@@ -2,7 +2,8 @@
 
 * ``ama_history.png``: relative root OOD error and relative AMA loss against iteration
   (mean and 95 % interval over repeats);
-* ``error_vs_n.png``: OOD error against N for the learned, initial and mixture sources;
+* ``error_vs_n.png``: OOD error against N of fresh models trained on each source the guard
+  compares (learned, initial, barycenter, mixture);
 * ``predictions.png``: one unseen sample, the models after iteration 0 and after the last
   iteration, and their pointwise errors;
 * ``learned_vs_family.png``: the learned parameter against the meta-test parameters.
@@ -32,8 +33,8 @@ def _history(run, summary: dict) -> str:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     it = np.arange(len(summary["ood_error"]))
-    _band(axes[0], it, summary["ood_error_ci"], "relative OOD error", "C1")
-    axes[0].set_ylabel("relative root OOD error (unseen)")
+    _band(axes[0], it, summary["ood_error_ci"], "in-loop model", "C1")
+    axes[0].set_ylabel("in-loop model: relative OOD error")
     _band(axes[1], it, summary["relative_ama_loss_ci"], "J / J_0", "C0")
     axes[1].set_ylabel("relative AMA loss J / J_0")
     for ax in axes:
@@ -92,10 +93,18 @@ def _predictions(run, setup, metatest, result) -> str:
     return _save(fig, run.figure_path("predictions")).name
 
 
+def _first(value: Any) -> Any:
+    """The location component of a (possibly vector) parameter or its name."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
 def _learned_vs_family(run, summary: dict) -> str:
+    """The learned location parameter (the first component of a vector theta: omega or the
+    Darcy mean) against the meta-test parameters; a learned spectrum is in summary.json."""
     plt = _pyplot()
     params = summary["metatest"]["params"]
-    par = summary["learned"]["parameter"]
+    learned = summary["learned"]
+    par = _first(learned["parameter"])
     other = "tau" if par == "omega" else "alpha"
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if all(par in p and other in p for p in params):
@@ -104,9 +113,9 @@ def _learned_vs_family(run, summary: dict) -> str:
     else:                                   # a user family that reports other parameters
         ax.text(0.5, 0.5, "meta-test parameters not reported", transform=ax.transAxes,
                 ha="center", color="C7")
-    ax.axvline(summary["learned"]["initial"], color="C1", ls="--", label=f"initial {par}")
-    for i, v in enumerate(summary["learned"]["values"]):
-        ax.axvline(v, color="C0", lw=1.5, label=f"learned {par}" if i == 0 else None)
+    ax.axvline(_first(learned["initial"]), color="C1", ls="--", label=f"initial {par}")
+    for i, v in enumerate(learned["values"]):
+        ax.axvline(_first(v), color="C0", lw=1.5, label=f"learned {par}" if i == 0 else None)
     ax.set_xlabel(par)
     ax.set_ylabel(other)
     ax.legend(fontsize=8)
