@@ -223,7 +223,7 @@ def test_refused_submission_from_the_cli_exits_2_and_leaves_no_run_folder(tmp_pa
 def test_heat_study_survives_a_scancelled_worker_job(slurm_partition, tmp_path, monkeypatch):
     import contextlib
 
-    import wheretolearn.cluster.start as cluster_mod
+    import wheretolearn.cluster as cluster_mod  # what the study imports open_cluster from
     from wheretolearn.online.config import load_online_config
     from wheretolearn.online.study import run_online_study
 
