@@ -5,6 +5,7 @@ gives one ``error:`` line naming the file and what is wrong, exit 2, no tracebac
 import json
 
 import pytest
+from cli_checks import refused as _refused
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
@@ -22,15 +23,6 @@ def _run(tmp_path, content: str):
     run.mkdir(exist_ok=True)
     (run / "summary.json").write_text(content)
     return run
-
-
-def _refused(res, *needles: str) -> None:
-    err = res.stderr.strip()
-    assert res.exit_code == 2, res.output
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert "Traceback" not in res.output
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.mark.parametrize("content, needles", [

@@ -4,6 +4,7 @@ estimated memory exceeds the machine's is refused; each gives one ``error:`` lin
 the option, the value and the allowed range, exit 2, and nothing is written."""
 
 import pytest
+from cli_checks import refused as _refused
 from typer.testing import CliRunner
 
 from wheretolearn import _validation
@@ -12,16 +13,6 @@ from wheretolearn.cli import app
 runner = CliRunner()
 HUGE = "99999999999"
 BURGERS = ["-o", "n=16", "-o", "n_steps=5"]
-
-
-def _refused(res, *needles: str) -> str:
-    err = res.stderr.strip()
-    assert res.exit_code == 2, res.output
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert "Traceback" not in res.output
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _nothing_written(folder) -> None:
