@@ -10,8 +10,8 @@ import tomli_w
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
-from wheretolearn.online.compare import (GROUPS, METRICS, box_validation_set, lockstep_study,
-                                         ratio_statistics, sampler_config,
+from wheretolearn.online.compare import (GROUPS, METRICS, PER_SIMULATION, box_validation_set,
+                                         lockstep_study, ratio_statistics, sampler_config,
                                          summarise_comparison, tail_metrics, validation_set)
 from wheretolearn.online.config import OnlineStudyConfig
 
@@ -164,7 +164,12 @@ def test_every_sampler_trains_the_requested_passes():
         assert res["samples_generated"] == 8 * 6 and res["simulations"] == 8
         assert res["passes"] == pytest.approx(res["samples_trained"] / 48)
         assert res["passes"] == pytest.approx(passes, rel=0.1), (name, res["passes"])
-        assert set(res["metrics"]) == set(GROUPS) and res["errors"].shape == (16, 6)
+        views = set(GROUPS) | {g + PER_SIMULATION for g in GROUPS}
+        assert set(res["metrics"]) == views and res["errors"].shape == (16, 6)
+        # the per-simulation view: tails of each simulation's mean error over time steps
+        interior = res["errors"][val.group == 0]
+        assert res["metrics"]["interior per simulation"]["max"] == pytest.approx(
+            interior.mean(axis=1).max())
     old = lockstep_study(sampler_config(cfg, "uniform"), validation=val, passes=None,
                          batches_per_simulation=1.0)
     assert old["batches"] == 8 + 3              # the old fixed pace: 1 per simulation + drain
@@ -232,7 +237,8 @@ def test_compare_cli_writes_json_and_table_and_nothing_on_bad_input(tmp_path):
         ("uniform", 0), ("breed", 0), ("uniform", 1), ("breed", 1)]
     for r in data["runs"]:                                 # the same budget for every run
         assert r["simulations"] == 8 and r["passes"] == pytest.approx(1.5, rel=0.1)
-        assert set(r["metrics"]) == set(GROUPS) and set(r["metrics"]["faces"]) == set(METRICS)
+        assert set(r["metrics"]) == set(GROUPS) | {g + PER_SIMULATION for g in GROUPS}
+        assert set(r["metrics"]["faces"]) == set(METRICS)
     assert data["summary"]["interior"]["uniform"]["p99"]["ratio"] == 1.0
     lo, hi = (data["summary"]["interior"]["breed"]["p99"][k] for k in ("lo", "hi"))
     assert lo <= data["summary"]["interior"]["breed"]["p99"]["ratio"] <= hi

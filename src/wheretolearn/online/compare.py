@@ -66,7 +66,7 @@ import numpy as np
 
 from .config import OnlineStudyConfig, SamplerSection
 
-__all__ = ["GROUPS", "METRICS", "ValidationSet", "box_validation_set", "validation_set",
+__all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationSet", "box_validation_set", "validation_set",
            "tail_metrics", "ratio_statistics", "sampler_config", "lockstep_study",
            "compare_samplers", "summarise_comparison", "comparison_table",
            "write_comparison"]
@@ -75,6 +75,11 @@ __all__ = ["GROUPS", "METRICS", "ValidationSet", "box_validation_set", "validati
 METRICS = ("mean", "median", "p95", "p99", "cvar99", "max")
 #: Validation groups (codes 0, 1, 2 of :attr:`ValidationSet.group`); ``interior`` headlines.
 GROUPS = ("interior", "faces", "corners")
+#: Suffix of the per-simulation view of a group: the tails of each validation simulation's
+#: mean error over its time steps (where in the box the surrogate is wrong), beside the
+#: per-sample tails (which on heat are mostly the first three time steps of every other
+#: simulation: an error in time that no choice of parameters can move).
+PER_SIMULATION = " per simulation"
 DESIGNS = ("sobol", "halton")
 _VARIANTS = {"weighted", "nrmse", "mse", "ess", "step"}
 _CACHE_VERSION = 1
@@ -275,6 +280,20 @@ def tail_metrics(errors: Any) -> dict[str, float]:
     out = tail_summary(e)
     out["cvar99"] = float(e[e >= out["p99"]].mean())
     return {m: out[m] for m in METRICS}
+
+
+def _group_metrics(errors: np.ndarray, group: np.ndarray) -> dict[str, dict[str, float]]:
+    """:func:`tail_metrics` of the errors ``(V, T)`` of each validation group, per sample
+    (``"interior"``) and per simulation (``"interior per simulation"``: of the ``V`` means
+    over time steps)."""
+    out = {}
+    for i, g in enumerate(GROUPS):
+        if (group == i).any():
+            out[g] = tail_metrics(errors[group == i])
+    for i, g in enumerate(GROUPS):
+        if (group == i).any():
+            out[g + PER_SIMULATION] = tail_metrics(errors[group == i].mean(axis=1))
+    return out
 
 
 def ratio_statistics(reference: Any, values: Any, *, n_boot: int = 10000, seed: int = 0,
@@ -494,8 +513,7 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     finally:
         torch.set_num_threads(threads)
     out = {"errors": errors, "params": np.concatenate(all_params),
-           "metrics": {g: tail_metrics(errors[validation.group == i])
-                       for i, g in enumerate(GROUPS) if (validation.group == i).any()},
+           "metrics": _group_metrics(errors, validation.group),
            "batches": trainer.batches_seen, "samples_trained": trainer.samples_seen,
            "samples_generated": generated, "passes": trainer.samples_seen / generated,
            "simulations": launched, "seconds": time.perf_counter() - t0}
@@ -579,7 +597,8 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
         "bootstrap": {"seed": bootstrap_seed, "resamples": n_boot, "level": 0.95,
                       "statistic": "geometric mean over seeds of uniform / sampler, "
                       "paired percentile bootstrap over seeds"},
-        "metrics": list(METRICS), "groups": list(GROUPS), "headline": "interior"}
+        "metrics": list(METRICS), "groups": list(GROUPS),
+        "views": ["per sample", "per simulation"], "headline": "interior"}
     return {"protocol": protocol, "validation": val, "runs": runs}
 
 
@@ -594,7 +613,7 @@ def summarise_comparison(result: dict) -> dict:
     samplers = result["protocol"]["samplers"]
     ref = {r["seed"]: r["metrics"] for r in runs if r["sampler"] == "uniform"}
     table: dict = {}
-    for g in GROUPS:
+    for g in runs[0]["metrics"]:
         if not all(g in r["metrics"] for r in runs):
             continue
         table[g] = {}
@@ -629,8 +648,11 @@ def comparison_table(summary: dict, result: dict) -> str:
     lines = []
     for g, entries in summary.items():
         head = " (headline)" if g == proto["headline"] else ""
-        lines += [(f"### {g}{head}: {sizes[g]['simulations']} simulations, "
-                   f"{sizes[g]['samples']} samples"), "",
+        base = g.removesuffix(PER_SIMULATION)
+        count = (f"{sizes[base]['simulations']} simulations (mean error over time steps)"
+                 if g != base else f"{sizes[g]['simulations']} simulations, "
+                 f"{sizes[g]['samples']} samples")
+        lines += [f"### {g}{head}: {count}", "",
                   "| metric | " + " | ".join(samplers) + " |",
                   "|---|" + "---|" * len(samplers)]
         for m in METRICS:
