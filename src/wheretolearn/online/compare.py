@@ -66,8 +66,8 @@ import numpy as np
 
 from .config import OnlineStudyConfig, SamplerSection
 
-__all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationSet", "box_validation_set", "validation_set",
-           "tail_metrics", "ratio_statistics", "sampler_config", "lockstep_study",
+__all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationSet", "box_validation_set",
+           "validation_set", "tail_metrics", "ratio_statistics", "sampler_config", "lockstep_study",
            "compare_samplers", "summarise_comparison", "comparison_table",
            "write_comparison"]
 
