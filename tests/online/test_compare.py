@@ -195,6 +195,9 @@ def test_sampler_variants():
     assert (w.name, w.weighted, w.fitness_loss, w.sigma) == ("breed", True, "nrmse", 0.2)
     with pytest.raises(ValueError, match="unknown sampler variant"):
         sampler_config(cfg, "uniform-weighted")
+    a = sampler_config(cfg, "breed-retry-meanfit-batch-mse-r05").sampler  # the ablation
+    assert (a.children, a.fitness_quantile, a.fitness_baseline, a.fitness_loss, a.r_start) == (
+        "retry", "mean", "batch", "mse", 0.5)
     # the boundary share is the base design of every sampler, not a Breed option
     shared = cfg.with_overrides(**{"sampler.boundary_share": 0.25})
     assert sampler_config(shared, "uniform").sampler.boundary_share == 0.25

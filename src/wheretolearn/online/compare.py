@@ -41,10 +41,14 @@ not. The old protocol paced 4.75 batches per simulation (the default heat study'
 950 batches for 200 simulations on 2 cores): about 0.6 passes.
 
 Sampler names: ``uniform``, ``halton``, ``sobol``, ``lhs``, ``breed`` and Breed variants
-``breed-weighted`` (importance-weighted training loss), ``breed-nrmse`` (nRMSE fitness),
-``breed-nrmse-weighted``, ``breed-ess`` (ESS trigger), ``breed-step`` (step-baseline fitness),
-in any combination (``breed-nrmse-step``); the other Breed options come from the
-configuration's ``[sampler]`` table.
+``breed-weighted`` (importance-weighted training loss), ``breed-nrmse`` / ``breed-mse``
+(fitness loss), ``breed-ess`` (ESS trigger), ``breed-step`` / ``breed-batch`` (fitness
+baseline), ``breed-meanfit`` (a simulation's fitness is the mean of its deviations, not the
+0.9 quantile), ``breed-retry`` (out-of-bounds children shrink sigma and are drawn again,
+not reflected), ``breed-r05`` (the bred share starts at R = 0.5, as in the paper, not 0),
+in any combination (``breed-mse-batch``); the other Breed options come from the
+configuration's ``[sampler]`` table. The variants undo one default each, so a comparison
+measures each change on its own.
 """
 
 from __future__ import annotations
@@ -81,7 +85,12 @@ GROUPS = ("interior", "faces", "corners")
 #: simulation: an error in time that no choice of parameters can move).
 PER_SIMULATION = " per simulation"
 DESIGNS = ("sobol", "halton")
-_VARIANTS = {"weighted", "nrmse", "mse", "ess", "step"}
+#: Breed variant -> the ``[sampler]`` keys it sets.
+_VARIANTS = {"weighted": {"weighted": True}, "nrmse": {"fitness_loss": "nrmse"},
+             "mse": {"fitness_loss": "mse"}, "ess": {"trigger": "ess"},
+             "step": {"fitness_baseline": "step"}, "batch": {"fitness_baseline": "batch"},
+             "meanfit": {"fitness_quantile": "mean"}, "retry": {"children": "retry"},
+             "r05": {"r_start": 0.5}}
 _CACHE_VERSION = 1
 _LABELS = {"mean": "mean", "median": "median", "p95": "P95", "p99": "P99",
            "cvar99": "CVaR0.99", "max": "max"}
@@ -330,7 +339,7 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
     ``breed-weighted``); a non-Breed sampler drops the Breed options but keeps
     ``boundary_share``."""
     base, *variant = name.split("-")
-    unknown = set(variant) - _VARIANTS
+    unknown = set(variant) - set(_VARIANTS)
     if unknown or (variant and base != "breed"):
         raise ValueError(f"unknown sampler variant {name!r}; use a sampler name or breed-"
                          f"followed by any of {sorted(_VARIANTS)} joined with '-'")
@@ -342,16 +351,8 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
     else:
         data = s.model_dump()
         data["name"] = "breed"
-        if "weighted" in variant:
-            data["weighted"] = True
-        if "nrmse" in variant:
-            data["fitness_loss"] = "nrmse"
-        if "mse" in variant:
-            data["fitness_loss"] = "mse"
-        if "ess" in variant:
-            data["trigger"] = "ess"
-        if "step" in variant:
-            data["fitness_baseline"] = "step"
+        for v in variant:
+            data.update(_VARIANTS[v])
         section = SamplerSection.model_validate(data)
     return config.model_copy(update={"sampler": section})
 
