@@ -2,12 +2,14 @@
 
 ``run`` executes ``wheretolearn ama --preset small`` for each problem (1 torch thread; start it
 under ``nice -n 10`` on a shared machine) and stores the summary without its per-iteration
-history in ``benchmarks/results/ama_small_<problem>.json``. ``table`` prints the markdown table
+history in ``benchmarks/results/ama_small_<problem>.json`` (``--family mixture``:
+``ama_small_<problem>_mixture.json``, the mixture training family). ``table`` prints the markdown table
 of the README from those files (mean and 95 % interval over repeats).
 
 Usage::
 
     nice -n 10 python benchmarks/ama_results.py run [--repeats 3] [--problems ntd darcy]
+        [--family single|mixture]
     python benchmarks/ama_results.py table
 """
 
@@ -21,18 +23,25 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(problems: list[str], repeats: int) -> None:
+def run(problems: list[str], repeats: int, family: str = "single") -> None:
     from wheretolearn.design.ama_study import resolve_ama_config, run_ama_study
 
     for problem in problems:
         cfg = resolve_ama_config({"problem": problem, "preset": "small", "repeats": repeats,
-                                  "num_threads": 1})
+                                  "num_threads": 1, "family": family})
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
-        summary = {k: v for k, v in summary.items() if k not in ("history", "out", "figures")}
-        path = RESULTS / f"ama_small_{problem}.json"
-        path.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {path}")
+        write(summary)
+
+
+def write(summary: dict) -> Path:
+    """Store a study summary (without its history) under its problem and family."""
+    summary = {k: v for k, v in summary.items() if k not in ("history", "out", "figures")}
+    tail = "" if summary.get("family", "single") == "single" else f"_{summary['family']}"
+    path = RESULTS / f"ama_small_{summary['problem']}{tail}.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def _cell(c: dict) -> str:
@@ -49,10 +58,10 @@ SOURCES = ("learned", "initial", "barycenter", "mixture")
 def table() -> str:
     """The README / docs table: fresh models per source (unseen error, mean [95 % CI] over
     repeats), the guard's recommendation, the in-loop J and how often theta moved."""
-    lines = ["| problem (grid) | N | learned (AMA) | initial | W2 barycenter | mixture of Q_j | "
-             "recommended (margin) | J / J_0 at the end | theta moved (iterations per repeat) | "
-             "wall s per run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| problem (grid) | family | N | learned (AMA) | initial | W2 barycenter | "
+             "mixture of Q_j | recommended (margin) | J / J_0 at the end | theta moved "
+             "(iterations per repeat) | wall s per run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("ama_small_*.json")):
         s = json.loads(path.read_text())
         if "recommended" not in s:
@@ -61,7 +70,8 @@ def table() -> str:
         for n in s["eval_n"]:
             cells = " | ".join(_cell(b[src][str(n)]) if src in b else "-" for src in SOURCES)
             lines.append(
-                f"| {s['problem']} ({s['grid']}x{s['grid']}) | {n} | {cells} | "
+                f"| {s['problem']} ({s['grid']}x{s['grid']}) | {s.get('family', 'single')} | "
+                f"{n} | {cells} | "
                 f"{rec['source']} ({rec['margin']:.3f}) | {s['relative_ama_loss'][-1]:.3f} | "
                 f"{s.get('theta_moved_iterations')} | {s['seconds'] / s['repeats']:.0f} |")
     return "\n".join(lines)
@@ -75,6 +85,13 @@ def learned_table() -> str:
         if "recommended" not in s:
             continue
         for r, (m, why) in enumerate(zip(s["learned"]["measures"], s["learned"]["stop_reason"])):
+            if isinstance(m, dict) and m.get("kind") == "spectrum_mixture":
+                moved = max(abs(a - b) for a, b in zip(s["learned"]["values"][r],
+                                                        s["learned"]["initial"]))
+                lines.append(f"| {s['problem']} (mixture) | {r} | {len(m['components'])} "
+                             f"components, {m.get('bound')} bound, max move from the Q_j "
+                             f"{moved:.3g} | {why} |")
+                continue
             keys = [k for k in ("omega", "m", "sigma", "tau", "alpha", "offset_sd") if k in m]
             lines.append(f"| {s['problem']} | {r} | "
                          f"{', '.join(f'{k} = {m[k]:.3g}' for k in keys)} | {why} |")
@@ -87,13 +104,18 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--problems", nargs="+", default=["ntd", "darcy"])
+    r.add_argument("--family", choices=["single", "mixture"], default="single")
+    w = sub.add_parser("write", help="store the summary.json of a finished study folder")
+    w.add_argument("run_dir", type=Path)
     sub.add_parser("table")
     args = ap.parse_args()
     if args.cmd == "run":
         import torch
 
         torch.set_num_threads(1)
-        run(args.problems, args.repeats)
+        run(args.problems, args.repeats, args.family)
+    elif args.cmd == "write":
+        write(json.loads((args.run_dir / "summary.json").read_text()))
     print(table())
     print()
     print(learned_table())

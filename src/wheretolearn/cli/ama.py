@@ -150,6 +150,10 @@ def ama(
     learn_spectrum: Optional[bool] = typer.Option(
         None, "--learn-spectrum/--mean-only",
         help="Darcy: learn the KLE spectrum with the mean (default) or the mean only"),
+    family: Optional[str] = typer.Option(
+        None, "--family",
+        help="single (one parametric field, default) | mixture (a uniform mixture of one "
+             "field per Q_j, started at the Q_j's parameters)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:
@@ -165,6 +169,8 @@ def ama(
     if problem is None and not file_cfg.get("problem"):
         raise ValueError("give --problem (ntd | darcy | pkg.mod:factory) or a --config file "
                          "that sets problem")
+    if family is not None and family not in ("single", "mixture"):
+        raise ValueError(f"--family must be single or mixture, got {family!r}")
     if preset is not None and preset not in ("ci", "small", "paper"):
         raise ValueError(f"--preset must be ci, small or paper, got {preset!r}")
     cluster_cfg = None
@@ -179,7 +185,8 @@ def ama(
              "workers": workers, "scheduler": scheduler, "cluster": cluster_cfg,
              "cache_dir": None if cache_dir is None else str(cache_dir),
              "num_threads": num_threads, "theta_tol": theta_tol,
-             "offset_sd": _offset(offset_sd), "learn_spectrum": learn_spectrum}
+             "offset_sd": _offset(offset_sd), "learn_spectrum": learn_spectrum,
+             "family": family}
     cfg = resolve_ama_config(file_cfg, flags)
     check_ama_size(cfg)
     summary = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,

@@ -38,7 +38,8 @@ import torch
 from .._validation import check_nonnegative_int, check_positive_float, check_positive_int
 from ..models.operator_training import TrainConfig, train_operator
 from .ama_bound import (BoundValue, LipschitzEstimate, ama_bound, estimate_lipschitz,
-                        lipschitz_or_fixed, quadrature_norm_sq, w2_squared_to_family)
+                        lipschitz_or_fixed, mixture_component_bound, quadrature_norm_sq,
+                        w2_squared_to_family)
 
 __all__ = ["AMAConfig", "AMAResult", "AMAObjective", "run_ama", "de_update", "adam_update",
            "UPDATES", "retrain", "theta_step"]
@@ -193,7 +194,17 @@ class AMAObjective:
         u = self.samples(nu)
         truth = self.truth(nu, u)
         pred = self.model(u).double().cpu()
-        part1 = quadrature_norm_sq(truth.double() - pred, self.w_out).mean()
+        errors = quadrature_norm_sq(truth.double() - pred, self.w_out)
+        if getattr(nu, "bound", None) == "component":      # the mixture family (ama_bound)
+            w2 = torch.stack([w2_squared_to_family(c, self.family).double()
+                              for c in nu.components])
+            m2c = torch.stack([c.second_moment().double() for c in nu.components])
+            return mixture_component_bound(
+                errors, nu.component_of(u.shape[0]), m2_components=m2c,
+                m2_family=self.m2_family, w2sq=w2, lipschitz_true=self.L,
+                lipschitz_model=self.Lp, g0_true_sq=self.g0_true_sq,
+                g0_model_sq=self.g0_model_sq())
+        part1 = errors.mean()
         m2 = nu.second_moment().double()
         w2sq = w2_squared_to_family(nu, self.family).double()
         return ama_bound(part1, m2_nu=m2, m2_family=self.m2_family, w2sq=w2sq,

@@ -3,7 +3,8 @@ family ``nu(theta)``, its meta-test family and the update rule for ``theta``.
 
 :func:`ama_setup` is the single lookup from a problem name to an :class:`AMASetup`
 (``ntd``, ``darcy``); further built-in problems (particles) add a builder to
-:data:`AMA_SETUPS`.
+:data:`AMA_SETUPS`. ``family="mixture"`` (built-in problems) wraps the single family into a
+uniform mixture of one field per ``Q_j`` (:func:`mixture_setup`, :class:`MixtureField`).
 
 User problems (``"pkg.mod:factory"``, ``"file.py:factory"`` or an installed plugin name, as
 for every other command; docs/user_solver.md) come in two kinds:
@@ -28,7 +29,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["AMASetup", "SpectrumField", "barycenter_field", "prepare_setup", "vector_theta",
+__all__ = ["AMASetup", "SpectrumField", "MixtureField", "mixture_setup", "FAMILIES",
+           "MIXTURE_BOUNDS",
+           "barycenter_field", "prepare_setup", "vector_theta",
            "matern_sqrt_eigenvalues", "ama_setup", "AMA_SETUPS", "available_ama_problems",
            "field_setup", "grid_weights", "grid_points"]
 
@@ -98,6 +101,11 @@ class AMASetup:
     center: bool = False
     mask: Any = None
     truth: Any = None
+    component_theta: Any = None
+
+    # ``component_theta``: ``params dict of a Q_j -> theta of the single family`` (the
+    # meta-test's own parameters in this family's coordinates); the mixture family
+    # (:func:`mixture_setup`) starts its components there.
 
     def g0_true_sq(self) -> float:
         """``||G*(0)||_q^2`` (NtD: 0; Darcy: the solution for ``a = 1``)."""
@@ -242,6 +250,120 @@ class SpectrumField:
         return f"SpectrumField({self.basis!r}, offset_sd={self.offset_sd:.4g}, {self.meta})"
 
 
+class MixtureField:
+    """A uniform mixture ``nu = (1/K) sum_k nu_k`` of :class:`SpectrumField` components on one
+    basis: the ``"mixture"`` training family of the built-in AMA problems (issue 21).
+
+    Sampling is *stratified*: latent row ``i`` belongs to component ``i mod K`` (the rows are
+    interleaved, so any ``n`` draws hold ``floor(n / K)`` or ``ceil(n / K)`` samples of every
+    component). On fixed latent draws the samples are therefore differentiable in every
+    component's parameters, and ``part1`` of ``J`` is the stratified estimate of
+    ``(1/K) sum_k E_{nu_k} ||G* - G||^2``.
+
+    Closed forms used by ``J``:
+
+    * ``m2(nu) = (1/K) sum_k m2(nu_k)`` (exact: the second moment is linear in the measure);
+    * ``W2(nu, Q)^2 <= (1/K) sum_k W2(nu_k, Q)^2`` (:meth:`w2_squared_to` returns the right
+      side, the *mixture-coupling bound*: couple each component optimally to ``Q`` and mix
+      the couplings -- its marginals are ``nu`` and ``Q``). It is an upper bound, so ``J``
+      stays an upper bound of the OOD error. (``min_k W2(nu_k, Q)`` is *not* an upper bound
+      of ``W2(nu, Q)`` and is not used as one.)
+
+    ``bound`` picks how ``J`` treats the mixture (both are upper bounds of the OOD error):
+
+    * ``"component"`` (default): each ``Q_j`` is bounded through one component, with that
+      component's own in-distribution error
+      (:func:`~wheretolearn.design.ama_bound.mixture_component_bound`); at the start
+      (component ``j`` = ``Q_j``) ``J`` is ``part1`` alone;
+    * ``"coupling"``: the single-family ``J`` of the whole mixture with the mixture-coupling
+      W2 bound above. Its ``part2 * part3`` is smallest when every component sits at the
+      barycenter, so the update pulls the components together.
+    """
+
+    def __init__(self, components: list, meta: dict | None = None, bound: str = "component"):
+        if bound not in MIXTURE_BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(MIXTURE_BOUNDS)}, got {bound!r}")
+        self.bound = bound
+        comps = list(components)
+        if not comps:
+            raise ValueError("a mixture needs at least one component")
+        lat = {c.n_latent for c in comps}
+        if len(lat) != 1 or len({tuple(c.event_shape) for c in comps}) != 1:
+            raise ValueError("mixture components must share the basis and the latent size")
+        self.components, self.meta = comps, dict(meta or {})
+        self.basis, self.dtype = comps[0].basis, comps[0].dtype
+
+    @property
+    def n_components(self) -> int:
+        return len(self.components)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.components[0].event_shape
+
+    @property
+    def n_latent(self) -> int:
+        return self.components[0].n_latent
+
+    @property
+    def sqrt_eigenvalues(self) -> torch.Tensor:
+        """All components' ``sqrt(lambda)`` concatenated (K * modes,) (Darcy's solve cache
+        keys on it)."""
+        return torch.cat([c.sqrt_eigenvalues for c in self.components])
+
+    def sample_coefficients(self, n: int, generator=None) -> torch.Tensor:
+        return self.components[0].sample_coefficients(n, generator)
+
+    def component_of(self, n: int) -> torch.Tensor:
+        """The component of each of ``n`` latent rows: ``i mod K`` (n,)."""
+        return torch.arange(int(n)) % self.n_components
+
+    def _rows(self, xi: torch.Tensor, fn: Callable) -> torch.Tensor:
+        """``fn(component_k, xi[k::K])`` scattered back to the rows of ``xi``."""
+        xi = torch.as_tensor(xi, dtype=self.dtype)
+        if xi.ndim != 2 or xi.shape[1] != self.n_latent:
+            raise ValueError(f"xi must have shape (n, {self.n_latent}), got {tuple(xi.shape)}")
+        k, idx = self.n_components, torch.arange(xi.shape[0])
+        used = range(min(k, xi.shape[0]))
+        order = torch.cat([idx[j::k] for j in used])
+        out = torch.cat([fn(self.components[j], xi[j::k]) for j in used])
+        return out[torch.argsort(order)]
+
+    def from_coefficients(self, xi) -> torch.Tensor:
+        """Samples (n, *grid): row ``i`` from component ``i mod K``; differentiable."""
+        return self._rows(xi, lambda c, x: c.from_coefficients(x))
+
+    def kle_part(self, xi: torch.Tensor) -> torch.Tensor:
+        return self._rows(xi, lambda c, x: c.kle_part(x))
+
+    def offsets(self, xi: torch.Tensor) -> torch.Tensor:
+        return self._rows(xi, lambda c, x: c.offsets(x))
+
+    def sample(self, n: int, *, generator=None) -> torch.Tensor:
+        return self.from_coefficients(self.sample_coefficients(n, generator))
+
+    def second_moment(self) -> torch.Tensor:
+        """``(1/K) sum_k m2(nu_k)`` (exact)."""
+        return torch.stack([c.second_moment() for c in self.components]).mean()
+
+    def w2_squared_to(self, other) -> torch.Tensor:
+        """The mixture-coupling upper bound ``(1/K) sum_k W2(nu_k, Q)^2`` of ``W2(nu, Q)^2``."""
+        return torch.stack([c.w2_squared_to(other) for c in self.components]).mean()
+
+    def detach(self) -> "MixtureField":
+        return MixtureField([c.detach() for c in self.components], meta=self.meta,
+                            bound=self.bound)
+
+    def to_dict(self) -> dict:
+        """JSON description (also the labelling cache key: it holds every parameter)."""
+        return {"kind": "spectrum_mixture", "assignment": "row i -> component i mod K",
+                "bound": self.bound, **self.meta,
+                "components": [c.to_dict() for c in self.components]}
+
+    def __repr__(self) -> str:
+        return f"MixtureField(K={self.n_components}, {self.components[0].basis!r})"
+
+
 def matern_sqrt_eigenvalues(mu: torch.Tensor, sigma, tau, alpha) -> torch.Tensor:
     """``sqrt(lambda_k) = sigma (mu_k + tau^2)^(-alpha / 2)`` (K,), differentiable."""
     return sigma * (mu + tau ** 2) ** (-0.5 * alpha)
@@ -314,7 +436,9 @@ def _ntd_setup(n: int = 128, n_modes: int | None = None) -> AMASetup:
         family=lambda j, seed: ntd_family(nb, n_measures=j, seed=seed, n_modes=k,
                                           dtype=torch.float64),
         branch=[nb, 256, 256, 128, 200], trunk=[2, 128, 128, 128, 200], jvp="forward",
-        options={"n": n, "n_modes": k}, linear=True, basis=basis, center=True)
+        options={"n": n, "n_modes": k}, linear=True, basis=basis, center=True,
+        component_theta=lambda p: [p["omega"], math.log(p["sigma"]), math.log(p["tau"]),
+                                   math.log(p["alpha"])])
 
 
 def _darcy_setup(n: int = 64, n_modes: int | None = None, offset_sd: Any = "family",
@@ -348,7 +472,9 @@ def _darcy_setup(n: int = 64, n_modes: int | None = None, offset_sd: Any = "fami
         family=lambda j, seed: darcy_family(basis, n_measures=j, seed=seed, dtype=torch.float64),
         branch=[n * n, 256, 256, 128, 200], trunk=[2, 128, 128, 128, 200], jvp="linearised",
         options={"n": n, "n_modes": k, "offset_sd": offset_sd, "learn_spectrum": learn_spectrum},
-        basis=basis, mask=[True, learn_spectrum, learn_spectrum, learn_spectrum])
+        basis=basis, mask=[True, learn_spectrum, learn_spectrum, learn_spectrum],
+        component_theta=lambda p: [p["mean"], math.log(p["sigma"]), math.log(p["tau"]),
+                                   math.log(p["alpha"])])
     setup.state = state
     setup.truth = _darcy_truth(problem, frozen_spectrum=not learn_spectrum)
     return setup
@@ -384,9 +510,66 @@ def _default_bounds(setup: AMASetup) -> list[tuple[float, float]]:
     return [(-10.0, 10.0), (0.0, math.log(200.0)), (0.0, math.log(60.0)), (0.0, math.log(4.0))]
 
 
+FAMILIES = ("single", "mixture")
+MIXTURE_BOUNDS = ("component", "coupling")
+
+
+def mixture_setup(single: AMASetup, bound: str = "component") -> AMASetup:
+    """The ``"mixture"`` family of a built-in problem: ``nu(theta) = (1/K) sum_k
+    nu_single(theta_k)`` (:class:`MixtureField`), ``theta`` the ``K`` component vectors of the
+    single family concatenated, ``K`` = the number of ``Q_j``.
+
+    ``theta0`` is set by :func:`prepare_setup` from the meta-test's own parameters
+    (``single.component_theta``), so the start *is* the (stratified) mixture of the ``Q_j``
+    when the family's parametrisation matches the meta-test's (NtD, Darcy). The update is
+    Adam over all components (no bounds; a frozen component of the single family stays
+    frozen in every component). ``J`` uses the mixture-coupling upper bound of W2 (see
+    :class:`MixtureField`).
+    """
+    if bound not in MIXTURE_BOUNDS:
+        raise ValueError(f"bound must be one of {', '.join(MIXTURE_BOUNDS)}, got {bound!r}")
+    if single.component_theta is None or np.ndim(single.theta0) == 0:
+        raise ValueError(f"problem {single.name!r} has no mixture family (it needs a vector "
+                         "theta and the meta-test's parameters in its coordinates)")
+    d = len(single.theta0)
+    names = list(single.parameter)
+
+    def build(theta):
+        t = theta if isinstance(theta, torch.Tensor) else torch.as_tensor(
+            np.asarray(theta, dtype=np.float64))
+        t = t.to(torch.float64).reshape(-1, d)
+        return MixtureField([single.build(t[k]) for k in range(t.shape[0])],
+                            meta={"family": "mixture", "n_components": int(t.shape[0])},
+                            bound=bound)
+
+    setup = AMASetup(
+        name=single.name, problem=single.problem, input_weights=single.input_weights,
+        output_weights=single.output_weights, points=single.points, build=build,
+        theta0=None, parameter=names, bounds=None, update="adam", family=single.family,
+        branch=single.branch, trunk=single.trunk, jvp=single.jvp,
+        options={**single.options, "family": "mixture", "mixture_bound": bound},
+        linear=single.linear,
+        basis=single.basis, center=single.center, mask=single.mask, truth=single.truth,
+        component_theta=single.component_theta)
+    if getattr(single, "state", None) is not None:
+        setup.state = single.state
+    setup.single = single
+    return setup
+
+
 def prepare_setup(setup: AMASetup, metatest) -> AMASetup:
     """Settings that depend on the meta-test family: Darcy's offset spread ``"family"`` =
-    the (population) sd of the ``Q_j`` means."""
+    the (population) sd of the ``Q_j`` means; the mixture family's ``theta0`` (the ``Q_j``'s
+    own parameters, one component each), its parameter names and its mask."""
+    if setup.options.get("family") == "mixture" and setup.theta0 is None:
+        comps = [list(map(float, setup.component_theta(p))) for p in metatest.params]
+        d = len(comps[0])
+        setup.theta0 = [v for c in comps for v in c]
+        base = list(setup.parameter)[:d]
+        setup.parameter = [f"{n}_{k}" for k in range(len(comps)) for n in base]
+        if setup.mask is not None:
+            setup.mask = list(setup.mask)[:d] * len(comps)
+        setup.options["n_components"] = len(comps)
     state = getattr(setup, "state", None)
     if state is not None and setup.options.get("offset_sd") == "family":
         means = [float(p["mean"]) for p in metatest.params]
@@ -546,7 +729,18 @@ def ama_setup(name: str, *, problem_options: dict | None = None, bounds: Any = N
         if mean_range is not None:
             raise ValueError(f"mean_range is for user field problems; {name!r} has its own "
                              "meta-test family")
+        family = options.pop("family", None) or "single"
+        mixture_bound = options.pop("mixture_bound", None) or "component"
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+        if family == "mixture" and name == "darcy" and options.get("offset_sd") is None:
+            options["offset_sd"] = 0.0          # the Q_j have no random offset
         setup = AMA_SETUPS[name](**{k: v for k, v in options.items() if v is not None})
+        if family == "mixture":
+            if bounds is not None:
+                raise ValueError("bounds are for the single family's global update; the "
+                                 "mixture family is updated by Adam without bounds")
+            return mixture_setup(setup, bound=mixture_bound)
         if bounds is not None:
             b = (float(bounds[0]), float(bounds[1]))
             if isinstance(setup.bounds, list) or (setup.bounds is None and
@@ -558,5 +752,7 @@ def ama_setup(name: str, *, problem_options: dict | None = None, bounds: Any = N
         return setup
     if not isinstance(name, str) or not name:
         raise ValueError(f"problem must be a name or an import path, got {name!r}")
+    if options.get("family") not in (None, "single") or options.get("mixture_bound"):
+        raise ValueError("the mixture family is for the built-in problems (ntd, darcy)")
     return _user_setup(name, problem_options=problem_options, n_modes=options.get("n_modes"),
                        bounds=bounds, mean_range=mean_range)

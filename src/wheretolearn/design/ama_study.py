@@ -136,6 +136,14 @@ class AMAStudyConfig(BaseModel):
     lipschitz_samples: int = 2
     lipschitz_iterations: int = 15
     update: Optional[Literal["de", "adam", "de+adam"]] = None
+    family: Literal["single", "mixture"] = Field(
+        "single", description="training family nu(theta): 'single' (one parametric field) or "
+                              "'mixture' (a uniform mixture of K = n_measures fields of that "
+                              "family, started at the Q_j's own parameters; built-in problems)")
+    mixture_bound: Literal["component", "coupling"] = Field(
+        "component", description="mixture family: J bounds each Q_j through its nearest "
+                                 "component ('component') or the whole mixture with the "
+                                 "mixture-coupling W2 bound ('coupling'); both upper bounds")
     theta_tol: float = Field(1e-4, description="stop when an update moves theta by less "
                                                 "(max over components)")
     offset_sd: Optional[Union[Literal["family"], float]] = Field(
@@ -252,6 +260,10 @@ class AMAStudyConfig(BaseModel):
                                                       and self.offset_sd >= 0):
             raise ValueError("offset_sd must be 'family' or a finite number >= 0")
         builtin = self.problem in AMA_PRESETS
+        if self.family == "mixture" and not builtin:
+            raise ValueError("family 'mixture' is for the built-in problems (ntd, darcy)")
+        if self.family == "mixture" and self.update not in (None, "adam"):
+            raise ValueError("the mixture family is updated by Adam (update = 'adam')")
         if builtin and (self.problem_options or self.mean_range is not None):
             raise ValueError(f"problem_options and mean_range are for user problems, not "
                              f"{self.problem!r}")
@@ -399,6 +411,8 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     t_start, cpu_start = time.perf_counter(), time.process_time()
     extra = ({"offset_sd": cfg.offset_sd, "learn_spectrum": cfg.learn_spectrum}
              if cfg.problem == "darcy" else {})
+    if cfg.family != "single":
+        extra.update(family=cfg.family, mixture_bound=cfg.mixture_bound)
     setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes,
                       problem_options=cfg.problem_options or None, bounds=cfg.bounds,
                       mean_range=cfg.mean_range, **extra)
@@ -573,6 +587,8 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
         "preset": cfg.preset,
         "grid": setup.options.get("n", cfg.n),
         "parameter": setup.parameter,
+        "family": cfg.family,
+        "mixture_bound": cfg.mixture_bound if cfg.family == "mixture" else None,
         "iterations": cfg.iterations,
         "n_train": cfg.n_train,
         "repeats": cfg.repeats,
