@@ -2,7 +2,6 @@
 sample on Dask workers; ``bilevel`` takes a user function of vectors by file path."""
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 

@@ -42,12 +42,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 
 from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
+
+if TYPE_CHECKING:
+    from ..measures import Gaussian
 from ..measures.gaussian import empirical_gaussians  # re-exported: its former home
 
 __all__ = [
