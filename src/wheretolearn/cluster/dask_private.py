@@ -4,7 +4,7 @@ dask-jobqueue offers no public way to submit jobs and *see* a refused submission
 ``scale`` submits in a callback whose errors only reach the log), to give replacement jobs
 fresh names, or to ask how many workers one job starts. These functions use the private
 attributes that do it; :func:`private_api_problems` checks that they still exist with the
-expected shapes, and ``tests/online/test_cluster.py`` fails when a dask release changes
+expected shapes, and ``tests/cluster/test_cluster.py`` fails when a dask release changes
 them (pyproject.toml also pins the versions this was written against).
 """
 
