@@ -276,8 +276,9 @@ def test_breed_generation_zero_is_the_plain_base_sampler_at_the_same_seed(base):
 def test_new_defaults_follow_the_review():
     s = BreedSampler(BOUNDS, seed=0)
     o = s.options
-    assert (o["r_start"], o["r_end"], o["r_break"]) == (0.0, 0.7, 3)          # OGAS
-    assert o["fitness_baseline"] == "step" and o["fitness_quantile"] == 0.9
+    # measured in issue 23: the paper's R schedule and batch baseline, the 0.9 quantile
+    assert (o["r_start"], o["r_end"], o["r_break"]) == (0.5, 0.7, 3)
+    assert o["fitness_baseline"] == "batch" and o["fitness_quantile"] == 0.9
     assert o["children"] == "reflect" and o["weight_cap"] == 10.0
     assert o["n_simulations"] is None
 

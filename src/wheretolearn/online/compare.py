@@ -45,9 +45,10 @@ Sampler names: ``uniform``, ``halton``, ``sobol``, ``lhs``, ``breed`` and Breed 
 (fitness loss), ``breed-ess`` (ESS trigger), ``breed-step`` / ``breed-batch`` (fitness
 baseline), ``breed-meanfit`` (a simulation's fitness is the mean of its deviations, not the
 0.9 quantile), ``breed-retry`` (out-of-bounds children shrink sigma and are drawn again,
-not reflected), ``breed-r05`` (the bred share starts at R = 0.5, as in the paper, not 0),
+not reflected), ``breed-r05`` / ``breed-r0`` (the bred share starts at R = 0.5, the paper and the
+default, or at 0, OGAS),
 in any combination (``breed-mse-batch``); the other Breed options come from the
-configuration's ``[sampler]`` table. The variants undo one default each, so a comparison
+configuration's ``[sampler]`` table. The variants change one option each, so a comparison
 measures each change on its own.
 """
 
@@ -90,7 +91,7 @@ _VARIANTS = {"weighted": {"weighted": True}, "nrmse": {"fitness_loss": "nrmse"},
              "mse": {"fitness_loss": "mse"}, "ess": {"trigger": "ess"},
              "step": {"fitness_baseline": "step"}, "batch": {"fitness_baseline": "batch"},
              "meanfit": {"fitness_quantile": "mean"}, "retry": {"children": "retry"},
-             "r05": {"r_start": 0.5}}
+             "r05": {"r_start": 0.5}, "r0": {"r_start": 0.0}}
 _CACHE_VERSION = 1
 _LABELS = {"mean": "mean", "median": "median", "p95": "P95", "p99": "P99",
            "cvar99": "CVaR0.99", "max": "max"}
