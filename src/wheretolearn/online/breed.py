@@ -11,16 +11,16 @@ order) comes from a separate stream, ``SeedSequence(seed, spawn_key=(1,))``.
 
 Fitness (SPEC §5, first bullet). Every training batch reports per-sample losses ``l_i`` with
 their simulation id and time step (:meth:`BreedSampler.tell`; the engine tells the loss named
-by ``[sampler] fitness_loss``, default the per-sample nRMSE, OGAS's choice). The *loss
-deviation* ``delta_i = l_i - mean_batch(l)`` is comparable across network states. It is
+by ``[sampler] fitness_loss``: MSE by default, or the per-sample nRMSE, OGAS's choice). The
+*loss deviation* ``delta_i = l_i - mean_batch(l)`` is comparable across network states. It is
 stored per ``(sim_id, step)`` (a step served again overwrites its older value), and the
 fitness of a simulation is the ``fitness_quantile``-quantile (default 0.9; ``"mean"``: the
 mean, the paper) of its recorded deviations: a simulation that is hard at a few steps is a
 parent even if it is easy at most of them. A simulation is a parent candidate once it has
 ``min_steps`` recorded steps and is among the ``window`` most recently drawn simulations.
 
-Step baseline (``fitness_baseline="step"``, beyond the paper; the default is ``"batch"``). Losses of one
-simulation differ far more between time steps (the first steps, with their sharp boundary
+Step baseline (``fitness_baseline="step"``, beyond the paper; default ``"batch"``). Losses
+of one simulation differ far more between time steps (the first steps, with their sharp boundary
 layers, are the hardest for every parameter) than between parameters, so a fitness computed
 from the random steps a simulation happened to have trained mostly measures *which steps*
 were drawn. With the step baseline each loss is first divided by a running mean of the losses
@@ -294,8 +294,8 @@ class BreedSampler(ParameterSampler):
     min_finished : int >= 0
         Finished simulations needed before the first resampling.
     r_start, r_end : float in [0, 1], r_break : int >= 0
-        Linear schedule of the bred fraction (default OGAS's 0 -> 0.7 over 3; the paper:
-        0.5 -> 0.7 over 3).
+        Linear schedule of the bred fraction (default the paper's 0.5 -> 0.7 over 3;
+        OGAS: 0 -> 0.7 over 3).
     window : int >= 1
         Parent candidates come from the ``window`` most recently drawn simulations.
     min_steps : int >= 1

@@ -102,9 +102,10 @@ class SamplerSection(_Section):
     default, the paper: deviation from the batch mean; ``step``: of losses divided by their
     time step's running mean). Measured in issue 23 (10 paired seeds): MSE / batch / R from
     0.5 gives the better per-sample interior tail on heat (P99 1.10x vs 1.05x) and Gray-Scott
-    (CVaR 1.23x vs 1.13x); nRMSE / step gives the better per-simulation tail on heat, ``fitness_quantile`` (a simulation's fitness is this quantile
-    of its recorded deviations, default 0.9; ``"mean"``: the paper's mean), ``weighted``
-    (weight the training loss by the importance weights, unbiased for the base design) and
+    (CVaR 1.23x vs 1.13x); nRMSE / step gives the better per-simulation tail on heat.
+    ``fitness_quantile`` (a simulation's fitness is this quantile of its recorded
+    deviations, default 0.9; ``"mean"``: the paper's mean), ``weighted`` (weight the
+    training loss by the importance weights, unbiased for the base design) and
     ``weight_cap`` (those weights are normalised to mean 1 over each batch and capped at
     ``weight_cap`` times it, default 10). ``min_candidates``: a resampling waits for that
     many parent candidates. The study passes its ``n_simulations``: no resampling once the
