@@ -70,8 +70,10 @@ for s in range(n):
         if mode.startswith("hang"):
             # a child in the same process group must die with us
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-            with open(os.path.join(out, "..", "child.pid"), "w") as fh:
+            tmp = os.path.join(out, "..", ".child.pid.tmp")    # whole or absent, never empty
+            with open(tmp, "w") as fh:
                 fh.write(str(child.pid))
+            os.replace(tmp, os.path.join(out, "..", "child.pid"))
             time.sleep(600)
         if mode.startswith("malformed"):
             with open(os.path.join(out, ".bad"), "wb") as fh:

@@ -117,7 +117,9 @@ def test_closing_the_generator_kills_the_program(tmp_path):
     gen = prob.simulate([1.0])
     assert next(gen)[0] == 0
     assert next(gen)[0] == 1
-    (pidfile,) = _wait_for(lambda: list((tmp_path / "work").glob("*/child.pid")))
+    # the program writes the file, then its pid: wait for the pid, not for the file
+    (pidfile,) = _wait_for(lambda: [p for p in (tmp_path / "work").glob("*/child.pid")
+                                    if p.read_text().strip()])
     child = int(pidfile.read_text())
     gen.close()
     for _ in range(100):
