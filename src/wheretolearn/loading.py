@@ -158,24 +158,30 @@ def _online_state(run: Path) -> dict:
     raise ValueError(f"run folder {str(run)!r} has no checkpoint to load a model from")
 
 
-def _online_record_from_problem(run: Path, trust: bool) -> dict:
-    """Older checkpoints lack the surrogate's record: rebuild the problem to read it --
-    through the registry for a built-in problem, through its spec only with ``trust``."""
-    from .online.config import load_online_config
-    from .problems import check_online_contract, get_problem
+def _named_problem(run: Path, spec: dict, code: str | None, trust: bool, missing: str) -> Any:
+    """The problem ``spec`` a folder names, for what the run did not record (``missing``):
+    through the registry alone when it is built-in (``code`` None), through its spec --
+    importing user code -- only with ``trust``; otherwise the refusal."""
+    from .problems import get_problem
     from .problems.trust import build_builtin_problem
 
+    if code is None:
+        return build_builtin_problem(spec["name"], **spec["options"])
+    if not trust:
+        raise _refuse(run, code, missing)
+    return get_problem(spec["name"], **spec["options"])
+
+
+def _online_record_from_problem(run: Path, trust: bool) -> dict:
+    """Older checkpoints lack the surrogate's record: rebuild the problem to read it."""
+    from .online.config import load_online_config
+    from .online.study import surrogate_record
+    from .problems import check_online_contract
+
     cfg = load_online_config(str(run / "config.toml"))
-    spec = cfg.problem_spec()
-    code = cfg.problem_code()
-    if code is not None and not trust:
-        raise _refuse(run, code, "surrogate record in its checkpoint")
-    build = get_problem if code is not None else build_builtin_problem
-    problem = build(spec["name"], **spec["options"])
-    bounds = check_online_contract(problem, bounds=cfg.sampler.bounds)
-    return {"n_steps": int(problem.n_steps), "field_shape": list(problem.output_shape[1:]),
-            "bounds": bounds.tolist(),
-            "parameter_names": list(getattr(problem, "parameter_names", []))}
+    problem = _named_problem(run, cfg.problem_spec(), cfg.problem_code(), trust,
+                             "surrogate record in its checkpoint")
+    return surrogate_record(problem, check_online_contract(problem, bounds=cfg.sampler.bounds))
 
 
 def _load_online(run: Path, trust: bool) -> OnlineSurrogate:
@@ -191,19 +197,13 @@ def _load_online(run: Path, trust: bool) -> OnlineSurrogate:
 
 # -- bilevel --------------------------------------------------------------------------------
 def _bilevel_labels(run: Path, cfg: dict, x: Any, trust: bool, why: str) -> Any:
-    """``problem(x)`` for a refit the run did not record: a built-in problem through the
-    registry; anything else only with ``trust``."""
-    from .problems import get_problem
-    from .problems.trust import build_builtin_problem, is_builtin_problem
+    """``problem(x)`` for a refit the run did not record (see :func:`_named_problem`)."""
+    from .problems.trust import is_builtin_problem
 
     name = cfg["problem"]
-    if is_builtin_problem(name):
-        problem = build_builtin_problem(name, dim=int(cfg["dim"]))
-    elif trust:
-        problem = get_problem(name, dim=int(cfg["dim"]))
-    else:
-        raise _refuse(run, f"problem = {name!r}", why)
-    return problem(x).detach()
+    code = None if is_builtin_problem(name) else f"problem = {name!r}"
+    spec = {"name": name, "options": {"dim": int(cfg["dim"])}}
+    return _named_problem(run, spec, code, trust, why)(x).detach()
 
 
 def _load_bilevel(run: Path, n: int | None, trust: bool) -> Any:

@@ -53,7 +53,8 @@ import numpy as np
 from .config import OnlineStudyConfig
 from .ledger import SimulationLedger
 
-__all__ = ["OnlineStudy", "run_online_study", "resume_online_study", "validation_set"]
+__all__ = ["OnlineStudy", "run_online_study", "resume_online_study", "validation_set",
+           "surrogate_record"]
 
 _CHECKPOINT = "checkpoint.pt"
 _LOG_EVERY = 10
@@ -172,8 +173,6 @@ class OnlineStudy:
         self.problem = get_problem(self.problem_spec["name"], **self.problem_spec["options"])
         bounds = check_online_contract(self.problem, bounds=cfg.sampler.bounds)
         self.n_steps = int(self.problem.n_steps)
-        self.field_shape = tuple(int(s) for s in self.problem.output_shape[1:])
-        self.parameter_names = [str(n) for n in getattr(self.problem, "parameter_names", [])]
         if bounds.shape != (self.problem.input_shape[0], 2):
             raise ValueError(f"sampler bounds must have shape ({self.problem.input_shape[0]}, 2),"
                              f" got {bounds.shape}")
@@ -300,15 +299,7 @@ class OnlineStudy:
         return {"version": 1, "n_steps": self.n_steps, "trainer": self.trainer.state_dict(),
                 "model_config": getattr(self.model, "config", None), "buffer": buffer_state,
                 "sampler": sampler_state, "ledger": ledger_state, "counters": counters,
-                "delivered": delivered, "surrogate": self.surrogate_record()}
-
-    def surrogate_record(self) -> dict:
-        """What ``load_model`` needs besides the trainer to rebuild the surrogate without
-        the problem (a run folder is data, never code): ``n_steps``, ``field_shape``,
-        ``bounds`` (d, 2) of the feature normalisation and ``parameter_names``."""
-        return {"n_steps": self.n_steps, "field_shape": list(self.field_shape),
-                "bounds": np.asarray(self.bounds, dtype=np.float64).tolist(),
-                "parameter_names": list(self.parameter_names)}
+                "delivered": delivered, "surrogate": surrogate_record(self.problem, self.bounds)}
 
     def checkpoint(self, executor: Any = None, *, background: bool = False) -> None:
         """Publish a checkpoint folder ``checkpoints/NNNNNN/`` (checkpoint.pt + ledger.json +
@@ -593,6 +584,16 @@ class OnlineStudy:
         (self.run_dir / "figures").mkdir(exist_ok=True)
         fig.savefig(self.run_dir / "figures" / "online_training.png", dpi=100)
         plt.close(fig)
+
+
+def surrogate_record(problem: Any, bounds: Any) -> dict:
+    """What ``load_model`` needs besides the trainer to rebuild an online surrogate without
+    the problem (a run folder is data, never code): ``n_steps``, ``field_shape`` (one step's
+    field), ``bounds`` (d, 2) of the feature normalisation and ``parameter_names``."""
+    return {"n_steps": int(problem.n_steps),
+            "field_shape": [int(s) for s in problem.output_shape[1:]],
+            "bounds": np.asarray(bounds, dtype=np.float64).tolist(),
+            "parameter_names": [str(n) for n in getattr(problem, "parameter_names", [])]}
 
 
 def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
