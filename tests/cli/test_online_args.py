@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import tomli_w
+from cli_checks import refused
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
@@ -32,15 +33,6 @@ def write(path, cfg):
     return path
 
 
-def one_error_line(res, *needles):
-    err = res.stderr.strip()
-    assert res.exit_code == 2, res.output
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished tiny study (run once, copied by the tests that change it)."""
@@ -57,7 +49,7 @@ def finished_run(tmp_path_factory):
 ])
 def test_infinite_values_are_refused_before_the_folder_exists(tmp_path, section, key):
     cfg = write(tmp_path / "s.toml", tiny(**{section: {key: math.inf}}))
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
                    f"{section}.{key}", "finite")
     assert not (tmp_path / "r").exists()
 
@@ -70,7 +62,7 @@ def test_problems_without_simulate_are_refused_by_name(tmp_path, problem, monkey
     monkeypatch.setattr(study.OnlineStudy, "create",
                         classmethod(lambda cls, *a, **k: created.append(a)))
     cfg = write(tmp_path / "s.toml", tiny(study={"problem": problem}))
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
                    f"problem {problem!r} cannot run in an online study", "heat2d")
     assert created == [] and not (tmp_path / "r").exists()    # never even created
 
@@ -87,11 +79,11 @@ def test_online_problems_are_those_with_simulate():
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
 def test_max_seconds_follows_the_toml_rule(tmp_path, value):
     cfg = write(tmp_path / "s.toml", tiny())
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
                                        "--max-seconds", value]), "max_seconds")
     assert not (tmp_path / "r").exists()
     cfg = write(tmp_path / "t.toml", tiny(study={"max_seconds": float(value)}))
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
                    "max_seconds")
 
 
@@ -102,7 +94,7 @@ def test_max_seconds_follows_the_toml_rule(tmp_path, value):
 ])
 def test_strict_types_one_rule_per_key(tmp_path, section, key, value):
     cfg = write(tmp_path / "s.toml", tiny(**{section: {key: value}}))
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
                    f"{section}.{key}")
     assert not (tmp_path / "r").exists()
 
@@ -110,7 +102,7 @@ def test_strict_types_one_rule_per_key(tmp_path, section, key, value):
 def test_resume_refuses_flags_it_would_ignore(tmp_path):
     res = runner.invoke(app, ["online", "resume", str(tmp_path), "--workers", "0", "--sampler",
                               "nosuch", "--fail-rate", "5", "--out", str(tmp_path / "else")])
-    one_error_line(res, "--workers", "--sampler", "--fail-rate", "--out", "--max-seconds")
+    refused(res, "--workers", "--sampler", "--fail-rate", "--out", "--max-seconds")
     assert not (tmp_path / "else").exists()
 
 
@@ -141,7 +133,7 @@ def test_lost_checkpoint_requires_restart(finished_run, tmp_path, monkeypatch):
     (run / "summary.json").write_text(json.dumps({**summary, "stopped": "max_seconds"}))
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     (run / "checkpoint.pt").unlink(missing_ok=True)
-    one_error_line(runner.invoke(app, ["online", "resume", str(run), "--no-progress"]),
+    refused(runner.invoke(app, ["online", "resume", str(run), "--no-progress"]),
                    "no usable checkpoint", "--restart")
     assert calls == []
     res = runner.invoke(app, ["online", "resume", str(run), "--restart", "--no-progress"])
@@ -153,23 +145,23 @@ def test_restart_with_a_checkpoint_is_refused(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "summary.json").unlink()
-    one_error_line(runner.invoke(app, ["online", "resume", str(run), "--restart"]),
+    refused(runner.invoke(app, ["online", "resume", str(run), "--restart"]),
                    "has a checkpoint")
 
 
 def test_wrong_paths_are_named(tmp_path, finished_run):
-    one_error_line(runner.invoke(app, ["online", "resume"]), "needs the run folder")
-    one_error_line(runner.invoke(app, ["online", str(finished_run), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", "resume"]), "needs the run folder")
+    refused(runner.invoke(app, ["online", str(finished_run), "--out", str(tmp_path / "r")]),
                    "is a folder, not a study configuration", "online resume")
     cfg = write(tmp_path / "s.toml", tiny())
     (tmp_path / "afile").write_text("x")
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "afile")]),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "afile")]),
                    "is a file")
     assert (tmp_path / "afile").read_text() == "x"
     bilevel = tmp_path / "bilevel"
     bilevel.mkdir()
     (bilevel / "config.toml").write_text('problem = "sobol-g"\ndim = 2\nsteps = 3\n')
-    err = one_error_line(runner.invoke(app, ["online", "resume", str(bilevel)]),
+    err = refused(runner.invoke(app, ["online", "resume", str(bilevel)]),
                          "is a bilevel run folder")
     assert "unknown config key" not in err
 
@@ -177,7 +169,7 @@ def test_wrong_paths_are_named(tmp_path, finished_run):
 def test_a_table_error_does_not_dump_the_config(tmp_path):
     cfg = write(tmp_path / "s.toml", tiny(buffer={"capacity": 4, "watermark": 10,
                                                  "policy": "uniform"}))
-    err = one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    err = refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
                          "watermark")
     assert len(err) < 300 and "'policy'" not in err, err
 
@@ -192,9 +184,9 @@ def test_seed_num_threads_queue_walltime_flags(tmp_path):
 
     base = load_online_config(str(cfg))
     assert base.study.seed == 1
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
                                        "--seed", "-1"]), "study.seed")
-    one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
                                        "--num-threads", "0"]), "training.torch_threads")
 
 
@@ -236,6 +228,6 @@ def test_compare_puts_runs_side_by_side(finished_run, tmp_path):
     assert f"{summary['val_error']['mean']:.4g}" in res.output
     assert f"{summary['val_error']['max']:.4g}" in res.output and "online" in res.output
     assert fig.read_bytes()[:4] == b"\x89PNG"
-    one_error_line(runner.invoke(app, ["compare", str(finished_run), "--figure", str(fig)]),
+    refused(runner.invoke(app, ["compare", str(finished_run), "--figure", str(fig)]),
                    "already exists")
-    one_error_line(runner.invoke(app, ["compare", str(tmp_path)]), "no readable summary.json")
+    refused(runner.invoke(app, ["compare", str(tmp_path)]), "no readable summary.json")

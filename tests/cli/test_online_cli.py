@@ -3,6 +3,7 @@ tests/online/test_reliability.py::test_fault_injection_20_percent_through_cli)."
 
 import pytest
 import tomli_w
+from cli_checks import refused
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
@@ -97,15 +98,6 @@ EVIL = "from pathlib import Path\nPath({sentinel!r}).write_text('evil.py was imp
        "def make(**options):\n    raise RuntimeError('evil make ran')\n"
 
 
-def _one_error_line(res, *needles):
-    err = res.stderr.strip()
-    assert res.exit_code == 2, res.output
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def _crafted_run(tmp_path, problem="evil", **study):
     """A run folder (no checkpoint yet) whose config.toml was written by someone else:
     ``problem`` "evil" names ``DIR/evil.py:make``, which writes SENTINEL when imported."""
@@ -133,7 +125,7 @@ def test_resume_refuses_a_folder_naming_user_code(tmp_path, problem, options):
         write_config(run / "config.toml", study={"problem": spec, "options": opts})
     before = _listing(run)
     res = runner.invoke(app, ["online", "resume", str(run), "--no-progress"])
-    _one_error_line(res, "names user code", f"problem = {spec!r}", "--trust", str(run))
+    refused(res, "names user code", f"problem = {spec!r}", "--trust", str(run))
     assert not sentinel.exists() and _listing(run) == before
 
 
@@ -144,7 +136,7 @@ def test_resume_refuses_a_folder_naming_a_command(tmp_path):
                         "options": {"field_shape": [2]}},
                  sampler={"bounds": [[0.0, 1.0]]})
     res = runner.invoke(app, ["online", "resume", str(run), "--no-progress"])
-    _one_error_line(res, "names user code", "command = ['touch'", "--trust")
+    refused(res, "names user code", "command = ['touch'", "--trust")
     assert not sentinel.exists()
 
 
@@ -152,7 +144,7 @@ def test_resume_refuses_a_folder_naming_a_worker_python(tmp_path):
     run, _, _ = _crafted_run(tmp_path, "heat2d")
     write_config(run / "config.toml", study={"n": 8},
                  cluster={"kind": "slurm", "queue": "q", "python": "/tmp/not-python"})
-    _one_error_line(runner.invoke(app, ["online", "resume", str(run)]),
+    refused(runner.invoke(app, ["online", "resume", str(run)]),
                     "[cluster] python = '/tmp/not-python'", "--trust")
 
 
@@ -199,7 +191,7 @@ def test_resume_online_study_asks_for_trust(tmp_path):
 
 def test_trust_is_only_for_resume(tmp_path):
     cfg = write_config(tmp_path / "s.toml", study={"n": 8})
-    _one_error_line(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
                                         "--trust"]), "--trust applies only to")
     assert not (tmp_path / "r").exists()
 

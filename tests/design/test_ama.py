@@ -7,24 +7,14 @@ import pytest
 import torch
 
 from wheretolearn.design.ama import AMAConfig, AMAObjective, adam_update, de_update, run_ama
-from wheretolearn.design.ama_problems import ama_setup
 from wheretolearn.design.labelling import Labeller
-from wheretolearn.design.operator_metatest import make_operator_metatest
-from wheretolearn.models import DeepONet, TrainConfig
+from wheretolearn.models import TrainConfig
+
+from ama_small import small_ama
 
 
 def _small(name, n, k=4):
-    s = ama_setup(name, n=n)
-    lab = Labeller(s.problem)
-    ms, ps = s.family(k, 0)
-    mt = make_operator_metatest(lab, ms, n_seen=3, n_unseen=4, params=ps,
-                                output_weights=s.output_weights)
-
-    def factory(seed):
-        return DeepONet([s.branch[0], 32, 16], [2, 32, 16], s.points,
-                        output_shape=s.problem.output_shape, seed=seed)
-
-    return s, lab, mt, factory
+    return small_ama(name, n, k)
 
 
 def _objective(s, mt, model, n_opt=16, L=0.5, Lp=1.0):

@@ -11,23 +11,14 @@ from wheretolearn.design.ama import AMAConfig, AMAObjective, retrain, run_ama
 from wheretolearn.design.ama_problems import ama_setup, barycenter_field
 from wheretolearn.design.ama_study import recommend
 from wheretolearn.design.labelling import Labeller
-from wheretolearn.design.operator_metatest import make_operator_metatest
-from wheretolearn.models import DeepONet, TrainConfig
+from wheretolearn.models import TrainConfig
 from wheretolearn.models.operator_training import TrainResult
+
+from ama_small import small_ama
 
 
 def _small(name, n, k=4, dtype="float32", **options):
-    s = ama_setup(name, n=n, **options)
-    lab = Labeller(s.problem)
-    ms, ps = s.family(k, 0)
-    mt = make_operator_metatest(lab, ms, n_seen=3, n_unseen=4, params=ps,
-                                output_weights=s.output_weights)
-
-    def factory(seed):
-        return DeepONet([s.branch[0], 32, 16], [2, 32, 16], s.points,
-                        output_shape=s.problem.output_shape, seed=seed, dtype=dtype)
-
-    return s, lab, mt, factory
+    return small_ama(name, n, k, dtype, **options)
 
 
 def test_darcy_shift_identity_matches_the_solver():
@@ -45,6 +36,7 @@ def test_darcy_shift_identity_matches_the_solver():
 
 @pytest.mark.parametrize("name, n, theta", [("ntd", 8, [2.0, 1.4, 1.0, 0.6]),
                                             ("darcy", 8, [0.3, 1.0, 1.1, 0.7])])
+
 def test_vector_theta_gradient_matches_finite_differences_of_J(name, n, theta):
     extra = {"offset_sd": 0.2} if name == "darcy" else {}
     s, _, mt, factory = _small(name, n, dtype="float64", **extra)   # float64: clean differences

@@ -9,27 +9,17 @@ import torch
 
 from wheretolearn.design.ama import AMAConfig, AMAObjective, run_ama
 from wheretolearn.design.ama_bound import w2_squared_to_family
-from wheretolearn.design.ama_problems import (MixtureField, ama_setup, mixture_setup,
-                                              prepare_setup)
+from wheretolearn.design.ama_problems import MixtureField, ama_setup, mixture_setup
 from wheretolearn.design.labelling import Labeller
 from wheretolearn.design.operator_metatest import make_operator_metatest
 from wheretolearn.measures import Mixture
 from wheretolearn.models import DeepONet, TrainConfig
 
+from ama_small import small_ama
+
 
 def _mixture(name, n=8, k=4):
-    s = ama_setup(name, n=n, family="mixture")
-    lab = Labeller(s.problem)
-    ms, ps = s.family(k, 0)
-    mt = make_operator_metatest(lab, ms, n_seen=3, n_unseen=4, params=ps,
-                                output_weights=s.output_weights)
-    s = prepare_setup(s, mt)
-
-    def factory(seed):
-        return DeepONet([s.branch[0], 32, 16], [2, 32, 16], s.points,
-                        output_shape=s.problem.output_shape, seed=seed)
-
-    return s, lab, mt, factory
+    return small_ama(name, n, k, prepare=True, family="mixture")
 
 
 @pytest.mark.parametrize("name", ["ntd", "darcy"])
