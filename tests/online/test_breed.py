@@ -152,6 +152,16 @@ def test_submitted_simulations_are_never_changed_and_the_queue_is_redrawn():
     assert np.all(np.abs(nxt - parent) < 6 * 0.1)
 
 
+def _lean_to_corner(s, *, rounds, k, power=1):
+    """``rounds`` generations of ``k`` draws each, the last 60 told a loss ``(u0 + u1)^power``
+    (hard near the corner (1, 1)), then a resampling: the proposal leans to that corner."""
+    for _ in range(rounds):
+        u = s.ask(k)
+        ids = np.arange(len(s._sim) - k, len(s._sim))
+        s.tell(ids[-60:], np.zeros(60), u[-60:].sum(1) ** power)
+        s.resample()
+
+
 def test_importance_weights_integrate_to_the_right_value():
     # Adaptive proposals lean to the corner (1, 1): the unweighted mean of u is biased (~0.66),
     # the deterministic-mixture weighted one estimates the uniform integrals (standard error
@@ -159,12 +169,8 @@ def test_importance_weights_integrate_to_the_right_value():
     s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=5, min_finished=0, period=1000,
                      min_steps=1, window=60, queue_size=50, r_start=0.8, r_end=0.8, sigma=0.1,
                      min_candidates=1)
-    for _ in range(8):
-        u = s.ask(500)
-        ids = np.arange(len(s._sim) - 500, len(s._sim))
-        s.tell(ids[-60:], np.zeros(60), u[-60:].sum(1))               # hard near (1, 1)
-        s.resample()
-    u = s.ask(500)
+    _lean_to_corner(s, rounds=8, k=500)
+    s.ask(500)
     ids, w = s.importance_weights()
     assert len(w) == 4500 and np.all(w > 0)
     x = np.array(s.diagnostics()["draws"]["params"])
@@ -289,11 +295,7 @@ def test_weights_for_are_normalised_per_batch_and_capped():
     s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=5, min_finished=0, period=1000,
                      min_steps=1, window=60, queue_size=50, r_start=0.9, r_end=0.9,
                      sigma=0.05, min_candidates=1, weight_cap=1.5)
-    for _ in range(4):
-        u = s.ask(300)
-        ids = np.arange(len(s._sim) - 300, len(s._sim))
-        s.tell(ids[-60:], np.zeros(60), u[-60:].sum(1) ** 4)
-        s.resample()
+    _lean_to_corner(s, rounds=4, k=300, power=4)
     s.ask(300)
     ids, raw = s.importance_weights()
     assert raw.max() / raw.min() > 50
@@ -424,11 +426,7 @@ def test_weights_with_a_boundary_share_target_the_base_design():
     s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=2, min_finished=0, period=1000,
                      min_steps=1, window=60, queue_size=50, r_start=0.7, r_end=0.7,
                      sigma=0.1, min_candidates=1, boundary_share=0.25)
-    for _ in range(6):
-        u = s.ask(500)
-        ids = np.arange(len(s._sim) - 500, len(s._sim))
-        s.tell(ids[-60:], np.zeros(60), u[-60:].sum(1))
-        s.resample()
+    _lean_to_corner(s, rounds=6, k=500)
     _, w = s.importance_weights()
     x = np.array(s.diagnostics()["draws"]["params"])
     on = ((x == 0) | (x == 1)).any(axis=1)
