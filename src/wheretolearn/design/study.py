@@ -329,14 +329,14 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
     return summary
 
 
-def _trial_seed(cfg: BilevelStudyConfig, trial: int, stream: int) -> int:
-    """Seed of one random stream (1: bilevel draws, 2: evaluation) of one trial; trial 0
-    keeps the seeds of a single run."""
+def _trial_seed(seed: int, trial: int, stream: int) -> int:
+    """Seed of one random stream (1: bilevel draws, 2: evaluation) of one trial of a study
+    seeded ``seed``; trial 0 keeps the seeds of a single run."""
     from .evaluation import source_seed
 
     if stream == 1:
-        return source_seed(cfg.seed, 1) if trial == 0 else source_seed(cfg.seed, 1, trial)
-    return cfg.seed if trial == 0 else source_seed(cfg.seed, 2, trial)
+        return source_seed(seed, 1) if trial == 0 else source_seed(seed, 1, trial)
+    return seed if trial == 0 else source_seed(seed, 2, trial)
 
 
 def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
@@ -367,7 +367,7 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
     result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
                              lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
                              ridge_end=cfg.ridge_end, optimizer=cfg.optimizer,
-                             generator=torch_generator(_trial_seed(cfg, trial, 1)),
+                             generator=torch_generator(_trial_seed(cfg.seed, trial, 1)),
                              normalize_labels=cfg.normalize_labels, callback=on_step,
                              num_threads=cfg.num_threads, kernel=cfg.kernel,
                              **cfg.bilevel_options)
@@ -405,7 +405,7 @@ def _start_check(cfg, problem, metatest, init, chosen, trial: int) -> dict:
     for label, measure in (("chosen", chosen), ("start", init)):
         vals = []
         for r in range(_CHECK_DRAWS):
-            g = torch.Generator().manual_seed(source_seed(_trial_seed(cfg, trial, 2), 3, r))
+            g = torch.Generator().manual_seed(source_seed(_trial_seed(cfg.seed, trial, 2), 3, r))
             x = measure.sample(n, generator=g).detach()
             err, _ = fit_and_score(problem, metatest, x, bandwidth=cfg.bandwidth,
                                    ridge=cfg.eval_ridge, dtype=cfg.eval_dtype, split="seen",
@@ -439,7 +439,7 @@ def _evaluate(cfg, problem, metatest, sources, bar, run, trial: int = 0) -> dict
 
     return evaluate_sources(problem, metatest, sources, cfg.eval_n, repeats=cfg.repeats,
                             bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge,
-                            seed=_trial_seed(cfg, trial, 2), dtype=cfg.eval_dtype,
+                            seed=_trial_seed(cfg.seed, trial, 2), dtype=cfg.eval_dtype,
                             callback=on_fit, num_threads=cfg.num_threads, kernel=cfg.kernel)
 
 
@@ -573,8 +573,8 @@ def final_training_inputs(learned: dict, n: int, *, seed: int, trial: int = 0,
     dt = resolve_dtype(dtype)
     gaussian = Gaussian(torch.tensor(learned["mean"], dtype=dt),
                         torch.tensor(learned["cov"], dtype=dt), dtype=dt)
-    stream = seed if trial == 0 else source_seed(seed, 2, trial)     # as _trial_seed
-    g = torch.Generator().manual_seed(source_seed(stream, name_key("optimized"), n, 0))
+    g = torch.Generator().manual_seed(source_seed(_trial_seed(seed, trial, 2),
+                                                  name_key("optimized"), n, 0))
     return gaussian.sample(n, generator=g).detach().to(torch.float64)
 
 
