@@ -29,10 +29,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..measures.fields import matern_sqrt_eigenvalues
+
 __all__ = ["AMASetup", "SpectrumField", "MixtureField", "mixture_setup", "FAMILIES",
            "MIXTURE_BOUNDS",
            "barycenter_field", "prepare_setup", "vector_theta",
-           "matern_sqrt_eigenvalues", "ama_setup", "AMA_SETUPS", "available_ama_problems",
+           "ama_setup", "AMA_SETUPS", "available_ama_problems",
            "field_setup", "grid_weights", "grid_points"]
 
 
@@ -362,11 +364,6 @@ class MixtureField:
 
     def __repr__(self) -> str:
         return f"MixtureField(K={self.n_components}, {self.components[0].basis!r})"
-
-
-def matern_sqrt_eigenvalues(mu: torch.Tensor, sigma, tau, alpha) -> torch.Tensor:
-    """``sqrt(lambda_k) = sigma (mu_k + tau^2)^(-alpha / 2)`` (K,), differentiable."""
-    return sigma * (mu + tau ** 2) ** (-0.5 * alpha)
 
 
 def _spectrum(theta: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, dict]:

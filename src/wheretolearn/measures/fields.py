@@ -26,7 +26,13 @@ from .._validation import as_tensor, check_finite, check_positive_int, resolve_d
 from .base import Measure, check_n_samples
 
 __all__ = ["KLEBasis", "SineBasis1D", "SineBasis2D", "FourierBasis1D", "GaussianRandomField",
-           "trapezoid_weights"]
+           "matern_sqrt_eigenvalues", "trapezoid_weights"]
+
+
+def matern_sqrt_eigenvalues(mu: torch.Tensor, sigma, tau, alpha) -> torch.Tensor:
+    """``sqrt(lambda_k) = sigma (mu_k + tau^2)^(-alpha / 2)`` (K,) for the Laplacian
+    eigenvalues ``mu`` (K,); differentiable in ``sigma``, ``tau``, ``alpha``."""
+    return sigma * (mu + tau ** 2) ** (-0.5 * alpha)
 
 
 def trapezoid_weights(n: int) -> torch.Tensor:
@@ -301,7 +307,7 @@ class GaussianRandomField(Measure):
     @property
     def sqrt_eigenvalues(self) -> torch.Tensor:
         """``sqrt(lambda_k) = sigma (mu_k + tau^2)^(-alpha/2)``, shape (K,)."""
-        return self.sigma * (self._mu + self.tau ** 2) ** (-0.5 * self.alpha)
+        return matern_sqrt_eigenvalues(self._mu, self.sigma, self.tau, self.alpha)
 
     @property
     def eigenvalues(self) -> torch.Tensor:
