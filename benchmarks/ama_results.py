@@ -3,13 +3,16 @@
 ``run`` executes ``wheretolearn ama --preset small`` for each problem (1 torch thread; start it
 under ``nice -n 10`` on a shared machine) and stores the summary without its per-iteration
 history in ``benchmarks/results/ama_small_<problem>.json`` (``--family mixture``:
-``ama_small_<problem>_mixture.json``, the mixture training family). ``table`` prints the markdown table
-of the README from those files (mean and 95 % interval over repeats).
+``ama_small_<problem>_mixture.json``, the mixture training family). ``write RUN_DIR`` stores a
+study run from the CLI (e.g. a ``--preset paper`` repeat) as ``ama_<preset>_<problem>.json``.
+``table`` prints the markdown table of the README from those files (mean and 95 % interval
+over repeats; a single repeat has no interval).
 
 Usage::
 
     nice -n 10 python benchmarks/ama_results.py run [--repeats 3] [--problems ntd darcy]
         [--family single|mixture]
+    python benchmarks/ama_results.py write RUN_DIR
     python benchmarks/ama_results.py table
 """
 
@@ -38,7 +41,7 @@ def write(summary: dict) -> Path:
     """Store a study summary (without its history) under its problem and family."""
     summary = {k: v for k, v in summary.items() if k not in ("history", "out", "figures")}
     tail = "" if summary.get("family", "single") == "single" else f"_{summary['family']}"
-    path = RESULTS / f"ama_small_{summary['problem']}{tail}.json"
+    path = RESULTS / f"ama_{summary.get('preset', 'small')}_{summary['problem']}{tail}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {path}")
     return path
@@ -55,6 +58,12 @@ def _vec(v) -> str:
 SOURCES = ("learned", "initial", "barycenter", "mixture")
 
 
+def _result_files() -> list[Path]:
+    """Study summaries with a guard (``recommended``): small presets first, then paper runs."""
+    paths = sorted(RESULTS.glob("ama_small_*.json")) + sorted(RESULTS.glob("ama_paper_*.json"))
+    return [p for p in paths if "recommended" in json.loads(p.read_text())]
+
+
 def table() -> str:
     """The README / docs table: fresh models per source (unseen error, mean [95 % CI] over
     repeats), the guard's recommendation, the in-loop J and how often theta moved."""
@@ -62,15 +71,14 @@ def table() -> str:
              "mixture of Q_j | recommended (margin) | J / J_0 at the end | theta moved "
              "(iterations per repeat) | wall s per run |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted(RESULTS.glob("ama_small_*.json")):
+    for path in _result_files():
         s = json.loads(path.read_text())
-        if "recommended" not in s:
-            continue
         b, rec = s["baselines_ci"], s["recommended"]
         for n in s["eval_n"]:
             cells = " | ".join(_cell(b[src][str(n)]) if src in b else "-" for src in SOURCES)
             lines.append(
-                f"| {s['problem']} ({s['grid']}x{s['grid']}) | {s.get('family', 'single')} | "
+                f"| {s['problem']} ({s['grid']}x{s['grid']}, {s['preset']}) | "
+                f"{s.get('family', 'single')} | "
                 f"{n} | {cells} | "
                 f"{rec['source']} ({rec['margin']:.3f}) | {s['relative_ama_loss'][-1]:.3f} | "
                 f"{s.get('theta_moved_iterations')} | {s['seconds'] / s['repeats']:.0f} |")
@@ -80,10 +88,8 @@ def table() -> str:
 def learned_table() -> str:
     """Learned parameters per repeat (natural units) for the docs."""
     lines = ["| problem | repeat | learned parameters | stop |", "|---|---|---|---|"]
-    for path in sorted(RESULTS.glob("ama_small_*.json")):
+    for path in _result_files():
         s = json.loads(path.read_text())
-        if "recommended" not in s:
-            continue
         for r, (m, why) in enumerate(zip(s["learned"]["measures"], s["learned"]["stop_reason"])):
             if isinstance(m, dict) and m.get("kind") == "spectrum_mixture":
                 moved = max(abs(a - b) for a, b in zip(s["learned"]["values"][r],
