@@ -10,6 +10,18 @@ Glorot-normal (``std = sqrt(2 / (fan_in + fan_out))``), biases 0.
 The query points (``problem.coordinates()["points"]``) are stored in the model (a buffer),
 so ``model(u)`` returns the whole output field; ``save`` / ``load`` keep the constructor
 arguments next to the weights.
+
+Normalisation (``normalize=True``, the default; issue 26): pointwise standardisation of the
+inputs and outputs with statistics of the training split, held as buffers (``in_mean``,
+``in_std``, ``out_mean``, ``out_std``) so that ``save`` / ``load`` / ``load_model`` keep
+them. The model *as the user calls it* maps raw inputs to raw outputs::
+
+    G(u)_q = out_mean_q + out_std_q * ( sum_i b_i((u - in_mean) / in_std) t_i(y_q) + b0 )
+
+so every consumer (training loss, AMA's Lipschitz estimate and ``||G(0)||``, the meta-test
+errors) sees the composed map. The statistics are the identity (mean 0, std 1) until
+:meth:`DeepONet.fit_normalization` sets them; :func:`~wheretolearn.models.train_operator`
+calls it on the training split of a model whose statistics are not fitted yet.
 """
 
 from __future__ import annotations
@@ -28,7 +40,22 @@ from .mlp import ACTIVATIONS
 __all__ = ["DeepONet"]
 
 #: Constructor arguments a saved DeepONet records (``points`` travel with the weights).
-_SAVED_KEYS = ("branch", "trunk", "output_shape", "activation", "dtype", "n_points")
+_SAVED_KEYS = ("branch", "trunk", "output_shape", "activation", "dtype", "n_points", "normalize")
+
+#: Saved keys that files written before they existed lack, with the value that reproduces
+#: those files' model (no normalisation).
+_LEGACY_DEFAULTS = {"normalize": False}
+
+#: Normalisation buffers; a file written before normalisation gets their identity values.
+_NORM_BUFFERS = ("in_mean", "in_std", "out_mean", "out_std", "norm_fitted")
+
+#: Floor of a pointwise std, as a fraction of the mean std over the points (see
+#: :meth:`DeepONet.fit_normalization`): 1 = a point is never scaled up beyond the typical
+#: point. Measured (benchmarks/bench_normalisation.py, Darcy 24 x 24, N = 200, two seeds):
+#: on the mixture of the Q_j every floor from 1e-3 to 1 gives 0.016-0.017 (plain 0.043); on
+#: the initial measure (every training input equal on the boundary) the unseen error is 46 /
+#: 5.5 / 0.75 / 0.31 / 0.21 for floors 1e-3 / 1e-2 / 0.1 / 0.3 / 1 (plain 3.2).
+STD_FLOOR = 1.0
 
 
 def _layer_list(layers: Any, name: str) -> list[int]:
@@ -59,15 +86,21 @@ class DeepONet(nn.Module):
     dtype : "float32" (default) or "float64"
     seed : int, optional
         Seeds the Glorot initialisation without touching the global random state.
+    normalize : bool
+        Standardise inputs and outputs pointwise with fitted statistics (module docstring;
+        identity until :meth:`fit_normalization`). False: the plain network.
 
     Shapes: ``forward(u (B, *in)) -> (B, *output_shape)``; inputs are flattened to
-    ``(B, n_in)``.
+    ``(B, n_in)``. Buffers ``in_mean``, ``in_std`` (n_in,), ``out_mean``, ``out_std`` (P,)
+    and ``norm_fitted`` (a 0-d bool).
     """
 
     def __init__(self, branch: Sequence[int], trunk: Sequence[int], points: Any, *,
                  output_shape: Sequence[int] | None = None, activation: str = "relu",
-                 dtype: Any = None, seed: int | None = None) -> None:
+                 dtype: Any = None, seed: int | None = None, normalize: bool = True) -> None:
         super().__init__()
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {normalize!r}")
         branch, trunk = _layer_list(branch, "branch"), _layer_list(trunk, "trunk")
         if branch[-1] != trunk[-1]:
             raise ValueError(f"branch and trunk must end in the same width p, got {branch[-1]} "
@@ -85,7 +118,7 @@ class DeepONet(nn.Module):
                              f"({pts.shape[0]} points)")
         self._config = {"branch": branch, "trunk": trunk, "output_shape": list(shape),
                         "activation": activation, "dtype": str(dt).removeprefix("torch."),
-                        "n_points": int(pts.shape[0])}
+                        "n_points": int(pts.shape[0]), "normalize": normalize}
         g = None
         if seed is not None:
             g = torch.Generator().manual_seed(check_nonnegative_int(seed, "seed"))
@@ -93,6 +126,12 @@ class DeepONet(nn.Module):
         self.trunk = self._mlp(trunk, activation, dt, g)
         self.bias = nn.Parameter(torch.zeros((), dtype=dt))
         self.register_buffer("points", pts.clone())
+        n_pts = int(pts.shape[0])
+        self.register_buffer("in_mean", torch.zeros(branch[0], dtype=dt))
+        self.register_buffer("in_std", torch.ones(branch[0], dtype=dt))
+        self.register_buffer("out_mean", torch.zeros(n_pts, dtype=dt))
+        self.register_buffer("out_std", torch.ones(n_pts, dtype=dt))
+        self.register_buffer("norm_fitted", torch.tensor(False))
 
     @staticmethod
     def _mlp(widths: list[int], activation: str, dtype: torch.dtype,
@@ -129,21 +168,93 @@ class DeepONet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.bias.dtype
 
+    @property
+    def normalize(self) -> bool:
+        """Whether inputs and outputs are standardised (a constructor argument)."""
+        return self._config["normalize"]
+
+    @property
+    def needs_normalization(self) -> bool:
+        """True when ``normalize`` is on and :meth:`fit_normalization` has not run yet (on
+        this model or on the weights loaded into it): :func:`train_operator` then fits the
+        statistics on its training split."""
+        return self.normalize and not bool(self.norm_fitted)
+
+    # ------------------------------------------------------------------ normalisation
+    @staticmethod
+    def _mean_std(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pointwise mean and floored std of ``v`` (n, m) in float64: ``std_i <- max(std_i,
+        STD_FLOOR * mean_k std_k)``, and 1 everywhere when every point is constant."""
+        mean = v.mean(0)
+        std = v.std(0, correction=0)
+        scale = float(std.mean())
+        if not scale > 0:
+            return mean, torch.ones_like(std)
+        return mean, std.clamp_min(STD_FLOOR * scale)
+
+    def fit_normalization(self, x: Any, y: Any) -> "DeepONet":
+        """Set the statistics from training pairs; returns ``self``.
+
+        ``in_mean_i = mean_b x_bi``, ``in_std_i = max(sd_b x_bi, STD_FLOOR * mean_k sd_b
+        x_bk)`` and the same for ``y`` (population std, computed in float64, stored in the
+        model's dtype). The floor (:data:`STD_FLOOR` = 1: the mean std) keeps points that
+        vary little or not at all in the training data -- Darcy's boundary, where the
+        output is 0 and the input often one value -- from being scaled up: an input that
+        moves there out of distribution is scaled like a typical point, not blown up (a
+        small floor multiplied Darcy's OOD error by up to 15), and an output there stays
+        near its mean. Points that vary more than the mean are standardised to unit spread.
+
+        Parameters
+        ----------
+        x : (n, *in) array or tensor, n >= 1
+            Inputs of the *training* split (never the held-out one).
+        y : (n, *output_shape) array or tensor
+            Their outputs ``G*(x)``. Neither is modified.
+        """
+        if not self.normalize:
+            raise ValueError("fit_normalization needs a DeepONet built with normalize=True; "
+                             "this one has normalize=False")
+        xt = as_tensor(x, "x", dtype=torch.float64).detach().cpu()
+        yt = as_tensor(y, "y", dtype=torch.float64).detach().cpu()
+        if xt.ndim < 1 or xt.shape[0] < 1 or xt[0].numel() != self.n_in:
+            raise ValueError(f"x must have shape (n >= 1, ...) with {self.n_in} values per "
+                             f"sample, got {tuple(xt.shape)}")
+        if yt.ndim < 1 or yt.shape[0] != xt.shape[0] or yt[0].numel() != self._config["n_points"]:
+            raise ValueError(f"y must have shape ({xt.shape[0]}, ...) with "
+                             f"{self._config['n_points']} values per sample (one per point), "
+                             f"got {tuple(yt.shape)}")
+        xf, yf = xt.reshape(xt.shape[0], -1), yt.reshape(yt.shape[0], -1)
+        if not (torch.isfinite(xf).all() and torch.isfinite(yf).all()):
+            raise ValueError("x and y must be finite to fit the normalisation statistics")
+        stats = (*self._mean_std(xf), *self._mean_std(yf))
+        with torch.no_grad():
+            for name, value in zip(("in_mean", "in_std", "out_mean", "out_std"), stats):
+                getattr(self, name).copy_(value)
+            self.norm_fitted.fill_(True)
+        return self
+
     # ------------------------------------------------------------------ forward
     def features(self, u: torch.Tensor) -> torch.Tensor:
-        """Branch features ``b(u)`` (B, p) of inputs (B, *in)."""
+        """Branch features ``b((u - in_mean) / in_std)`` (B, p) of raw inputs (B, *in)
+        (``b(u)`` when ``normalize`` is off)."""
         x = u.reshape(u.shape[0], -1)
         if x.shape[1] != self.n_in:
             raise ValueError(f"u must hold {self.n_in} values per sample, got shape {tuple(u.shape)}")
-        return self.branch(x.to(device=self.bias.device, dtype=self.dtype))
+        x = x.to(device=self.bias.device, dtype=self.dtype)
+        if self.normalize:
+            x = (x - self.in_mean) / self.in_std
+        return self.branch(x)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """``G(u)`` at every stored point: (B, *in) -> (B, *output_shape).
+        """``G(u)`` at every stored point: raw (B, *in) -> raw (B, *output_shape).
 
-        ``einsum("bp,qp->bq", branch(u), trunk(points)) + bias``: all B x P pairs in one
-        product, the trunk evaluated once per call.
+        ``z = einsum("bp,qp->bq", features(u), trunk(points)) + bias``: all B x P pairs in
+        one product, the trunk evaluated once per call; with ``normalize``,
+        ``out_mean + out_std * z`` (module docstring).
         """
         out = torch.einsum("bp,qp->bq", self.features(u), self.trunk(self.points)) + self.bias
+        if self.normalize:
+            out = self.out_mean + self.out_std * out
         return out.reshape(u.shape[0], *self.output_shape)
 
     # ------------------------------------------------------------------ persistence
@@ -159,7 +270,9 @@ class DeepONet(nn.Module):
 
         The file is read weights-only (tensors and plain containers, no pickled objects)
         and the model is built from the recorded constructor arguments alone
-        (:data:`_SAVED_KEYS`); anything else in the file is refused by name.
+        (:data:`_SAVED_KEYS`); anything else in the file is refused by name. A file written
+        before normalisation existed (no ``normalize`` key, no statistics) loads as the
+        plain network it was (``normalize=False``, identity statistics).
         """
         try:
             blob = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -169,16 +282,24 @@ class DeepONet(nn.Module):
         if not isinstance(blob, dict) or blob.get("kind") != "deeponet":
             raise ValueError(f"{str(path)!r} is not a DeepONet checkpoint")
         cfg = blob.get("config")
-        if not isinstance(cfg, dict) or set(cfg) != set(_SAVED_KEYS):
+        legacy = set(_SAVED_KEYS) - set(_LEGACY_DEFAULTS)
+        if not isinstance(cfg, dict) or set(cfg) not in (set(_SAVED_KEYS), legacy):
             got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
             raise ValueError(f"{str(path)!r}: config must hold exactly "
                              f"{', '.join(_SAVED_KEYS)}; got {got}")
-        cfg = dict(cfg)
+        cfg = {**_LEGACY_DEFAULTS, **cfg}
         n_points = check_positive_int(cfg.pop("n_points"), "n_points")
         model = cls(points=np.zeros((n_points, _layer_list(cfg["trunk"], "trunk")[0])), **cfg)
-        model.load_state_dict(blob["state_dict"])
+        state = blob.get("state_dict")
+        if not isinstance(state, dict):
+            raise ValueError(f"{str(path)!r}: state_dict must be a dict of tensors")
+        if not any(k in state for k in _NORM_BUFFERS):       # written before normalisation
+            state = {**state, **{k: v for k, v in model.state_dict().items()
+                                 if k in _NORM_BUFFERS}}
+        model.load_state_dict(state)
         return model
 
     def extra_repr(self) -> str:
         c = self._config
-        return f"branch={c['branch']}, trunk={c['trunk']}, points={c['n_points']}, {c['activation']}"
+        return (f"branch={c['branch']}, trunk={c['trunk']}, points={c['n_points']}, "
+                f"{c['activation']}, normalize={c['normalize']}")

@@ -9,6 +9,17 @@ improvement and restore of the best weights *seen during this call* (the startin
 not a candidate, so a warm start on new data never silently restores the old weights; their
 held-out loss is reported as ``initial_val_loss`` for callers that want to keep or revert). A
 second call on the same model continues from its weights (warm start / retrain rounds).
+
+Normalisation statistics (a model with ``needs_normalization``, e.g. a fresh
+:class:`~wheretolearn.models.DeepONet` with ``normalize=True``): fitted on the *training
+split* of this call (never the held-out pairs), before the first step. A model whose
+statistics are already fitted keeps them -- warm retraining on new data (AMA's retrain rounds)
+must not refit, because the weights represent a function only together with the statistics
+they were trained with: refitting would change the model before training and make
+``initial_val_loss`` (the reference AMA keeps or reverts against) describe a different
+function. A fresh initialisation (a new model, or a fresh state dict loaded into one) carries
+unfitted statistics and so gets them from its own training split. The loss is always computed
+on raw outputs: the model maps raw inputs to raw outputs.
 """
 
 from __future__ import annotations
@@ -128,7 +139,9 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     ----------
     model : torch.nn.Module
         Maps (B, *in) to (B, *out), e.g. :class:`~wheretolearn.models.DeepONet`; trained from
-        its current weights (warm start) and left with the best held-out weights.
+        its current weights (warm start) and left with the best held-out weights. A model
+        whose ``needs_normalization`` is True gets ``model.fit_normalization(x_train,
+        y_train)`` on the training split first (module docstring).
     x : (n, *in) tensor; y : (n, *out) tensor
         Training pairs (cast to the model's dtype; never modified).
     config : TrainConfig, optional
@@ -161,6 +174,8 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     tr, va = (i.to(device) for i in _split(xt.shape[0], cfg.val_fraction, g))
     x_tr, y_tr = xt[tr], yt[tr]
     x_va, y_va = (xt[va], yt[va]) if va.numel() else (x_tr, y_tr)
+    if getattr(model, "needs_normalization", False):   # a fresh normalising model
+        model.fit_normalization(x_tr, y_tr)
     bs = min(cfg.batch_size, x_tr.shape[0])
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
