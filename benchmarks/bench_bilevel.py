@@ -14,10 +14,16 @@ the full ``(45000, N)`` kernel matrix times ``a``. Both run in the same process.
 Wall time on a shared machine is noisy; the script also reports CPU time per step, which for
 one thread approximates the wall time on a quiet machine.
 
+``families``: the Gaussian step beside the Gaussian-mixture step (K = 4, k-means start) in
+the same process, interleaved round by round (issue 25 target: mixture step within 3x of the
+Gaussian step), on Sobol G d = 2 (the setting above) and the RKHS function d = 10, N = 250,
+one thread, with and without the per-step unseen-error logging.
+
 Usage::
 
     python benchmarks/bench_bilevel.py [--steps 40] [--threads 1 2] [--out PATH] [--quick]
     python benchmarks/bench_bilevel.py --busy [--steps 40] [--rounds 3]   # thread policy
+    python benchmarks/bench_bilevel.py --families [--steps 40] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from wheretolearn.design import bilevel_descent, make_metatest
+from wheretolearn.design import bilevel_descent, make_metatest, mixture_start
 from wheretolearn.design.bilevel import adjoint_gradient, cosine_schedule
 from wheretolearn.measures import DIAG_CLAMP, Gaussian
 from wheretolearn.problems import get_problem
@@ -218,6 +224,53 @@ def busy_neighbour(steps: int, rounds: int) -> dict:
                     "spinning on one core; the machine is shared with other jobs (see load)"}
 
 
+def family_rows(steps: int, rounds: int) -> dict:
+    """ms per step of the Gaussian and the K = 4 mixture, interleaved (same load), 1 thread."""
+    torch.set_num_threads(1)
+    cases = {"sobol-g d=2": ("sobol-g", 2, 1.0, 1e-2), "rkhs d=10": ("rkhs", 10, 5.0, 5.0)}
+    rows = []
+    for label, (name, dim, bandwidth, lr) in cases.items():
+        problem = get_problem(name, dim=dim)
+        mt = make_metatest(problem, n_measures=10, n_seen=500, n_unseen=4500, seed=0)
+        inits = {"gaussian": Gaussian(torch.full((dim,), 0.5), torch.eye(dim)),
+                 "mixture K=4": mixture_start(mt.seen_x, 4, method="kmeans", generator=0)}
+        times: dict = {(f, e): [] for f in inits for e in (True, False)}
+        for _ in range(rounds):
+            for eval_unseen in (True, False):
+                for fam, init in inits.items():
+                    res = bilevel_descent(problem, mt, init, n_train=250, steps=steps, lr=lr,
+                                          bandwidth=bandwidth, generator=0,
+                                          eval_unseen=eval_unseen, num_threads=1)
+                    times[(fam, eval_unseen)].append(
+                        (sorted(h["seconds"] for h in res.history)[steps // 2],
+                         sorted(h["grad_seconds"] for h in res.history)[steps // 2]))
+        for eval_unseen in (True, False):
+            cell = {}
+            for fam in inits:
+                tot = sorted(t for t, _ in times[(fam, eval_unseen)])[rounds // 2]
+                grad = sorted(g for _, g in times[(fam, eval_unseen)])[rounds // 2]
+                cell[fam] = {"total_ms": 1e3 * tot, "grad_ms": 1e3 * grad}
+            g, m = cell["gaussian"], cell["mixture K=4"]
+            rows.append({"case": label, "eval_unseen": eval_unseen, **cell,
+                         "ratio_total": m["total_ms"] / g["total_ms"],
+                         "ratio_grad": m["grad_ms"] / g["grad_ms"]})
+    return {"rows": rows, "steps": steps, "rounds": rounds,
+            "note": "median over steps of one run, then median over interleaved rounds; "
+                    "N = 250, J = 10, 500 seen + 4500 unseen per Q, float32, 1 thread"}
+
+
+def _family_table(result: dict) -> str:
+    lines = [(f"{'case':<12} {'unseen':>6} | {'gaussian total':>14} {'grad':>7} | "
+              f"{'mixture K=4 total':>17} {'grad':>7} | {'ratio total':>11} {'grad':>6}")]
+    for r in result["rows"]:
+        g, m = r["gaussian"], r["mixture K=4"]
+        lines.append(f"{r['case']:<12} {'yes' if r['eval_unseen'] else 'no':>6} | "
+                     f"{g['total_ms']:>14.2f} {g['grad_ms']:>7.2f} | {m['total_ms']:>17.2f} "
+                     f"{m['grad_ms']:>7.2f} | {r['ratio_total']:>10.2f}x {r['ratio_grad']:>5.2f}x")
+    lines.append("ms per step (median); grad = the step without the unseen-error logging")
+    return "\n".join(lines)
+
+
 def _table(result: dict) -> str:
     head = (f"{'thr':>3} {'N':>5} {'seen/Q':>6} {'unseen/Q':>8} | {'ours total':>16} "
             f"{'ours grad':>15} {'cpu':>7} | {'ref total':>17} {'ref grad':>15} {'cpu':>7} |"
@@ -251,9 +304,23 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true",
                         help="only the thread-policy rows beside a busy process "
                              "(writes bench_bilevel_busy.json)")
-    parser.add_argument("--rounds", type=int, default=3, help="--busy: interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--busy / --families: interleaved rounds")
+    parser.add_argument("--families", action="store_true",
+                        help="only the Gaussian vs mixture (K = 4) step times (writes "
+                             "bench_bilevel_families.json)")
     args = parser.parse_args()
     load_before = os.getloadavg()
+    if args.families:
+        result = family_rows(args.steps, args.rounds)
+        result["meta"] = {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+                          "load_average_before": load_before,
+                          "load_average_after": os.getloadavg()}
+        print(_family_table(result))
+        out = args.out.with_name("bench_bilevel_families.json")
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+        return
     if args.busy:
         result = busy_neighbour(args.steps, args.rounds)
         result["meta"] = {"torch": torch.__version__, "cpu_count": os.cpu_count(),

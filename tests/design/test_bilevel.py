@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from wheretolearn.design import bilevel_descent, make_metatest
-from wheretolearn.design.bilevel import _update, adjoint_gradient, cosine_schedule
+from wheretolearn.design.bilevel import adjoint_gradient, cosine_schedule
+from wheretolearn.design.bilevel_families import gaussian_update as _update
 from wheretolearn.measures import Gaussian
 from wheretolearn.models import gaussian_kernel
 from wheretolearn.problems import get_problem

@@ -82,8 +82,10 @@ def _print_table(summary: dict) -> None:
     ns = [str(n) for n in summary["eval_n"]]
     over = (f"{summary['trials']} trials" if summary.get("trials", 1) > 1
             else f"{summary['repeats']} repeats")
-    table = Table(title=(f"{summary['problem']} d={summary['dim']}: unseen relative OOD error "
-                         f"(mean [95% CI] over {over})"))
+    family = (f" mixture K={summary['components']}"
+              if summary.get("family") == "mixture" else "")
+    table = Table(title=(f"{summary['problem']} d={summary['dim']}{family}: unseen relative OOD "
+                         f"error (mean [95% CI] over {over})"))
     table.add_column("source")
     for n in ns:
         table.add_column(f"N={n}", justify="right")
@@ -143,6 +145,14 @@ def bilevel(
     bandwidth: Optional[float] = typer.Option(None, "--bandwidth",
         help="kernel length scale s" + _PAPER),
     init: Optional[str] = typer.Option(None, "--init", help="normal | barycenter" + _PAPER),
+    family: Optional[str] = typer.Option(
+        None, "--family", help="gaussian | mixture: the distribution the descent moves "
+                               "(default: --config, else gaussian)"),
+    components: Optional[int] = typer.Option(
+        None, "--components", help="mixture components K (default: --config, else n_measures)"),
+    mixture_init: Optional[str] = typer.Option(
+        None, "--mixture-init", help="auto | metatest | kmeans | split: the initial mixture "
+                                     "(default: --config, else auto)"),
     init_mean: Optional[float] = typer.Option(None, "--init-mean",
         help="m0 of N(m0 1, s0^2 I)" + _PAPER),
     init_std: Optional[float] = typer.Option(None, "--init-std",
@@ -167,7 +177,8 @@ def bilevel(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:
-    """Bilevel optimisation of a Gaussian training distribution for KRR, with baselines.
+    """Bilevel optimisation of a Gaussian (or Gaussian-mixture) training distribution for KRR,
+    with baselines.
 
     Unset values come from --config, then from the paper's settings for the problem.
     """
@@ -178,6 +189,7 @@ def bilevel(
         raise ValueError(f"give --problem ({_PROBLEMS}) or a --config file that sets problem")
     flags = {"problem": problem, "dim": dim, "n_train": n_train, "steps": steps, "lr": lr,
              "bandwidth": bandwidth, "init": init, "init_mean": init_mean, "init_std": init_std,
+             "family": family, "components": components, "mixture_init": mixture_init,
              "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats,
              "trials": trials, "seed": seed,
              "optimizer": optimizer, "use_iterate": use_iterate,

@@ -1,6 +1,8 @@
 """wheretolearn.design (see the package docstring of :mod:`wheretolearn`)."""
 
 from .bilevel import AdjointGradient, BilevelResult, adjoint_gradient, bilevel_descent
+from .bilevel_families import (GaussianFamily, GaussianMixtureFamily, TrainingFamily,
+                               available_families, mixture_start, register_family)
 from .baselines import (BASELINE_NAMES, SOURCE_NAMES, CoresetSource, DistributionSource,
                         TrainingSource, acoreset, make_sources, ncoreset)
 from .evaluation import evaluate_sources
@@ -44,6 +46,12 @@ __all__: list[str] = [
     "MetaTest",
     "adjoint_gradient",
     "bilevel_descent",
+    "TrainingFamily",
+    "GaussianFamily",
+    "GaussianMixtureFamily",
+    "available_families",
+    "register_family",
+    "mixture_start",
     "make_metatest",
     "BASELINE_NAMES",
     "SOURCE_NAMES",

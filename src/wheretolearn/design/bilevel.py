@@ -1,5 +1,6 @@
-"""Bilevel gradient descent for a Gaussian training distribution (paper §4.1, Alg. 1/3,
-SM D.2 Lemmas D.4-D.5 and eq. D.11; SPEC §3).
+"""Bilevel gradient descent for a parametrised training distribution (paper §4.1, Alg. 1/3,
+SM D.2 Lemmas D.4-D.5 and eq. D.11; SPEC §3): a Gaussian (the paper's family) or a Gaussian
+mixture (issue 25), see :mod:`~wheretolearn.design.bilevel_families`.
 
 Objective (the seen-sample OOD loss of kernel ridge regression trained on ``nu_theta``)::
 
@@ -30,8 +31,11 @@ Which estimator this is (checked in ``tests/design/test_bilevel.py``):
   The tests compare with autograd through the unrolled weighted solve and with finite
   differences, in float64.
 
-The score of ``N(m, L L^T)`` at ``x = m + L z`` is closed form:
-``grad_m = L^{-T} z`` and ``grad_L = tril(L^{-T} z z^T) - diag(1 / diag L)``.
+A step is the family-independent KRR / adjoint part (steps 2-4, giving the per-sample weights
+``c_i = (f(x_i) - y_i) p_i / N``) followed by the family's contraction ``sum_i c_i grad_theta
+log p_theta(x_i)``. The score of ``N(m, L L^T)`` at ``x = m + L z`` is closed form:
+``grad_m = L^{-T} z`` and ``grad_L = tril(L^{-T} z z^T) - diag(1 / diag L)``; that of a
+mixture goes through the responsibilities (:func:`~wheretolearn.measures.gaussian_mixture_score`).
 
 Step control (not in the paper; added because one bad step wrecked runs outside the paper's
 four configurations, issue 15):
@@ -72,17 +76,17 @@ import torch
 from .._threads import torch_threads
 from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
                            torch_generator)
-from ..measures.gaussian import DIAG_CLAMP, Gaussian
+from ..measures.gaussian import Gaussian
 from ..models.krr import (augment_left, augment_right, check_kernel, kernel_from_augmented,
                           laplace_kernel)
+from .bilevel_families import Adam as _Adam
+from .bilevel_families import AdjointQuantities, Draw, TrainingFamily, family_for
 from .metatest import MetaTest
 
 __all__ = ["BilevelResult", "AdjointGradient", "bilevel_descent", "adjoint_gradient",
            "cosine_schedule"]
 
 _OPTIMIZERS = ("sgd", "adam")
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
 _EVAL_CHUNK = 1024
 #: ``||f(V)|| / ||y_V||`` below this on the seen samples: the fit predicts nothing there.
 _VANISHING = 1e-3
@@ -96,9 +100,10 @@ class BilevelResult:
 
     Attributes
     ----------
-    initial, final : Gaussian
-        Training distribution before the first and after the last update.
-    best : Gaussian
+    initial, final : Gaussian or GaussianMixture
+        Training distribution before the first and after the last update (the family of
+        ``init``).
+    best : Gaussian or GaussianMixture
         The iterate whose KRR fit had the lowest *seen* meta-test error (the unseen split is
         never used for choosing).
     history : list of dict
@@ -107,7 +112,7 @@ class BilevelResult:
         seen samples: near 0 when the kernel vanished), ``move`` (W2 bound of the update
         taken), ``rejected`` (the iterate collapsed or overshot and was undone), ``seconds``
         (wall time of the step, without the callback), ``grad_seconds`` (gradient part only)
-        and ``mean`` (the iterate's mean, before the update).
+        and ``mean`` (the iterate's mean, before the update; a mixture adds ``weights``).
     seconds_per_step, grad_seconds_per_step : float
         Mean wall time per step, with and without the unseen-error evaluation.
     best_step : int
@@ -116,17 +121,19 @@ class BilevelResult:
         The settings used (JSON-serialisable).
     collapse : dict
         ``{"events", "first_step", "reasons", "lr_factor", "clipped_steps",
-        "radius_shrinks", "radius_factor", "collapsed"}``:
+        "radius_shrinks", "radius_factor", "collapsed", "floors"}``:
         how many iterates collapsed (rejected when ``backtrack``; the first index and the
         reasons: ``"vanishing_kernel"``, ``"error_jump"``, ``"non_finite"``), the final
         learning-rate factor, how many updates the trust region shortened and how often it
-        shrank (overshoots, undone), and whether the final iterate is a collapsed one
-        (possible only without ``backtrack``).
+        shrank (overshoots, undone), whether the final iterate is a collapsed one
+        (possible only without ``backtrack``), and ``floors``: how many updates hit each floor
+        of the family (mixture: ``scale_floor``, ``weight_floor``; see
+        :mod:`~wheretolearn.design.bilevel_families`) and the first step that did.
     """
 
-    initial: Gaussian
-    final: Gaussian
-    best: Gaussian
+    initial: Any
+    final: Any
+    best: Any
     history: list[dict]
     seconds_per_step: float
     grad_seconds_per_step: float
@@ -141,21 +148,27 @@ class AdjointGradient:
 
     Attributes
     ----------
-    grad_mean : (d,) tensor
-    grad_scale_tril : (d, d) tensor, lower triangular
+    grad_mean : (d,) tensor or None
+        Gaussian family only (None for a mixture).
+    grad_scale_tril : (d, d) tensor, lower triangular, or None
+        Gaussian family only.
     seen_error : float
         Relative root OOD error of the KRR fit on the seen split.
     coef : (N,) tensor
         KRR coefficients ``a``.
     adjoint : (N,) tensor
         Adjoint state ``p`` at the training points.
+    grads : dict of str -> tensor
+        The gradient in every parameter of the family, by name (Gaussian: ``mean``,
+        ``scale_tril``; mixture: ``logits``, ``means``, ``scale_trils``).
     """
 
-    grad_mean: torch.Tensor
-    grad_scale_tril: torch.Tensor
+    grad_mean: torch.Tensor | None
+    grad_scale_tril: torch.Tensor | None
     seen_error: float
     coef: torch.Tensor
     adjoint: torch.Tensor
+    grads: dict = field(default_factory=dict)
 
 
 def cosine_schedule(start: float, end: float, step: int, steps: int) -> float:
@@ -197,7 +210,6 @@ class _Workspace:
             self.unseen_left = augment_left(unseen_x, bandwidth)
             self.unseen_y = metatest.unseen_y.detach().to(dtype).reshape(-1)
             self.unseen_den = float((self.unseen_y.double() ** 2).sum())
-        self.lower = torch.ones(d, d, dtype=dtype).tril()
         self._buffers: dict[tuple[str, int], torch.Tensor] = {}
 
     def buffer(self, name: str, rows: int, n: int) -> torch.Tensor:
@@ -209,12 +221,12 @@ class _Workspace:
         return buf[:rows]
 
 
-def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
-                  scale_tril: torch.Tensor, ridge: float):
-    """Steps 2-5 for one draw. Returns ``(grad_m, grad_L, seen_error, coef, adjoint, right,
-    pred_ratio)`` with ``pred_ratio = ||f(V)|| / ||y_V||`` on the seen samples.
+def _adjoint_step(ws: _Workspace, x: torch.Tensor, y: torch.Tensor, ridge: float):
+    """Steps 2-4 for one draw, the part every family shares. Returns ``(c, seen_error, coef,
+    adjoint, right, pred_ratio)``: ``c_i = (f(x_i) - y_i) p_i / N`` (divided by the label scale
+    squared; working dtype) and ``pred_ratio = ||f(V)|| / ||y_V||`` on the seen samples.
 
-    ``x = m + L z`` (N, d), ``y`` (N,) labels; all in the working dtype, no autograd.
+    ``x`` (N, d) training inputs, ``y`` (N,) labels; all in the working dtype, no autograd.
     """
     n = x.shape[0]
     fdt = ws.factor_dtype
@@ -242,13 +254,7 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, z: torch.Tensor, y: torch.Ten
     adjoint = torch.cholesky_solve((r.to(fdt) * (n / ws.n_seen))[:, None], chol)[:, 0]
     # f(x_i) - y_i = -N eps a_i exactly, so c_i = (f_i - y_i) p_i / N = -eps a_i p_i
     c = (coef * adjoint).mul_(-ridge * ws.inv_label_scale2).to(ws.dtype)
-    # closed-form score at x = m + L z: grad_m = L^{-T} z, grad_L = tril(L^{-T} z z^T) - diag(1/L);
-    # summed with weights c first, so only one (d, d + 1) triangular solve is needed
-    rhs = torch.cat([(z.T @ c)[:, None], z.T @ (c[:, None] * z)], dim=1)
-    sol = torch.linalg.solve_triangular(scale_tril.T, rhs, upper=True)
-    grad_m = sol[:, 0]
-    grad_l = sol[:, 1:] * ws.lower - c.sum() * torch.diag(1.0 / torch.diagonal(scale_tril))
-    return grad_m, grad_l, seen_error, coef, adjoint, right, pred_ratio
+    return c, seen_error, coef, adjoint, right, pred_ratio
 
 
 def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> float:
@@ -274,11 +280,12 @@ def _label_scale(metatest: MetaTest, normalize_labels: bool) -> float:
     return rms if rms > 0 else 1.0
 
 
-def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
-                     z: torch.Tensor, *, bandwidth: float = 1.0, ridge: float = 1e-3,
+def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
+                     z: torch.Tensor | None = None, *, x: torch.Tensor | None = None,
+                     bandwidth: float = 1.0, ridge: float = 1e-3,
                      normalize_labels: bool = False,
                      factor_dtype: Any = "float64", kernel: str = "gaussian") -> AdjointGradient:
-    """Single adjoint gradient of the seen OOD loss with respect to ``(mean, scale_tril)``.
+    """Single adjoint gradient of the seen OOD loss with respect to the parameters of ``measure``.
 
     Parameters
     ----------
@@ -286,10 +293,12 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
         Ground truth ``G*``: ``(N, d)`` tensor -> ``(N,)`` tensor.
     metatest : MetaTest
         Only the seen split is used.
-    measure : Gaussian
-        Current training distribution ``N(m, L L^T)``; its dtype is the working dtype.
-    z : (N, d) tensor
-        Latent draws; the training inputs are ``x = m + L z``.
+    measure : Gaussian or GaussianMixture
+        Current training distribution; its dtype is the working dtype.
+    z : (N, d) tensor, optional
+        Gaussian only: latent draws, the training inputs are ``x = m + L z``.
+    x : (N, d) tensor, optional
+        The training inputs themselves (any family). Give exactly one of ``z`` / ``x``.
     bandwidth, ridge : float
         Kernel length scale ``s`` and ridge ``eps``.
     normalize_labels : bool
@@ -301,25 +310,38 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Gaussian,
     Returns
     -------
     AdjointGradient
-        ``grad_mean`` (d,) and ``grad_scale_tril`` (d, d) of
-        ``(1/2J) sum_j mean_l (y_jl - f(v_jl))^2`` (score-function form, see module docstring).
+        The gradient of ``(1/2J) sum_j mean_l (y_jl - f(v_jl))^2`` in every parameter
+        (score-function form with the draws held fixed, see module docstring).
     """
     bandwidth = check_positive_float(bandwidth, "bandwidth")
     ridge = check_positive_float(ridge, "ridge")
     dtype = measure.dtype
-    mean, scale_tril = measure.mean.detach(), measure.scale_tril.detach()
-    zt = torch.as_tensor(z).detach().to(dtype)
-    if zt.ndim != 2 or zt.shape[1] != measure.dim:
-        raise ValueError(f"z must have shape (N, {measure.dim}), got {tuple(zt.shape)}")
+    family = family_for(measure)(dtype=dtype, spread=0.0)
+    state = family.initial_state(measure)
+    if (z is None) == (x is None):
+        raise ValueError("give exactly one of z (Gaussian latent draws) or x (training inputs)")
+    if z is not None and not isinstance(measure, Gaussian):
+        raise ValueError(f"z (latent draws) applies to a Gaussian only; give x for a "
+                         f"{type(measure).__name__}")
+    given = torch.as_tensor(z if z is not None else x).detach().to(dtype)
+    if given.ndim != 2 or given.shape[1] != metatest.dim:
+        raise ValueError(f"{'z' if z is not None else 'x'} must have shape (N, {metatest.dim}), "
+                         f"got {tuple(given.shape)}")
     ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dtype,
                     factor_dtype=resolve_dtype(factor_dtype),
                     label_scale=_label_scale(metatest, normalize_labels), eval_unseen=False,
                     kernel=check_kernel(kernel))
     with torch.no_grad():
-        x = mean + zt @ scale_tril.T
-        y = _labels(problem, x, dtype)
-        gm, gl, err, coef, adj, _, _ = _adjoint_step(ws, x, zt, y, scale_tril, ridge)
-    return AdjointGradient(gm, gl, err, coef, adj)
+        if z is not None:
+            mean, tril = state
+            draw = Draw(mean + given @ tril.T, given)
+        else:
+            draw = family.draw_at(state, given)
+        y = _labels(problem, draw.x, dtype)
+        c, err, coef, adj, _, _ = _adjoint_step(ws, draw.x, y, ridge)
+        grads = family.gradient(state, draw, AdjointQuantities(c, coef, adj))
+    named = dict(zip(family.param_names, grads))
+    return AdjointGradient(named.get("mean"), named.get("scale_tril"), err, coef, adj, named)
 
 
 def _labels(problem: Callable, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -336,7 +358,7 @@ def _labels(problem: Callable, x: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return y
 
 
-def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
+def bilevel_descent(problem: Callable, metatest: MetaTest, init: Any, *,
                     n_train: int = 250, steps: int = 1000, lr: float = 1e-2,
                     bandwidth: float = 1.0, ridge_start: float = 1e-3, ridge_end: float = 1e-7,
                     optimizer: str = "sgd",
@@ -347,7 +369,12 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
                     factor_dtype: Any = "float64", num_threads: int | None = None,
                     max_move: float | None = 0.25, backtrack: bool = True, jump: float = 1.5,
                     kernel: str = "gaussian") -> BilevelResult:
-    """Optimise a Gaussian training distribution by bilevel gradient descent (SPEC §3).
+    """Optimise a training distribution by bilevel gradient descent (SPEC §3).
+
+    The family is that of ``init``: a :class:`~wheretolearn.measures.Gaussian` moves its mean
+    and Cholesky factor (the paper's setting), a
+    :class:`~wheretolearn.measures.GaussianMixture` its weights (as softmax logits), means and
+    factors (issue 25; :mod:`~wheretolearn.design.bilevel_families`).
 
     Parameters
     ----------
@@ -355,8 +382,8 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
         Ground truth ``G*``: ``(N, d)`` -> ``(N,)``.
     metatest : MetaTest
         Seen split drives the adjoint step; unseen split is only reported.
-    init : Gaussian
-        Initial ``nu_theta``; never modified.
+    init : Gaussian or GaussianMixture
+        Initial ``nu_theta``; never modified. A mixture needs at most ``n_train`` components.
     n_train : int
         ``N``, training samples per step (paper: 250).
     steps : int
@@ -423,15 +450,16 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
         raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}")
     if not isinstance(metatest, MetaTest):
         raise TypeError(f"metatest must be a MetaTest, got {type(metatest).__name__}")
-    if not isinstance(init, Gaussian) or init.dim != metatest.dim:
-        raise ValueError(f"init must be a Gaussian of dimension {metatest.dim}, got {init!r}")
+    family_cls = family_for(init)
     dt = resolve_dtype(dtype) if dtype is not None else metatest.dtype
     label_scale = _label_scale(metatest, normalize_labels)
     ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dt,
                     factor_dtype=resolve_dtype(factor_dtype), label_scale=label_scale,
                     eval_unseen=bool(_unseen_every(eval_unseen)), kernel=check_kernel(kernel))
+    family = family_cls(dtype=dt, spread=ws.spread)
+    family.check(init, dim=metatest.dim, n_train=n_train)
     gen = torch_generator(generator)
-    options = {"n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
+    options = {"family": family.name, "n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
                "bandwidth": bandwidth, "ridge_start": ridge_start, "ridge_end": ridge_end,
                "optimizer": optimizer, "eval_unseen": _unseen_every(eval_unseen),
                "normalize_labels": bool(normalize_labels), "label_scale": label_scale,
@@ -444,43 +472,40 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Gaussian, *,
     work = ws.n_seen * n_train * (metatest.dim + 2)
     with torch_threads(num_threads, work=work) as used, torch.no_grad():
         options["num_threads"] = used
-        return _run(problem, ws, init, gen, options, callback)
+        return _run(problem, ws, family, init, gen, options, callback)
 
 
-def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options: dict,
-         callback) -> BilevelResult:
-    steps, n, d = options["steps"], options["n_train"], ws.lower.shape[0]
-    mean = init.mean.detach().to(ws.dtype).clone()
-    tril = init.scale_tril.detach().to(ws.dtype).clone()
-    adam = _Adam(mean, tril) if options["optimizer"] == "adam" else None
+def _run(problem, ws: _Workspace, family: TrainingFamily, init: Any, gen: torch.Generator,
+         options: dict, callback) -> BilevelResult:
+    steps, n = options["steps"], options["n_train"]
+    state = family.initial_state(init)
+    adam = _Adam(*state) if options["optimizer"] == "adam" else None
     guard = _Guard(options)
     history: list[dict] = []
-    best = (math.inf, 0, mean.clone(), tril.clone())
-    previous = (mean, tril)            # last accepted iterate: where a rejection returns to
+    best = (math.inf, 0, tuple(t.clone() for t in state))
+    previous = state                   # last accepted iterate: where a rejection returns to
     last_clipped = False               # the update that produced this iterate hit the radius
     total = grad_total = 0.0
     for step in range(steps):
         t0 = time.perf_counter()
         lr_t = guard.lr_factor * cosine_schedule(options["lr"], options["lr_end"], step, steps)
         ridge_t = cosine_schedule(options["ridge_start"], options["ridge_end"], step, steps)
-        z = torch.randn(n, d, generator=gen, dtype=ws.dtype)
-        x = mean + z @ tril.T
+        draw = family.draw(state, n, gen)
         record = {"step": step, "lr": lr_t, "ridge": ridge_t, "seen_error": math.nan,
                   "unseen_error": math.nan, "grad_norm": math.nan, "pred_ratio": math.nan,
-                  "move": 0.0,
-                  "rejected": False, "mean": mean.double().tolist()}
-        y, bad = _labels_or_reason(problem, x, ws.dtype, step)
+                  "move": 0.0, "rejected": False, **family.describe(state)}
+        y, bad = _labels_or_reason(problem, draw.x, ws.dtype, step)
         right = coef = None
         if bad is None:
             try:
-                gm, gl, seen_err, coef, _, right, ratio = _adjoint_step(ws, x, z, y, tril,
-                                                                        ridge_t)
+                c, seen_err, coef, adjoint, right, ratio = _adjoint_step(ws, draw.x, y, ridge_t)
+                grads = family.gradient(state, draw, AdjointQuantities(c, coef, adjoint))
             except _FactorError:
                 if step == 0 or not options["backtrack"]:
                     raise
                 bad, right = "non_finite", None
         if bad is None:
-            grad_norm = math.sqrt(float(gm @ gm) + float((gl * gl).sum()))
+            grad_norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
             record.update(seen_error=seen_err, grad_norm=grad_norm, pred_ratio=ratio)
             bad = guard.check(step, seen_err, ratio, grad_norm)
         if bad == "non_finite" and (step == 0 or not options["backtrack"]):
@@ -491,7 +516,7 @@ def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options:
         overshoot = bad is None and guard.overshot(seen_err, last_clipped)
         if options["backtrack"] and step > 0 and (bad is not None or overshoot):
             record["rejected"] = True
-            mean, tril = previous   # return to the last accepted iterate
+            state = previous   # return to the last accepted iterate
             last_clipped = False
             if overshoot:
                 guard.radius_factor = max(guard.radius_factor * 0.5, _MIN_RADIUS_FACTOR)
@@ -501,14 +526,15 @@ def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options:
                 adam.reset()
         if not record["rejected"]:
             if seen_err < best[0]:
-                best = (seen_err, step, mean.clone(), tril.clone())
-            previous = (mean, tril)
+                best = (seen_err, step, tuple(t.clone() for t in state))
+            previous = state
             guard.accept(seen_err)
             radius = guard.radius(options["trust_radius"])
-            mean, tril, record["move"] = _update(mean, tril, gm, gl, lr_t, adam, ws.lower,
-                                                 radius)
-            last_clipped = radius is not None and record["move"] >= radius * (1 - 1e-9)
+            direction = adam.direction(*grads) if adam is not None else grads
+            upd = family.update(state, direction, lr_t, radius)
+            state, record["move"], last_clipped = upd.state, upd.move, upd.clipped
             guard.clipped += last_clipped
+            guard.floor(step, upd.floors)
         t1 = time.perf_counter()
         every = options["eval_unseen"]
         if (ws.unseen_left is not None and right is not None and every
@@ -522,8 +548,8 @@ def _run(problem, ws: _Workspace, init: Gaussian, gen: torch.Generator, options:
         last_bad = bad
         if callback is not None:
             callback(dict(record))
-    return BilevelResult(initial=init.detach(), final=Gaussian(mean, scale_tril=tril),
-                         best=Gaussian(best[2], scale_tril=best[3]), history=history,
+    return BilevelResult(initial=init.detach(), final=family.measure(state),
+                         best=family.measure(best[2]), history=history,
                          seconds_per_step=total / steps, grad_seconds_per_step=grad_total / steps,
                          best_step=best[1], options=options,
                          collapse=guard.summary(last_bad is not None
@@ -562,6 +588,8 @@ class _Guard:
         self.first = None
         self.reasons: set[str] = set()
         self.clipped = 0
+        self.floors: dict[str, int] = {}
+        self.first_floor = None
 
     def check(self, step: int, seen_err: float, ratio: float, grad_norm: float) -> str | None:
         """The collapse reason for this iterate, or None."""
@@ -593,6 +621,12 @@ class _Guard:
             self.radius_factor = min(1.0, 2.0 * self.radius_factor)
         return False
 
+    def floor(self, step: int, names) -> None:
+        """Count the family's floors an update hit (recorded, not rejected)."""
+        for name in names:
+            self.floors[name] = self.floors.get(name, 0) + 1
+            self.first_floor = step if self.first_floor is None else self.first_floor
+
     def note(self, step: int, reason: str) -> None:
         self.events += 1
         self.first = step if self.first is None else self.first
@@ -602,53 +636,5 @@ class _Guard:
         return {"events": self.events, "first_step": self.first,
                 "reasons": sorted(self.reasons), "lr_factor": self.lr_factor,
                 "clipped_steps": int(self.clipped), "radius_shrinks": self.shrinks,
-                "radius_factor": self.radius_factor, "collapsed": bool(ended_collapsed)}
-
-
-def _update(mean, tril, gm, gl, lr_t, adam, lower, radius=None):
-    """One parameter update (new tensors), shortened to the trust ``radius`` (a bound on the
-    W2 move, module docstring), then the diagonal clamp of SPEC §2.
-
-    Returns ``(mean, tril, move)`` with ``move = sqrt(||dm||^2 + ||dL||_F^2)`` as taken.
-    """
-    if adam is not None:
-        gm, gl = adam.direction(gm, gl)
-    dm, dl = lr_t * gm, (lr_t * gl) * lower
-    move = math.sqrt(float(dm @ dm) + float((dl * dl).sum()))
-    if radius is not None and move > radius:
-        dm, dl = dm * (radius / move), dl * (radius / move)
-        move = radius
-    mean = mean - dm
-    tril = tril - dl
-    diag = torch.diagonal(tril)
-    if bool((diag <= 0).any()):
-        tril = tril.clone()
-        torch.diagonal(tril).masked_fill_(diag <= 0, DIAG_CLAMP)
-    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(tril).all())):
-        raise ValueError("bilevel iterate became non-finite; lower lr")
-    return mean, tril, move
-
-
-class _Adam:
-    """Adam moments for ``(mean, scale_tril)`` (Kingma & Ba), bias-corrected."""
-
-    def __init__(self, mean: torch.Tensor, tril: torch.Tensor):
-        self.t = 0
-        self.m = [torch.zeros_like(mean), torch.zeros_like(tril)]
-        self.v = [torch.zeros_like(mean), torch.zeros_like(tril)]
-
-    def direction(self, gm: torch.Tensor, gl: torch.Tensor):
-        b1, b2 = _ADAM_BETAS
-        self.t += 1
-        out = []
-        for i, g in enumerate((gm, gl)):
-            self.m[i] = b1 * self.m[i] + (1 - b1) * g
-            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
-            mhat = self.m[i] / (1 - b1 ** self.t)
-            vhat = self.v[i] / (1 - b2 ** self.t)
-            out.append(mhat / (vhat.sqrt() + _ADAM_EPS))
-        return out[0], out[1]
-
-    def reset(self) -> None:
-        """Forget the moments (after a rejected step they point the wrong way)."""
-        self.__init__(self.m[0], self.m[1])
+                "radius_factor": self.radius_factor, "collapsed": bool(ended_collapsed),
+                "floors": {"counts": dict(self.floors), "first_step": self.first_floor}}

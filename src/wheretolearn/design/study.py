@@ -6,7 +6,9 @@ folder (see :class:`wheretolearn.report.RunFolder`)::
     out/config.toml     resolved BilevelStudyConfig
     out/metrics.jsonl   one record per bilevel step (step, lr, ridge, seen/unseen error, ...)
     out/evaluation.jsonl one record per baseline fit (source, N, repeat, error, seconds)
-    out/summary.json    errors, timings, learned Gaussian, baseline table with 95 % CIs,
+    out/summary.json    errors, timings, learned distribution (Gaussian, or a mixture's
+                        weights / means / covs beside its total mean and cov), family and
+                        its parameters, baseline table with 95 % CIs,
                         collapse flags and warnings; with ``trials > 1`` the table holds the
                         mean and 95 % interval over whole runs (``per_trial`` keeps each run)
     out/figures/*.png   error vs step, error vs N, learned vs barycenter / mixture covariance
@@ -28,12 +30,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from .baselines import APPROXIMATE_SOURCES, BASELINE_NAMES
 
 __all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
-           "DEMO_SETTINGS", "resolve_study_config", "aggregate_trials",
+           "DEMO_SETTINGS", "resolve_study_config", "aggregate_trials", "describe_measure",
            "final_training_inputs", "read_training_record", "TRAINING_RECORD_FORMAT"]
 
 #: Marker of the bilevel run folder's ``model.pt`` (the final KRR's training set).
@@ -91,8 +94,20 @@ class BilevelStudyConfig(BaseModel):
     kernel: Literal["gaussian", "laplace"] = Field(
         "gaussian", description="KRR kernel: exp(-|x-x'|^2/(2 s^2)) or exp(-|x-x'|/s), in the "
                                 "bilevel step and the final fits (coresets keep the Gaussian)")
+    family: Literal["gaussian", "mixture"] = Field(
+        "gaussian", description="training distribution moved by the descent: one Gaussian "
+                                "(the paper's) or a Gaussian mixture (weights, means, factors)")
+    components: Optional[int] = Field(
+        None, description="mixture components K (family = 'mixture' only; default: "
+                          "n_measures, which starts from the Q_j themselves)")
+    mixture_init: Literal["auto", "metatest", "kmeans", "split"] = Field(
+        "auto", description="initial mixture: the Q_j fitted to their seen samples (needs K = "
+                            "n_measures), k-means of the pooled seen samples, or the initial "
+                            "Gaussian split into K; auto: metatest when K = n_measures, else "
+                            "kmeans")
     init: Literal["normal", "barycenter"] = Field(
-        "normal", description="initial nu: N(init_mean 1, init_std^2 I) or the barycenter of Q")
+        "normal", description="initial nu: N(init_mean 1, init_std^2 I) or the barycenter of Q "
+                              "(for a mixture: the Gaussian that mixture_init = 'split' splits)")
     init_mean: float = Field(0.5, description="m0 of the initial N(m0 1, s0^2 I)")
     init_std: float = Field(1.0, description="s0 of the initial N(m0 1, s0^2 I)")
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -159,12 +174,50 @@ class BilevelStudyConfig(BaseModel):
             raise ValueError(f"problem {info.data.get('problem')!r} needs dim >= {need}")
         return v
 
-    @field_validator("num_threads")
+    @field_validator("num_threads", "components")
     @classmethod
     def _threads(cls, v: Optional[int]) -> Optional[int]:
         if v is not None and v < 1:
             raise ValueError("must be a positive integer")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_components(cls, data: Any) -> Any:
+        """A mixture without ``components`` has one per meta-test measure (resolved here, so
+        the written config records K)."""
+        if (isinstance(data, dict) and data.get("family") == "mixture"
+                and data.get("components") is None):
+            data = {**data, "components": data.get("n_measures",
+                                                   cls.model_fields["n_measures"].default)}
+        return data
+
+    @model_validator(mode="after")
+    def _mixture_settings(self) -> "BilevelStudyConfig":
+        if self.family == "gaussian":
+            if self.components is not None:
+                raise ValueError("components applies to family = 'mixture' only, got "
+                                 f"components = {self.components} with family = 'gaussian'")
+            return self
+        k = self.n_components
+        if k > self.n_train:
+            raise ValueError(f"components must be at most n_train = {self.n_train} (each "
+                             f"component needs draws in every step), got {k}")
+        method = self.mixture_init
+        if method == "metatest" and k != self.n_measures:
+            raise ValueError(f"mixture_init = 'metatest' starts from the {self.n_measures} "
+                             f"meta-test measures and needs components = {self.n_measures}, "
+                             f"got {k}")
+        pool = self.n_measures * self.n_seen
+        if (method == "kmeans" or (method == "auto" and k != self.n_measures)) and k > pool:
+            raise ValueError(f"components must be at most the {pool} pooled seen samples that "
+                             f"k-means clusters, got {k}")
+        return self
+
+    @property
+    def n_components(self) -> int:
+        """Mixture components ``K`` (1 for the Gaussian family)."""
+        return 1 if self.family == "gaussian" else int(self.components)
 
     @field_validator("seed", "trial_offset")
     @classmethod
@@ -242,6 +295,21 @@ def _initial_gaussian(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype):
     if cfg.init == "barycenter":
         return seen_barycenter(metatest.seen_x, dtype)
     return _normal_gaussian(cfg, dtype)
+
+
+def _initial_measure(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype, trial: int):
+    """The start of the descent: the initial Gaussian, or for ``family = "mixture"`` the
+    mixture :func:`~wheretolearn.design.bilevel_families.mixture_start` builds (k-means seeded
+    per trial)."""
+    start = _initial_gaussian(cfg, metatest, dtype)
+    if cfg.family == "gaussian":
+        return start
+    from .bilevel_families import mixture_start
+    from .evaluation import source_seed
+
+    g = torch.Generator().manual_seed(source_seed(_trial_seed(cfg.seed, trial, 1), 5))
+    return mixture_start(metatest.seen_x, cfg.n_components, method=cfg.mixture_init,
+                         start=start, generator=g, dtype=dtype)
 
 
 class _Progress:
@@ -356,9 +424,10 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
                              n_unseen=cfg.n_unseen,
                              seed=cfg.seed + trial if cfg.vary_metatest else cfg.seed,
                              dtype=dtype)
-    init = _initial_gaussian(cfg, metatest, dtype)
+    init = _initial_measure(cfg, metatest, dtype, trial)
     label = f" trial {trial}" if cfg.trials > 1 or trial else ""
-    task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}{label}", cfg.steps)
+    family = "" if cfg.family == "gaussian" else f" mixture K={cfg.n_components}"
+    task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}{family}{label}", cfg.steps)
 
     def on_step(record: dict) -> None:
         run.append_metrics({"trial": trial, **record})
@@ -444,7 +513,11 @@ def _evaluate(cfg, problem, metatest, sources, bar, run, trial: int = 0) -> dict
 
 
 def _collapse_report(cfg, result, seen_reported: float) -> tuple[dict, list[str]]:
-    """Collapse flags for ``summary.json`` and one warning line per problem found."""
+    """Collapse flags for ``summary.json`` and one warning line per problem found (floor hits
+    are warned about, not flagged: the step was taken, projected back)."""
+    from ..measures.gaussian import DIAG_CLAMP
+    from .bilevel_families import WEIGHT_FLOOR
+
     c = dict(result.collapse)
     start_seen = result.history[0]["seen_error"]
     c["no_improvement"] = bool(seen_reported >= start_seen)
@@ -456,6 +529,15 @@ def _collapse_report(cfg, result, seen_reported: float) -> tuple[dict, list[str]
         warnings.append(f"bilevel descent collapsed {c['events']} time(s) (first at step "
                         f"{c['first_step']}: {', '.join(c['reasons'])}); those steps were "
                         f"{action}")
+    floors = (c.get("floors") or {}).get("counts") or {}
+    if floors.get("scale_floor"):
+        warnings.append(f"{floors['scale_floor']} update(s) drove a Cholesky diagonal entry to "
+                        f"zero or below (first at step {c['floors']['first_step']}); it was set "
+                        f"to {DIAG_CLAMP:g}: a component was collapsing to zero variance")
+    if floors.get("weight_floor"):
+        warnings.append(f"{floors['weight_floor']} update(s) pushed a mixture weight below "
+                        f"{WEIGHT_FLOOR:g} x the largest; it was held there (the component "
+                        f"was dying)")
     if c["no_improvement"]:
         warnings.append(f"no reported iterate improved on the start's seen error "
                         f"({start_seen:.4f} -> {seen_reported:.4f}): the 'optimized' column is "
@@ -481,6 +563,9 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) ->
         "optimizer": cfg.optimizer,
         "normalize_labels": cfg.normalize_labels,
         "init": cfg.init,
+        "family": cfg.family,
+        "components": cfg.n_components if cfg.family == "mixture" else None,
+        "mixture_init": cfg.mixture_init if cfg.family == "mixture" else None,
         "use_iterate": cfg.use_iterate,
         "trials": 1,
         "trial": trial,
@@ -496,9 +581,8 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) ->
         "warnings": warnings,
         "seconds_per_step": float(result.seconds_per_step),
         "grad_seconds_per_step": float(result.grad_seconds_per_step),
-        "learned": {"mean": learned.mean.double().tolist(), "cov": learned.cov.double().tolist()},
-        "initial": {"mean": result.initial.mean.detach().double().tolist(),
-                    "cov": result.initial.cov.detach().double().tolist()},
+        "learned": describe_measure(learned),
+        "initial": describe_measure(result.initial),
         "eval_n": list(cfg.eval_n),
         "repeats": cfg.repeats,
         "ci_over": "repeats",
@@ -511,6 +595,16 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) ->
                      "n_unseen": cfg.n_unseen, "seed": cfg.seed},
         "approximate": {k: v for k, v in APPROXIMATE_SOURCES.items() if k in evaluation},
     }
+
+
+def describe_measure(measure) -> dict:
+    """``{"mean", "cov"}`` of a Gaussian; a mixture adds ``"weights"``, ``"means"`` and
+    ``"covs"`` of its components (``mean`` / ``cov`` are then its total moments)."""
+    out = {"mean": measure.mean.detach().double().tolist(),
+           "cov": measure.cov.detach().double().tolist()}
+    if hasattr(measure, "n_components"):
+        out.update(measure.to_dict())
+    return out
 
 
 def _nanmin(values) -> float:
@@ -564,18 +658,22 @@ def aggregate_trials(summaries: list[dict]) -> dict:
 def final_training_inputs(learned: dict, n: int, *, seed: int, trial: int = 0,
                           dtype: Any = "float32") -> torch.Tensor:
     """Inputs ``(n, d)`` float64 of the KRR the study reports for "optimized" at N = ``n``:
-    ``n`` draws of the learned Gaussian (``summary["learned"]``, ``{"mean", "cov"}``, in
-    the study's ``dtype``) with the seed of repeat 0 of the evaluation of trial ``trial``."""
+    ``n`` draws of the learned distribution (``summary["learned"]``: ``{"mean", "cov"}`` of a
+    Gaussian, or a mixture's ``{"weights", "means", "covs", ...}``, in the study's ``dtype``)
+    with the seed of repeat 0 of the evaluation of trial ``trial``."""
     from .._validation import resolve_dtype
-    from ..measures import Gaussian
+    from ..measures import Gaussian, GaussianMixture
     from .evaluation import name_key, source_seed
 
     dt = resolve_dtype(dtype)
-    gaussian = Gaussian(torch.tensor(learned["mean"], dtype=dt),
-                        torch.tensor(learned["cov"], dtype=dt), dtype=dt)
+    if "weights" in learned:
+        measure = GaussianMixture.from_dict(learned, dtype=dt)
+    else:
+        measure = Gaussian(torch.tensor(learned["mean"], dtype=dt),
+                           torch.tensor(learned["cov"], dtype=dt), dtype=dt)
     g = torch.Generator().manual_seed(source_seed(_trial_seed(seed, trial, 2),
                                                   name_key("optimized"), n, 0))
-    return gaussian.sample(n, generator=g).detach().to(torch.float64)
+    return measure.sample(n, generator=g).detach().to(torch.float64)
 
 
 def _write_training_record(path: Path, cfg: BilevelStudyConfig, summary: dict,

@@ -12,7 +12,8 @@ from .empirical import Empirical
 from .fields import FourierBasis1D, GaussianRandomField, KLEBasis, SineBasis1D, SineBasis2D
 from .gaussian import DIAG_CLAMP, Gaussian, clamp_scale_tril, empirical_gaussians
 from .lognormal import LogNormalField
-from .mixture import Mixture
+from .mixture import (GaussianMixture, Mixture, gaussian_mixture_sample,
+                      gaussian_mixture_score, kmeans, kmeans_mixture)
 from .uniform import Uniform
 
 __all__ = [
@@ -22,6 +23,11 @@ __all__ = [
     "clamp_scale_tril",
     "empirical_gaussians",
     "Mixture",
+    "GaussianMixture",
+    "gaussian_mixture_sample",
+    "gaussian_mixture_score",
+    "kmeans",
+    "kmeans_mixture",
     "Uniform",
     "Empirical",
     "wasserstein2",

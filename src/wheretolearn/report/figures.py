@@ -6,7 +6,8 @@
   of every baseline, with 95 % intervals (paper Fig. 2 centre, Fig. 10).
 * ``covariances``     -- learned covariance beside the barycenter and mixture covariances
   (paper Figs. 9, 11, 13, 15): ellipses over the meta-test samples in 2-D, heatmaps for
-  d > 2.
+  d > 2 plus the ellipses of the marginals on coordinates 1-2 (heatmaps only for d = 1). A learned Gaussian mixture
+  is drawn as one ellipse per component (line width by weight), not by its total covariance.
 """
 
 from __future__ import annotations
@@ -102,35 +103,62 @@ def _ellipse(ax, mean: np.ndarray, cov: np.ndarray, **kw) -> None:
                          fill=False, **kw))
 
 
+def _ellipse_panel(ax, items, components, samples, colors) -> None:
+    """2-sigma ellipses on coordinates 1-2 (marginals) over the samples' coordinates 1-2."""
+    if samples is not None:
+        s = np.asarray(samples, float)
+        s = s.reshape(-1, s.shape[-1])[:, :2]
+        ax.scatter(s[:, 0], s[:, 1], s=2, c="0.7", alpha=0.4, label="meta-test samples")
+    for i, (name, mean, cov) in enumerate(items):
+        color = colors[i % len(colors)]
+        parts = components.get(name)
+        if parts:
+            top = max(w for w, _, _ in parts)
+            for j, (w, m, c) in enumerate(parts):
+                _ellipse(ax, m[:2], c[:2, :2], color=color, lw=0.8 + 2.4 * w / top,
+                         label=f"{name} ({len(parts)} components)" if j == 0 else None)
+                ax.plot(*m[:2], "x", color=color)
+        else:
+            _ellipse(ax, mean[:2], cov[:2, :2], color=color, lw=2, label=name)
+            ax.plot(*mean[:2], "x", color=color)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.autoscale_view()
+    ax.legend(fontsize=7)
+
+
 def plot_covariances(covs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
-                     samples: np.ndarray | None = None, title: str = "") -> Path:
+                     samples: np.ndarray | None = None, title: str = "",
+                     components: dict[str, list[tuple[float, np.ndarray, np.ndarray]]]
+                     | None = None) -> Path:
     """Learned vs barycenter vs mixture covariance.
 
     Parameters
     ----------
     covs : dict name -> (mean (d,), cov (d, d))
     samples : (M, d) array, optional
-        Meta-test samples drawn under the ellipses (2-D only).
+        Meta-test samples drawn under the ellipses (coordinates 1-2 when d > 2).
+    components : dict name -> list of (weight, mean (d,), cov (d, d)), optional
+        Mixtures among ``covs`` drawn component by component (ellipse width by weight).
     """
     plt = _pyplot()
     items = [(k, np.asarray(m, float), np.asarray(c, float)) for k, (m, c) in covs.items()]
+    parts = {k: [(float(w), np.asarray(m, float), np.asarray(c, float)) for w, m, c in v]
+             for k, v in (components or {}).items()}
     d = items[0][2].shape[0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if d == 2:
         fig, ax = plt.subplots(figsize=(5, 5))
-        if samples is not None:
-            s = np.asarray(samples, float).reshape(-1, 2)
-            ax.scatter(s[:, 0], s[:, 1], s=2, c="0.7", alpha=0.4, label="meta-test samples")
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, (name, mean, cov) in enumerate(items):
-            _ellipse(ax, mean, cov, color=colors[i % len(colors)], lw=2, label=name)
-            ax.plot(*mean, "x", color=colors[i % len(colors)])
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.autoscale_view()
-        ax.legend(fontsize=7)
+        _ellipse_panel(ax, items, parts, samples, colors)
         ax.set_title(title or "2-sigma ellipses")
     else:
-        fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.4))
+        extra = int(d > 2)   # the marginals on coordinates 1-2 beside the heatmaps
+        fig, axes = plt.subplots(1, len(items) + extra,
+                                 figsize=(3.6 * (len(items) + extra), 3.4))
         axes = np.atleast_1d(axes)
+        if extra:
+            _ellipse_panel(axes[-1], items, parts, samples, colors)
+            axes[-1].set_title("2-sigma ellipses, coordinates 1-2")
+            axes = axes[:-1]
         vmax = max(float(np.abs(c).max()) for _, _, c in items) or 1.0
         for ax, (name, _, cov) in zip(axes, items):
             im = ax.imshow(cov, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
@@ -157,8 +185,9 @@ def plot_study_figures(run: Any, summary: dict, history: Sequence[dict], metates
 
     Parameters
     ----------
-    learned : Gaussian
-        The reported training distribution.
+    learned : Gaussian or GaussianMixture
+        The reported training distribution (a mixture -- anything with ``weights``, ``means``
+        and ``covs`` -- is drawn component by component).
     reference : dict name -> measure, optional
         Measures drawn beside it in the covariance figure (the study passes the barycenter and
         mixture it evaluated); each needs ``mean`` (d,) and ``cov`` (d, d).
@@ -172,7 +201,13 @@ def plot_study_figures(run: Any, summary: dict, history: Sequence[dict], metates
     covs = {"learned": _moments(learned)}
     covs.update({name: _moments(m) for name, m in (reference or {}).items() if m is not None})
     samples = metatest.seen_x.detach().double().numpy()
-    paths.append(plot_covariances(covs, run.figure_path("covariances"), samples=samples, title=tag))
+    components = {}
+    if all(hasattr(learned, a) for a in ("weights", "means", "covs")):
+        components["learned"] = list(zip(learned.weights.detach().double().tolist(),
+                                          learned.means.detach().double().numpy(),
+                                          learned.covs.detach().double().numpy()))
+    paths.append(plot_covariances(covs, run.figure_path("covariances"), samples=samples,
+                                  title=tag, components=components))
     return [str(Path(p).relative_to(run.path)) for p in paths]
 
 
