@@ -17,7 +17,10 @@ one thread approximates the wall time on a quiet machine.
 ``families``: the Gaussian step beside the Gaussian-mixture step (K = 4, k-means start) in
 the same process, interleaved round by round (issue 25 target: mixture step within 3x of the
 Gaussian step), on Sobol G d = 2 (the setting above) and the RKHS function d = 10, N = 250,
-one thread, with and without the per-step unseen-error logging.
+one thread, with and without the per-step unseen-error logging. The particle family (M = 1024
+particles, so N = 1024) is timed beside a Gaussian step at the same N = 1024, and its
+closed-form input gradient beside torch autograd through a float64 graph of the same KRR
+solve (``particle_gradient``).
 
 Usage::
 
@@ -40,6 +43,7 @@ import torch
 
 from wheretolearn.design import bilevel_descent, make_metatest, mixture_start
 from wheretolearn.design.bilevel import adjoint_gradient, cosine_schedule
+from wheretolearn.design.bilevel_families import particle_start
 from wheretolearn.measures import DIAG_CLAMP, Gaussian
 from wheretolearn.problems import get_problem
 
@@ -232,13 +236,16 @@ def family_rows(steps: int, rounds: int) -> dict:
     for label, (name, dim, bandwidth, lr) in cases.items():
         problem = get_problem(name, dim=dim)
         mt = make_metatest(problem, n_measures=10, n_seen=500, n_unseen=4500, seed=0)
-        inits = {"gaussian": Gaussian(torch.full((dim,), 0.5), torch.eye(dim)),
-                 "mixture K=4": mixture_start(mt.seen_x, 4, method="kmeans", generator=0)}
+        gauss = Gaussian(torch.full((dim,), 0.5), torch.eye(dim))
+        inits = {"gaussian": (gauss, 250),
+                 "mixture K=4": (mixture_start(mt.seen_x, 4, method="kmeans", generator=0), 250),
+                 "gaussian N=1024": (gauss, 1024),
+                 "particles M=1024": (particle_start(mt.seen_x, 1024, generator=0), 1024)}
         times: dict = {(f, e): [] for f in inits for e in (True, False)}
         for _ in range(rounds):
             for eval_unseen in (True, False):
-                for fam, init in inits.items():
-                    res = bilevel_descent(problem, mt, init, n_train=250, steps=steps, lr=lr,
+                for fam, (init, n_train) in inits.items():
+                    res = bilevel_descent(problem, mt, init, n_train=n_train, steps=steps, lr=lr,
                                           bandwidth=bandwidth, generator=0,
                                           eval_unseen=eval_unseen, num_threads=1)
                     times[(fam, eval_unseen)].append(
@@ -251,12 +258,53 @@ def family_rows(steps: int, rounds: int) -> dict:
                 grad = sorted(g for _, g in times[(fam, eval_unseen)])[rounds // 2]
                 cell[fam] = {"total_ms": 1e3 * tot, "grad_ms": 1e3 * grad}
             g, m = cell["gaussian"], cell["mixture K=4"]
+            g2, p = cell["gaussian N=1024"], cell["particles M=1024"]
             rows.append({"case": label, "eval_unseen": eval_unseen, **cell,
                          "ratio_total": m["total_ms"] / g["total_ms"],
-                         "ratio_grad": m["grad_ms"] / g["grad_ms"]})
-    return {"rows": rows, "steps": steps, "rounds": rounds,
+                         "ratio_grad": m["grad_ms"] / g["grad_ms"],
+                         "particles_ratio_total": p["total_ms"] / g2["total_ms"],
+                         "particles_ratio_grad": p["grad_ms"] / g2["grad_ms"]})
+        if label == "rkhs d=10":
+            particle_grad = particle_gradient_timing(problem, mt, bandwidth, rounds)
+    return {"rows": rows, "steps": steps, "rounds": rounds, "particle_gradient": particle_grad,
             "note": "median over steps of one run, then median over interleaved rounds; "
-                    "N = 250, J = 10, 500 seen + 4500 unseen per Q, float32, 1 thread"}
+                    "N = 250 (gaussian, mixture K=4) or 1024 (gaussian N=1024, particles "
+                    "M=1024), J = 10, 500 seen + 4500 unseen per Q, float32, 1 thread"}
+
+
+def particle_gradient_timing(problem, mt, bandwidth: float, rounds: int) -> dict:
+    """ms of ``dJ/dX`` at M = 1024 particles: the closed form (``adjoint_gradient``, factor
+    dtype float64) against torch autograd through a float64 dense graph of the same solve."""
+    from wheretolearn.design.bilevel import adjoint_gradient
+    from wheretolearn.measures.empirical import ParticleMeasure
+
+    x = particle_start(mt.seen_x, 1024, generator=0).points.double()
+    mt64 = mt.to(torch.float64) if hasattr(mt, "to") else mt
+    v, yv = mt64.seen_x.reshape(-1, x.shape[1]).double(), mt64.seen_y.reshape(-1).double()
+    ridge, s2 = 1e-3, 2 * bandwidth ** 2
+
+    def autograd_grad():
+        xa = x.clone().requires_grad_(True)
+        n = xa.shape[0]
+        k = torch.exp(-torch.cdist(xa, xa) ** 2 / s2) + n * ridge * torch.eye(n, dtype=x.dtype)
+        a = torch.cholesky_solve(problem(xa)[:, None], torch.linalg.cholesky(k))[:, 0]
+        f = torch.exp(-torch.cdist(v, xa) ** 2 / s2) @ a
+        (g,) = torch.autograd.grad(0.5 * ((yv - f) ** 2).mean(), xa)
+        return g
+
+    closed, auto = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        gc = adjoint_gradient(problem, mt64, ParticleMeasure(x), x=x, bandwidth=bandwidth,
+                              ridge=ridge).grads["points"] / x.shape[0]
+        closed.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ga = autograd_grad()
+        auto.append(time.perf_counter() - t0)
+    rel = float((gc - ga).norm() / ga.norm())
+    return {"closed_form_ms": 1e3 * sorted(closed)[rounds // 2],
+            "autograd_ms": 1e3 * sorted(auto)[rounds // 2], "relative_difference": rel,
+            "setting": "rkhs d=10, M = 1024, 5000 seen rows, float64, 1 thread, median"}
 
 
 def _family_table(result: dict) -> str:
@@ -267,6 +315,20 @@ def _family_table(result: dict) -> str:
         lines.append(f"{r['case']:<12} {'yes' if r['eval_unseen'] else 'no':>6} | "
                      f"{g['total_ms']:>14.2f} {g['grad_ms']:>7.2f} | {m['total_ms']:>17.2f} "
                      f"{m['grad_ms']:>7.2f} | {r['ratio_total']:>10.2f}x {r['ratio_grad']:>5.2f}x")
+    lines.append("")
+    lines.append(f"{'case':<12} {'unseen':>6} | {'gaussian N=1024':>15} {'grad':>7} | "
+                 f"{'particles M=1024':>16} {'grad':>7} | {'ratio total':>11} {'grad':>6}")
+    for r in result["rows"]:
+        g, p = r["gaussian N=1024"], r["particles M=1024"]
+        lines.append(f"{r['case']:<12} {'yes' if r['eval_unseen'] else 'no':>6} | "
+                     f"{g['total_ms']:>15.2f} {g['grad_ms']:>7.2f} | {p['total_ms']:>16.2f} "
+                     f"{p['grad_ms']:>7.2f} | {r['particles_ratio_total']:>10.2f}x "
+                     f"{r['particles_ratio_grad']:>5.2f}x")
+    pg = result.get("particle_gradient")
+    if pg:
+        lines.append(f"particle gradient dJ/dX (rkhs, M = 1024, float64): closed form "
+                     f"{pg['closed_form_ms']:.1f} ms, autograd {pg['autograd_ms']:.1f} ms "
+                     f"(relative difference {pg['relative_difference']:.1e})")
     lines.append("ms per step (median); grad = the step without the unseen-error logging")
     return "\n".join(lines)
 
@@ -318,6 +380,7 @@ def main() -> None:
                           "load_average_after": os.getloadavg()}
         print(_family_table(result))
         out = args.out.with_name("bench_bilevel_families.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")
         return

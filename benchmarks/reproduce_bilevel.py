@@ -16,6 +16,10 @@ K = 4, started by k-means), and the *seen*-split error at N = 1024 of each learn
 Results in ``benchmarks/results/reproduction/mixture_selection.json``; the chosen
 configurations then run as ``reproduction <config>_mixture`` like the Gaussian ones.
 
+``reproduction <config>_particles`` runs the particle family (issue 25) the same way
+(``examples/<config>_particles.toml``; its trial files keep the particles under
+``learned.points`` and the smoothing under ``smoothing``).
+
 ``robustness``: configurations outside the paper's four (other dimensions, meta-test seeds,
 learning rates 10x the paper's), one run each, to check that the reported distribution is
 never worse than its start. Results in ``benchmarks/results/reproduction/robustness.json``.
@@ -41,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "reproduction"
 PAPER_CONFIGS = ("sobol_g", "friedman1", "friedman2", "rkhs")
 CONFIGS = (*PAPER_CONFIGS, "friedman2_adam", "rkhs_barycenter",
-           *(f"{name}_mixture" for name in PAPER_CONFIGS))
+           *(f"{name}_mixture" for name in PAPER_CONFIGS),
+           *(f"{name}_particles" for name in PAPER_CONFIGS))
 #: Candidates of ``mixture-selection``: name -> overrides of the paper configuration.
 MIXTURE_CANDIDATES = {"K=10 (the Q_j)": {"components": 10, "mixture_init": "metatest"},
                       "K=4 (k-means)": {"components": 4, "mixture_init": "kmeans"}}
@@ -108,7 +113,7 @@ def reproduction(name: str, trial: int, sparse: bool = False) -> Path:
     one configuration can run as separate jobs and a partial set is still usable."""
     cfg = tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text())
     cfg.update(trials=1, trial_offset=trial, **REPRO_EVAL)
-    if cfg.get("family") == "mixture":
+    if cfg.get("family") in ("mixture", "particles"):
         cfg.update(MIXTURE_EVAL)
     if trial > 0 or sparse:
         cfg["bilevel_options"] = {**cfg.get("bilevel_options", {}), **SPARSE_LOGGING}

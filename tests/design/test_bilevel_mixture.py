@@ -288,7 +288,7 @@ def test_mixture_study_records_family_and_reloads(tmp_path):
     ({"family": "mixture", "components": 0}, "positive integer"),
     ({"family": "mixture", "components": 25}, "at most n_train = 24"),
     ({"family": "mixture", "components": 2, "mixture_init": "metatest"}, "needs components = 3"),
-    ({"family": "particles"}, "family"),
+    ({"family": "particle"}, "family"),
 ])
 def test_mixture_config_errors(bad, match):
     from pydantic import ValidationError

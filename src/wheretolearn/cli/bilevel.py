@@ -82,8 +82,12 @@ def _print_table(summary: dict) -> None:
     ns = [str(n) for n in summary["eval_n"]]
     over = (f"{summary['trials']} trials" if summary.get("trials", 1) > 1
             else f"{summary['repeats']} repeats")
-    family = (f" mixture K={summary['components']}"
-              if summary.get("family") == "mixture" else "")
+    family = {"mixture": f" mixture K={summary.get('components')}",
+              "particles": f" particles M={summary.get('particles')}"}.get(
+                  summary.get("family"), "")
+    sel = summary.get("family_selection")
+    if sel:
+        family += f" (best family on the seen split: {sel['chosen']})"
     table = Table(title=(f"{summary['problem']} d={summary['dim']}{family}: unseen relative OOD "
                          f"error (mean [95% CI] over {over})"))
     table.add_column("source")
@@ -146,8 +150,15 @@ def bilevel(
         help="kernel length scale s" + _PAPER),
     init: Optional[str] = typer.Option(None, "--init", help="normal | barycenter" + _PAPER),
     family: Optional[str] = typer.Option(
-        None, "--family", help="gaussian | mixture: the distribution the descent moves "
-                               "(default: --config, else gaussian)"),
+        None, "--family", help="gaussian | mixture | particles | best: the distribution the "
+                               "descent moves; best runs all three and reports the one with "
+                               "the lowest seen error (default: --config, else gaussian)"),
+    particles: Optional[int] = typer.Option(
+        None, "--particles", help="particles M, at most --n-train (default: --config, else "
+                                  "n_train)"),
+    particle_init: Optional[str] = typer.Option(
+        None, "--particle-init", help="metatest | start: initial particles from the pooled "
+                                      "seen samples or the initial Gaussian (default: metatest)"),
     components: Optional[int] = typer.Option(
         None, "--components", help="mixture components K (default: --config, else n_measures)"),
     mixture_init: Optional[str] = typer.Option(
@@ -177,8 +188,8 @@ def bilevel(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:
-    """Bilevel optimisation of a Gaussian (or Gaussian-mixture) training distribution for KRR,
-    with baselines.
+    """Bilevel optimisation of a Gaussian (Gaussian-mixture, or particle) training
+    distribution for KRR, with baselines.
 
     Unset values come from --config, then from the paper's settings for the problem.
     """
@@ -190,6 +201,7 @@ def bilevel(
     flags = {"problem": problem, "dim": dim, "n_train": n_train, "steps": steps, "lr": lr,
              "bandwidth": bandwidth, "init": init, "init_mean": init_mean, "init_std": init_std,
              "family": family, "components": components, "mixture_init": mixture_init,
+             "particles": particles, "particle_init": particle_init,
              "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats,
              "trials": trials, "seed": seed,
              "optimizer": optimizer, "use_iterate": use_iterate,

@@ -195,6 +195,7 @@ class _Workspace:
         self.dtype = dtype
         self.factor_dtype = factor_dtype
         seen_x = metatest.seen_x.detach().to(dtype).reshape(-1, d)
+        self.seen_x = seen_x
         self.seen_left = augment_left(seen_x, bandwidth)
         self.seen_y = metatest.seen_y.detach().to(dtype).reshape(-1)
         # equal sample counts per measure: (1/J) sum_j mean_l == mean over all seen rows
@@ -221,12 +222,15 @@ class _Workspace:
         return buf[:rows]
 
 
-def _adjoint_step(ws: _Workspace, x: torch.Tensor, y: torch.Tensor, ridge: float):
+def _adjoint_step(ws: _Workspace, x: torch.Tensor, y: torch.Tensor, ridge: float,
+                  extras: dict | None = None):
     """Steps 2-4 for one draw, the part every family shares. Returns ``(c, seen_error, coef,
     adjoint, right, pred_ratio)``: ``c_i = (f(x_i) - y_i) p_i / N`` (divided by the label scale
     squared; working dtype) and ``pred_ratio = ||f(V)|| / ||y_V||`` on the seen samples.
 
     ``x`` (N, d) training inputs, ``y`` (N,) labels; all in the working dtype, no autograd.
+    ``extras``: a dict to receive ``kxx`` (``K + N eps I``), ``resid`` (``y_V - f(V)``),
+    ``r`` (``k(V, X)^T resid``) and ``k_seen`` for :func:`_input_gradient`.
     """
     n = x.shape[0]
     fdt = ws.factor_dtype
@@ -254,7 +258,61 @@ def _adjoint_step(ws: _Workspace, x: torch.Tensor, y: torch.Tensor, ridge: float
     adjoint = torch.cholesky_solve((r.to(fdt) * (n / ws.n_seen))[:, None], chol)[:, 0]
     # f(x_i) - y_i = -N eps a_i exactly, so c_i = (f_i - y_i) p_i / N = -eps a_i p_i
     c = (coef * adjoint).mul_(-ridge * ws.inv_label_scale2).to(ws.dtype)
+    if extras is not None:
+        extras.update(kxx=kxx, resid=resid, r=r, k_seen=k_seen)
     return c, seen_error, coef, adjoint, right, pred_ratio
+
+
+def _input_gradient(ws: _Workspace, x: torch.Tensor, coef: torch.Tensor, adjoint: torch.Tensor,
+                    ridge: float, extras: dict, label_grad: torch.Tensor | None) -> torch.Tensor:
+    """``dJ/dx_i`` (N, d), factor dtype: the seen loss ``J = (1 / 2 n_V) sum_l (y_l -
+    f(v_l))^2`` (over the label scale squared) differentiated in the training inputs through
+    the KRR solve ``a = A^{-1} y(X)``, ``A = K(X, X) + N eps I`` (Gaussian kernel).
+
+    With ``q = A^{-1} k(V, X)^T (y_V - f(V)) / n_V`` (the code's adjoint ``p`` is ``N q``),
+    ``dJ = -(1/n_V) resid^T dK_VX a - q^T dy + q^T dK a``, and ``grad_x k(x, u) = k (u - x) /
+    s^2`` gives, for every ``i``::
+
+        dJ/dx_i = -(a_i / (n_V s^2)) sum_l resid_l k(v_l, x_i) (v_l - x_i)       # k(V, X)
+                  + (1 / s^2) sum_k (q_i a_k + q_k a_i) K_ik (x_k - x_i)         # K(X, X)
+                  - q_i grad G*(x_i)                                             # labels
+
+    (the last term only when ``label_grad`` is given). Cost: one (n_V, N) x (n_V, d) product
+    and one (N, N) x (N, 2 d + 2) product beside the adjoint step's.
+    """
+    fdt = ws.factor_dtype
+    n = x.shape[0]
+    s2 = ws.bandwidth ** 2
+    xf = x.to(fdt)
+    a = coef.to(fdt)
+    q = adjoint.to(fdt) / n
+    resid, r = extras["resid"], extras["r"]
+    # k(V, X) term: sum_l resid_l k_li v_l - (sum_l resid_l k_li) x_i
+    kv = (extras["k_seen"].T @ (resid[:, None] * ws.seen_x)).to(fdt)
+    g = -(a / (ws.n_seen * s2))[:, None] * (kv - r.to(fdt)[:, None] * xf)
+    # K(X, X) term, with K = A - N eps I
+    rhs = torch.cat([a[:, None] * xf, q[:, None] * xf, a[:, None], q[:, None]], dim=1)
+    kr = extras["kxx"] @ rhs - (n * ridge) * rhs
+    d = x.shape[1]
+    k_ax, k_qx, k_a, k_q = kr[:, :d], kr[:, d:2 * d], kr[:, 2 * d], kr[:, 2 * d + 1]
+    g += (q[:, None] * (k_ax - k_a[:, None] * xf) + a[:, None] * (k_qx - k_q[:, None] * xf)) / s2
+    if label_grad is not None:
+        g -= q[:, None] * label_grad.to(fdt)
+    return g * ws.inv_label_scale2
+
+
+def _label_gradient(problem: Callable, x: torch.Tensor) -> torch.Tensor | None:
+    """``grad G*(x_i)`` (N, d) by autograd, or None when ``problem`` is not differentiable
+    (``differentiable`` false) or returns no graph."""
+    if not getattr(problem, "differentiable", False):
+        return None
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        y = problem(xg)
+        if not isinstance(y, torch.Tensor) or not y.requires_grad:
+            return None
+        (grad,) = torch.autograd.grad(y.sum(), xg)
+    return grad.detach()
 
 
 def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> float:
@@ -317,6 +375,9 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
     ridge = check_positive_float(ridge, "ridge")
     dtype = measure.dtype
     family = family_for(measure)(dtype=dtype, spread=0.0)
+    if family.needs_inputs and kernel != "gaussian":
+        raise ValueError(f"the {family.name} family differentiates the Gaussian kernel; got "
+                         f"kernel={kernel!r}")
     state = family.initial_state(measure)
     if (z is None) == (x is None):
         raise ValueError("give exactly one of z (Gaussian latent draws) or x (training inputs)")
@@ -338,8 +399,13 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
         else:
             draw = family.draw_at(state, given)
         y = _labels(problem, draw.x, dtype)
-        c, err, coef, adj, _, _ = _adjoint_step(ws, draw.x, y, ridge)
-        grads = family.gradient(state, draw, AdjointQuantities(c, coef, adj))
+        extras = {} if family.needs_inputs else None
+        c, err, coef, adj, _, _ = _adjoint_step(ws, draw.x, y, ridge, extras)
+        ig = None
+        if family.needs_inputs:
+            ig = _input_gradient(ws, draw.x, coef, adj, ridge, extras,
+                                 _label_gradient(problem, draw.x))
+        grads = family.gradient(state, draw, AdjointQuantities(c, coef, adj, ig))
     named = dict(zip(family.param_names, grads))
     return AdjointGradient(named.get("mean"), named.get("scale_tril"), err, coef, adj, named)
 
@@ -458,6 +524,9 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Any, *,
                     eval_unseen=bool(_unseen_every(eval_unseen)), kernel=check_kernel(kernel))
     family = family_cls(dtype=dt, spread=ws.spread)
     family.check(init, dim=metatest.dim, n_train=n_train)
+    if family.needs_inputs and ws.kernel != "gaussian":
+        raise ValueError(f"the {family.name} family differentiates the Gaussian kernel; got "
+                         f"kernel={kernel!r}")
     gen = torch_generator(generator)
     options = {"family": family.name, "n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
                "bandwidth": bandwidth, "ridge_start": ridge_start, "ridge_end": ridge_end,
@@ -468,6 +537,15 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Any, *,
                "num_threads": num_threads, "max_move": max_move, "backtrack": bool(backtrack),
                "jump": jump, "kernel": kernel,
                "trust_radius": None if max_move is None else max_move * ws.spread}
+    if family.needs_inputs:
+        # which terms dJ/dx holds: the labels' term needs a differentiable G*
+        options["label_gradient"] = ("autograd" if getattr(problem, "differentiable", False)
+                                     else "none (G* not differentiable: kernel terms only)")
+        options["particles"] = int(init.points.shape[0])
+        options["smoothing"] = ("none (N == M: the particles themselves)"
+                                if init.points.shape[0] == n_train else
+                                "the M particles plus N - M draws of a Gaussian KDE around them "
+                                "(per-coordinate Silverman bandwidth of the current particles)")
     # dominant call per step: the (J L, N) seen kernel block, d + 2 multiply-adds per entry
     work = ws.n_seen * n_train * (metatest.dim + 2)
     with torch_threads(num_threads, work=work) as used, torch.no_grad():
@@ -498,8 +576,14 @@ def _run(problem, ws: _Workspace, family: TrainingFamily, init: Any, gen: torch.
         right = coef = None
         if bad is None:
             try:
-                c, seen_err, coef, adjoint, right, ratio = _adjoint_step(ws, draw.x, y, ridge_t)
-                grads = family.gradient(state, draw, AdjointQuantities(c, coef, adjoint))
+                extras = {} if family.needs_inputs else None
+                c, seen_err, coef, adjoint, right, ratio = _adjoint_step(ws, draw.x, y, ridge_t,
+                                                                         extras)
+                ig = None
+                if family.needs_inputs:
+                    ig = _input_gradient(ws, draw.x, coef, adjoint, ridge_t, extras,
+                                         _label_gradient(problem, draw.x))
+                grads = family.gradient(state, draw, AdjointQuantities(c, coef, adjoint, ig))
             except _FactorError:
                 if step == 0 or not options["backtrack"]:
                     raise

@@ -17,8 +17,23 @@ tuple of tensors. Families are found by the type of the initial measure
 Score families (:class:`GaussianFamily`, :class:`GaussianMixtureFamily`) use the
 score-function gradient ``g = sum_i c_i grad_theta log p_theta(x_i)`` with the draws held fixed
 (see the module docstring of :mod:`~wheretolearn.design.bilevel` for why no pathwise term is
-added). A particle family would instead use ``coef``, ``adjoint`` and ``x`` of
-:class:`AdjointQuantities` (the gradient with respect to the inputs themselves).
+added). The particle family (:class:`ParticleFamily`, ``needs_inputs = True``) instead uses
+``input_grad`` of :class:`AdjointQuantities`: the gradient of the seen loss with respect to
+the training inputs themselves (implicit differentiation of the KRR solve, see
+``bilevel._input_gradient``).
+
+Particle family (state ``(points (M, d),)``):
+
+* **Draws.** ``N == M``: the particles themselves. ``N > M``: the particles plus ``N - M``
+  draws of the Gaussian kernel density around them (per-coordinate Silverman bandwidth of the
+  current particles, :class:`~wheretolearn.measures.empirical.ParticleMeasure`); the gradient
+  of a smoothed draw ``x = x_I + h z`` flows to its particle ``x_I`` (``h`` held fixed).
+* **Gradient.** ``M dJ/dx_i`` summed over the draws of particle ``i``: the Wasserstein
+  gradient of ``J`` at ``nu = (1/M) sum delta_{x_i}`` (the factor ``M`` makes ``lr``
+  independent of ``M`` and comparable to the Gaussian mean's).
+* **Trust region.** Each particle moves at most ``PARTICLE_MAX_MOVE`` radii, then the whole
+  move is scaled so that its RMS ``sqrt(mean_i ||dx_i||^2)`` -- the W2 bound of the coupling
+  ``x_i -> x_i'`` -- is at most the radius.
 
 Step control of the mixture (generalising the Gaussian's, see ``bilevel``):
 
@@ -46,13 +61,15 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from .._validation import check_positive_int, torch_generator
+from ..measures.empirical import Empirical, ParticleMeasure, silverman_bandwidth
 from ..measures.gaussian import DIAG_CLAMP, Gaussian, empirical_gaussians
 from ..measures.mixture import (GaussianMixture, gaussian_mixture_sample,
                                 gaussian_mixture_score, kmeans_mixture)
 
-__all__ = ["TrainingFamily", "GaussianFamily", "GaussianMixtureFamily", "AdjointQuantities",
-           "Draw", "Update", "family_for", "register_family", "available_families",
-           "MIXTURE_INITS", "mixture_start"]
+__all__ = ["TrainingFamily", "GaussianFamily", "GaussianMixtureFamily", "ParticleFamily",
+           "AdjointQuantities", "Draw", "Update", "family_for", "register_family",
+           "available_families", "MIXTURE_INITS", "mixture_start", "PARTICLE_INITS",
+           "particle_start"]
 
 #: How :func:`mixture_start` builds the initial mixture.
 MIXTURE_INITS = ("auto", "metatest", "kmeans", "split")
@@ -63,6 +80,10 @@ _ADAM_EPS = 1e-8
 WEIGHT_FLOOR = 1e-3
 #: Max-norm of a logit step per unit of ``radius / R``.
 _LOGIT_PER_RADIUS = 2.0
+#: How :func:`particle_start` picks the initial particles.
+PARTICLE_INITS = ("metatest", "start")
+#: No particle moves more than this many trust radii in one step.
+PARTICLE_MAX_MOVE = 4.0
 
 
 @dataclass
@@ -93,11 +114,15 @@ class AdjointQuantities:
         KRR coefficients ``a`` (factor dtype).
     adjoint : (N,) tensor
         Adjoint state ``p`` at the draws (factor dtype).
+    input_grad : (N, d) tensor or None
+        ``dJ/dx_i``, the gradient of the seen loss in the training inputs (computed only for a
+        family with ``needs_inputs``; factor dtype).
     """
 
     weights: torch.Tensor
     coef: torch.Tensor
     adjoint: torch.Tensor
+    input_grad: torch.Tensor | None = None
 
 
 class Update(NamedTuple):
@@ -132,6 +157,8 @@ class TrainingFamily(ABC):
     name: ClassVar[str] = ""
     #: Names of the state tensors, in order (keys of :attr:`AdjointGradient.grads`).
     param_names: ClassVar[tuple[str, ...]] = ()
+    #: The gradient needs ``dJ/dx`` (:attr:`AdjointQuantities.input_grad`).
+    needs_inputs: ClassVar[bool] = False
 
     def __init__(self, *, dtype: torch.dtype, spread: float):
         self.dtype = dtype
@@ -424,6 +451,129 @@ def mixture_start(seen_x: torch.Tensor, components: int, *, method: str = "auto"
                            scale_tril=trils).to(dtype=dt)
 
 
+# ------------------------------------------------------------------------------ particles
+class ParticleFamily(TrainingFamily):
+    """``(1/M) sum_i delta_{x_i}`` with a Gaussian-KDE smoothing for ``N > M`` draws; state
+    ``(points (M, d),)``. See the module docstring (draws, gradient, trust region)."""
+
+    name = "particles"
+    param_names = ("points",)
+    needs_inputs = True
+
+    def initial_state(self, measure) -> tuple:
+        return (measure.points.detach().to(self.dtype).clone(),)
+
+    def check(self, measure, *, dim: int, n_train: int) -> None:
+        pts = measure.points
+        if pts.ndim != 2 or pts.shape[1] != dim:
+            raise ValueError(f"init must hold particles of dimension {dim}, got points of shape "
+                             f"{tuple(pts.shape)}")
+        if pts.shape[0] > n_train:
+            raise ValueError(f"init has {pts.shape[0]} particles but n_train is {n_train}: "
+                             f"every step trains on all particles, so use at most n_train "
+                             f"particles")
+        w = measure.weights.detach()
+        if not bool(torch.allclose(w, torch.full_like(w, 1.0 / w.shape[0]))):
+            raise ValueError("init must be equally weighted particles (the particle family "
+                             "moves positions, not weights)")
+
+    def draw(self, state, n, generator) -> Draw:
+        (pts,) = state
+        m = pts.shape[0]
+        if n == m:
+            return Draw(pts, None)
+        idx = torch.randint(m, (n - m,), generator=generator)
+        z = torch.randn(n - m, pts.shape[1], generator=generator, dtype=self.dtype)
+        h = silverman_bandwidth(pts)
+        return Draw(torch.cat([pts, pts[idx] + z * h]), idx)
+
+    def draw_at(self, state, x) -> Draw:
+        (pts,) = state
+        if x.shape != pts.shape:
+            raise ValueError(f"the particle family's gradient is taken at the particles "
+                             f"themselves: x must have shape {tuple(pts.shape)}, got "
+                             f"{tuple(x.shape)}")
+        return Draw(x, None)
+
+    def gradient(self, state, draw, q) -> tuple:
+        (pts,) = state
+        m = pts.shape[0]
+        g = q.input_grad
+        if g is None:
+            raise ValueError("the particle family needs AdjointQuantities.input_grad")
+        grad = g[:m].clone()
+        if draw.latent is not None:
+            grad.index_add_(0, draw.latent, g[m:])
+        return ((m * grad).to(self.dtype),)
+
+    def update(self, state, direction, lr, radius) -> Update:
+        (pts,) = state
+        (g,) = direction
+        dx = lr * g
+        clipped = False
+        if radius is not None:
+            norms = dx.double().norm(dim=1)
+            cap = PARTICLE_MAX_MOVE * radius
+            over = norms > cap
+            if bool(over.any()):
+                dx = dx * torch.where(over, cap / norms, torch.ones_like(norms)).to(dx.dtype)[:, None]
+                clipped = True
+        move = math.sqrt(float((dx.double() ** 2).sum(1).mean()))
+        if radius is not None and move > radius:
+            dx = dx * (radius / move)
+            move, clipped = radius, True
+        pts = pts - dx
+        if not bool(torch.isfinite(pts).all()):
+            raise ValueError("bilevel iterate became non-finite; lower lr")
+        return Update((pts,), move, clipped, ())
+
+    def measure(self, state) -> ParticleMeasure:
+        return ParticleMeasure(state[0])
+
+    def describe(self, state) -> dict:
+        return {"mean": state[0].double().mean(0).tolist()}
+
+
+def particle_start(seen_x: torch.Tensor, particles: int, *, method: str = "metatest",
+                   start: Gaussian | None = None,
+                   generator: int | torch.Generator | None = None,
+                   dtype: torch.dtype | None = None) -> ParticleMeasure:
+    """Initial ``M`` particles for the bilevel descent.
+
+    Parameters
+    ----------
+    seen_x : (J, L, d) tensor
+        Seen meta-test samples.
+    particles : int
+        ``M >= 1``.
+    method : "metatest" | "start"
+        ``metatest``: ``M`` of the pooled seen samples, uniformly without replacement (needs
+        ``M <= J L``); ``start``: ``M`` draws of the Gaussian ``start``.
+    start : Gaussian, optional
+        Required for ``start``.
+    generator : seed, torch.Generator or None
+    dtype : dtype of the result (default: that of ``seen_x``).
+    """
+    m = check_positive_int(particles, "particles")
+    x = torch.as_tensor(seen_x).detach()
+    if x.ndim != 3:
+        raise ValueError(f"seen_x must have shape (J, L, d), got {tuple(x.shape)}")
+    dt = dtype or x.dtype
+    if method not in PARTICLE_INITS:
+        raise ValueError(f"method must be one of {', '.join(PARTICLE_INITS)}, got {method!r}")
+    g = torch_generator(generator)
+    if method == "metatest":
+        pool = x.reshape(-1, x.shape[-1])
+        if m > pool.shape[0]:
+            raise ValueError(f"particles must be at most the {pool.shape[0]} pooled seen samples "
+                             f"that particle init 'metatest' subsamples, got {m}")
+        idx = torch.randperm(pool.shape[0], generator=g)[:m]
+        return ParticleMeasure(pool[idx].to(dt))
+    if start is None:
+        raise ValueError("particle init 'start' needs the start Gaussian, got None")
+    return ParticleMeasure(start.sample(m, generator=g).detach().to(dt))
+
+
 # ------------------------------------------------------------------------------ Adam
 class Adam:
     """Adam moments for a tuple of parameter tensors (Kingma & Ba), bias-corrected."""
@@ -452,7 +602,9 @@ class Adam:
 
 # ------------------------------------------------------------------------------ registry
 _FAMILIES: dict[type, type[TrainingFamily]] = {Gaussian: GaussianFamily,
-                                               GaussianMixture: GaussianMixtureFamily}
+                                               GaussianMixture: GaussianMixtureFamily,
+                                               ParticleMeasure: ParticleFamily,
+                                               Empirical: ParticleFamily}
 
 
 def register_family(measure_type: type, family: type[TrainingFamily]) -> None:

@@ -94,9 +94,11 @@ class BilevelStudyConfig(BaseModel):
     kernel: Literal["gaussian", "laplace"] = Field(
         "gaussian", description="KRR kernel: exp(-|x-x'|^2/(2 s^2)) or exp(-|x-x'|/s), in the "
                                 "bilevel step and the final fits (coresets keep the Gaussian)")
-    family: Literal["gaussian", "mixture"] = Field(
+    family: Literal["gaussian", "mixture", "particles", "best"] = Field(
         "gaussian", description="training distribution moved by the descent: one Gaussian "
-                                "(the paper's) or a Gaussian mixture (weights, means, factors)")
+                                "(the paper's), a Gaussian mixture (weights, means, factors), "
+                                "particles (the training inputs themselves), or 'best': run "
+                                "all three and report the one with the lowest *seen* error")
     components: Optional[int] = Field(
         None, description="mixture components K (family = 'mixture' only; default: "
                           "n_measures, which starts from the Q_j themselves)")
@@ -105,6 +107,12 @@ class BilevelStudyConfig(BaseModel):
                             "n_measures), k-means of the pooled seen samples, or the initial "
                             "Gaussian split into K; auto: metatest when K = n_measures, else "
                             "kmeans")
+    particles: Optional[int] = Field(
+        None, description="particles M (family = 'particles' or 'best'; default: n_train, "
+                          "so every step trains on the particles themselves)")
+    particle_init: Literal["metatest", "start"] = Field(
+        "metatest", description="initial particles: M of the pooled seen meta-test samples "
+                                "(without replacement) or M draws of the initial Gaussian")
     init: Literal["normal", "barycenter"] = Field(
         "normal", description="initial nu: N(init_mean 1, init_std^2 I) or the barycenter of Q "
                               "(for a mixture: the Gaussian that mixture_init = 'split' splits)")
@@ -174,7 +182,7 @@ class BilevelStudyConfig(BaseModel):
             raise ValueError(f"problem {info.data.get('problem')!r} needs dim >= {need}")
         return v
 
-    @field_validator("num_threads", "components")
+    @field_validator("num_threads", "components", "particles")
     @classmethod
     def _threads(cls, v: Optional[int]) -> Optional[int]:
         if v is not None and v < 1:
@@ -186,18 +194,39 @@ class BilevelStudyConfig(BaseModel):
     def _default_components(cls, data: Any) -> Any:
         """A mixture without ``components`` has one per meta-test measure (resolved here, so
         the written config records K)."""
-        if (isinstance(data, dict) and data.get("family") == "mixture"
+        if (isinstance(data, dict) and data.get("family") in ("mixture", "best")
                 and data.get("components") is None):
             data = {**data, "components": data.get("n_measures",
                                                    cls.model_fields["n_measures"].default)}
+        if (isinstance(data, dict) and data.get("family") in ("particles", "best")
+                and data.get("particles") is None):
+            data = {**data, "particles": data.get("n_train",
+                                                  cls.model_fields["n_train"].default)}
         return data
 
     @model_validator(mode="after")
     def _mixture_settings(self) -> "BilevelStudyConfig":
-        if self.family == "gaussian":
+        if self.particles is not None:
+            if self.family not in ("particles", "best"):
+                raise ValueError(f"particles applies to family = 'particles' or 'best' only, "
+                                 f"got particles = {self.particles} with family = "
+                                 f"{self.family!r}")
+            if self.particles > self.n_train:
+                raise ValueError(f"particles must be at most n_train = {self.n_train} (every "
+                                 f"step trains on all particles), got {self.particles}")
+            pool = self.n_measures * self.n_seen
+            if self.particle_init == "metatest" and self.particles > pool:
+                raise ValueError(f"particles must be at most the {pool} pooled seen samples "
+                                 f"that particle_init = 'metatest' subsamples, got "
+                                 f"{self.particles}")
+            if self.kernel != "gaussian":
+                raise ValueError("family = 'particles' differentiates the Gaussian kernel; "
+                                 f"got kernel = {self.kernel!r}")
+        if self.family in ("gaussian", "particles"):
             if self.components is not None:
-                raise ValueError("components applies to family = 'mixture' only, got "
-                                 f"components = {self.components} with family = 'gaussian'")
+                raise ValueError("components applies to family = 'mixture' only (and 'best'), got "
+                                 f"components = {self.components} with family = "
+                                 f"{self.family!r}")
             return self
         k = self.n_components
         if k > self.n_train:
@@ -217,7 +246,7 @@ class BilevelStudyConfig(BaseModel):
     @property
     def n_components(self) -> int:
         """Mixture components ``K`` (1 for the Gaussian family)."""
-        return 1 if self.family == "gaussian" else int(self.components)
+        return int(self.components) if self.family in ("mixture", "best") else 1
 
     @field_validator("seed", "trial_offset")
     @classmethod
@@ -304,10 +333,13 @@ def _initial_measure(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype, tria
     start = _initial_gaussian(cfg, metatest, dtype)
     if cfg.family == "gaussian":
         return start
-    from .bilevel_families import mixture_start
+    from .bilevel_families import mixture_start, particle_start
     from .evaluation import source_seed
 
     g = torch.Generator().manual_seed(source_seed(_trial_seed(cfg.seed, trial, 1), 5))
+    if cfg.family == "particles":
+        return particle_start(metatest.seen_x, cfg.particles, method=cfg.particle_init,
+                              start=start, generator=g, dtype=dtype)
     return mixture_start(metatest.seen_x, cfg.n_components, method=cfg.mixture_init,
                          start=start, generator=g, dtype=dtype)
 
@@ -378,6 +410,8 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
     from ..report.runfolder import RunFolder
 
     cfg = config if isinstance(config, BilevelStudyConfig) else BilevelStudyConfig(**config)
+    if cfg.family == "best":
+        return _run_best(cfg, out_dir, progress=progress, overwrite=overwrite, console=console)
     run = RunFolder(out_dir, overwrite=overwrite)  # refuses an existing folder before any work
     t_start = time.perf_counter()
     with torch_threads(cfg.num_threads), run, _Progress(progress, console) as bar:
@@ -395,6 +429,69 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
         run.write_summary(summary)
     summary["out"] = str(run.out)
     return summary
+
+
+#: The families ``family = "best"`` runs, in order.
+BEST_FAMILIES = ("gaussian", "mixture", "particles")
+
+
+def _family_config(cfg: BilevelStudyConfig, family: str) -> BilevelStudyConfig:
+    """``cfg`` for one family of a ``family = "best"`` study."""
+    data = cfg.model_dump()
+    data.update(family=family, components=cfg.components if family == "mixture" else None,
+                particles=cfg.particles if family == "particles" else None)
+    return BilevelStudyConfig(**data)
+
+
+def _run_best(cfg: BilevelStudyConfig, out_dir, *, progress: bool, overwrite: bool,
+              console) -> dict:
+    """``family = "best"``: one study per family of :data:`BEST_FAMILIES` in
+    ``out/families/<name>/`` (same seeds), and at the top the summary, figures and ``model.pt``
+    of the one with the lowest *seen* error (``selection_seen_error``: the seen error at
+    ``eval_n[0]`` of the distribution the family reports, mean over trials; the unseen split
+    is never used), with every family's score under ``family_selection``."""
+    import shutil
+
+    from .._threads import torch_threads
+    from ..report.runfolder import RunFolder
+
+    run = RunFolder(out_dir, overwrite=overwrite)
+    t_start = time.perf_counter()
+    with torch_threads(cfg.num_threads), run:
+        run.write_config_toml(cfg.model_dump())
+        results = {}
+        for fam in BEST_FAMILIES:
+            sub = run.path / "families" / fam
+            sub.parent.mkdir(parents=True, exist_ok=True)
+            results[fam] = run_bilevel_study(_family_config(cfg, fam), sub, progress=progress,
+                                             console=console)
+        scores = {fam: _selection_score(r) for fam, r in results.items()}
+        winner = min(BEST_FAMILIES, key=lambda f: (not math.isfinite(scores[f]), scores[f]))
+        summary = {k: v for k, v in results[winner].items() if k != "out"}
+        summary["figures"] = [f"families/{winner}/{f}" for f in summary.get("figures", [])]
+        src = run.path / "families" / winner / "model.pt"
+        if src.is_file():
+            shutil.copyfile(src, run.file("model.pt"))
+        summary["family_selection"] = {
+            "chosen": winner, "criterion": "selection_seen_error (seen split only)",
+            "seen_error": scores,
+            "unseen_optimized": {f: r["baselines"].get("optimized") for f, r in results.items()},
+            "folders": {f: f"families/{f}" for f in BEST_FAMILIES}}
+        summary["family_searched"] = "best"
+        summary["warnings"] = [f"{f}: {w}" for f, r in results.items() for w in r["warnings"]]
+        summary["seconds_total"] = time.perf_counter() - t_start
+        run.write_summary(summary)
+    summary["out"] = str(run.out)
+    return summary
+
+
+def _selection_score(summary: dict) -> float:
+    """The seen error ``family = "best"`` compares (``selection_seen_error``, else the
+    descent's ``reported_seen_error``)."""
+    v = summary.get("selection_seen_error")
+    if v is None:
+        v = summary.get("reported_seen_error")
+    return float(v) if v is not None else math.inf
 
 
 def _trial_seed(seed: int, trial: int, stream: int) -> int:
@@ -426,7 +523,8 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
                              dtype=dtype)
     init = _initial_measure(cfg, metatest, dtype, trial)
     label = f" trial {trial}" if cfg.trials > 1 or trial else ""
-    family = "" if cfg.family == "gaussian" else f" mixture K={cfg.n_components}"
+    family = {"gaussian": "", "mixture": f" mixture K={cfg.n_components}",
+              "particles": f" particles M={cfg.particles}"}[cfg.family]
     task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}{family}{label}", cfg.steps)
 
     def on_step(record: dict) -> None:
@@ -448,6 +546,11 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
     evaluation = _evaluate(cfg, problem, metatest, list(sources.values()), bar, run, trial)
     summary = _summary(cfg, result, chosen, evaluation, metatest, trial)
     summary["start_check"] = check
+    # the seen error of the distribution reported as "optimized" at eval_n[0] (what
+    # family = "best" compares; never the unseen split)
+    summary["selection_seen_error"] = (
+        summary["reported_seen_error"] if check is None
+        else check["seen_error_start"] if check["kept_start"] else check["seen_error_chosen"])
     if check is not None and check["kept_start"]:
         summary["collapse"]["no_improvement"] = summary["collapse"]["flagged"] = True
         summary["warnings"].append(
@@ -566,6 +669,10 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) ->
         "family": cfg.family,
         "components": cfg.n_components if cfg.family == "mixture" else None,
         "mixture_init": cfg.mixture_init if cfg.family == "mixture" else None,
+        "particles": cfg.particles if cfg.family == "particles" else None,
+        "particle_init": cfg.particle_init if cfg.family == "particles" else None,
+        "smoothing": (learned.smoothing() if hasattr(learned, "smoothing") else None),
+        "label_gradient": result.options.get("label_gradient"),
         "use_iterate": cfg.use_iterate,
         "trials": 1,
         "trial": trial,
@@ -599,10 +706,11 @@ def _summary(cfg, result, chosen, evaluation: dict, metatest, trial: int = 0) ->
 
 def describe_measure(measure) -> dict:
     """``{"mean", "cov"}`` of a Gaussian; a mixture adds ``"weights"``, ``"means"`` and
-    ``"covs"`` of its components (``mean`` / ``cov`` are then its total moments)."""
+    ``"covs"`` of its components (``mean`` / ``cov`` are then its total moments); particles
+    add ``"particles"`` (M), ``"points"`` and ``"smoothing"``."""
     out = {"mean": measure.mean.detach().double().tolist(),
            "cov": measure.cov.detach().double().tolist()}
-    if hasattr(measure, "n_components"):
+    if hasattr(measure, "n_components") or hasattr(measure, "smoothing"):
         out.update(measure.to_dict())
     return out
 
@@ -614,7 +722,7 @@ def _nanmin(values) -> float:
 
 _PER_TRIAL_SCALARS = ("initial_error", "final_error", "best_error", "min_unseen_error",
                       "initial_seen_error", "final_seen_error", "reported_seen_error",
-                      "seconds_per_step", "grad_seconds_per_step")
+                      "seconds_per_step", "grad_seconds_per_step", "selection_seen_error")
 
 
 def aggregate_trials(summaries: list[dict]) -> dict:
@@ -630,12 +738,12 @@ def aggregate_trials(summaries: list[dict]) -> dict:
         raise ValueError("summaries must hold at least one trial summary, got none")
     out = dict(per[0])
     out.update(trials=len(per), ci_over="trials",
-               per_trial=[{k: p[k] for k in ("trial", *_PER_TRIAL_SCALARS, "collapse",
-                                             "learned", "baselines")} for p in per],
+               per_trial=[{k: p.get(k) for k in ("trial", *_PER_TRIAL_SCALARS, "collapse",
+                                                 "learned", "baselines")} for p in per],
                warnings=[f"trial {p['trial']}: {w}" for p in per for w in p["warnings"]])
     out.pop("trial")
     for key in _PER_TRIAL_SCALARS:   # None / NaN: not logged in that trial (eval_unseen=k)
-        vals = [p[key] for p in per if p[key] is not None and math.isfinite(p[key])]
+        vals = [p[key] for p in per if p.get(key) is not None and math.isfinite(p[key])]
         out[key] = float(sum(vals) / len(vals)) if vals else None
     out["collapse"] = {"flagged_trials": [p["trial"] for p in per if p["collapse"]["flagged"]],
                        "flagged": any(p["collapse"]["flagged"] for p in per)}
@@ -663,10 +771,13 @@ def final_training_inputs(learned: dict, n: int, *, seed: int, trial: int = 0,
     with the seed of repeat 0 of the evaluation of trial ``trial``."""
     from .._validation import resolve_dtype
     from ..measures import Gaussian, GaussianMixture
+    from ..measures.empirical import ParticleMeasure
     from .evaluation import name_key, source_seed
 
     dt = resolve_dtype(dtype)
-    if "weights" in learned:
+    if "points" in learned:
+        measure = ParticleMeasure.from_dict(learned, dtype=dt)
+    elif "weights" in learned:
         measure = GaussianMixture.from_dict(learned, dtype=dt)
     else:
         measure = Gaussian(torch.tensor(learned["mean"], dtype=dt),

@@ -1,4 +1,5 @@
-"""Empirical measures ``sum_i w_i delta_{x_i}`` (particles; SPEC §2, §4 nonparametric AMA)."""
+"""Empirical measures ``sum_i w_i delta_{x_i}`` (particles; SPEC §2, §4 nonparametric AMA) and
+the smoothed particle measure the bilevel descent moves (:class:`ParticleMeasure`, issue 25)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from .._validation import as_tensor, check_finite, resolve_dtype, torch_generator
 from .base import Measure, check_n_samples, normalized_weights
 
-__all__ = ["Empirical"]
+__all__ = ["Empirical", "ParticleMeasure", "silverman_bandwidth"]
 
 
 class Empirical(Measure):
@@ -95,6 +96,19 @@ class Empirical(Measure):
         """``sum_i w_i ||x_i||^2`` (quadrature-weighted if set)."""
         return self._weights @ self._sq_norms()
 
+    @property
+    def cov(self) -> torch.Tensor:
+        """Weighted covariance ``sum_i w_i (x_i - mean)(x_i - mean)^T`` of vector points,
+        shape (d, d) (points flattened to vectors)."""
+        x = self._points.flatten(1)
+        c = x - self._weights @ x
+        return (c * self._weights[:, None]).T @ c
+
+    def detach(self) -> "Empirical":
+        """The same measure with points and weights detached from any autograd graph."""
+        return Empirical(self._points.detach(), self._weights.detach(),
+                         quadrature_weights=self._quad)
+
     def sample(self, n: int, *, generator=None) -> torch.Tensor:
         """Resample ``n`` points with replacement according to ``weights``; (n, *event_shape)."""
         n = check_n_samples(n)
@@ -117,3 +131,109 @@ class Empirical(Measure):
 
     def __repr__(self) -> str:
         return f"Empirical(M={len(self)}, event_shape={self.event_shape}, dtype={self.dtype})"
+
+
+def silverman_bandwidth(points: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate Silverman bandwidth ``h_k = (4 / (d + 2))^(1 / (d + 4)) M^(-1 / (d + 4))
+    sigma_k`` of a Gaussian kernel density around ``M`` points in R^d (``sigma_k`` the
+    coordinate's standard deviation; a coordinate of zero spread gets the mean of the others,
+    or 1 when all are zero). Returns a (d,) tensor."""
+    x = points.detach().double()
+    m, d = x.shape
+    sigma = x.std(0, unbiased=m > 1) if m > 1 else torch.zeros(d, dtype=torch.float64)
+    pos = sigma > 0
+    if not bool(pos.all()):
+        fill = float(sigma[pos].mean()) if bool(pos.any()) else 1.0
+        sigma = torch.where(pos, sigma, torch.full_like(sigma, fill))
+    factor = (4.0 / (d + 2)) ** (1.0 / (d + 4)) * m ** (-1.0 / (d + 4))
+    return (factor * sigma).to(points.dtype)
+
+
+class ParticleMeasure(Empirical):
+    """``M`` equally weighted particles in R^d with a stated smoothing for drawing more than
+    ``M`` points: the training distribution of the bilevel particle family (issue 25).
+
+    ``sample(n)``: ``n == M`` returns the particles themselves (exactly, in order); ``n > M``
+    the ``M`` particles plus ``n - M`` draws of the Gaussian kernel density around them,
+    ``x = x_I + h * z`` with ``I`` uniform and ``z ~ N(0, I)``, ``h`` the per-coordinate
+    Silverman bandwidth (:func:`silverman_bandwidth`) unless given; ``n < M`` a uniform subset
+    of ``n`` particles without replacement. :meth:`smoothing` states this as a dict.
+
+    Parameters
+    ----------
+    points : (M, d) array-like
+    bandwidth : (d,) or scalar array-like, optional
+        KDE bandwidth per coordinate; Silverman's rule by default.
+    dtype : optional
+    """
+
+    def __init__(self, points, *, bandwidth=None, dtype=None):
+        super().__init__(points, dtype=dtype)
+        if self._points.ndim != 2:
+            raise ValueError(f"particles must have shape (M, d), got {tuple(self._points.shape)}")
+        d = self._points.shape[1]
+        if bandwidth is None:
+            h = silverman_bandwidth(self._points)
+            self._rule = "silverman"
+        else:
+            h = torch.as_tensor(bandwidth, dtype=self.dtype).detach().reshape(-1)
+            if h.numel() == 1:
+                h = h.expand(d).clone()
+            if h.shape != (d,) or not bool(torch.isfinite(h).all()) or bool((h < 0).any()):
+                raise ValueError(f"bandwidth must be a non-negative scalar or ({d},) vector, "
+                                 f"got {bandwidth!r}")
+            self._rule = "given"
+        self._bandwidth = h.to(self.dtype)
+
+    @property
+    def bandwidth(self) -> torch.Tensor:
+        """(d,) KDE bandwidth of the smoothing."""
+        return self._bandwidth
+
+    def smoothing(self) -> dict:
+        """The smoothing used to draw more than ``M`` points, as JSON."""
+        return {"kind": "particles_plus_gaussian_kde", "rule": self._rule,
+                "bandwidth": self._bandwidth.double().tolist(), "M": len(self),
+                "exact_when": "n == M (the particles themselves); n > M: the M particles plus "
+                              "n - M draws x_I + h z, I uniform, z ~ N(0, I); n < M: a uniform "
+                              "subset without replacement"}
+
+    def sample(self, n: int, *, generator=None) -> torch.Tensor:
+        n = check_n_samples(n)
+        g = torch_generator(generator)
+        m = len(self)
+        x = self._points
+        if n == m:
+            return x
+        if n < m:
+            idx = torch.randperm(m, generator=g)[:n]
+            return x[idx.to(x.device)]
+        idx = torch.randint(m, (n - m,), generator=g)
+        z = torch.randn(n - m, x.shape[1], generator=g, dtype=x.dtype)
+        return torch.cat([x, x[idx.to(x.device)] + z.to(x.device) * self._bandwidth])
+
+    def detach(self) -> "ParticleMeasure":
+        return ParticleMeasure(self._points.detach(), bandwidth=self._bandwidth
+                               if self._rule == "given" else None)
+
+    def to(self, dtype=None) -> "ParticleMeasure":
+        dt = resolve_dtype(dtype) if dtype is not None else self.dtype
+        return ParticleMeasure(self._points.detach().to(dt),
+                               bandwidth=self._bandwidth.to(dt) if self._rule == "given" else None)
+
+    def to_dict(self) -> dict:
+        """The particles (``points``, as lists) and their smoothing: enough to rebuild the
+        measure with :meth:`from_dict`."""
+        return {"particles": len(self), "points": self._points.detach().double().tolist(),
+                "smoothing": self.smoothing()}
+
+    @classmethod
+    def from_dict(cls, data: dict, *, dtype=None) -> "ParticleMeasure":
+        pts = torch.tensor(data["points"], dtype=torch.float64)
+        sm = data.get("smoothing") or {}
+        bw = sm.get("bandwidth") if sm.get("rule") == "given" else None
+        out = cls(pts, bandwidth=bw)
+        return out.to(dtype) if dtype is not None else out
+
+    def __repr__(self) -> str:
+        return f"ParticleMeasure(M={len(self)}, d={self._points.shape[1]}, dtype={self.dtype})"

@@ -103,8 +103,10 @@ def _ellipse(ax, mean: np.ndarray, cov: np.ndarray, **kw) -> None:
                          fill=False, **kw))
 
 
-def _ellipse_panel(ax, items, components, samples, colors) -> None:
-    """2-sigma ellipses on coordinates 1-2 (marginals) over the samples' coordinates 1-2."""
+def _ellipse_panel(ax, items, components, samples, colors, particles=None) -> None:
+    """2-sigma ellipses on coordinates 1-2 (marginals) over the samples' coordinates 1-2;
+    ``particles`` (name -> (M, d) array) are scattered instead of an ellipse."""
+    particles = particles or {}
     if samples is not None:
         s = np.asarray(samples, float)
         s = s.reshape(-1, s.shape[-1])[:, :2]
@@ -112,7 +114,13 @@ def _ellipse_panel(ax, items, components, samples, colors) -> None:
     for i, (name, mean, cov) in enumerate(items):
         color = colors[i % len(colors)]
         parts = components.get(name)
-        if parts:
+        pts = particles.get(name)
+        if pts is not None:
+            p = np.asarray(pts, float)
+            ax.scatter(p[:, 0], p[:, 1], s=4, color=color, alpha=0.7,
+                       label=f"{name} ({p.shape[0]} particles)")
+            ax.plot(*mean[:2], "x", color=color)
+        elif parts:
             top = max(w for w, _, _ in parts)
             for j, (w, m, c) in enumerate(parts):
                 _ellipse(ax, m[:2], c[:2, :2], color=color, lw=0.8 + 2.4 * w / top,
@@ -129,7 +137,8 @@ def _ellipse_panel(ax, items, components, samples, colors) -> None:
 def plot_covariances(covs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
                      samples: np.ndarray | None = None, title: str = "",
                      components: dict[str, list[tuple[float, np.ndarray, np.ndarray]]]
-                     | None = None) -> Path:
+                     | None = None,
+                     particles: dict[str, np.ndarray] | None = None) -> Path:
     """Learned vs barycenter vs mixture covariance.
 
     Parameters
@@ -139,6 +148,9 @@ def plot_covariances(covs: dict[str, tuple[np.ndarray, np.ndarray]], path: str |
         Meta-test samples drawn under the ellipses (coordinates 1-2 when d > 2).
     components : dict name -> list of (weight, mean (d,), cov (d, d)), optional
         Mixtures among ``covs`` drawn component by component (ellipse width by weight).
+    particles : dict name -> (M, d) array, optional
+        Particle measures among ``covs``: their points are scattered (coordinates 1-2) over
+        the meta-test samples instead of an ellipse.
     """
     plt = _pyplot()
     items = [(k, np.asarray(m, float), np.asarray(c, float)) for k, (m, c) in covs.items()]
@@ -148,7 +160,7 @@ def plot_covariances(covs: dict[str, tuple[np.ndarray, np.ndarray]], path: str |
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if d == 2:
         fig, ax = plt.subplots(figsize=(5, 5))
-        _ellipse_panel(ax, items, parts, samples, colors)
+        _ellipse_panel(ax, items, parts, samples, colors, particles)
         ax.set_title(title or "2-sigma ellipses")
     else:
         extra = int(d > 2)   # the marginals on coordinates 1-2 beside the heatmaps
@@ -156,7 +168,7 @@ def plot_covariances(covs: dict[str, tuple[np.ndarray, np.ndarray]], path: str |
                                  figsize=(3.6 * (len(items) + extra), 3.4))
         axes = np.atleast_1d(axes)
         if extra:
-            _ellipse_panel(axes[-1], items, parts, samples, colors)
+            _ellipse_panel(axes[-1], items, parts, samples, colors, particles)
             axes[-1].set_title("2-sigma ellipses, coordinates 1-2")
             axes = axes[:-1]
         vmax = max(float(np.abs(c).max()) for _, _, c in items) or 1.0
@@ -185,9 +197,10 @@ def plot_study_figures(run: Any, summary: dict, history: Sequence[dict], metates
 
     Parameters
     ----------
-    learned : Gaussian or GaussianMixture
+    learned : Gaussian, GaussianMixture or ParticleMeasure
         The reported training distribution (a mixture -- anything with ``weights``, ``means``
-        and ``covs`` -- is drawn component by component).
+        and ``covs`` -- is drawn component by component; particles -- anything with
+        ``points`` (M, d) -- are scattered over the meta-test samples).
     reference : dict name -> measure, optional
         Measures drawn beside it in the covariance figure (the study passes the barycenter and
         mixture it evaluated); each needs ``mean`` (d,) and ``cov`` (d, d).
@@ -206,8 +219,11 @@ def plot_study_figures(run: Any, summary: dict, history: Sequence[dict], metates
         components["learned"] = list(zip(learned.weights.detach().double().tolist(),
                                           learned.means.detach().double().numpy(),
                                           learned.covs.detach().double().numpy()))
+    particles = {}
+    if hasattr(learned, "points") and getattr(learned.points, "ndim", 0) == 2:
+        particles["learned"] = learned.points.detach().double().numpy()
     paths.append(plot_covariances(covs, run.figure_path("covariances"), samples=samples,
-                                  title=tag, components=components))
+                                  title=tag, components=components, particles=particles))
     return [str(Path(p).relative_to(run.path)) for p in paths]
 
 
