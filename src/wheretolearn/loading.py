@@ -7,14 +7,16 @@
   :class:`~wheretolearn.models.krr.KernelRidge` fitted on ``n`` samples of the learned
   Gaussian (default: the largest ``eval_n``), drawn with the seed of the study's first
   evaluation repeat of that source, so it is the model whose error the run reported there;
-* an AMA run (``wheretolearn ama``): the final
-  :class:`~wheretolearn.models.deeponet.DeepONet` of its first repeat (``model.pt``), in
-  evaluation mode: ``model(u (B, *input_shape)) -> (B, *output_shape)`` on the problem's grid.
+* an AMA run (``wheretolearn ama``): the final model of its first repeat (``model.pt``; a
+  :class:`~wheretolearn.models.deeponet.DeepONet`, an :class:`~wheretolearn.models.fno.FNO`
+  or any model of :mod:`wheretolearn.models.registry`), in evaluation mode: ``model(u (B,
+  *input_shape)) -> (B, *output_shape)`` on the problem's grid.
 
 A run folder is data, not code (issue 24 item 2): it may come from someone else, so the
 model is rebuilt from what the run recorded -- the online checkpoint (network arguments,
 weights, steps, field shape, bounds, parameter names), the bilevel ``model.pt`` (the final
-KRR's training set), the AMA ``model.pt`` (DeepONet arguments and weights), all read with
+KRR's training set), the AMA ``model.pt`` (the model's registry name, constructor arguments
+and weights), all read with
 ``torch.load(weights_only=True)`` -- and never imports the problem the folder names. A
 folder of an older version lacking those records is rebuilt through the problem registry
 when it names a built-in problem; one naming user code (an import path, a file, a plugin,
@@ -135,14 +137,21 @@ def _kind(run: Path) -> str:
 
 
 # -- AMA ------------------------------------------------------------------------------------
-def _load_ama(run: Path) -> Any:
-    """The DeepONet of ``model.pt``: recorded arguments and weights only."""
-    from .models.deeponet import DeepONet
+def _load_ama(run: Path, trust: bool) -> Any:
+    """The model of ``model.pt``: recorded arguments and weights only (a model named by an
+    import path is user code: rebuilt only with ``trust``)."""
+    from .models.registry import UntrustedModelError, load_saved_model
+    from .problems.trust import user_code_message
 
     path = run / "model.pt"
     if not path.is_file():
         raise ValueError(f"AMA run folder {str(run)!r} has no model.pt to load")
-    return DeepONet.load(path).eval()
+    try:
+        return load_saved_model(path, trust=trust)
+    except UntrustedModelError as exc:
+        raise ValueError(user_code_message(run, f"model = {exc.name!r}",
+                                           f"rebuilding its model.pt would import that code; "
+                                           f"{_TRUST_HINT}")) from None
 
 
 # -- online ---------------------------------------------------------------------------------
@@ -247,15 +256,16 @@ def load_model(run_dir: str | Path, *, n: int | None = None, trust: bool = False
     trust : bool
         Allow importing the problem the folder names when the run did not record what the
         model needs (a folder of an older version, or a bilevel ``n`` other than the
-        recorded one) and that problem is user code. Default False: such a folder is
-        refused with a ``ValueError``; built-in problems never need it.
+        recorded one) and that problem is user code, or the model of an AMA run that used a
+        user's model factory (``model = "pkg.mod:factory"``). Default False: such a folder
+        is refused with a ``ValueError``; built-in problems and models never need it.
 
     Returns
     -------
-    OnlineSurrogate, KernelRidge or DeepONet
+    OnlineSurrogate, KernelRidge, DeepONet, FNO or another registry model
         Online: ``model(params (B, d), steps (B,)) -> (B, *field)`` in the simulation's
         units. Bilevel: a fitted KRR, ``model.predict(x (B, d)) -> (B,)``. AMA: the
-        DeepONet, ``model(u (B, *input_shape)) -> (B, *output_shape)``.
+        model, ``model(u (B, *input_shape)) -> (B, *output_shape)``.
 
     Examples
     --------
@@ -272,5 +282,5 @@ def load_model(run_dir: str | Path, *, n: int | None = None, trust: bool = False
     if kind == "online":
         return _load_online(run, trust)
     if kind == "ama":
-        return _load_ama(run)
+        return _load_ama(run, trust)
     return _load_bilevel(run, n, trust)

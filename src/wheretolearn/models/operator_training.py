@@ -162,7 +162,8 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     """
     cfg = config or TrainConfig()
     n_steps = cfg.steps if steps is None else check_positive_int(steps, "steps")
-    first = next(model.parameters())
+    # the first real parameter: complex spectral weights (FNO) do not name the model's dtype
+    first = next(p for p in model.parameters() if p.is_floating_point())
     dtype, device = first.dtype, first.device
     xt = as_tensor(x, "x", dtype=dtype).to(device)
     yt = as_tensor(y, "y", dtype=dtype).to(device)

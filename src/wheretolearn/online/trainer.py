@@ -174,7 +174,7 @@ class OnlineTrainer:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         self.hyper = {
             "lr": check_positive_float(lr, "lr"),
             "weight_decay": check_positive_float(weight_decay, "weight_decay", allow_zero=True),
