@@ -6,12 +6,15 @@ history in ``benchmarks/results/ama_small_<problem>.json`` (``--family mixture``
 ``ama_small_<problem>_mixture.json``, the mixture training family). ``write RUN_DIR`` stores a
 study run from the CLI (e.g. a ``--preset paper`` repeat) as ``ama_<preset>_<problem>.json``.
 ``table`` prints the markdown table of the README from those files (mean and 95 % interval
-over repeats; a single repeat has no interval).
+over repeats; a single repeat has no interval), and for a pool problem (Burgers) the per-N
+table of every method (the AMA-learned distribution against active learning on the same pool,
+``--compare``).
 
 Usage::
 
     nice -n 10 python benchmarks/ama_results.py run [--repeats 3] [--problems ntd darcy]
         [--family single|mixture]
+    nice -n 5 python benchmarks/ama_results.py run --problems burgers --compare qbc coreset random
     python benchmarks/ama_results.py write RUN_DIR
     python benchmarks/ama_results.py table
 """
@@ -26,12 +29,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(problems: list[str], repeats: int, family: str = "single") -> None:
+def run(problems: list[str], repeats: int, family: str = "single",
+        compare: list[str] | None = None) -> None:
     from wheretolearn.design.ama_study import resolve_ama_config, run_ama_study
 
     for problem in problems:
         cfg = resolve_ama_config({"problem": problem, "preset": "small", "repeats": repeats,
-                                  "num_threads": 1, "family": family})
+                                  "num_threads": 1, "family": family,
+                                  "compare": compare if problem == "burgers" else None})
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
         write(summary)
@@ -76,8 +81,9 @@ def table() -> str:
         b, rec = s["baselines_ci"], s["recommended"]
         for n in s["eval_n"]:
             cells = " | ".join(_cell(b[src][str(n)]) if src in b else "-" for src in SOURCES)
+            grid = f"{s['grid']} points" if "compare" in s else f"{s['grid']}x{s['grid']}"
             lines.append(
-                f"| {s['problem']} ({s['grid']}x{s['grid']}, {s['preset']}) | "
+                f"| {s['problem']} ({grid}, {s['preset']}) | "
                 f"{s.get('family', 'single')} | "
                 f"{n} | {cells} | "
                 f"{rec['source']} ({rec['margin']:.3f}) | {s['relative_ama_loss'][-1]:.3f} | "
@@ -104,6 +110,34 @@ def learned_table() -> str:
     return "\n".join(lines)
 
 
+def compare_table() -> str:
+    """Pool problems (Burgers): every method per N (unseen held-out error, mean [95 % CI] over
+    trials), then the learned distribution minus each method (Welch 95 % interval)."""
+    out = []
+    for path in _result_files():
+        s = json.loads(path.read_text())
+        t = s.get("compare")
+        if not t:
+            continue
+        ns = [str(n) for n in t["schedule"]]
+        out.append(f"{s['problem']} ({s['grid']} points, {s['preset']}, {t['trials']} trials; "
+                   f"{path.name})")
+        out.append("")
+        out.append("| method | " + " | ".join(f"N = {n}" for n in ns) + " |")
+        out.append("|---|" + "---|" * len(ns))
+        for name, by_n in t["methods"].items():
+            out.append(f"| {name} | " + " | ".join(_cell(by_n[n]) for n in ns) + " |")
+        out.append("")
+        out.append("| learned minus | " + " | ".join(f"N = {n}" for n in ns) + " |")
+        out.append("|---|" + "---|" * len(ns))
+        for name, by_n in t["versus"].items():
+            out.append(f"| {name} | " + " | ".join(
+                f"{by_n[n]['diff']:+.3f} [{by_n[n]['lo']:+.3f}, {by_n[n]['hi']:+.3f}] "
+                f"{by_n[n]['verdict']}" for n in ns) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -111,6 +145,8 @@ def main() -> None:
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--problems", nargs="+", default=["ntd", "darcy"])
     r.add_argument("--family", choices=["single", "mixture"], default="single")
+    r.add_argument("--compare", nargs="*", default=None,
+                   help="burgers: active-learning baselines (qbc coreset random)")
     w = sub.add_parser("write", help="store the summary.json of a finished study folder")
     w.add_argument("run_dir", type=Path)
     sub.add_parser("table")
@@ -119,12 +155,14 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        run(args.problems, args.repeats, args.family)
+        run(args.problems, args.repeats, args.family, args.compare)
     elif args.cmd == "write":
         write(json.loads((args.run_dir / "summary.json").read_text()))
     print(table())
     print()
     print(learned_table())
+    print()
+    print(compare_table())
 
 
 if __name__ == "__main__":

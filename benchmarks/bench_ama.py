@@ -10,6 +10,12 @@ Usage::
 
     python benchmarks/bench_ama.py [--problems ntd darcy] [--repeats 1] [--out PATH]
     python benchmarks/bench_ama.py --from-results   # time split of the committed README runs
+    python benchmarks/bench_ama.py --problems burgers --from-results   # + Burgers unit costs
+
+With ``burgers`` among the problems the script also measures the Burgers update's unit costs
+(one J evaluation with its exact gradient at the small size; one solve and one solve plus
+adjoint per sample at the paper's 8192 points and 2000 steps) and, from the results file, the
+active-learning comparison's seconds per trial of each method.
 
 ``--from-results`` does not rerun the studies: it reads the per-iteration timings recorded by
 ``benchmarks/ama_results.py run`` in ``benchmarks/results/ama_small_<problem>.json`` (same
@@ -83,6 +89,46 @@ def study_timing(problem: str, repeats: int) -> dict:
             "ood_error": summary["ood_error"], "ama_loss_monotone": summary["ama_loss_monotone"]}
 
 
+def burgers_unit_costs() -> dict:
+    """Seconds of one ``J`` evaluation with its gradient (small preset: n = 128, n_opt = 100,
+    DeepONet ``small``) and of the solver per sample at the paper size (forward alone and
+    forward + discrete adjoint, 4 samples)."""
+    from wheretolearn.design.ama import AMAObjective
+    from wheretolearn.design.ama_problems import ama_setup
+    from wheretolearn.design.ama_study import _model_factory, resolve_ama_config
+    from wheretolearn.design.labelling import Labeller
+
+    cfg = resolve_ama_config({"problem": "burgers", "preset": "small"})
+    setup = ama_setup("burgers", n=cfg.n, n_pool=cfg.n_pool)
+    mt = setup.metatest(Labeller(setup.problem), n_seen=cfg.n_seen, n_unseen=cfg.n_unseen,
+                        seed=0, output_weights=setup.output_weights)
+    model = _model_factory(cfg, setup)[0](0)
+    nu = setup.build(setup.theta0)
+    xi = nu.sample_coefficients(cfg.n_opt, torch.Generator().manual_seed(0))
+    obj = AMAObjective(setup, mt, model, xi, 2.0, 2.0, setup.g0_true_sq(), 0.1)
+    theta = torch.tensor(setup.theta0, dtype=torch.float64, requires_grad=True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(3):
+        obj(theta).value.backward()
+    j_grad = {"wall_s": (time.perf_counter() - w0) / 3, "cpu_s": (time.process_time() - c0) / 3}
+    big = ama_setup("burgers", n=8192, n_pool=2)
+    u = big.build(big.theta0).sample(4, generator=0)
+    w0, c0 = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        big.problem(u)
+    fwd = {"wall_s": (time.perf_counter() - w0) / 4, "cpu_s": (time.process_time() - c0) / 4}
+    x = u.clone().requires_grad_(True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    (big.problem(x) ** 2).sum().backward()
+    both = {"wall_s": (time.perf_counter() - w0) / 4, "cpu_s": (time.process_time() - c0) / 4}
+    return {"j_and_gradient_small": {"n": cfg.n, "n_opt": cfg.n_opt, **j_grad},
+            "paper_solve_per_sample": {"n": 8192, "n_steps": big.problem.n_steps, **fwd},
+            "paper_solve_and_adjoint_per_sample": {"n": 8192, **both},
+            "paper_j_gradient_projection_s": both["wall_s"] * 1843,
+            "note": "paper projection: one J gradient solves and differentiates the 1843 "
+                    "fixed draws (n_opt = N = 1843), model cost excluded"}
+
+
 def from_results(problem: str) -> dict:
     path = DEFAULT_OUT.parent / f"ama_small_{problem}.json"
     s = json.loads(path.read_text())
@@ -90,10 +136,15 @@ def from_results(problem: str) -> dict:
     per_iter = {"label": t["seconds_label"], "train": t["seconds_train"],
                 "update": t["seconds_update"], "lipschitz (once per run)": t["seconds_lipschitz"],
                 "initial training (iteration 0)": t["seconds_initial_train"]}
-    return {"problem": problem, "preset": "small", "repeats": s["repeats"],
-            "iterations": s["iterations"], "seconds_per_iteration": per_iter,
-            "study_wall_s": s["seconds"], "source": path.name,
-            "ood_error": s["ood_error"], "ama_loss_monotone": s["ama_loss_monotone"]}
+    out = {"problem": problem, "preset": "small", "repeats": s["repeats"],
+           "iterations": s["iterations"], "seconds_per_iteration": per_iter,
+           "study_wall_s": s["seconds"], "source": path.name,
+           "ood_error": s["ood_error"], "ama_loss_monotone": s["ama_loss_monotone"]}
+    if s.get("compare", {}).get("seconds"):
+        t = s["compare"]
+        out["active_learning_seconds_per_trial"] = {k: v / t["trials"]
+                                                    for k, v in t["seconds"].items()}
+    return out
 
 
 def main() -> None:
@@ -115,6 +166,8 @@ def main() -> None:
                                                batch=200, steps=10)},
               "studies": [from_results(p) if args.from_results else study_timing(p, args.repeats)
                           for p in args.problems]}
+    if "burgers" in args.problems:
+        result["burgers_units"] = burgers_unit_costs()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

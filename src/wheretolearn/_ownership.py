@@ -20,7 +20,9 @@ writes, or the folder is foreign and nothing in it is deleted:
   ``../x``, ``/etc/passwd``) gives no permission;
 * a run folder without such a record (an earlier version, an online run) may hold only
   that layout: the top-level :data:`RUN_NAMES`, ``figures/*.png``, numbered
-  ``checkpoints/`` with their three files, atomic writers' temporary files;
+  ``checkpoints/`` with their three files, atomic writers' temporary files, and the
+  ``families/<name>/`` sub-runs of a bilevel ``family = "best"`` run, each of that same
+  layout (its own marker included, no ``families/`` below it);
 * a data-set store may hold only zarr nodes, their metadata and their chunk files.
 
 Symbolic links are never ours: a folder holding one is refused, so nothing outside it is
@@ -47,7 +49,8 @@ __all__ = ["MARKER", "RUN_NAMES", "check_output_location", "check_replaceable", 
 MARKER = ".wheretolearn.json"
 #: Top-level names found in run folders (bilevel, demo, online, AMA), marker aside.
 RUN_NAMES = frozenset({
-    "config.toml", "metrics.jsonl", "summary.json", "evaluation.jsonl", "figures",
+    "config.toml", "metrics.jsonl", "summary.json", "evaluation.jsonl", "compare.jsonl",
+    "figures",
     "checkpoint.pt", "ledger.json", "model.pt", "checkpoint", "results.json", "report.md",
     "tables", "manifest.json", "checkpoints", "sampler.json", MARKER})
 #: Top-level names of a zarr store (formats 2 and 3) besides its arrays and groups.
@@ -62,6 +65,8 @@ _CHECKPOINT_STAGING = re.compile(r"\.\d{6,}\.[A-Za-z0-9_]+")
 _RANDOM = re.compile(r"[A-Za-z0-9_]+")
 _DIGITS = re.compile(r"\d+")
 _V2_CHUNK = re.compile(r"\d+(\.\d+)*")
+#: A sub-run folder of a bilevel ``family = "best"`` run (``families/gaussian/``).
+_FAMILY_DIR = re.compile(r"[a-z][a-z0-9_]*")
 
 Kind = Literal["run", "dataset"]
 _WHAT = {"run": "run folder", "dataset": "data set"}
@@ -157,8 +162,12 @@ def _run_path_ok(parts: tuple[str, ...], kind: str) -> bool:
     """Whether the project writes a ``kind`` entry at ``parts`` in a run folder."""
     head, depth, name = parts[0], len(parts), parts[-1]
     if depth == 1:
-        return (name in RUN_NAMES or (kind == "dir" and name == ".dask-tls")
+        return (name in RUN_NAMES or (kind == "dir" and name in (".dask-tls", "families"))
                 or (kind == "file" and _is_temp(name, RUN_NAMES)))
+    if head == "families":   # a bilevel ``family = "best"`` run: one run folder per family
+        if depth == 2:
+            return kind == "dir" and bool(_FAMILY_DIR.fullmatch(name))
+        return parts[2] != "families" and _run_path_ok(parts[2:], kind)
     if head == "figures":
         return depth == 2 and kind == "file" and name.endswith(".png") and name[0] != "."
     if head == ".dask-tls":

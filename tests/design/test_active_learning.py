@@ -51,6 +51,27 @@ def test_coreset_on_branch_features_uses_model_features_then_normalises():
     assert raw.query(pool, [0], [Feats()], batch_size=1).tolist() == [1]
 
 
+def test_coreset_auto_features_use_outputs_of_a_model_without_features():
+    """features='auto': a model without ``features`` (an FNO) is embedded by its outputs; here
+    the output maps row 3 farthest from the labelled row 0, the input distances would not."""
+    class OutputsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 50.0]],
+                                                     dtype=torch.float64))
+
+        def forward(self, u):
+            return u @ self.w
+
+    pool = torch.tensor([[0.0, 0.0], [3.0, 0.0], [2.0, 0.0], [0.0, 0.1]], dtype=torch.float64)
+    auto = CoreSet(features="auto", normalize=False)
+    assert auto.query(pool, [0], [OutputsOnly()], batch_size=1).tolist() == [3]
+    by_input = CoreSet(features="input", normalize=False)
+    assert by_input.query(pool, [0], [], batch_size=1).tolist() == [1]
+    with pytest.raises(TypeError, match="features"):
+        CoreSet().query(pool, [0], [OutputsOnly()], batch_size=1)
+
+
 def test_coreset_sketch_is_seeded_and_keeps_distances_roughly():
     gen = torch.Generator().manual_seed(0)
     pool = torch.randn(40, 200, dtype=torch.float64, generator=gen)

@@ -40,6 +40,8 @@ def _sample_bytes(cfg) -> int | None:
         return 2 * 4 * cfg.n * item             # boundary data in and out
     if cfg.problem == "darcy":
         return 2 * cfg.n ** 2 * item            # coefficient field in, solution out
+    if cfg.problem == "burgers":
+        return 2 * cfg.n * item                 # initial condition in, solution out
     return None
 
 
@@ -52,8 +54,8 @@ def check_ama_size(cfg) -> None:
     per = _sample_bytes(cfg)
     if per is None:
         return
-    held = {"meta-test samples (n_measures x (n_seen + n_unseen))":
-                cfg.n_measures * (cfg.n_seen + cfg.n_unseen) * per,
+    held = {"meta-test samples (n_measures x (n_seen + n_unseen) + n_pool)":
+                (cfg.n_measures * (cfg.n_seen + cfg.n_unseen) + (cfg.n_pool or 0)) * per,
             "training samples (n_train + n_opt + eval_n)":
                 (cfg.n_train + cfg.n_opt + max(cfg.eval_n)) * per}
     check_memory(held, "this AMA study", "lower n, n_measures, n_seen, n_unseen, n_train, "
@@ -68,6 +70,34 @@ def _offset(text: Optional[str]) -> Any:
         return float(text)
     except ValueError:
         raise ValueError(f"--offset-sd must be 'family' or a number >= 0, got {text!r}") from None
+
+
+def _compare_list(text: Optional[str]) -> Optional[list[str]]:
+    """``--compare qbc,coreset`` -> ``["qbc", "coreset"]`` (names checked by the config)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--compare must name active-learning strategies, e.g. qbc,coreset; "
+                         f"got {text!r}")
+    return names
+
+
+def _print_compare(console, summary: dict) -> None:
+    """The per-N table of a pool problem (mean [95 % CI] over trials)."""
+    from rich.table import Table
+
+    table = summary["compare"]
+    ns = [str(n) for n in table["schedule"]]
+    out = Table(title=f"{summary['problem']}: every method per N, unseen held-out error "
+                      f"(mean [95% CI] over {table['trials']} trials)")
+    out.add_column("method")
+    for n in ns:
+        out.add_column(f"N={n}", justify="right")
+    for name, by_n in table["methods"].items():
+        out.add_row(name, *[f"{by_n[n]['mean']:.4f} [{by_n[n]['lo']:.4f}, {by_n[n]['hi']:.4f}]"
+                            for n in ns])
+    console.print(out)
 
 
 def _print_summary(summary: dict) -> None:
@@ -85,6 +115,8 @@ def _print_summary(summary: dict) -> None:
                               for n in ns])
     console = Console(width=max(100, 30 * (len(ns) + 1)))
     console.print(table)
+    if summary.get("compare"):
+        _print_compare(console, summary)
     lip = summary["lipschitz"]
     rec = summary.get("recommended")
     if rec:
@@ -115,8 +147,8 @@ def ama(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
     problem: Optional[str] = typer.Option(
         None, "--problem",
-        help="ntd | darcy | a user problem 'pkg.mod:factory', 'file.py:factory' or plugin "
-             "name (required unless --config sets problem)"),
+        help="ntd | darcy | burgers | a user problem 'pkg.mod:factory', 'file.py:factory' or "
+             "plugin name (required unless --config sets problem)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="ci | small | paper (default ci)"),
     config: Optional[Path] = typer.Option(
         None, "--config", help="TOML file of settings (default: none, the preset alone)"),
@@ -154,10 +186,25 @@ def ama(
         None, "--family",
         help="single (one parametric field, default) | mixture (a uniform mixture of one "
              "field per Q_j, started at the Q_j's parameters)"),
+    model: Optional[str] = typer.Option(
+        None, "--model",
+        help="deeponet (default) | fno (Fourier neural operator; needs wheretolearn[fno]) | a "
+             "user factory 'pkg.mod:factory' or 'file.py:factory'; sizes from the preset, "
+             "model_options in --config override them"),
+    normalize: Optional[bool] = typer.Option(
+        None, "--normalize/--no-normalize",
+        help="standardise the model's inputs and outputs with statistics of its training "
+             "split (default) or train the plain network"),
+    compare: Optional[str] = typer.Option(
+        None, "--compare",
+        help="burgers: active-learning baselines on the same pool, comma-separated (qbc, "
+             "coreset, random), grown through the preset's eval_n with repeats trials; "
+             "default: none"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
 ) -> None:
-    """Alternating minimisation (paper Alg. 2) of the training distribution of a DeepONet.
+    """Alternating minimisation (paper Alg. 2) of the training distribution of a neural
+    operator (DeepONet, FNO or a user model).
 
     Unset values come from --config, then from the preset of the problem.
     """
@@ -186,7 +233,8 @@ def ama(
              "cache_dir": None if cache_dir is None else str(cache_dir),
              "num_threads": num_threads, "theta_tol": theta_tol,
              "offset_sd": _offset(offset_sd), "learn_spectrum": learn_spectrum,
-             "family": family}
+             "family": family, "normalize": normalize, "model": model,
+             "compare": _compare_list(compare)}
     cfg = resolve_ama_config(file_cfg, flags)
     check_ama_size(cfg)
     summary = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,

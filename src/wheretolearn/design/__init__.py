@@ -7,13 +7,18 @@ from .baselines import (BASELINE_NAMES, SOURCE_NAMES, CoresetSource, Distributio
                         TrainingSource, acoreset, make_sources, ncoreset)
 from .evaluation import evaluate_sources
 from .metatest import MetaTest, make_metatest
-from .ama import AMAConfig, AMAObjective, AMAResult, adam_update, de_update, run_ama
+from .ama import (AMAConfig, AMAObjective, AMAResult, adam_update, de_update, lbfgsb_update,
+                  run_ama)
+from .ama_compare import (POOL_BASELINES, available_pool_baselines, comparison_table,
+                          run_pool_comparison)
 from .ama_bound import BoundValue, LipschitzEstimate, ama_bound, estimate_lipschitz
-from .ama_problems import AMASetup, ama_setup, available_ama_problems, field_setup
+from .ama_problems import (AMASetup, ama_setup, available_ama_problems, field_setup,
+                           fit_fourier_gaussian)
 from .ama_study import AMAStudyConfig, resolve_ama_config, run_ama_study
 from .labelling import Labeller
-from .operator_metatest import (OperatorMetaTest, darcy_family, empirical_operator_metatest,
-                                field_family, make_operator_metatest, ntd_family)
+from .operator_metatest import (OperatorMetaTest, PoolMetaTest, darcy_family,
+                                empirical_operator_metatest, field_family,
+                                make_operator_metatest, ntd_family, pool_operator_metatest)
 from .study import BilevelStudyConfig, resolve_study_config, run_bilevel_study
 
 __all__: list[str] = [
@@ -41,6 +46,14 @@ __all__: list[str] = [
     "resolve_ama_config",
     "run_ama",
     "run_ama_study",
+    "lbfgsb_update",
+    "fit_fourier_gaussian",
+    "PoolMetaTest",
+    "pool_operator_metatest",
+    "POOL_BASELINES",
+    "available_pool_baselines",
+    "comparison_table",
+    "run_pool_comparison",
     "AdjointGradient",
     "BilevelResult",
     "MetaTest",

@@ -110,11 +110,13 @@ def _check_batch(batch_size: Any, n_pool: int, n_labelled: int) -> int:
 
 
 def _model_dtype(model: Any, x: torch.Tensor) -> tuple[torch.dtype, torch.device]:
-    """Dtype and device of ``model``'s first parameter, else those of ``x``."""
+    """Dtype and device of ``model``'s first real parameter (complex spectral weights of an
+    FNO do not count), else those of ``x``."""
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
-            return p.dtype, p.device
+            if p.is_floating_point():
+                return p.dtype, p.device
     return x.dtype, x.device
 
 
@@ -314,8 +316,10 @@ class CoreSet(QueryStrategy):
 
     Parameters
     ----------
-    features : "branch" | "input" | callable
+    features : "branch" | "auto" | "input" | callable
         ``"branch"`` (default): ``model.features(u)`` (B, p), the DeepONet branch output;
+        ``"auto"``: ``model.features(u)`` where the model has it, else the model's flattened
+        outputs ``model(u)`` (B, P) (e.g. an FNO, which has no last-layer feature vector);
         ``"input"``: the flattened inputs themselves (no model needed); a callable
         ``features(model, u) -> (B, p)`` for other model classes.
     sketch_dim : int or None
@@ -335,8 +339,8 @@ class CoreSet(QueryStrategy):
 
     def __init__(self, *, features: Any = "branch", sketch_dim: int | None = 32,
                  normalize: bool = True, init: str = "labelled") -> None:
-        if not (callable(features) or features in ("branch", "input")):
-            raise ValueError(f"features must be 'branch', 'input' or a callable "
+        if not (callable(features) or features in ("branch", "auto", "input")):
+            raise ValueError(f"features must be 'branch', 'auto', 'input' or a callable "
                              f"(model, u) -> (B, p), got {features!r}")
         self.features = features
         self.sketch_dim = None if sketch_dim is None else check_positive_int(sketch_dim,
@@ -366,6 +370,10 @@ class CoreSet(QueryStrategy):
                                 f".features(u) method (a DeepONet), got "
                                 f"{type(model).__name__}; pass features=callable or 'input'")
             phi = _apply(model.features, model, x)
+        elif self.features == "auto":
+            fn = getattr(model, "features", None)
+            phi = _apply(fn if callable(fn) else (lambda u: model(u).reshape(u.shape[0], -1)),
+                         model, x)
         else:
             phi = _apply(lambda u: self.features(model, u), model, x)
         k = self.sketch_dim

@@ -2,9 +2,11 @@
 family ``nu(theta)``, its meta-test family and the update rule for ``theta``.
 
 :func:`ama_setup` is the single lookup from a problem name to an :class:`AMASetup`
-(``ntd``, ``darcy``); further built-in problems (particles) add a builder to
-:data:`AMA_SETUPS`. ``family="mixture"`` (built-in problems) wraps the single family into a
-uniform mixture of one field per ``Q_j`` (:func:`mixture_setup`, :class:`MixtureField`).
+(``ntd``, ``darcy``, ``burgers``); further built-in problems (particles) add a builder to
+:data:`AMA_SETUPS`. Burgers' test data is one labelled pool (:data:`POOL_AMA_PROBLEMS`): its
+setup builds the meta-test itself, with ``Q`` the Gaussian fitted to the pool.
+``family="mixture"`` (built-in problems) wraps the single family into a uniform mixture of one
+field per ``Q_j`` (:func:`mixture_setup`, :class:`MixtureField`).
 
 User problems (``"pkg.mod:factory"``, ``"file.py:factory"`` or an installed plugin name, as
 for every other command; docs/user_solver.md) come in two kinds:
@@ -34,7 +36,8 @@ from ..measures.fields import matern_sqrt_eigenvalues
 __all__ = ["AMASetup", "SpectrumField", "MixtureField", "mixture_setup", "FAMILIES",
            "MIXTURE_BOUNDS",
            "barycenter_field", "prepare_setup", "vector_theta",
-           "ama_setup", "AMA_SETUPS", "available_ama_problems",
+           "ama_setup", "AMA_SETUPS", "POOL_AMA_PROBLEMS", "available_ama_problems",
+           "fit_fourier_gaussian", "burgers_steps", "BURGERS_POOL_GP", "BURGERS_INITIAL",
            "field_setup", "grid_weights", "grid_points"]
 
 
@@ -78,6 +81,11 @@ class AMASetup:
     truth : callable or None
         ``(nu, xi) -> G*(nu.from_coefficients(xi))`` when a problem has a cheaper exact route
         (Darcy's constant-shift identity); None: the solver on the samples.
+    metatest : callable or None
+        A problem whose test data is one labelled pool (Burgers) builds its meta-test itself:
+        ``(labeller, *, n_seen, n_unseen, seed, output_weights, progress) ->``
+        :class:`~wheretolearn.design.operator_metatest.PoolMetaTest` (the ``Q`` of ``J``
+        fitted to the pool, held-out rows scored); None: ``family`` is labelled instead.
 
     ``theta0`` is a float (one parameter) or a list (a vector ``theta``, ``parameter`` then
     lists the names); ``bounds`` is one ``(low, high)`` or a list of them.
@@ -104,6 +112,7 @@ class AMASetup:
     mask: Any = None
     truth: Any = None
     component_theta: Any = None
+    metatest: Any = None
 
     # ``component_theta``: ``params dict of a Q_j -> theta of the single family`` (the
     # meta-test's own parameters in this family's coordinates); the mixture family
@@ -575,8 +584,147 @@ def prepare_setup(setup: AMASetup, metatest) -> AMASetup:
     return setup
 
 
-#: Builders of AMA setups by problem name (keyword options: grid size ``n``, ``n_modes``).
-AMA_SETUPS: dict[str, Callable[..., AMASetup]] = {"ntd": _ntd_setup, "darcy": _darcy_setup}
+def fit_fourier_gaussian(basis, x: Any, *, ddof: int = 1) -> SpectrumField:
+    """The Gaussian fitted to samples ``x`` that is diagonal in the KLE ``basis``: the ``Q``
+    of the Burgers study (paper SM F.6: the test pool "assumed Gaussian").
+
+    With ``c = basis.project(x)`` (P, K) the coefficients of each sample (exact on the span of
+    the basis), the fit has per-mode mean ``m_k = mean_i c_ik`` and variance
+    ``v_k = sum_i (c_ik - m_k)^2 / (P - ddof)``; it is the :class:`SpectrumField` with mean
+    field ``sum_k m_k phi_k`` and free ``sqrt_eigenvalues = sqrt(v_k)`` (K,), so its ``m2``
+    and its ``W2`` to any field of the family on ``basis`` are closed forms
+    (:meth:`SpectrumField.w2_squared_to`). Off-diagonal covariances are dropped (for a
+    stationary periodic field they vanish in the Fourier basis).
+
+    Parameters
+    ----------
+    basis : KLEBasis
+    x : (P, *grid) samples, P > ddof
+    ddof : 0 or 1 (default 1, the unbiased variance)
+
+    The fraction of the samples' energy outside the span of the basis
+    (``sum ||x - P x||_q^2 / sum ||x||_q^2``) is reported as ``meta["residual"]``.
+    """
+    xt = torch.as_tensor(x).to(torch.float64)
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
+    if tuple(xt.shape[1:]) != tuple(basis.grid_shape) or xt.shape[0] <= ddof:
+        raise ValueError(f"x must have shape (P, {', '.join(map(str, basis.grid_shape))}) with "
+                         f"P > {ddof}, got {tuple(xt.shape)}")
+    c = basis.project(xt)
+    mean_c = c.mean(0)
+    var = ((c - mean_c) ** 2).sum(0) / (c.shape[0] - ddof)
+    q = basis.quadrature_weights.to(torch.float64)
+    rest = xt - basis.synthesize(c)
+    residual = float((q * rest ** 2).sum() / (q * xt ** 2).sum().clamp_min(1e-300))
+    return SpectrumField(basis, mean=basis.synthesize(mean_c[None])[0],
+                         sqrt_eigenvalues=var.sqrt(),
+                         meta={"source": "Gaussian fitted to the pool, diagonal in the basis",
+                               "n_samples": int(c.shape[0]), "ddof": int(ddof),
+                               "residual": residual})
+
+
+#: The Gaussian process of the Burgers test pool (the paper's data file is not available, SPEC
+#: §4): the FNO benchmark's prior ``N(0, 625 (-Laplace + 25 I)^-2)`` on the period-1 domain
+#: carried to ``[0, 2 pi)`` by ``x -> 2 pi x``. Its Fourier variances
+#: ``2 pi * 625 ((2 pi k)^2 + 25)^-2 = sigma^2 (k^2 + tau^2)^-alpha`` give this Matern field.
+BURGERS_POOL_GP = {"alpha": 2.0, "tau": 5.0 / (2 * math.pi), "sigma": 25.0 / (2 * math.pi) ** 1.5}
+#: The initial training field (SPEC §4): periodic KLE with alpha = 3, tau = 1.4, sigma = 5.
+BURGERS_INITIAL = {"alpha": 3.0, "tau": 1.4, "sigma": 5.0}
+
+
+def burgers_steps(n: int) -> int:
+    """IF-RK4 steps of the Burgers AMA solver on ``n`` points, checked against 4000-step
+    references for samples of the pool GP and of the initial field (max error relative
+    to ``max |u0|``): n = 128 and 100 steps 2e-8; n = 256 and 200 steps 1.5e-7; n = 1024 and
+    500 steps < 1e-7 (tests/problems/test_burgers.py); n > 2048: the paper's 2000 (only
+    modes with ``nu k^2 dt < 1`` limit the step, so the count barely grows with n)."""
+    return 100 if n <= 128 else 200 if n <= 256 else 500 if n <= 2048 else 2000
+
+
+def _burgers_setup(n: int = 1024, n_modes: int | None = None, n_pool: int = 1843,
+                   n_steps: int | None = None) -> AMASetup:
+    """Burgers (paper §5, SM F.6): ``u0 -> u(., 1)`` on ``n`` periodic points of
+    ``[0, 2 pi)``, ``nu = 0.1``.
+
+    Training family: the periodic Matern KLE ``nu(theta)`` on :class:`FourierBasis1D`
+    (``n_modes`` frequencies, default all below Nyquist; no constant mode), ``theta =
+    (log sigma, log tau, log alpha)`` from :data:`BURGERS_INITIAL`, moved by L-BFGS-B with
+    exact gradients (part1 through the model and the solver's discrete adjoint, ``m2`` and
+    ``W2`` in closed form; paper SM F.6) within the box sigma, tau in [0.25, 10], alpha in
+    [1.5, 5] (large, rough inputs steepen into shocks the grid cannot resolve: a trial point
+    where the solver diverges counts as ``J = inf``).
+
+    Test data: ``n_pool`` + held-out samples of :data:`BURGERS_POOL_GP`, labelled once by the
+    same solver (:meth:`AMASetup.metatest`); ``Q`` in ``J`` is :func:`fit_fourier_gaussian`
+    of the pool rows (never of the held-out rows), ``K = 1``. Norm: the quadrature L2 norm
+    of ``[0, 2 pi)`` (weights ``2 pi / n``) for inputs and outputs.
+    """
+    from ..measures import FourierBasis1D, GaussianRandomField
+    from ..problems import get_problem
+    from .operator_metatest import pool_operator_metatest
+
+    n = int(n)
+    steps = burgers_steps(n) if n_steps is None else int(n_steps)
+    problem = get_problem("burgers", n=n, n_steps=steps, dtype="float64")
+    k = problem.n_modes if n_modes is None else int(n_modes)
+    n_pool = int(n_pool)
+    if n_pool < 2:
+        raise ValueError(f"n_pool must be at least 2 (the fitted Q needs a variance), got "
+                         f"{n_pool}")
+    basis = FourierBasis1D(n, k, period=2 * math.pi)
+    w = basis.quadrature_weights.float()
+    mu = basis.laplacian_eigenvalues
+
+    def build(theta):
+        t = vector_theta(theta, theta0)
+        sigma, tau, alpha = torch.exp(t[0]), torch.exp(t[1]), torch.exp(t[2])
+        return SpectrumField(basis, mean=0.0,
+                             sqrt_eigenvalues=matern_sqrt_eigenvalues(mu, sigma, tau, alpha),
+                             meta={"sigma": float(sigma.detach()), "tau": float(tau.detach()),
+                                   "alpha": float(alpha.detach())})
+
+    def pool_gp():
+        return GaussianRandomField(basis, dtype=torch.float64, **BURGERS_POOL_GP)
+
+    def family(j, seed):
+        return [pool_gp()], [{"source": "pool GP", **BURGERS_POOL_GP}]
+
+    def metatest(labeller, *, n_seen, n_unseen, seed, output_weights=None, progress=None):
+        total = n_pool + int(n_seen) + int(n_unseen)
+        x, y = labeller.label(pool_gp(), total, int(seed) * 1000)
+        if progress is not None:
+            progress()
+        q = fit_fourier_gaussian(basis, x[:n_pool])
+        return pool_operator_metatest(
+            x, y, n_pool=n_pool, n_seen=n_seen, n_unseen=n_unseen, measure=q,
+            output_weights=output_weights,
+            params={"source": "Gaussian fitted to the pool (diagonal in Fourier)",
+                    "pool_gp": dict(BURGERS_POOL_GP), "n_pool": n_pool,
+                    "n_heldout": int(n_seen) + int(n_unseen),
+                    "residual": q.meta["residual"]})
+
+    theta0 = [math.log(BURGERS_INITIAL["sigma"]), math.log(BURGERS_INITIAL["tau"]),
+              math.log(BURGERS_INITIAL["alpha"])]
+    points = (np.arange(n, dtype=np.float64) / n)[:, None]      # x / (2 pi), the trunk input
+    return AMASetup(
+        name="burgers", problem=problem, input_weights=w, output_weights=w, points=points,
+        build=build, theta0=theta0, parameter=["log_sigma", "log_tau", "log_alpha"],
+        bounds=[(math.log(0.25), math.log(10.0)), (math.log(0.25), math.log(10.0)),
+                (math.log(1.5), math.log(5.0))], update="lbfgsb", family=family,
+        branch=[n, 1024, 512, 256, 128, 128], trunk=[1, 128, 128, 128, 128, 128], jvp="fd",
+        options={"n": n, "n_modes": k, "n_steps": steps, "n_pool": n_pool,
+                 "pool_gp": dict(BURGERS_POOL_GP), "initial": dict(BURGERS_INITIAL)},
+        metatest=metatest)
+
+
+#: Builders of AMA setups by problem name (keyword options: grid size ``n``, ``n_modes``;
+#: Darcy ``offset_sd``, ``learn_spectrum``; Burgers ``n_pool``, ``n_steps``).
+AMA_SETUPS: dict[str, Callable[..., AMASetup]] = {"ntd": _ntd_setup, "darcy": _darcy_setup,
+                                                  "burgers": _burgers_setup}
+#: Problems whose test data is one labelled pool (``AMASetup.metatest``): the only ones the
+#: active-learning comparison (``compare``) runs on.
+POOL_AMA_PROBLEMS = ("burgers",)
 
 
 def available_ama_problems() -> list[str]:
@@ -715,9 +863,9 @@ def ama_setup(name: str, *, problem_options: dict | None = None, bounds: Any = N
               mean_range: Any = None, **options: Any) -> AMASetup:
     """The :class:`AMASetup` of problem ``name`` (the one place problems are looked up).
 
-    ``name`` is a built-in AMA problem (``options``: grid size ``n``, ``n_modes``) or a user
-    problem (see the module docstring; ``problem_options`` go to its factory, ``n_modes``,
-    ``bounds`` and ``mean_range`` to :func:`field_setup`).
+    ``name`` is a built-in AMA problem (``options``: grid size ``n``, ``n_modes``, and those
+    of :data:`AMA_SETUPS`) or a user problem (see the module docstring; ``problem_options``
+    go to its factory, ``n_modes``, ``bounds`` and ``mean_range`` to :func:`field_setup`).
     """
     if name in AMA_SETUPS:
         if problem_options:

@@ -4,11 +4,15 @@
     out/config.toml        resolved AMAStudyConfig
     out/metrics.jsonl      one record per AMA iteration and repeat
     out/evaluation.jsonl   one record per guard fit (source, N, repeat, seen and unseen error)
+    out/compare.jsonl      pool problems (burgers) with ``compare``: one record per
+                           active-learning round (strategy, trial, N, error)
     out/summary.json       per-iteration in-loop OOD error / AMA loss (mean, 95 % CI), the
                            guard (fresh models on learned / initial / barycenter / mixture,
                            ``recommended`` and its margin), Lipschitz estimates, learned
-                           parameters, timings
-    out/model.pt           the final DeepONet of repeat 0 (``DeepONet.load``)
+                           parameters, timings; pool problems also ``compare``, the per-N
+                           table of every method (distribution and active-learning baselines)
+    out/model.pt           the final model of repeat 0 (``load_model(out)``; a DeepONet also
+                           ``DeepONet.load``), its constructor arguments next to the weights
     out/figures/*.png
 
 Presets: ``ci`` (under a minute), ``small`` (under 10 minutes on 2 cores), ``paper`` (the
@@ -31,8 +35,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = ["AMAStudyConfig", "AMA_PRESETS", "resolve_ama_config", "run_ama_study", "recommend"]
 
-_HIDDEN = {"ci": ([64, 64], [64, 64], 32), "small": ([128, 128], [128, 128], 64),
-           "paper": ([256, 256, 128], [128, 128, 128], 200)}
+#: Training settings of a model other than the DeepONet, over the problem's preset. The FNO:
+#: small batches (a step's cost grows with the batch: at an equal CPU budget on Darcy 24 x 24,
+#: batches of 10 beat 5, 20 and 40) and an inverse-time decay of the learning rate (issue 26,
+#: benchmarks/bench_models.py); ``paper`` keeps the FNO paper's batches of 20. Layering:
+#: problem preset < these < TOML < flags.
+AMA_MODEL_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
+    "fno": {"ci": {},
+            "small": {"batch_size": 10, "decay_rate": 1.0, "decay_steps": 500},
+            "paper": {"batch_size": 20, "decay_rate": 1.0, "decay_steps": 1000}},
+}
 
 #: Preset settings per problem (SPEC §4 for ``paper``; scaled down for CPU otherwise).
 AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -74,6 +86,29 @@ AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "adam": {"lr": 1e-2, "steps": 25, "rounds": 2}, "eval_n": [50, 100, 200],
                   "repeats": 13, "lipschitz_samples": 8, "lipschitz_iterations": 30},
     },
+    # one test distribution (the pool, K = 1); eval_n is also the active-learning schedule
+    # (its first size the random start); n_steps of the solver follow n (burgers_steps)
+    "burgers": {
+        "ci": {"n": 32, "n_measures": 1, "n_pool": 40, "n_seen": 5, "n_unseen": 10,
+               "n_train": 20, "n_opt": 10, "iterations": 1, "steps": 100, "batch_size": 10,
+               "eval_every": 25, "patience": 0, "retrain_rounds": 0, "retrain_steps": 50,
+               "lbfgsb": {"maxiter": 5}, "eval_n": [10, 20],
+               "repeats": 2, "lipschitz_samples": 2, "lipschitz_iterations": 5},
+        "small": {"n": 128, "n_measures": 1, "n_pool": 600, "n_seen": 50, "n_unseen": 150,
+                  "n_train": 200, "n_opt": 100, "iterations": 3, "steps": 1000,
+                  "batch_size": 50, "eval_every": 100, "patience": 0, "retrain_rounds": 1,
+                  "retrain_steps": 500, "lbfgsb": {"maxiter": 50},
+                  "eval_n": [10, 50, 100, 200], "repeats": 3, "lipschitz_samples": 3,
+                  "lipschitz_iterations": 15},
+        "paper": {"n": 8192, "n_measures": 1, "n_pool": 1843, "n_seen": 55, "n_unseen": 150,
+                  "n_train": 1843, "n_opt": 1843, "iterations": 10, "steps": 10000,
+                  "batch_size": 128, "lr": 1e-3, "decay_steps": 2000, "decay_rate": 0.9,
+                  "val_fraction": 0.1, "eval_every": 100, "patience": 10,
+                  "retrain_rounds": 0, "retrain_steps": 1000, "lbfgsb": {"maxiter": 1},
+                  "eval_n": [10, *range(50, 1001, 50)], "repeats": 10,
+                  "branch_hidden": [1024, 512, 256, 128], "trunk_hidden": [128, 128, 128, 128],
+                  "width": 128, "lipschitz_samples": 8, "lipschitz_iterations": 30},
+    },
 }
 
 
@@ -112,12 +147,30 @@ class AMAStudyConfig(BaseModel):
     n_seen: int = 4
     n_unseen: int = 8
     family_seed: int = Field(0, description="seed of the meta-test family (fixed across repeats)")
+    n_pool: Optional[int] = Field(
+        None, description="burgers: rows of the labelled test pool (active-learning candidates, "
+                          "Q fitted to them); n_seen + n_unseen more rows are held out and "
+                          "scored (default 1843, the paper's)")
+    compare: list[str] = Field(
+        default_factory=list, description="active-learning baselines on the pool (burgers): "
+                                          "any of qbc, coreset, random; each grows from "
+                                          "eval_n[0] random pool rows through eval_n, "
+                                          "repeats trials")
     n_train: int = Field(100, description="training samples N per AMA iteration")
     n_opt: int = Field(50, description="fixed samples of nu for part1 of J")
     iterations: int = 2
+    model: str = Field("deeponet", description="deeponet | fno (needs wheretolearn[fno]) | a "
+                       "user factory 'pkg.mod:factory' or 'file.py:factory' "
+                       "(wheretolearn.models.registry)")
+    model_options: dict[str, Any] = Field(
+        default_factory=dict, description="init arguments of the model over its preset (fno: "
+                                          "n_modes, hidden_channels, n_layers, ...)")
     branch_hidden: Optional[list[int]] = None
     trunk_hidden: Optional[list[int]] = None
     width: Optional[int] = Field(None, description="p, the DeepONet feature width")
+    normalize: bool = Field(True, description="standardise the model's inputs and outputs "
+                                              "pointwise with statistics of its training split "
+                                              "(kept in model.pt)")
     steps: int = 300
     lr: float = 1e-3
     decay_steps: int = 1000
@@ -135,7 +188,7 @@ class AMAStudyConfig(BaseModel):
     safety: float = 1.5
     lipschitz_samples: int = 2
     lipschitz_iterations: int = 15
-    update: Optional[Literal["de", "adam", "de+adam"]] = None
+    update: Optional[Literal["de", "adam", "de+adam", "lbfgsb"]] = None
     family: Literal["single", "mixture"] = Field(
         "single", description="training family nu(theta): 'single' (one parametric field) or "
                               "'mixture' (a uniform mixture of K = n_measures fields of that "
@@ -154,6 +207,8 @@ class AMAStudyConfig(BaseModel):
                           "only, no solves in the update)")
     de: dict[str, Any] = Field(default_factory=dict)
     adam: dict[str, Any] = Field(default_factory=dict)
+    lbfgsb: dict[str, Any] = Field(default_factory=dict,
+                                   description="L-BFGS-B update options (maxiter)")
     eval_n: list[int] = Field(default_factory=lambda: [100])
     repeats: int = 2
     seed: int = 0
@@ -181,6 +236,26 @@ class AMAStudyConfig(BaseModel):
         raise ValueError(f"not an AMA problem; choose one of "
                          f"{', '.join(available_ama_problems())}, an installed plugin or an "
                          "import path 'package.module:factory' (docs/user_solver.md)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from ..models.registry import MODELS
+        from ..problems.plugins import canonical_spec, is_import_spec
+
+        if v in MODELS:
+            return v
+        if is_import_spec(v):
+            return canonical_spec(v)
+        raise ValueError(f"not a model; choose one of {', '.join(MODELS)} or a factory by "
+                         "import path 'package.module:factory' / 'file.py:factory'")
+
+    @field_validator("compare")
+    @classmethod
+    def _known_strategies(cls, v: list[str]) -> list[str]:
+        from .ama_compare import check_pool_baselines
+
+        return check_pool_baselines(v)
 
     @field_validator("bounds", "mean_range")
     @classmethod
@@ -264,10 +339,40 @@ class AMAStudyConfig(BaseModel):
             raise ValueError("family 'mixture' is for the built-in problems (ntd, darcy)")
         if self.family == "mixture" and self.update not in (None, "adam"):
             raise ValueError("the mixture family is updated by Adam (update = 'adam')")
+        if self.model != "deeponet" and (self.branch_hidden or self.trunk_hidden or self.width):
+            raise ValueError(f"branch_hidden, trunk_hidden and width are DeepONet settings; "
+                             f"give the {self.model!r} model's through model_options")
         if builtin and (self.problem_options or self.mean_range is not None):
             raise ValueError(f"problem_options and mean_range are for user problems, not "
                              f"{self.problem!r}")
+        self._check_pool()
         return self
+
+    def _check_pool(self) -> None:
+        """Settings of problems whose test data is one labelled pool (burgers)."""
+        from .ama_problems import POOL_AMA_PROBLEMS
+
+        pooled = self.problem in POOL_AMA_PROBLEMS
+        if self.compare and not pooled:
+            raise ValueError(f"compare runs active learning on a labelled pool; only "
+                             f"{', '.join(POOL_AMA_PROBLEMS)} has one, not {self.problem!r}")
+        if self.n_pool is not None and not pooled:
+            raise ValueError(f"n_pool is a setting of {', '.join(POOL_AMA_PROBLEMS)}")
+        if not pooled:
+            return
+        if self.n_measures != 1:
+            raise ValueError(f"{self.problem} has one test distribution (its pool): n_measures "
+                             f"must be 1, got {self.n_measures}")
+        pool = 1843 if self.n_pool is None else self.n_pool
+        if pool < 2:
+            raise ValueError(f"n_pool must be at least 2, got {pool}")
+        if self.compare:
+            if any(b <= a for a, b in zip(self.eval_n, self.eval_n[1:])):
+                raise ValueError(f"compare: eval_n is the active-learning schedule and must be "
+                                 f"strictly increasing, got {self.eval_n}")
+            if self.eval_n[-1] > pool:
+                raise ValueError(f"compare: the largest eval_n ({self.eval_n[-1]}) exceeds the "
+                                 f"pool (n_pool = {pool})")
 
 
 def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
@@ -283,6 +388,10 @@ def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r}; choose one of ci, small, paper")
     base = copy.deepcopy(presets[preset])
+    if merged.get("model", "deeponet") != "deeponet":
+        for key in ("branch_hidden", "trunk_hidden", "width"):
+            base.pop(key, None)        # a preset's DeepONet sizes are not another model's
+    base.update(AMA_MODEL_TRAINING.get(merged.get("model"), {}).get(preset, {}))
     base.update(merged)
     return AMAStudyConfig(**base)
 
@@ -302,6 +411,8 @@ def _ama_config(cfg: AMAStudyConfig, setup, repeat: int):
         kw["de"] = dict(cfg.de)
     if cfg.adam:
         kw["adam"] = dict(cfg.adam)
+    if cfg.lbfgsb:
+        kw["lbfgsb"] = dict(cfg.lbfgsb)
     return AMAConfig(n_train=cfg.n_train, iterations=cfg.iterations, n_opt=cfg.n_opt, train=train,
                      retrain_rounds=cfg.retrain_rounds, retrain_steps=cfg.retrain_steps,
                      warm_start=cfg.warm_start, lipschitz_true=cfg.lipschitz,
@@ -312,21 +423,50 @@ def _ama_config(cfg: AMAStudyConfig, setup, repeat: int):
                      theta_tol=cfg.theta_tol, **kw)
 
 
-def _model_factory(cfg: AMAStudyConfig, setup):
-    from ..models import DeepONet
+def _model_grid(cfg: AMAStudyConfig, setup):
+    from ..models.registry import ModelGrid
 
-    bh, th, p = _HIDDEN[cfg.preset]
-    bh = cfg.branch_hidden or bh
-    th = cfg.trunk_hidden or th
-    p = cfg.width or p
-    branch = [setup.branch[0], *bh, p]
-    trunk = [setup.trunk[0], *th, p]
+    return ModelGrid(tuple(setup.problem.input_shape), tuple(setup.problem.output_shape),
+                     setup.points, cfg.problem)
+
+
+def _model_init_args(cfg: AMAStudyConfig, grid) -> dict[str, Any]:
+    """The model's preset init arguments, the study's normalisation and DeepONet sizes, then
+    ``model_options`` (a user factory gets ``model_options`` alone)."""
+    from ..models.registry import is_builtin_model, preset_init_args
+
+    if not is_builtin_model(cfg.model):
+        return dict(cfg.model_options)
+    args = preset_init_args(cfg.model, cfg.preset, grid)
+    args["normalize"] = cfg.normalize
+    if cfg.model == "deeponet":
+        args.update({k: v for k, v in (("branch_hidden", cfg.branch_hidden),
+                                       ("trunk_hidden", cfg.trunk_hidden),
+                                       ("width", cfg.width)) if v})
+    args.update(cfg.model_options)
+    return args
+
+
+def _model_factory(cfg: AMAStudyConfig, setup):
+    """``(seed -> fresh model, architecture record)`` through the model registry; the model
+    is built once here so that a model that does not fit the problem, a missing extra or a
+    bad option fails before any labelling."""
+    from ..models.registry import build_model
+
+    grid = _model_grid(cfg, setup)
+    args = _model_init_args(cfg, grid)
 
     def factory(seed: int):
-        return DeepONet(branch, trunk, setup.points, output_shape=setup.problem.output_shape,
-                        dtype=cfg.dtype, seed=seed).to(cfg.device)
+        return build_model(cfg.model, grid, seed=seed, dtype=cfg.dtype, **args).to(cfg.device)
 
-    return factory, {"branch": branch, "trunk": trunk}
+    probe = factory(cfg.seed)
+    arch = {"model": cfg.model, "init_args": args,
+            "parameters": sum(p.numel() * (2 if p.is_complex() else 1)
+                              for p in probe.parameters())}
+    if cfg.model == "deeponet":
+        arch.update(branch=probe.config["branch"], trunk=probe.config["trunk"],
+                    normalize=cfg.normalize)
+    return factory, arch
 
 
 @contextlib.contextmanager
@@ -400,6 +540,7 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
 
     The folder appears only when everything succeeded.
     """
+    from ..models.registry import save_model
     from ..report.runfolder import RunFolder
     from .ama import run_ama
     from .ama_problems import ama_setup
@@ -413,6 +554,8 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
              if cfg.problem == "darcy" else {})
     if cfg.family != "single":
         extra.update(family=cfg.family, mixture_bound=cfg.mixture_bound)
+    if cfg.n_pool is not None:
+        extra["n_pool"] = cfg.n_pool
     setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes,
                       problem_options=cfg.problem_options or None, bounds=cfg.bounds,
                       mean_range=cfg.mean_range, **extra)
@@ -421,12 +564,18 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
             run, _Bar(progress, console) as bar:
         run.write_config_toml(cfg.model_dump())
         labeller = Labeller(setup.problem, cache_dir=cache, workers=workers, scheduler=scheduler)
-        measures, params = setup.family(cfg.n_measures, cfg.family_seed)
-        adv = bar.task(f"label meta-test {cfg.problem}", len(measures))
-        metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
-                                          n_unseen=cfg.n_unseen, seed=cfg.family_seed,
-                                          params=params, output_weights=setup.output_weights,
-                                          progress=adv)
+        if setup.metatest is not None:           # one labelled pool (burgers)
+            adv = bar.task(f"label the pool {cfg.problem}", 1)
+            metatest = setup.metatest(labeller, n_seen=cfg.n_seen, n_unseen=cfg.n_unseen,
+                                      seed=cfg.family_seed, output_weights=setup.output_weights,
+                                      progress=adv)
+        else:
+            measures, params = setup.family(cfg.n_measures, cfg.family_seed)
+            adv = bar.task(f"label meta-test {cfg.problem}", len(measures))
+            metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
+                                              n_unseen=cfg.n_unseen, seed=cfg.family_seed,
+                                              params=params, output_weights=setup.output_weights,
+                                              progress=adv)
         results = []
         for r in range(cfg.repeats):
             acfg = _ama_config(cfg, setup, r)
@@ -440,7 +589,9 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
                                    callback=on_iteration))
         evaluation = _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run)
         summary = _summary(cfg, setup, results, evaluation, arch, metatest, labeller)
-        results[0].model.save(run.file("model.pt"))
+        if setup.metatest is not None:
+            summary["compare"] = _compare(cfg, setup, metatest, factory, evaluation, bar, run)
+        save_model(results[0].model, run.file("model.pt"))
         from ..report.ama_figures import plot_ama_figures
 
         summary["figures"] = plot_ama_figures(run, summary, setup, metatest, results[0])
@@ -451,16 +602,51 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     return summary
 
 
+def _compare(cfg, setup, metatest, factory, evaluation, bar, run) -> dict:
+    """The per-N table of every method on a pool problem: the guard's distribution sources
+    and the active-learning baselines ``cfg.compare`` (:mod:`.ama_compare`), each round
+    also appended to ``compare.jsonl``."""
+    from .ama_compare import comparison_table, run_pool_comparison
+
+    pool = {}
+    if cfg.compare:
+        schedule = list(cfg.eval_n)
+        adv = bar.task(f"active learning {', '.join(cfg.compare)}",
+                       len(cfg.compare) * cfg.repeats * len(schedule))
+
+        def on_round(name, trial, rec):
+            run.append_metrics({"strategy": name, "trial": trial, "n": rec.n,
+                                "error": rec.error, "errors": rec.errors,
+                                "seconds_train": rec.train_seconds,
+                                "seconds_query": rec.query_seconds}, name="compare.jsonl")
+            adv(info=f"{name} N={rec.n}: {rec.error:.4f}")
+
+        pool = run_pool_comparison(cfg.compare, setup=setup, metatest=metatest,
+                                   model_factory=factory,
+                                   train_config=_ama_config(cfg, setup, 0).train,
+                                   schedule=schedule, trials=cfg.repeats, seed=cfg.seed,
+                                   on_round=on_round)
+    table = comparison_table(list(cfg.eval_n), evaluation["unseen"], pool)
+    table["trials"] = cfg.repeats
+    table["labels"] = {"learned": "AMA-learned distribution, sampled and labelled by the solver",
+                       "initial": "initial distribution",
+                       "mixture": "the Gaussian fitted to the pool (K = 1)",
+                       **{name: f"active learning on the pool: {name}" for name in pool}}
+    return table
+
+
 def _sources(cfg, setup, metatest, result) -> dict:
     """The distributions the guard compares: the learned ``nu``, the initial one, the W2
-    barycenter of the ``Q_j`` (when the family is Gaussian on one basis) and their mixture."""
+    barycenter of the ``Q_j`` (when the family is Gaussian on one basis) and their mixture
+    (with one ``Q``, e.g. Burgers' fitted Gaussian, ``Q`` itself)."""
     from ..measures import Mixture
     from .ama_problems import barycenter_field
 
     out = {"learned": result.learned, "initial": setup.build(setup.theta0)}
     if getattr(setup, "basis", None) is not None:
         out["barycenter"] = barycenter_field(setup.basis, metatest.measures, center=setup.center)
-    out["mixture"] = Mixture(metatest.measures)
+    out["mixture"] = (Mixture(metatest.measures) if len(metatest.measures) > 1
+                      else metatest.measures[0])
     return out
 
 

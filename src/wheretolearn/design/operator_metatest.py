@@ -10,8 +10,10 @@ Each parameter is drawn with density proportional to ``1 - cos(value)`` on its i
 (paper eq. F.13), by inverse-transform sampling of the closed-form CDF
 ``x - sin x``. Every measure gets ``n_seen`` + ``n_unseen`` samples labelled once through
 the batched solver (:class:`~wheretolearn.design.labelling.Labeller`, cached by content).
-An *empirical* family (pools of labelled samples, e.g. Burgers' test pool) is built by
-:func:`empirical_operator_metatest`.
+An *empirical* family (pools of labelled samples, one per ``Q_j``) is built by
+:func:`empirical_operator_metatest`. A *pool* meta-test (Burgers, paper SM F.6) is one
+labelled pool split into candidate rows for training (active learning, the fitted ``Q``) and
+held-out rows that alone are scored: :func:`pool_operator_metatest`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import torch
 from .._validation import check_nonnegative_int, check_positive_int, resolve_dtype
 from ..report.metrics import relative_ood_error_squared
 
-__all__ = ["OperatorMetaTest", "one_minus_cos_samples", "ntd_family", "darcy_family",
-           "field_family", "make_operator_metatest", "empirical_operator_metatest"]
+__all__ = ["OperatorMetaTest", "PoolMetaTest", "one_minus_cos_samples", "ntd_family",
+           "darcy_family", "field_family", "make_operator_metatest",
+           "empirical_operator_metatest", "pool_operator_metatest"]
 
 
 def one_minus_cos_samples(n: int, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
@@ -117,6 +120,58 @@ class OperatorMetaTest:
               split: str = "unseen") -> float:
         """Relative root OOD error (SPEC §1) in the quadrature norm of the outputs."""
         return math.sqrt(self.error_squared(predict, split=split))
+
+
+@dataclass(frozen=True)
+class PoolMetaTest(OperatorMetaTest):
+    """A meta-test with one labelled candidate pool next to its held-out rows (paper SM F.6).
+
+    ``pool_x (P, *in)``, ``pool_y (P, *out)``: the candidates that active learning may label
+    and that the test measure ``Q`` is fitted to; the ``seen`` / ``unseen`` samples (one
+    measure, ``K = 1``) are other rows of the same labelled draw, never in the pool, so a
+    model trained on pool rows is never scored on them.
+    """
+
+    pool_x: torch.Tensor | None = None
+    pool_y: torch.Tensor | None = None
+
+    @property
+    def n_pool(self) -> int:
+        return 0 if self.pool_x is None else int(self.pool_x.shape[0])
+
+
+def pool_operator_metatest(x: Any, y: Any, *, n_pool: int, n_seen: int, n_unseen: int,
+                           measure: Any, params: dict | None = None,
+                           output_weights: Any = None) -> PoolMetaTest:
+    """Split one labelled draw into the candidate pool and held-out seen / unseen rows.
+
+    Parameters
+    ----------
+    x : (n_pool + n_seen + n_unseen, *in); y : (same, *out)
+        Labelled i.i.d. samples of the test distribution, in the order drawn.
+    n_pool, n_seen, n_unseen : int
+        Rows ``[0, n_pool)`` are the pool, the next ``n_seen`` the seen rows (guard
+        selection, Lipschitz samples), the last ``n_unseen`` the unseen rows (the reported
+        error; paper: 1843 pool rows, 205 held out).
+    measure : Measure
+        The test measure ``Q`` used by ``J`` (e.g. a Gaussian fitted to the pool).
+    params : dict, optional
+        Its description for reports.
+    """
+    n_pool = check_positive_int(n_pool, "n_pool")
+    n_seen = check_positive_int(n_seen, "n_seen")
+    n_unseen = check_positive_int(n_unseen, "n_unseen")
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    need = n_pool + n_seen + n_unseen
+    if x.shape[0] != need or y.shape[0] != need:
+        raise ValueError(f"x and y must hold n_pool + n_seen + n_unseen = {need} rows, got "
+                         f"{x.shape[0]} and {y.shape[0]}")
+    held = slice(n_pool, n_pool + n_seen), slice(n_pool + n_seen, need)
+    w = None if output_weights is None else torch.as_tensor(output_weights)
+    return PoolMetaTest([measure], x[None, held[0]].contiguous(), y[None, held[0]].contiguous(),
+                        x[None, held[1]].contiguous(), y[None, held[1]].contiguous(),
+                        params=[dict(params or {})], output_weights=w,
+                        pool_x=x[:n_pool].contiguous(), pool_y=y[:n_pool].contiguous())
 
 
 def ntd_family(n_boundary: int, *, n_measures: int = 20, seed: int = 0, n_modes: int | None = None,

@@ -6,7 +6,10 @@
   compares (learned, initial, barycenter, mixture);
 * ``predictions.png``: one unseen sample, the models after iteration 0 and after the last
   iteration, and their pointwise errors;
-* ``learned_vs_family.png``: the learned parameter against the meta-test parameters.
+* ``learned_vs_family.png``: the learned parameter against the meta-test parameters (a pool
+  problem, Burgers: the KLE spectra of the initial, learned and fitted test distributions);
+* ``compare_vs_n.png`` (pool problems): error against N of every method of the per-N table,
+  the distribution sources and the active-learning baselines (paper Fig. 6 right).
 """
 
 from __future__ import annotations
@@ -123,9 +126,61 @@ def _learned_vs_family(run, summary: dict) -> str:
     return _save(fig, run.figure_path("learned_vs_family")).name
 
 
+def _spectra(run, summary: dict, setup, metatest) -> str:
+    """``sqrt(lambda_k)`` per KLE term of the initial, learned (every repeat) and fitted test
+    distributions (a pool problem's ``Q`` is diagonal in the same basis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    q = metatest.measures[0].sqrt_eigenvalues.detach().double().numpy()
+    k = np.arange(1, q.size + 1)
+    ax.plot(k, q, ".", color="C7", ms=3, label="Q fitted to the pool")
+    learned = summary["learned"]
+    for i, m in enumerate(learned["measures"]):
+        if isinstance(m, dict) and "sqrt_eigenvalues" in m:
+            ax.plot(k, m["sqrt_eigenvalues"], "-", color="C0", lw=1,
+                    label="learned" if i == 0 else None)
+    init = setup.build(setup.theta0).sqrt_eigenvalues.detach().double().numpy()
+    ax.plot(k, init, "--", color="C1", label="initial")
+    ax.set_yscale("log")
+    ax.set_xlabel("KLE term (cos k, sin k)")
+    ax.set_ylabel("sqrt eigenvalue")
+    ax.legend(fontsize=8)
+    ax.set_title("training spectra against the fitted test distribution")
+    return _save(fig, run.figure_path("learned_vs_family")).name
+
+
+def _compare(run, summary: dict) -> str:
+    """Error against N of every method of ``summary["compare"]`` (paper Fig. 6 right)."""
+    plt = _pyplot()
+    table = summary["compare"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ns = table["schedule"]
+    for i, (name, by_n) in enumerate(table["methods"].items()):
+        ls = "-" if table["kind"][name] == "distribution" else "--"
+        cis = [by_n[str(n)] for n in ns]
+        mean = np.array([c["mean"] for c in cis])
+        ax.plot(ns, mean, "o" + ls, color=f"C{i}", label=name, ms=4)
+        ax.fill_between(ns, [c["lo"] for c in cis], [c["hi"] for c in cis], color=f"C{i}",
+                        alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training samples N")
+    ax.set_ylabel("relative root OOD error (held-out rows)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{summary['problem']} ({summary['preset']}): mean and 95 % interval over "
+                 f"{table['trials']} trials", fontsize=9)
+    return _save(fig, run.figure_path("compare_vs_n")).name
+
+
 def plot_ama_figures(run: Any, summary: dict, setup: Any, metatest: Any, result: Any) -> list[str]:
-    """Draw the four figures into ``run`` (a RunFolder); return their file names."""
+    """Draw the figures into ``run`` (a RunFolder); return their file names."""
     run.figure_path("x").parent.mkdir(parents=True, exist_ok=True)
-    return [f"figures/{name}" for name in (
-        _history(run, summary), _error_vs_n(run, summary),
-        _predictions(run, setup, metatest, result), _learned_vs_family(run, summary))]
+    pooled = "compare" in summary
+    names = [_history(run, summary), _error_vs_n(run, summary),
+             _predictions(run, setup, metatest, result),
+             (_spectra(run, summary, setup, metatest) if pooled
+              else _learned_vs_family(run, summary))]
+    if pooled:
+        names.append(_compare(run, summary))
+    return [f"figures/{name}" for name in names]
