@@ -32,27 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_models import (
+    study_pieces as _study_pieces,  # the study's pieces, built once there
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_normalisation.json"
-
-
-def _study_pieces(problem: str, preset: str):
-    """``(cfg, setup, labeller, metatest)`` as ``run_ama_study`` builds them."""
-    from wheretolearn.design.ama_problems import ama_setup
-    from wheretolearn.design.ama_study import resolve_ama_config
-    from wheretolearn.design.labelling import Labeller
-    from wheretolearn.design.operator_metatest import make_operator_metatest
-
-    cfg = resolve_ama_config({"problem": problem, "preset": preset, "num_threads": 1})
-    extra = ({"offset_sd": cfg.offset_sd, "learn_spectrum": cfg.learn_spectrum}
-             if problem == "darcy" else {})
-    setup = ama_setup(problem, n=cfg.n, n_modes=cfg.n_modes, **extra)
-    labeller = Labeller(setup.problem)
-    measures, params = setup.family(cfg.n_measures, cfg.family_seed)
-    metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
-                                      n_unseen=cfg.n_unseen, seed=cfg.family_seed,
-                                      params=params, output_weights=setup.output_weights)
-    return cfg, setup, labeller, metatest
 
 
 def _source(name: str, setup, metatest):

@@ -1,12 +1,16 @@
 """``wheretolearn ama``: a tiny run end to end, and one-line errors with exit status 2."""
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+import wheretolearn
 from wheretolearn.cli import app
+from wheretolearn.models.deeponet import DeepONet
 
 runner = CliRunner()
 USER = str(Path(__file__).resolve().parents[1] / "design" / "user_field_problem.py")
@@ -165,3 +169,41 @@ def test_cuda_without_a_device_is_one_error_line(tmp_path):
     code, line = _err(res)
     assert code == 2 and line.startswith("error:") and "cuda" in line and "CUDA" in line
     assert not out.exists()
+
+
+# --normalize/--no-normalize: recorded in the run folder, load_model gives the model back
+
+def _run_tiny(tmp_path, name, *flags):
+    """One repeat of TINY from the CLI; returns the run folder."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / name
+    res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(out), "--repeats", "1",
+                              "--no-progress", "--num-threads", "1", *flags])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_normalisation_is_on_by_default_recorded_and_reloaded(tmp_path):
+    out = _run_tiny(tmp_path, "on")
+    assert tomllib.loads((out / "config.toml").read_text())["normalize"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["architecture"]["normalize"] is True
+    model = wheretolearn.load_model(out)
+    assert model.normalize and bool(model.norm_fitted)
+    assert not torch.equal(model.out_std, torch.ones_like(model.out_std))
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["config"]["normalize"] is True
+    for k in ("in_mean", "in_std", "out_mean", "out_std"):
+        assert torch.equal(getattr(model, k), saved["state_dict"][k])
+    u = torch.randn(3, model.n_in, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(u), DeepONet.load(out / "model.pt").eval()(u))
+
+
+def test_no_normalize_trains_the_plain_network(tmp_path):
+    out = _run_tiny(tmp_path, "off", "--no-normalize")
+    assert tomllib.loads((out / "config.toml").read_text())["normalize"] is False
+    model = wheretolearn.load_model(out)
+    assert model.normalize is False and not bool(model.norm_fitted)
+    assert torch.equal(model.in_std, torch.ones_like(model.in_std))
