@@ -17,8 +17,19 @@ Results in ``benchmarks/results/reproduction/mixture_selection.json``; the chose
 configurations then run as ``reproduction <config>_mixture`` like the Gaussian ones.
 
 ``reproduction <config>_particles`` runs the particle family (issue 25) the same way
-(``examples/<config>_particles.toml``; its trial files keep the particles under
-``learned.points`` and the smoothing under ``smoothing``).
+(``examples/<config>_particles.toml``; its trial files keep the learned particles once, under
+``learned.points`` as float32 decimals on one line, and the smoothing under ``smoothing``;
+the starting particles are not stored, see :func:`compact_trial`). ``compact`` rewrites
+existing trial files in that form.
+
+``family-selection``: ``family = "best"`` on the committed trials of each paper
+configuration: per trial, the family whose reported distribution has the lowest *seen* error
+at N = 1024 (the study's start-check draws), and that family's unseen error
+(:func:`family_selection`; ``family_selection.json``).
+
+``evaluate-at``: the committed trials of each paper configuration (every baseline and every
+family's reported distribution) evaluated at another N, e.g. 4096 (:func:`evaluate_at`;
+``n4096.json``).
 
 ``robustness``: configurations outside the paper's four (other dimensions, meta-test seeds,
 learning rates 10x the paper's), one run each, to check that the reported distribution is
@@ -29,6 +40,10 @@ Runs with one torch thread; run under ``nice`` on a shared machine. Usage::
     python benchmarks/reproduce_bilevel.py reproduction friedman1 [--trials 0 1 2 3 4]
     python benchmarks/reproduce_bilevel.py mixture-selection [friedman2 ...]
     python benchmarks/reproduce_bilevel.py robustness [--only NAME ...]
+    python benchmarks/reproduce_bilevel.py compact      # particle trial files: points once
+    python benchmarks/reproduce_bilevel.py family-selection [sobol_g ...]   # best of three
+    python benchmarks/reproduce_bilevel.py evaluate-at rkhs friedman2 --n 4096 [--trials ...]
+    python benchmarks/reproduce_bilevel.py particle-selection friedman1   # lr, on the seen split
 """
 
 from __future__ import annotations
@@ -132,8 +147,68 @@ def reproduction(name: str, trial: int, sparse: bool = False) -> Path:
     out = RESULTS / name
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"trial{trial}.json"
-    path.write_text(json.dumps(to_jsonable(summary), indent=1, allow_nan=False))
+    path.write_text(trial_json(summary))
     return path
+
+
+#: Stands in for ``learned.points`` while the rest of a trial file is indented.
+_POINTS_SENTINEL = "@@learned-points@@"
+
+
+def _float32_text(values) -> list:
+    """Nested lists of float32 values as the shortest decimals that read back to the same
+    float32 (``str(numpy.float32)``): exact for the study's float32 particles."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float32)
+    return [[float(str(v)) for v in row] for row in arr]
+
+
+def compact_trial(summary: dict) -> dict:
+    """A particle trial's summary with its points stored once: ``learned.points`` stay (as
+    float32 decimals, exact for the float32 run; the N = 4096 evaluation and the tables can
+    rebuild the learned measure from them), ``initial.points`` go (the start is M of the
+    pooled seen meta-test samples, drawn from the trial's seeds: rebuilt by
+    ``particle_start`` of the study; its mean / cov / smoothing stay). Other families are
+    unchanged. The study's own ``summary.json`` and ``model.pt`` keep everything."""
+    out = dict(summary)
+    for key in ("learned", "initial"):
+        m = out.get(key)
+        if isinstance(m, dict) and "points" in m:
+            m = dict(m)
+            if key == "learned":
+                m["points"] = _float32_text(m["points"])
+                m["points_dtype"] = "float32"
+            else:
+                m.pop("points")
+                m["points_omitted"] = ("the M particles the descent started from: "
+                                       f"particle_init = {summary.get('particle_init')!r}, "
+                                       "drawn from the trial's seeds (rebuilt by the study)")
+            out[key] = m
+    return out
+
+
+def trial_json(summary: dict) -> str:
+    """The text of a trial file: indented JSON, the particles (if any) one compact line."""
+    data = to_jsonable(compact_trial(summary))
+    points = (data.get("learned") or {}).get("points")
+    if points is None:
+        return json.dumps(data, indent=1, allow_nan=False)
+    data["learned"]["points"] = _POINTS_SENTINEL
+    text = json.dumps(data, indent=1, allow_nan=False)
+    return text.replace(json.dumps(_POINTS_SENTINEL),
+                        json.dumps(points, separators=(",", ":"), allow_nan=False), 1)
+
+
+def _needs_compaction(summary: dict) -> bool:
+    learned, initial = summary.get("learned") or {}, summary.get("initial") or {}
+    return "points" in initial or ("points" in learned and "points_dtype" not in learned)
+
+
+def compact_existing(paths: list[Path]) -> None:
+    """Rewrite committed trial files in the compact form (idempotent)."""
+    for path in paths:
+        path.write_text(trial_json(json.loads(path.read_text())))
 
 
 def seen_error_at(summary: dict, cfg: dict, n: int, draws: int) -> float:
@@ -143,16 +218,13 @@ def seen_error_at(summary: dict, cfg: dict, n: int, draws: int) -> float:
 
     from wheretolearn.design import make_metatest, resolve_study_config
     from wheretolearn.design.evaluation import fit_and_score, source_seed
-    from wheretolearn.measures import Gaussian, GaussianMixture
     from wheretolearn.problems import get_problem
 
     rc = resolve_study_config(cfg)
     problem = get_problem(rc.problem, dim=rc.dim)
     mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
                        n_unseen=rc.n_unseen, seed=rc.seed, dtype=torch.float32)
-    learned = summary["learned"]
-    measure = (GaussianMixture.from_dict(learned, dtype=torch.float64) if "weights" in learned
-               else Gaussian(learned["mean"], learned["cov"], dtype=torch.float64))
+    measure = _learned_measure(summary["learned"], torch.float64)
     errs = []
     for r in range(draws):
         g = torch.Generator().manual_seed(source_seed(rc.seed, 7, summary["trial"], r))
@@ -203,6 +275,191 @@ def mixture_selection(names: list[str]) -> Path:
     return path
 
 
+#: The families of each paper configuration, by its trial folder (``family = "best"``).
+FAMILY_FOLDERS = {"gaussian": "{name}", "mixture": "{name}_mixture",
+                  "particles": "{name}_particles"}
+
+
+def _learned_measure(learned: dict, dtype):
+    from wheretolearn.measures import Gaussian, GaussianMixture
+    from wheretolearn.measures.empirical import ParticleMeasure
+
+    if "points" in learned:
+        return ParticleMeasure.from_dict(learned, dtype=dtype)
+    if "weights" in learned:
+        return GaussianMixture.from_dict(learned, dtype=dtype)
+    import torch
+
+    return Gaussian(torch.tensor(learned["mean"], dtype=dtype),
+                    torch.tensor(learned["cov"], dtype=dtype), dtype=dtype)
+
+
+def family_selection(names: list[str]) -> Path:
+    """``family = "best"`` applied to the committed trials: for each paper configuration and
+    trial, the seen-split error at N = ``eval_n[0]`` (1024) of every family's reported
+    distribution, with the draws and seeds of the study's start check (the score
+    ``family = "best"`` compares: ``selection_seen_error``); the family with the lowest seen
+    error is that trial's pick and its *unseen* error (the trial file's, never used to pick)
+    is the pick's. Only trials every family has are used. Results in
+    ``benchmarks/results/reproduction/family_selection.json``; the table script reads it."""
+    import torch
+
+    from wheretolearn._validation import resolve_dtype
+    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design.evaluation import fit_and_score, source_seed
+    from wheretolearn.design.study import _CHECK_DRAWS, _trial_seed
+    from wheretolearn.problems import get_problem
+
+    path = RESULTS / "family_selection.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    for name in names:
+        folders = {fam: RESULTS / pattern.format(name=name)
+                   for fam, pattern in FAMILY_FOLDERS.items()}
+        folders = {f: d for f, d in folders.items() if any(d.glob("trial*.json"))}
+        trials = sorted(set.intersection(*(
+            {int(q.stem.removeprefix("trial")) for q in d.glob("trial*.json")}
+            for d in folders.values())))
+        rc = resolve_study_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+        dtype = resolve_dtype(rc.dtype)
+        problem = get_problem(rc.problem, dim=rc.dim)
+        mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
+                           n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+        n = 1024
+        per_trial = []
+        for trial in trials:
+            seen, unseen = {}, {}
+            for fam, folder in folders.items():
+                summary = json.loads((folder / f"trial{trial}.json").read_text())
+                assert summary["metatest"]["seed"] == rc.seed and summary["problem"] == rc.problem
+                measure = _learned_measure(summary["learned"], dtype)
+                errs = []
+                for r in range(_CHECK_DRAWS):
+                    g = torch.Generator().manual_seed(
+                        source_seed(_trial_seed(rc.seed, trial, 2), 3, r))
+                    x = measure.sample(n, generator=g).detach()
+                    err, _ = fit_and_score(problem, mt, x, bandwidth=rc.bandwidth,
+                                           ridge=rc.eval_ridge, dtype=rc.eval_dtype,
+                                           split="seen", kernel=rc.kernel)
+                    errs.append(err)
+                seen[fam] = sum(errs) / len(errs)
+                unseen[fam] = summary["baselines"]["optimized"][str(n)]
+            pick = min(seen, key=seen.get)
+            per_trial.append({"trial": trial, "seen_error": seen, "unseen_error_not_used": unseen,
+                              "chosen": pick, "chosen_unseen_error": unseen[pick]})
+            print(name, json.dumps(per_trial[-1]), flush=True)
+        rows[name] = {
+            "criterion": (f"seen error at N = {n} of each family's reported distribution, mean "
+                          f"of {_CHECK_DRAWS} draws with the study's start-check seeds (lower "
+                          "wins, per trial); the unseen error is recorded, never used"),
+            "families": {f: str(d.relative_to(ROOT)) for f, d in folders.items()},
+            "trials": trials, "per_trial": per_trial}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+    return path
+
+
+def evaluate_at(names: list[str], n: int, trials: list[int]) -> Path:
+    """Every baseline and every family's reported distribution of the committed trials of
+    each paper configuration, evaluated at N = ``n`` (one draw per source and trial, the
+    seeds the study would use for that N: ``source_seed(trial seed, name, N, 0)``, so the
+    cells are those a study with ``eval_n = [1024, n]`` would have written; the learned
+    distributions are rebuilt from the trial files). Each fit is timed. Results in
+    ``benchmarks/results/reproduction/n<n>.json``, written after every trial; cells already
+    there are kept (a rerun adds only new families' trials)."""
+    from wheretolearn._validation import resolve_dtype
+    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design.baselines import make_sources
+    from wheretolearn.design.evaluation import evaluate_sources
+    from wheretolearn.design.study import _normal_gaussian, _trial_seed
+    from wheretolearn.problems import get_problem
+
+    path = RESULTS / f"n{n}.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    for name in names:
+        rc = resolve_study_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+        dtype = resolve_dtype(rc.dtype)
+        problem = get_problem(rc.problem, dim=rc.dim)
+        mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
+                           n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+        row = rows.setdefault(name, {"n": n, "repeats": 1, "trials": {}})
+        for trial in trials:
+            done = row["trials"].get(str(trial), {"errors": {}, "seconds": {}})
+            cells, seconds = done["errors"], done["seconds"]   # cells already there are kept
+            for fam, pattern in FAMILY_FOLDERS.items():
+                f = RESULTS / pattern.format(name=name) / f"trial{trial}.json"
+                if not f.exists():
+                    continue
+                summary = json.loads(f.read_text())
+                final = _learned_measure(summary["learned"], dtype)
+                names_here = [k for k in ["optimized"] + (list(rc.baselines)
+                                                          if fam == "gaussian" else [])
+                              if (f"optimized:{fam}" if k == "optimized" else k) not in cells]
+                if not names_here:
+                    continue
+                sources = make_sources(names_here, init=_normal_gaussian(rc, dtype), final=final,
+                                       metatest=mt, bandwidth=rc.bandwidth, ridge=rc.eval_ridge)
+
+                def timed(rec, fam=fam, cells=cells, seconds=seconds, name=name, trial=trial):
+                    key = f"optimized:{fam}" if rec["source"] == "optimized" else rec["source"]
+                    cells[key], seconds[key] = rec["error"], rec["seconds"]
+                    print(name, trial, key, f"{rec['error']:.5f}", f"{rec['seconds']:.1f}s",
+                          flush=True)
+
+                evaluate_sources(problem, mt, sources, [n], repeats=1, bandwidth=rc.bandwidth,
+                                 ridge=rc.eval_ridge, seed=_trial_seed(rc.seed, trial, 2),
+                                 dtype=rc.eval_dtype, callback=timed, num_threads=1,
+                                 kernel=rc.kernel)
+            row["trials"][str(trial)] = {"errors": cells, "seconds": seconds}
+            row["machine"] = "shared 2-core machine, 1 torch thread, other jobs running"
+            path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+    return path
+
+
+#: Learning rates ``particle-selection`` tries per configuration (the paper's Gaussian lr and
+#: 10x / 100x it), all judged on the seen split.
+PARTICLE_CANDIDATES = {
+    "friedman1": {f"lr {lr:g}": {"lr": lr} for lr in (5e-4, 5e-3, 5e-2)},
+    "friedman2": {f"lr {lr:g}": {"lr": lr} for lr in (2.5e-7, 2.5e-6, 2.5e-5)},
+}
+
+
+def particle_selection(names: list[str]) -> Path:
+    """Trial 0 of each particle candidate (``examples/<config>_particles.toml`` with the
+    candidate's overrides), scored by the seen-split error at N = 1024 (as
+    ``mixture-selection``); the unseen error is recorded beside it, never used. Results in
+    ``benchmarks/results/reproduction/particle_selection.json``, written after every run."""
+    path = RESULTS / "particle_selection.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    for name in names:
+        base = tomllib.loads((ROOT / "examples" / f"{name}_particles.toml").read_text())
+        row = rows.setdefault(name, {"candidates": {}, "criterion": (
+            f"seen error at N = 1024, mean of {SELECTION_DRAWS} draws (lower wins)")})
+        for label, over in PARTICLE_CANDIDATES[name].items():
+            if label in row["candidates"]:
+                continue
+            cfg = {**base, **over, "trials": 1, "trial_offset": 0, **REPRO_EVAL,
+                   **MIXTURE_EVAL, "bilevel_options": SPARSE_LOGGING}
+            tmp = Path(tempfile.mkdtemp(prefix=f"pselect-{name}-"))
+            t0 = time.perf_counter()
+            try:
+                s = _study(cfg, tmp / "run")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            row["candidates"][label] = {
+                "settings": over,
+                "seen_error_1024": seen_error_at(s, cfg, 1024, SELECTION_DRAWS),
+                "unseen_error_1024_not_used": s["baselines"]["optimized"]["1024"],
+                "initial_seen_error": s["initial_seen_error"],
+                "reported_seen_error": s["reported_seen_error"], "best_step": s["best_step"],
+                "collapse": s["collapse"], "wall_seconds": time.perf_counter() - t0}
+            print(name, label, json.dumps(row["candidates"][label]), flush=True)
+            row["chosen"] = min(row["candidates"],
+                                key=lambda k: row["candidates"][k]["seen_error_1024"])
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+    return path
+
+
 def robustness(only: list[str] | None) -> Path:
     path = RESULTS / "robustness.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
@@ -239,11 +496,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("reproduction", "mixture-selection", "robustness"))
+    ap.add_argument("what", choices=("reproduction", "mixture-selection", "robustness",
+                                     "compact", "family-selection", "evaluate-at",
+                                     "particle-selection"))
     ap.add_argument("configs", nargs="*", help=f"reproduction: any of {', '.join(CONFIGS)}")
     ap.add_argument("--trials", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                     help="trial indices to run (each its own study)")
     ap.add_argument("--only", nargs="*", help="robustness: run only these rows")
+    ap.add_argument("--n", type=int, default=4096, help="evaluate-at: the training-set size")
     args = ap.parse_args()
     if args.what == "reproduction":
         names = args.configs or CONFIGS
@@ -260,6 +520,17 @@ def main() -> None:
             raise SystemExit(f"error: unknown config {bad[0]!r}; choose from "
                              f"{', '.join(PAPER_CONFIGS)}")
         print(mixture_selection(list(names)), flush=True)
+    elif args.what == "particle-selection":
+        print(particle_selection(list(args.configs or PARTICLE_CANDIDATES)), flush=True)
+    elif args.what == "evaluate-at":
+        print(evaluate_at(list(args.configs or PAPER_CONFIGS), args.n, args.trials), flush=True)
+    elif args.what == "family-selection":
+        print(family_selection(list(args.configs or PAPER_CONFIGS)), flush=True)
+    elif args.what == "compact":
+        paths = [p for p in sorted(RESULTS.glob("*/trial*.json"))
+                 if _needs_compaction(json.loads(p.read_text()))]
+        compact_existing(paths)
+        print("\n".join(str(p) for p in paths), flush=True)
     else:
         print(robustness(args.only), flush=True)
 

@@ -257,3 +257,32 @@ def test_best_family_runs_all_three(tmp_path):
     for fam in ("gaussian", "mixture", "particles"):
         assert (tmp_path / "best" / "families" / fam / "summary.json").is_file()
     assert (tmp_path / "best" / "model.pt").is_file()
+
+
+def test_best_family_run_is_replaced_with_overwrite(tmp_path):
+    """A ``family = "best"`` folder (sub-runs under ``families/<name>/``) is the project's
+    own: ``overwrite`` replaces it; a file of the user's anywhere in it still refuses."""
+    import pytest
+
+    from wheretolearn._ownership import owner
+
+    cfg = {**TINY, "family": "best", "steps": 2, "eval_n": [24]}
+    out = tmp_path / "best"
+    run_bilevel_study(cfg, out, progress=False)
+    assert owner(out) == ("run", [])
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_bilevel_study(cfg, out, progress=False)
+    (out / "families" / "gaussian" / "summary.json").write_text("{}")  # stale, ours
+    s = run_bilevel_study(cfg, out, progress=False, overwrite=True)
+    assert json.loads((out / "families" / "gaussian" / "summary.json").read_text())
+    assert s["family_selection"]["chosen"] in ("gaussian", "mixture", "particles")
+    for extra in (out / "families" / "gaussian" / "notes.txt",
+                  out / "families" / "gaussian" / "families" / "x" / "summary.json"):
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_text("mine")
+        kind, foreign = owner(out)
+        assert kind == "run" and foreign, extra
+        with pytest.raises(FileExistsError, match="did not write"):
+            run_bilevel_study(cfg, out, progress=False, overwrite=True)
+        assert extra.read_text() == "mine"
+        extra.unlink()
