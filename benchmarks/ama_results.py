@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
 
 
 def run(problems: list[str], repeats: int, family: str = "single",
@@ -53,6 +54,8 @@ def write(summary: dict) -> Path:
 
 
 def _cell(c: dict) -> str:
+    if c["lo"] == c["hi"]:      # one repeat: no interval
+        return f"{c['mean']:.3f} (1 run)"
     return f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
 
 
@@ -149,7 +152,10 @@ def main() -> None:
                    help="burgers: active-learning baselines (qbc coreset random)")
     w = sub.add_parser("write", help="store the summary.json of a finished study folder")
     w.add_argument("run_dir", type=Path)
-    sub.add_parser("table")
+    t = sub.add_parser("table")
+    t.add_argument("--write", action="store_true",
+                   help="also replace the tables between the ama-table markers of README.md "
+                        "and docs/ama.md")
     args = ap.parse_args()
     if args.cmd == "run":
         import torch
@@ -163,6 +169,27 @@ def main() -> None:
     print(learned_table())
     print()
     print(compare_table())
+    if args.cmd == "table" and args.write:
+        write_docs()
+
+
+#: Where the generated tables live: (file, marker, tables).
+DOCS = ((ROOT / "README.md", "ama-table", ("table",)),
+        (ROOT / "docs" / "ama.md", "ama-table", ("table", "learned_table")))
+
+
+def write_docs() -> None:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
+    for path, name, parts in DOCS:
+        text = path.read_text()
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"{path}: markers {start} ... {end} not found")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        body = "\n\n".join(globals()[part]() for part in parts)
+        path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+        print(f"wrote {path} ({name})")
 
 
 if __name__ == "__main__":
