@@ -211,6 +211,25 @@ def compact_existing(paths: list[Path]) -> None:
         path.write_text(trial_json(json.loads(path.read_text())))
 
 
+def _selection_study(cfg: dict, prefix: str) -> tuple[dict, float]:
+    """One candidate's study in a temporary folder: ``(summary, wall seconds)``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    t0 = time.perf_counter()
+    try:
+        s = _study(cfg, tmp / "run")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return s, time.perf_counter() - t0
+
+
+def _selection_record(s: dict, cfg: dict, over: dict) -> dict:
+    """What every selection row records: the settings, the seen error at N = 1024 (the
+    criterion) and the unseen one (stored, never used to choose)."""
+    return {"settings": over,
+            "seen_error_1024": seen_error_at(s, cfg, 1024, SELECTION_DRAWS),
+            "unseen_error_1024_not_used": s["baselines"]["optimized"]["1024"]}
+
+
 def seen_error_at(summary: dict, cfg: dict, n: int, draws: int) -> float:
     """Seen-split error of KRR on ``n`` draws of the learned distribution of ``summary``
     (mean of ``draws`` fits; seeds apart from the evaluation's)."""
@@ -246,18 +265,11 @@ def mixture_selection(names: list[str]) -> Path:
         for label, over in {**MIXTURE_CANDIDATES, **EXTRA_CANDIDATES.get(name, {})}.items():
             cfg = {**base, "family": "mixture", **over, "trials": 1, "trial_offset": 0,
                    **REPRO_EVAL, **MIXTURE_EVAL, "bilevel_options": SPARSE_LOGGING}
-            tmp = Path(tempfile.mkdtemp(prefix=f"select-{name}-"))
-            t0 = time.perf_counter()
-            try:
-                s = _study(cfg, tmp / "run")
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            s, seconds = _selection_study(cfg, f"select-{name}-")
             row["candidates"][label] = {
-                "settings": over,
-                "seen_error_1024": seen_error_at(s, cfg, 1024, SELECTION_DRAWS),
-                "unseen_error_1024_not_used": s["baselines"]["optimized"]["1024"],
+                **_selection_record(s, cfg, over),
                 "reported_seen_error_n250": s["reported_seen_error"],
-                "collapse": s["collapse"], "wall_seconds": time.perf_counter() - t0}
+                "collapse": s["collapse"], "wall_seconds": seconds}
             print(name, label, json.dumps(row["candidates"][label]), flush=True)
         row["chosen"] = min(row["candidates"],
                             key=lambda k: row["candidates"][k]["seen_error_1024"])
@@ -439,19 +451,12 @@ def particle_selection(names: list[str]) -> Path:
                 continue
             cfg = {**base, **over, "trials": 1, "trial_offset": 0, **REPRO_EVAL,
                    **MIXTURE_EVAL, "bilevel_options": SPARSE_LOGGING}
-            tmp = Path(tempfile.mkdtemp(prefix=f"pselect-{name}-"))
-            t0 = time.perf_counter()
-            try:
-                s = _study(cfg, tmp / "run")
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            s, seconds = _selection_study(cfg, f"pselect-{name}-")
             row["candidates"][label] = {
-                "settings": over,
-                "seen_error_1024": seen_error_at(s, cfg, 1024, SELECTION_DRAWS),
-                "unseen_error_1024_not_used": s["baselines"]["optimized"]["1024"],
+                **_selection_record(s, cfg, over),
                 "initial_seen_error": s["initial_seen_error"],
                 "reported_seen_error": s["reported_seen_error"], "best_step": s["best_step"],
-                "collapse": s["collapse"], "wall_seconds": time.perf_counter() - t0}
+                "collapse": s["collapse"], "wall_seconds": seconds}
             print(name, label, json.dumps(row["candidates"][label]), flush=True)
             row["chosen"] = min(row["candidates"],
                                 key=lambda k: row["candidates"][k]["seen_error_1024"])
