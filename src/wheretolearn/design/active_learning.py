@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from .._validation import as_tensor, check_positive_int, torch_generator
+from ..models.operator_training import first_real_parameter
 
 __all__ = [
     "QUERY_STRATEGIES",
@@ -110,14 +111,10 @@ def _check_batch(batch_size: Any, n_pool: int, n_labelled: int) -> int:
 
 
 def _model_dtype(model: Any, x: torch.Tensor) -> tuple[torch.dtype, torch.device]:
-    """Dtype and device of ``model``'s first real parameter (complex spectral weights of an
-    FNO do not count), else those of ``x``."""
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            if p.is_floating_point():
-                return p.dtype, p.device
-    return x.dtype, x.device
+    """Dtype and device of ``model``'s first real parameter, else those of ``x``."""
+    has_params = callable(getattr(model, "parameters", None))
+    first = first_real_parameter(model) if has_params else None
+    return (x.dtype, x.device) if first is None else (first.dtype, first.device)
 
 
 def _apply(fn: Callable[[torch.Tensor], torch.Tensor], model: Any,

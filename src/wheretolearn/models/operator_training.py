@@ -34,7 +34,8 @@ import torch
 from .._validation import (as_tensor, check_nonnegative_int, check_positive_float,
                            check_positive_int, torch_generator)
 
-__all__ = ["TrainConfig", "TrainResult", "relative_l2_loss", "train_operator"]
+__all__ = ["TrainConfig", "TrainResult", "first_real_parameter", "relative_l2_loss",
+           "train_operator"]
 
 
 @dataclass
@@ -105,6 +106,12 @@ class TrainResult:
     initial_val_loss: float = float("inf")
 
 
+def first_real_parameter(model: torch.nn.Module) -> torch.Tensor | None:
+    """The model's first floating-point parameter (its dtype and device are the model's), or
+    None: the complex spectral weights of an FNO, registered first, do not name them."""
+    return next((p for p in model.parameters() if p.is_floating_point()), None)
+
+
 def relative_l2_loss(pred: torch.Tensor, target: torch.Tensor,
                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over samples of ``||pred_b - target_b||_q / ||target_b||_q``.
@@ -162,8 +169,7 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     """
     cfg = config or TrainConfig()
     n_steps = cfg.steps if steps is None else check_positive_int(steps, "steps")
-    # the first real parameter: complex spectral weights (FNO) do not name the model's dtype
-    first = next(p for p in model.parameters() if p.is_floating_point())
+    first = first_real_parameter(model)
     dtype, device = first.dtype, first.device
     xt = as_tensor(x, "x", dtype=dtype).to(device)
     yt = as_tensor(y, "y", dtype=dtype).to(device)

@@ -37,6 +37,7 @@ from torch import nn
 
 from .._validation import check_bounds, check_finite, check_positive_float, check_positive_int
 from ..models.mlp import MLP
+from ..models.operator_training import first_real_parameter
 from ..report.metrics import tail_summary
 from .buffers import Buffer, Sample, stack_samples
 
@@ -174,7 +175,7 @@ class OnlineTrainer:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+        self.dtype = first_real_parameter(model).dtype
         self.hyper = {
             "lr": check_positive_float(lr, "lr"),
             "weight_decay": check_positive_float(weight_decay, "weight_decay", allow_zero=True),
