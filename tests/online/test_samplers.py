@@ -170,6 +170,31 @@ def test_a_subclass_needs_only_draw_and_reset():
     np.testing.assert_array_equal(s.ask(2), np.tile(BOUNDS[:, 0], (2, 1)))
     # boundary_share (issue 23) is part of every sampler's state: a resume keeps the design.
     assert set(s.state_dict()) == {"name", "seed", "n_drawn", "bounds", "boundary_share"}
+    # every hook the engine calls is declared with a no-op default (issue 27, item 3)
+    assert not s.adaptive
+    s.tell([0, 1], [0, 0], [1.0, 2.0])
+    s.simulation_finished(0, completed=False)
+    assert s.importance_weights() is None and s.weights_for([0, 1]) is None
+    assert s.metrics() == {}
+    assert s.write_report("/nonexistent", []) is None                # writes nothing
+
+
+def test_the_engine_never_probes_a_sampler_with_hasattr_or_getattr():
+    """The sampler contract is declared on ParameterSampler: no module of the online
+    package asks ``hasattr(sampler, ...)`` / ``getattr(sampler, ..., default)``."""
+    import ast
+    from pathlib import Path
+
+    import wheretolearn.online as online
+
+    found = []
+    for path in sorted(Path(online.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("hasattr", "getattr") and node.args
+                    and "sampler" in ast.unparse(node.args[0])):
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found
 
 
 # -- boundary_share (issue 23, item 3): a share of face and corner points -----------------------

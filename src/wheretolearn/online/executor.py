@@ -459,7 +459,5 @@ class EnsembleExecutor:
             self._submit(act.sim_id)
 
     def _notify_finished(self, sim_id: int, completed: bool) -> None:
-        hook = getattr(self.sampler, "simulation_finished", None)
-        if hook is not None:
-            with self.sampler_lock:
-                hook(sim_id, completed=completed)
+        with self.sampler_lock:
+            self.sampler.simulation_finished(sim_id, completed=completed)

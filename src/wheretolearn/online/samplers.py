@@ -12,6 +12,15 @@ Samplers follow an *ask / tell* protocol (as in optuna):
 * ``simulation_finished(sim_id, completed=...)`` tells when a simulation ended (an adaptive
   sampler only breeds once enough simulations have finished).
 
+Every hook the online study, the lockstep comparison or the executor calls is declared on
+:class:`ParameterSampler` with a documented no-op default, so a new sampler implements
+``_reset`` and ``_draw_unit`` and overrides only the hooks it needs: ``tell``,
+``simulation_finished``, ``importance_weights`` (ledger weights; default ``None``: the draws
+follow the target design), ``weights_for`` (training-loss weights of a batch; default
+``None``: unweighted), ``metrics`` (scalars for ``metrics.jsonl``; default none) and
+``write_report`` (the sampler's own files in the run folder; default none). The engine never
+probes a sampler with ``hasattr``.
+
 Static samplers draw points of the unit cube ``[0, 1)^d`` and scale them to the bounds::
 
     theta = low + u * (high - low)
@@ -214,7 +223,30 @@ class ParameterSampler(ABC):
         self._check_tell(sim_ids, steps, losses)
 
     def simulation_finished(self, sim_id: int, *, completed: bool = True) -> None:
-        """Hook called when simulation ``sim_id`` ended (``completed=False``: it failed)."""
+        """Hook called when simulation ``sim_id`` ended (``completed=False``: it failed).
+        Default: nothing."""
+
+    def importance_weights(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Importance weights of the drawn simulations with respect to the target design,
+        ``(sim_ids (N,), w (N,))``, recorded in the ledger at each checkpoint. Default
+        ``None``: the draws follow the target design (every weight would be 1)."""
+        return None
+
+    def weights_for(self, sim_ids: Any) -> np.ndarray | None:
+        """Training-loss weights ``(B,)`` of one batch whose samples came from simulations
+        ``sim_ids`` (B,), used when ``[sampler] weighted`` is set. Default ``None``: the batch
+        is trained unweighted."""
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars added to each ``metrics.jsonl`` record (names prefixed ``sampler_``).
+        Default: none."""
+        return {}
+
+    def write_report(self, run_dir: Any, history: Any) -> None:
+        """Write the sampler's own files (tables, figures) into the run folder ``run_dir`` at
+        the end of a study; ``history`` is the list of the run's metrics records. Default:
+        nothing."""
 
     @staticmethod
     def _check_tell(sim_ids: Any, steps: Any, losses: Any

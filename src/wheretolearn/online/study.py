@@ -288,8 +288,9 @@ class OnlineStudy:
         # a sampler that drew for a simulation its ledger lacks would skip that draw on resume.
         with self.sampler_lock, lock:
             buffer_state = self.buffer.state_dict()
-            if hasattr(self.sampler, "importance_weights"):
-                self.ledger.set_weights(*self.sampler.importance_weights())
+            weights = self.sampler.importance_weights()
+            if weights is not None:
+                self.ledger.set_weights(*weights)
             ledger_state = self.ledger.state_dict()
             duplicated = self.counters["samples_duplicated"]
             delivered = {str(k): v.hex() for k, v in self._delivered.items()}
@@ -444,7 +445,7 @@ class OnlineStudy:
         batch that arrived at ``t1`` (monotonic seconds)."""
         cfg, trainer = self.config, self.trainer
         out = trainer.train_batch(batch, weights=self._loss_weights(batch))
-        if getattr(self.sampler, "adaptive", False):
+        if self.sampler.adaptive:
             key = ("per_sample_nrmse" if cfg.sampler.fitness_loss == "nrmse"
                    else "per_sample_loss")
             with self.sampler_lock:
@@ -460,7 +461,7 @@ class OnlineStudy:
         """Importance weights (B,) of the batch's simulations with ``[sampler] weighted``
         (Breed: unbiased training for the base design; mean 1 over the batch, capped at
         ``weight_cap`` times it), else None."""
-        if not (self.config.sampler.weighted and hasattr(self.sampler, "weights_for")):
+        if not self.config.sampler.weighted:
             return None
         with self.sampler_lock:
             return self.sampler.weights_for([s.sim_id for s in batch])
@@ -490,9 +491,8 @@ class OnlineStudy:
                       for k in ("train", "validation", "checkpoint", "idle")}}
             if val is not None:
                 rec.update({f"val_{k}": float(v) for k, v in val.items()})
-            if hasattr(self.sampler, "metrics"):
-                with self.sampler_lock:
-                    rec.update(self.sampler.metrics())
+            with self.sampler_lock:
+                rec.update(self.sampler.metrics())
             self._append_metrics(rec)
             losses.clear()
         if b % cfg.checkpoint.every_batches == 0:
@@ -515,12 +515,8 @@ class OnlineStudy:
         tmp.write_text(json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, self.run_dir / "summary.json")
         self._figure()
-        if hasattr(self.sampler, "diagnostics"):
-            from .breed_report import write_breed_report
-
-            with self.sampler_lock:
-                diagnostics = self.sampler.diagnostics()
-            write_breed_report(diagnostics, self._history, self.run_dir)
+        with self.sampler_lock:
+            self.sampler.write_report(self.run_dir, self._history)
         from .._ownership import list_tree, write_marker
 
         # every path the run wrote: ``--overwrite`` may replace exactly these, nothing else
