@@ -53,6 +53,23 @@ def test_normalised_fitness_and_ess():
     assert effective_sample_size([1, 1, 1, 1]) == pytest.approx(4.0)
     assert effective_sample_size([1, 0, 0, 0]) == pytest.approx(1.0)
     assert effective_sample_size([3, 1]) == pytest.approx(16 / 10)
+    # selection power p: (f - min f)^p normalised; p = 2 on gaps 0, 1, 3 gives 0, 1/10, 9/10
+    np.testing.assert_allclose(normalised_fitness([1.0, 2.0, 4.0], 2.0), [0, 0.1, 0.9])
+    np.testing.assert_allclose(normalised_fitness([2.0, 2.0], 3.0), [0.5, 0.5])
+
+
+def test_selection_power_sharpens_the_parent_choice_of_a_resampling():
+    probs = {}
+    for p in (1.0, 3.0):
+        s = _sampler(window=4, selection_power=p, min_candidates=2)
+        s.ask(4)
+        s.tell(np.arange(4), np.zeros(4), np.array([0.0, 1.0, 2.0, 4.0]))
+        assert s.resample()
+        probs[p] = s._proposals[-1]["probs"]
+    np.testing.assert_allclose(probs[1.0], [0, 1 / 7, 2 / 7, 4 / 7])
+    np.testing.assert_allclose(probs[3.0], np.array([0, 1, 8, 64]) / 73)
+    with pytest.raises(ValueError, match="selection_power"):
+        _sampler(selection_power=0.0)
 
 
 def test_parents_are_chosen_with_probability_proportional_to_normalised_fitness():

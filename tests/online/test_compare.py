@@ -198,6 +198,16 @@ def test_sampler_variants():
     a = sampler_config(cfg, "breed-retry-meanfit-batch-mse-r05").sampler  # the ablation
     assert (a.children, a.fitness_quantile, a.fitness_baseline, a.fitness_loss, a.r_start) == (
         "retry", "mean", "batch", "mse", 0.5)
+    # valued variants: one number each, integers where the option is a count
+    v = sampler_config(cfg, "breed-sigma0.05-rend0.9-window40-power2-quantile1").sampler
+    assert (v.sigma, v.r_end, v.window, v.selection_power, v.fitness_quantile) == (
+        0.05, 0.9, 40, 2.0, 1.0)
+    assert isinstance(v.window, int)
+    for bad in ("breed-sigma", "breed-sigmax", "breed-foo0.5", "breed-sigma0.05x"):
+        with pytest.raises(ValueError, match="unknown sampler variant"):
+            sampler_config(cfg, bad)
+    with pytest.raises(ValueError, match="sigma"):                        # out of range
+        sampler_config(cfg, "breed-sigma2")
     # the boundary share is the base design of every sampler, not a Breed option
     shared = cfg.with_overrides(**{"sampler.boundary_share": 0.25})
     assert sampler_config(shared, "uniform").sampler.boundary_share == 0.25

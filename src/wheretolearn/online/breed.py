@@ -147,13 +147,16 @@ def r_schedule(generation: int, r_start: float, r_end: float, r_break: int) -> f
     return float(r_start + (r_end - r_start) * min((generation - 1) / r_break, 1.0))
 
 
-def normalised_fitness(fitness: Any) -> np.ndarray:
-    """Parent probabilities ``(f - min f) / sum(f - min f)``, shape ``(K,)``; uniform when all
-    ``K`` fitnesses are equal."""
+def normalised_fitness(fitness: Any, power: float = 1.0) -> np.ndarray:
+    """Parent probabilities ``(f - min f)^p / sum (f - min f)^p``, shape ``(K,)``, with the
+    selection power ``p`` (1: the paper; larger: sharper); uniform when all ``K`` fitnesses
+    are equal."""
     f = np.asarray(fitness, dtype=np.float64).reshape(-1)
     if f.size == 0:
         raise ValueError("fitness must hold at least one value, got an empty array")
     g = f - f.min()
+    if power != 1.0:
+        g = (g / g.max()) ** power if g.max() > 0 else g
     total = g.sum()
     if not total > 0:
         return np.full(f.size, 1.0 / f.size)
@@ -312,6 +315,10 @@ class BreedSampler(ParameterSampler):
     fitness_quantile : float in (0, 1] or "mean"
         A simulation's fitness is this quantile of its recorded deviations (default 0.9), or
         their mean (the paper).
+    selection_power : float > 0
+        Parent probabilities ``(f - min f)^p`` normalised (:func:`normalised_fitness`);
+        1 is the paper's fitness-proportional choice, larger values favour the worst
+        simulations more.
     min_candidates : int >= 1
         A resampling waits until at least this many candidates exist (with one candidate
         every bred child of the generation would come from one parent).
@@ -339,7 +346,7 @@ class BreedSampler(ParameterSampler):
                  min_steps: int = 33, queue_size: int = 10, trigger: str = "period",
                  ess_threshold: float = 0.5, min_period: int = 20,
                  fitness_baseline: str = "batch", fitness_quantile: float | str = 0.9,
-                 min_candidates: int = 5, weight_cap: float = 10.0,
+                 selection_power: float = 1.0, min_candidates: int = 5, weight_cap: float = 10.0,
                  n_simulations: int | None = None, boundary_share: float = 0.0) -> None:
         super().__init__(bounds, seed=seed, boundary_share=boundary_share)
         if self.boundary_every == 1:
@@ -372,6 +379,7 @@ class BreedSampler(ParameterSampler):
             "min_period": check_positive_int(min_period, "min_period"),
             "fitness_baseline": fitness_baseline,
             "fitness_quantile": _check_quantile(fitness_quantile),
+            "selection_power": check_positive_float(selection_power, "selection_power"),
             "min_candidates": check_positive_int(min_candidates, "min_candidates"),
             "weight_cap": float(weight_cap),
             "n_simulations": (None if n_simulations is None
@@ -600,7 +608,8 @@ class BreedSampler(ParameterSampler):
         ids, _, fit = self.candidates()
         if len(ids) < 2:
             return False
-        self.last_ess_fraction = effective_sample_size(normalised_fitness(fit)) / len(ids)
+        self.last_ess_fraction = effective_sample_size(
+            normalised_fitness(fit, o["selection_power"])) / len(ids)
         return self.last_ess_fraction < o["ess_threshold"]
 
     def resample(self) -> bool:
@@ -615,7 +624,7 @@ class BreedSampler(ParameterSampler):
             return False
         o = self.options
         self.generation += 1
-        probs = normalised_fitness(fit)
+        probs = normalised_fitness(fit, o["selection_power"])
         ess = effective_sample_size(probs) / len(ids)
         r = r_schedule(self.generation, o["r_start"], o["r_end"], o["r_break"])
         prop = self._proposal_record(r, u.copy(), probs, ess=ess)
@@ -670,6 +679,13 @@ class BreedSampler(ParameterSampler):
                                        else float("nan")),
                 "sampler_bred": int(self._bred.sum()),
                 "sampler_copies": int(self._copy.sum())}
+
+    def write_report(self, run_dir: Any, history: Any) -> None:
+        """``sampler.json`` and ``figures/breed_*.png`` (:func:`.breed_report.write_breed_report`
+        of :meth:`diagnostics`)."""
+        from .breed_report import write_breed_report
+
+        write_breed_report(self.diagnostics(), history, run_dir)
 
     def diagnostics(self) -> dict:
         """Per draw (sim id, params, generation, bred, boundary, fitness, weight) and per

@@ -47,7 +47,10 @@ baseline), ``breed-meanfit`` (a simulation's fitness is the mean of its deviatio
 0.9 quantile), ``breed-retry`` (out-of-bounds children shrink sigma and are drawn again,
 not reflected), ``breed-r05`` / ``breed-r0`` (the bred share starts at R = 0.5, the paper and the
 default, or at 0, OGAS),
-in any combination (``breed-mse-batch``); the other Breed options come from the
+and valued variants that set one number, the option's short name followed by the value:
+``sigma`` (``breed-sigma0.05``), ``rstart``, ``rend``, ``window``, ``period``, ``quantile``
+(``fitness_quantile``) and ``power`` (``selection_power``), in any combination
+(``breed-mse-batch``, ``breed-sigma0.05-rend0.9``); the other Breed options come from the
 configuration's ``[sampler]`` table. The variants change one option each, so a comparison
 measures each change on its own.
 """
@@ -92,6 +95,10 @@ _VARIANTS = {"weighted": {"weighted": True}, "nrmse": {"fitness_loss": "nrmse"},
              "step": {"fitness_baseline": "step"}, "batch": {"fitness_baseline": "batch"},
              "meanfit": {"fitness_quantile": "mean"}, "retry": {"children": "retry"},
              "r05": {"r_start": 0.5}, "r0": {"r_start": 0.0}}
+#: Valued Breed variant: short name -> ``[sampler]`` key (``breed-sigma0.05`` sets sigma).
+_VALUED = {"sigma": "sigma", "rstart": "r_start", "rend": "r_end", "window": "window",
+           "period": "period", "quantile": "fitness_quantile", "power": "selection_power"}
+_VALUED_RE = re.compile(r"^(" + "|".join(_VALUED) + r")(\d+(?:\.\d*)?|\.\d+)$")
 _CACHE_VERSION = 1
 _LABELS = {"mean": "mean", "median": "median", "p95": "P95", "p99": "P99",
            "cvar99": "CVaR0.99", "max": "max"}
@@ -340,10 +347,12 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
     ``breed-weighted``); a non-Breed sampler drops the Breed options but keeps
     ``boundary_share``."""
     base, *variant = name.split("-")
-    unknown = set(variant) - set(_VARIANTS)
+    unknown = {v for v in variant if v not in _VARIANTS and not _VALUED_RE.match(v)}
     if unknown or (variant and base != "breed"):
         raise ValueError(f"unknown sampler variant {name!r}; use a sampler name or breed-"
-                         f"followed by any of {sorted(_VARIANTS)} joined with '-'")
+                         f"followed by any of {sorted(_VARIANTS)} or a valued variant "
+                         f"({', '.join(k + 'X' for k in _VALUED)}, e.g. breed-sigma0.05) "
+                         "joined with '-'")
     s = config.sampler
     if base != "breed":
         # the same base design (boundary points included) as every other sampler
@@ -353,7 +362,7 @@ def sampler_config(config: OnlineStudyConfig, name: str) -> OnlineStudyConfig:
         data = s.model_dump()
         data["name"] = "breed"
         for v in variant:
-            data.update(_VARIANTS[v])
+            data.update(_VARIANTS[v] if v in _VARIANTS else _valued_variant(v))
         section = SamplerSection.model_validate(data)
     return config.model_copy(update={"sampler": section})
 
@@ -392,6 +401,13 @@ def _errors(trainer: Any, val: ValidationSet, bounds: np.ndarray, chunk: int = 1
             err = np.linalg.norm(diff, axis=1) / np.linalg.norm(y, axis=1)
             out[i:i + len(p)] = err.reshape(len(p), t)
     return out
+
+
+def _valued_variant(token: str) -> dict:
+    """``{"sigma": 0.05}`` for ``"sigma0.05"`` (integers for ``window`` and ``period``)."""
+    key, value = _VALUED_RE.match(token).groups()
+    option = _VALUED[key]
+    return {option: int(float(value)) if option in ("window", "period") else float(value)}
 
 
 def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
@@ -452,9 +468,9 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     trainer = OnlineTrainer(model, lr=t.lr, weight_decay=t.weight_decay,
                             milestones=tuple(t.milestones), gamma=t.gamma, y_shift=shift,
                             y_scale=scale)
-    adaptive = getattr(sampler, "adaptive", False)
+    adaptive = sampler.adaptive
     key = "per_sample_nrmse" if cfg.sampler.fitness_loss == "nrmse" else "per_sample_loss"
-    weighted = cfg.sampler.weighted and hasattr(sampler, "weights_for")
+    weighted = cfg.sampler.weighted
     bs = t.batch_size
 
     def train_one() -> bool:
@@ -519,10 +535,10 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
            "batches": trainer.batches_seen, "samples_trained": trainer.samples_seen,
            "samples_generated": generated, "passes": trainer.samples_seen / generated,
            "simulations": launched, "seconds": time.perf_counter() - t0}
-    if hasattr(sampler, "diagnostics"):
-        m = sampler.metrics()
-        out.update(generations=int(m["sampler_generation"]), bred=int(m["sampler_bred"]),
-                   copies=int(m["sampler_copies"]))
+    m = sampler.metrics()
+    out.update({name: int(m[key]) for name, key in (("generations", "sampler_generation"),
+                                                     ("bred", "sampler_bred"),
+                                                     ("copies", "sampler_copies")) if key in m})
     return out
 
 

@@ -104,7 +104,8 @@ class SamplerSection(_Section):
     0.5 gives the better per-sample interior tail on heat (P99 1.10x vs 1.05x) and Gray-Scott
     (CVaR 1.23x vs 1.13x); nRMSE / step gives the better per-simulation tail on heat.
     ``fitness_quantile`` (a simulation's fitness is this quantile of its recorded
-    deviations, default 0.9; ``"mean"``: the paper's mean), ``weighted`` (weight the
+    deviations, default 0.9; ``"mean"``: the paper's mean), ``selection_power`` (parent
+    probabilities proportional to ``(f - min f)^p``; 1, the paper, by default), ``weighted`` (weight the
     training loss by the importance weights, unbiased for the base design) and
     ``weight_cap`` (those weights are normalised to mean 1 over each batch and capped at
     ``weight_cap`` times it, default 10). ``min_candidates``: a resampling waits for that
@@ -142,6 +143,7 @@ class SamplerSection(_Section):
     fitness_loss: Literal["mse", "nrmse"] = "mse"
     fitness_baseline: Literal["batch", "step"] = "batch"
     fitness_quantile: float | Literal["mean"] = 0.9
+    selection_power: float = Field(1.0, gt=0, le=100)
     min_candidates: int = Field(5, ge=1, le=10_000_000)
     weighted: bool = False
     weight_cap: float = Field(10.0, ge=1)
@@ -151,7 +153,7 @@ class SamplerSection(_Section):
         "base", "sigma", "children", "shrink", "max_tries", "period", "min_finished",
         "r_start", "r_end", "r_break", "window", "min_steps", "queue_size", "trigger",
         "ess_threshold", "min_period", "fitness_loss", "fitness_baseline", "fitness_quantile",
-        "min_candidates", "weighted", "weight_cap")
+        "selection_power", "min_candidates", "weighted", "weight_cap")
 
     @model_validator(mode="after")
     def _breed_only(self) -> "SamplerSection":
