@@ -1,8 +1,9 @@
 """``load_model(RUN_DIR)``: the trained surrogate of a finished run, ready to predict.
 
-* an online run (``wheretolearn online``): :class:`OnlineSurrogate`, ``model(params, steps)
-  -> fields`` in the simulation's units (the feature normalisation and the target scaling
-  of training are applied inside), from the newest complete checkpoint;
+* an online run (``wheretolearn online run``): :class:`OnlineSurrogate`,
+  ``model(params, steps) -> fields`` in the simulation's units (the feature normalisation
+  and the target scaling of training are applied inside), from the newest complete
+  checkpoint;
 * a bilevel run (``wheretolearn bilevel`` / ``demo``): the
   :class:`~wheretolearn.models.krr.KernelRidge` fitted on ``n`` samples of the learned
   Gaussian (default: the largest ``eval_n``), drawn with the seed of the study's first
@@ -249,7 +250,7 @@ def load_model(run_dir: str | Path, *, n: int | None = None, trust: bool = False
     Parameters
     ----------
     run_dir : path
-        A run folder written by ``wheretolearn online``, ``bilevel``/``demo`` or ``ama``.
+        A run folder written by ``wheretolearn online run``, ``bilevel``/``demo`` or ``ama``.
     n : int, optional
         Bilevel only: training samples of the refitted KRR (default: the largest ``eval_n``,
         whose training set the run recorded).

@@ -49,8 +49,20 @@ def test_every_option_states_its_default():
 
 
 def test_num_threads_on_every_computing_command():
-    for name in ("generate", "online", "bilevel", "demo"):
-        assert "--num-threads" in runner.invoke(app, [name, "--help"]).output, name
+    for path in (["generate"], ["online", "run"], ["bilevel"], ["demo"]):
+        assert "--num-threads" in runner.invoke(app, [*path, "--help"]).output, path
+
+
+def test_every_help_works():
+    """Every command and sub-command (``online run | resume | compare`` included) answers
+    ``--help`` with status 0 and its own usage line."""
+    paths = [path for path, _ in _commands()]
+    assert ["online", "run"] in paths and ["online", "resume"] in paths
+    assert ["online", "compare"] in paths
+    for path in paths:
+        res = runner.invoke(app, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        assert f"Usage: wheretolearn {' '.join(path)}".rstrip() in res.output, path
 
 
 def test_version_flag():

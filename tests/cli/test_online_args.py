@@ -1,4 +1,4 @@
-"""``wheretolearn online`` keeps the promise (issue 16 item 3, issue 14 item 7): every value
+"""``wheretolearn online run`` keeps the promise (issue 16 item 3, issue 14 item 7): every value
 is validated before the run folder exists, one rule per key, ``online resume`` applies or
 refuses each flag, finished runs and lost checkpoints are said, wrong paths named."""
 
@@ -38,7 +38,8 @@ def finished_run(tmp_path_factory):
     """A finished tiny study (run once, copied by the tests that change it)."""
     root = tmp_path_factory.mktemp("online")
     cfg = write(root / "s.toml", tiny())
-    res = runner.invoke(app, ["online", str(cfg), "--out", str(root / "run"), "--no-progress"])
+    res = runner.invoke(app, ["online", "run", str(cfg), "--out", str(root / "run"),
+                              "--no-progress"])
     assert res.exit_code == 0, res.output
     return root / "run"
 
@@ -49,7 +50,7 @@ def finished_run(tmp_path_factory):
 ])
 def test_infinite_values_are_refused_before_the_folder_exists(tmp_path, section, key):
     cfg = write(tmp_path / "s.toml", tiny(**{section: {key: math.inf}}))
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r")]),
                    f"{section}.{key}", "finite")
     assert not (tmp_path / "r").exists()
 
@@ -62,7 +63,7 @@ def test_problems_without_simulate_are_refused_by_name(tmp_path, problem, monkey
     monkeypatch.setattr(study.OnlineStudy, "create",
                         classmethod(lambda cls, *a, **k: created.append(a)))
     cfg = write(tmp_path / "s.toml", tiny(study={"problem": problem}))
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r")]),
                    f"problem {problem!r} cannot run in an online study", "heat2d")
     assert created == [] and not (tmp_path / "r").exists()    # never even created
 
@@ -79,11 +80,11 @@ def test_online_problems_are_those_with_simulate():
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
 def test_max_seconds_follows_the_toml_rule(tmp_path, value):
     cfg = write(tmp_path / "s.toml", tiny())
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r"),
                                        "--max-seconds", value]), "max_seconds")
     assert not (tmp_path / "r").exists()
     cfg = write(tmp_path / "t.toml", tiny(study={"max_seconds": float(value)}))
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r")]),
                    "max_seconds")
 
 
@@ -94,16 +95,24 @@ def test_max_seconds_follows_the_toml_rule(tmp_path, value):
 ])
 def test_strict_types_one_rule_per_key(tmp_path, section, key, value):
     cfg = write(tmp_path / "s.toml", tiny(**{section: {key: value}}))
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r")]),
                    f"{section}.{key}")
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_refuses_flags_it_would_ignore(tmp_path):
-    res = runner.invoke(app, ["online", "resume", str(tmp_path), "--workers", "0", "--sampler",
-                              "nosuch", "--fail-rate", "5", "--out", str(tmp_path / "else")])
-    refused(res, "--workers", "--sampler", "--fail-rate", "--out", "--max-seconds")
-    assert not (tmp_path / "else").exists()
+@pytest.mark.parametrize("flags", [
+    ["--workers", "0", "--sampler", "nosuch"], ["--sampler", "nosuch"], ["--fail-rate", "5"],
+    ["--out", "ELSE"], ["--seeds", "3"], ["--num-threads", "1"],
+])
+def test_resume_refuses_flags_it_would_ignore(tmp_path, flags):
+    run = tmp_path / "run"
+    run.mkdir()
+    flags = [str(tmp_path / "else") if f == "ELSE" else f for f in flags]
+    res = runner.invoke(app, ["online", "resume", str(run), *flags, "--no-progress"])
+    err = refused(res, f"online resume does not take {flags[0]}", "config.toml",
+                  "--max-seconds, --no-progress, --restart and --trust")
+    assert flags[1] not in err                       # named by the option, not its value
+    assert sorted(tmp_path.rglob("*")) == [run]      # nothing written
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished_run, tmp_path):
@@ -150,12 +159,14 @@ def test_restart_with_a_checkpoint_is_refused(finished_run, tmp_path):
 
 
 def test_wrong_paths_are_named(tmp_path, finished_run):
-    refused(runner.invoke(app, ["online", "resume"]), "needs the run folder")
-    refused(runner.invoke(app, ["online", str(finished_run), "--out", str(tmp_path / "r")]),
+    res = runner.invoke(app, ["online", "resume"])                    # prints its help
+    assert res.exit_code == 2 and "DIR" in res.output and "--trust" in res.output
+    refused(runner.invoke(app, ["online", "resume", "--no-progress"]), "Missing argument 'DIR'")
+    refused(runner.invoke(app, ["online", "run", str(finished_run), "--out", str(tmp_path / "r")]),
                    "is a folder, not a study configuration", "online resume")
     cfg = write(tmp_path / "s.toml", tiny())
     (tmp_path / "afile").write_text("x")
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "afile")]),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "afile")]),
                    "is a file")
     assert (tmp_path / "afile").read_text() == "x"
     bilevel = tmp_path / "bilevel"
@@ -169,24 +180,24 @@ def test_wrong_paths_are_named(tmp_path, finished_run):
 def test_a_table_error_does_not_dump_the_config(tmp_path):
     cfg = write(tmp_path / "s.toml", tiny(buffer={"capacity": 4, "watermark": 10,
                                                  "policy": "uniform"}))
-    err = refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+    err = refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r")]),
                          "watermark")
     assert len(err) < 300 and "'policy'" not in err, err
 
 
 def test_seed_num_threads_queue_walltime_flags(tmp_path):
     cfg = write(tmp_path / "s.toml", tiny())
-    res = runner.invoke(app, ["online", str(cfg), "--cluster", "slurm", "--partition", "debug",
-                              "--walltime", "00:05:00", "--print-job-script"])
+    res = runner.invoke(app, ["online", "run", str(cfg), "--cluster", "slurm", "--partition",
+                              "debug", "--walltime", "00:05:00", "--print-job-script"])
     assert res.exit_code == 0, res.output
     assert "-p debug" in res.output and "00:05:00" in res.output
     from wheretolearn.online.config import load_online_config
 
     base = load_online_config(str(cfg))
     assert base.study.seed == 1
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r"),
                                        "--seed", "-1"]), "study.seed")
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r"),
                                        "--num-threads", "0"]), "training.torch_threads")
 
 

@@ -1,8 +1,9 @@
-"""Tests of ``wheretolearn online`` argument handling (a full CLI study runs in
-tests/online/test_reliability.py::test_fault_injection_20_percent_through_cli)."""
+"""Tests of ``wheretolearn online run | resume | compare`` argument handling (a full CLI
+study runs in tests/online/test_reliability.py::test_fault_injection_20_percent_through_cli)."""
 
 import pytest
 import tomli_w
+import typer
 from cli_checks import refused
 from typer.testing import CliRunner
 
@@ -16,19 +17,63 @@ def write_config(path, **sections):
     return path
 
 
-def test_help_lists_every_option():
-    res = runner.invoke(app, ["online", "--help"])
-    assert res.exit_code == 0
-    for flag in ("--out", "--workers", "--sampler", "--scheduler", "--cluster",
-                 "--print-job-script", "--fail-rate", "--max-seconds", "--no-progress"):
-        assert flag in res.output
-    assert "resume" in res.output
+@pytest.mark.parametrize("command, flags", [
+    ("run", ("--out", "--workers", "--sampler", "--scheduler", "--cluster",
+             "--print-job-script", "--fail-rate", "--max-seconds", "--no-progress", "--seed",
+             "--problem", "--option", "--num-threads", "--queue", "--walltime")),
+    ("resume", ("--max-seconds", "--no-progress", "--restart", "--trust")),
+    ("compare", ("--out", "--samplers", "--seeds", "--passes", "--batches-per-simulation",
+                 "--val-interior", "--val-faces", "--val-corners", "--val-seed",
+                 "--val-design", "--cache", "--bootstrap-seed", "--no-progress")),
+])
+def test_help_of_each_sub_command_lists_its_own_options(command, flags):
+    res = runner.invoke(app, ["online", command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert f"wheretolearn online {command}" in res.output
+    for flag in flags:
+        assert flag in res.output, (command, flag)
+    cmd = typer.main.get_command(app).commands["online"].commands[command]
+    own = {o for p in cmd.params if p.param_type_name == "option" for o in p.opts}
+    assert own == set(flags) | ({"-o", "--partition"} if command == "run" else set())
+
+
+def test_online_alone_prints_its_sub_commands():
+    for args in (["online"], ["online", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == (2 if args == ["online"] else 0)   # click: no args, status 2
+        for name in ("run", "resume", "compare"):
+            assert name in res.output
+        assert "Usage: wheretolearn online" in res.output
+
+
+def test_the_old_form_names_online_run(tmp_path):
+    cfg = write_config(tmp_path / "s.toml", study={"n": 8})
+    err = refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r")]),
+                  "not a sub-command of 'wheretolearn online'",
+                  f"wheretolearn online run {cfg} --out DIR")
+    assert "Usage:" not in err
+    refused(runner.invoke(app, ["online", "rnu"]), "No such command 'rnu'", "'run'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_option_of_another_sub_command_is_named(tmp_path):
+    cfg = write_config(tmp_path / "s.toml", study={"n": 8})
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--seeds", "3", "--out",
+                                str(tmp_path / "r")]),
+            "online run does not take --seeds", "'wheretolearn online compare'")
+    refused(runner.invoke(app, ["online", "compare", str(cfg), "--workers", "3", "--out",
+                                str(tmp_path / "r")]),
+            "online compare does not take --workers", "'wheretolearn online run'")
+    refused(runner.invoke(app, ["online", "compare", str(cfg), "--seeds", "many"]),
+            "Invalid value for '--seeds'", "online compare --help")
+    assert not (tmp_path / "r").exists()
 
 
 def test_print_job_script_for_slurm_from_flag(tmp_path):
     cfg = write_config(tmp_path / "s.toml", cluster={"queue": "debug", "cores": 2,
                                                      "processes": 2, "walltime": "00:10:00"})
-    res = runner.invoke(app, ["online", str(cfg), "--cluster", "slurm", "--print-job-script"])
+    res = runner.invoke(app, ["online", "run", str(cfg), "--cluster", "slurm",
+                              "--print-job-script"])
     assert res.exit_code == 0, res.output
     assert "#SBATCH" in res.output and "-p debug" in res.output and "00:10:00" in res.output
     assert not any(tmp_path.glob("run*"))
@@ -36,29 +81,29 @@ def test_print_job_script_for_slurm_from_flag(tmp_path):
 
 def test_print_job_script_needs_a_batch_kind(tmp_path):
     cfg = write_config(tmp_path / "s.toml", study={"n": 8})
-    res = runner.invoke(app, ["online", str(cfg), "--print-job-script"])
+    res = runner.invoke(app, ["online", "run", str(cfg), "--print-job-script"])
     assert res.exit_code == 2
     assert "submits no batch job" in res.output
 
 
 def test_slurm_without_queue_is_a_clear_error(tmp_path):
     cfg = write_config(tmp_path / "s.toml", study={"n": 8})
-    res = runner.invoke(app, ["online", str(cfg), "--cluster", "slurm", "--out",
+    res = runner.invoke(app, ["online", "run", str(cfg), "--cluster", "slurm", "--out",
                               str(tmp_path / "r")])
     assert res.exit_code == 2 and "needs queue" in res.output
 
 
 def test_out_is_required_and_flags_are_validated(tmp_path):
     cfg = write_config(tmp_path / "s.toml", study={"n": 8})
-    res = runner.invoke(app, ["online", str(cfg), "--no-progress"])
+    res = runner.invoke(app, ["online", "run", str(cfg), "--no-progress"])
     assert res.exit_code == 2 and "--out" in res.output
-    res = runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    res = runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r"),
                               "--sampler", "random"])
     assert res.exit_code == 2 and "unknown sampler 'random'" in res.output
-    res = runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
+    res = runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r"),
                               "--workers", "0"])
     assert res.exit_code == 2 and "executor.workers" in res.output
-    res = runner.invoke(app, ["online", str(tmp_path / "missing.toml"), "--out",
+    res = runner.invoke(app, ["online", "run", str(tmp_path / "missing.toml"), "--out",
                               str(tmp_path / "r")])
     assert res.exit_code == 2 and "does not exist" in res.output
     assert not (tmp_path / "r").exists()
@@ -69,7 +114,7 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     out = tmp_path / "r"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    res = runner.invoke(app, ["online", str(cfg), "--out", str(out), "--no-progress"])
+    res = runner.invoke(app, ["online", "run", str(cfg), "--out", str(out), "--no-progress"])
     assert res.exit_code == 2 and "not empty" in res.output
     assert (out / "keep.txt").read_text() == "x"
 
@@ -77,8 +122,8 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
 def test_resume_needs_a_run_folder(tmp_path):
     res = runner.invoke(app, ["online", "resume", str(tmp_path)])
     assert res.exit_code == 2 and "not an online run folder" in res.output
-    res = runner.invoke(app, ["online", "a.toml", "b"])
-    assert res.exit_code == 2 and "usage" in res.output
+    refused(runner.invoke(app, ["online", "run", "a.toml", "b"]),
+            "unexpected extra argument", "online run --help")
 
 
 def test_progress_counts_lineages_so_redraws_do_not_overfill_the_bar():
@@ -189,10 +234,12 @@ def test_resume_online_study_asks_for_trust(tmp_path):
     assert not sentinel.exists() and _listing(run) == before
 
 
-def test_trust_is_only_for_resume(tmp_path):
+@pytest.mark.parametrize("flag", ["--trust", "--restart"])
+def test_trust_and_restart_are_only_for_resume(tmp_path, flag):
     cfg = write_config(tmp_path / "s.toml", study={"n": 8})
-    refused(runner.invoke(app, ["online", str(cfg), "--out", str(tmp_path / "r"),
-                                        "--trust"]), "--trust applies only to")
+    refused(runner.invoke(app, ["online", "run", str(cfg), "--out", str(tmp_path / "r"),
+                                flag]),
+            f"online run does not take {flag}", "'wheretolearn online resume'")
     assert not (tmp_path / "r").exists()
 
 

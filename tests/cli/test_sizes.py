@@ -138,7 +138,7 @@ def test_online_size_keys_are_bounded(tmp_path, table, key, allowed):
     cfg = tmp_path / "study.toml"
     head = "" if table == "study" else f"[{table}]\n"
     cfg.write_text(f"[study]\nproblem = 'heat2d'\n{head}{key} = {HUGE}\n")
-    res = runner.invoke(app, ["online", str(cfg), "--no-progress", "--out",
+    res = runner.invoke(app, ["online", "run", str(cfg), "--no-progress", "--out",
                               str(tmp_path / "run")])
     _refused(res, key, allowed)
     _nothing_written(tmp_path)
@@ -147,7 +147,7 @@ def test_online_size_keys_are_bounded(tmp_path, table, key, allowed):
 def test_online_workers_flag_is_bounded(tmp_path):
     cfg = tmp_path / "study.toml"
     cfg.write_text("[study]\nproblem = 'heat2d'\n")
-    res = runner.invoke(app, ["online", str(cfg), "--workers", HUGE, "--no-progress",
+    res = runner.invoke(app, ["online", "run", str(cfg), "--workers", HUGE, "--no-progress",
                               "--out", str(tmp_path / "run")])
     _refused(res, "workers", "less than or equal to 100000")
     _nothing_written(tmp_path)
@@ -157,7 +157,7 @@ def test_online_buffer_larger_than_memory_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(_validation, "memory_limit_bytes", lambda: 2**20)
     cfg = tmp_path / "study.toml"
     cfg.write_text("[study]\nproblem = 'heat2d'\nn = 64\n[buffer]\ncapacity = 2500\n")
-    res = runner.invoke(app, ["online", str(cfg), "--no-progress", "--out",
+    res = runner.invoke(app, ["online", "run", str(cfg), "--no-progress", "--out",
                               str(tmp_path / "run")])
     _refused(res, "needs about", "[buffer] capacity", "lower [buffer] capacity")
     _nothing_written(tmp_path)

@@ -235,7 +235,8 @@ def test_cli_cluster_errors_are_one_line_with_exit_status_2(tmp_path, cluster_ta
     config.write_text(tomli_w.dumps({"study": {"n": 8, "n_steps": 2, "n_simulations": 1},
                                      "cluster": cluster_table}))
     out = tmp_path / "run"
-    args = ["online", str(config), "--out", str(out), "--no-progress", *[f.format(port=port) for f in flags]]
+    args = ["online", "run", str(config), "--out", str(out), "--no-progress",
+            *[f.format(port=port) for f in flags]]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]

@@ -87,8 +87,8 @@ def test_tell_reaches_breed_during_a_real_study_and_resume_restores_it(tmp_path)
     toml = tmp_path / "tiny.toml"
     toml.write_text(tomli_w.dumps({**TINY, "training": {**TINY["training"], "max_batches": 60},
                                    "checkpoint": {"every_batches": 20}}))
-    res = CliRunner().invoke(app, ["online", str(toml), "--sampler", "breed", "--out", str(run),
-                                   "--no-progress"])
+    res = CliRunner().invoke(app, ["online", "run", str(toml), "--sampler", "breed", "--out",
+                                   str(run), "--no-progress"])
     assert res.exit_code == 0, res.output
     # Resume: the restored Breed state equals the checkpointed one (generator, fitness,
     # window, proposals, counters, queue), so it continues as the uninterrupted study would.

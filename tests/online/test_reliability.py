@@ -249,7 +249,7 @@ def test_fault_injection_20_percent_through_cli(tmp_path):
     cfg_path.write_text(tomli_w.dumps(tiny(study={"n_simulations": 16},
                                            executor={"simulation_timeout": 2.0})))
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["online", str(cfg_path), "--out", str(out),
+    res = CliRunner().invoke(app, ["online", "run", str(cfg_path), "--out", str(out),
                                    "--fail-rate", "0.2", "--no-progress"])
     assert res.exit_code == 0, res.output
     summary = check_accounting(out, 16)
@@ -273,7 +273,7 @@ def test_bad_config_gives_a_clear_error(tmp_path, change, message):
 
     cfg_path = tmp_path / "bad.toml"
     cfg_path.write_text(tomli_w.dumps(tiny(**change)))
-    res = CliRunner().invoke(app, ["online", str(cfg_path), "--out", str(tmp_path / "r"),
+    res = CliRunner().invoke(app, ["online", "run", str(cfg_path), "--out", str(tmp_path / "r"),
                                    "--no-progress"])
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
@@ -290,7 +290,7 @@ def test_unreachable_scheduler_gives_a_clear_error(tmp_path):
         port = s.getsockname()[1]
     cfg_path = tmp_path / "study.toml"
     cfg_path.write_text(tomli_w.dumps(tiny()))
-    res = CliRunner().invoke(app, ["online", str(cfg_path), "--out", str(tmp_path / "r"),
+    res = CliRunner().invoke(app, ["online", "run", str(cfg_path), "--out", str(tmp_path / "r"),
                                    "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress"])
     assert res.exit_code == 2
     assert "cannot be reached" in res.output

@@ -166,7 +166,7 @@ def test_heat_study_runs_on_slurm_from_the_cli(slurm_partition, tmp_path):
     config.write_text(_STUDY_TOML.format(n_steps=20, n_simulations=8, partition=slurm_partition))
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "wheretolearn", "online", str(config), "--out", str(out),
+        [sys.executable, "-m", "wheretolearn", "online", "run", str(config), "--out", str(out),
          "--cluster", "slurm", "--no-progress"],
         capture_output=True, text=True, timeout=110,
     )
@@ -191,7 +191,7 @@ def test_tls_false_from_the_cli_warns_once_and_is_recorded(slurm_partition, tmp_
                       + "tls = false\n")
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "wheretolearn", "online", str(config), "--out", str(out),
+        [sys.executable, "-m", "wheretolearn", "online", "run", str(config), "--out", str(out),
          "--cluster", "slurm", "--no-progress"],
         capture_output=True, text=True, timeout=110,
     )
@@ -210,7 +210,7 @@ def test_refused_submission_from_the_cli_exits_2_and_leaves_no_run_folder(tmp_pa
     config.write_text(_STUDY_TOML.format(n_steps=5, n_simulations=2, partition="no-such-partition"))
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "wheretolearn", "online", str(config), "--out", str(out),
+        [sys.executable, "-m", "wheretolearn", "online", "run", str(config), "--out", str(out),
          "--cluster", "slurm", "--no-progress"],
         capture_output=True, text=True, timeout=110,
     )

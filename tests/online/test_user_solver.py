@@ -180,7 +180,7 @@ def test_cli_rejects_a_missing_contract_in_one_line(tmp_path, study, match):
     (tmp_path / "scalar.py").write_text(NO_CONTRACT)
     toml = tmp_path / "s.toml"
     toml.write_text(tomli_w.dumps(sections))
-    res = CliRunner().invoke(app, ["online", str(toml), "--out", str(tmp_path / "run"),
+    res = CliRunner().invoke(app, ["online", "run", str(toml), "--out", str(tmp_path / "run"),
                                    "--no-progress"])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
@@ -199,12 +199,12 @@ def test_problem_and_options_from_the_command_line(tmp_path, monkeypatch):
     toml.write_text(tomli_w.dumps({"study": {"n_simulations": 2}}))
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    res = runner.invoke(app, ["online", str(toml), "--out", "run", "--problem",
+    res = runner.invoke(app, ["online", "run", str(toml), "--out", "run", "--problem",
                               "scalar.py:Scalar", "--no-progress"])
     assert res.exit_code == 2
     assert f"problem '{tmp_path.resolve()}/scalar.py:Scalar' does not meet the online" \
         in res.output
-    res = runner.invoke(app, ["online", str(toml), "--out", "run", "-o", "bogus=1",
+    res = runner.invoke(app, ["online", "run", str(toml), "--out", "run", "-o", "bogus=1",
                               "--no-progress"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     assert "bogus" in res.output

@@ -30,7 +30,7 @@ def test_example_solver_study_on_slurm_with_an_srun_launcher(slurm_partition, tm
     config = tmp_path / "study.toml"
     config.write_text(tomli_w.dumps(cfg))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "wheretolearn", "online", str(config),
+    proc = subprocess.run([sys.executable, "-m", "wheretolearn", "online", "run", str(config),
                            "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -73,7 +73,7 @@ def test_python_problem_by_file_path_in_slurm_jobs(slurm_partition, tmp_path):
         "cluster": {"kind": "slurm", "queue": slurm_partition, "memory": "1GB",
                     "walltime": "00:10:00", "interface": "lo"}}))  # Dask on loopback only
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "wheretolearn", "online", str(config),
+    proc = subprocess.run([sys.executable, "-m", "wheretolearn", "online", "run", str(config),
                            "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=240, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -271,7 +271,7 @@ def test_online_study_and_generate_through_the_cli(tmp_path):
     path = tmp_path / "gs.toml"
     path.write_text(tomli_w.dumps(cfg))
     runner = CliRunner()
-    res = runner.invoke(app, ["online", str(path), "--out", str(tmp_path / "run"),
+    res = runner.invoke(app, ["online", "run", str(path), "--out", str(tmp_path / "run"),
                               "--no-progress"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

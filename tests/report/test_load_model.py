@@ -222,8 +222,8 @@ def online_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("online")
     (root / "s.toml").write_text(tomli_w.dumps(ONLINE))
-    res = CliRunner().invoke(app, ["online", str(root / "s.toml"), "--out", str(root / "run"),
-                                   "--no-progress"])
+    res = CliRunner().invoke(app, ["online", "run", str(root / "s.toml"), "--out",
+                                   str(root / "run"), "--no-progress"])
     assert res.exit_code == 0, res.output
     return root / "run"
 

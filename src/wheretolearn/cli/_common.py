@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import signal
 import sys
 import threading
@@ -11,8 +12,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
+from typer.core import TyperGroup
 
-__all__ = ["cli_errors", "fail", "is_allocation_failure", "load_toml"]
+__all__ = ["OneLineUsageGroup", "cli_errors", "click_errors", "fail", "is_allocation_failure",
+           "load_toml"]
+
+#: The exceptions of the click that typer parses with (``UsageError``, ``NoSuchOption``):
+#: recent typer runs on a copy of click of its own, which ``typer.BadParameter`` comes from.
+click_errors = importlib.import_module(typer.BadParameter.__module__)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -67,6 +74,42 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return wrapper
+
+
+#: Raised by a group given nothing when it prints its help (click >= 8.2).
+_NO_ARGS_IS_HELP = getattr(click_errors, "NoArgsIsHelpError", ())
+
+
+class OneLineUsageGroup(TyperGroup):
+    """A command group whose usage errors (an unknown sub-command or option, a missing
+    argument, a value of the wrong type) end like every other refusal of the CLI: one
+    ``error:`` line on stderr, exit status 2, where click prints usage, a hint and the
+    error on three lines. Given nothing, the group still prints its help.
+
+    Subclasses word particular refusals in :meth:`one_line`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with self._one_line_usage_errors():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        # covers choosing the sub-command, parsing its arguments and running it
+        with self._one_line_usage_errors():
+            return super().invoke(ctx)
+
+    def one_line(self, exc: Any) -> str:
+        """The message of ``exc`` (a click ``UsageError``) and where the help is."""
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return f"{exc.format_message()}{where}"
+
+    @contextlib.contextmanager
+    def _one_line_usage_errors(self):
+        try:
+            yield
+        except _NO_ARGS_IS_HELP:
+            raise                                    # prints the help
+        except click_errors.UsageError as exc:
+            fail(self.one_line(exc), code=exc.exit_code)
 
 
 #: Messages of torch's (and other libraries') ``RuntimeError`` when memory runs out.

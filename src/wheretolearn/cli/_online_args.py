@@ -1,8 +1,8 @@
-"""Argument checks of ``wheretolearn online`` and ``online resume`` (issue 16 item 3).
+"""Argument checks of ``wheretolearn online run`` and ``online resume`` (issue 16 item 3).
 
-``online resume DIR`` takes only ``--max-seconds``, ``--no-progress``, ``--restart`` and
+``online resume DIR`` declares only ``--max-seconds``, ``--no-progress``, ``--restart`` and
 ``--trust``: every other flag would change a study that has started (its settings are in
-``DIR/config.toml``), so it is refused by name instead of being ignored. A finished run
+``DIR/config.toml``), so the command line refuses it by name. A finished run
 is reported and left unchanged; a run whose checkpoint is gone is restarted from nothing
 only with ``--restart``. A run folder is data, not code (issue 24 item 2): one whose
 config names code to import or launch (a problem that is not built-in, a command, a
@@ -20,11 +20,8 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-__all__ = ["RESUME_FLAGS", "check_config_path", "check_resume_flags",
-           "insecure_cluster_warning", "resume"]
+__all__ = ["check_config_path", "insecure_cluster_warning", "resume"]
 
-#: Parameters ``online resume`` accepts (besides the folder).
-RESUME_FLAGS = ("max_seconds", "no_progress", "restart", "trust")
 #: How to go on with a run folder that names code.
 TRUST_HINT = "pass --trust if you trust who wrote it"
 #: How a study that ended on its own is recorded in ``summary.json``.
@@ -42,23 +39,7 @@ def check_config_path(config: str) -> None:
                          f"{hint}")
     if not p.exists():
         raise ValueError(f"config file {config!r} does not exist; usage: wheretolearn online "
-                         "CONFIG.toml --out DIR, or wheretolearn online resume DIR")
-
-
-def check_resume_flags(ctx: typer.Context) -> None:
-    """Refuse, by name, every flag given to ``online resume`` that it does not apply."""
-    given = []
-    for param in ctx.command.params:
-        if param.name in RESUME_FLAGS or param.name in ("config", "run_dir"):
-            continue
-        source = ctx.get_parameter_source(param.name)
-        if source is not None and getattr(source, "name", "") not in ("DEFAULT",
-                                                                        "DEFAULT_MAP"):
-            given.append(param.opts[0])
-    if given:
-        raise ValueError(f"online resume does not take {', '.join(given)}: a started study "
-                         "keeps the settings of its config.toml; resume takes only "
-                         "--max-seconds, --no-progress, --restart and --trust")
+                         "run CONFIG.toml --out DIR, or wheretolearn online resume DIR")
 
 
 @contextmanager
@@ -112,7 +93,7 @@ def _load_config(run_dir: Path) -> Any:
         else:
             what = f"not an online run folder ({format_validation_error(exc)[:200]})"
         raise ValueError(f"{str(run_dir)!r} is {what}; online resume continues only runs "
-                         "made by 'wheretolearn online'") from None
+                         "made by 'wheretolearn online run'") from None
 
 
 def _finished(run_dir: Path) -> str | None:
@@ -124,7 +105,7 @@ def _finished(run_dir: Path) -> str | None:
     return stopped if stopped in _FINISHED else None
 
 
-def resume(run_dir: Path | None, *, max_seconds: float | None, progress: bool, restart: bool,
+def resume(run_dir: Path, *, max_seconds: float | None, progress: bool, restart: bool,
            run: Callable[..., dict], print_summary: Callable[[dict, Path], None],
            trust: bool = False) -> None:
     """``wheretolearn online resume DIR``: checks (``trust``: the folder may name code to
@@ -132,13 +113,11 @@ def resume(run_dir: Path | None, *, max_seconds: float | None, progress: bool, r
     from ..online.config import check_run_trusted
     from ..online.study import resume_online_study
 
-    if run_dir is None:
-        raise ValueError("online resume needs the run folder: wheretolearn online resume DIR")
     if not run_dir.exists():
         raise ValueError(f"run folder {str(run_dir)!r} does not exist")
     if not run_dir.is_dir():
         raise ValueError(f"{str(run_dir)!r} is a file; online resume takes the run folder "
-                         "that 'wheretolearn online --out DIR' made")
+                         "that 'wheretolearn online run CONFIG.toml --out DIR' made")
     if not (run_dir / "config.toml").is_file():
         raise ValueError(f"{str(run_dir)!r} is not an online run folder (no config.toml)")
     cfg = _load_config(run_dir)

@@ -1,7 +1,17 @@
-"""CLI ``wheretolearn online CONFIG.toml --out DIR`` and ``wheretolearn online resume DIR``.
+"""CLI ``wheretolearn online run | resume | compare``: one sub-command per task.
+
+* ``wheretolearn online run CONFIG.toml --out DIR [options]`` runs a study;
+* ``wheretolearn online resume DIR`` continues an interrupted one (its settings stay those
+  of ``DIR/config.toml``, so it takes only ``--max-seconds``, ``--no-progress``,
+  ``--restart`` and ``--trust``);
+* ``wheretolearn online compare CONFIG.toml --samplers ... --seeds N --out DIR`` compares
+  samplers at the same budget (:mod:`.online_compare`).
 
 Only parses, calls :mod:`wheretolearn.online.study` and prints (SPEC §5). Settings are
-merged as: defaults < CONFIG.toml < flags. Heavy imports happen inside the command.
+merged as: defaults < CONFIG.toml < flags. Heavy imports happen inside the commands. Each
+sub-command declares only its own options: click refuses any other, and
+:class:`_OnlineGroup` prints that refusal (like every other one) as one ``error:`` line
+with exit status 2.
 """
 
 from __future__ import annotations
@@ -12,13 +22,53 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from ._common import cli_errors
-from ._online_args import (check_config_path, check_resume_flags, insecure_cluster_warning,
-                           resume)
+from ._common import OneLineUsageGroup, cli_errors, click_errors
+from ._online_args import check_config_path, insecure_cluster_warning, resume
 
-_USAGE = ("wheretolearn online CONFIG.toml --out DIR [options]  |  "
-          "wheretolearn online resume DIR  |  "
-          "wheretolearn online compare CONFIG.toml --samplers uniform,breed --seeds 5 --out DIR")
+#: What ``online resume`` accepts, said when it is given anything else.
+_RESUME_TAKES = ("a started study keeps the settings of its config.toml; resume takes only "
+                 "--max-seconds, --no-progress, --restart and --trust")
+
+
+class _OnlineGroup(OneLineUsageGroup):
+    """``wheretolearn online``: the old form ``online CONFIG.toml`` is answered with the
+    new one, an option given to the wrong sub-command names the one that has it."""
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name not in self.commands and (name.endswith(".toml") or Path(name).exists()):
+            instead = (f"to continue a run: wheretolearn online resume {name}"
+                       if Path(name).is_dir() else
+                       f"to run a study: wheretolearn online run {name} --out DIR")
+            raise click_errors.UsageError(f"{name!r} is not a sub-command of 'wheretolearn "
+                                          f"online' (run, resume or compare); {instead}",
+                                          ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+    def one_line(self, exc: Any) -> str:
+        sub = exc.ctx.command.name if exc.ctx is not None else None
+        if isinstance(exc, click_errors.NoSuchOption) and sub in self.commands:
+            if sub == "resume":
+                return f"online resume does not take {exc.option_name}: {_RESUME_TAKES}"
+            owners = [name for name, cmd in self.commands.items() if name != sub
+                      and any(exc.option_name in p.opts for p in cmd.params)]
+            if owners:
+                return (f"online {sub} does not take {exc.option_name} (an option of "
+                        f"'wheretolearn online {owners[0]}')")
+        return super().one_line(exc)
+
+
+online_app = typer.Typer(
+    cls=_OnlineGroup,
+    help="Train a surrogate online while an ensemble of simulations streams into it: "
+         "'online run' a study, 'online resume' an interrupted one, 'online compare' "
+         "samplers (see docs/online.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,      # plain text: '[cluster]' must print as written
+)
+app.add_typer(online_app, name="online")
 
 
 class _Progress:
@@ -96,17 +146,10 @@ def _run(fn: Any, *args: Any, total: int, progress: bool, **kw: Any) -> dict:
         return fn(*args, progress=bar, **kw)
 
 
-@app.command("online", no_args_is_help=True)
+@online_app.command("run", no_args_is_help=True)
 @cli_errors
-def online(
-    ctx: typer.Context,
-    config: str = typer.Argument(..., metavar="CONFIG.toml | resume | compare",
-                                 help="study configuration, or the word 'resume' or "
-                                 "'compare'"),
-    run_dir: Optional[Path] = typer.Argument(None, metavar="DIR",
-                                             help="run folder to resume (after 'resume'), "
-                                             "or the CONFIG.toml to compare samplers on "
-                                             "(after 'compare')"),
+def run(
+    config: str = typer.Argument(..., metavar="CONFIG.toml", help="study configuration"),
     out: Optional[Path] = typer.Option(None, "--out",
         help="run folder to create (required to run)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Dask workers (= concurrent "
@@ -149,81 +192,23 @@ def online(
     walltime: Optional[str] = typer.Option(None, "--walltime", help="batch job time limit "
                                            "HH:MM:SS (overrides [cluster] walltime; "
                                            "default 00:30:00)"),
-    restart: bool = typer.Option(False, "--restart", help="resume only: start a run whose "
-                                 "checkpoint is gone again from nothing"),
-    trust: bool = typer.Option(False, "--trust", help="resume only: the run folder may name "
-                               "code to import or launch (a user problem, a command, a "
-                               "cluster's python or address); resume it anyway (only for "
-                               "folders whose author you trust)"),
-    samplers: Optional[str] = typer.Option(None, "--samplers", help="compare: comma-separated "
-                                           "samplers, including uniform (the reference) (default "
-                                           "uniform,breed,breed-weighted)"),
-    seeds: int = typer.Option(10, "--seeds", help="compare: paired seeds 0..N-1, the same "
-                              "for every sampler (default 10)"),
-    passes: Optional[float] = typer.Option(None, "--passes", help="compare: training passes "
-                                           "over the samples generated, the same for every "
-                                           "sampler (default 1.5)"),
-    batches_per_simulation: Optional[float] = typer.Option(
-        None, "--batches-per-simulation", help="compare: a fixed pace of training batches "
-        "per simulation instead of --passes (the old protocol: 4.75; default: off)"),
-    val_interior: int = typer.Option(512, "--val-interior", help="compare: interior "
-                                     "validation simulations (the headline; default 512)"),
-    val_faces: int = typer.Option(128, "--val-faces", help="compare: validation simulations "
-                                  "on the faces of the box (default 128)"),
-    val_corners: int = typer.Option(64, "--val-corners", help="compare: at most this many "
-                                    "corners of the box (all when fewer; default 64)"),
-    val_seed: int = typer.Option(2024, "--val-seed", help="compare: seed of the validation "
-                                 "set (default 2024)"),
-    val_design: str = typer.Option("sobol", "--val-design", help="compare: sobol | halton "
-                                   "(space-filling design of the validation set; default "
-                                   "sobol)"),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="compare: folder caching "
-                                         "validation sets, reused when problem, options, "
-                                         "bounds, sizes and seed match (default: DIR/"
-                                         "validation, not shared)"),
-    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="compare: seed of the "
-                                       "bootstrap intervals (default 0)"),
 ) -> None:
     """Train a surrogate online while an ensemble of simulations streams into it.
 
-    Usage: wheretolearn online CONFIG.toml --out DIR [options], or
-    wheretolearn online resume DIR (continue an interrupted study; takes only
-    --max-seconds, --no-progress, --restart and --trust), or
-    wheretolearn online compare CONFIG.toml --samplers uniform,breed,breed-weighted --seeds 10
-    --out DIR (samplers at the same budget, paired seeds, interior / faces / corners
-    validation groups; see docs/online.md, Comparing samplers).
+    Settings: defaults < CONFIG.toml < flags. A run stopped by --max-seconds or Ctrl-C
+    goes on with 'wheretolearn online resume DIR'.
     """
-    check_max_seconds(max_seconds)
-    if config == "resume":
-        check_resume_flags(ctx)
-        return resume(run_dir, max_seconds=max_seconds, progress=not no_progress,
-                      restart=restart, run=_run, print_summary=_print_summary, trust=trust)
-    if config == "compare" and run_dir is not None:
-        from .online_compare import run_compare
-
-        return run_compare(str(run_dir), out=out, samplers=samplers, seeds=seeds,
-                           passes=passes, batches_per_simulation=batches_per_simulation,
-                           val_interior=val_interior, val_faces=val_faces,
-                           val_corners=val_corners, val_seed=val_seed, val_design=val_design,
-                           cache=cache, bootstrap_seed=bootstrap_seed,
-                           progress=not no_progress)
-    if run_dir is not None:
-        raise ValueError(f"unexpected argument {str(run_dir)!r}; usage: {_USAGE}")
-    if restart:
-        raise ValueError("--restart applies only to 'wheretolearn online resume DIR'")
-    if trust:
-        raise ValueError("--trust applies only to 'wheretolearn online resume DIR' (a config "
-                         "file of your own needs no trust)")
     from ..cluster import job_script
     from ..online.config import load_online_config
     from ..online.study import run_online_study
 
+    check_max_seconds(max_seconds)
     check_config_path(config)
     cfg = load_online_config(config, **_problem_overrides(config, problem, option),
                              **{"executor.workers": workers, "sampler.name": sampler,
-                                        "executor.fail_rate": fail_rate, "study.seed": seed,
-                                        "training.torch_threads": num_threads,
-                                        "cluster.queue": queue, "cluster.walltime": walltime})
+                                "executor.fail_rate": fail_rate, "study.seed": seed,
+                                "training.torch_threads": num_threads,
+                                "cluster.queue": queue, "cluster.walltime": walltime})
     if cluster is not None:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.with_kind(cluster)})
     if scheduler is not None:
@@ -240,6 +225,83 @@ def online(
         summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
                        progress=not no_progress, max_seconds=max_seconds)
     _print_summary(summary, out)
+
+
+@online_app.command("resume", no_args_is_help=True)
+@cli_errors
+def resume_command(
+    run_dir: Path = typer.Argument(..., metavar="DIR", help="run folder to resume (made by "
+                                   "'wheretolearn online run')"),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", help="stop (resumable) "
+                                                "after this many seconds (a number > 0; "
+                                                "default: no limit)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+    restart: bool = typer.Option(False, "--restart", help="start a run whose checkpoint is "
+                                 "gone again from nothing"),
+    trust: bool = typer.Option(False, "--trust", help="the run folder may name code to "
+                               "import or launch (a user problem, a command, a cluster's "
+                               "python or address); resume it anyway (only for folders whose "
+                               "author you trust)"),
+) -> None:
+    """Continue an interrupted online study in its run folder DIR.
+
+    The study keeps the settings of DIR/config.toml: resume takes only --max-seconds,
+    --no-progress, --restart and --trust. A finished run is reported and left unchanged.
+    """
+    check_max_seconds(max_seconds)
+    resume(run_dir, max_seconds=max_seconds, progress=not no_progress, restart=restart,
+           run=_run, print_summary=_print_summary, trust=trust)
+
+
+@online_app.command("compare", no_args_is_help=True)
+@cli_errors
+def compare(
+    config: str = typer.Argument(..., metavar="CONFIG.toml", help="study configuration to "
+                                 "compare samplers on"),
+    out: Optional[Path] = typer.Option(None, "--out", help="comparison folder to create "
+                                       "(required)"),
+    samplers: Optional[str] = typer.Option(None, "--samplers", help="comma-separated "
+                                           "samplers, including uniform (the reference) (default "
+                                           "uniform,breed,breed-weighted)"),
+    seeds: int = typer.Option(10, "--seeds", help="paired seeds 0..N-1, the same for every "
+                              "sampler (default 10)"),
+    passes: Optional[float] = typer.Option(None, "--passes", help="training passes over the "
+                                           "samples generated, the same for every sampler "
+                                           "(default 1.5)"),
+    batches_per_simulation: Optional[float] = typer.Option(
+        None, "--batches-per-simulation", help="a fixed pace of training batches per "
+        "simulation instead of --passes (the old protocol: 4.75; default: off)"),
+    val_interior: int = typer.Option(512, "--val-interior", help="interior validation "
+                                     "simulations (the headline; default 512)"),
+    val_faces: int = typer.Option(128, "--val-faces", help="validation simulations on the "
+                                  "faces of the box (default 128)"),
+    val_corners: int = typer.Option(64, "--val-corners", help="at most this many corners of "
+                                    "the box (all when fewer; default 64)"),
+    val_seed: int = typer.Option(2024, "--val-seed", help="seed of the validation set "
+                                 "(default 2024)"),
+    val_design: str = typer.Option("sobol", "--val-design", help="sobol | halton "
+                                   "(space-filling design of the validation set; default "
+                                   "sobol)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="folder caching validation "
+                                         "sets, reused when problem, options, bounds, sizes "
+                                         "and seed match (default: DIR/validation, not "
+                                         "shared)"),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="seed of the bootstrap "
+                                       "intervals (default 0)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+) -> None:
+    """Compare samplers on CONFIG.toml at the same budget.
+
+    Paired seeds, interior / faces / corners validation groups; the folder DIR appears only
+    once every run finished. See docs/online.md, Comparing samplers.
+    """
+    from .online_compare import run_compare
+
+    run_compare(config, out=out, samplers=samplers, seeds=seeds, passes=passes,
+                batches_per_simulation=batches_per_simulation, val_interior=val_interior,
+                val_faces=val_faces, val_corners=val_corners, val_seed=val_seed,
+                val_design=val_design, cache=cache, bootstrap_seed=bootstrap_seed,
+                progress=not no_progress)
 
 
 def check_max_seconds(value: float | None) -> None:

@@ -1,9 +1,9 @@
 """Everything an online study can check before its run folder exists.
 
 :func:`preflight` is called by :func:`~wheretolearn.online.study.run_online_study` (and so
-by ``wheretolearn online``) before the run folder is created: the output path, the problem
-(by name first: only problems with a time-stepping ``simulate()`` run online), its options
-and the online contract, and that the resolved configuration can be written. A bad value
+by ``wheretolearn online run``) before the run folder is created: the output path, the
+problem (by name first: only problems with a time-stepping ``simulate()`` run online), its
+options and the online contract, and that the resolved configuration can be written. A bad value
 gives one ``ValueError`` / ``FileExistsError`` and nothing on disk.
 """
 
