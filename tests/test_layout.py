@@ -85,3 +85,35 @@ def test_no_import_circles_between_modules():
                     seen.add(nxt)
                     stack.append((nxt, path + (nxt,)))
     assert not circles, "import circles:\n" + "\n".join(sorted(circles))
+
+
+def _private_imports(path: Path) -> list[tuple[str, str, int]]:
+    """``(module, name, line)`` of every ``from module import _name`` in ``path`` (relative
+    imports resolved; dunder names are not private)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                mod = ".".join(base[:len(base) - node.level + 1]
+                               + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out += [(mod, a.name, node.lineno) for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                    and mod.startswith("wheretolearn")]
+    return out
+
+
+def test_no_module_imports_a_private_name_of_another_subpackage():
+    """A private name (``_x``) is private to its sub-package: ``online`` may not read
+    ``problems.base._REGISTRY`` (it asks ``problem_factory``) nor ``report``'s helpers."""
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        here = _subpackage(_module_name(path))
+        for mod, name, line in _private_imports(path):
+            if _subpackage(mod) != here:
+                bad.append(f"{_module_name(path)}:{line}: from {mod} import {name}")
+    assert not bad, "private names read across sub-packages:\n" + "\n".join(bad)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wheretolearn.problems import (available_problems, check_online_contract, get_problem,
-                                   problem_spec)
+                                   problem_factory, problem_spec)
 from wheretolearn.problems.plugins import canonical_spec
 
 USER_MODULE = textwrap.dedent('''
@@ -123,6 +123,21 @@ def test_installed_plugin_is_found_by_name(user_pkg):
     prob = get_problem("demo-decay", n_steps=2)
     np.testing.assert_allclose(prob(np.array([[1.0, 1.0]]))[0],
                                decay_truth(1.0, 1.0, n_steps=2), rtol=1e-6)
+    # kinds: a plugin is not built in, and has no built-in factory
+    assert "demo-decay" not in available_problems(kind="builtin")
+    assert problem_factory("demo-decay") is None
+
+
+def test_problem_kinds_and_factories():
+    builtin = available_problems(kind="builtin")
+    assert {"sobol-g", "heat2d", "grayscott", "darcy", "external"} <= set(builtin)
+    assert set(builtin) <= set(available_problems())
+    # online: the built-ins with a time-stepping simulate, without the command runner
+    assert available_problems(kind="online") == ["grayscott", "heat2d"]
+    assert problem_factory("heat2d") is type(get_problem("heat2d", n=8, n_steps=2))
+    assert problem_factory("no-such") is None
+    with pytest.raises(ValueError, match="kind must be one of all, builtin, online"):
+        available_problems(kind="ama")
 
 
 PYPROJECT = """

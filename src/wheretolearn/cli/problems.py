@@ -38,13 +38,12 @@ def describe_problems() -> list[dict[str, str]]:
     """One row per registered problem: name, options (with defaults), shapes of the default
     build, default input measure, online (has a time-stepping ``simulate()``)."""
     from ..online.preflight import online_problems
-    from ..problems import available_problems, get_problem
-    from ..problems.base import _REGISTRY
+    from ..problems import available_problems, get_problem, problem_factory
 
     online = set(online_problems())
     rows = []
     for name in available_problems():
-        factory = _REGISTRY.get(name)
+        factory = problem_factory(name)
         row = {"name": name, "options": _options(factory) if factory else "(plugin)",
                "shapes": "-", "measure": "-", "online": "yes" if name in online else "no"}
         try:

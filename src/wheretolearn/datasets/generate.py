@@ -135,11 +135,12 @@ def _option_names(name: str) -> set[str] | None:
     name is unknown, so :func:`get_problem` reports it)."""
     import inspect
 
-    from ..problems.base import _REGISTRY
+    from ..problems import problem_factory
 
-    if name not in _REGISTRY:
+    factory = problem_factory(name)
+    if factory is None:
         return None
-    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    params = inspect.signature(factory).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
@@ -664,12 +665,11 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
         if num_threads is not None:
             client.run(_set_threads, num_threads)
-        from ..problems import problem_spec
-        from ..problems.base import _REGISTRY
+        from ..problems import problem_factory, problem_spec
 
         spec = problem_spec(problem)
         try:
-            if spec["name"] not in _REGISTRY:
+            if problem_factory(spec["name"]) is None:
                 # a user problem (import path, plugin): each worker imports it itself
                 raise TypeError("not a built-in problem")
             pickle.dumps(problem)

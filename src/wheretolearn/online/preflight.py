@@ -38,10 +38,9 @@ def online_problems() -> list[str]:
     ``simulate(params)`` yielding ``(step, field)`` as the steps are computed (``heat2d``;
     user problems given by import path or plugin are checked when built; ``external``, the
     runner of a ``[study] command``, is left out: it is chosen by ``command``)."""
-    from ..problems.base import _REGISTRY
+    from ..problems import available_problems
 
-    return sorted(name for name, factory in _REGISTRY.items()
-                  if callable(getattr(factory, "simulate", None)) and name != "external")
+    return available_problems(kind="online")
 
 
 def check_online_problem(config: Any) -> Any:
@@ -49,11 +48,10 @@ def check_online_problem(config: Any) -> Any:
 
     A registered problem without ``simulate()`` (``darcy``, ``burgers``, ...) is rejected
     by name, listing :func:`online_problems`. Returns the built problem."""
-    from ..problems import check_online_contract, get_problem
-    from ..problems.base import _REGISTRY
+    from ..problems import check_online_contract, get_problem, problem_factory
 
     name = config.study.problem
-    factory = _REGISTRY.get(name)
+    factory = problem_factory(name)
     if factory is not None and not callable(getattr(factory, "simulate", None)):
         raise ValueError(
             f"problem {name!r} cannot run in an online study: the online engine streams the "
@@ -88,10 +86,10 @@ def _check_out(out: str | Path) -> None:
 def _check_writable_config(config: Any) -> None:
     import tomli_w
 
-    from ..report.runfolder import _toml_ready
+    from ..report.runfolder import toml_ready
 
     try:
-        tomli_w.dumps(_toml_ready(config.model_dump()))
+        tomli_w.dumps(toml_ready(config.model_dump()))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the configuration cannot be written as TOML: {exc}") from None
 

@@ -118,10 +118,10 @@ class OnlineStudy:
         out.mkdir(parents=True, exist_ok=True)
         import tomli_w
 
-        from ..report.runfolder import _toml_ready
+        from ..report.runfolder import toml_ready
 
         tmp = out / ".config.toml.tmp"
-        tmp.write_text(tomli_w.dumps(_toml_ready(config.model_dump())))
+        tmp.write_text(tomli_w.dumps(toml_ready(config.model_dump())))
         os.replace(tmp, out / "config.toml")
         from .._ownership import write_marker
 

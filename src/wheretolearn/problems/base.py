@@ -96,13 +96,36 @@ def register_problem(name: str) -> Callable[[Callable[..., Problem]], Callable[.
     return deco
 
 
-def available_problems() -> list[str]:
-    """Names accepted by :func:`get_problem`: this package's and those of installed plugins
-    (entry-point group ``wheretolearn.problems``). Import paths ``"module:factory"`` are
-    accepted too."""
+#: Kinds of :func:`available_problems`.
+PROBLEM_KINDS = ("all", "builtin", "online")
+
+
+def available_problems(kind: str = "all") -> list[str]:
+    """Problem names, sorted.
+
+    ``kind="all"``: every name :func:`get_problem` accepts -- this package's and those of
+    installed plugins (entry-point group ``wheretolearn.problems``); import paths
+    ``"module:factory"`` are accepted too. ``"builtin"``: this package's problems only.
+    ``"online"``: the built-in problems an online study can stream (their factory has a
+    time-stepping ``simulate``; ``external``, chosen by ``[study] command``, is left out).
+    (The AMA studies' problems: :func:`wheretolearn.design.available_ama_problems`.)
+    """
+    if kind not in PROBLEM_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PROBLEM_KINDS)}, got {kind!r}")
+    if kind == "builtin":
+        return sorted(_REGISTRY)
+    if kind == "online":
+        return sorted(name for name, factory in _REGISTRY.items()
+                      if callable(getattr(factory, "simulate", None)) and name != "external")
     from .plugins import entry_point_problems
 
     return sorted(set(_REGISTRY) | set(entry_point_problems()))
+
+
+def problem_factory(name: str) -> Callable[..., Problem] | None:
+    """The factory of the built-in problem ``name`` (its class), or ``None`` when ``name``
+    is not built in (a plugin or an import path, resolved by :func:`get_problem`)."""
+    return _REGISTRY.get(name)
 
 
 def get_problem(name: str, **options: Any) -> Problem:

@@ -58,12 +58,12 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"value of type {type(value).__name__} is not JSON-serialisable")
 
 
-def _toml_ready(value: Any) -> Any:
+def toml_ready(value: Any) -> Any:
     """TOML has no null: drop ``None`` entries (they mean "default") and jsonify the rest."""
     if isinstance(value, dict):
-        return {str(k): _toml_ready(v) for k, v in value.items() if v is not None}
+        return {str(k): toml_ready(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_toml_ready(v) for v in value if v is not None]
+        return [toml_ready(v) for v in value if v is not None]
     return to_jsonable(value)
 
 
@@ -196,7 +196,7 @@ class RunFolder:
         import tomli_w
 
         p = self.file(name)
-        p.write_text(tomli_w.dumps(_toml_ready(config)))
+        p.write_text(tomli_w.dumps(toml_ready(config)))
         return p
 
     def append_metrics(self, record: dict[str, Any], name: str = "metrics.jsonl") -> None:
