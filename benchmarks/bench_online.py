@@ -79,7 +79,7 @@ def run_online(args: argparse.Namespace) -> dict:
         cfg = cfg.with_overrides(**{"training.min_batches": 10**9})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        s = run_online_study(cfg, Path(tmp) / "run", max_seconds=args.wall)
+        s = run_online_study(cfg, Path(tmp) / "run", max_seconds=args.wall).summary
         wall = time.perf_counter() - t0
     item = cfg.study.n * cfg.study.n * 4
     return {"mode": "online", "wall_seconds": wall, "peak_rss_mb": _peak_rss_mb(),

@@ -5,6 +5,7 @@ refuses each flag, finished runs and lost checkpoints are said, wrong paths name
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -132,8 +133,11 @@ def test_lost_checkpoint_requires_restart(finished_run, tmp_path, monkeypatch):
     calls = []
 
     def fake_resume(run_dir, **kw):          # the study itself is tested in tests/online
+        from wheretolearn.report.runfolder import StudyResult
+
         calls.append(run_dir)
-        return {**json.loads((finished_run / "summary.json").read_text()), "sessions": 2}
+        summary = {**json.loads((finished_run / "summary.json").read_text()), "sessions": 2}
+        return StudyResult(None, summary, Path(run_dir))
 
     monkeypatch.setattr(study, "resume_online_study", fake_resume)
     run = tmp_path / "run"

@@ -84,7 +84,9 @@ def test_run_folder_summary_metrics_checkpoint(tmp_path):
     out = tmp_path / "run"
     seen = []
     cfg = tiny(training={"min_batches": 150, "lr": 1e-2})
-    summary = run_online_study(cfg, out, progress=seen.append)
+    result = run_online_study(cfg, out, progress=seen.append)
+    summary = result.summary
+    assert result.run_dir == out and result.config == cfg     # the common study result
     assert SUMMARY_KEYS <= set(summary)
     assert set(summary["val_error"]) == {"mean", "median", "p95", "p99", "max"}
     assert summary["simulations_completed"] == 10 and summary["samples_received"] == 80
@@ -138,7 +140,7 @@ def test_stop_at_max_batches_then_resume_to_the_end(tmp_path):
     cfg = tiny(study={"n_simulations": 16}, training={"max_batches": 12},
                buffer={"kind": "fifo", "capacity": 30, "watermark": 10},
                checkpoint={"every_batches": 5})
-    first = run_online_study(cfg, out)
+    first = run_online_study(cfg, out).summary
     assert first["stopped"] == "max_batches" and first["batches"] == 12
     assert first["simulations_unfinished"] + first["simulations_completed"] == \
         first["simulations_requested"]
@@ -148,7 +150,7 @@ def test_stop_at_max_batches_then_resume_to_the_end(tmp_path):
     text = (out / "config.toml").read_text().replace("max_batches = 12", "")
     (out / "config.toml").write_text(text)
     assert "max_batches" not in tomllib.loads(text)["training"]
-    second = resume_online_study(out)
+    second = resume_online_study(out).summary
     assert second["stopped"] == "completed" and second["sessions"] == 2
     assert second["simulations_completed"] == 16 and second["samples_duplicated"] == 0
     assert second["samples_received"] == 16 * 8
@@ -164,11 +166,11 @@ def test_open_rejects_a_folder_that_is_not_a_run(tmp_path):
 def test_max_seconds_stops_resumably_even_before_training(tmp_path):
     out = tmp_path / "run"
     # 0.01 s: the limit is reached before the first batch (the cluster alone takes longer)
-    first = run_online_study(tiny(), out, max_seconds=0.01)
+    first = run_online_study(tiny(), out, max_seconds=0.01).summary
     assert first["stopped"] == "max_seconds" and first["batches"] == 0
     assert first["simulations_completed"] + first["simulations_unfinished"] == \
         first["simulations_requested"]
-    second = resume_online_study(out)
+    second = resume_online_study(out).summary
     assert second["stopped"] == "completed" and second["simulations_completed"] == 10
     assert second["samples_received"] == 80 and second["samples_duplicated"] == 0
     assert second["seconds"] > first["seconds"]
@@ -251,7 +253,7 @@ def test_trainer_wall_time_is_split_honestly_and_validation_keeps_to_its_budget(
                checkpoint={"every_batches": 20})
     out = tmp_path / "run"
     t0 = time.monotonic()
-    s = run_online_study(cfg, out)
+    s = run_online_study(cfg, out).summary
     outside = time.monotonic() - t0
     split = s["trainer_time"]
     parts = split["seconds"]

@@ -276,7 +276,7 @@ def test_heat_study_survives_a_scancelled_worker_job(slurm_partition, tmp_path, 
                 events["cancelled"] = job_id
                 events["done_at_cancel"] = done
 
-    summary = run_online_study(cfg, tmp_path / "run", progress=progress)
+    summary = run_online_study(cfg, tmp_path / "run", progress=progress).summary
     print(f"submit -> first sample on the local Slurm: {events['first_sample']:.1f} s; "
           f"scancel job {events.get('cancelled')} after {events.get('done_at_cancel')} of 100 "
           f"simulations; retries {summary['retries']}, attempts {summary['attempts']}, "

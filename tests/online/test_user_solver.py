@@ -58,7 +58,7 @@ def test_example_study_runs_the_program_exactly_once_per_step(tmp_path, protocol
     cfg = small(cfg, study={"command": command,
                             "options": {**cfg.study.options, "protocol": protocol}})
     out = tmp_path / "run"
-    summary = run_online_study(cfg, out)
+    summary = run_online_study(cfg, out).summary
     assert summary["stopped"] == "completed"
     assert summary["simulations_completed"] == 6 and summary["simulations_failed"] == 0
     assert summary["samples_received"] == 30 and summary["samples_duplicated"] == 0
@@ -81,7 +81,7 @@ def test_failures_of_a_program_each_get_their_outcome_and_a_relaunch(tmp_path):
         "executor": {"workers": 2, "simulation_timeout": 6.0, "max_retries": 3},
         "validation": {"n_val": 1, "every_batches": 5}})
     out = tmp_path / "run"
-    summary = run_online_study(cfg, out)
+    summary = run_online_study(cfg, out).summary
     assert summary["simulations_completed"] == 5 and summary["simulations_failed"] == 0
     assert summary["samples_received"] == 25 and summary["samples_duplicated"] == 0
     sims = ledger(out)
@@ -143,7 +143,7 @@ def test_python_problem_by_file_path_runs_on_workers(tmp_path):
     cfg = load_online_config(str(toml))
     assert cfg.study.problem == f"{tmp_path.resolve()}/ramp_solver.py:Ramp"
     assert cfg.problem_spec()["options"] == {"m": 6, "n_steps": 3}
-    summary = run_online_study(cfg, tmp_path / "run")
+    summary = run_online_study(cfg, tmp_path / "run").summary
     assert summary["simulations_completed"] == 4 and summary["samples_received"] == 12
     assert summary["samples_duplicated"] == 0
 

@@ -139,6 +139,6 @@ def resume(run_dir: Path, *, max_seconds: float | None, progress: bool, restart:
         raise ValueError(f"run folder {str(run_dir)!r} has a checkpoint; --restart is only for "
                          "a run whose checkpoint is gone (to start afresh, use a new --out)")
     with insecure_cluster_warning(cfg.cluster):  # [cluster] tls = false: one warning line
-        summary = run(resume_online_study, run_dir, total=cfg.study.n_simulations,
-                      progress=progress, max_seconds=max_seconds, trust=trust)
-    print_summary(summary, run_dir)
+        result = run(resume_online_study, run_dir, total=cfg.study.n_simulations,
+                     progress=progress, max_seconds=max_seconds, trust=trust)
+    print_summary(result.summary, result.run_dir)

@@ -222,9 +222,9 @@ def run(
 
     preflight(cfg, out)              # before the progress display and the run folder
     with insecure_cluster_warning(cfg.cluster):
-        summary = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
-                       progress=not no_progress, max_seconds=max_seconds)
-    _print_summary(summary, out)
+        result = _run(run_online_study, cfg, out, total=cfg.study.n_simulations,
+                      progress=not no_progress, max_seconds=max_seconds)
+    _print_summary(result.summary, result.run_dir)
 
 
 @online_app.command("resume", no_args_is_help=True)

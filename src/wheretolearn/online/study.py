@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..report.runfolder import StudyResult
 from .config import OnlineStudyConfig
 from .ledger import SimulationLedger
 
@@ -592,10 +593,11 @@ def surrogate_record(problem: Any, bounds: Any) -> dict:
             "parameter_names": [str(n) for n in getattr(problem, "parameter_names", [])]}
 
 
-def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
+def run_online_study(config: OnlineStudyConfig, out_dir: str | Path, *,
                      progress: Callable[[dict], None] | None = None,
-                     max_seconds: float | None = None) -> dict:
-    """Run a new online study into the run folder ``out``; return its summary."""
+                     max_seconds: float | None = None) -> StudyResult:
+    """Run a new online study into the run folder ``out_dir``; return its
+    :class:`~wheretolearn.report.runfolder.StudyResult` (config, summary, run folder)."""
     if not isinstance(config, OnlineStudyConfig):
         raise TypeError(f"config must be an OnlineStudyConfig, got {type(config).__name__}")
     if config.cluster.kind == "address":
@@ -605,10 +607,10 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
     from .preflight import check_max_seconds, preflight
 
     check_max_seconds(max_seconds)
-    preflight(config, out)          # everything checkable before the run folder exists
-    study = OnlineStudy.create(config, out, progress=progress)
+    preflight(config, out_dir)      # everything checkable before the run folder exists
+    study = OnlineStudy.create(config, out_dir, progress=progress)
     try:
-        return study.run(max_seconds=max_seconds)
+        return StudyResult(study.config, study.run(max_seconds=max_seconds), study.run_dir)
     except ValueError:
         # Bad input found only once the study starts (e.g. the batch system refused the job
         # script): nothing resumable was written, so leave no half-written run folder.
@@ -620,8 +622,9 @@ def run_online_study(config: OnlineStudyConfig, out: str | Path, *,
 
 
 def resume_online_study(run_dir: str | Path, *, progress: Callable[[dict], None] | None = None,
-                        max_seconds: float | None = None, trust: bool = False) -> dict:
-    """Continue the study in ``run_dir`` from its last checkpoint; return its summary.
+                        max_seconds: float | None = None, trust: bool = False) -> StudyResult:
+    """Continue the study in ``run_dir`` from its last checkpoint; return its
+    :class:`~wheretolearn.report.runfolder.StudyResult`.
 
     ``trust``: the folder may name code to run (a user problem, a command, ...; see
     :meth:`OnlineStudy.open`); without it such a folder is refused before anything runs.
@@ -630,4 +633,4 @@ def resume_online_study(run_dir: str | Path, *, progress: Callable[[dict], None]
 
     check_max_seconds(max_seconds)
     study = OnlineStudy.open(run_dir, progress=progress, trust=trust)
-    return study.run(max_seconds=max_seconds)
+    return StudyResult(study.config, study.run(max_seconds=max_seconds), study.run_dir)

@@ -27,6 +27,7 @@ import os
 import shutil
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,20 @@ class RunFolder:
     def __repr__(self) -> str:
         state = "committed" if self._committed else ("open" if self._open else "new")
         return f"RunFolder({str(self.out)!r}, {state})"
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What every study runner returns (``run_bilevel_study``, ``run_ama_study``,
+    ``run_online_study``, ``resume_online_study``).
+
+    Attributes
+    ----------
+    config : the study's validated configuration object (as written to ``config.toml``)
+    summary : dict, the contents of the run folder's ``summary.json``
+    run_dir : Path, the run folder
+    """
+
+    config: Any
+    summary: dict
+    run_dir: Path
