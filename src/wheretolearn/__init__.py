@@ -19,17 +19,53 @@ Subpackages, one concept each (data flows top to bottom):
   finished run folder, rebuilt from what the run recorded (a run folder is data, not code).
 
 The numerical core never imports :mod:`wheretolearn.online` or the CLI.
+
+The user-facing names are re-exported here (``__all__``): the three studies
+(``run_bilevel_study``, ``run_ama_study``, ``run_online_study``, each taking a config object
+and an ``out_dir`` and returning a :class:`~wheretolearn.report.runfolder.StudyResult`), the
+problem registry and ``load_model``.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model"]
+#: The public API in one place: name -> the module that defines it. Imported on first use,
+#: so ``import wheretolearn`` stays light (no torch, dask or scipy until a name is used).
+_PUBLIC = {
+    # the three studies: a config object, ``run_*_study(config, out_dir)`` -> StudyResult
+    "BilevelStudyConfig": "wheretolearn.design.study",
+    "resolve_study_config": "wheretolearn.design.study",
+    "run_bilevel_study": "wheretolearn.design.study",
+    "AMAStudyConfig": "wheretolearn.design.ama_study",
+    "resolve_ama_config": "wheretolearn.design.ama_study",
+    "run_ama_study": "wheretolearn.design.ama_study",
+    "OnlineStudyConfig": "wheretolearn.online.config",
+    "load_online_config": "wheretolearn.online.config",
+    "run_online_study": "wheretolearn.online.study",
+    "resume_online_study": "wheretolearn.online.study",
+    "StudyResult": "wheretolearn.report.runfolder",
+    # problems (one registry; kinds "all" | "builtin" | "online")
+    "Problem": "wheretolearn.problems.base",
+    "available_problems": "wheretolearn.problems.base",
+    "get_problem": "wheretolearn.problems.base",
+    "problem_factory": "wheretolearn.problems.base",
+    "register_problem": "wheretolearn.problems.base",
+    # results
+    "load_model": "wheretolearn.loading",
+}
+
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
-    # ``wheretolearn.load_model(RUN_DIR)`` without importing torch at package import
-    if name == "load_model":
-        from .loading import load_model
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wheretolearn' has no attribute {name!r}")
+    import importlib
 
-        return load_model
-    raise AttributeError(f"module 'wheretolearn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value              # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
