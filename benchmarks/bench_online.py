@@ -99,8 +99,8 @@ def run_offline(args: argparse.Namespace) -> dict:
     from wheretolearn.models.mlp import MLP
     from wheretolearn.online.sampler_registry import make_sampler
     from wheretolearn.online.study import validation_set
-    from wheretolearn.online.trainer import (OnlineTrainer, heat_features,
-                                             target_scaling_from_bounds)
+    from wheretolearn.online.trainer import (OnlineTrainer, normalised_step_features,
+                                             target_scaling)
     from wheretolearn.problems import get_problem
 
     cfg = _config(args)
@@ -116,13 +116,13 @@ def run_offline(args: argparse.Namespace) -> dict:
     chunk = 20
     for i in range(0, S, chunk):  # the whole data set is generated and held in memory
         y[i * T:(i + chunk) * T] = problem(params[i:i + chunk]).reshape(-1, y.shape[1])
-    x = heat_features(np.repeat(params, T, axis=0), np.tile(np.arange(T), S), bounds=bounds,
+    x = normalised_step_features(np.repeat(params, T, axis=0), np.tile(np.arange(T), S), bounds=bounds,
                       n_steps=T)
     t_gen = time.perf_counter() - t0
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(cfg.study.seed)
     model = MLP(x.shape[1], y.shape[1], hidden=tuple(cfg.training.hidden))
-    shift, scale = target_scaling_from_bounds(bounds)
+    shift, scale = target_scaling(problem, bounds, y_val)
     t = cfg.training
     trainer = OnlineTrainer(model, lr=t.lr, weight_decay=t.weight_decay,
                             milestones=tuple(t.milestones), gamma=t.gamma, y_shift=shift,

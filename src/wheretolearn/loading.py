@@ -85,7 +85,7 @@ class OnlineSurrogate:
         -------
         (B, *field_shape) float32 ndarray (``(*field_shape,)`` for a single ``(d,)`` input).
         """
-        from .online.trainer import heat_features
+        from .online.trainer import normalised_step_features
 
         p = np.asarray(params, dtype=np.float64)
         single = p.ndim == 1
@@ -97,7 +97,7 @@ class OnlineSurrogate:
         s = np.broadcast_to(np.asarray(steps), (p.shape[0],))
         if not np.issubdtype(s.dtype, np.integer) or s.min() < 0 or s.max() >= self.n_steps:
             raise ValueError(f"steps must be integers in 0..{self.n_steps - 1}, got {steps!r}")
-        x = heat_features(p, s, bounds=self.bounds, n_steps=self.n_steps)
+        x = normalised_step_features(p, s, bounds=self.bounds, n_steps=self.n_steps)
         out = self.trainer.predict(x).astype(np.float32).reshape(-1, *self.field_shape)
         return out[0] if single else out
 

@@ -9,7 +9,7 @@ import torch
 from wheretolearn.models import MLP
 from wheretolearn.online.buffers import FIFOBuffer, Sample
 from wheretolearn.online.trainer import (BufferDataset, OnlineTrainer, collate_samples,
-                                         heat_features, target_scaling_from_bounds)
+                                         normalised_step_features, target_scaling)
 
 F, O = 3, 4
 
@@ -185,17 +185,30 @@ def test_buffer_dataset_stops_on_event_when_starved():
         BufferDataset(buf, 40)
 
 
-def test_heat_features_normalise_parameters_and_step():
+def test_normalised_step_features_normalise_parameters_and_step():
     bounds = np.array([[100.0, 500.0]] * 5)
     params = np.array([[100.0, 500.0, 300.0, 200.0, 400.0], [500.0] * 5])
     p0 = params.copy()
-    f = heat_features(params, [0, 99], bounds=bounds, n_steps=100)
+    f = normalised_step_features(params, [0, 99], bounds=bounds, n_steps=100)
     np.testing.assert_allclose(f, [[0, 1, 0.5, 0.25, 0.75, 0], [1, 1, 1, 1, 1, 1]])
     assert f.dtype == np.float32 and f.shape == (2, 6)
     np.testing.assert_array_equal(params, p0)
     with pytest.raises(ValueError, match="steps must have shape"):
-        heat_features(params, [0], bounds=bounds, n_steps=100)
-    assert target_scaling_from_bounds(bounds) == (300.0, 200.0)
+        normalised_step_features(params, [0], bounds=bounds, n_steps=100)
+    # the target scaling: a declared field range (heat: maximum principle), else the fields'
+    from wheretolearn.problems import get_problem
+
+    heat = get_problem("heat2d", n=8, n_steps=2)
+    assert target_scaling(heat, bounds, np.zeros(3)) == (300.0, 200.0)     # fields unused
+    gs = get_problem("grayscott", n=8, n_steps=2, every=1)
+    assert target_scaling(gs, gs.parameter_bounds, np.zeros(3)) == (0.5, 0.5)
+
+    class Undeclared:
+        def field_range(self, bounds):
+            return None
+
+    assert target_scaling(Undeclared(), bounds, np.array([[-2.0, 4.0], [0.0, 1.0]])) == (1.0, 3.0)
+    assert target_scaling(Undeclared(), bounds, np.full(4, 7.0)) == (7.0, 1e-12)
 
 
 def test_bad_trainer_arguments():
@@ -212,4 +225,4 @@ def test_bad_trainer_arguments():
     with pytest.raises(ValueError, match=r"sim_ids must have shape \(3,\)"):
         t.train_arrays(np.zeros((3, F)), np.zeros((3, O)), sim_ids=[1, 2])
     with pytest.raises(ValueError, match="dimension 1"):
-        heat_features(np.zeros((1, 2)), [0], bounds=[[0.0, 1.0], [1.0, 1.0]], n_steps=3)
+        normalised_step_features(np.zeros((1, 2)), [0], bounds=[[0.0, 1.0], [1.0, 1.0]], n_steps=3)

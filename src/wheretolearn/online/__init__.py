@@ -36,8 +36,8 @@ from wheretolearn.online.trainer import (
     BufferDataset,
     OnlineTrainer,
     collate_samples,
-    heat_features,
-    target_scaling_from_bounds,
+    normalised_step_features,
+    target_scaling,
 )
 
 __all__: list[str] = [
@@ -62,8 +62,8 @@ __all__: list[str] = [
     "BufferDataset",
     "OnlineTrainer",
     "collate_samples",
-    "heat_features",
-    "target_scaling_from_bounds",
+    "normalised_step_features",
+    "target_scaling",
     "ClusterConfig",
     "ClusterHandle",
     "check_scheduler_reachable",

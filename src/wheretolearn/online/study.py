@@ -67,17 +67,17 @@ def validation_set(problem: Any, bounds: np.ndarray, *, n_val: int, seed: int
     """Held-out simulations generated up front (SPEC §5: 10 with their own seed).
 
     Parameters are uniform on ``bounds`` (d, 2). Returns ``params (V, d)``,
-    ``x (V * n_steps, F)`` features (see ``heat_features``) and ``y (V * n_steps, n * n)``
+    ``x (V * n_steps, F)`` features (see ``normalised_step_features``) and ``y (V * n_steps, n * n)``
     float32 fields, one row per (simulation, step).
     """
-    from .trainer import heat_features
+    from .trainer import normalised_step_features
 
     rng = np.random.default_rng(seed)
     params = rng.uniform(bounds[:, 0], bounds[:, 1], size=(n_val, bounds.shape[0]))
     fields = np.asarray(problem(params), dtype=np.float32)         # (V, T, n, n)
     n_steps = fields.shape[1]
     steps = np.tile(np.arange(n_steps), n_val)
-    x = heat_features(np.repeat(params, n_steps, axis=0), steps, bounds=bounds,
+    x = normalised_step_features(np.repeat(params, n_steps, axis=0), steps, bounds=bounds,
                       n_steps=n_steps)
     return params, x, fields.reshape(n_val * n_steps, -1)
 
@@ -163,7 +163,7 @@ class OnlineStudy:
         from ..problems import check_online_contract, get_problem
         from .buffers import make_buffer
         from .sampler_registry import make_sampler
-        from .trainer import OnlineTrainer, target_scaling_from_bounds
+        from .trainer import OnlineTrainer, target_scaling
 
         cfg = self.config
         import torch
@@ -197,13 +197,8 @@ class OnlineStudy:
         torch.manual_seed(seed)  # same seed -> same initial weights
         self.model = MLP(self.x_val.shape[1], n_out, hidden=tuple(cfg.training.hidden))
         t = cfg.training
-        if self.problem_spec["name"] == "heat2d":
-            # Temperatures stay within the parameter range (maximum principle): scale to [-1, 1].
-            shift, scale = target_scaling_from_bounds(bounds)
-        else:
-            # Any other simulator: map the held-out fields' range onto [-1, 1].
-            lo, hi = float(self.y_val.min()), float(self.y_val.max())
-            shift, scale = (lo + hi) / 2, max((hi - lo) / 2, 1e-12)
+        # The problem's declared field range (heat: maximum principle), else the held-out one.
+        shift, scale = target_scaling(self.problem, bounds, self.y_val)
         self.trainer = OnlineTrainer(self.model, lr=t.lr, weight_decay=t.weight_decay,
                                      milestones=tuple(t.milestones), gamma=t.gamma,
                                      y_shift=shift, y_scale=scale)
@@ -268,9 +263,9 @@ class OnlineStudy:
                    timeout: float) -> bool:
         """Receiver thread: one new step -> Sample -> buffer (False when the buffer is full)."""
         from .buffers import Sample
-        from .trainer import heat_features
+        from .trainer import normalised_step_features
 
-        x = heat_features(params[None], np.array([step]), bounds=self.bounds,
+        x = normalised_step_features(params[None], np.array([step]), bounds=self.bounds,
                           n_steps=self.n_steps)[0]
         if not self.buffer.put(Sample(sim_id, step, x, field.reshape(-1)), timeout=timeout):
             return False

@@ -8,7 +8,7 @@ Target scaling. The network predicts the normalised target ``z = (y - y_shift) /
 loss and per-sample losses are computed on ``z``, and :meth:`OnlineTrainer.predict` maps back
 ``y = y_shift + y_scale * z``. Heat fields lie between 100 and 500 (maximum principle: the
 temperature stays between the smallest and largest initial / wall value), so
-:func:`target_scaling_from_bounds` gives ``shift = 300, scale = 200`` and targets in
+:func:`target_scaling` (from the problem's ``field_range``) gives ``shift = 300, scale = 200`` and targets in
 ``[-1, 1]``; without it Adam at lr 1e-3 spends thousands of batches just learning the offset.
 
 Per-sample losses ``mean_o (z_hat - z)^2`` of every batch are returned for the sampler's
@@ -28,6 +28,7 @@ loop. It runs in the main process, where torch uses all its threads (Dask worker
 from __future__ import annotations
 
 import time
+import math
 from collections import Counter
 from typing import Any, Iterator, Sequence
 
@@ -45,13 +46,13 @@ __all__ = [
     "OnlineTrainer",
     "BufferDataset",
     "collate_samples",
-    "heat_features",
-    "target_scaling_from_bounds",
+    "normalised_step_features",
+    "target_scaling",
 ]
 
 
-def heat_features(params: Any, steps: Any, *, bounds: Any, n_steps: int) -> np.ndarray:
-    """Network input of the heat surrogate: normalised parameters and time step.
+def normalised_step_features(params: Any, steps: Any, *, bounds: Any, n_steps: int) -> np.ndarray:
+    """Network input of every online surrogate: normalised parameters and time step.
 
     ``features[b] = [(params[b] - low) / (high - low), steps[b] / (n_steps - 1)]``, so every
     entry lies in [0, 1]. Melissa fed raw values (temperatures ~100..500, step 0..99); we
@@ -83,17 +84,20 @@ def heat_features(params: Any, steps: Any, *, bounds: Any, n_steps: int) -> np.n
     return np.concatenate([unit, t[:, None]], axis=1).astype(np.float32)
 
 
-def target_scaling_from_bounds(bounds: Any) -> tuple[float, float]:
-    """``(y_shift, y_scale)`` mapping ``[min low, max high]`` onto ``[-1, 1]``.
-
-    Valid for outputs bounded by the inputs' range, such as the heat equation's temperatures
-    (maximum principle). ``bounds`` (d, 2).
-    """
-    b = np.asarray(bounds, dtype=np.float64)
-    lo, hi = float(b[:, 0].min()), float(b[:, 1].max())
-    if not hi > lo:
-        raise ValueError(f"bounds must span a positive range, got [{lo}, {hi}]")
-    return (lo + hi) / 2, (hi - lo) / 2
+def target_scaling(problem: Any, bounds: Any, fields: Any) -> tuple[float, float]:
+    """``(y_shift, y_scale)`` mapping the targets onto [-1, 1]: the problem's declared
+    ``field_range(bounds)`` when it has one (heat: the maximum principle), else the range
+    of ``fields`` (held-out fields, any shape). One rule for the online study and the
+    lockstep comparison, so both train the same surrogate."""
+    declared = problem.field_range(bounds)
+    if declared is not None:
+        lo, hi = (float(v) for v in declared)
+    else:
+        f = np.asarray(fields)
+        lo, hi = float(f.min()), float(f.max())
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi >= lo):
+        raise ValueError(f"target range must be finite with lo <= hi, got [{lo}, {hi}]")
+    return (lo + hi) / 2, max((hi - lo) / 2, 1e-12)
 
 
 def collate_samples(batch: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor,
@@ -156,7 +160,7 @@ class OnlineTrainer:
     device : str or torch.device
     y_shift, y_scale : float or (O,) array
         Target scaling ``z = (y - y_shift) / y_scale`` (``y_scale > 0``); see the module
-        docstring and :func:`target_scaling_from_bounds`.
+        docstring and :func:`target_scaling`.
     fused : bool or None
         Use PyTorch's fused Adam kernel (same update, 3-4x faster on CPU here). ``None``:
         fused where the device supports it.

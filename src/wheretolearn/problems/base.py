@@ -53,6 +53,12 @@ class Problem(ABC):
         """The options this problem was built with (JSON-serialisable), for provenance."""
         return {}
 
+    def field_range(self, bounds: Any) -> tuple[float, float] | None:
+        """``(lo, hi)`` holding every output value for parameters inside ``bounds`` (d, 2),
+        when the problem knows it (an online surrogate scales its targets onto [-1, 1] with
+        it); ``None`` (default): unknown, the study uses its held-out fields' range."""
+        return None
+
     def default_input_measure(self) -> Any:
         """A measure whose samples are valid inputs (for ``wheretolearn generate``)."""
         raise NotImplementedError(f"problem {self.name!r} has no default input measure")

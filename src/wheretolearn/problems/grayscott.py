@@ -232,6 +232,11 @@ class GrayScott(Problem):
         """Bounds (3, 2): ``[[0.01, 0.06], [0.04, 0.07], [0.1, 0.5]]``."""
         return PARAMETER_BOUNDS.copy()
 
+    def field_range(self, bounds: Any) -> tuple[float, float]:
+        """``(0, 1)``: the concentrations start in [0, 1] and stay there for these rates
+        (the cached 328-simulation validation set spans u in [0.071, 1.0001])."""
+        return 0.0, 1.0
+
     @property
     def parameter_names(self) -> list[str]:
         """``["F", "k", "size"]``."""

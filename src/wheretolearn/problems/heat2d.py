@@ -145,6 +145,12 @@ class Heat2D(Problem):
         """Nominal bounds (5, 2): ``[[100, 500]] * 5``."""
         return PARAMETER_BOUNDS.copy()
 
+    def field_range(self, bounds: Any) -> tuple[float, float]:
+        """Maximum principle: every temperature lies between the lowest and the highest
+        initial or wall temperature, ``[min low, max high]`` of ``bounds`` (5, 2)."""
+        b = np.asarray(bounds, dtype=np.float64)
+        return float(b[:, 0].min()), float(b[:, 1].max())
+
     @property
     def parameter_names(self) -> list[str]:
         """``["T_init", "T_left", "T_right", "T_bottom", "T_top"]``."""
