@@ -297,3 +297,26 @@ def test_heat_breed_example_is_heat_online_with_sampler_breed():
     online = load_online_config(str(ex / "heat_online.toml"), **{"sampler.name": "breed"})
     assert breed == online
     assert breed.sampler.options(n_steps=100, capacity=2500, watermark=500)["window"] == 50
+
+
+def test_parallel_jobs_give_the_runs_of_one_job(tmp_path):
+    """--jobs runs in spawned processes; each run is deterministic, so the records are the
+    same, in the same order (seed, then sampler)."""
+    from wheretolearn.online.compare import compare_samplers
+
+    cfg = OnlineStudyConfig.model_validate(TINY)
+    kw = dict(seeds=2, passes=1.0, n_interior=4, n_faces=2, n_corners=2,
+              cache=tmp_path / "cache")
+    one = compare_samplers(cfg, ["uniform", "breed"], jobs=1, **kw)
+    two = compare_samplers(cfg, ["uniform", "breed"], jobs=2, **kw)
+    assert [(r["sampler"], r["seed"]) for r in two["runs"]] == [
+        (r["sampler"], r["seed"]) for r in one["runs"]] == [
+        ("uniform", 0), ("breed", 0), ("uniform", 1), ("breed", 1)]
+    for a, b in zip(one["runs"], two["runs"]):
+        np.testing.assert_array_equal(a["errors"], b["errors"])
+        np.testing.assert_array_equal(a["params"], b["params"])
+    assert two["protocol"]["jobs"] == 2
+    with pytest.raises(ValueError, match="jobs > 1 needs a cache"):
+        compare_samplers(cfg, ["uniform"], jobs=2, **{**kw, "cache": None})
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        compare_samplers(cfg, ["uniform"], jobs=0, **kw)

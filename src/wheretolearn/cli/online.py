@@ -288,6 +288,8 @@ def compare(
                                          "shared)"),
     bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="seed of the bootstrap "
                                        "intervals (default 0)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="runs at once, each in its own process "
+                             "(the results do not depend on it; default 1)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
 ) -> None:
     """Compare samplers on CONFIG.toml at the same budget.
@@ -301,7 +303,7 @@ def compare(
                 batches_per_simulation=batches_per_simulation, val_interior=val_interior,
                 val_faces=val_faces, val_corners=val_corners, val_seed=val_seed,
                 val_design=val_design, cache=cache, bootstrap_seed=bootstrap_seed,
-                progress=not no_progress)
+                jobs=jobs, progress=not no_progress)
 
 
 def check_max_seconds(value: float | None) -> None:

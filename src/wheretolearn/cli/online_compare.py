@@ -29,7 +29,7 @@ def _check_int(value: int, option: str, low: int) -> None:
 def run_compare(config: str, *, out: Optional[Path], samplers: Optional[str], seeds: int,
                 passes: Optional[float], batches_per_simulation: Optional[float],
                 val_interior: int, val_faces: int, val_corners: int, val_seed: int,
-                val_design: str, cache: Optional[Path], bootstrap_seed: int,
+                val_design: str, cache: Optional[Path], bootstrap_seed: int, jobs: int,
                 progress: bool) -> None:
     """Validate the arguments, run the comparison, write ``DIR`` and print the table."""
     from ..online.compare import DESIGNS, compare_samplers, comparison_table, write_comparison
@@ -56,6 +56,7 @@ def run_compare(config: str, *, out: Optional[Path], samplers: Optional[str], se
     _check_int(val_corners, "--val-corners", 0)
     _check_int(val_seed, "--val-seed", 0)
     _check_int(bootstrap_seed, "--bootstrap-seed", 0)
+    _check_int(jobs, "--jobs", 1)
     if val_design not in DESIGNS:
         raise ValueError(f"--val-design must be one of {', '.join(DESIGNS)}, got {val_design!r}")
     if cache is not None and cache.exists() and not cache.is_dir():
@@ -66,6 +67,7 @@ def run_compare(config: str, *, out: Optional[Path], samplers: Optional[str], se
     kw = {"seeds": seeds, "passes": passes, "batches_per_simulation": batches_per_simulation,
           "n_interior": val_interior, "n_faces": val_faces, "n_corners": val_corners,
           "val_seed": val_seed, "design": val_design, "bootstrap_seed": bootstrap_seed,
+          "jobs": jobs,
           "cache": cache if cache is not None else stage / "validation"}
     try:
         if progress:

@@ -386,7 +386,7 @@ def _errors(trainer: Any, val: ValidationSet, bounds: np.ndarray, chunk: int = 1
     at a time (the fields stay on disk)."""
     import torch
 
-    from .trainer import heat_features
+    from .trainer import normalised_step_features
 
     v, t = val.fields.shape[:2]
     steps = np.arange(t)
@@ -394,7 +394,7 @@ def _errors(trainer: Any, val: ValidationSet, bounds: np.ndarray, chunk: int = 1
     with torch.no_grad():
         for i in range(0, v, chunk):
             p = val.params[i:i + chunk]
-            x = heat_features(np.repeat(p, t, axis=0), np.tile(steps, len(p)), bounds=bounds,
+            x = normalised_step_features(np.repeat(p, t, axis=0), np.tile(steps, len(p)), bounds=bounds,
                               n_steps=t)
             y = np.asarray(val.fields[i:i + len(p)], dtype=np.float64).reshape(len(p) * t, -1)
             diff = trainer.predict(x).astype(np.float64) - y
@@ -437,7 +437,7 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     from ..problems import get_problem
     from .buffers import Sample, make_buffer
     from .sampler_registry import make_sampler
-    from .trainer import OnlineTrainer, heat_features, target_scaling_from_bounds
+    from .trainer import OnlineTrainer, normalised_step_features, target_scaling
 
     if (passes is None) == (batches_per_simulation is None):
         raise ValueError("give exactly one of passes and batches_per_simulation, got "
@@ -464,7 +464,7 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     t = cfg.training
     n_out = int(validation.fields.shape[2])
     model = MLP(bounds.shape[0] + 1, n_out, hidden=tuple(t.hidden))
-    shift, scale = target_scaling_from_bounds(bounds)
+    shift, scale = target_scaling(problem, bounds, validation.fields)    # as the study does
     trainer = OnlineTrainer(model, lr=t.lr, weight_decay=t.weight_decay,
                             milestones=tuple(t.milestones), gamma=t.gamma, y_shift=shift,
                             y_scale=scale)
@@ -503,7 +503,7 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
             fields = np.asarray(problem(params), dtype=np.float32).reshape(len(ids), n_steps,
                                                                            -1)
             for j, sim in enumerate(ids):
-                x = heat_features(np.repeat(params[j:j + 1], n_steps, axis=0), steps,
+                x = normalised_step_features(np.repeat(params[j:j + 1], n_steps, axis=0), steps,
                                   bounds=bounds, n_steps=n_steps)
                 for step in range(n_steps):
                     while not buffer.put(Sample(sim, step, x[step], fields[j, step]),
@@ -547,7 +547,7 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
                      n_interior: int = 512, n_faces: int = 128, n_corners: int = 64,
                      val_seed: int = 2024, design: str = "sobol",
                      cache: str | Path | None = None, bootstrap_seed: int = 0,
-                     n_boot: int = 10000,
+                     n_boot: int = 10000, jobs: int = 1,
                      progress: Callable[[str], None] | None = None,
                      on_run: Callable[[dict], None] | None = None) -> dict:
     """Run every sampler with seeds ``0..seeds-1`` at the same budget; return the results.
@@ -556,8 +556,11 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
     ``on_run(record)`` after each run. Seed ``s`` sets ``[study] seed = s`` and the sampler
     seed ``s + 1`` for every sampler (paired runs). The budget is ``passes`` (or the old
     fixed ``batches_per_simulation``); the validation set is :func:`validation_set` (cached
-    in ``cache`` when given). The result holds the ``protocol``, the ``validation`` set and
-    the ``runs``; :func:`summarise_comparison` computes the ratios.
+    in ``cache`` when given). ``jobs > 1`` runs that many runs at once in separate processes
+    (each run is deterministic and single-threaded, so the results are those of ``jobs = 1``;
+    needs ``cache``: the processes read the validation set from it). The result holds the
+    ``protocol``, the ``validation`` set and the ``runs`` (ordered by seed, then sampler);
+    :func:`summarise_comparison` computes the ratios.
     """
     from ..problems import get_problem
 
@@ -586,23 +589,33 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
                          problem_options=config.study.problem_options(),
                          n_interior=n_interior, n_faces=n_faces, n_corners=n_corners,
                          seed=val_seed, design=design, cache=cache, progress=val_progress)
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if jobs > 1 and val.path is None:
+        raise ValueError("jobs > 1 needs a cache folder (the processes read the validation "
+                         "set from it); give cache")
+    tasks = [(seed, name, cfgs[name].with_overrides(**{"study.seed": seed,
+                                                       "sampler.seed": seed + 1}))
+             for seed in range(int(seeds)) for name in samplers]
+    budget = {"passes": passes, "batches_per_simulation": batches_per_simulation}
     runs = []
-    for seed in range(int(seeds)):
-        for name in samplers:
-            cfg = cfgs[name].with_overrides(**{"study.seed": seed, "sampler.seed": seed + 1})
+    if jobs == 1:
+        for seed, name, cfg in tasks:
             if progress is not None:
                 progress(f"{name} seed {seed}")
-            res = lockstep_study(cfg, validation=val, passes=passes,
-                                 batches_per_simulation=batches_per_simulation)
-            runs.append({"sampler": name, "seed": seed, **res})
+            runs.append({"sampler": name, "seed": seed,
+                         **lockstep_study(cfg, validation=val, **budget)})
             if on_run is not None:
                 on_run(runs[-1])
+    else:
+        runs = _parallel_runs(tasks, val, budget, int(jobs), progress, on_run)
     t = config.training
     protocol = {
         "samplers": samplers, "seeds": list(range(int(seeds))),
         "seed_rule": "run of seed s: [study] seed = s, sampler seed = s + 1, every sampler",
         "reference": "uniform",
         "passes": passes, "batches_per_simulation": batches_per_simulation,
+        "jobs": int(jobs),
         "n_simulations": config.study.n_simulations, "steps_per_simulation":
             int(problem.n_steps), "batch_size": t.batch_size,
         "buffer": {"kind": config.buffer.kind, "capacity": config.buffer.capacity,
@@ -618,6 +631,39 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
         "metrics": list(METRICS), "groups": list(GROUPS),
         "views": ["per sample", "per simulation"], "headline": "interior"}
     return {"protocol": protocol, "validation": val, "runs": runs}
+
+
+def _lockstep_job(config_json: str, folder: str, key: dict, budget: dict) -> dict:
+    """One lockstep run in a worker process (the validation set read from its cache)."""
+    val = _load_cached(Path(folder), key)
+    if val is None:
+        raise RuntimeError(f"validation cache {folder!r} changed while the comparison ran")
+    cfg = OnlineStudyConfig.model_validate_json(config_json)
+    return lockstep_study(cfg, validation=val, **budget)
+
+
+def _parallel_runs(tasks: list, val: ValidationSet, budget: dict, jobs: int,
+                   progress: Callable[[str], None] | None,
+                   on_run: Callable[[dict], None] | None) -> list[dict]:
+    """The runs of ``tasks`` ``(seed, sampler, config)``, ``jobs`` at a time in spawned
+    processes; returned in the order of ``tasks``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out: list[dict | None] = [None] * len(tasks)
+    ctx = multiprocessing.get_context("spawn")        # no forked torch / thread state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(_lockstep_job, cfg.model_dump_json(), str(val.path), val.key,
+                               budget): i for i, (_, _, cfg) in enumerate(tasks)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            seed, name, _ = tasks[i]
+            out[i] = {"sampler": name, "seed": seed, **fut.result()}
+            if progress is not None:
+                progress(f"{name} seed {seed} done")
+            if on_run is not None:
+                on_run(out[i])
+    return out
 
 
 # -- summary, table, files ----------------------------------------------------------------
