@@ -27,8 +27,8 @@ loop. It runs in the main process, where torch uses all its threads (Dask worker
 
 from __future__ import annotations
 
-import time
 import math
+import time
 from collections import Counter
 from typing import Any, Iterator, Sequence
 
