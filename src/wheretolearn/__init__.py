@@ -15,6 +15,8 @@ Subpackages, one concept each (data flows top to bottom):
 * :mod:`wheretolearn.online` -- online training from streaming simulation ensembles (Dask).
 * :mod:`wheretolearn.client` -- in-situ client: a user's simulation loop sends its time
   steps to the online engine (``connect()`` / ``send(step, field)``; numpy only).
+* :mod:`wheretolearn.client_protocol` -- the wire protocol between that client and the
+  engine, defined once (standard library only).
 * :mod:`wheretolearn.loading` -- ``load_model(RUN_DIR)``: the trained surrogate of any
   finished run folder, rebuilt from what the run recorded (a run folder is data, not code).
 

@@ -20,7 +20,7 @@ environment), ``connect()`` raises ``RuntimeError`` -- or, with ``required=False
 returns a client whose ``send`` does nothing, so the script also runs on its own.
 
 This module imports only numpy and the standard library (it runs inside the user's
-program, once per simulation).
+program, once per simulation); the wire protocol is :mod:`wheretolearn.client_protocol`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ import io
 import json
 import os
 import socket
-import struct
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Client", "connect"]
+from .client_protocol import (END_STEP, ENV_ADDRESS, ENV_ATTEMPT, ENV_PARAMS, ENV_SIM_ID,
+                              ENV_TOKEN, HEADER, MAGIC)
 
-_MAGIC = b"WTL1"                  # must match wheretolearn.problems.external.CLIENT_MAGIC
-_HEADER = struct.Struct("<qQ")    # step, payload bytes; step -1 = normal end
+__all__ = ["Client", "connect"]
 
 
 class Client:
@@ -66,14 +65,14 @@ class Client:
         buf = io.BytesIO()
         np.lib.format.write_array(buf, arr, allow_pickle=False)
         payload = buf.getvalue()
-        self._sock.sendall(_HEADER.pack(int(step), len(payload)) + payload)
+        self._sock.sendall(HEADER.pack(int(step), len(payload)) + payload)
         self.steps_sent += 1
 
     def close(self) -> None:
         """End normally: the engine may now judge the simulation by its steps and status."""
         if self._sock is not None:
             try:
-                self._sock.sendall(_HEADER.pack(-1, 0))
+                self._sock.sendall(HEADER.pack(END_STEP, 0))
             finally:
                 self._abort()
 
@@ -107,13 +106,13 @@ def connect(address: str | None = None, *, required: bool = True,
         Seconds to wait for the connection.
     """
     env = os.environ
-    address = address or env.get("WHERETOLEARN_ADDRESS")
-    sim_id = int(env.get("WHERETOLEARN_SIM_ID", -1))
-    attempt = int(env.get("WHERETOLEARN_ATTEMPT", 0))
-    params = json.loads(env.get("WHERETOLEARN_PARAMS", "[]"))
+    address = address or env.get(ENV_ADDRESS)
+    sim_id = int(env.get(ENV_SIM_ID, -1))
+    attempt = int(env.get(ENV_ATTEMPT, 0))
+    params = json.loads(env.get(ENV_PARAMS, "[]"))
     if not address:
         if required:
-            raise RuntimeError("not launched by wheretolearn: WHERETOLEARN_ADDRESS is not set "
+            raise RuntimeError(f"not launched by wheretolearn: {ENV_ADDRESS} is not set "
                                "(use connect(required=False) to run stand-alone)")
         return Client(None, sim_id=sim_id, attempt=attempt, params=params)
     host, _, port = address.rpartition(":")
@@ -121,5 +120,5 @@ def connect(address: str | None = None, *, required: bool = True,
         raise ValueError(f"address must look like host:port, got {address!r}")
     sock = socket.create_connection((host, int(port)), timeout=timeout)
     sock.settimeout(None)
-    sock.sendall(_MAGIC + env.get("WHERETOLEARN_TOKEN", "").encode())
+    sock.sendall(MAGIC + env.get(ENV_TOKEN, "").encode())
     return Client(sock, sim_id=sim_id, attempt=attempt, params=params)

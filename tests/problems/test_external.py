@@ -228,7 +228,7 @@ def _sweep_in_thread(work, seconds=5.0):
     """Run the sweep in a thread; fail (instead of hanging the suite) if it blocks."""
     import threading
 
-    from wheretolearn.problems.external import _sweep_stale
+    from wheretolearn.problems._supervisor import _sweep_stale
 
     errors = []
 
@@ -379,7 +379,7 @@ class _IdleRun:
 def _accept_in_thread(server, token, seconds=30.0):
     import threading
 
-    from wheretolearn.problems.external import _ClientStream
+    from wheretolearn.problems._step_streams import _ClientStream
 
     prob = ExternalCommandProblem(["x"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1],
                                   step_timeout=600)
@@ -394,7 +394,7 @@ def _accept_in_thread(server, token, seconds=30.0):
 def test_silent_connections_do_not_hold_up_the_real_client():
     import socket
 
-    from wheretolearn.problems.external import CLIENT_MAGIC
+    from wheretolearn.client_protocol import MAGIC
 
     token = "a" * 32
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -402,7 +402,7 @@ def test_silent_connections_do_not_hold_up_the_real_client():
         addr = server.getsockname()[:2]
         silent = [socket.create_connection(addr) for _ in range(3)]   # connect, say nothing
         real = socket.create_connection(addr)
-        real.sendall(CLIENT_MAGIC + token.encode())
+        real.sendall(MAGIC + token.encode())
         try:
             t, got = _accept_in_thread(server, token)
             assert not t.is_alive(), "the handshake blocked on a silent connection"
@@ -418,16 +418,17 @@ def test_a_silent_connection_is_dropped_at_its_hello_deadline(monkeypatch):
     import socket
     import threading
 
-    from wheretolearn.problems import external
+    from wheretolearn.client_protocol import MAGIC
+    from wheretolearn.problems import _step_streams
 
-    monkeypatch.setattr(external, "_HELLO_TIMEOUT", 0.2)
+    monkeypatch.setattr(_step_streams, "_HELLO_TIMEOUT", 0.2)
     token = "b" * 32
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.setblocking(False)
         addr = server.getsockname()[:2]
         silent = socket.create_connection(addr)
         got = {}
-        t = threading.Thread(target=lambda: got.update(conn=external._ClientStream(
+        t = threading.Thread(target=lambda: got.update(conn=_step_streams._ClientStream(
             ExternalCommandProblem(["x"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1],
                                    step_timeout=600), _IdleRun())._accept(server, token)),
             daemon=True)
@@ -437,7 +438,7 @@ def test_a_silent_connection_is_dropped_at_its_hello_deadline(monkeypatch):
             assert silent.recv(1) == b""                 # closed by the engine, no client yet
         assert t.is_alive()                              # still waiting for the real one
         with socket.create_connection(addr) as real:
-            real.sendall(external.CLIENT_MAGIC + token.encode())
+            real.sendall(MAGIC + token.encode())
             t.join(30)
             assert got["conn"].getpeername() == real.getsockname()
             got["conn"].close()
@@ -447,20 +448,20 @@ def test_a_wrong_token_is_refused_with_a_constant_time_comparison(monkeypatch):
     import hmac
     import socket
 
-    from wheretolearn.problems.external import CLIENT_MAGIC
+    from wheretolearn.client_protocol import MAGIC
 
     calls = []
     compare = hmac.compare_digest
-    monkeypatch.setattr("wheretolearn.problems.external.hmac.compare_digest",
+    monkeypatch.setattr("wheretolearn.problems._step_streams.hmac.compare_digest",
                         lambda a, b: calls.append((a, b)) or compare(a, b))
     token = "0123456789abcdef" * 2
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.setblocking(False)
         addr = server.getsockname()[:2]
         wrong = socket.create_connection(addr)
-        wrong.sendall(CLIENT_MAGIC + b"f" * len(token))          # same length, wrong value
+        wrong.sendall(MAGIC + b"f" * len(token))                 # same length, wrong value
         real = socket.create_connection(addr)
-        real.sendall(CLIENT_MAGIC + token.encode())
+        real.sendall(MAGIC + token.encode())
         with wrong, real:
             t, got = _accept_in_thread(server, token)
             assert not t.is_alive()
@@ -468,7 +469,7 @@ def test_a_wrong_token_is_refused_with_a_constant_time_comparison(monkeypatch):
             wrong.settimeout(30)
             assert wrong.recv(1) == b""                           # dropped by the engine
             got["conn"].close()
-    assert (CLIENT_MAGIC + b"f" * len(token), CLIENT_MAGIC + token.encode()) in calls
+    assert (MAGIC + b"f" * len(token), MAGIC + token.encode()) in calls
 
 
 def test_a_client_program_with_silent_connections_streams_normally(tmp_path):
