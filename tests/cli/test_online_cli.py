@@ -24,7 +24,7 @@ def write_config(path, **sections):
     ("resume", ("--max-seconds", "--no-progress", "--restart", "--trust")),
     ("compare", ("--out", "--samplers", "--seeds", "--passes", "--batches-per-simulation",
                  "--val-interior", "--val-faces", "--val-corners", "--val-seed",
-                 "--val-design", "--cache", "--bootstrap-seed", "--no-progress")),
+                 "--val-design", "--cache", "--bootstrap-seed", "--jobs", "--no-progress")),
 ])
 def test_help_of_each_sub_command_lists_its_own_options(command, flags):
     res = runner.invoke(app, ["online", command, "--help"])
@@ -34,7 +34,8 @@ def test_help_of_each_sub_command_lists_its_own_options(command, flags):
         assert flag in res.output, (command, flag)
     cmd = typer.main.get_command(app).commands["online"].commands[command]
     own = {o for p in cmd.params if p.param_type_name == "option" for o in p.opts}
-    assert own == set(flags) | ({"-o", "--partition"} if command == "run" else set())
+    short = {"run": {"-o", "--partition"}, "compare": {"-j"}}.get(command, set())
+    assert own == set(flags) | short
 
 
 def test_online_alone_prints_its_sub_commands():
@@ -133,9 +134,9 @@ def test_progress_counts_lineages_so_redraws_do_not_overfill_the_bar():
     status = {"simulations_completed": 2, "simulations_failed": 1, "simulations_redrawn": 1,
               "simulations_running": 2, "samples_received": 10, "buffer_fill": 5,
               "buffer_capacity": 10, "batches": 0, "loss": None, "val_error": None}
-    bar = _Progress(4)
-    bar(status)
-    assert bar._bar.tasks[0].completed == 2  # two lineages ended, two still running
+    with _Progress(4) as bar:
+        bar(status)
+        assert bar._task.completed == 2  # two lineages ended, two still running
 
 
 # -- online resume: a run folder is data, not code (issue 24 item 2) ------------------------

@@ -72,22 +72,22 @@ app.add_typer(online_app, name="online")
 
 
 class _Progress:
-    """Live display: simulations done/running/failed, samples, buffer fill, loss."""
+    """Live display of an online study: simulations done/running/failed, samples, buffer
+    fill, loss (one :class:`~wheretolearn._progress.ProgressBars` bar)."""
 
     def __init__(self, total: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from .._progress import ProgressBars
 
-        self._bar = Progress(TextColumn("simulations"), BarColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-        self._task = self._bar.add_task("online", total=total, info="starting")
+        self._bars = ProgressBars()
+        self._total = total
 
     def __enter__(self) -> "_Progress":
-        self._bar.start()
+        self._task = self._bars.__enter__().task("simulations", self._total)
+        self._task.update(info="starting")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._bar.stop()
+        self._bars.__exit__(*exc)
 
     def __call__(self, s: dict) -> None:
         loss = "-" if s["loss"] is None else f"{s['loss']:.3g}"
@@ -99,7 +99,7 @@ class _Progress:
         # The total counts lineages: a failed simulation that was redrawn did not end its
         # lineage (its replacement goes on), so it does not advance the bar.
         ended = s["simulations_completed"] + s["simulations_failed"] - s["simulations_redrawn"]
-        self._bar.update(self._task, completed=ended, info=info)
+        self._task.update(completed=ended, info=info)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:

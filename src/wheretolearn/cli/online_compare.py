@@ -16,6 +16,8 @@ from typing import Optional
 
 import typer
 
+from .._progress import ProgressBars
+
 #: Default ``--samplers`` and ``--passes`` (the other defaults are the options' own).
 DEFAULT_SAMPLERS = "uniform,breed,breed-weighted"
 DEFAULT_PASSES = 1.5
@@ -70,20 +72,11 @@ def run_compare(config: str, *, out: Optional[Path], samplers: Optional[str], se
           "jobs": jobs,
           "cache": cache if cache is not None else stage / "validation"}
     try:
-        if progress:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=Console(stderr=True),
-                          transient=True) as bar:
-                task = bar.add_task("compare", total=len(names) * seeds)
-                result = compare_samplers(
-                    cfg, names, **kw, progress=lambda label: bar.update(task, description=label),
-                    on_run=lambda record: bar.advance(task))
-        else:
-            result = compare_samplers(cfg, names, **kw)
+        with ProgressBars(progress, transient=True) as bars:
+            task = bars.task("compare", len(names) * seeds)
+            result = compare_samplers(
+                cfg, names, **kw, progress=lambda label: task.update(description=label),
+                on_run=lambda record: task.advance())
         summary = write_comparison(result, out, config_path=config, stage=stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .._progress import ProgressBars
 from .._validation import (MAX_PROBLEM_OPTION, SIZE_LIMITS, check_int_range, check_memory,
                            check_nonnegative_int, check_positive_int, format_bytes)
 
@@ -558,7 +559,9 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     try:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        with _progress_bar(progress, n_chunks, n_chunks - len(todo), prob.name) as advance:
+        with ProgressBars(progress) as bars:
+            advance = bars.task(f"generate {prob.name} (chunks)", n_chunks,
+                                completed=n_chunks - len(todo)).advance
             if todo and (workers == 0 and scheduler is None):
                 for i in todo:
                     x = sample(i)
@@ -711,30 +714,6 @@ def _take(it: Iterable[int], k: int) -> list[int]:
         if len(out) == k:
             break
     return out
-
-
-class _progress_bar:
-    """Context manager yielding ``advance()``; a rich bar when enabled, else a no-op."""
-
-    def __init__(self, enabled: bool, total: int, completed: int, label: str):
-        self.enabled, self.total, self.completed, self.label = enabled, total, completed, label
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
-
-        self._p = Progress(TextColumn(f"generate {self.label}"), BarColumn(),
-                           MofNCompleteColumn(), TextColumn("chunks"), TimeRemainingColumn(),
-                           transient=False)
-        self._p.start()
-        task = self._p.add_task("chunks", total=self.total, completed=self.completed)
-        return lambda: self._p.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._p.stop()
 
 
 def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: dict | None = None,
