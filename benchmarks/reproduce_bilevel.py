@@ -31,6 +31,14 @@ at N = 1024 (the study's start-check draws), and that family's unseen error
 family's reported distribution) evaluated at another N, e.g. 4096 (:func:`evaluate_at`;
 ``n4096.json``).
 
+``smoothing-selection``: the KDE bandwidth of the particle family's smoothing at N = 4096
+(a multiple of Silverman's), chosen per trial on the seen split (:func:`smoothing_selection`;
+``smoothing_selection.json``).
+
+``sobol-diagnosis``: Sobol G at N = 1024 without the trust region and with 3x the steps on
+the reproduction's trial seeds, and on other meta-test families (:func:`sobol_diagnosis`;
+``sobol_g_diagnosis.json``).
+
 ``robustness``: configurations outside the paper's four (other dimensions, meta-test seeds,
 learning rates 10x the paper's), one run each, to check that the reported distribution is
 never worse than its start. Results in ``benchmarks/results/reproduction/robustness.json``.
@@ -44,6 +52,8 @@ Runs with one torch thread; run under ``nice`` on a shared machine. Usage::
     python benchmarks/reproduce_bilevel.py family-selection [sobol_g ...]   # best of three
     python benchmarks/reproduce_bilevel.py evaluate-at rkhs friedman2 --n 4096 [--trials ...]
     python benchmarks/reproduce_bilevel.py particle-selection friedman1   # lr, on the seen split
+    python benchmarks/reproduce_bilevel.py sobol-diagnosis --trials 0 1 2
+    python benchmarks/reproduce_bilevel.py smoothing-selection rkhs --n 4096
 """
 
 from __future__ import annotations
@@ -465,6 +475,183 @@ def particle_selection(names: list[str]) -> Path:
     return path
 
 
+#: ``smoothing-selection``: multiples of the Silverman bandwidth for the particle family's
+#: smoothing beyond M points (N > M adds N - M draws of the KDE around the particles).
+SMOOTHING_FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def smoothing_selection(names: list[str], n: int, trials: list[int]) -> Path:
+    """The KDE bandwidth of the particle family's smoothing at N = ``n`` > M, chosen on the
+    *seen* split: for each committed ``<config>_particles`` trial and each factor ``f`` of
+    :data:`SMOOTHING_FACTORS`, the learned particles with bandwidth ``f`` x Silverman's
+    (:class:`~wheretolearn.measures.empirical.ParticleMeasure`), scored by the seen error of
+    KRR on ``n`` draws (mean of ``SELECTION_DRAWS`` draws, seeds apart from the evaluation's);
+    the factor with the lowest seen error is that trial's pick. The unseen error of every
+    factor at N = ``n`` is recorded with the evaluation's seeds (the draws ``evaluate-at``
+    makes for ``optimized``: factor 1 reproduces ``n<n>.json``'s ``optimized:particles``),
+    never used to pick. Results in ``benchmarks/results/reproduction/smoothing_selection.json``,
+    written after every trial; trials already there are kept."""
+    import torch
+
+    from wheretolearn._validation import resolve_dtype
+    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design.baselines import DistributionSource
+    from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, source_seed
+    from wheretolearn.design.study import _trial_seed
+    from wheretolearn.measures.empirical import ParticleMeasure, silverman_bandwidth
+    from wheretolearn.problems import get_problem
+
+    path = RESULTS / "smoothing_selection.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    for name in names:
+        rc = resolve_study_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+        dtype = resolve_dtype(rc.dtype)
+        problem = get_problem(rc.problem, dim=rc.dim)
+        mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
+                           n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+        row = rows.setdefault(name, {
+            "n": n, "factors": list(SMOOTHING_FACTORS), "trials": {},
+            "criterion": (f"seen error at N = {n}, mean of {SELECTION_DRAWS} draws (lower "
+                          "wins, per trial); unseen error with the evaluation's seeds, "
+                          "recorded, never used")})
+        for trial in trials:
+            if str(trial) in row["trials"]:
+                continue
+            f = RESULTS / f"{name}_particles" / f"trial{trial}.json"
+            learned = _learned_measure(json.loads(f.read_text())["learned"], dtype)
+            silverman = silverman_bandwidth(learned.points)   # whatever the file's rule was
+            seen, unseen = {}, {}
+            for factor in SMOOTHING_FACTORS:
+                m = ParticleMeasure(learned.points, bandwidth=factor * silverman)
+                errs = []
+                for r in range(SELECTION_DRAWS):
+                    g = torch.Generator().manual_seed(
+                        source_seed(_trial_seed(rc.seed, trial, 2), 13, n, r))
+                    err, _ = fit_and_score(problem, mt, m.sample(n, generator=g),
+                                           bandwidth=rc.bandwidth, ridge=rc.eval_ridge,
+                                           dtype=rc.eval_dtype, split="seen", kernel=rc.kernel)
+                    errs.append(err)
+                seen[str(factor)] = sum(errs) / len(errs)
+                cell = evaluate_sources(problem, mt, [DistributionSource("optimized", m)], [n],
+                                        repeats=1, bandwidth=rc.bandwidth, ridge=rc.eval_ridge,
+                                        seed=_trial_seed(rc.seed, trial, 2),
+                                        dtype=rc.eval_dtype, num_threads=1, kernel=rc.kernel)
+                unseen[str(factor)] = cell["optimized"][str(n)]["mean"]
+                print(name, trial, factor, f"seen {seen[str(factor)]:.5f}",
+                      f"unseen {unseen[str(factor)]:.5f}", flush=True)
+            pick = min(seen, key=seen.get)
+            row["trials"][str(trial)] = {"seen_error": seen, "unseen_error_not_used": unseen,
+                                         "chosen_factor": float(pick),
+                                         "chosen_unseen_error": unseen[pick]}
+            path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+    return path
+
+
+#: ``sobol-diagnosis``: variants of ``examples/sobol_g.toml`` run on the reproduction's trial
+#: seeds (same bilevel draws and evaluation draws as the committed trials), to see whether the
+#: trust region or the step budget holds the descent back.
+SOBOL_VARIANTS = {
+    "no trust region": {"bilevel_options": {"max_move": None}},
+    "3000 steps": {"steps": 3000},
+    "no trust region, 3000 steps": {"steps": 3000, "bilevel_options": {"max_move": None}},
+    "final iterate": {"use_iterate": "final"},
+}
+#: Draws of N = 1024 per committed trial for the spread of one learned distribution's error.
+SOBOL_DRAWS = 10
+#: ... and the paper settings on other meta-test families (``seed``), trial 0, with every
+#: baseline, to see how much the meta-test draw moves the error and the baselines.
+SOBOL_METATEST_SEEDS = (1, 2, 3)
+
+
+def _diagnosis_row(s: dict, seconds: float) -> dict:
+    """What ``sobol-diagnosis`` keeps of one run."""
+    return {"unseen_error_1024": s["baselines"]["optimized"]["1024"],
+            "baselines_1024": {k: v["1024"] for k, v in s["baselines"].items()},
+            "best_step": s["best_step"], "steps": s["steps"],
+            "initial_seen_error": s["initial_seen_error"],
+            "reported_seen_error": s["reported_seen_error"],
+            "final_seen_error": s["final_seen_error"],
+            "clipped_steps": s["collapse"]["clipped_steps"],
+            "radius_shrinks": s["collapse"]["radius_shrinks"],
+            "rejected": s["collapse"]["events"], "wall_seconds": seconds}
+
+
+def sobol_diagnosis(trials: list[int]) -> Path:
+    """Sobol G at N = 1024 (issue 25): the paper configuration without the trust region, with
+    3x the steps, and both, on ``trials`` (each variant's trial k uses trial k's seeds, so the
+    committed ``sobol_g/trial<k>.json`` is its reference); then the paper configuration on the
+    meta-test families of :data:`SOBOL_METATEST_SEEDS` (trial 0, all baselines). Results in
+    ``benchmarks/results/reproduction/sobol_g_diagnosis.json``, written after every run; runs
+    already there are kept. Last, the spread of the unseen error over :data:`SOBOL_DRAWS`
+    evaluation draws of each committed trial's learned Gaussian (:func:`_draw_spread`)."""
+    path = RESULTS / "sobol_g_diagnosis.json"
+    rows = json.loads(path.read_text()) if path.exists() else {"variants": {}, "metatest": {}}
+    base = tomllib.loads((ROOT / "examples" / "sobol_g.toml").read_text())
+
+    def run(group: str, label: str, cfg: dict) -> None:
+        if label in rows[group]:
+            return
+        s, seconds = _selection_study(cfg, "sobol-diag-")
+        rows[group][label] = _diagnosis_row(s, seconds)
+        print(group, label, json.dumps(rows[group][label]), flush=True)
+        path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+
+    for trial in trials:
+        ref = json.loads((RESULTS / "sobol_g" / f"trial{trial}.json").read_text())
+        rows["variants"].setdefault(f"paper settings, trial {trial} (committed)", {
+            "unseen_error_1024": ref["baselines"]["optimized"]["1024"],
+            "best_step": ref["best_step"], "steps": ref["steps"],
+            "reported_seen_error": ref["reported_seen_error"],
+            "clipped_steps": ref["collapse"]["clipped_steps"],
+            "radius_shrinks": ref["collapse"]["radius_shrinks"]})
+        for label, over in SOBOL_VARIANTS.items():
+            opts = {**SPARSE_LOGGING, **over.get("bilevel_options", {})}
+            cfg = {**base, **over, "trials": 1, "trial_offset": trial, **REPRO_EVAL,
+                   **MIXTURE_EVAL, "bilevel_options": opts}
+            run("variants", f"{label}, trial {trial}", cfg)
+    for seed in SOBOL_METATEST_SEEDS:
+        cfg = {**base, "seed": seed, "trials": 1, "trial_offset": 0, **REPRO_EVAL,
+               "bilevel_options": SPARSE_LOGGING}
+        run("metatest", f"meta-test seed {seed}, trial 0", cfg)
+    draws = rows.setdefault("draws", {})
+    for trial in range(5):
+        if f"trial {trial}" not in draws:
+            draws[f"trial {trial}"] = _draw_spread(base, trial, SOBOL_DRAWS)
+            print("draws", trial, json.dumps(draws[f"trial {trial}"]), flush=True)
+            path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
+    return path
+
+
+def _draw_spread(cfg: dict, trial: int, draws: int) -> dict:
+    """Unseen error at N = 1024 of ``draws`` independent draws from the learned distribution of
+    committed trial ``trial`` (seeds apart from the evaluation's): how much of the spread over
+    trials one evaluation draw explains."""
+    import statistics
+
+    import torch
+
+    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design.evaluation import fit_and_score, source_seed
+    from wheretolearn.problems import get_problem
+
+    rc = resolve_study_config(cfg)
+    problem = get_problem(rc.problem, dim=rc.dim)
+    mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
+                       n_unseen=rc.n_unseen, seed=rc.seed, dtype=torch.float32)
+    summary = json.loads((RESULTS / "sobol_g" / f"trial{trial}.json").read_text())
+    measure = _learned_measure(summary["learned"], torch.float64)
+    errs = []
+    for r in range(draws):
+        g = torch.Generator().manual_seed(source_seed(rc.seed, 17, trial, r))
+        err, _ = fit_and_score(problem, mt, measure.sample(1024, generator=g),
+                               bandwidth=rc.bandwidth, ridge=rc.eval_ridge, dtype=rc.eval_dtype,
+                               kernel=rc.kernel)
+        errs.append(err)
+    return {"committed_draw": summary["baselines"]["optimized"]["1024"],
+            "mean": statistics.mean(errs), "sd": statistics.stdev(errs), "min": min(errs),
+            "max": max(errs), "values": errs}
+
+
 def robustness(only: list[str] | None) -> Path:
     path = RESULTS / "robustness.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
@@ -503,7 +690,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("reproduction", "mixture-selection", "robustness",
                                      "compact", "family-selection", "evaluate-at",
-                                     "particle-selection"))
+                                     "particle-selection", "sobol-diagnosis",
+                                     "smoothing-selection"))
     ap.add_argument("configs", nargs="*", help=f"reproduction: any of {', '.join(CONFIGS)}")
     ap.add_argument("--trials", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                     help="trial indices to run (each its own study)")
@@ -529,6 +717,11 @@ def main() -> None:
         print(particle_selection(list(args.configs or PARTICLE_CANDIDATES)), flush=True)
     elif args.what == "evaluate-at":
         print(evaluate_at(list(args.configs or PAPER_CONFIGS), args.n, args.trials), flush=True)
+    elif args.what == "smoothing-selection":
+        print(smoothing_selection(list(args.configs or ["rkhs"]), args.n, args.trials),
+              flush=True)
+    elif args.what == "sobol-diagnosis":
+        print(sobol_diagnosis(args.trials), flush=True)
     elif args.what == "family-selection":
         print(family_selection(list(args.configs or PAPER_CONFIGS)), flush=True)
     elif args.what == "compact":

@@ -193,8 +193,10 @@ def larger_n_table(n: int = 4096) -> str:
     if not path.exists() or not sel_path.exists():
         return f"(run `python benchmarks/reproduce_bilevel.py evaluate-at --n {n}`)"
     rows, sel = json.loads(path.read_text()), json.loads(sel_path.read_text())
+    smooth = _smoothing_cells(n)
     head = ["config", "trials", "seen-split pick (at N=1024)", f"pick at N={n}",
-            "Gaussian", "mixture family", "particles",
+            "Gaussian", "mixture family", "particles (Silverman KDE)",
+            "particles (KDE bandwidth chosen on seen)",
             *(label for _, label in BASELINES), "pick beats every baseline"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in (c for c in CONFIGS if c in rows and c in sel):
@@ -203,14 +205,18 @@ def larger_n_table(n: int = 4096) -> str:
         trials = [t for t in sorted(r["trials"], key=int) if int(t) in picks]
         if not trials:
             continue
-        cells = [r["trials"][t]["errors"] for t in trials]
+        tuned = smooth.get(name, {})
+        cells = [{**r["trials"][t]["errors"],
+                  **({"optimized:particles-seen-bw": tuned[t]} if t in tuned else {})}
+                 for t in trials]
 
         def stat(key, cells=cells):
             vals = [c.get(key) for c in cells]
             return None if any(v is None for v in vals) else _mean_half(vals)
 
-        pick = _mean_half([c[f"optimized:{picks[int(t)]}"] for t, c in zip(trials, cells)])
-        fams = [stat(f"optimized:{f}") for f in ("gaussian", "mixture", "particles")]
+        pick = _mean_half([c[_pick_key(picks[int(t)], c)] for t, c in zip(trials, cells)])
+        fams = [stat(f"optimized:{f}") for f in ("gaussian", "mixture", "particles",
+                                                  "particles-seen-bw")]
         base = {c: stat(c) for c, _ in BASELINES}
         present = {c: v for c, v in base.items() if v is not None}
         best = min(present, key=lambda c: present[c][0])
@@ -235,10 +241,33 @@ def larger_n_table(n: int = 4096) -> str:
                  f"uses; mean ± half-width of the 95 % Student-t interval over trials. The pick "
                  f"is each trial's seen-split choice at N = 1024 (table above), not re-chosen at "
                  f"N = {n}; the lower of the pick and the best baseline in bold. Particles at "
-                 f"N = {n}: the M = 1024 particles plus {n - 1024} draws of their Gaussian KDE (Silverman bandwidth). Generated from "
-                 f"`benchmarks/results/reproduction/n{n}.json` (`python "
+                 f"N = {n}: the M = 1024 particles plus {n - 1024} draws of their Gaussian KDE, "
+                 f"with Silverman's bandwidth (the study's default) or with the multiple of it "
+                 f"that gave the lowest *seen* error at N = {n} in each trial "
+                 f"(`smoothing_selection.json`, `python benchmarks/reproduce_bilevel.py "
+                 f"smoothing-selection CONFIG --n {n}`; same evaluation draws); where that "
+                 f"column is filled, a trial whose pick is the particle family uses it. "
+                 f"Generated from `benchmarks/results/reproduction/n{n}.json` (`python "
                  f"benchmarks/reproduce_bilevel.py evaluate-at CONFIG --n {n}`).")
     return "\n".join(lines)
+
+
+def _smoothing_cells(n: int) -> dict[str, dict[str, float]]:
+    """``{config: {trial: unseen error}}`` of the particle family with its KDE bandwidth chosen
+    on the seen split at N = ``n`` (``smoothing_selection.json``), or {}."""
+    path = RESULTS / "smoothing_selection.json"
+    if not path.exists():
+        return {}
+    return {name: {t: row["chosen_unseen_error"] for t, row in r["trials"].items()}
+            for name, r in json.loads(path.read_text()).items() if r["n"] == n}
+
+
+def _pick_key(family: str, cells: dict) -> str:
+    """The cell of a trial's picked family: the particle family with its seen-split KDE
+    bandwidth where that was selected, else the family's cell."""
+    if family == "particles" and "optimized:particles-seen-bw" in cells:
+        return "optimized:particles-seen-bw"
+    return f"optimized:{family}"
 
 
 def robustness_table() -> str:
@@ -290,6 +319,65 @@ def busy_table() -> str:
     return "\n".join(lines)
 
 
+def speed_table() -> str:
+    """Step times of ``benchmarks/results/bench_bilevel.json`` (one run of
+    ``benchmarks/bench_bilevel.py``): ours against the authors'-style reference, interleaved,
+    and the mixture / particle steps beside the Gaussian's."""
+    path = ROOT / "benchmarks" / "results" / "bench_bilevel.json"
+    if not path.exists():
+        return "(run `python benchmarks/bench_bilevel.py --threads 1`)"
+    d = json.loads(path.read_text())
+    h = d.get("headline_1_thread")
+    if h is None:
+        return "(rerun `python benchmarks/bench_bilevel.py --threads 1`: no interleaved headline)"
+    rows = {(r["threads"], r["n_train"], r["n_seen"]): r for r in d["rows"]}
+    lines = ["| 1 thread, Sobol G d2, J = 10, 500 seen + 4500 unseen per Q, float32 | ours | "
+             "reference (authors' style) | reference / ours |", "|---|---|---|---|",
+             f"| N = 250, step with seen + unseen error logged, median | "
+             f"{h['ours_ms_median']:.1f} ms | {h['reference_ms_median']:.0f} ms | "
+             f"**{h['ratio_median']:.1f}x** |",
+             f"| N = 250, same, fastest step | {h['ours_ms_min']:.1f} ms | "
+             f"{h['reference_ms_min']:.0f} ms | **{h['ratio_min']:.1f}x** |"]
+    if "ours_unseen_every_10_ms_mean" in h:
+        lines.append(f"| N = 250, option `eval_unseen=10` (unseen error every 10th step; the "
+                     f"reference still every step), mean | {h['ours_unseen_every_10_ms_mean']:.1f}"
+                     f" ms | {h['reference_ms_median']:.0f} ms | "
+                     f"{h['ratio_unseen_every_10_vs_reference_every_step']:.1f}x |")
+    for n in (250, 1000, 4000):
+        r = rows.get((1, n, 500))
+        if r is None:
+            continue
+        o, f = r["ours"], r["reference"]
+        ref = (f"{f['grad_ms_min']:.1f} ms", f"{f['grad_ms_min'] / o['grad_ms_min']:.1f}x") \
+            if f else ("not run", "")
+        lines.append(f"| N = {n}, gradient step alone, fastest | {o['grad_ms_min']:.1f} ms | "
+                     f"{ref[0]} | {ref[1]} |")
+    fam = d.get("families")
+    if fam:
+        lines += ["", "| case | unseen logged | Gaussian (N = 250) | mixture K = 4 | ratio | "
+                  "Gaussian (N = 1024) | particles M = 1024 | ratio |", "|" + "---|" * 8]
+        for r in fam["rows"]:
+            g, m = r["gaussian"], r["mixture K=4"]
+            g2, pt = r["gaussian N=1024"], r["particles M=1024"]
+            lines.append(f"| {r['case']} | {'yes' if r['eval_unseen'] else 'no'} | "
+                         f"{g['total_ms']:.1f} ms | {m['total_ms']:.1f} ms | "
+                         f"{r['ratio_total']:.2f}x | {g2['total_ms']:.1f} ms | "
+                         f"{pt['total_ms']:.1f} ms | {r['particles_ratio_total']:.2f}x |")
+    load = d["meta"]["load_average_before"][0]
+    lines.append("")
+    lines.append(f"One run of `python benchmarks/bench_bilevel.py --threads 1` "
+                 f"(`benchmarks/results/bench_bilevel.json`): first table, ours and the "
+                 f"reference interleaved over {h['rounds']} rounds ({h['steps_ours']} / "
+                 f"{h['steps_reference']} steps per round): median over rounds of the "
+                 f"per-round median step, and the fastest step; \"gradient step alone\" from "
+                 f"the same run's "
+                 f"per-N rows. Second table (same run): median ms per step over "
+                 f"{fam['rounds'] if fam else 0} interleaved rounds, 1 thread. Shared 2-core "
+                 f"machine (1-minute load average {load:.1f} at the start): compare cells of "
+                 f"one table, not with other machines.")
+    return "\n".join(lines)
+
+
 def _replace(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
@@ -304,6 +392,7 @@ def render(text: str) -> str:
     text = _replace(text, "family-selection-table", family_selection_table())
     text = _replace(text, "n4096-table", larger_n_table(4096))
     text = _replace(text, "busy-table", busy_table())
+    text = _replace(text, "bench-bilevel-table", speed_table())
     return _replace(text, "robustness-table", robustness_table())
 
 

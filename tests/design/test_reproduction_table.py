@@ -97,3 +97,21 @@ def test_particle_examples_use_the_seen_split_choice():
         cfg = tomllib.loads((rb.ROOT / "examples" / f"{name}_particles.toml").read_text())
         for key, value in cands[row["chosen"]]["settings"].items():
             assert cfg[key] == value, (name, key)
+
+
+def test_smoothing_selection_picks_on_the_seen_split():
+    """smoothing_selection.json: each trial's KDE factor is the lowest *seen* error, its unseen
+    error is that factor's, and factor 1 (Silverman, the study's default) reproduces the
+    committed N = 4096 cell of the particle family (same evaluation draws)."""
+    rb = _reproduce_module()
+    path = rb.RESULTS / "smoothing_selection.json"
+    if not path.exists():
+        return
+    for name, row in json.loads(path.read_text()).items():
+        cells = json.loads((rb.RESULTS / f"n{row['n']}.json").read_text())[name]["trials"]
+        for trial, t in row["trials"].items():
+            best = min(t["seen_error"], key=t["seen_error"].get)
+            assert float(best) == t["chosen_factor"]
+            assert t["chosen_unseen_error"] == t["unseen_error_not_used"][best]
+            committed = cells[trial]["errors"]["optimized:particles"]
+            assert abs(t["unseen_error_not_used"]["1.0"] - committed) <= 1e-9 * committed
