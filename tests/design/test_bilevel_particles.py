@@ -165,6 +165,28 @@ def test_particle_study_records_smoothing_and_reloads(tmp_path):
     # N = 32 > M = 24: the particles (float32 study dtype) plus 8 KDE draws
     torch.testing.assert_close(rec["x"][:24], pts.float().double())
     assert s["selection_seen_error"] is not None
+    assert written["smoothing"]["rule"] == "silverman"
+
+
+def test_particle_bandwidth_scales_the_evaluation_smoothing(tmp_path):
+    """particle_bandwidth = f: the learned particles' KDE uses f x Silverman's bandwidth of
+    the same particles (the descent itself is unchanged: same points as f = 1)."""
+    from wheretolearn.measures.empirical import silverman_bandwidth
+
+    runs = {}
+    for f in (1.0, 0.5):
+        out = tmp_path / f"run{f}"
+        run_bilevel_study({**TINY, "family": "particles", "particle_bandwidth": f}, out,
+                          progress=False)
+        runs[f] = json.loads((out / "summary.json").read_text())
+    assert runs[0.5]["learned"]["points"] == runs[1.0]["learned"]["points"]
+    pts = torch.tensor(runs[1.0]["learned"]["points"], dtype=torch.float32)
+    h = silverman_bandwidth(pts).double()
+    torch.testing.assert_close(torch.tensor(runs[1.0]["smoothing"]["bandwidth"], dtype=F64), h,
+                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(runs[0.5]["smoothing"]["bandwidth"], dtype=F64),
+                               0.5 * h, rtol=1e-6, atol=1e-9)
+    assert runs[0.5]["smoothing"]["rule"] == "given"
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -174,6 +196,8 @@ def test_particle_study_records_smoothing_and_reloads(tmp_path):
     ({"family": "particles", "particles": 20, "n_train": 200, "n_seen": 5},
      "at most the 15 pooled seen samples"),
     ({"family": "particles", "kernel": "laplace"}, "Gaussian kernel"),
+    ({"particle_bandwidth": 0.5}, "particle_bandwidth applies to family = 'particles'"),
+    ({"family": "particles", "particle_bandwidth": 0}, "greater than 0"),
 ])
 def test_particle_config_errors(bad, match):
     from pydantic import ValidationError

@@ -159,6 +159,9 @@ def bilevel(
     particle_init: Optional[str] = typer.Option(
         None, "--particle-init", help="metatest | start: initial particles from the pooled "
                                       "seen samples or the initial Gaussian (default: metatest)"),
+    particle_bandwidth: Optional[float] = typer.Option(
+        None, "--particle-bandwidth", help="KDE bandwidth of the learned particles' smoothing "
+        "beyond M draws, times Silverman's (default: --config, else 1)"),
     components: Optional[int] = typer.Option(
         None, "--components", help="mixture components K (default: --config, else n_measures)"),
     mixture_init: Optional[str] = typer.Option(
@@ -202,6 +205,7 @@ def bilevel(
              "bandwidth": bandwidth, "init": init, "init_mean": init_mean, "init_std": init_std,
              "family": family, "components": components, "mixture_init": mixture_init,
              "particles": particles, "particle_init": particle_init,
+             "particle_bandwidth": particle_bandwidth,
              "eval_n": _parse_int_list(eval_n, "--eval-n"), "repeats": repeats,
              "trials": trials, "seed": seed,
              "optimizer": optimizer, "use_iterate": use_iterate,

@@ -113,6 +113,9 @@ class BilevelStudyConfig(BaseModel):
     particle_init: Literal["metatest", "start"] = Field(
         "metatest", description="initial particles: M of the pooled seen meta-test samples "
                                 "(without replacement) or M draws of the initial Gaussian")
+    particle_bandwidth: float = Field(
+        1.0, gt=0, le=100, description="KDE bandwidth of the learned particles' smoothing "
+        "(draws beyond M at evaluation), as a multiple of Silverman's rule (default 1)")
     init: Literal["normal", "barycenter"] = Field(
         "normal", description="initial nu: N(init_mean 1, init_std^2 I) or the barycenter of Q "
                               "(for a mixture: the Gaussian that mixture_init = 'split' splits)")
@@ -206,6 +209,10 @@ class BilevelStudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _mixture_settings(self) -> "BilevelStudyConfig":
+        if self.particle_bandwidth != 1.0 and self.family not in ("particles", "best"):
+            raise ValueError(f"particle_bandwidth applies to family = 'particles' or 'best' "
+                             f"only, got particle_bandwidth = {self.particle_bandwidth} with "
+                             f"family = {self.family!r}")
         if self.particles is not None:
             if self.family not in ("particles", "best"):
                 raise ValueError(f"particles applies to family = 'particles' or 'best' only, "
@@ -439,7 +446,8 @@ def _family_config(cfg: BilevelStudyConfig, family: str) -> BilevelStudyConfig:
     """``cfg`` for one family of a ``family = "best"`` study."""
     data = cfg.model_dump()
     data.update(family=family, components=cfg.components if family == "mixture" else None,
-                particles=cfg.particles if family == "particles" else None)
+                particles=cfg.particles if family == "particles" else None,
+                particle_bandwidth=cfg.particle_bandwidth if family == "particles" else 1.0)
     return BilevelStudyConfig(**data)
 
 
@@ -539,6 +547,11 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
                              num_threads=cfg.num_threads, kernel=cfg.kernel,
                              **cfg.bilevel_options)
     chosen = result.best if cfg.use_iterate == "best" else result.final
+    if cfg.family == "particles" and cfg.particle_bandwidth != 1.0:
+        from ..measures.empirical import ParticleMeasure, silverman_bandwidth
+
+        chosen = ParticleMeasure(chosen.points, bandwidth=cfg.particle_bandwidth
+                                 * silverman_bandwidth(chosen.points.detach()))
     check = _start_check(cfg, problem, metatest, init, chosen, trial) if cfg.check_start else None
     if check is not None and check["kept_start"]:
         chosen = init
