@@ -6,7 +6,7 @@ meta-test family seed 0 fixed; trial k is the study's ``trial_offset = k``), eva
 N = 1024. Each trial's ``summary.json`` goes to
 ``benchmarks/results/reproduction/<config>/trial<k>.json``;
 ``benchmarks/reproduction_table.py`` aggregates them over trials
-(:func:`wheretolearn.design.study.aggregate_trials`) into the README and docs tables.
+(:func:`wheretolearn.design.bilevel_study.aggregate_trials`) into the README and docs tables.
 
 ``mixture-selection``: for each paper configuration, trial 0 of the Gaussian-mixture family
 (issue 25) with each candidate number of components (K = J = 10, started from the Q_j, and
@@ -125,10 +125,10 @@ def to_jsonable(value):
 
 
 def _study(cfg: dict, folder: Path) -> dict:
-    from wheretolearn.design import resolve_study_config, run_bilevel_study
+    from wheretolearn.design import resolve_bilevel_config, run_bilevel_study
 
-    resolved = resolve_study_config(cfg)
-    summary = run_bilevel_study(resolved, folder, progress=False)
+    resolved = resolve_bilevel_config(cfg)
+    summary = run_bilevel_study(resolved, folder, progress=False).summary
     summary["lr"], summary["bandwidth"] = resolved.lr, resolved.bandwidth
     return summary
 
@@ -245,11 +245,11 @@ def seen_error_at(summary: dict, cfg: dict, n: int, draws: int) -> float:
     (mean of ``draws`` fits; seeds apart from the evaluation's)."""
     import torch
 
-    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.evaluation import fit_and_score, source_seed
     from wheretolearn.problems import get_problem
 
-    rc = resolve_study_config(cfg)
+    rc = resolve_bilevel_config(cfg)
     problem = get_problem(rc.problem, dim=rc.dim)
     mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
                        n_unseen=rc.n_unseen, seed=rc.seed, dtype=torch.float32)
@@ -327,9 +327,9 @@ def family_selection(names: list[str]) -> Path:
     import torch
 
     from wheretolearn._validation import resolve_dtype
-    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.evaluation import fit_and_score, source_seed
-    from wheretolearn.design.study import _CHECK_DRAWS, _trial_seed
+    from wheretolearn.design.bilevel_study import _CHECK_DRAWS, _trial_seed
     from wheretolearn.problems import get_problem
 
     path = RESULTS / "family_selection.json"
@@ -341,7 +341,7 @@ def family_selection(names: list[str]) -> Path:
         trials = sorted(set.intersection(*(
             {int(q.stem.removeprefix("trial")) for q in d.glob("trial*.json")}
             for d in folders.values())))
-        rc = resolve_study_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+        rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
         dtype = resolve_dtype(rc.dtype)
         problem = get_problem(rc.problem, dim=rc.dim)
         mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
@@ -389,16 +389,16 @@ def evaluate_at(names: list[str], n: int, trials: list[int]) -> Path:
     ``benchmarks/results/reproduction/n<n>.json``, written after every trial; cells already
     there are kept (a rerun adds only new families' trials)."""
     from wheretolearn._validation import resolve_dtype
-    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.baselines import make_sources
     from wheretolearn.design.evaluation import evaluate_sources
-    from wheretolearn.design.study import _normal_gaussian, _trial_seed
+    from wheretolearn.design.bilevel_study import _normal_gaussian, _trial_seed
     from wheretolearn.problems import get_problem
 
     path = RESULTS / f"n{n}.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     for name in names:
-        rc = resolve_study_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+        rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
         dtype = resolve_dtype(rc.dtype)
         problem = get_problem(rc.problem, dim=rc.dim)
         mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
@@ -494,17 +494,17 @@ def smoothing_selection(names: list[str], n: int, trials: list[int]) -> Path:
     import torch
 
     from wheretolearn._validation import resolve_dtype
-    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.baselines import DistributionSource
     from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, source_seed
-    from wheretolearn.design.study import _trial_seed
+    from wheretolearn.design.bilevel_study import _trial_seed
     from wheretolearn.measures.empirical import ParticleMeasure, silverman_bandwidth
     from wheretolearn.problems import get_problem
 
     path = RESULTS / "smoothing_selection.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     for name in names:
-        rc = resolve_study_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+        rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
         dtype = resolve_dtype(rc.dtype)
         problem = get_problem(rc.problem, dim=rc.dim)
         mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
@@ -630,11 +630,11 @@ def _draw_spread(cfg: dict, trial: int, draws: int) -> dict:
 
     import torch
 
-    from wheretolearn.design import make_metatest, resolve_study_config
+    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.evaluation import fit_and_score, source_seed
     from wheretolearn.problems import get_problem
 
-    rc = resolve_study_config(cfg)
+    rc = resolve_bilevel_config(cfg)
     problem = get_problem(rc.problem, dim=rc.dim)
     mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
                        n_unseen=rc.n_unseen, seed=rc.seed, dtype=torch.float32)

@@ -2,7 +2,7 @@
 
 Reads ``benchmarks/results/reproduction/<config>/trial*.json`` (one whole bilevel run each,
 written by ``benchmarks/reproduce_bilevel.py``), joins the trials of each configuration with
-:func:`wheretolearn.design.study.aggregate_trials` and ``robustness.json``, and replaces the
+:func:`wheretolearn.design.bilevel_study.aggregate_trials` and ``robustness.json``, and replaces the
 text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers in README.md and
 docs/bilevel.md. So the numbers in the text always come from the files, and
 ``--check`` (used by the test suite) fails when they drift apart.
@@ -52,7 +52,7 @@ TARGETS = (ROOT / "README.md", ROOT / "docs" / "bilevel.md")
 
 def load_config(name: str) -> dict | None:
     """Aggregated summary of the trials of one configuration, or None without results."""
-    from wheretolearn.design.study import aggregate_trials
+    from wheretolearn.design.bilevel_study import aggregate_trials
 
     files = sorted((RESULTS / name).glob("trial*.json"),
                    key=lambda p: int(p.stem.removeprefix("trial")))

@@ -34,9 +34,9 @@ __version__ = "0.1.0"
 #: so ``import wheretolearn`` stays light (no torch, dask or scipy until a name is used).
 _PUBLIC = {
     # the three studies: a config object, ``run_*_study(config, out_dir)`` -> StudyResult
-    "BilevelStudyConfig": "wheretolearn.design.study",
-    "resolve_study_config": "wheretolearn.design.study",
-    "run_bilevel_study": "wheretolearn.design.study",
+    "BilevelStudyConfig": "wheretolearn.design.bilevel_study",
+    "resolve_bilevel_config": "wheretolearn.design.bilevel_study",
+    "run_bilevel_study": "wheretolearn.design.bilevel_study",
     "AMAStudyConfig": "wheretolearn.design.ama_study",
     "resolve_ama_config": "wheretolearn.design.ama_study",
     "run_ama_study": "wheretolearn.design.ama_study",

@@ -221,7 +221,7 @@ def _load_bilevel(run: Path, n: int | None, trust: bool) -> Any:
 
     import torch
 
-    from .design.study import final_training_inputs, read_training_record
+    from .design.bilevel_study import final_training_inputs, read_training_record
     from .models.krr import KernelRidge
 
     cfg = tomllib.loads((run / "config.toml").read_text())

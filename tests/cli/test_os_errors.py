@@ -176,7 +176,7 @@ def test_sigterm_says_what_happened_and_the_rerun_resumes(tmp_path, monkeypatch)
 
 # ---------------------------------------------------------------- issue 24 item 5: memory
 def test_out_of_memory_in_a_study_leaves_no_staging(tmp_path, monkeypatch):
-    from wheretolearn.design import study
+    from wheretolearn.design import bilevel_study as study
 
     def exhaust(*args, **kwargs):
         import numpy as np

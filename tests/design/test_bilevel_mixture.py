@@ -16,7 +16,7 @@ from wheretolearn.design.bilevel_families import (DIAG_CLAMP, WEIGHT_FLOOR,
                                                   GaussianMixtureFamily)
 from wheretolearn.design.evaluation import fit_and_score
 from wheretolearn.design.metatest import MetaTest
-from wheretolearn.design.study import run_bilevel_study
+from wheretolearn.design.bilevel_study import run_bilevel_study
 from wheretolearn.measures import (Gaussian, GaussianMixture, Mixture, Uniform,
                                    empirical_gaussians)
 from wheretolearn.problems import get_problem
@@ -259,7 +259,7 @@ def test_mixture_study_records_family_and_reloads(tmp_path):
     assert len(steps[0]["weights"]) == 2
     # load_model: the recorded training set (N = 32) and a refit at another N from the
     # learned mixture in summary.json
-    from wheretolearn.design.study import final_training_inputs, read_training_record
+    from wheretolearn.design.bilevel_study import final_training_inputs, read_training_record
 
     model = wtl.load_model(out)
     rec = read_training_record(out / "model.pt")
@@ -275,10 +275,10 @@ def test_mixture_study_records_family_and_reloads(tmp_path):
     assert torch.isfinite(torch.as_tensor(model.predict(torch.rand(5, 2, dtype=F64)))).all()
     # default K: one component per meta-test measure, started from them
     d = run_bilevel_study({**TINY, "family": "mixture", "steps": 1, "eval_n": [16],
-                           "baselines": []}, tmp_path / "d", progress=False)
+                           "baselines": []}, tmp_path / "d", progress=False).summary
     assert d["components"] == 3 and d["mixture_init"] == "auto"
     gauss = run_bilevel_study({**TINY, "steps": 1, "eval_n": [16], "baselines": []},
-                              tmp_path / "g", progress=False)
+                              tmp_path / "g", progress=False).summary
     assert gauss["family"] == "gaussian" and gauss["components"] is None
     assert set(gauss["learned"]) == {"mean", "cov"}
 
@@ -293,7 +293,7 @@ def test_mixture_study_records_family_and_reloads(tmp_path):
 def test_mixture_config_errors(bad, match):
     from pydantic import ValidationError
 
-    from wheretolearn.design.study import BilevelStudyConfig
+    from wheretolearn.design.bilevel_study import BilevelStudyConfig
 
     with pytest.raises(ValidationError, match=match):
         BilevelStudyConfig(**{**TINY, **bad})

@@ -11,7 +11,7 @@ import torch
 from wheretolearn.design import bilevel_descent, make_metatest
 from wheretolearn.design.bilevel import adjoint_gradient
 from wheretolearn.design.bilevel_families import ParticleFamily, particle_start
-from wheretolearn.design.study import run_bilevel_study
+from wheretolearn.design.bilevel_study import run_bilevel_study
 from wheretolearn.measures import Gaussian
 from wheretolearn.measures.empirical import (
     Empirical,
@@ -147,10 +147,10 @@ TINY = dict(problem="sobol-g", dim=2, n_train=24, steps=4, eval_n=[24, 32], repe
 
 def test_particle_study_records_smoothing_and_reloads(tmp_path):
     import wheretolearn as wtl
-    from wheretolearn.design.study import read_training_record
+    from wheretolearn.design.bilevel_study import read_training_record
 
     out = tmp_path / "run"
-    s = run_bilevel_study({**TINY, "family": "particles"}, out, progress=False)
+    s = run_bilevel_study({**TINY, "family": "particles"}, out, progress=False).summary
     written = json.loads((out / "summary.json").read_text())
     assert (written["family"], written["particles"], written["particle_init"]) == (
         "particles", 24, "metatest")
@@ -202,7 +202,7 @@ def test_particle_bandwidth_scales_the_evaluation_smoothing(tmp_path):
 def test_particle_config_errors(bad, match):
     from pydantic import ValidationError
 
-    from wheretolearn.design.study import BilevelStudyConfig
+    from wheretolearn.design.bilevel_study import BilevelStudyConfig
 
     with pytest.raises(ValidationError, match=match):
         BilevelStudyConfig(**{**TINY, **bad})
@@ -245,11 +245,11 @@ def test_cli_particles_flags(tmp_path):
 
 def test_best_family_chooses_on_the_seen_split(tmp_path, monkeypatch):
     """Seen and unseen errors ranked in opposite orders: 'best' follows the seen one."""
-    from wheretolearn.design import study
+    from wheretolearn.design import bilevel_study as study
 
     seen = {"gaussian": 0.30, "mixture": 0.10, "particles": 0.20}
     unseen = {"gaussian": 0.01, "mixture": 0.50, "particles": 0.02}
-    real = study.run_bilevel_study
+    real = study._study
 
     def fake(cfg, out, **kw):
         if cfg.family == "best":
@@ -260,9 +260,9 @@ def test_best_family_chooses_on_the_seen_split(tmp_path, monkeypatch):
                 "baselines": {"optimized": {"24": unseen[cfg.family]}}, "warnings": [],
                 "figures": ["figures/covariances.png"], "out": str(out)}
 
-    monkeypatch.setattr(study, "run_bilevel_study", fake)
+    monkeypatch.setattr(study, "_study", fake)
     s = study.run_bilevel_study(study.BilevelStudyConfig(**TINY, family="best"),
-                                tmp_path / "best", progress=False)
+                                tmp_path / "best", progress=False).summary
     assert s["family"] == "mixture" and s["family_selection"]["chosen"] == "mixture"
     assert s["family_selection"]["seen_error"] == seen
     assert s["figures"] == ["families/mixture/figures/covariances.png"]
@@ -273,7 +273,7 @@ def test_best_family_chooses_on_the_seen_split(tmp_path, monkeypatch):
 
 def test_best_family_runs_all_three(tmp_path):
     s = run_bilevel_study({**TINY, "family": "best", "steps": 2, "eval_n": [24]},
-                          tmp_path / "best", progress=False)
+                          tmp_path / "best", progress=False).summary
     sel = s["family_selection"]
     assert set(sel["seen_error"]) == {"gaussian", "mixture", "particles"}
     assert sel["chosen"] == min(sel["seen_error"], key=sel["seen_error"].get)
@@ -297,7 +297,7 @@ def test_best_family_run_is_replaced_with_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_bilevel_study(cfg, out, progress=False)
     (out / "families" / "gaussian" / "summary.json").write_text("{}")  # stale, ours
-    s = run_bilevel_study(cfg, out, progress=False, overwrite=True)
+    s = run_bilevel_study(cfg, out, progress=False, overwrite=True).summary
     assert json.loads((out / "families" / "gaussian" / "summary.json").read_text())
     assert s["family_selection"]["chosen"] in ("gaussian", "mixture", "particles")
     for extra in (out / "families" / "gaussian" / "notes.txt",

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from scipy import stats
 
 from wheretolearn.design.baselines import SOURCE_NAMES
-from wheretolearn.design.study import (DEMO_SETTINGS, PAPER_SETTINGS, BilevelStudyConfig,
-                                       resolve_study_config, run_bilevel_study)
+from wheretolearn.design.bilevel_study import (DEMO_SETTINGS, PAPER_SETTINGS, BilevelStudyConfig,
+                                       resolve_bilevel_config, run_bilevel_study)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -22,8 +22,10 @@ TINY = dict(problem="sobol-g", dim=2, n_train=24, steps=4, eval_n=[16, 32], repe
 
 def test_tiny_study_writes_complete_run_folder(tmp_path):
     out = tmp_path / "run"
-    summary = run_bilevel_study(TINY, out, progress=False)
-    assert summary["out"] == str(out.absolute())
+    result = run_bilevel_study(TINY, out, progress=False)
+    summary = result.summary
+    assert result.run_dir == out.absolute() and "out" not in summary
+    assert result.config == BilevelStudyConfig(**TINY)
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert BilevelStudyConfig(**cfg) == BilevelStudyConfig(**TINY)  # resolved and reloadable
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -86,9 +88,9 @@ def test_config_validation(bad, field):
 
 
 def test_resolution_order_and_examples():
-    cfg = resolve_study_config({"problem": "rkhs"}, {"steps": 7, "lr": None})
+    cfg = resolve_bilevel_config({"problem": "rkhs"}, {"steps": 7, "lr": None})
     assert (cfg.dim, cfg.bandwidth, cfg.init_mean, cfg.lr, cfg.steps) == (10, 5.0, 0.0, 5.0, 7)
-    assert resolve_study_config(DEMO_SETTINGS) == resolve_study_config(
+    assert resolve_bilevel_config(DEMO_SETTINGS) == resolve_bilevel_config(
         tomllib.loads((EXAMPLES / "demo.toml").read_text()))
     for name, problem in [("sobol_g", "sobol-g"), ("friedman1", "friedman1"),
                           ("friedman2", "friedman2"), ("rkhs", "rkhs")]:
@@ -109,7 +111,7 @@ def test_variant_examples_load():
 def test_barycenter_start_is_the_barycenter_of_seen_gaussians(tmp_path):
     cfg = {**TINY, "init": "barycenter", "steps": 1, "eval_n": [8], "repeats": 1,
            "baselines": []}
-    summary = run_bilevel_study(cfg, tmp_path / "run", progress=False)
+    summary = run_bilevel_study(cfg, tmp_path / "run", progress=False).summary
     import numpy as np
     import torch
 
@@ -129,8 +131,8 @@ def test_normal_baseline_is_the_normal_start_whatever_init_is(tmp_path):
     """With init = "barycenter" the "normal" column used to be built from the start, i.e. it
     *was* the barycenter column; it must be N(init_mean 1, init_std^2 I) in both cases."""
     cfg = {**TINY, "steps": 2, "eval_n": [16], "repeats": 2, "baselines": ["normal", "barycenter"]}
-    bary = run_bilevel_study({**cfg, "init": "barycenter"}, tmp_path / "b", progress=False)
-    normal = run_bilevel_study(cfg, tmp_path / "n", progress=False)
+    bary = run_bilevel_study({**cfg, "init": "barycenter"}, tmp_path / "b", progress=False).summary
+    normal = run_bilevel_study(cfg, tmp_path / "n", progress=False).summary
     assert bary["baselines"]["normal"] == normal["baselines"]["normal"]
     assert bary["baselines"]["normal"]["16"] != bary["baselines"]["barycenter"]["16"]
 
@@ -138,8 +140,8 @@ def test_normal_baseline_is_the_normal_start_whatever_init_is(tmp_path):
 def test_trials_repeat_whole_runs_and_interval_is_over_trials(tmp_path):
     cfg = {**TINY, "steps": 3, "eval_n": [16], "repeats": 2,
            "baselines": ["normal", "mixture"]}
-    single = run_bilevel_study(cfg, tmp_path / "one", progress=False)
-    many = run_bilevel_study({**cfg, "trials": 3}, tmp_path / "three", progress=False)
+    single = run_bilevel_study(cfg, tmp_path / "one", progress=False).summary
+    many = run_bilevel_study({**cfg, "trials": 3}, tmp_path / "three", progress=False).summary
     assert many["trials"] == 3 and many["ci_over"] == "trials"
     per = many["per_trial"]
     # trial 0 is the single run, seed for seed; the others differ
@@ -155,10 +157,10 @@ def test_trials_repeat_whole_runs_and_interval_is_over_trials(tmp_path):
     steps = [json.loads(x) for x in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
     assert [r["trial"] for r in steps] == [0] * 3 + [1] * 3 + [2] * 3
     # trials split over jobs (trial_offset) aggregate to the same table
-    from wheretolearn.design.study import aggregate_trials
+    from wheretolearn.design.bilevel_study import aggregate_trials
 
     parts = [single] + [run_bilevel_study({**cfg, "trial_offset": k}, tmp_path / f"k{k}",
-                                          progress=False) for k in (1, 2)]
+                                          progress=False).summary for k in (1, 2)]
     joined = aggregate_trials(parts)
     assert joined["baselines"] == many["baselines"]
     assert joined["baselines_ci"] == many["baselines_ci"]
@@ -169,7 +171,7 @@ def test_collapse_is_flagged_in_summary_and_reported_iterate_is_best_seen(tmp_pa
            "bandwidth": 3.0, "n_measures": 10, "n_seen": 100, "n_unseen": 50, "seed": 0,
            "eval_n": [16], "repeats": 1, "baselines": ["normal"],
            "bilevel_options": {"max_move": None, "backtrack": False}}
-    s = run_bilevel_study(cfg, tmp_path / "raw", progress=False)
+    s = run_bilevel_study(cfg, tmp_path / "raw", progress=False).summary
     assert s["collapse"]["flagged"] and s["collapse"]["collapsed"]
     assert "vanishing_kernel" in s["collapse"]["reasons"]
     assert any("collapsed" in w for w in s["warnings"])
@@ -177,7 +179,7 @@ def test_collapse_is_flagged_in_summary_and_reported_iterate_is_best_seen(tmp_pa
     seen = [r["seen_error"] for r in steps]
     assert s["use_iterate"] == "best" and s["best_step"] == int(np.argmin(seen))
     assert s["reported_seen_error"] == pytest.approx(min(seen)) and min(seen) < seen[0]
-    safe = run_bilevel_study({**cfg, "bilevel_options": {}}, tmp_path / "safe", progress=False)
+    safe = run_bilevel_study({**cfg, "bilevel_options": {}}, tmp_path / "safe", progress=False).summary
     assert not safe["collapse"]["collapsed"] and safe["collapse"]["events"] == 0
 
 
@@ -203,7 +205,7 @@ def test_laplace_kernel_reaches_bilevel_step_and_final_fits(tmp_path):
 
     cfg = {**TINY, "steps": 2, "eval_n": [16], "repeats": 1, "baselines": ["normal"],
            "kernel": "laplace"}
-    s = run_bilevel_study(cfg, tmp_path / "lap", progress=False)
+    s = run_bilevel_study(cfg, tmp_path / "lap", progress=False).summary
     assert s["kernel"] == "laplace"
     problem = get_problem("sobol-g", dim=2)
     mt = make_metatest(problem, n_measures=3, n_seen=30, n_unseen=60, seed=1)
@@ -234,11 +236,11 @@ def test_start_check_keeps_the_start_when_the_chosen_iterate_is_worse_on_seen_da
 
     monkeypatch.setattr(bl, "bilevel_descent", far_best)
     cfg = {**TINY, "steps": 2, "eval_n": [24], "repeats": 1, "baselines": ["normal"]}
-    s = run_bilevel_study(cfg, tmp_path / "run", progress=False)
+    s = run_bilevel_study(cfg, tmp_path / "run", progress=False).summary
     chk = s["start_check"]
     assert chk["kept_start"] and chk["seen_error_chosen"] > chk["seen_error_start"]
     assert s["learned"]["mean"] == pytest.approx([0.5, 0.5])
     assert s["collapse"]["flagged"] and any("start distribution" in w for w in s["warnings"])
     monkeypatch.setattr(bl, "bilevel_descent", real)
-    kept = run_bilevel_study({**cfg, "check_start": False}, tmp_path / "off", progress=False)
+    kept = run_bilevel_study({**cfg, "check_start": False}, tmp_path / "off", progress=False).summary
     assert kept["start_check"] is None

@@ -1,6 +1,6 @@
 """CLI commands ``wheretolearn demo`` and ``wheretolearn bilevel`` (bilevel studies, SPEC §3).
 
-The commands only parse, call :func:`wheretolearn.design.study.run_bilevel_study` and print.
+The commands only parse, call :func:`wheretolearn.design.bilevel_study.run_bilevel_study` and print.
 Settings are merged as: paper settings of the problem < ``--config`` TOML < flags.
 """
 
@@ -65,14 +65,14 @@ def check_study_size(cfg) -> None:
 def _run_and_report(cfg, out: Path, *, overwrite: bool, progress: bool) -> dict:
     from rich.console import Console
 
-    from ..design.study import run_bilevel_study
+    from ..design.bilevel_study import run_bilevel_study
 
     err_console = Console(stderr=True)
-    summary = run_bilevel_study(cfg, out, progress=progress, overwrite=overwrite,
-                                console=err_console)
-    _print_table(summary)
-    typer.echo(f"run folder: {summary['out']}")
-    return summary
+    result = run_bilevel_study(cfg, out, progress=progress, overwrite=overwrite,
+                               console=err_console)
+    _print_table(result.summary)
+    typer.echo(f"run folder: {result.run_dir}")
+    return result.summary
 
 
 def _print_table(summary: dict) -> None:
@@ -125,10 +125,10 @@ def demo(
                                               help="torch threads (default: automatic)"),
 ) -> None:
     """Small Sobol G bilevel study (300 steps): run folder, figures, table."""
-    from ..design.study import DEMO_SETTINGS, resolve_study_config
+    from ..design.bilevel_study import DEMO_SETTINGS, resolve_bilevel_config
 
     file_cfg = load_toml(config) if config is not None else None
-    cfg = resolve_study_config(DEMO_SETTINGS, file_cfg, {"steps": steps,
+    cfg = resolve_bilevel_config(DEMO_SETTINGS, file_cfg, {"steps": steps,
                                                          "num_threads": num_threads})
     check_study_size(cfg)
     if out is None:
@@ -196,7 +196,7 @@ def bilevel(
 
     Unset values come from --config, then from the paper's settings for the problem.
     """
-    from ..design.study import resolve_study_config
+    from ..design.bilevel_study import resolve_bilevel_config
 
     file_cfg: dict[str, Any] | None = load_toml(config) if config is not None else None
     if problem is None and not (file_cfg or {}).get("problem"):
@@ -210,6 +210,6 @@ def bilevel(
              "trials": trials, "seed": seed,
              "optimizer": optimizer, "use_iterate": use_iterate,
              "normalize_labels": normalize_labels, "num_threads": num_threads}
-    cfg = resolve_study_config(file_cfg, flags)
+    cfg = resolve_bilevel_config(file_cfg, flags)
     check_study_size(cfg)
     _run_and_report(cfg, out, overwrite=overwrite, progress=not no_progress)

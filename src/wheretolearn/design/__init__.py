@@ -19,7 +19,7 @@ from .labelling import Labeller
 from .operator_metatest import (OperatorMetaTest, PoolMetaTest, darcy_family,
                                 empirical_operator_metatest, field_family,
                                 make_operator_metatest, ntd_family, pool_operator_metatest)
-from .study import BilevelStudyConfig, resolve_study_config, run_bilevel_study
+from .bilevel_study import BilevelStudyConfig, resolve_bilevel_config, run_bilevel_study
 
 __all__: list[str] = [
     "AMAConfig",
@@ -76,6 +76,6 @@ __all__: list[str] = [
     "make_sources",
     "evaluate_sources",
     "BilevelStudyConfig",
-    "resolve_study_config",
+    "resolve_bilevel_config",
     "run_bilevel_study",
 ]

@@ -33,10 +33,12 @@ import torch
 from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
                       model_validator)
 
+from .._progress import ProgressBars
+from ..report.runfolder import StudyResult
 from .baselines import APPROXIMATE_SOURCES, BASELINE_NAMES
 
 __all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
-           "DEMO_SETTINGS", "resolve_study_config", "aggregate_trials", "describe_measure",
+           "DEMO_SETTINGS", "resolve_bilevel_config", "aggregate_trials", "describe_measure",
            "final_training_inputs", "read_training_record", "TRAINING_RECORD_FORMAT"]
 
 #: Marker of the bilevel run folder's ``model.pt`` (the final KRR's training set).
@@ -60,7 +62,7 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 
-def resolve_study_config(*layers: dict[str, Any] | None) -> "BilevelStudyConfig":
+def resolve_bilevel_config(*layers: dict[str, Any] | None) -> "BilevelStudyConfig":
     """Merge settings left to right (later wins) on top of the paper settings of the problem.
 
     The problem is taken from the last layer that names one; its :data:`PAPER_SETTINGS`
@@ -351,41 +353,9 @@ def _initial_measure(cfg: BilevelStudyConfig, metatest, dtype: torch.dtype, tria
                          start=start, generator=g, dtype=dtype)
 
 
-class _Progress:
-    """A rich progress bar when enabled, a no-op otherwise."""
-
-    def __init__(self, enabled: bool, console=None):
-        self.enabled = enabled
-        self._bar = None
-        self._console = console
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=self._console, transient=False)
-            self._bar.__enter__()
-        return self
-
-    def add(self, description: str, total: int) -> Any:
-        return self._bar.add_task(description, total=total, info="") if self._bar else None
-
-    def advance(self, task, info: str = "") -> None:
-        if self._bar is not None:
-            self._bar.update(task, advance=1, info=info)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False
-
-
 def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
-                      progress: bool = True, overwrite: bool = False, console=None) -> dict:
+                      progress: bool = True, overwrite: bool = False,
+                      console=None) -> StudyResult:
     """Run one bilevel study (``trials`` whole runs) and write its run folder.
 
     Steps per trial: build the meta-test family (J Gaussians, seen / unseen samples); start
@@ -408,20 +378,29 @@ def run_bilevel_study(config: BilevelStudyConfig | dict, out_dir: str | Path, *,
 
     Returns
     -------
-    dict
-        The summary (as written to ``summary.json``) plus ``"out"``: the folder path.
-        ``summary["warnings"]`` holds one line per problem found (collapse, no improvement).
+    StudyResult
+        ``config`` (validated), ``summary`` (as written to ``summary.json``;
+        ``summary["warnings"]`` holds one line per problem found: collapse, no improvement)
+        and ``run_dir``.
     """
+    cfg = config if isinstance(config, BilevelStudyConfig) else BilevelStudyConfig(**config)
+    summary = _study(cfg, out_dir, progress=progress, overwrite=overwrite, console=console)
+    run_dir = Path(summary.pop("out"))
+    return StudyResult(cfg, summary, run_dir)
+
+
+def _study(cfg: BilevelStudyConfig, out_dir: str | Path, *, progress: bool, overwrite: bool,
+           console) -> dict:
+    """:func:`run_bilevel_study` returning the summary plus ``"out"`` (the folder)."""
     from .._threads import torch_threads
     from ..report.figures import plot_study_figures
     from ..report.runfolder import RunFolder
 
-    cfg = config if isinstance(config, BilevelStudyConfig) else BilevelStudyConfig(**config)
     if cfg.family == "best":
         return _run_best(cfg, out_dir, progress=progress, overwrite=overwrite, console=console)
     run = RunFolder(out_dir, overwrite=overwrite)  # refuses an existing folder before any work
     t_start = time.perf_counter()
-    with torch_threads(cfg.num_threads), run, _Progress(progress, console) as bar:
+    with torch_threads(cfg.num_threads), run, ProgressBars(progress, console=console) as bar:
         run.write_config_toml(cfg.model_dump())
         trials = [_run_trial(cfg, cfg.trial_offset + k, run, bar) for k in range(cfg.trials)]
         summary = (trials[0]["summary"] if cfg.trials == 1
@@ -471,8 +450,8 @@ def _run_best(cfg: BilevelStudyConfig, out_dir, *, progress: bool, overwrite: bo
         for fam in BEST_FAMILIES:
             sub = run.path / "families" / fam
             sub.parent.mkdir(parents=True, exist_ok=True)
-            results[fam] = run_bilevel_study(_family_config(cfg, fam), sub, progress=progress,
-                                             console=console)
+            results[fam] = _study(_family_config(cfg, fam), sub, progress=progress,
+                                  overwrite=False, console=console)
         scores = {fam: _selection_score(r) for fam, r in results.items()}
         winner = min(BEST_FAMILIES, key=lambda f: (not math.isfinite(scores[f]), scores[f]))
         summary = {k: v for k, v in results[winner].items() if k != "out"}
@@ -533,11 +512,11 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
     label = f" trial {trial}" if cfg.trials > 1 or trial else ""
     family = {"gaussian": "", "mixture": f" mixture K={cfg.n_components}",
               "particles": f" particles M={cfg.particles}"}[cfg.family]
-    task = bar.add(f"bilevel {cfg.problem} d={cfg.dim}{family}{label}", cfg.steps)
+    task = bar.task(f"bilevel {cfg.problem} d={cfg.dim}{family}{label}", cfg.steps)
 
     def on_step(record: dict) -> None:
         run.append_metrics({"trial": trial, **record})
-        bar.advance(task, f"unseen {record.get('unseen_error', float('nan')):.4f}")
+        task.advance(info=f"unseen {record.get('unseen_error', float('nan')):.4f}")
 
     result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
                              lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
@@ -616,11 +595,11 @@ def _sources(cfg, metatest, chosen, dtype) -> dict:
 def _evaluate(cfg, problem, metatest, sources, bar, run, trial: int = 0) -> dict:
     from .evaluation import evaluate_sources
 
-    task = bar.add("baselines", len(sources) * len(cfg.eval_n) * cfg.repeats)
+    task = bar.task("baselines", len(sources) * len(cfg.eval_n) * cfg.repeats)
 
     def on_fit(rec: dict) -> None:
         run.append_metrics({"trial": trial, **rec}, name="evaluation.jsonl")
-        bar.advance(task, f"{rec['source']} N={rec['n']}: {rec['error']:.4f}")
+        task.advance(info=f"{rec['source']} N={rec['n']}: {rec['error']:.4f}")
 
     return evaluate_sources(problem, metatest, sources, cfg.eval_n, repeats=cfg.repeats,
                             bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge,
