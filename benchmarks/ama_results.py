@@ -8,13 +8,16 @@ study run from the CLI (e.g. a ``--preset paper`` repeat) as ``ama_<preset>_<pro
 ``table`` prints the markdown table of the README from those files (mean and 95 % interval
 over repeats; a single repeat has no interval), and for a pool problem (Burgers) the per-N
 table of every method (the AMA-learned distribution against active learning on the same pool,
-``--compare``).
+``--compare``), and for radiative transport (particle AMA) the reductions of the relative OOD
+error per Knudsen number and start (``radiative_table``).
 
 Usage::
 
     nice -n 10 python benchmarks/ama_results.py run [--repeats 3] [--problems ntd darcy]
         [--family single|mixture]
     nice -n 5 python benchmarks/ama_results.py run --problems burgers --compare qbc coreset random
+    nice -n 5 python benchmarks/ama_results.py run --problems radiative --knudsen 0.125 2 8
+        [--particle-start both]
     python benchmarks/ama_results.py write RUN_DIR
     python benchmarks/ama_results.py table
 """
@@ -31,22 +34,41 @@ ROOT = RESULTS.parent.parent
 
 
 def run(problems: list[str], repeats: int, family: str = "single",
-        compare: list[str] | None = None) -> None:
+        compare: list[str] | None = None, knudsen: list[float] | None = None,
+        particle_start: str = "both") -> None:
     from wheretolearn.design.ama_study import resolve_ama_config, run_ama_study
 
     for problem in problems:
-        cfg = resolve_ama_config({"problem": problem, "preset": "small", "repeats": repeats,
-                                  "num_threads": 1, "family": family,
-                                  "compare": compare if problem == "burgers" else None})
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
-        write(summary)
+        radiative = problem == "radiative"
+        for eps in (knudsen or [0.125]) if radiative else [None]:
+            cfg = resolve_ama_config({"problem": problem, "preset": "small", "repeats": repeats,
+                                      "num_threads": 1, "family": family,
+                                      "compare": compare if problem == "burgers" else None,
+                                      "knudsen": eps,
+                                      "particle_start": particle_start if radiative else None})
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
+            write(summary)
+
+
+def _tail(summary: dict) -> str:
+    """File-name suffix: the family (mixture), or radiative's Knudsen number (and its start
+    when the study ran one start only)."""
+    if "knudsen" in summary:
+        starts = summary.get("starts") or {}
+        one = "" if len(starts) > 1 else f"_{summary['particle_start']}"
+        return f"_eps{summary['knudsen']:g}{one}"
+    return "" if summary.get("family", "single") == "single" else f"_{summary['family']}"
 
 
 def write(summary: dict) -> Path:
     """Store a study summary (without its history) under its problem and family."""
     summary = {k: v for k, v in summary.items() if k not in ("history", "out", "figures")}
-    tail = "" if summary.get("family", "single") == "single" else f"_{summary['family']}"
+    summary["starts"] = {st: {k: v for k, v in sm.items() if k != "figures"}
+                         for st, sm in (summary.get("starts") or {}).items()}
+    if not summary["starts"]:
+        summary.pop("starts")
+    tail = _tail(summary)
     path = RESULTS / f"ama_{summary.get('preset', 'small')}_{summary['problem']}{tail}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {path}")
@@ -100,6 +122,12 @@ def learned_table() -> str:
     for path in _result_files():
         s = json.loads(path.read_text())
         for r, (m, why) in enumerate(zip(s["learned"]["measures"], s["learned"]["stop_reason"])):
+            if isinstance(m, dict) and m.get("kind") == "field_particles":
+                lines.append(f"| {s['problem']} (knudsen {s['knudsen']:g}, "
+                             f"{s['particle_start']} start) | {r} | {m['M']} particles of "
+                             f"{m['d']} coefficients, rms {m['coefficient_rms']:.3g}, mean "
+                             f"norm {m['mean_coefficient_norm']:.3g} | {why} |")
+                continue
             if isinstance(m, dict) and m.get("kind") == "spectrum_mixture":
                 moved = max(abs(a - b) for a, b in zip(s["learned"]["values"][r],
                                                         s["learned"]["initial"]))
@@ -110,6 +138,49 @@ def learned_table() -> str:
             keys = [k for k in ("omega", "m", "sigma", "tau", "alpha", "offset_sd") if k in m]
             lines.append(f"| {s['problem']} | {r} | "
                          f"{', '.join(f'{k} = {m[k]:.3g}' for k in keys)} | {why} |")
+    return "\n".join(lines)
+
+
+def _radiative_files() -> list[Path]:
+    return [p for p in _result_files() if "reductions" in json.loads(p.read_text())]
+
+
+def _mean_ci(values: list[float]) -> str:
+    from wheretolearn.report.metrics import mean_ci95
+
+    if len(values) < 2:
+        return f"{values[0]:.4f} (1 run)"
+    c = mean_ci95(values)
+    return f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]"
+
+
+def radiative_table() -> str:
+    """Particle AMA on radiative transport: per Knudsen number and start, the reduction of the
+    relative OOD error from the start (in-loop model, squared and root, paper F.19), the fresh
+    models' errors learned vs mixture of Q per N (mean [95 % CI] over repeats), wall minutes
+    and CPU seconds per run (one start and one repeat: its AMA run and its share of the
+    guard; the start's total divided by the repeats)."""
+    lines = ["| knudsen | start | repeats | in-loop reduction, squared | in-loop reduction, root | "
+             "N | fresh: learned | fresh: start | fresh: mixture of Q | learned / mixture | "
+             "fresh reduction, squared | wall min per run | CPU s per run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(_radiative_files(), key=lambda p: json.loads(p.read_text())["knudsen"]):
+        s = json.loads(path.read_text())
+        for start, st in (s.get("starts") or {s["particle_start"]: s}).items():
+            red = st["reductions"]
+            loop = red["in_loop"]
+            b = st["baselines_ci"]
+            wall = st.get("seconds_start", s["seconds"]) / 60 / s["repeats"]
+            cpu = st.get("cpu_seconds_start", s.get("cpu_seconds", float("nan"))) / s["repeats"]
+            for i, n in enumerate(st["eval_n"]):
+                f = red["fresh"][str(n)]
+                head = (f"| {s['knudsen']:g} | {start} | {s['repeats']} | {loop['squared']:.1%} | "
+                        f"{loop['root']:.1%}" if i == 0 else "| | | | |")
+                tail = f"{wall:.1f} | {cpu:.0f} |" if i == 0 else " | |"
+                lines.append(f"{head} | {n} | {_mean_ci(b['learned'][str(n)]['values'])} | "
+                             f"{_mean_ci(b['initial'][str(n)]['values'])} | "
+                             f"{_mean_ci(b['mixture'][str(n)]['values'])} | "
+                             f"{f['learned_over_mixture']:.3f} | {f['squared']:.1%} | {tail}")
     return "\n".join(lines)
 
 
@@ -150,6 +221,9 @@ def main() -> None:
     r.add_argument("--family", choices=["single", "mixture"], default="single")
     r.add_argument("--compare", nargs="*", default=None,
                    help="burgers: active-learning baselines (qbc coreset random)")
+    r.add_argument("--knudsen", nargs="+", type=float, default=None,
+                   help="radiative: Knudsen numbers, one study each (default 0.125)")
+    r.add_argument("--particle-start", choices=["paper", "mixture", "both"], default="both")
     w = sub.add_parser("write", help="store the summary.json of a finished study folder")
     w.add_argument("run_dir", type=Path)
     t = sub.add_parser("table")
@@ -161,7 +235,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        run(args.problems, args.repeats, args.family, args.compare)
+        run(args.problems, args.repeats, args.family, args.compare, args.knudsen,
+            args.particle_start)
     elif args.cmd == "write":
         write(json.loads((args.run_dir / "summary.json").read_text()))
     print(table())
@@ -169,13 +244,17 @@ def main() -> None:
     print(learned_table())
     print()
     print(compare_table())
+    print()
+    print(radiative_table())
     if args.cmd == "table" and args.write:
         write_docs()
 
 
 #: Where the generated tables live: (file, marker, tables).
 DOCS = ((ROOT / "README.md", "ama-table", ("table",)),
-        (ROOT / "docs" / "ama.md", "ama-table", ("table", "learned_table")))
+        (ROOT / "docs" / "ama.md", "ama-table", ("table", "learned_table")),
+        (ROOT / "README.md", "ama-radiative", ("radiative_table",)),
+        (ROOT / "docs" / "ama.md", "ama-radiative", ("radiative_table",)))
 
 
 def write_docs() -> None:

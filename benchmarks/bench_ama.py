@@ -17,6 +17,12 @@ With ``burgers`` among the problems the script also measures the Burgers update'
 adjoint per sample at the paper's 8192 points and 2000 steps) and, from the results file, the
 active-learning comparison's seconds per trial of each method.
 
+With ``radiative`` among the problems the script also measures the particle update's unit
+costs per particle (radiative solve, its adjoint, the DeepONet forward and backward, and
+the exact OT of W2 against each ``Q_k``, next to one whole ``J`` with its first-variation
+gradient) at the ``small`` and ``paper`` sizes; ``--from-results`` reads the per-iteration
+split (labelling, training, update) of every ``ama_small_radiative_eps*.json``.
+
 ``--from-results`` does not rerun the studies: it reads the per-iteration timings recorded by
 ``benchmarks/ama_results.py run`` in ``benchmarks/results/ama_small_<problem>.json`` (same
 preset, measured in those runs) and measures only the training steps.
@@ -129,6 +135,100 @@ def burgers_unit_costs() -> dict:
                     "fixed draws (n_opt = N = 1843), model cost excluded"}
 
 
+def _seconds(fn, repeats: int = 3) -> dict:
+    """Mean wall and CPU seconds of ``fn()`` over ``repeats`` calls."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        fn()
+    return {"wall_s": (time.perf_counter() - w0) / repeats,
+            "cpu_s": (time.process_time() - c0) / repeats}
+
+
+def radiative_unit_costs(knudsen: float = 0.125) -> dict:
+    """Per-particle costs of one step of the particle gradient flow (mixture start, so the
+    fields are those of the Q_k), at the ``small`` and ``paper`` sizes: solve, adjoint,
+    model forward + backward, W2 by ``ot.emd`` (all K), and one whole ``J`` with its
+    first-variation gradient (what the flow pays per accepted step)."""
+    from types import SimpleNamespace
+
+    from wheretolearn.design.ama import AMAObjective
+    from wheretolearn.design.ama_particles import first_variation_gradient
+    from wheretolearn.design.ama_problems import ama_setup
+    from wheretolearn.design.ama_study import _model_factory, resolve_ama_config
+
+    out = {}
+    for preset in ("small", "paper"):
+        cfg = resolve_ama_config({"problem": "radiative", "preset": preset, "knudsen": knudsen})
+        setup = ama_setup("radiative", n=cfg.n, n_modes=cfg.n_modes, knudsen=knudsen,
+                          particle_start="mixture", n_particles=cfg.n_train)
+        measures, _ = setup.family(cfg.n_measures, 0)
+        mt = SimpleNamespace(measures=measures)
+        theta = setup.initial_theta(mt)
+        model = _model_factory(cfg, setup)[0](0)
+        obj = AMAObjective(setup, mt, model, None, 1.0, 1.0, setup.g0_true_sq(), 0.01)
+        nu = setup.build(theta)
+        a = nu.fields().detach()
+        m = a.shape[0]
+
+        def solve():
+            with torch.no_grad():
+                setup.problem(a)
+
+        def solve_adjoint():
+            x = a.clone().requires_grad_(True)
+            setup.problem(x).sum().backward()
+
+        def model_fb():
+            x = a.clone().requires_grad_(True)
+            model(x).double().sum().backward()
+
+        def w2():
+            c = theta.clone().requires_grad_(True)
+            nu_c = setup.build(c)
+            torch.stack([nu_c.w2_squared_to(q) for q in measures]).sum().backward()
+
+        def j_grad():
+            c = theta.clone().requires_grad_(True)
+            first_variation_gradient(obj(c), c)
+
+        w2()                                         # draws the fixed samples of every Q_k
+        costs = {"solve": _seconds(solve, 2), "solve_and_adjoint": _seconds(solve_adjoint, 2),
+                 "model_forward_backward": _seconds(model_fb, 3),
+                 "w2_all_q_emd_and_gradient": _seconds(w2, 3),
+                 "j_and_gradient": _seconds(j_grad, 2)}
+        out[preset] = {"n": cfg.n, "n_modes": cfg.n_modes, "particles": m,
+                       "w2_samples_per_q": m, "n_q": len(measures), "knudsen": knudsen,
+                       "per_particle_ms": {k: {kk: 1e3 * v / m for kk, v in c.items()}
+                                           for k, c in costs.items()},
+                       "per_step_s": costs}
+    out["note"] = ("one accepted flow step costs j_and_gradient (M solves, M adjoints, the "
+                   "model, K exact OT problems of size M x M); a rejected step costs the "
+                   "forward part only")
+    return out
+
+
+def _radiative_results() -> list[dict]:
+    """The per-iteration split of every stored radiative study (each start)."""
+    rows = []
+    for path in sorted(DEFAULT_OUT.parent.glob("ama_small_radiative_eps*.json")):
+        s = json.loads(path.read_text())
+        for start, st in (s.get("starts") or {s["particle_start"]: s}).items():
+            t = st["timing_per_iteration"]
+            rows.append({"problem": "radiative", "knudsen": s["knudsen"], "start": start,
+                         "source": path.name, "repeats": s["repeats"],
+                         "iterations": s["iterations"],
+                         "seconds_per_iteration": {
+                             "label": t["seconds_label"], "train": t["seconds_train"],
+                             "update": t["seconds_update"],
+                             "lipschitz (once per run)": t["seconds_lipschitz"],
+                             "initial training (iteration 0)": t["seconds_initial_train"]},
+                         "gradient_flow_seconds_per_particle_per_step":
+                             st.get("seconds_per_particle_gradient"),
+                         "start_wall_s": st.get("seconds_start"),
+                         "start_cpu_s": st.get("cpu_seconds_start")})
+    return rows
+
+
 def from_results(problem: str) -> dict:
     path = DEFAULT_OUT.parent / f"ama_small_{problem}.json"
     s = json.loads(path.read_text())
@@ -165,9 +265,13 @@ def main() -> None:
                   "darcy_paper": training_step(64, [256, 256, 128], [128, 128, 128], 200,
                                                batch=200, steps=10)},
               "studies": [from_results(p) if args.from_results else study_timing(p, args.repeats)
-                          for p in args.problems]}
+                          for p in args.problems if p != "radiative"]}
     if "burgers" in args.problems:
         result["burgers_units"] = burgers_unit_costs()
+    if "radiative" in args.problems:
+        result["studies"] += (_radiative_results() if args.from_results
+                              else [study_timing("radiative", args.repeats)])
+        result["radiative_units"] = radiative_unit_costs()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

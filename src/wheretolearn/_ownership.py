@@ -51,7 +51,8 @@ MARKER = ".wheretolearn.json"
 RUN_NAMES = frozenset({
     "config.toml", "metrics.jsonl", "summary.json", "evaluation.jsonl", "compare.jsonl",
     "figures",
-    "checkpoint.pt", "ledger.json", "model.pt", "checkpoint", "results.json", "report.md",
+    "checkpoint.pt", "ledger.json", "model.pt", "particles.pt", "checkpoint", "results.json",
+    "report.md",
     "tables", "manifest.json", "checkpoints", "sampler.json", MARKER})
 #: Top-level names of a zarr store (formats 2 and 3) besides its arrays and groups.
 _ZARR_META = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zmetadata", ".zarray"})

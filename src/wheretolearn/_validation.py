@@ -102,7 +102,8 @@ SIZE_LIMITS: dict[str, dict[str, tuple[int, int]]] = {
         "lipschitz_samples": (1, 100_000), "lipschitz_iterations": (1, 100_000),
         "eval_n": (2, 1_000_000), "repeats": (1, 10_000), "workers": (0, 256),
         "num_threads": (1, 1024), "de.popsize": (1, 10_000), "de.maxiter": (1, 10_000_000),
-        "adam.steps": (1, 10_000_000), "adam.rounds": (1, 10_000)},
+        "adam.steps": (1, 10_000_000), "adam.rounds": (1, 10_000),
+        "w2_samples": (1, 1_000_000), "flow.max_steps": (1, 10_000_000)},
     "generate": {
         "n": (1, 10_000_000), "chunk": (1, 1_000_000), "workers": (0, 256),
         "num_threads": (1, 1024)},

@@ -42,6 +42,8 @@ def _sample_bytes(cfg) -> int | None:
         return 2 * cfg.n ** 2 * item            # coefficient field in, solution out
     if cfg.problem == "burgers":
         return 2 * cfg.n * item                 # initial condition in, solution out
+    if cfg.problem == "radiative":
+        return 2 * cfg.n ** 2 * item            # scattering field in, density out
     return None
 
 
@@ -128,10 +130,35 @@ def _print_summary(summary: dict) -> None:
     console.print(f"J / J_0 per iteration: "
                   f"{', '.join(f'{e:.4f}' for e in summary['relative_ama_loss'])} "
                   f"(monotone: {summary['ama_loss_monotone']})")
+    if summary.get("reductions"):
+        _print_particles(console, summary)
+        console.print(f"L = {lip['true'][0]['value']:.4g}, L' = {lip['model'][0]['value']:.4g} "
+                      f"(repeat 1); {summary['seconds']:.1f} s")
+        return
     console.print(f"L = {lip['true'][0]['value']:.4g}, L' = {lip['model'][0]['value']:.4g} "
                   f"(repeat 1); learned {_fmt(summary['learned']['parameter'])} = "
                   f"{_fmt(summary['learned']['mean'])} (from "
                   f"{_fmt(summary['learned']['initial'])}); {summary['seconds']:.1f} s")
+
+
+def _print_particles(console, summary: dict) -> None:
+    """Particle AMA: per start, the reduction of the relative OOD error (squared and root)
+    and the fresh models' learned / mixture-of-Q ratio per N."""
+    from rich.table import Table
+
+    ns = [str(n) for n in summary["eval_n"]]
+    out = Table(title=f"radiative, knudsen {summary['knudsen']:g}: reduction of the relative "
+                      f"OOD error from the start (in-loop model; fresh models per N)")
+    out.add_column("start")
+    out.add_column("in-loop squared / root", justify="right")
+    for n in ns:
+        out.add_column(f"N={n} squared / root; learned/mixture", justify="right")
+    for start, red in summary["reductions"].items():
+        loop = red["in_loop"]
+        out.add_row(start, f"{loop['squared']:.1%} / {loop['root']:.1%}",
+                    *[f"{red['fresh'][n]['squared']:.1%} / {red['fresh'][n]['root']:.1%}; "
+                      f"{red['fresh'][n]['learned_over_mixture']:.3f}" for n in ns])
+    console.print(out)
 
 
 def _fmt(value: Any) -> str:
@@ -147,7 +174,7 @@ def ama(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
     problem: Optional[str] = typer.Option(
         None, "--problem",
-        help="ntd | darcy | burgers | a user problem 'pkg.mod:factory', 'file.py:factory' or "
+        help="ntd | darcy | burgers | radiative | a user problem 'pkg.mod:factory', 'file.py:factory' or "
              "plugin name (required unless --config sets problem)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="ci | small | paper (default ci)"),
     config: Optional[Path] = typer.Option(
@@ -195,6 +222,17 @@ def ama(
         None, "--normalize/--no-normalize",
         help="standardise the model's inputs and outputs with statistics of its training "
              "split (default) or train the plain network"),
+    knudsen: Optional[float] = typer.Option(
+        None, "--knudsen", help="radiative: Knudsen number eps (paper: 0.125, 2, 8; default "
+                                "0.125)"),
+    particle_start: Optional[str] = typer.Option(
+        None, "--particle-start",
+        help="radiative: initial particles, paper (1e-3 N(0, I), default) | mixture (samples "
+             "of the mixture of the Q_k) | both (both studies in one run folder)"),
+    eta_shrink: Optional[str] = typer.Option(
+        None, "--eta-shrink",
+        help="radiative: when a flow step would raise J, divide eta by 10 ('divide', the "
+             "authors' code; default) or by 2 ('halve', as the paper writes)"),
     compare: Optional[str] = typer.Option(
         None, "--compare",
         help="burgers: active-learning baselines on the same pool, comma-separated (qbc, "
@@ -218,6 +256,11 @@ def ama(
                          "that sets problem")
     if family is not None and family not in ("single", "mixture"):
         raise ValueError(f"--family must be single or mixture, got {family!r}")
+    if particle_start is not None and particle_start not in ("paper", "mixture", "both"):
+        raise ValueError(f"--particle-start must be paper, mixture or both, got "
+                         f"{particle_start!r}")
+    if eta_shrink is not None and eta_shrink not in ("divide", "halve"):
+        raise ValueError(f"--eta-shrink must be divide or halve, got {eta_shrink!r}")
     if preset is not None and preset not in ("ci", "small", "paper"):
         raise ValueError(f"--preset must be ci, small or paper, got {preset!r}")
     cluster_cfg = None
@@ -234,7 +277,10 @@ def ama(
              "num_threads": num_threads, "theta_tol": theta_tol,
              "offset_sd": _offset(offset_sd), "learn_spectrum": learn_spectrum,
              "family": family, "normalize": normalize, "model": model,
-             "compare": _compare_list(compare)}
+             "compare": _compare_list(compare), "knudsen": knudsen,
+             "particle_start": particle_start}
+    if eta_shrink is not None:
+        flags["flow"] = {"shrink": eta_shrink}
     cfg = resolve_ama_config(file_cfg, flags)
     check_ama_size(cfg)
     summary = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,

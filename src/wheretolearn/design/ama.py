@@ -72,13 +72,16 @@ class AMAConfig:
         Samples per measure (``nu_0`` and each ``Q_j``) for the estimates.
     lipschitz_iterations : int
         Power iterations.
-    update : "de" | "adam" | "de+adam" | "lbfgsb"
+    update : "de" | "adam" | "de+adam" | "lbfgsb" | "particles"
     de : dict
         ``differential_evolution`` options (``popsize``, ``tol``, ``maxiter``).
     adam : dict
         ``lr``, ``steps`` per round, ``rounds``.
     lbfgsb : dict
         ``maxiter`` of the L-BFGS-B update (paper SM F.6: 1).
+    flow : dict
+        The particle gradient flow (:mod:`.ama_particles`): ``eta``, ``shrink`` ("divide" by
+        10 or "halve"), ``tol``, ``max_steps``.
     seed : int
     theta_tol : float
         Stop when an update moves ``theta`` by less than this (max over components).
@@ -100,6 +103,7 @@ class AMAConfig:
     de: dict = field(default_factory=lambda: {"popsize": 30, "tol": 1e-12, "maxiter": 1000})
     adam: dict = field(default_factory=lambda: {"lr": 1e-3, "steps": 500, "rounds": 3})
     lbfgsb: dict = field(default_factory=lambda: {"maxiter": 10})
+    flow: dict = field(default_factory=dict)
     seed: int = 0
     theta_tol: float = 1e-4
 
@@ -114,6 +118,9 @@ class AMAConfig:
         check_positive_int(self.lipschitz_iterations, "lipschitz_iterations")
         check_nonnegative_int(self.seed, "seed")
         check_positive_float(self.theta_tol, "theta_tol", allow_zero=True)
+        from .ama_particles import check_flow
+
+        self.flow = check_flow(dict(self.flow))
         if self.update not in UPDATES:
             raise ValueError(f"update must be one of {', '.join(sorted(UPDATES))}, got "
                              f"{self.update!r}")
@@ -174,7 +181,7 @@ class AMAObjective:
     def g0_model_sq(self) -> torch.Tensor:
         if self.fixed_g0_model_sq is not None:
             return torch.tensor(float(self.fixed_g0_model_sq), dtype=torch.float64)
-        zero = torch.zeros(1, *self.setup.problem.input_shape, dtype=torch.float64)
+        zero = self.setup.origin_input()
         return quadrature_norm_sq(self.model(zero).double().cpu(), self.w_out)[0]
 
     def samples(self, nu: Any) -> torch.Tensor:
@@ -351,25 +358,25 @@ def lbfgsb_update(objective: AMAObjective, theta: Any, *, maxiter: int = 10,
     return {"theta": cand, **out}
 
 
-def _lbfgsb_step(objective, theta, *, setup, config, j_start, seed):
+def _lbfgsb_step(objective, theta, *, setup, config, j_start, seed, state=None):
     bounds = setup.bounds if isinstance(setup.bounds, list) else None
     return lbfgsb_update(objective, theta, j_start=j_start, mask=setup.mask, bounds=bounds,
                          **config.lbfgsb)
 
 
-def _de_step(objective, theta, *, setup, config, j_start, seed):
+def _de_step(objective, theta, *, setup, config, j_start, seed, state=None):
     if setup.bounds is None:
         raise ValueError(f"problem {setup.name!r} has no bounds for differential evolution")
     return de_update(objective, theta, bounds=setup.bounds, seed=seed, **config.de)
 
 
-def _adam_step(objective, theta, *, setup, config, j_start, seed):
+def _adam_step(objective, theta, *, setup, config, j_start, seed, state=None):
     bounds = setup.bounds if isinstance(setup.bounds, list) else None
     return adam_update(objective, theta, j_start=j_start, mask=setup.mask, bounds=bounds,
                        **config.adam)
 
 
-def _de_adam_step(objective, theta, *, setup, config, j_start, seed):
+def _de_adam_step(objective, theta, *, setup, config, j_start, seed, state=None):
     """A multimodal location parameter (NtD frequency): differential evolution over the first
     component with the others fixed, then Adam over the whole vector from there."""
     if setup.bounds is None or np.ndim(theta) == 0:
@@ -396,10 +403,21 @@ class _FirstComponent:
         return self.objective.value([float(t0), *self.rest])
 
 
-#: Distribution updates by name: ``(objective, theta, *, setup, config, j_start, seed) ->
-#: {"theta": ..., ...}``; a new variant (e.g. particle gradient flows) adds an entry.
+def _particles_step(objective, theta, *, setup, config, j_start, seed, state=None):
+    """The particle gradient flow (:func:`.ama_particles.particle_flow_update`); its step
+    size lives in ``state`` across AMA iterations."""
+    from .ama_particles import particle_flow_update
+
+    return particle_flow_update(objective, theta, state=state, **config.flow)
+
+
+#: Distribution updates by name: ``(objective, theta, *, setup, config, j_start, seed, state)
+#: -> {"theta": ..., ...}``. ``state`` is one dict per AMA run that an update may keep across
+#: iterations (the particle flow's step size); an update that returns ``"j"`` (``J`` at the
+#: new theta) saves the loop one evaluation; ``"flow"`` is recorded as it is.
 UPDATES: dict[str, Callable[..., dict]] = {"de": _de_step, "adam": _adam_step,
-                                           "de+adam": _de_adam_step, "lbfgsb": _lbfgsb_step}
+                                           "de+adam": _de_adam_step, "lbfgsb": _lbfgsb_step,
+                                           "particles": _particles_step}
 
 
 def _lipschitz_samples(setup, metatest, nu_x: torch.Tensor, per: int) -> torch.Tensor:
@@ -436,7 +454,8 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     theta = _initial_theta(setup)
     nu = setup.build(theta)
     g = torch.Generator().manual_seed(seed)
-    xi_opt = nu.sample_coefficients(cfg.n_opt, g)           # fixed for every J evaluation
+    # fixed latent draws for every J evaluation; particles are their own samples
+    xi_opt = nu.sample_coefficients(cfg.n_opt, g) if hasattr(nu, "sample_coefficients") else None
     train_seed = 10_000 + seed                               # fixed training draws (CRN)
     model = model_factory(seed)
     history: list[dict] = []
@@ -462,7 +481,9 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     objective.fixed_g0_model_sq = g0_model
     with torch.no_grad():
         bound = objective(theta)
-    record = _record(0, theta, bound, None, metatest, model, t_label, t_train, t_lip, 0.0,
+    show = getattr(setup, "theta_summary", None) or (lambda t: t)
+    update_state: dict = {}
+    record = _record(0, show(theta), bound, None, metatest, model, t_label, t_train, t_lip, 0.0,
                      update_accepted=None, train_accepted=True, train_steps=res.steps,
                      val_loss=res.best_val_loss)
     history.append(record)
@@ -476,8 +497,8 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
         # ---- (b) update nu with the model fixed
         t0 = time.perf_counter()
         out = UPDATES[cfg.update](objective, theta, setup=setup, config=cfg, j_start=j_prev,
-                                  seed=seed * 100 + k)
-        j_upd = objective.value(out["theta"])
+                                  seed=seed * 100 + k, state=update_state)
+        j_upd = float(out["j"]) if "j" in out else objective.value(out["theta"])
         update_accepted = j_upd <= j_prev
         old = theta
         if update_accepted:
@@ -504,8 +525,10 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
         t_train = time.perf_counter() - t0
         with torch.no_grad():
             bound = objective(theta)
-        record = _record(k, theta, bound, j_upd, metatest, model, t_label, t_train, 0.0, t_update,
-                         update_accepted=update_accepted, theta_step=moved, **outcome)
+        extra = {"flow": out["flow"]} if "flow" in out else {}
+        record = _record(k, show(theta), bound, j_upd, metatest, model, t_label, t_train, 0.0,
+                         t_update, update_accepted=update_accepted, theta_step=moved, **outcome,
+                         **extra)
         history.append(record)
         if callback:
             callback(record)
@@ -520,6 +543,8 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
 def _initial_theta(setup) -> Any:
     """``theta0`` as a float (one parameter) or a list of floats (a vector)."""
     t0 = setup.theta0
+    if isinstance(t0, torch.Tensor):                     # particles (M, d)
+        return t0.detach().clone()
     return [float(v) for v in t0] if np.ndim(t0) > 0 else float(t0)
 
 
@@ -592,8 +617,10 @@ def _record(k, theta, bound: BoundValue, j_update, metatest, model, t_label, t_t
 
 
 def _plain(theta: Any) -> Any:
-    """``theta`` for the JSON record: a float, or nested lists for a vector / particle
-    parameter (particle AMA's theta is a tensor of particles)."""
+    """``theta`` for the JSON record: a float, nested lists for a vector parameter, or the
+    setup's summary dict (particle AMA: ``AMASetup.theta_summary``)."""
+    if isinstance(theta, dict):
+        return theta
     if isinstance(theta, torch.Tensor):
         t = theta.detach().cpu().double()
         return float(t) if t.numel() == 1 else t.tolist()

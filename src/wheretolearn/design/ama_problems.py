@@ -38,7 +38,7 @@ __all__ = ["AMASetup", "SpectrumField", "MixtureField", "mixture_setup", "FAMILI
            "barycenter_field", "prepare_setup", "vector_theta",
            "ama_setup", "AMA_SETUPS", "POOL_AMA_PROBLEMS", "available_ama_problems",
            "fit_fourier_gaussian", "burgers_steps", "BURGERS_POOL_GP", "BURGERS_INITIAL",
-           "field_setup", "grid_weights", "grid_points"]
+           "field_setup", "grid_weights", "grid_points", "PARTICLE_STARTS"]
 
 
 @dataclass
@@ -113,16 +113,30 @@ class AMASetup:
     truth: Any = None
     component_theta: Any = None
     metatest: Any = None
+    origin: float = 0.0
+    theta_summary: Any = None
+    initial_theta: Any = None
 
     # ``component_theta``: ``params dict of a Q_j -> theta of the single family`` (the
     # meta-test's own parameters in this family's coordinates); the mixture family
     # (:func:`mixture_setup`) starts its components there.
+    # ``origin``: the input where ``G(0)`` and ``G*(0)`` are evaluated and about which
+    # ``m2`` is taken (radiative transport: ``a = 1``, SPEC §4; else 0).
+    # ``theta_summary``: ``theta -> dict`` for the records when theta is large (particles).
+    # ``initial_theta``: ``metatest -> theta0`` when the start depends on the meta-test (the
+    # particles' mixture start); :func:`prepare_setup` calls it while ``theta0`` is None.
+
+    def origin_input(self) -> torch.Tensor:
+        """The input ``0`` of ``J`` (1, *in): every entry ``origin``."""
+        return torch.full((1, *self.problem.input_shape), float(self.origin),
+                          dtype=torch.float64)
 
     def g0_true_sq(self) -> float:
-        """``||G*(0)||_q^2`` (NtD: 0; Darcy: the solution for ``a = 1``)."""
+        """``||G*(0)||_q^2`` (NtD: 0; Darcy: the solution for ``a = 1``; radiative transport:
+        the density for ``a = origin = 1``)."""
         from .ama_bound import quadrature_norm_sq
 
-        zero = torch.zeros(1, *self.problem.input_shape, dtype=torch.float64)
+        zero = self.origin_input()
         with torch.no_grad():
             y = self.problem(zero)
         return float(quadrature_norm_sq(y, self.output_weights.double())[0])
@@ -567,6 +581,8 @@ def prepare_setup(setup: AMASetup, metatest) -> AMASetup:
     """Settings that depend on the meta-test family: Darcy's offset spread ``"family"`` =
     the (population) sd of the ``Q_j`` means; the mixture family's ``theta0`` (the ``Q_j``'s
     own parameters, one component each), its parameter names and its mask."""
+    if setup.theta0 is None and setup.initial_theta is not None:
+        setup.theta0 = setup.initial_theta(metatest)
     if setup.options.get("family") == "mixture" and setup.theta0 is None:
         comps = [list(map(float, setup.component_theta(p))) for p in metatest.params]
         d = len(comps[0])
@@ -718,10 +734,130 @@ def _burgers_setup(n: int = 1024, n_modes: int | None = None, n_pool: int = 1843
         metatest=metatest)
 
 
+#: The particle starts of radiative AMA: the paper's ``c = 1e-3 N(0, I)`` and the empirical
+#: mixture of the ``Q_k`` (particle ``i`` a sample of ``Q_{i mod K}``).
+PARTICLE_STARTS = ("paper", "mixture")
+#: The scale of the paper's initial particles ``c = scale * N(0, I)`` (SPEC §4).
+PAPER_START_SCALE = 1e-3
+
+
+def _radiative_family(basis, n_measures: int, seed: int) -> tuple[list, list[dict]]:
+    """The radiative meta-test (SPEC §4): ``K`` log-normal scattering fields ``a = exp(m +
+    v_k)``, ``v_k`` a sine-KLE Gaussian field with alpha = 2, tau = 1, sigma_k = k (k = 1..K;
+    K = 3 gives the SPEC's 1, 2, 3) around one fixed mean ``m``, itself drawn once (``seed``)
+    from the field with alpha = 2, tau = 1, sigma = 1. Second moments about ``a = 1``."""
+    from ..measures import GaussianRandomField, LogNormalField
+
+    g = torch.Generator().manual_seed(int(seed))
+    mean = GaussianRandomField(basis, alpha=2.0, tau=1.0, sigma=1.0,
+                               dtype=torch.float64).sample(1, generator=g)[0]
+    measures, params = [], []
+    for k in range(1, int(n_measures) + 1):
+        f = GaussianRandomField(basis, alpha=2.0, tau=1.0, sigma=float(k), mean=mean,
+                                dtype=torch.float64)
+        measures.append(LogNormalField(f, origin=1.0))
+        params.append({"alpha": 2.0, "tau": 1.0, "sigma": float(k), "mean_seed": int(seed),
+                       "mean_field": "GP alpha = 2, tau = 1, sigma = 1"})
+    return measures, params
+
+
+def _reference_bank(n_samples: int) -> Callable[[Any], torch.Tensor]:
+    """``Q -> (S, *grid)`` fixed samples of ``Q`` (drawn once per measure, seeded by its
+    description, so every evaluation of W2 uses the same samples: ``J`` is deterministic)."""
+    import json
+    import zlib
+
+    bank: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    def reference(q) -> torch.Tensor:
+        if id(q) not in bank:
+            seed = zlib.crc32(json.dumps(q.to_dict(), sort_keys=True).encode()) + 12_345
+            with torch.no_grad():
+                bank[id(q)] = (q, q.sample(int(n_samples), generator=seed).double())
+        return bank[id(q)][1]
+
+    return reference
+
+
+def _mixture_particles(basis, measures: list, m: int, seed: int) -> torch.Tensor:
+    """``m`` particles from the empirical mixture of the ``Q_k``: particle ``i`` is the
+    coefficient vector of ``log a`` for a sample of ``Q_{i mod K}`` (exact: the ``Q_k`` live
+    on the particles' basis). Returns (m, d)."""
+    g = torch.Generator().manual_seed(int(seed))
+    k = len(measures)
+    rows = torch.empty(m, basis.n_terms, dtype=torch.float64)
+    for j, q in enumerate(measures):
+        idx = torch.arange(j, m, k)
+        if idx.numel():
+            rows[idx] = basis.project(q.log_field.sample(idx.numel(), generator=g).double())
+    return rows
+
+
+def _radiative_setup(n: int = 51, n_modes: int | None = None, knudsen: float = 1.0 / 8.0,
+                     particle_start: str = "paper", n_particles: int = 120,
+                     w2_samples: int | None = None, start_seed: int = 0) -> AMASetup:
+    """Radiative transport with particles (paper §4.2, SM F.5; SPEC §4): ``a -> rho``.
+
+    ``nu`` is the empirical measure of ``n_particles`` particles ``c_i`` (sine-basis
+    coefficients, ``n_modes`` per side, default ``min(n - 2, 20)``: the authors' code) of the
+    log-scattering, ``a_i = exp(c_i . phi)`` (:class:`~wheretolearn.measures.FieldParticles`),
+    moved by the Wasserstein gradient flow of :mod:`.ama_particles` (update ``"particles"``).
+    ``m2``, ``W2`` (``ot.emd`` against ``w2_samples`` fixed samples per ``Q_k``, default
+    ``n_particles``) and every error in the trapezoid L2 norm of the grid; ``m2`` and
+    ``G(0)`` taken at ``a = 1`` (``origin``). Starts (``particle_start``): ``"paper"``, ``c =
+    1e-3 N(0, I)`` (seed ``start_seed``); ``"mixture"``, the empirical mixture of the ``Q_k``
+    (set by :func:`prepare_setup` from the meta-test). Meta-test: :func:`_radiative_family`.
+    """
+    from ..measures import FieldParticles, SineBasis2D
+    from ..problems import get_problem
+
+    if particle_start not in PARTICLE_STARTS:
+        raise ValueError(f"particle_start must be one of {', '.join(PARTICLE_STARTS)}, got "
+                         f"{particle_start!r}")
+    n, m = int(n), int(n_particles)
+    if m < 2:
+        raise ValueError(f"n_particles must be at least 2, got {n_particles}")
+    problem = get_problem("radiative", n=n, knudsen=float(knudsen))
+    k = min(n - 2, 20) if n_modes is None else int(n_modes)
+    basis = SineBasis2D(n, k)
+    w = basis.quadrature_weights.float()
+    s = m if w2_samples is None else int(w2_samples)
+    reference = _reference_bank(s)
+
+    def build(theta):
+        c = theta if isinstance(theta, torch.Tensor) else torch.as_tensor(
+            np.asarray(theta, dtype=np.float64))
+        return FieldParticles(basis, c.to(torch.float64), origin=1.0, reference=reference)
+
+    theta0 = None
+    if particle_start == "paper":
+        g = torch.Generator().manual_seed(int(start_seed))
+        theta0 = PAPER_START_SCALE * torch.randn(m, basis.n_terms, generator=g,
+                                                 dtype=torch.float64)
+
+    def initial_theta(metatest):
+        return _mixture_particles(basis, list(metatest.measures), m, start_seed)
+
+    hidden = [100, 100, 100, 64, 32]
+    return AMASetup(
+        name="radiative", problem=problem, input_weights=w, output_weights=w,
+        points=problem.coordinates()["points"], build=build, theta0=theta0,
+        parameter="particles", bounds=None, update="particles",
+        family=lambda j, seed: _radiative_family(basis, j, seed),
+        branch=[n * n, *hidden], trunk=[2, *hidden], jvp="fd",
+        options={"n": n, "n_modes": k, "knudsen": float(knudsen),
+                 "particle_start": particle_start, "n_particles": m, "w2_samples": s,
+                 "start_seed": int(start_seed), "origin": 1.0},
+        origin=1.0, theta_summary=lambda t: FieldParticles(basis, t.detach()).to_dict(),
+        initial_theta=initial_theta)
+
+
 #: Builders of AMA setups by problem name (keyword options: grid size ``n``, ``n_modes``;
-#: Darcy ``offset_sd``, ``learn_spectrum``; Burgers ``n_pool``, ``n_steps``).
+#: Darcy ``offset_sd``, ``learn_spectrum``; Burgers ``n_pool``, ``n_steps``; radiative
+#: ``knudsen``, ``particle_start``, ``n_particles``, ``w2_samples``, ``start_seed``).
 AMA_SETUPS: dict[str, Callable[..., AMASetup]] = {"ntd": _ntd_setup, "darcy": _darcy_setup,
-                                                  "burgers": _burgers_setup}
+                                                  "burgers": _burgers_setup,
+                                                  "radiative": _radiative_setup}
 #: Problems whose test data is one labelled pool (``AMASetup.metatest``): the only ones the
 #: active-learning comparison (``compare``) runs on.
 POOL_AMA_PROBLEMS = ("burgers",)

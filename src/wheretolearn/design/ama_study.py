@@ -13,6 +13,10 @@
                            table of every method (distribution and active-learning baselines)
     out/model.pt           the final model of repeat 0 (``load_model(out)``; a DeepONet also
                            ``DeepONet.load``), its constructor arguments next to the weights
+    out/particles.pt       radiative (particle AMA): ``{start: [learned particles (M, d) per
+                           repeat]}`` (``torch.load``); summary.json then also holds
+                           ``knudsen``, ``particle_j`` (J along the flow), ``reductions`` and,
+                           per start, ``starts`` (``--particle-start both`` runs two)
     out/figures/*.png
 
 Presets: ``ci`` (under a minute), ``small`` (under 10 minutes on 2 cores), ``paper`` (the
@@ -109,6 +113,35 @@ AMA_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "branch_hidden": [1024, 512, 256, 128], "trunk_hidden": [128, 128, 128, 128],
                   "width": 128, "lipschitz_samples": 8, "lipschitz_iterations": 30},
     },
+    # particles: n_train is the number M of particles (the particles are the training set);
+    # n_opt is unused (part1 averages over the particles); eval_n <= M (subsets of particles)
+    "radiative": {
+        "ci": {"n": 11, "n_modes": 3, "n_measures": 3, "n_seen": 3, "n_unseen": 6,
+               "n_train": 12, "n_opt": 12, "iterations": 2, "steps": 150, "batch_size": 12,
+               "eval_every": 50, "patience": 0, "retrain_rounds": 0, "retrain_steps": 50,
+               "flow": {"eta": 3e-3, "shrink": "divide", "tol": 1e-8, "max_steps": 3},
+               "eval_n": [6, 12], "repeats": 1, "lipschitz_samples": 2,
+               "lipschitz_iterations": 5, "branch_hidden": [32, 32], "trunk_hidden": [32, 32],
+               "width": 16},
+        "small": {"n": 31, "n_modes": 10, "n_measures": 3, "n_seen": 10, "n_unseen": 40,
+                  "n_train": 120, "n_opt": 120, "iterations": 3, "steps": 1500,
+                  "batch_size": 30, "eval_every": 100, "patience": 0, "retrain_rounds": 1,
+                  "retrain_steps": 500,
+                  "flow": {"eta": 3e-3, "shrink": "divide", "tol": 1e-6, "max_steps": 15},
+                  "eval_n": [30, 60, 120], "repeats": 2, "lipschitz_samples": 3,
+                  "lipschitz_iterations": 10, "branch_hidden": [100, 100, 64],
+                  "trunk_hidden": [100, 100, 64], "width": 32},
+        "paper": {"n": 51, "n_modes": 20, "n_measures": 3, "n_seen": 50, "n_unseen": 200,
+                  "n_train": 120, "n_opt": 120, "iterations": 10, "steps": 5000,
+                  "batch_size": 120, "lr": 1e-3, "decay_steps": 1000, "decay_rate": 0.5,
+                  "eval_every": 100, "patience": 0, "retrain_rounds": 0,
+                  "retrain_steps": 1000,
+                  "flow": {"eta": 1e-6, "shrink": "divide", "tol": 1e-6, "max_steps": 50},
+                  "eval_n": [30, 60, 120], "repeats": 10, "lipschitz": 1.0,
+                  "lipschitz_samples": 8, "lipschitz_iterations": 30,
+                  "branch_hidden": [100, 100, 100, 64], "trunk_hidden": [100, 100, 100, 64],
+                  "width": 32},
+    },
 }
 
 
@@ -188,7 +221,7 @@ class AMAStudyConfig(BaseModel):
     safety: float = 1.5
     lipschitz_samples: int = 2
     lipschitz_iterations: int = 15
-    update: Optional[Literal["de", "adam", "de+adam", "lbfgsb"]] = None
+    update: Optional[Literal["de", "adam", "de+adam", "lbfgsb", "particles"]] = None
     family: Literal["single", "mixture"] = Field(
         "single", description="training family nu(theta): 'single' (one parametric field) or "
                               "'mixture' (a uniform mixture of K = n_measures fields of that "
@@ -209,6 +242,19 @@ class AMAStudyConfig(BaseModel):
     adam: dict[str, Any] = Field(default_factory=dict)
     lbfgsb: dict[str, Any] = Field(default_factory=dict,
                                    description="L-BFGS-B update options (maxiter)")
+    flow: dict[str, Any] = Field(
+        default_factory=dict, description="radiative: particle gradient flow options eta, "
+                                          "shrink ('divide' by 10, the authors' code, or "
+                                          "'halve'), tol on ||eta grad||, max_steps")
+    knudsen: Optional[float] = Field(
+        None, description="radiative: Knudsen number eps (the paper's 0.125, 2, 8; default "
+                          "0.125)")
+    particle_start: Optional[Literal["paper", "mixture", "both"]] = Field(
+        None, description="radiative: initial particles, 'paper' (1e-3 N(0, I)), 'mixture' "
+                          "(samples of the mixture of the Q_k) or 'both' (two studies in one "
+                          "run folder; default paper)")
+    w2_samples: Optional[int] = Field(
+        None, description="radiative: fixed samples of each Q_k for W2 (default n_train)")
     eval_n: list[int] = Field(default_factory=lambda: [100])
     repeats: int = 2
     seed: int = 0
@@ -346,7 +392,37 @@ class AMAStudyConfig(BaseModel):
             raise ValueError(f"problem_options and mean_range are for user problems, not "
                              f"{self.problem!r}")
         self._check_pool()
+        self._check_particles()
         return self
+
+    def _check_particles(self) -> None:
+        """Settings of particle AMA (radiative transport)."""
+        particles = self.problem == "radiative"
+        if not particles:
+            for key in ("knudsen", "particle_start", "w2_samples"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is a setting of the radiative problem, not "
+                                     f"{self.problem!r}")
+            if self.flow:
+                raise ValueError(f"flow is the particle update's setting (radiative), not "
+                                 f"{self.problem!r}'s")
+            return
+        from .ama_particles import check_flow
+
+        check_flow(dict(self.flow))
+        if self.knudsen is not None and not (math.isfinite(self.knudsen) and self.knudsen > 0):
+            raise ValueError(f"knudsen must be a finite number > 0, got {self.knudsen}")
+        if self.w2_samples is not None and self.w2_samples < 1:
+            raise ValueError(f"w2_samples must be a positive integer, got {self.w2_samples}")
+        if self.update not in (None, "particles"):
+            raise ValueError(f"radiative AMA moves particles (update = 'particles'), got "
+                             f"{self.update!r}")
+        if self.family != "single":
+            raise ValueError("radiative AMA has one family (particles); family must be 'single'")
+        if max(self.eval_n) > self.n_train:
+            raise ValueError(f"radiative: eval_n must not exceed n_train = {self.n_train} (the "
+                             f"number of particles; smaller N are subsets of them), got "
+                             f"{self.eval_n}")
 
     def _check_pool(self) -> None:
         """Settings of problems whose test data is one labelled pool (burgers)."""
@@ -392,7 +468,12 @@ def resolve_ama_config(*layers: dict[str, Any] | None) -> AMAStudyConfig:
         for key in ("branch_hidden", "trunk_hidden", "width"):
             base.pop(key, None)        # a preset's DeepONet sizes are not another model's
     base.update(AMA_MODEL_TRAINING.get(merged.get("model"), {}).get(preset, {}))
+    flow = {**base.get("flow", {})}
+    for layer in layers:                # flow options merge key by key (--eta-shrink alone)
+        flow.update((layer or {}).get("flow") or {})
     base.update(merged)
+    if flow:
+        base["flow"] = flow
     return AMAStudyConfig(**base)
 
 
@@ -413,6 +494,8 @@ def _ama_config(cfg: AMAStudyConfig, setup, repeat: int):
         kw["adam"] = dict(cfg.adam)
     if cfg.lbfgsb:
         kw["lbfgsb"] = dict(cfg.lbfgsb)
+    if cfg.flow:
+        kw["flow"] = dict(cfg.flow)
     return AMAConfig(n_train=cfg.n_train, iterations=cfg.iterations, n_opt=cfg.n_opt, train=train,
                      retrain_rounds=cfg.retrain_rounds, retrain_steps=cfg.retrain_steps,
                      warm_start=cfg.warm_start, lipschitz_true=cfg.lipschitz,
@@ -556,9 +639,15 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
         extra.update(family=cfg.family, mixture_bound=cfg.mixture_bound)
     if cfg.n_pool is not None:
         extra["n_pool"] = cfg.n_pool
-    setup = ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes,
-                      problem_options=cfg.problem_options or None, bounds=cfg.bounds,
-                      mean_range=cfg.mean_range, **extra)
+    starts = _particle_starts(cfg)
+
+    def build_setup(start):
+        more = {} if start is None else _particle_options(cfg, start)
+        return ama_setup(cfg.problem, n=cfg.n, n_modes=cfg.n_modes,
+                         problem_options=cfg.problem_options or None, bounds=cfg.bounds,
+                         mean_range=cfg.mean_range, **extra, **more)
+
+    setup = build_setup(starts[0])
     factory, arch = _model_factory(cfg, setup)
     with _threads(cfg.num_threads), _labelling_backend(cfg) as (cache, workers, scheduler), \
             run, _Bar(progress, console) as bar:
@@ -576,19 +665,27 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
                                               n_unseen=cfg.n_unseen, seed=cfg.family_seed,
                                               params=params, output_weights=setup.output_weights,
                                               progress=adv)
-        results = []
-        for r in range(cfg.repeats):
-            acfg = _ama_config(cfg, setup, r)
-            adv = bar.task(f"AMA {cfg.problem} repeat {r + 1}/{cfg.repeats}", cfg.iterations + 1)
-
-            def on_iteration(rec: dict, r=r, adv=adv) -> None:
-                run.append_metrics({"repeat": r, **rec})
-                adv(info=f"ood {rec['ood_error']:.4f}  J {rec['ama_loss']:.4g}")
-
-            results.append(run_ama(setup, metatest, acfg, labeller, model_factory=factory,
-                                   callback=on_iteration))
-        evaluation = _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run)
-        summary = _summary(cfg, setup, results, evaluation, arch, metatest, labeller)
+        shared: dict = {}          # guard errors that do not depend on the start (mixture)
+        per_start = {}
+        for start in starts:
+            w0, c0 = time.perf_counter(), time.process_time()
+            st_setup = setup if start == starts[0] else build_setup(start)
+            results = _run_repeats(cfg, st_setup, metatest, labeller, factory, bar, run, start)
+            evaluation = _evaluate(cfg, st_setup, metatest, labeller, factory, results, bar, run,
+                                   shared=shared, start=start)
+            st_summary = _summary(cfg, st_setup, results, evaluation, arch, metatest, labeller)
+            if start is not None:       # this start's AMA runs and guard (shared fits once)
+                st_summary["seconds_start"] = time.perf_counter() - w0
+                st_summary["cpu_seconds_start"] = time.process_time() - c0
+            per_start[start] = (st_summary, results, st_setup)
+        summary, results, setup = per_start[starts[0]]
+        if starts[0] is not None:
+            summary["starts"] = {st: {k: v for k, v in sm.items()
+                                      if k not in ("history", "metatest", "architecture")}
+                                 for st, (sm, _, _) in per_start.items()}
+            summary["reductions"] = {st: sm["reductions"] for st, (sm, _, _) in per_start.items()}
+            torch.save({st: [res.theta for res in rs] for st, (_, rs, _) in per_start.items()},
+                       run.file("particles.pt"))
         if setup.metatest is not None:
             summary["compare"] = _compare(cfg, setup, metatest, factory, evaluation, bar, run)
         save_model(results[0].model, run.file("model.pt"))
@@ -600,6 +697,43 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
         run.write_summary(summary)
     summary["out"] = str(run.out)
     return summary
+
+
+def _particle_starts(cfg: AMAStudyConfig) -> list:
+    """The particle starts one study runs (``[None]`` for a parametric problem)."""
+    if cfg.problem != "radiative":
+        return [None]
+    start = cfg.particle_start or "paper"
+    return ["paper", "mixture"] if start == "both" else [start]
+
+
+def _particle_options(cfg: AMAStudyConfig, start: str) -> dict:
+    """``ama_setup`` options of the radiative problem for one start."""
+    return {"knudsen": 0.125 if cfg.knudsen is None else cfg.knudsen, "particle_start": start,
+            "n_particles": cfg.n_train, "w2_samples": cfg.w2_samples,
+            "start_seed": cfg.family_seed}
+
+
+def _run_repeats(cfg, setup, metatest, labeller, factory, bar, run, start) -> list:
+    """``cfg.repeats`` AMA runs of one setup; every iteration's record goes to metrics.jsonl
+    (with its ``start`` for particle AMA)."""
+    from .ama import run_ama
+
+    tag = {} if start is None else {"start": start}
+    label = "" if start is None else f" ({start} start)"
+    results = []
+    for r in range(cfg.repeats):
+        acfg = _ama_config(cfg, setup, r)
+        adv = bar.task(f"AMA {cfg.problem}{label} repeat {r + 1}/{cfg.repeats}",
+                       cfg.iterations + 1)
+
+        def on_iteration(rec: dict, r=r, adv=adv) -> None:
+            run.append_metrics({"repeat": r, **tag, **rec})
+            adv(info=f"ood {rec['ood_error']:.4f}  J {rec['ama_loss']:.4g}")
+
+        results.append(run_ama(setup, metatest, acfg, labeller, model_factory=factory,
+                               callback=on_iteration))
+    return results
 
 
 def _compare(cfg, setup, metatest, factory, evaluation, bar, run) -> dict:
@@ -650,12 +784,21 @@ def _sources(cfg, setup, metatest, result) -> dict:
     return out
 
 
-def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run) -> dict:
+#: Guard sources that do not depend on the training distribution's start (reused across the
+#: particle starts of one study).
+_START_FREE = ("barycenter", "mixture")
+
+
+def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run, *,
+              shared: dict | None = None, start: str | None = None) -> dict:
     """The guard's data: fresh models (same ``N``, steps and seeds for every source) trained
     on each source, every repeat; errors on the *seen* samples (selection) and the unseen
-    ones (report). Returns ``{split: {source: {N: [error per repeat]}}}``."""
+    ones (report). Returns ``{split: {source: {N: [error per repeat]}}}``. ``shared`` keeps
+    the start-independent sources' records across the starts of a particle study."""
     from ..models.operator_training import train_operator
 
+    shared = {} if shared is None else shared
+    tag = {} if start is None else {"start": start}
     names = list(_sources(cfg, setup, metatest, results[0]))
     adv = bar.task("guard: fresh models", len(names) * len(cfg.eval_n) * cfg.repeats)
     values = {split: {s: {n: [] for n in cfg.eval_n} for s in names}
@@ -665,6 +808,12 @@ def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run) -> dic
         srcs = _sources(cfg, setup, metatest, res)
         for n in cfg.eval_n:
             for name in names:
+                if (name, n, r) in shared:
+                    rec = shared[(name, n, r)]
+                    values["unseen"][name][n].append(rec["error"])
+                    values["seen"][name][n].append(rec["seen_error"])
+                    adv(info=f"{name} N={n}: {rec['error']:.4f} (shared)")
+                    continue
                 seed = 50_000 + 97 * r + n
                 x, y = labeller.label(srcs[name], n, seed)
                 model = factory(cfg.seed + 7 * r + 1)
@@ -676,8 +825,10 @@ def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run) -> dic
                 seen = metatest.error(model, split="seen")
                 rec = {"source": name, "n": n, "repeat": r, "error": math.sqrt(sq),
                        "error_squared": sq, "seen_error": seen,
-                       "seconds": time.perf_counter() - t0}
+                       "seconds": time.perf_counter() - t0, **tag}
                 run.append_metrics(rec, name="evaluation.jsonl")
+                if name in _START_FREE:
+                    shared[(name, n, r)] = rec
                 values["unseen"][name][n].append(rec["error"])
                 values["seen"][name][n].append(seen)
                 adv(info=f"{name} N={n}: {rec['error']:.4f}")
@@ -728,7 +879,14 @@ def _padded(hist: list[list[dict]]) -> list[list[dict]]:
 
 def _learned(setup, results) -> dict:
     """The learned parameters: per repeat, their mean per component, and the natural
-    parameters of each learned measure."""
+    parameters of each learned measure (particles: summaries of the particle sets, whose
+    coordinates are in particles.pt)."""
+    if setup.theta_summary is not None:
+        return {"parameter": setup.parameter, "initial": setup.theta_summary(setup.theta0),
+                "values": [setup.theta_summary(res.theta) for res in results], "mean": None,
+                "measures": [res.learned.to_dict() for res in results],
+                "stop_reason": [res.stop_reason for res in results],
+                "iterations_run": [len(res.history) - 1 for res in results]}
     values = [res.theta for res in results]
     arr = np.array([np.atleast_1d(v) for v in values], dtype=np.float64)
     mean = arr.mean(0)
@@ -819,4 +977,59 @@ def _summary(cfg, setup, results, evaluation, arch, metatest, labeller) -> dict:
         "labelled_samples": labeller.n_labelled,
         "seconds_labelling": labeller.seconds,
         "history": [res.history for res in results],
+        **(_particle_summary(setup, results, evaluation) if setup.update == "particles" else {}),
     }
+
+
+def _reduction(before: float, after: float) -> float:
+    """``1 - after / before`` (the fraction of ``before`` removed)."""
+    return 1.0 - after / before if before > 0 else float("nan")
+
+
+def _particle_summary(setup, results, evaluation) -> dict:
+    """Particle AMA's extra keys: ``knudsen``, ``particle_start``, the flow's ``J`` trajectory
+    (``particle_j[repeat][iteration]``: ``J`` after every accepted step of that iteration's
+    flow, its start first; the model is retrained between iterations, so each list starts
+    at the new model's ``J``) with the step size per iteration, and the reductions of the
+    relative OOD error.
+
+    ``reductions.in_loop``: the AMA model at the last iteration against iteration 0 (paper
+    Fig. 5: the error of the model along the AMA iterations), from mean errors over repeats,
+    ``squared`` (paper F.19, the paper's 82 / 85 / 88 %) and ``root``. ``reductions.fresh``:
+    per N, fresh models on the learned particles against fresh models on the start
+    (``squared``, ``root``), and the learned error over the mixture-of-Q error
+    (``learned_over_mixture``, root errors; <= 1 matches or beats the mixture).
+    """
+    hist = _padded([res.history for res in results])
+    sq0 = float(np.mean([h[0]["ood_error_squared"] for h in hist]))
+    sq1 = float(np.mean([h[-1]["ood_error_squared"] for h in hist]))
+    r0 = float(np.mean([h[0]["ood_error"] for h in hist]))
+    r1 = float(np.mean([h[-1]["ood_error"] for h in hist]))
+    unseen = evaluation["unseen"]
+    fresh = {}
+    for n in unseen["learned"]:
+        lr, ir = np.asarray(unseen["learned"][n]), np.asarray(unseen["initial"][n])
+        mx = np.asarray(unseen["mixture"][n])
+        fresh[str(n)] = {"squared": _reduction(float(np.mean(ir ** 2)), float(np.mean(lr ** 2))),
+                         "root": _reduction(float(ir.mean()), float(lr.mean())),
+                         "learned": float(lr.mean()), "initial": float(ir.mean()),
+                         "mixture": float(mx.mean()),
+                         "learned_over_mixture": float(lr.mean() / mx.mean())}
+    flows = [[rec.get("flow", {}) for rec in res.history[1:]] for res in results]
+    traj = [[f.get("j_trajectory", []) for f in fl] for fl in flows]
+    return {"knudsen": setup.options["knudsen"], "particle_start": setup.options["particle_start"],
+            "particles": setup.options["n_particles"],
+            "particle_j": traj,
+            "particle_eta": [[f.get("eta") for f in fl] for fl in flows],
+            "particle_flow_steps": [[f.get("steps") for f in fl] for fl in flows],
+            "seconds_per_particle_gradient": float(np.mean(
+                [f["seconds_per_gradient"] / setup.options["n_particles"]
+                 for fl in flows for f in fl if "seconds_per_gradient" in f] or [float("nan")])),
+            "reductions": {"in_loop": {"squared": _reduction(sq0, sq1), "root": _reduction(r0, r1),
+                                       "initial_squared": sq0, "final_squared": sq1,
+                                       "initial_root": r0, "final_root": r1},
+                           "fresh": fresh,
+                           "note": "squared: 1 - E_sq(after) / E_sq(before), the relative OOD "
+                                   "error squared (paper F.19, the paper's 82/85/88 %); root: "
+                                   "the same for the root error; the denominator of the "
+                                   "relative error sums over every Q_k"}}

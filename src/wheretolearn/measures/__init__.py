@@ -12,6 +12,7 @@ from .empirical import Empirical
 from .fields import FourierBasis1D, GaussianRandomField, KLEBasis, SineBasis1D, SineBasis2D
 from .gaussian import DIAG_CLAMP, Gaussian, clamp_scale_tril, empirical_gaussians
 from .lognormal import LogNormalField
+from .particle_fields import FieldParticles, emd_w2_squared
 from .mixture import (GaussianMixture, Mixture, gaussian_mixture_sample,
                       gaussian_mixture_score, kmeans, kmeans_mixture)
 from .uniform import Uniform
@@ -41,5 +42,7 @@ __all__ = [
     "SineBasis2D",
     "FourierBasis1D",
     "LogNormalField",
+    "FieldParticles",
+    "emd_w2_squared",
     "NtDInputMeasure",
 ]

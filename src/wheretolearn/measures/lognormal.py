@@ -6,6 +6,7 @@ coefficient) and the optional random conductivity of ``ntd``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,12 +26,18 @@ class LogNormalField(Measure):
     log_field : GaussianRandomField
         The Gaussian log-field; kept as ``self.log_field`` so closed-form W2 / moments of
         the log-field stay available.
+    origin : float
+        The point ``o`` the second moment is taken about, ``E ||exp(v) - o||^2`` (default 0;
+        radiative AMA measures it about ``a = 1``, where it evaluates ``G(0)``, SPEC §4).
     """
 
-    def __init__(self, log_field: GaussianRandomField):
+    def __init__(self, log_field: GaussianRandomField, *, origin: float = 0.0):
         if not isinstance(log_field, GaussianRandomField):
             raise TypeError(f"log_field must be a GaussianRandomField, got {type(log_field).__name__}")
         self.log_field = log_field
+        self.origin = float(origin)
+        if not math.isfinite(self.origin):
+            raise ValueError(f"origin must be a finite number, got {origin!r}")
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -53,13 +60,16 @@ class LogNormalField(Measure):
         return self.from_coefficients(self.sample_coefficients(n, generator))
 
     def second_moment(self) -> torch.Tensor:
-        """``E ||exp(v)||_h^2 = sum_x q_x exp(2 m(x) + 2 Var v(x))`` (log-normal moments), in the
-        basis' quadrature norm; ``Var v(x) = sum_k lambda_k phi_k(x)^2``."""
+        """``E ||exp(v) - o||_h^2 = sum_x q_x [exp(2 m + 2 V) - 2 o exp(m + V / 2) + o^2]``
+        (log-normal moments, ``m = m(x)``, ``V = Var v(x) = sum_k lambda_k phi_k(x)^2``), in
+        the basis' quadrature norm; ``o`` the ``origin`` (0: ``E ||exp(v)||_h^2``)."""
         f = self.log_field
         phi = f.basis.functions.to(f.dtype).reshape(f.n_terms, -1)
         var = (f.eigenvalues[:, None] * phi ** 2).sum(0).reshape(f.event_shape)
         q = f.basis.quadrature_weights.to(f.dtype)
-        return (q * torch.exp(2.0 * f.mean_field() + 2.0 * var)).sum()
+        m, o = f.mean_field(), self.origin
+        return (q * (torch.exp(2.0 * m + 2.0 * var) - 2.0 * o * torch.exp(m + 0.5 * var)
+                     + o ** 2)).sum()
 
     def with_params(self, **params: Any) -> "LogNormalField":
         """A copy whose log-field has some of ``alpha, tau, sigma, mean`` replaced."""
@@ -69,11 +79,15 @@ class LogNormalField(Measure):
         if unknown:
             raise ValueError(f"unknown parameter {unknown[0]!r} for LogNormalField; allowed: "
                              f"{', '.join(sorted(current))}")
-        return LogNormalField(GaussianRandomField(f.basis, dtype=f.dtype, **{**current, **params}))
+        return LogNormalField(GaussianRandomField(f.basis, dtype=f.dtype, **{**current, **params}),
+                              origin=self.origin)
 
     def to_dict(self) -> dict:
         """JSON-serialisable description."""
-        return {"kind": "lognormal", "log_field": self.log_field.to_dict()}
+        out = {"kind": "lognormal", "log_field": self.log_field.to_dict()}
+        if self.origin:
+            out["origin"] = self.origin
+        return out
 
     def __repr__(self) -> str:
         return f"LogNormalField({self.log_field!r})"

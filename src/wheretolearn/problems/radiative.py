@@ -161,15 +161,24 @@ class _DirectSystem:
         A = sp.csc_matrix((data, self.indices, self.indptr), shape=(self.size, self.size))
         return spla.splu(A, permc_spec="NATURAL")
 
-    def solve(self, a: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
-        """Angular flux ``f`` (N, K) for scattering ``a`` (N,) and an optional interior
-        source ``S`` (N, K) on the right-hand side of the non-inflow rows."""
-        rhs = self.rhs if source is None else self.rhs + self.to_unknowns(source * self.free)
-        return self.from_unknowns(self.factor(a).solve(rhs))
+    def factors(self, a: np.ndarray) -> spla.SuperLU:
+        """The factorisation :meth:`solve` and :meth:`adjoint` reuse for one field ``a``."""
+        return self.factor(a)
 
-    def adjoint(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def solve(self, a: np.ndarray, source: np.ndarray | None = None, *,
+              factors: spla.SuperLU | None = None) -> np.ndarray:
+        """Angular flux ``f`` (N, K) for scattering ``a`` (N,) and an optional interior
+        source ``S`` (N, K) on the right-hand side of the non-inflow rows (``factors``:
+        :meth:`factors` of ``a``, computed here when None)."""
+        rhs = self.rhs if source is None else self.rhs + self.to_unknowns(source * self.free)
+        lu = self.factor(a) if factors is None else factors
+        return self.from_unknowns(lu.solve(rhs))
+
+    def adjoint(self, a: np.ndarray, g: np.ndarray, *,
+                factors: spla.SuperLU | None = None) -> np.ndarray:
         """``lambda`` (N, K) with ``A^T lambda = g`` for ``g`` (N, K)."""
-        return self.from_unknowns(self.factor(a).solve(self.to_unknowns(g), trans="T"))
+        lu = self.factor(a) if factors is None else factors
+        return self.from_unknowns(lu.solve(self.to_unknowns(g), trans="T"))
 
 
 class _SweepSystem:
@@ -225,6 +234,11 @@ class _SweepSystem:
             self._direct_system = _DirectSystem(self._geo)
         return self._direct_system
 
+    def factors(self, a: np.ndarray) -> list[spla.SuperLU]:
+        """The per-angle sweep factors of one field ``a`` (:meth:`solve` and :meth:`adjoint`
+        reuse them: the autograd backward does not factor again)."""
+        return self._factors(a)
+
     def _factors(self, a: np.ndarray) -> list[spla.SuperLU]:
         lus = []
         for ang in self.angles:
@@ -246,10 +260,12 @@ class _SweepSystem:
         self.last_iterations.append(count[0])
         return x, info == 0
 
-    def solve(self, a: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
+    def solve(self, a: np.ndarray, source: np.ndarray | None = None, *,
+              factors: list[spla.SuperLU] | None = None) -> np.ndarray:
         """Angular flux ``f`` (N, K) for scattering ``a`` (N,) and an optional interior
-        source ``S`` (N, K) on the right-hand side of the non-inflow rows."""
-        lus = self._factors(a)
+        source ``S`` (N, K) on the right-hand side of the non-inflow rows (``factors``:
+        :meth:`factors` of ``a``, computed here when None)."""
+        lus = self._factors(a) if factors is None else factors
         angles = self.angles
         fixed = [ang["data"] if source is None else ang["data"] + source[ang["order"], k] * ang["free"]
                  for k, ang in enumerate(angles)]
@@ -269,9 +285,10 @@ class _SweepSystem:
             return self._direct().solve(a, source)
         return transport(phi, True)
 
-    def adjoint(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def adjoint(self, a: np.ndarray, g: np.ndarray, *,
+                factors: list[spla.SuperLU] | None = None) -> np.ndarray:
         """``lambda`` (N, K) with ``A^T lambda = g`` for ``g`` (N, K)."""
-        lus = self._factors(a)
+        lus = self._factors(a) if factors is None else factors
 
         def back(src: np.ndarray) -> np.ndarray:   # (N, K) -> T_k^{-T} src_k for every k
             out = np.empty((self.N, self.K))
@@ -289,13 +306,17 @@ class _SweepSystem:
 
 
 class _RTESolve(torch.autograd.Function):
-    """Scattering ``a`` (B, N) -> density ``rho`` (B, N); adjoint backward."""
+    """Scattering ``a`` (B, N) -> density ``rho`` (B, N); adjoint backward. Each field is
+    factored once: the backward's adjoint solves reuse the forward's factors (kept only
+    when a gradient is needed)."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, system) -> torch.Tensor:
         a64 = a.detach().cpu().double().numpy()
-        f = np.stack([system.solve(a64[b]) for b in range(a64.shape[0])])  # matrices differ
+        facs = [system.factors(a64[b]) for b in range(a64.shape[0])]     # matrices differ
+        f = np.stack([system.solve(a64[b], factors=facs[b]) for b in range(a64.shape[0])])
         ctx.system, ctx.f = system, f
+        ctx.factors = facs if ctx.needs_input_grad[0] else None
         ctx.save_for_backward(a)
         rho = f.sum(axis=2) * (2.0 * math.pi / f.shape[2])
         return torch.as_tensor(rho, dtype=a.dtype, device=a.device)
@@ -309,7 +330,8 @@ class _RTESolve(torch.autograd.Function):
         g = grad_rho.detach().cpu().double().numpy() * (2.0 * math.pi / K)
         grad_a = np.empty_like(a64)
         for b in range(a64.shape[0]):
-            lam = system.adjoint(a64[b], np.repeat(g[b][:, None], K, axis=1))
+            lam = system.adjoint(a64[b], np.repeat(g[b][:, None], K, axis=1),
+                                 factors=None if ctx.factors is None else ctx.factors[b])
             f = ctx.f[b]
             grad_a[b] = -(lam * (f - f.mean(axis=1, keepdims=True)) * system.free).sum(axis=1)
         return torch.as_tensor(grad_a, dtype=a.dtype, device=a.device), None

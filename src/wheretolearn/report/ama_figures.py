@@ -8,6 +8,9 @@
   iteration, and their pointwise errors;
 * ``learned_vs_family.png``: the learned parameter against the meta-test parameters (a pool
   problem, Burgers: the KLE spectra of the initial, learned and fitted test distributions);
+* ``particle_flow.png`` (particle AMA, radiative transport; instead of
+  ``learned_vs_family.png``): ``J`` along the Wasserstein gradient flow of every AMA
+  iteration (accepted steps), and the step size ``eta`` per iteration;
 * ``compare_vs_n.png`` (pool problems): error against N of every method of the per-N table,
   the distribution sources and the active-learning baselines (paper Fig. 6 right).
 """
@@ -173,14 +176,39 @@ def _compare(run, summary: dict) -> str:
     return _save(fig, run.figure_path("compare_vs_n")).name
 
 
+def _particle_flow(run, summary: dict) -> str:
+    """``J`` along the particle flow (repeat 0; one segment per AMA iteration, each starting
+    at the retrained model's ``J``) and ``eta`` per iteration."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    start = 0
+    for k, traj in enumerate(summary["particle_j"][0]):
+        x = np.arange(start, start + len(traj))
+        axes[0].plot(x, traj, "o-", ms=3, color=f"C{k % 10}", label=f"iteration {k + 1}")
+        start += len(traj)
+    axes[0].set_xlabel("accepted flow step (all iterations)")
+    axes[0].set_ylabel("J (model fixed within an iteration)")
+    axes[0].legend(fontsize=7)
+    eta = [e for e in summary["particle_eta"][0] if e is not None]
+    axes[1].semilogy(np.arange(1, len(eta) + 1), eta, "s-")
+    axes[1].set_xlabel("AMA iteration")
+    axes[1].set_ylabel("step size eta at the end of the flow")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{summary['problem']} (knudsen {summary['knudsen']:g}, "
+                 f"{summary['particle_start']} start): particle gradient flow, repeat 0")
+    return _save(fig, run.figure_path("particle_flow")).name
+
+
 def plot_ama_figures(run: Any, summary: dict, setup: Any, metatest: Any, result: Any) -> list[str]:
     """Draw the figures into ``run`` (a RunFolder); return their file names."""
     run.figure_path("x").parent.mkdir(parents=True, exist_ok=True)
     pooled = "compare" in summary
+    last = (_spectra(run, summary, setup, metatest) if pooled
+            else _particle_flow(run, summary) if "particle_j" in summary
+            else _learned_vs_family(run, summary))
     names = [_history(run, summary), _error_vs_n(run, summary),
-             _predictions(run, setup, metatest, result),
-             (_spectra(run, summary, setup, metatest) if pooled
-              else _learned_vs_family(run, summary))]
+             _predictions(run, setup, metatest, result), last]
     if pooled:
         names.append(_compare(run, summary))
     return [f"figures/{name}" for name in names]
