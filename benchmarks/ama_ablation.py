@@ -52,7 +52,7 @@ def main() -> None:
             layer["lipschitz_model"] = factor * est["L_model"]
         cfg = resolve_ama_config(layer)
         with tempfile.TemporaryDirectory() as tmp:
-            s = run_ama_study(cfg, Path(tmp) / "run", progress=False)
+            s = run_ama_study(cfg, Path(tmp) / "run", progress=False).summary
         if factor is None:
             est = {"L": s["lipschitz"]["true"][0]["value"],
                    "L_model": s["lipschitz"]["model"][0]["value"]}

@@ -56,7 +56,7 @@ def smoke(problem: str, steps: int, device: str) -> dict:
     cfg = resolve_ama_config(cut)
     with tempfile.TemporaryDirectory() as tmp:
         w0, c0 = time.perf_counter(), time.process_time()
-        s = run_ama_study(cfg, Path(tmp) / "run", progress=False)
+        s = run_ama_study(cfg, Path(tmp) / "run", progress=False).summary
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         figures = [f for f in s["figures"] if (Path(tmp) / "run" / f).exists()]
     h0, h1 = s["history"][0][0], s["history"][0][1]

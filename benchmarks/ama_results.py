@@ -47,7 +47,7 @@ def run(problems: list[str], repeats: int, family: str = "single",
                                       "knudsen": eps,
                                       "particle_start": particle_start if radiative else None})
             with tempfile.TemporaryDirectory() as tmp:
-                summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
+                summary = run_ama_study(cfg, Path(tmp) / "run", progress=False).summary
             write(summary)
 
 

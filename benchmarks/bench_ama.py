@@ -81,7 +81,7 @@ def study_timing(problem: str, repeats: int) -> dict:
                               "num_threads": 1})
     with tempfile.TemporaryDirectory() as tmp:
         w0, c0 = time.perf_counter(), time.process_time()
-        summary = run_ama_study(cfg, Path(tmp) / "run", progress=False)
+        summary = run_ama_study(cfg, Path(tmp) / "run", progress=False).summary
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     hist = [rec for h in summary["history"] for rec in h[1:]]
     keys = ("seconds_label", "seconds_train", "seconds_update")

@@ -95,7 +95,7 @@ def test_fno_ntd_study_from_the_api(tmp_path):
     pytest.importorskip("neuralop", reason="the FNO needs the extra wheretolearn[fno]")
     cfg = resolve_ama_config({"problem": "ntd", **TINY, "model": "fno",
                               "model_options": {"n_modes": 5, "hidden_channels": 4}})
-    s = run_ama_study(cfg, tmp_path / "ntd", progress=False)
+    s = run_ama_study(cfg, tmp_path / "ntd", progress=False).summary
     assert s["architecture"]["init_args"]["n_modes"] == 5
     assert s["lipschitz"]["model"][0]["value"] > 0
     model = wheretolearn.load_model(tmp_path / "ntd")
@@ -108,7 +108,7 @@ def test_user_model_factory_runs_and_its_folder_needs_trust(tmp_path):
     cfg = resolve_ama_config({"problem": "darcy", **TINY, "model": f"{path}:make",
                               "model_options": {"hidden": 6}})
     out = tmp_path / "user"
-    s = run_ama_study(cfg, out, progress=False)
+    s = run_ama_study(cfg, out, progress=False).summary
     assert s["architecture"]["model"] == f"{path}:make"
     assert s["architecture"]["init_args"] == {"hidden": 6}
     assert s["lipschitz"]["model"][0]["value"] > 0

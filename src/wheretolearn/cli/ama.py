@@ -283,7 +283,7 @@ def ama(
         flags["flow"] = {"shrink": eta_shrink}
     cfg = resolve_ama_config(file_cfg, flags)
     check_ama_size(cfg)
-    summary = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,
-                            console=Console(stderr=True))
-    _print_summary(summary)
-    typer.echo(f"run folder: {summary['out']}")
+    result = run_ama_study(cfg, out, progress=not no_progress, overwrite=overwrite,
+                           console=Console(stderr=True))
+    _print_summary(result.summary)
+    typer.echo(f"run folder: {result.run_dir}")

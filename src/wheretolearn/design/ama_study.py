@@ -37,6 +37,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .._progress import ProgressBars
+from ..report.runfolder import StudyResult
+
 __all__ = ["AMAStudyConfig", "AMA_PRESETS", "resolve_ama_config", "run_ama_study", "recommend"]
 
 #: Training settings of a model other than the DeepONet, over the problem's preset. The FNO:
@@ -585,41 +588,10 @@ def _labelling_backend(cfg: AMAStudyConfig):
         yield cache, (cfg.workers if dask else 0), scheduler
 
 
-class _Bar:
-    def __init__(self, enabled: bool, console=None):
-        self.enabled, self.console, self.bar = enabled, console, None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                TimeElapsedColumn(), console=self.console)
-            self.bar.__enter__()
-        return self
-
-    def task(self, description: str, total: int):
-        if self.bar is None:
-            return lambda **kw: None
-        tid = self.bar.add_task(description, total=total, info="")
-
-        def advance(advance: int = 1, info: str = "") -> None:
-            self.bar.update(tid, advance=advance, info=info)
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-
-# ----------------------------------------------------------------------------- driver
 def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progress: bool = True,
-                  overwrite: bool = False, console=None) -> dict:
-    """Run ``repeats`` AMA runs and the baselines; write the run folder; return the summary.
+                  overwrite: bool = False, console=None) -> StudyResult:
+    """Run ``repeats`` AMA runs and the baselines; write the run folder; return its
+    :class:`~wheretolearn.report.runfolder.StudyResult` (config, summary, run folder).
 
     The folder appears only when everything succeeded.
     """
@@ -650,17 +622,17 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     setup = build_setup(starts[0])
     factory, arch = _model_factory(cfg, setup)
     with _threads(cfg.num_threads), _labelling_backend(cfg) as (cache, workers, scheduler), \
-            run, _Bar(progress, console) as bar:
+            run, ProgressBars(progress, console=console) as bar:
         run.write_config_toml(cfg.model_dump())
         labeller = Labeller(setup.problem, cache_dir=cache, workers=workers, scheduler=scheduler)
         if setup.metatest is not None:           # one labelled pool (burgers)
-            adv = bar.task(f"label the pool {cfg.problem}", 1)
+            adv = bar.task(f"label the pool {cfg.problem}", 1).advance
             metatest = setup.metatest(labeller, n_seen=cfg.n_seen, n_unseen=cfg.n_unseen,
                                       seed=cfg.family_seed, output_weights=setup.output_weights,
                                       progress=adv)
         else:
             measures, params = setup.family(cfg.n_measures, cfg.family_seed)
-            adv = bar.task(f"label meta-test {cfg.problem}", len(measures))
+            adv = bar.task(f"label meta-test {cfg.problem}", len(measures)).advance
             metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
                                               n_unseen=cfg.n_unseen, seed=cfg.family_seed,
                                               params=params, output_weights=setup.output_weights,
@@ -695,8 +667,7 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
         summary["seconds"] = time.perf_counter() - t_start
         summary["cpu_seconds"] = time.process_time() - cpu_start
         run.write_summary(summary)
-    summary["out"] = str(run.out)
-    return summary
+    return StudyResult(cfg, summary, Path(run.out))
 
 
 def _particle_starts(cfg: AMAStudyConfig) -> list:
@@ -725,7 +696,7 @@ def _run_repeats(cfg, setup, metatest, labeller, factory, bar, run, start) -> li
     for r in range(cfg.repeats):
         acfg = _ama_config(cfg, setup, r)
         adv = bar.task(f"AMA {cfg.problem}{label} repeat {r + 1}/{cfg.repeats}",
-                       cfg.iterations + 1)
+                       cfg.iterations + 1).advance
 
         def on_iteration(rec: dict, r=r, adv=adv) -> None:
             run.append_metrics({"repeat": r, **tag, **rec})
@@ -746,7 +717,7 @@ def _compare(cfg, setup, metatest, factory, evaluation, bar, run) -> dict:
     if cfg.compare:
         schedule = list(cfg.eval_n)
         adv = bar.task(f"active learning {', '.join(cfg.compare)}",
-                       len(cfg.compare) * cfg.repeats * len(schedule))
+                       len(cfg.compare) * cfg.repeats * len(schedule)).advance
 
         def on_round(name, trial, rec):
             run.append_metrics({"strategy": name, "trial": trial, "n": rec.n,
@@ -800,7 +771,7 @@ def _evaluate(cfg, setup, metatest, labeller, factory, results, bar, run, *,
     shared = {} if shared is None else shared
     tag = {} if start is None else {"start": start}
     names = list(_sources(cfg, setup, metatest, results[0]))
-    adv = bar.task("guard: fresh models", len(names) * len(cfg.eval_n) * cfg.repeats)
+    adv = bar.task("guard: fresh models", len(names) * len(cfg.eval_n) * cfg.repeats).advance
     values = {split: {s: {n: [] for n in cfg.eval_n} for s in names}
               for split in ("unseen", "seen")}
     tcfg = _ama_config(cfg, setup, 0).train
