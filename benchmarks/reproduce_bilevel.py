@@ -117,6 +117,21 @@ MIXTURE_EVAL = {"baselines": []}
 SPARSE_LOGGING = {"eval_unseen": 100}
 
 
+def example_study(name: str):
+    """``(config, dtype, problem, meta-test)`` of ``examples/<name>.toml``: the resolved
+    bilevel config, its torch dtype, the problem and the meta-test family it draws."""
+    from wheretolearn._validation import resolve_dtype
+    from wheretolearn.design import make_metatest, resolve_bilevel_config
+    from wheretolearn.problems import get_problem
+
+    rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
+    dtype = resolve_dtype(rc.dtype)
+    problem = get_problem(rc.problem, dim=rc.dim)
+    mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
+                       n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+    return rc, dtype, problem, mt
+
+
 def to_jsonable(value):
     """NaN (e.g. the unseen error of a step that was not logged) -> None, as in run folders."""
     from wheretolearn.report.runfolder import to_jsonable as convert
@@ -326,11 +341,8 @@ def family_selection(names: list[str]) -> Path:
     ``benchmarks/results/reproduction/family_selection.json``; the table script reads it."""
     import torch
 
-    from wheretolearn._validation import resolve_dtype
-    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.evaluation import fit_and_score, source_seed
     from wheretolearn.design.bilevel_study import _CHECK_DRAWS, _trial_seed
-    from wheretolearn.problems import get_problem
 
     path = RESULTS / "family_selection.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
@@ -341,11 +353,7 @@ def family_selection(names: list[str]) -> Path:
         trials = sorted(set.intersection(*(
             {int(q.stem.removeprefix("trial")) for q in d.glob("trial*.json")}
             for d in folders.values())))
-        rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
-        dtype = resolve_dtype(rc.dtype)
-        problem = get_problem(rc.problem, dim=rc.dim)
-        mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
-                           n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+        rc, dtype, problem, mt = example_study(name)
         n = 1024
         per_trial = []
         for trial in trials:
@@ -388,21 +396,14 @@ def evaluate_at(names: list[str], n: int, trials: list[int]) -> Path:
     distributions are rebuilt from the trial files). Each fit is timed. Results in
     ``benchmarks/results/reproduction/n<n>.json``, written after every trial; cells already
     there are kept (a rerun adds only new families' trials)."""
-    from wheretolearn._validation import resolve_dtype
-    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.baselines import make_sources
     from wheretolearn.design.evaluation import evaluate_sources
     from wheretolearn.design.bilevel_study import _normal_gaussian, _trial_seed
-    from wheretolearn.problems import get_problem
 
     path = RESULTS / f"n{n}.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     for name in names:
-        rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
-        dtype = resolve_dtype(rc.dtype)
-        problem = get_problem(rc.problem, dim=rc.dim)
-        mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
-                           n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+        rc, dtype, problem, mt = example_study(name)
         row = rows.setdefault(name, {"n": n, "repeats": 1, "trials": {}})
         for trial in trials:
             done = row["trials"].get(str(trial), {"errors": {}, "seconds": {}})
@@ -493,22 +494,15 @@ def smoothing_selection(names: list[str], n: int, trials: list[int]) -> Path:
     written after every trial; trials already there are kept."""
     import torch
 
-    from wheretolearn._validation import resolve_dtype
-    from wheretolearn.design import make_metatest, resolve_bilevel_config
     from wheretolearn.design.baselines import DistributionSource
     from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, source_seed
     from wheretolearn.design.bilevel_study import _trial_seed
     from wheretolearn.measures.empirical import ParticleMeasure, silverman_bandwidth
-    from wheretolearn.problems import get_problem
 
     path = RESULTS / "smoothing_selection.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     for name in names:
-        rc = resolve_bilevel_config(tomllib.loads((ROOT / "examples" / f"{name}.toml").read_text()))
-        dtype = resolve_dtype(rc.dtype)
-        problem = get_problem(rc.problem, dim=rc.dim)
-        mt = make_metatest(problem, n_measures=rc.n_measures, n_seen=rc.n_seen,
-                           n_unseen=rc.n_unseen, seed=rc.seed, dtype=dtype)
+        rc, dtype, problem, mt = example_study(name)
         row = rows.setdefault(name, {
             "n": n, "factors": list(SMOOTHING_FACTORS), "trials": {},
             "criterion": (f"seen error at N = {n}, mean of {SELECTION_DRAWS} draws (lower "

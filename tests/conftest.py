@@ -66,3 +66,16 @@ def intruders_refused():
         ]
 
     return check
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: many small kernels on a shared 2-core machine run up
+    to 100x slower with two OpenMP threads per process (busy-waiting on a busy core). Modules
+    opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

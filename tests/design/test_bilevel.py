@@ -17,14 +17,7 @@ from wheretolearn.problems import get_problem
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests time many small kernels; on a shared 2-core machine two OpenMP threads
-    per process make small LAPACK calls up to 100x slower (busy-waiting on a busy core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small_case(seed=0):

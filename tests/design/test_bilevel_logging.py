@@ -13,12 +13,7 @@ from wheretolearn.models.krr import _exponent_floor, augment_right
 from wheretolearn.problems import get_problem
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _previous(ws, right, coef):

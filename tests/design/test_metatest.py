@@ -9,14 +9,7 @@ from wheretolearn.problems import get_problem
 from wheretolearn.report import relative_ood_error
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small torch calls: on a shared 2-core machine two OpenMP threads per process make
-    them up to 100x slower (busy-waiting on a busy core), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_shapes_dtype_and_labels():

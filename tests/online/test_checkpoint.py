@@ -12,12 +12,7 @@ from wheretolearn.online.sampler_registry import make_sampler
 from wheretolearn.online.trainer import OnlineTrainer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batches(n, seed=0):

@@ -14,13 +14,7 @@ from wheretolearn.online.trainer import (BufferDataset, OnlineTrainer, collate_s
 F, O = 3, 4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models: one thread avoids spin-wait overhead on a busy 2-core machine (~10x).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_data(n, seed=0):

@@ -9,14 +9,7 @@ import torch
 from wheretolearn.problems import Friedman1, Friedman2, RKHSFunction, SobolG, get_problem
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small torch calls: on a shared 2-core machine two OpenMP threads per process make
-    them up to 100x slower (busy-waiting on a busy core), so these tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("x, expected", [
