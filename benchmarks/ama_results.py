@@ -254,6 +254,7 @@ def main() -> None:
 DOCS = ((ROOT / "README.md", "ama-table", ("table",)),
         (ROOT / "docs" / "ama.md", "ama-table", ("table", "learned_table")),
         (ROOT / "README.md", "ama-radiative", ("radiative_table",)),
+        (ROOT / "README.md", "ama-compare", ("compare_table",)),
         (ROOT / "docs" / "ama.md", "ama-radiative", ("radiative_table",)))
 
 
