@@ -181,3 +181,12 @@ def test_pip_installed_plugin_by_name_from_the_command_line(tmp_path):
     want = np.stack([decay_truth(a, k, n_steps=3) for a, k in ds["inputs"]])
     np.testing.assert_allclose(ds["outputs"], want, rtol=1e-5)
     assert np.all((ds["inputs"] >= [1.0, 0.5]) & (ds["inputs"] <= [2.0, 1.5]))
+
+
+def test_a_problem_records_how_to_rebuild_it():
+    p = get_problem("sobol-g", dim=3)
+    assert problem_spec(p) == {"name": "sobol-g", "options": {"dim": 3}}
+    opts = {"dim": 2}
+    assert p.record_spec("sobol-g", opts) is p
+    opts["dim"] = 5                                  # a copy was recorded
+    assert problem_spec(p) == {"name": "sobol-g", "options": {"dim": 2}}

@@ -989,7 +989,7 @@ def _user_setup(spec: str, *, problem_options: dict | None, n_modes: int | None,
         raise ValueError(f"problem {spec!r} is a time-stepping simulator of parameter vectors; "
                          "AMA learns distributions of input fields (use `online`, `generate` "
                          "or `bilevel` for it)")
-    obj._spec = {"name": spec, "options": options}          # Dask workers rebuild it
+    obj.record_spec(spec, options)                          # Dask workers rebuild it
     kw = {} if mean_range is None else {"mean_range": tuple(mean_range)}
     return field_setup(obj, n_modes=n_modes, bounds=None if bounds is None else tuple(bounds),
                        name=spec, **kw)

@@ -53,6 +53,13 @@ class Problem(ABC):
         """The options this problem was built with (JSON-serialisable), for provenance."""
         return {}
 
+    def record_spec(self, name: str, options: dict[str, Any]) -> "Problem":
+        """Record how to rebuild this problem -- ``get_problem(name, **options)`` -- for
+        Dask workers, batch jobs and run folders (:func:`problem_spec` reads it); returns
+        ``self``. :func:`get_problem` records it for every problem it builds."""
+        self._spec = {"name": str(name), "options": dict(options)}
+        return self
+
     def field_range(self, bounds: Any) -> tuple[float, float] | None:
         """``(lo, hi)`` holding every output value for parameters inside ``bounds`` (d, 2),
         when the problem knows it (an online surrogate scales its targets onto [-1, 1] with
@@ -162,7 +169,7 @@ def get_problem(name: str, **options: Any) -> Problem:
         if not isinstance(problem, Problem):
             raise ValueError(f"problem {name!r}: the factory returned a "
                              f"{type(problem).__name__}, not a wheretolearn Problem")
-    problem._spec = {"name": name, "options": dict(options)}
+    problem.record_spec(name, options)
     return problem
 
 

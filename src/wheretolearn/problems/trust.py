@@ -26,24 +26,22 @@ def is_builtin_problem(name: Any) -> bool:
     """Whether ``name`` is a problem of this package that runs only the package's code: a
     name registered by a module of :mod:`wheretolearn.problems`, other than
     :data:`COMMAND_PROBLEMS`."""
-    from .base import _REGISTRY
+    from .base import problem_factory
 
     if not isinstance(name, str) or name in COMMAND_PROBLEMS:
         return False
-    factory = _REGISTRY.get(name)
+    factory = problem_factory(name)
     return factory is not None and getattr(factory, "__module__", "").startswith(_PACKAGE)
 
 
 def build_builtin_problem(name: str, **options: Any) -> Any:
     """Build the built-in problem ``name`` through the registry only (never an import
     path or a plugin); ``ValueError`` when ``name`` is not built-in."""
-    from .base import _REGISTRY
+    from .base import problem_factory
 
     if not is_builtin_problem(name):
         raise ValueError(f"problem {name!r} is not a built-in problem of wheretolearn")
-    problem = _REGISTRY[name](**options)
-    problem._spec = {"name": name, "options": dict(options)}
-    return problem
+    return problem_factory(name)(**options).record_spec(name, options)
 
 
 def user_code_message(run_dir: Any, what: str, how: str) -> str:
