@@ -597,7 +597,6 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     """
     from ..models.registry import save_model
     from ..report.runfolder import RunFolder
-    from .ama import run_ama
     from .ama_problems import ama_setup
     from .labelling import Labeller
     from .operator_metatest import make_operator_metatest
