@@ -126,9 +126,9 @@ def test_simulation_failed_after_its_retries(client):
     assert ledger.counts()["completed"] + ledger.counts()["failed"] == 4
 
 
-def test_crashes_before_redraw_gives_new_parameters(client):
+def test_failures_before_redraw_gives_new_parameters(client):
     ledger, _ = run(client, 3, fail_rate=0.6, seed=5, simulation_timeout=0.8, max_retries=6,
-                    crashes_before_redraw=1)
+                    failures_before_redraw=1)
     redrawn = [r for r in ledger if r.replaced_by is not None]
     assert redrawn, "with fail rate 0.6 some simulation must have been redrawn"
     for r in redrawn:

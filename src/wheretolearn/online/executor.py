@@ -119,7 +119,6 @@ class EnsembleExecutor:
     max_retries : int
         Failed attempts a lineage may relaunch; one more failure records it failed.
     failures_before_redraw : int or None
-        (``crashes_before_redraw`` is accepted as its former name)
         Failures of one parameter set before its lineage gets new parameters (None: never).
     fail_rate : float in [0, 1)
         Fault injection (see module docstring).
@@ -152,8 +151,7 @@ class EnsembleExecutor:
                  hang_mode: str = "sleep", heartbeat_seconds: float = 0.5,
                  max_message_bytes: int = 262144,
                  sampler_lock: threading.Lock | None = None, cluster_handle: Any = None,
-                 ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None,
-                 **legacy: Any):
+                 ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None):
         self.client = client
         self.problem_spec = json.dumps(problem_spec, sort_keys=True)
         self.ledger = ledger
@@ -163,10 +161,6 @@ class EnsembleExecutor:
         self.max_concurrent = int(max_concurrent)
         self.simulation_timeout = float(simulation_timeout)
         self.max_retries = int(max_retries)
-        if "crashes_before_redraw" in legacy:
-            failures_before_redraw = legacy.pop("crashes_before_redraw")
-        if legacy:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(legacy)}")
         self.failures_before_redraw = failures_before_redraw
         self.fail_rate = float(fail_rate)
         self.seed = int(seed)
