@@ -4,6 +4,7 @@ the same pool (``--compare``), and one-line errors (issue 22)."""
 import json
 
 import pytest
+from cli_checks import refused
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
@@ -18,11 +19,6 @@ SUMMARY_KEYS = {"problem", "preset", "grid", "parameter", "family", "iterations"
                 "baselines", "baselines_ci", "baselines_seen_ci", "recommended", "lipschitz",
                 "learned", "metatest", "architecture", "timing_per_iteration", "history",
                 "figures", "seconds"}
-
-
-def _err(result):
-    lines = result.output.strip().splitlines()
-    return result.exit_code, lines[-1] if lines else ""
 
 
 @pytest.mark.parametrize("extra", [["--repeats", "1"], ["--compare", "qbc,coreset"]],
@@ -73,8 +69,7 @@ def test_ci_preset_with_and_without_the_active_learning_comparison(tmp_path, ext
 def test_compare_errors_are_one_line(tmp_path, args, message):
     out = tmp_path / "run"
     res = runner.invoke(app, ["ama", "--out", str(out), "--no-progress", *args])
-    code, line = _err(res)
-    assert code == 2 and line.startswith("error:") and message in line, res.output
+    refused(res, message)
     assert not out.exists()
 
 
