@@ -54,8 +54,8 @@ def _summary(obj) -> str:
 
 def _section(module_name: str, names) -> list[str]:
     mod = importlib.import_module(module_name)
-    lines = [f"## `{module_name}`", "", (inspect.getdoc(mod) or "").strip().splitlines()[0]
-             if inspect.getdoc(mod) else "", "", "| name | kind | summary |", "|---|---|---|"]
+    lines = [f"## `{module_name}`", "", _summary(mod), "", "| name | kind | summary |",
+             "|---|---|---|"]
     for name in names:
         if name.startswith("__"):
             continue
