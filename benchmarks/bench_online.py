@@ -116,8 +116,8 @@ def run_offline(args: argparse.Namespace) -> dict:
     chunk = 20
     for i in range(0, S, chunk):  # the whole data set is generated and held in memory
         y[i * T:(i + chunk) * T] = problem(params[i:i + chunk]).reshape(-1, y.shape[1])
-    x = normalised_step_features(np.repeat(params, T, axis=0), np.tile(np.arange(T), S), bounds=bounds,
-                      n_steps=T)
+    x = normalised_step_features(np.repeat(params, T, axis=0), np.tile(np.arange(T), S),
+                                 bounds=bounds, n_steps=T)
     t_gen = time.perf_counter() - t0
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(cfg.study.seed)

@@ -394,8 +394,8 @@ def _errors(trainer: Any, val: ValidationSet, bounds: np.ndarray, chunk: int = 1
     with torch.no_grad():
         for i in range(0, v, chunk):
             p = val.params[i:i + chunk]
-            x = normalised_step_features(np.repeat(p, t, axis=0), np.tile(steps, len(p)), bounds=bounds,
-                              n_steps=t)
+            x = normalised_step_features(np.repeat(p, t, axis=0), np.tile(steps, len(p)),
+                                         bounds=bounds, n_steps=t)
             y = np.asarray(val.fields[i:i + len(p)], dtype=np.float64).reshape(len(p) * t, -1)
             diff = trainer.predict(x).astype(np.float64) - y
             err = np.linalg.norm(diff, axis=1) / np.linalg.norm(y, axis=1)
@@ -503,8 +503,8 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
             fields = np.asarray(problem(params), dtype=np.float32).reshape(len(ids), n_steps,
                                                                            -1)
             for j, sim in enumerate(ids):
-                x = normalised_step_features(np.repeat(params[j:j + 1], n_steps, axis=0), steps,
-                                  bounds=bounds, n_steps=n_steps)
+                x = normalised_step_features(np.repeat(params[j:j + 1], n_steps, axis=0),
+                                             steps, bounds=bounds, n_steps=n_steps)
                 for step in range(n_steps):
                     while not buffer.put(Sample(sim, step, x[step], fields[j, step]),
                                          timeout=0):

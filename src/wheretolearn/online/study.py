@@ -67,8 +67,8 @@ def validation_set(problem: Any, bounds: np.ndarray, *, n_val: int, seed: int
     """Held-out simulations generated up front (SPEC §5: 10 with their own seed).
 
     Parameters are uniform on ``bounds`` (d, 2). Returns ``params (V, d)``,
-    ``x (V * n_steps, F)`` features (see ``normalised_step_features``) and ``y (V * n_steps, n * n)``
-    float32 fields, one row per (simulation, step).
+    ``x (V * n_steps, F)`` features (see ``normalised_step_features``) and
+    ``y (V * n_steps, n * n)`` float32 fields, one row per (simulation, step).
     """
     from .trainer import normalised_step_features
 
@@ -78,7 +78,7 @@ def validation_set(problem: Any, bounds: np.ndarray, *, n_val: int, seed: int
     n_steps = fields.shape[1]
     steps = np.tile(np.arange(n_steps), n_val)
     x = normalised_step_features(np.repeat(params, n_steps, axis=0), steps, bounds=bounds,
-                      n_steps=n_steps)
+                                 n_steps=n_steps)
     return params, x, fields.reshape(n_val * n_steps, -1)
 
 
@@ -266,7 +266,7 @@ class OnlineStudy:
         from .trainer import normalised_step_features
 
         x = normalised_step_features(params[None], np.array([step]), bounds=self.bounds,
-                          n_steps=self.n_steps)[0]
+                                     n_steps=self.n_steps)[0]
         if not self.buffer.put(Sample(sim_id, step, x, field.reshape(-1)), timeout=timeout):
             return False
         bits = self._delivered.setdefault(sim_id, bytearray((self.n_steps + 7) // 8))

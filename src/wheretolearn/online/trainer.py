@@ -8,8 +8,9 @@ Target scaling. The network predicts the normalised target ``z = (y - y_shift) /
 loss and per-sample losses are computed on ``z``, and :meth:`OnlineTrainer.predict` maps back
 ``y = y_shift + y_scale * z``. Heat fields lie between 100 and 500 (maximum principle: the
 temperature stays between the smallest and largest initial / wall value), so
-:func:`target_scaling` (from the problem's ``field_range``) gives ``shift = 300, scale = 200`` and targets in
-``[-1, 1]``; without it Adam at lr 1e-3 spends thousands of batches just learning the offset.
+:func:`target_scaling` (from the problem's ``field_range``) gives ``shift = 300,
+scale = 200`` and targets in ``[-1, 1]``; without it Adam at lr 1e-3 spends thousands of
+batches just learning the offset.
 
 Per-sample losses ``mean_o (z_hat - z)^2`` of every batch are returned for the sampler's
 ``tell`` (Breed uses their deviation from the batch mean, which does not depend on the
