@@ -83,5 +83,4 @@ def test_pool_settings_are_checked(tmp_path, toml, message):
     cfg = tmp_path / "c.toml"
     cfg.write_text(toml)
     res = runner.invoke(app, ["ama", "--config", str(cfg), "--out", str(tmp_path / "r")])
-    code, line = _err(res)
-    assert code == 2 and message in line, res.output
+    refused(res, message)
