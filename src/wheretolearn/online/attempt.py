@@ -13,6 +13,8 @@ children are reused (one per worker thread), so the problem is built once.
 Back-pressure: when the queue is full, ``put`` waits; every ``heartbeat_seconds`` of waiting
 the task sends a small heartbeat on a second, unbounded queue, so the server pauses the
 timer of this attempt only -- its messages are really waiting -- and not that of a hung one.
+The attempt's first message, its hello (which worker runs it), goes on that queue too: the
+server's monitor reads it at once, even while the receiver waits on a full buffer.
 
 Child protocol (stdin: one JSON request per line; stdout: frames ``kind (1 byte), length
 (int64), payload``): ``R`` ready (problem built), ``S`` one encoded step, ``D`` done (JSON
@@ -293,7 +295,10 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
                 "outcome": outcome}
 
     try:
-        relay.put(pack_messages([encode_hello(sim_id, attempt, get_worker().address)]))
+        # The hello goes on the unbounded control queue the monitor reads: on the step queue
+        # it could wait behind another attempt's step the full buffer holds back, and the
+        # server would not know this attempt started (nor time it out) until the buffer freed.
+        hb.put(pack_messages([encode_hello(sim_id, attempt, get_worker().address)]))
         child.start({"sim_id": sim_id, "attempt": attempt, "params": list(params),
                      "spec": problem_spec, "fault": [kind, fault_step],
                      "hang_seconds": hang_seconds, "hang_mode": hang_mode})

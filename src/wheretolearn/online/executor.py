@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from .attempt import _get_problem, prewarm, run_simulation_attempt
 from .faults import SimulatedCrash, fault_plan, resend_plan
-from .messages import (HEARTBEAT, HELLO, decode_step, encode_step, pack_messages,
+from .messages import (HELLO, decode_step, encode_step, pack_messages,
                        unpack_messages)
 from .policy import decide_after_failure
 
@@ -273,22 +273,26 @@ class EnsembleExecutor:
             pass
 
     def _poll_heartbeats(self) -> None:
+        """Read the control queue: hellos (an attempt started, on this worker) and
+        heartbeats (its next step waits for room). The monitor reads it, never blocked by a
+        full buffer, so a started attempt is known at once and its timer runs."""
         self.queue_gets += 1
         for blob in self._heartbeats.get(batch=True):
             for msg in unpack_messages(blob):
-                sim_id, attempt, _, _ = decode_step(msg)
-                self.heartbeats_received += 1
+                sim_id, attempt, step, worker = decode_step(msg)
                 self._touch(sim_id, attempt)
+                if step == HELLO:
+                    self.ledger.set_worker(sim_id, attempt, worker)
+                else:
+                    self.heartbeats_received += 1
 
     def _handle(self, msg: bytes) -> None:
         sim_id, attempt, step, field = decode_step(msg)
         self.messages_received += 1
         self._touch(sim_id, attempt)
-        if step == HELLO:
-            self.ledger.set_worker(sim_id, attempt, field)
-            return
-        if step == HEARTBEAT:
-            return
+        if step < 0:
+            raise ValueError(f"control message (step {step}) of simulation {sim_id} on the "
+                             "step queue: hellos and heartbeats go on the control queue")
         params = None
         while not self._stop.is_set():
             with self.receive_lock:
