@@ -46,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from wheretolearn.design import bilevel_descent, make_metatest, mixture_start
+from wheretolearn.design import (BilevelSchedule, KRRSettings, bilevel_descent, make_metatest,
+                                 mixture_start)
 from wheretolearn.design.bilevel import adjoint_gradient, cosine_schedule
 from wheretolearn.design.bilevel_families import particle_start
 from wheretolearn.measures import DIAG_CLAMP, Gaussian
@@ -131,8 +132,10 @@ def ours_run(problem, mt, init, *, n_train, steps, lr, eval_unseen=True, seed=0,
     default policy, or an int."""
     cpu0 = time.process_time()
     nt = torch.get_num_threads() if num_threads == "current" else num_threads
-    res = bilevel_descent(problem, mt, init, n_train=n_train, steps=steps, lr=lr,
-                          generator=seed, eval_unseen=eval_unseen, num_threads=nt)
+    res = bilevel_descent(problem, mt, init,
+                          schedule=BilevelSchedule(n_train=n_train, steps=steps, lr=lr,
+                                                   eval_unseen=eval_unseen),
+                          krr=KRRSettings(num_threads=nt), generator=seed)
     cpu = time.process_time() - cpu0
     return {**_stats([h["seconds"] for h in res.history], [h["grad_seconds"] for h in res.history]),
             "cpu_total_ms": 1e3 * cpu / steps,
@@ -143,7 +146,7 @@ def ours_run(problem, mt, init, *, n_train, steps, lr, eval_unseen=True, seed=0,
 def gradient_agreement(problem, mt, init, n_train=250) -> float:
     """Relative difference of our adjoint gradient and the reference's (same draw, float32)."""
     z = torch.randn(n_train, mt.dim, generator=torch.Generator().manual_seed(1))
-    ours = adjoint_gradient(problem, mt, init, z, bandwidth=1.0, ridge=1e-3)
+    ours = adjoint_gradient(problem, mt, init, z, ridge=1e-3)
     (gm, gl), *_ = reference_step(problem, mt, init.mean, init.scale_tril, z, ridge=1e-3,
                                   eval_unseen=False)
     a = torch.cat([ours.grad_mean, ours.grad_scale_tril.reshape(-1)]).double()
@@ -170,12 +173,13 @@ def headline(steps: int, rounds: int) -> dict:
     nt = torch.get_num_threads()
     ours, ref, sparse = [], [], []
     for r in range(rounds):
-        res = bilevel_descent(problem, mt, init, n_train=250, steps=steps, lr=1e-2, generator=r,
-                              num_threads=nt)
+        res = bilevel_descent(problem, mt, init, schedule=BilevelSchedule(n_train=250, steps=steps),
+                              krr=KRRSettings(num_threads=nt), generator=r)
         ours.append(sorted(h["seconds"] for h in res.history))
         ref.append(sorted(_reference_walls(problem, mt, init, steps=max(4, steps // 4), seed=r)))
-        res = bilevel_descent(problem, mt, init, n_train=250, steps=steps, lr=1e-2, generator=r,
-                              num_threads=nt, eval_unseen=10)
+        res = bilevel_descent(problem, mt, init,
+                              schedule=BilevelSchedule(n_train=250, steps=steps, eval_unseen=10),
+                              krr=KRRSettings(num_threads=nt), generator=r)
         sparse.append(res.seconds_per_step)
     med = lambda rows: 1e3 * sorted(w[len(w) // 2] for w in rows)[len(rows) // 2]
     low = lambda rows: 1e3 * min(w[0] for w in rows)
@@ -303,9 +307,11 @@ def family_rows(steps: int, rounds: int) -> dict:
         for _ in range(rounds):
             for eval_unseen in (True, False):
                 for fam, (init, n_train) in inits.items():
-                    res = bilevel_descent(problem, mt, init, n_train=n_train, steps=steps, lr=lr,
-                                          bandwidth=bandwidth, generator=0,
-                                          eval_unseen=eval_unseen, num_threads=1)
+                    schedule = BilevelSchedule(n_train=n_train, steps=steps, lr=lr,
+                                               eval_unseen=eval_unseen)
+                    res = bilevel_descent(problem, mt, init, schedule=schedule,
+                                          krr=KRRSettings(bandwidth=bandwidth, num_threads=1),
+                                          generator=0)
                     times[(fam, eval_unseen)].append(
                         (sorted(h["seconds"] for h in res.history)[steps // 2],
                          sorted(h["grad_seconds"] for h in res.history)[steps // 2]))
@@ -353,8 +359,8 @@ def particle_gradient_timing(problem, mt, bandwidth: float, rounds: int) -> dict
     closed, auto = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        gc = adjoint_gradient(problem, mt64, ParticleMeasure(x), x=x, bandwidth=bandwidth,
-                              ridge=ridge).grads["points"] / x.shape[0]
+        gc = adjoint_gradient(problem, mt64, ParticleMeasure(x), x=x, ridge=ridge,
+                              krr=KRRSettings(bandwidth=bandwidth)).grads["points"] / x.shape[0]
         closed.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ga = autograd_grad()

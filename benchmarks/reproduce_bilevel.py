@@ -397,7 +397,7 @@ def evaluate_at(names: list[str], n: int, trials: list[int]) -> Path:
     ``benchmarks/results/reproduction/n<n>.json``, written after every trial; cells already
     there are kept (a rerun adds only new families' trials)."""
     from wheretolearn.design.baselines import make_sources
-    from wheretolearn.design.evaluation import evaluate_sources
+    from wheretolearn.design.evaluation import EvaluationFit, evaluate_sources
     from wheretolearn.design.bilevel_study import _normal_gaussian, _trial_seed
 
     path = RESULTS / f"n{n}.json"
@@ -428,10 +428,10 @@ def evaluate_at(names: list[str], n: int, trials: list[int]) -> Path:
                     print(name, trial, key, f"{rec['error']:.5f}", f"{rec['seconds']:.1f}s",
                           flush=True)
 
-                evaluate_sources(problem, mt, sources, [n], repeats=1, bandwidth=rc.bandwidth,
-                                 ridge=rc.eval_ridge, seed=_trial_seed(rc.seed, trial, 2),
-                                 dtype=rc.eval_dtype, callback=timed, num_threads=1,
-                                 kernel=rc.kernel)
+                fit = EvaluationFit(bandwidth=rc.bandwidth, ridge=rc.eval_ridge,
+                                    kernel=rc.kernel, dtype=rc.eval_dtype, num_threads=1)
+                evaluate_sources(problem, mt, sources, [n], fit=fit, repeats=1,
+                                 seed=_trial_seed(rc.seed, trial, 2), callback=timed)
             row["trials"][str(trial)] = {"errors": cells, "seconds": seconds}
             row["machine"] = "shared 2-core machine, 1 torch thread, other jobs running"
             path.write_text(json.dumps(to_jsonable(rows), indent=1, allow_nan=False))
@@ -495,7 +495,8 @@ def smoothing_selection(names: list[str], n: int, trials: list[int]) -> Path:
     import torch
 
     from wheretolearn.design.baselines import DistributionSource
-    from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, source_seed
+    from wheretolearn.design.evaluation import (EvaluationFit, evaluate_sources, fit_and_score,
+                                                source_seed)
     from wheretolearn.design.bilevel_study import _trial_seed
     from wheretolearn.measures.empirical import ParticleMeasure, silverman_bandwidth
 
@@ -526,10 +527,10 @@ def smoothing_selection(names: list[str], n: int, trials: list[int]) -> Path:
                                            dtype=rc.eval_dtype, split="seen", kernel=rc.kernel)
                     errs.append(err)
                 seen[str(factor)] = sum(errs) / len(errs)
+                fit = EvaluationFit(bandwidth=rc.bandwidth, ridge=rc.eval_ridge,
+                                    kernel=rc.kernel, dtype=rc.eval_dtype, num_threads=1)
                 cell = evaluate_sources(problem, mt, [DistributionSource("optimized", m)], [n],
-                                        repeats=1, bandwidth=rc.bandwidth, ridge=rc.eval_ridge,
-                                        seed=_trial_seed(rc.seed, trial, 2),
-                                        dtype=rc.eval_dtype, num_threads=1, kernel=rc.kernel)
+                                        fit=fit, repeats=1, seed=_trial_seed(rc.seed, trial, 2))
                 unseen[str(factor)] = cell["optimized"][str(n)]["mean"]
                 print(name, trial, factor, f"seen {seen[str(factor)]:.5f}",
                       f"unseen {unseen[str(factor)]:.5f}", flush=True)

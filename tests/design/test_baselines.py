@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from wheretolearn.design.baselines import (SOURCE_NAMES, CoresetSource, DistributionSource,
-                                           acoreset, empirical_gaussians, make_sources, ncoreset)
+from wheretolearn.design.baselines import (SOURCE_NAMES, ACoresetOptions, CoresetSource,
+                                           DistributionSource, acoreset, empirical_gaussians,
+                                           make_sources, ncoreset)
 from wheretolearn.measures import Gaussian
 
 
@@ -55,7 +56,8 @@ def test_acoreset_sizes_distinct_and_first_batch_is_maxmin_in_weighted_features(
         assert idx.shape == (n,) and len(set(idx.tolist())) == n
     # reference for the first batch: KRR on the 6 initial points (shift n eps with the final
     # n = 16), features a_i k(v, x_i)
-    idx = acoreset(pool, y, 16, bandwidth=1.0, ridge=1e-6, generator=0, sketch_dim=None).tolist()
+    idx = acoreset(pool, y, 16, bandwidth=1.0, ridge=1e-6, generator=0,
+                   options=ACoresetOptions(sketch_dim=None)).tolist()
     init = idx[:6]
     xs = pool[init].numpy()
     k = np.exp(-((xs[:, None] - xs[None]) ** 2).sum(-1) / 2)
@@ -80,15 +82,26 @@ def test_acoreset_round_cap_grows_batches(monkeypatch):
                         lambda feats, sel, take: takes.append(take) or real(feats, sel, take))
     pool = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = pool.sum(1)
-    idx = acoreset(pool, y, 206, bandwidth=1.0, generator=1, max_rounds=4)
+    idx = acoreset(pool, y, 206, bandwidth=1.0, generator=1,
+                   options=ACoresetOptions(max_rounds=4))
     assert idx.shape == (206,) and len(set(idx.tolist())) == 206
     assert takes == [50, 50, 50, 50]          # ceil((206 - 6) / 4), not the paper's 10
     takes.clear()
-    acoreset(pool, y, 56, bandwidth=1.0, generator=1, max_rounds=None)
+    acoreset(pool, y, 56, bandwidth=1.0, generator=1, options=ACoresetOptions(max_rounds=None))
     assert takes == [10] * 5                  # no cap: the paper's batches of 10
     takes.clear()
     acoreset(pool, y, 206, bandwidth=1.0, generator=1)  # default cap of 100 rounds
     assert takes == [10] * 20
+    # the options reach acoreset through a source too
+    takes.clear()
+    src = CoresetSource("acoreset", pool, bandwidth=1.0, labels=y,
+                        options=ACoresetOptions(max_rounds=4))
+    src.draw(206, generator=1)
+    assert takes == [50, 50, 50, 50]
+    with pytest.raises(ValueError, match="ACoresetOptions.max_rounds must be a positive integer"):
+        ACoresetOptions(max_rounds=0)
+    with pytest.raises(TypeError, match="options must be an ACoresetOptions, got dict"):
+        acoreset(pool, y, 10, bandwidth=1.0, options={"max_rounds": 4})
 
 
 def test_acoreset_default_batches_at_n_1024_are_11_and_labelled_approximate():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from wheretolearn.design import bilevel_descent, make_metatest
+from wheretolearn.design import (BilevelSchedule, KRRSettings, StepControl, bilevel_descent,
+                                 make_metatest)
 from wheretolearn.design.bilevel import adjoint_gradient, cosine_schedule
 from wheretolearn.design.bilevel_families import gaussian_update as _update
 from wheretolearn.measures import Gaussian
@@ -55,7 +56,8 @@ def _weighted_objective(problem, mt, x, logp0, mean, tril, *, bandwidth, ridge,
 def test_adjoint_gradient_equals_autograd_of_weighted_unrolled_solve(ridge, bandwidth, kernel):
     problem, mt, mean, tril, z = _small_case()
     nu = Gaussian(mean, scale_tril=tril)
-    got = adjoint_gradient(problem, mt, nu, z, bandwidth=bandwidth, ridge=ridge, kernel=kernel)
+    got = adjoint_gradient(problem, mt, nu, z, ridge=ridge,
+                           krr=KRRSettings(bandwidth=bandwidth, kernel=kernel))
     x = (mean + z @ tril.T).detach()
     logp0 = nu.log_prob(x).detach()
     m_req, l_req = mean.clone().requires_grad_(True), tril.clone().requires_grad_(True)
@@ -78,7 +80,7 @@ def test_adjoint_gradient_equals_autograd_of_weighted_unrolled_solve(ridge, band
 def test_adjoint_gradient_matches_finite_differences(kernel):
     problem, mt, mean, tril, z = _small_case(seed=1)
     nu = Gaussian(mean, scale_tril=tril)
-    got = adjoint_gradient(problem, mt, nu, z, bandwidth=1.0, ridge=1e-3, kernel=kernel)
+    got = adjoint_gradient(problem, mt, nu, z, ridge=1e-3, krr=KRRSettings(kernel=kernel))
     x = (mean + z @ tril.T).detach()
     logp0 = nu.log_prob(x)
     h = 1e-6
@@ -116,7 +118,7 @@ def test_adjoint_gradient_is_consistent_with_pathwise_gradient_on_average():
     adj, path = [], []
     for _ in range(100):
         z = torch.randn(n, 5, generator=gen, dtype=F64)
-        g = adjoint_gradient(problem, mt, nu, z, bandwidth=s, ridge=ridge)
+        g = adjoint_gradient(problem, mt, nu, z, ridge=ridge, krr=KRRSettings(bandwidth=s))
         adj.append(torch.cat([g.grad_mean, g.grad_scale_tril[idx]]))
         m, t = mean.clone().requires_grad_(True), tril.clone().requires_grad_(True)
         x = m + z @ t.T
@@ -135,7 +137,7 @@ def test_normalize_labels_rescales_the_gradient():
     problem, mt, mean, tril, z = _small_case()
     nu = Gaussian(mean, scale_tril=tril)
     plain = adjoint_gradient(problem, mt, nu, z)
-    scaled = adjoint_gradient(problem, mt, nu, z, normalize_labels=True)
+    scaled = adjoint_gradient(problem, mt, nu, z, krr=KRRSettings(normalize_labels=True))
     ms = float(mt.seen_y.square().mean())
     np.testing.assert_allclose(scaled.grad_mean.numpy(), plain.grad_mean.numpy() / ms, rtol=1e-12)
 
@@ -167,8 +169,8 @@ def test_descent_reduces_unseen_error_on_sobol_g(sobol_setup):
     problem, mt, init = sobol_setup
     before = (mt.seen_x.clone(), mt.seen_y.clone(), init.mean.clone(), init.scale_tril.clone())
     calls = []
-    res = bilevel_descent(problem, mt, init, n_train=100, steps=100, lr=1e-2, generator=0,
-                          callback=calls.append)
+    res = bilevel_descent(problem, mt, init, schedule=BilevelSchedule(n_train=100, steps=100),
+                          generator=0, callback=calls.append)
     unseen = [h["unseen_error"] for h in res.history]
     assert unseen[0] > 0.8
     assert min(unseen) < 0.35 and np.mean(unseen[-10:]) < 0.5 * unseen[0]
@@ -193,32 +195,46 @@ def test_descent_reduces_unseen_error_on_sobol_g(sobol_setup):
 
 def test_same_seed_same_run_and_adam(sobol_setup):
     problem, mt, init = sobol_setup
-    kw = dict(n_train=50, steps=15, generator=3, eval_unseen=False)
-    a = bilevel_descent(problem, mt, init, **kw)
-    b = bilevel_descent(problem, mt, init, **kw)
-    c = bilevel_descent(problem, mt, init, **{**kw, "generator": 4})
+    schedule = BilevelSchedule(n_train=50, steps=15, eval_unseen=False)
+    a = bilevel_descent(problem, mt, init, schedule=schedule, generator=3)
+    b = bilevel_descent(problem, mt, init, schedule=schedule, generator=3)
+    c = bilevel_descent(problem, mt, init, schedule=schedule, generator=4)
     assert [h["seen_error"] for h in a.history] == [h["seen_error"] for h in b.history]
     assert torch.equal(a.final.scale_tril, b.final.scale_tril)
     assert not torch.equal(a.final.mean, c.final.mean)
     assert all(math.isnan(h["unseen_error"]) for h in a.history)
     torch.set_num_threads(2)
-    bilevel_descent(problem, mt, init, **{**kw, "steps": 2, "num_threads": 1})
+    bilevel_descent(problem, mt, init, schedule=BilevelSchedule(n_train=50, steps=2),
+                    krr=KRRSettings(num_threads=1), generator=3)
     assert torch.get_num_threads() == 2  # restored after the run
     torch.set_num_threads(1)
-    adam = bilevel_descent(problem, mt, init, n_train=100, steps=60, lr=0.1, optimizer="adam",
-                           generator=0, eval_unseen=False)
+    adam = bilevel_descent(problem, mt, init,
+                           schedule=BilevelSchedule(n_train=100, steps=60, lr=0.1,
+                                                    eval_unseen=False),
+                           control=StepControl(optimizer="adam"), generator=0)
     seen = [h["seen_error"] for h in adam.history]
     assert min(seen) < 0.5 * seen[0]
 
 
 def test_bad_arguments(sobol_setup):
     problem, mt, init = sobol_setup
-    with pytest.raises(ValueError, match="optimizer"):
-        bilevel_descent(problem, mt, init, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="StepControl.optimizer must be one of sgd, adam"):
+        StepControl(optimizer="lbfgs")
     with pytest.raises(ValueError, match="init must be a Gaussian of dimension 2"):
         bilevel_descent(problem, mt, Gaussian(torch.zeros(3), torch.eye(3)))
-    with pytest.raises(ValueError, match="lr"):
-        bilevel_descent(problem, mt, init, lr=-1.0)
+    with pytest.raises(ValueError, match="BilevelSchedule.lr must be a finite number > 0"):
+        BilevelSchedule(lr=-1.0)
+    with pytest.raises(ValueError, match="StepControl.jump must be > 1, got 1"):
+        StepControl(jump=1.0)
+    with pytest.raises(ValueError, match="BilevelSchedule.eval_unseen"):
+        BilevelSchedule(eval_unseen=0)
+    with pytest.raises(ValueError, match="KRRSettings.kernel must be one of"):
+        KRRSettings(kernel="cauchy")
+    with pytest.raises(ValueError, match="KRRSettings.factor_dtype must be"):
+        KRRSettings(factor_dtype="float16")
+    with pytest.raises(TypeError, match="control must be a StepControl, got dict"):
+        bilevel_descent(problem, mt, init, control={"optimizer": "adam"})
+    assert BilevelSchedule(steps=np.int64(3)).steps == 3 and BilevelSchedule().unseen_every == 1
 
 
 # ----------------------------------------------------------------- step control (issue 15 §1)
@@ -229,7 +245,8 @@ def _friedman1_blowup(seed=0):
     problem = get_problem("friedman1", dim=5)
     mt = make_metatest(problem, n_measures=10, n_seen=100, n_unseen=10, seed=seed)
     init = Gaussian(torch.full((5,), 0.5), scale_tril=torch.eye(5))
-    kw = dict(n_train=100, steps=150, lr=5e-3, bandwidth=3.0, generator=seed, eval_unseen=False)
+    kw = dict(schedule=BilevelSchedule(n_train=100, steps=150, lr=5e-3, eval_unseen=False),
+              krr=KRRSettings(bandwidth=3.0), generator=seed)
     return problem, mt, init, kw
 
 
@@ -258,7 +275,8 @@ def test_trust_region_bounds_the_w2_move_and_leaves_small_steps_alone():
 
 def test_large_lr_collapse_without_control_and_recovery_with_it():
     problem, mt, init, kw = _friedman1_blowup()
-    raw = bilevel_descent(problem, mt, init, max_move=None, backtrack=False, **kw)
+    raw = bilevel_descent(problem, mt, init, control=StepControl(max_move=None, backtrack=False),
+                          **kw)
     seen = [h["seen_error"] for h in raw.history]
     assert seen[-1] == pytest.approx(1.0, abs=1e-4)          # the fit predicts nothing
     assert raw.collapse["collapsed"] and "vanishing_kernel" in raw.collapse["reasons"]
@@ -275,7 +293,7 @@ def test_large_lr_collapse_without_control_and_recovery_with_it():
 
 def test_backtracking_rejects_collapsed_iterates_and_returns_to_the_last_good_one():
     problem, mt, init, kw = _friedman1_blowup()
-    res = bilevel_descent(problem, mt, init, max_move=None, backtrack=True, **kw)
+    res = bilevel_descent(problem, mt, init, control=StepControl(max_move=None), **kw)
     c = res.collapse
     assert c["events"] > 0 and c["lr_factor"] < 1.0 and not c["collapsed"]
     hist = res.history
@@ -294,9 +312,10 @@ def test_backtracking_rejects_collapsed_iterates_and_returns_to_the_last_good_on
 
 def test_unseen_error_every_k_steps_logs_only_and_changes_nothing(sobol_setup):
     problem, mt, init = sobol_setup
-    kw = dict(n_train=50, steps=12, generator=5)
-    full = bilevel_descent(problem, mt, init, **kw)
-    sparse = bilevel_descent(problem, mt, init, eval_unseen=5, **kw)
+    full = bilevel_descent(problem, mt, init, schedule=BilevelSchedule(n_train=50, steps=12),
+                           generator=5)
+    sparse = bilevel_descent(problem, mt, init, generator=5,
+                             schedule=BilevelSchedule(n_train=50, steps=12, eval_unseen=5))
     logged = [h["step"] for h in sparse.history if not math.isnan(h["unseen_error"])]
     assert logged == [0, 5, 10, 11]
     for i in logged:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wheretolearn.design import make_metatest
-from wheretolearn.design.bilevel import _unseen_error, _Workspace
+from wheretolearn.design.bilevel import KRRSettings, _unseen_error, _Workspace
 from wheretolearn.models.krr import _exponent_floor, augment_right
 from wheretolearn.problems import get_problem
 
@@ -34,8 +34,8 @@ def _previous(ws, right, coef):
 def test_unseen_error_equals_float64_formula_and_previous_path(name, dim, bandwidth, scale):
     problem = get_problem(name, dim=dim)
     mt = make_metatest(problem, n_measures=10, n_seen=500, n_unseen=4500, seed=0)
-    ws = _Workspace(mt, bandwidth=bandwidth, dtype=torch.float32, factor_dtype=torch.float64,
-                    label_scale=1.0, eval_unseen=True)
+    ws = _Workspace(mt, KRRSettings(bandwidth=bandwidth, factor_dtype=torch.float64),
+                    dtype=torch.float32, label_scale=1.0, eval_unseen=True)
     g = torch.Generator().manual_seed(7)
     x = (torch.randn(250, dim, generator=g) * scale + 0.5)
     coef = torch.randn(250, generator=g, dtype=torch.float64) * 10.0

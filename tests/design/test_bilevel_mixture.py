@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from wheretolearn.design import bilevel_descent, make_metatest, mixture_start
+from wheretolearn.design import (BilevelSchedule, KRRSettings, StepControl, bilevel_descent,
+                                 make_metatest, mixture_start)
 from wheretolearn.design.bilevel import adjoint_gradient
 from wheretolearn.design.bilevel_families import (DIAG_CLAMP, WEIGHT_FLOOR,
                                                   GaussianMixtureFamily)
@@ -47,7 +48,7 @@ def test_mixture_adjoint_gradient_equals_autograd_of_weighted_unrolled_solve(rid
     mt = make_metatest(problem, n_measures=2, n_seen=15, n_unseen=5, seed=0, dtype=F64)
     mix = _two_component()
     x = mix.sample(24, generator=3)
-    got = adjoint_gradient(problem, mt, mix, x=x, bandwidth=bandwidth, ridge=ridge)
+    got = adjoint_gradient(problem, mt, mix, x=x, ridge=ridge, krr=KRRSettings(bandwidth=bandwidth))
     logp0 = mix.log_prob(x)
     params = [torch.log(mix.weights).clone().requires_grad_(True),
               mix.means.clone().requires_grad_(True), mix.scale_trils.clone().requires_grad_(True)]
@@ -82,8 +83,9 @@ def test_one_component_reproduces_the_gaussian_run_in_float64(optimizer, lr):
     clamps included (Friedman 1 at 1x and 10x the paper's lr hits all three)."""
     problem = get_problem("friedman1", dim=5)
     mt = make_metatest(problem, n_measures=10, n_seen=60, n_unseen=60, seed=0, dtype=F64)
-    g, m = _paired_runs(problem, mt, 5, F64, n_train=60, steps=40, lr=lr, bandwidth=3.0,
-                        optimizer=optimizer, generator=3)
+    g, m = _paired_runs(problem, mt, 5, F64, schedule=BilevelSchedule(n_train=60, steps=40, lr=lr),
+                        krr=KRRSettings(bandwidth=3.0), control=StepControl(optimizer=optimizer),
+                        generator=3)
     np.testing.assert_allclose([h["seen_error"] for h in m.history],
                                [h["seen_error"] for h in g.history], rtol=1e-9)
     np.testing.assert_allclose([h["unseen_error"] for h in m.history],
@@ -101,8 +103,8 @@ def test_one_component_reproduces_the_gaussian_run_in_float64(optimizer, lr):
 def test_one_component_reproduces_the_gaussian_run_in_float32():
     problem = get_problem("sobol-g", dim=2)
     mt = make_metatest(problem, n_measures=10, n_seen=100, n_unseen=100, seed=0)
-    g, m = _paired_runs(problem, mt, 2, torch.float32, n_train=80, steps=60, lr=1e-2,
-                        generator=4)
+    g, m = _paired_runs(problem, mt, 2, torch.float32,
+                        schedule=BilevelSchedule(n_train=80, steps=60), generator=4)
     assert g.collapse["clipped_steps"] > 0
     np.testing.assert_allclose([h["seen_error"] for h in m.history],
                                [h["seen_error"] for h in g.history], rtol=1e-5)
@@ -129,8 +131,10 @@ def _bimodal_metatest(seed, n_seen=100, n_unseen=300):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mixture_beats_one_gaussian_when_the_optimum_is_bimodal(seed):
     mt = _bimodal_metatest(seed)
-    kw = dict(n_train=30, steps=150, lr=0.05, bandwidth=0.3, optimizer="adam", generator=seed,
-              eval_unseen=False, ridge_end=1e-6)
+    kw = dict(schedule=BilevelSchedule(n_train=30, steps=150, lr=0.05, eval_unseen=False,
+                                       ridge_end=1e-6),
+              krr=KRRSettings(bandwidth=0.3), control=StepControl(optimizer="adam"),
+              generator=seed)
     # the single Gaussian starts from the family's own moments (mean 0, variance ~9)
     gauss = bilevel_descent(_bump, mt, Gaussian(torch.zeros(1, dtype=F64),
                                                 torch.tensor([[9.0]], dtype=F64)), **kw)
@@ -186,8 +190,11 @@ def test_floors_are_recorded_in_the_run():
     problem = get_problem("friedman1", dim=5)
     mt = make_metatest(problem, n_measures=10, n_seen=60, n_unseen=10, seed=0)
     start = mixture_start(mt.seen_x, 3, method="kmeans", generator=0)
-    res = bilevel_descent(problem, mt, start, n_train=60, steps=30, lr=5e-3, bandwidth=3.0,
-                          generator=0, eval_unseen=False, max_move=None, backtrack=False)
+    res = bilevel_descent(problem, mt, start,
+                          schedule=BilevelSchedule(n_train=60, steps=30, lr=5e-3,
+                                                   eval_unseen=False),
+                          krr=KRRSettings(bandwidth=3.0),
+                          control=StepControl(max_move=None, backtrack=False), generator=0)
     floors = res.collapse["floors"]
     assert floors["counts"].get("scale_floor", 0) > 0 and floors["first_step"] is not None
     assert bool((torch.diagonal(res.final.scale_trils, dim1=1, dim2=2) > 0).all())
@@ -220,15 +227,18 @@ def test_mixture_start_methods_and_errors():
     with pytest.raises(ValueError, match="needs the start Gaussian"):
         mixture_start(mt.seen_x, 2, method="split")
     with pytest.raises(ValueError, match="n_train is 2"):
-        bilevel_descent(problem, mt, q, n_train=2, steps=1)
+        bilevel_descent(problem, mt, q, schedule=BilevelSchedule(n_train=2, steps=1))
     with pytest.raises(ValueError, match="init must be one of Gaussian, GaussianMixture"):
-        bilevel_descent(problem, mt, Mixture([Uniform(torch.zeros(2), torch.ones(2))]), steps=1)
+        bilevel_descent(problem, mt, Mixture([Uniform(torch.zeros(2), torch.ones(2))]),
+                        schedule=BilevelSchedule(steps=1))
     with pytest.raises(ValueError, match="needs a positive weight"):
         bilevel_descent(problem, mt, GaussianMixture(torch.tensor([1.0, 0.0]), torch.zeros(2, 2),
-                                                     torch.eye(2).expand(2, 2, 2)), steps=1)
+                                                     torch.eye(2).expand(2, 2, 2)),
+                        schedule=BilevelSchedule(steps=1))
     with pytest.raises(ValueError, match="GaussianMixture of dimension 2"):
         bilevel_descent(problem, mt, GaussianMixture(torch.ones(1), torch.zeros(1, 3),
-                                                     torch.eye(3)[None]), steps=1)
+                                                     torch.eye(3)[None]),
+                        schedule=BilevelSchedule(steps=1))
 
 
 # ------------------------------------------------------------------------ study and CLI

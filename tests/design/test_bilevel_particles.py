@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from wheretolearn.design import bilevel_descent, make_metatest
+from wheretolearn.design import BilevelSchedule, KRRSettings, bilevel_descent, make_metatest
 from wheretolearn.design.bilevel import adjoint_gradient
 from wheretolearn.design.bilevel_families import ParticleFamily, particle_start
 from wheretolearn.design.bilevel_study import run_bilevel_study
@@ -45,8 +45,8 @@ def test_particle_gradient_matches_autograd_and_finite_differences(problem_name,
     x = 0.5 + 0.4 * torch.randn(9, dim, generator=g, dtype=F64)
     s, eps = 1.3, 1e-3
     ls2 = float(mt.seen_y.square().mean())
-    out = adjoint_gradient(problem, mt, ParticleMeasure(x), x=x, bandwidth=s, ridge=eps,
-                           normalize_labels=True)
+    krr = KRRSettings(bandwidth=s, normalize_labels=True)
+    out = adjoint_gradient(problem, mt, ParticleMeasure(x), x=x, ridge=eps, krr=krr)
     grad = out.grads["points"] / x.shape[0]          # the family returns M dJ/dx
     xa = x.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(_seen_loss(problem, mt, xa, s, eps, ls2), xa)
@@ -60,8 +60,7 @@ def test_particle_gradient_matches_autograd_and_finite_differences(problem_name,
               - _seen_loss(problem, mt, x - e, s, eps, ls2)) / (2 * h)
         assert float(grad[i, k]) == pytest.approx(float(fd), rel=1e-5, abs=1e-11)
     # an Empirical init goes to the same family
-    emp = adjoint_gradient(problem, mt, Empirical(x), x=x, bandwidth=s, ridge=eps,
-                           normalize_labels=True)
+    emp = adjoint_gradient(problem, mt, Empirical(x), x=x, ridge=eps, krr=krr)
     torch.testing.assert_close(emp.grads["points"], out.grads["points"])
 
 
@@ -73,7 +72,8 @@ def test_particle_gradient_without_label_term_when_problem_not_differentiable():
     def plain(u):   # not marked differentiable: only the kernel terms
         return problem(u)
 
-    out = adjoint_gradient(plain, mt, ParticleMeasure(x), x=x, bandwidth=2.0, ridge=1e-3)
+    out = adjoint_gradient(plain, mt, ParticleMeasure(x), x=x, ridge=1e-3,
+                           krr=KRRSettings(bandwidth=2.0))
     y = problem(x).detach()
     xa = x.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(_seen_loss(problem, mt, xa, 2.0, 1e-3, labels=False,
@@ -85,8 +85,8 @@ def test_particle_run_lowers_seen_error_and_records_the_method():
     problem = get_problem("sobol-g", dim=2)
     mt = make_metatest(problem, n_measures=3, n_seen=40, n_unseen=40, seed=0)
     init = particle_start(mt.seen_x, 32, generator=0)
-    res = bilevel_descent(problem, mt, init, n_train=32, steps=40, lr=1e-2, bandwidth=1.0,
-                          generator=0, eval_unseen=False)
+    res = bilevel_descent(problem, mt, init, generator=0,
+                          schedule=BilevelSchedule(n_train=32, steps=40, eval_unseen=False))
     seen = [h["seen_error"] for h in res.history]
     assert min(seen[1:]) < 0.8 * seen[0]
     assert isinstance(res.best, ParticleMeasure) and res.best.points.shape == (32, 2)
@@ -95,8 +95,8 @@ def test_particle_run_lowers_seen_error_and_records_the_method():
     # the trust region bounds the RMS move of every step
     assert max(h["move"] for h in res.history) <= res.options["trust_radius"] * (1 + 1e-9)
     # N > M: particles plus KDE draws, stated in the options
-    res2 = bilevel_descent(problem, mt, init, n_train=48, steps=3, lr=1e-2, generator=0,
-                           eval_unseen=False)
+    res2 = bilevel_descent(problem, mt, init, generator=0,
+                           schedule=BilevelSchedule(n_train=48, steps=3, eval_unseen=False))
     assert "Silverman" in res2.options["smoothing"]
 
 
@@ -214,7 +214,8 @@ def test_particle_init_errors():
     problem = get_problem("sobol-g", dim=2)
     mt = make_metatest(problem, n_measures=2, n_seen=10, n_unseen=5, seed=0)
     with pytest.raises(ValueError, match="at most n_train"):
-        bilevel_descent(problem, mt, particle_start(mt.seen_x, 12), n_train=10, steps=1)
+        bilevel_descent(problem, mt, particle_start(mt.seen_x, 12),
+                        schedule=BilevelSchedule(n_train=10, steps=1))
 
 
 def test_cli_particles_flags(tmp_path):

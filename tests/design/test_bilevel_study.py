@@ -80,6 +80,10 @@ def test_study_failure_leaves_no_folder(tmp_path, monkeypatch):
     ({"problem": "friedman2", "dim": 3}, "dim"),
     ({"bilevel_options": {"lr": 1.0}}, "bilevel_options"),
     ({"bilevel_options": {"foo": 1}}, "unknown bilevel option"),
+    ({"bilevel_options": {"max_move": -1.0}}, "StepControl.max_move"),
+    ({"bilevel_options": {"backtrack": "no"}}, "StepControl.backtrack"),
+    ({"bilevel_options": {"eval_unseen": 0}}, "BilevelSchedule.eval_unseen"),
+    ({"bilevel_options": {"factor_dtype": "half"}}, "KRRSettings.factor_dtype"),
 ])
 def test_config_validation(bad, field):
     with pytest.raises(ValidationError) as exc:
@@ -106,6 +110,33 @@ def test_variant_examples_load():
     assert bary.init == "barycenter" and bary.problem == "rkhs"
     adam = BilevelStudyConfig(**tomllib.loads((EXAMPLES / "friedman2_adam.toml").read_text()))
     assert adam.optimizer == "adam" and adam.normalize_labels
+
+
+def test_flat_keys_map_one_to_one_onto_the_option_objects():
+    from wheretolearn.design import (BilevelSchedule, EvaluationFit, KRRSettings, StepControl)
+
+    cfg = BilevelStudyConfig(**{**TINY, "optimizer": "adam", "normalize_labels": True,
+                                "kernel": "laplace", "ridge_start": 1e-2, "ridge_end": 1e-5,
+                                "num_threads": 2, "eval_ridge": 1e-6, "eval_dtype": "float32",
+                                "bilevel_options": {"eval_unseen": 5, "lr_end": 1e-4,
+                                                    "dtype": "float64", "factor_dtype": "float32",
+                                                    "max_move": None, "backtrack": False,
+                                                    "jump": 2.0}})
+    assert cfg.schedule() == BilevelSchedule(steps=cfg.steps, n_train=cfg.n_train, lr=cfg.lr,
+                                             lr_end=1e-4, ridge_start=1e-2, ridge_end=1e-5,
+                                             eval_unseen=5)
+    assert cfg.krr_settings() == KRRSettings(bandwidth=cfg.bandwidth, kernel="laplace",
+                                             normalize_labels=True, dtype="float64",
+                                             factor_dtype="float32", num_threads=2)
+    assert cfg.step_control() == StepControl(optimizer="adam", max_move=None, backtrack=False,
+                                             jump=2.0)
+    assert cfg.evaluation_fit() == EvaluationFit(bandwidth=cfg.bandwidth, ridge=1e-6,
+                                                 kernel="laplace", dtype="float32",
+                                                 num_threads=2)
+    # defaults: the option objects' own
+    plain = BilevelStudyConfig(**TINY)
+    assert plain.step_control() == StepControl()
+    assert plain.schedule().eval_unseen is True and plain.schedule().lr_end == 0.0
 
 
 def test_barycenter_start_is_the_barycenter_of_seen_gaussians(tmp_path):

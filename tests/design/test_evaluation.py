@@ -6,7 +6,8 @@ import torch
 from scipy import stats
 
 from wheretolearn.design.baselines import DistributionSource, make_sources
-from wheretolearn.design.evaluation import evaluate_sources, fit_and_score, name_key, source_seed
+from wheretolearn.design.evaluation import (EvaluationFit, evaluate_sources, fit_and_score,
+                                            name_key, source_seed)
 from wheretolearn.design.metatest import make_metatest
 from wheretolearn.measures import Gaussian
 from wheretolearn.problems import get_problem
@@ -36,8 +37,8 @@ def test_values_match_numpy_reference_and_t_interval(setup):
     problem, mt = setup
     src = DistributionSource("normal", Gaussian(torch.full((2,), 0.5, dtype=torch.float64),
                                                 torch.eye(2, dtype=torch.float64)))
-    res = evaluate_sources(problem, mt, [src], (30, 60), repeats=3, bandwidth=1.0,
-                           ridge=1e-6, seed=4)
+    res = evaluate_sources(problem, mt, [src], (30, 60),
+                           fit=EvaluationFit(bandwidth=1.0, ridge=1e-6), repeats=3, seed=4)
     for n in (30, 60):
         cell = res["normal"][str(n)]
         ref = []
@@ -57,8 +58,8 @@ def test_all_sources_and_pool_limit(setup):
     names = ["optimized", "normal", "barycenter", "mixture", "uniform", "ncoreset", "acoreset"]
     sources = make_sources(names, init=init, final=init, metatest=mt, bandwidth=1.0)
     seen = []
-    res = evaluate_sources(problem, mt, sources, (20, 200), repeats=1, bandwidth=1.0,
-                           seed=0, callback=seen.append)
+    res = evaluate_sources(problem, mt, sources, (20, 200), fit=EvaluationFit(bandwidth=1.0),
+                           repeats=1, seed=0, callback=seen.append)
     assert set(res) == set(names)
     for src in sources:  # every source's number against the numpy KRR on the same draw
         g = torch.Generator().manual_seed(source_seed(0, name_key(src.name), 20, 0))
@@ -81,10 +82,10 @@ def test_seeds_follow_the_name_not_the_position(setup):
     names = ["normal", "barycenter", "mixture"]
     full = evaluate_sources(problem, mt, make_sources(names, init=init, metatest=mt,
                                                       bandwidth=1.0), (25,), repeats=2,
-                            bandwidth=1.0, seed=3)
+                            fit=EvaluationFit(bandwidth=1.0), seed=3)
     alone = evaluate_sources(problem, mt, make_sources(["mixture"], init=init, metatest=mt,
                                                        bandwidth=1.0), (25,), repeats=2,
-                             bandwidth=1.0, seed=3)
+                             fit=EvaluationFit(bandwidth=1.0), seed=3)
     assert alone["mixture"]["25"]["values"] == full["mixture"]["25"]["values"]
 
 
@@ -116,7 +117,14 @@ def test_float32_overflowing_predictions_fall_back_to_float64():
 
 def test_bad_arguments(setup):
     problem, mt = setup
+    fit = EvaluationFit(bandwidth=1.0)
     with pytest.raises(ValueError, match="n_values"):
-        evaluate_sources(problem, mt, [], (0,), bandwidth=1.0)
+        evaluate_sources(problem, mt, [], (0,), fit=fit)
     with pytest.raises(ValueError, match="repeats"):
-        evaluate_sources(problem, mt, [], (5,), repeats=0, bandwidth=1.0)
+        evaluate_sources(problem, mt, [], (5,), fit=fit, repeats=0)
+    with pytest.raises(TypeError, match="fit must be an EvaluationFit, got dict"):
+        evaluate_sources(problem, mt, [], (5,), fit={"bandwidth": 1.0})
+    with pytest.raises(ValueError, match="EvaluationFit.ridge must be a finite number > 0"):
+        EvaluationFit(bandwidth=1.0, ridge=0.0)
+    with pytest.raises(ValueError, match="EvaluationFit.dtype must be"):
+        EvaluationFit(bandwidth=1.0, dtype="float16")

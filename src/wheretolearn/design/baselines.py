@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -58,6 +59,7 @@ __all__ = [
     "SOURCE_NAMES",
     "APPROXIMATE_SOURCES",
     "acoreset_batch_size",
+    "ACoresetOptions",
     "TrainingSource",
     "DistributionSource",
     "CoresetSource",
@@ -76,6 +78,38 @@ APPROXIMATE_SOURCES = {
     "acoreset": "approximate aCoreSet: at most 100 refits (batches of 11 at N = 1024), "
                 "features sketched to 64 columns, ridge shift of the final size",
 }
+
+
+@dataclass(frozen=True)
+class ACoresetOptions:
+    """How :func:`acoreset` grows its coreset (module docstring: the approximations).
+
+    Attributes
+    ----------
+    batch_size : int
+        Points added per refit (paper: 10).
+    n_initial : int
+        Size of the initial random set (paper: 6).
+    max_rounds : int or None
+        Cap on the number of refits; the batch grows to ``ceil((n - n_initial) /
+        max_rounds)`` when needed. ``None``: no cap (the paper's setting).
+    sketch_dim : int or None
+        When the feature width ``|S|`` exceeds it, features are multiplied by one fixed
+        Gaussian sketch ``R[:|S|]``, ``R`` of shape ``(n, sketch_dim) / sqrt(sketch_dim)``.
+        ``None``: exact distances.
+    """
+
+    batch_size: int = 10
+    n_initial: int = 6
+    max_rounds: int | None = 100
+    sketch_dim: int | None = 64
+
+    def __post_init__(self):
+        for name in ("batch_size", "n_initial", "max_rounds", "sketch_dim"):
+            value = getattr(self, name)
+            if value is not None or name in ("batch_size", "n_initial"):
+                object.__setattr__(self, name,
+                                   check_positive_int(value, f"ACoresetOptions.{name}"))
 
 
 def acoreset_batch_size(n: int, *, batch_size: int = 10, n_initial: int = 6,
@@ -144,13 +178,12 @@ class CoresetSource(TrainingSource):
         ``G*`` at the pool points; required for ``acoreset``.
     ridge : float
         Ridge ``eps`` of the KRR fits inside ``acoreset`` (system ``K + n eps I``).
-    **options
-        Passed to :func:`acoreset` (``batch_size``, ``n_initial``, ``max_rounds``,
-        ``sketch_dim``).
+    options : ACoresetOptions
+        Batching and sketching of :func:`acoreset`.
     """
 
     def __init__(self, name: str, pool, *, bandwidth: float, labels=None, ridge: float = 1e-7,
-                 **options: Any):
+                 options: ACoresetOptions = ACoresetOptions()):
         if name not in ("ncoreset", "acoreset"):
             raise ValueError(f"coreset name must be 'ncoreset' or 'acoreset', got {name!r}")
         self.name = name
@@ -162,6 +195,8 @@ class CoresetSource(TrainingSource):
         if name == "acoreset" and labels is None:
             raise ValueError("acoreset needs labels of the pool points")
         self.labels = None if labels is None else as_tensor(labels, "labels").detach().reshape(-1)
+        if not isinstance(options, ACoresetOptions):
+            raise TypeError(f"options must be an ACoresetOptions, got {type(options).__name__}")
         self.options = options
 
     def draw(self, n, *, generator=None, metatest=None):
@@ -171,7 +206,7 @@ class CoresetSource(TrainingSource):
             idx = ncoreset(self.pool, n, bandwidth=self.bandwidth, generator=g)
         else:
             idx = acoreset(self.pool, self.labels, n, bandwidth=self.bandwidth,
-                           ridge=self.ridge, generator=g, **self.options)
+                           ridge=self.ridge, generator=g, options=self.options)
         return self.pool[idx].clone()
 
 
@@ -231,9 +266,8 @@ def ncoreset(pool, n: int, *, bandwidth: float,
 
 
 def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
-             generator: int | torch.Generator | None = None, batch_size: int = 10,
-             n_initial: int = 6, max_rounds: int | None = 100,
-             sketch_dim: int | None = 64) -> torch.Tensor:
+             generator: int | torch.Generator | None = None,
+             options: ACoresetOptions = ACoresetOptions()) -> torch.Tensor:
     """Adaptive greedy coreset with KRR-coefficient-weighted kernel features.
 
     Start from ``n_initial`` random pool points. Each round: fit KRR on the selected set
@@ -254,17 +288,10 @@ def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
     bandwidth, ridge : float
         Kernel length scale and ridge ``eps``.
     generator : seed, torch.Generator or None
-    batch_size : int
-        Points added per refit (paper: 10).
-    n_initial : int
-        Size of the initial random set (paper: 6).
-    max_rounds : int or None
-        Cap on the number of refits; the batch grows to ``ceil((n - n_initial) /
-        max_rounds)`` when needed. ``None``: no cap (the paper's setting).
-    sketch_dim : int or None
-        When the feature width ``|S|`` exceeds it, features are multiplied by one fixed
-        Gaussian sketch ``R[:|S|]``, ``R`` of shape ``(n, sketch_dim) / sqrt(sketch_dim)``.
-        ``None``: exact distances.
+    options : ACoresetOptions
+        Batch size, initial set, cap on the refits and feature sketch (paper: batches of 10
+        after 6 random points, no cap, exact distances: ``ACoresetOptions(max_rounds=None,
+        sketch_dim=None)``).
 
     Returns
     -------
@@ -276,15 +303,15 @@ def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
         raise ValueError(f"labels must have one value per pool point ({x.shape[0]}), got {y.shape[0]}")
     s = check_positive_float(bandwidth, "bandwidth")
     eps = check_positive_float(ridge, "ridge")
-    batch = check_positive_int(batch_size, "batch_size")
-    n0 = min(check_positive_int(n_initial, "n_initial"), n)
-    if max_rounds is not None:
-        check_positive_int(max_rounds, "max_rounds")
-    batch = acoreset_batch_size(n, batch_size=batch, n_initial=n0, max_rounds=max_rounds)
+    if not isinstance(options, ACoresetOptions):
+        raise TypeError(f"options must be an ACoresetOptions, got {type(options).__name__}")
+    n0 = min(options.n_initial, n)
+    batch = acoreset_batch_size(n, batch_size=options.batch_size, n_initial=n0,
+                                max_rounds=options.max_rounds)
     g = torch_generator(generator)
     sketch = None
-    if sketch_dim is not None:
-        r = check_positive_int(sketch_dim, "sketch_dim")
+    if options.sketch_dim is not None:
+        r = options.sketch_dim
         sketch = torch.randn(n, r, generator=g, dtype=torch.float64) / math.sqrt(r)
     krr = _GrowingKRR(x, y, bandwidth=s, shift=n * eps, capacity=n)
     krr.add(torch.randperm(x.shape[0], generator=g)[:n0])
@@ -360,7 +387,7 @@ def _maxmin_batch(feats: torch.Tensor, selected: torch.Tensor, take: int) -> tor
 
 # ------------------------------------------------------------------------------ factory
 def make_sources(names: Iterable[str], *, init, final=None, metatest, bandwidth: float,
-                 ridge: float = 1e-7, coreset_options: dict | None = None
+                 ridge: float = 1e-7, coreset_options: ACoresetOptions = ACoresetOptions()
                  ) -> list[TrainingSource]:
     """Build the named training sources.
 
@@ -378,8 +405,8 @@ def make_sources(names: Iterable[str], *, init, final=None, metatest, bandwidth:
         samples the barycenter / mixture Gaussians are fitted to.
     bandwidth, ridge : float
         Kernel length scale and ridge ``eps`` (coresets only).
-    coreset_options : dict, optional
-        Extra options for :func:`acoreset`.
+    coreset_options : ACoresetOptions
+        Batching and sketching of :func:`acoreset`.
 
     Returns
     -------
@@ -403,7 +430,7 @@ def make_sources(names: Iterable[str], *, init, final=None, metatest, bandwidth:
         "ncoreset": lambda: CoresetSource("ncoreset", seen_x.reshape(-1, d), bandwidth=bandwidth),
         "acoreset": lambda: CoresetSource("acoreset", seen_x.reshape(-1, d), bandwidth=bandwidth,
                                           labels=metatest.seen_y.detach().reshape(-1),
-                                          ridge=ridge, **(coreset_options or {})),
+                                          ridge=ridge, options=coreset_options),
     }
     return [builders[n]() for n in names]
 

@@ -7,7 +7,8 @@ Objective (the seen-sample OOD loss of kernel ridge regression trained on ``nu_t
     J(theta) = (1 / 2J) sum_j mean_l (y_jl - f_theta(v_jl))^2 ,   theta = (m, L), C = L L^T
 
 where ``f_theta`` is KRR (Gaussian kernel, ridge ``eps``) fitted on ``x_i ~ nu_theta``,
-``y_i = G*(x_i)``. Per step ``t`` (cosine-annealed ``lr_t`` and ``eps_t``):
+``y_i = G*(x_i)``. Per step ``t`` (cosine-annealed ``lr_t`` and ``eps_t``,
+:class:`BilevelSchedule`):
 
 1. ``x_i = m + L z_i``, ``z_i ~ N(0, I)``, ``y_i = G*(x_i)``, ``i = 1..N``;
 2. ``a = (K + N eps I)^{-1} y`` (one Cholesky factorisation);
@@ -38,7 +39,8 @@ log p_theta(x_i)``. The score of ``N(m, L L^T)`` at ``x = m + L z`` is closed fo
 mixture goes through the responsibilities (:func:`~wheretolearn.measures.gaussian_mixture_score`).
 
 Step control (not in the paper; added because one bad step wrecked runs outside the paper's
-four configurations, issue 15):
+four configurations, issue 15; the fields ``max_move``, ``backtrack``, ``jump`` of
+:class:`StepControl`):
 
 * **Trust region on the W2 move.** For ``x = m + L z`` and ``x' = m' + L' z`` (the same ``z``)
   the synchronous coupling gives ``W2(nu, nu')^2 <= ||m - m'||^2 + ||L - L'||_F^2``. Each
@@ -83,8 +85,8 @@ from .bilevel_families import Adam as _Adam
 from .bilevel_families import AdjointQuantities, Draw, TrainingFamily, family_for
 from .metatest import MetaTest
 
-__all__ = ["BilevelResult", "AdjointGradient", "bilevel_descent", "adjoint_gradient",
-           "cosine_schedule"]
+__all__ = ["BilevelResult", "AdjointGradient", "BilevelSchedule", "KRRSettings", "StepControl",
+           "bilevel_descent", "adjoint_gradient", "cosine_schedule"]
 
 _OPTIMIZERS = ("sgd", "adam")
 _EVAL_CHUNK = 1024
@@ -92,6 +94,161 @@ _EVAL_CHUNK = 1024
 _VANISHING = 1e-3
 #: The trust radius never shrinks below this fraction of ``max_move * R``.
 _MIN_RADIUS_FACTOR = 1.0 / 1024
+
+
+@dataclass(frozen=True)
+class BilevelSchedule:
+    """What each step of :func:`bilevel_descent` does, step by step: sizes, the cosine-annealed
+    learning rate and ridge (paper SM F.1), and how often the unseen error is logged.
+
+    Attributes
+    ----------
+    steps : int
+        Number of steps ``T`` (paper: 1000).
+    n_train : int
+        ``N``, training samples per step (paper: 250).
+    lr, lr_end : float
+        Learning rate ``lr_t``, cosine-annealed from ``lr`` (> 0) at step 0 to ``lr_end``
+        (>= 0) at the last step.
+    ridge_start, ridge_end : float
+        Ridge ``eps_t`` of the system ``K + N eps_t I``, cosine-annealed likewise (paper:
+        1e-3 -> 1e-7).
+    eval_unseen : bool or int
+        Evaluate the unseen error every step (``True``), never (``False``: records carry NaN),
+        or every ``k``-th step and at the last one (an int ``k``; the unseen evaluation is
+        most of a step's cost and is only logged, never used for choosing).
+    """
+
+    steps: int = 1000
+    n_train: int = 250
+    lr: float = 1e-2
+    lr_end: float = 0.0
+    ridge_start: float = 1e-3
+    ridge_end: float = 1e-7
+    eval_unseen: bool | int = True
+
+    def __post_init__(self):
+        _set(self, "steps", check_positive_int(self.steps, "BilevelSchedule.steps"))
+        _set(self, "n_train", check_positive_int(self.n_train, "BilevelSchedule.n_train"))
+        _set(self, "lr", check_positive_float(self.lr, "BilevelSchedule.lr"))
+        _set(self, "lr_end", check_positive_float(self.lr_end, "BilevelSchedule.lr_end",
+                                                  allow_zero=True))
+        for name in ("ridge_start", "ridge_end"):
+            _set(self, name, check_positive_float(getattr(self, name), f"BilevelSchedule.{name}"))
+        if not isinstance(self.eval_unseen, bool):
+            check_positive_int(self.eval_unseen, "BilevelSchedule.eval_unseen (True, False or "
+                                                 "a step interval)")
+
+    @property
+    def unseen_every(self) -> int:
+        """``eval_unseen`` as a step interval: ``True`` -> 1, ``False`` -> 0 (never)."""
+        return int(self.eval_unseen)
+
+    def at(self, step: int) -> tuple[float, float]:
+        """``(lr_t, eps_t)`` of step ``step`` (:func:`cosine_schedule`)."""
+        return (cosine_schedule(self.lr, self.lr_end, step, self.steps),
+                cosine_schedule(self.ridge_start, self.ridge_end, step, self.steps))
+
+
+@dataclass(frozen=True)
+class KRRSettings:
+    """The inner kernel ridge regression of the bilevel objective and its arithmetic.
+
+    Attributes
+    ----------
+    bandwidth : float
+        Kernel length scale ``s`` (paper: 1, 3, 2/1.1, 5 per problem).
+    kernel : "gaussian" | "laplace"
+        ``exp(-|x - x'|^2 / (2 s^2))`` (paper default) or ``exp(-|x - x'| / s)``.
+    normalize_labels : bool
+        Divide the objective by the mean square of the seen labels (gradient of half the
+        squared relative seen error): makes ``lr`` independent of the label scale.
+    dtype : "float32" | "float64" | torch dtype | None
+        Working dtype; None: the meta-test's (:func:`bilevel_descent`) or the measure's
+        (:func:`adjoint_gradient`) dtype (float32 in the paper setting).
+    factor_dtype : "float32" | "float64" | torch dtype
+        Dtype of the Cholesky factorisation of ``K + N eps I`` and its solves.
+    num_threads : int or None
+        torch intra-op threads for the computation (restored afterwards). None: the package's
+        thread policy (:func:`wheretolearn._threads.default_num_threads`), which gives the
+        small per-step kernels one thread -- on a shared machine two OpenMP threads
+        busy-wait on each other when a core is taken (6x slower beside one busy process).
+    """
+
+    bandwidth: float = 1.0
+    kernel: str = "gaussian"
+    normalize_labels: bool = False
+    dtype: Any = None
+    factor_dtype: Any = "float64"
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        _set(self, "bandwidth", check_positive_float(self.bandwidth, "KRRSettings.bandwidth"))
+        try:
+            check_kernel(self.kernel)
+        except ValueError as exc:
+            raise ValueError(f"KRRSettings.{exc}") from None
+        for name in ("dtype", "factor_dtype"):
+            value = getattr(self, name)
+            if value is not None or name == "factor_dtype":
+                try:
+                    resolve_dtype(value)
+                except ValueError:
+                    raise ValueError(f"KRRSettings.{name} must be 'float32', 'float64' or a "
+                                     f"torch floating dtype, got {value!r}") from None
+        if not isinstance(self.normalize_labels, bool):
+            raise TypeError(f"KRRSettings.normalize_labels must be True or False, got "
+                            f"{self.normalize_labels!r}")
+        if self.num_threads is not None:
+            check_positive_int(self.num_threads, "KRRSettings.num_threads")
+
+    def working_dtype(self, default: torch.dtype) -> torch.dtype:
+        """``dtype`` as a torch dtype, ``default`` when it is None."""
+        return default if self.dtype is None else resolve_dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class StepControl:
+    """How an update is taken and when it is undone (module docstring, "Step control").
+
+    Attributes
+    ----------
+    optimizer : "sgd" | "adam"
+        ``theta -= lr_t g`` (paper) or Adam (betas 0.9 / 0.999) with step ``lr_t``, which
+        takes per-parameter steps (useful when label scales are large, e.g. Friedman 2).
+    max_move : float or None
+        Trust radius: an update may move ``nu`` by at most ``max_move * R`` in W2 (bounded by
+        the synchronous coupling), ``R`` the RMS spread of the seen meta-test samples.
+        ``None`` turns the trust region off (the paper's plain step).
+    backtrack : bool
+        Reject collapsed iterates (vanishing kernel, non-finite values, error jump) and halve
+        the learning rate; with ``False`` a collapse is only recorded.
+    jump : float
+        A seen error above ``jump`` (> 1) times the previous accepted one *and* above the
+        start's counts as a collapse.
+    """
+
+    optimizer: str = "sgd"
+    max_move: float | None = 0.25
+    backtrack: bool = True
+    jump: float = 1.5
+
+    def __post_init__(self):
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"StepControl.optimizer must be one of {', '.join(_OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.max_move is not None:
+            _set(self, "max_move", check_positive_float(self.max_move, "StepControl.max_move"))
+        if not isinstance(self.backtrack, bool):
+            raise TypeError(f"StepControl.backtrack must be True or False, got {self.backtrack!r}")
+        _set(self, "jump", check_positive_float(self.jump, "StepControl.jump"))
+        if self.jump <= 1.0:
+            raise ValueError(f"StepControl.jump must be > 1, got {self.jump:g}")
+
+
+def _set(obj, name: str, value) -> None:
+    """Store a validated (normalised) value on a frozen dataclass."""
+    object.__setattr__(obj, name, value)
 
 
 @dataclass
@@ -186,14 +343,13 @@ class _FactorError(ValueError):
 class _Workspace:
     """Quantities fixed for a whole run: augmented meta-test points, labels, norms."""
 
-    def __init__(self, metatest: MetaTest, *, bandwidth: float, dtype: torch.dtype,
-                 factor_dtype: torch.dtype, label_scale: float, eval_unseen: bool,
-                 kernel: str = "gaussian"):
+    def __init__(self, metatest: MetaTest, krr: KRRSettings, *, dtype: torch.dtype,
+                 label_scale: float, eval_unseen: bool):
         d = metatest.dim
-        self.bandwidth = bandwidth
-        self.kernel = kernel
+        bandwidth = self.bandwidth = krr.bandwidth
+        self.kernel = krr.kernel
         self.dtype = dtype
-        self.factor_dtype = factor_dtype
+        self.factor_dtype = resolve_dtype(krr.factor_dtype)
         seen_x = metatest.seen_x.detach().to(dtype).reshape(-1, d)
         self.seen_x = seen_x
         self.seen_left = augment_left(seen_x, bandwidth)
@@ -334,10 +490,10 @@ def _unseen_error(ws: _Workspace, right: torch.Tensor, coef: torch.Tensor) -> fl
     return math.sqrt(float(diff.double() @ diff.double()) / ws.unseen_den)
 
 
-def _label_scale(metatest: MetaTest, normalize_labels: bool) -> float:
-    """RMS of the seen labels (``normalize_labels``) or 1: the objective is divided by its
+def _label_scale(metatest: MetaTest, krr: KRRSettings) -> float:
+    """RMS of the seen labels (``krr.normalize_labels``) or 1: the objective is divided by its
     square, i.e. the gradient is that of half the squared *relative* seen error."""
-    if not normalize_labels:
+    if not krr.normalize_labels:
         return 1.0
     rms = float(metatest.seen_y.double().square().mean().sqrt())
     return rms if rms > 0 else 1.0
@@ -345,9 +501,7 @@ def _label_scale(metatest: MetaTest, normalize_labels: bool) -> float:
 
 def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
                      z: torch.Tensor | None = None, *, x: torch.Tensor | None = None,
-                     bandwidth: float = 1.0, ridge: float = 1e-3,
-                     normalize_labels: bool = False,
-                     factor_dtype: Any = "float64", kernel: str = "gaussian") -> AdjointGradient:
+                     ridge: float = 1e-3, krr: KRRSettings = KRRSettings()) -> AdjointGradient:
     """Single adjoint gradient of the seen OOD loss with respect to the parameters of ``measure``.
 
     Parameters
@@ -357,18 +511,16 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
     metatest : MetaTest
         Only the seen split is used.
     measure : Gaussian or GaussianMixture
-        Current training distribution; its dtype is the working dtype.
+        Current training distribution; its dtype is the working dtype unless ``krr.dtype``.
     z : (N, d) tensor, optional
         Gaussian only: latent draws, the training inputs are ``x = m + L z``.
     x : (N, d) tensor, optional
         The training inputs themselves (any family). Give exactly one of ``z`` / ``x``.
-    bandwidth, ridge : float
-        Kernel length scale ``s`` and ridge ``eps``.
-    normalize_labels : bool
-        Divide the objective by the mean square of the seen labels.
-    factor_dtype : dtype of the Cholesky factorisation and the solves.
-    kernel : "gaussian" | "laplace"
-        The KRR kernel; it enters only through ``K``, ``k(V, X)`` (the score is that of nu).
+    ridge : float
+        Ridge ``eps`` (system ``K + N eps I``).
+    krr : KRRSettings
+        Bandwidth ``s``, kernel (it enters only through ``K``, ``k(V, X)``; the score is that
+        of nu), label normalisation, dtypes and threads.
 
     Returns
     -------
@@ -376,14 +528,30 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
         The gradient of ``(1/2J) sum_j mean_l (y_jl - f(v_jl))^2`` in every parameter
         (score-function form with the draws held fixed, see module docstring).
     """
-    bandwidth = check_positive_float(bandwidth, "bandwidth")
     ridge = check_positive_float(ridge, "ridge")
-    dtype = measure.dtype
+    _check_krr(krr)
+    dtype = krr.working_dtype(measure.dtype)
     family = family_for(measure)(dtype=dtype, spread=0.0)
-    if family.needs_inputs and kernel != "gaussian":
-        raise ValueError(f"the {family.name} family differentiates the Gaussian kernel; got "
-                         f"kernel={kernel!r}")
+    _check_family_kernel(family, krr)
     state = family.initial_state(measure)
+    given = _given_inputs(measure, metatest, z, x, dtype)
+    ws = _Workspace(metatest, krr, dtype=dtype, label_scale=_label_scale(metatest, krr),
+                    eval_unseen=False)
+    with torch_threads(krr.num_threads, work=ws.n_seen * given.shape[0] * (metatest.dim + 2)), \
+            torch.no_grad():
+        if z is not None:
+            mean, tril = state
+            draw = Draw(mean + given @ tril.T, given)
+        else:
+            draw = family.draw_at(state, given)
+        y = _labels(problem, draw.x, dtype)
+        grads, err, coef, adj, _, _ = _family_gradient(problem, ws, family, state, draw, y, ridge)
+    named = dict(zip(family.param_names, grads))
+    return AdjointGradient(named.get("mean"), named.get("scale_tril"), err, coef, adj, named)
+
+
+def _given_inputs(measure: Any, metatest: MetaTest, z, x, dtype: torch.dtype) -> torch.Tensor:
+    """The one of ``z`` / ``x`` given to :func:`adjoint_gradient`, (N, d) in ``dtype``."""
     if (z is None) == (x is None):
         raise ValueError("give exactly one of z (Gaussian latent draws) or x (training inputs)")
     if z is not None and not isinstance(measure, Gaussian):
@@ -393,26 +561,33 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
     if given.ndim != 2 or given.shape[1] != metatest.dim:
         raise ValueError(f"{'z' if z is not None else 'x'} must have shape (N, {metatest.dim}), "
                          f"got {tuple(given.shape)}")
-    ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dtype,
-                    factor_dtype=resolve_dtype(factor_dtype),
-                    label_scale=_label_scale(metatest, normalize_labels), eval_unseen=False,
-                    kernel=check_kernel(kernel))
-    with torch.no_grad():
-        if z is not None:
-            mean, tril = state
-            draw = Draw(mean + given @ tril.T, given)
-        else:
-            draw = family.draw_at(state, given)
-        y = _labels(problem, draw.x, dtype)
-        extras = {} if family.needs_inputs else None
-        c, err, coef, adj, _, _ = _adjoint_step(ws, draw.x, y, ridge, extras)
-        ig = None
-        if family.needs_inputs:
-            ig = _input_gradient(ws, draw.x, coef, adj, ridge, extras,
-                                 _label_gradient(problem, draw.x))
-        grads = family.gradient(state, draw, AdjointQuantities(c, coef, adj, ig))
-    named = dict(zip(family.param_names, grads))
-    return AdjointGradient(named.get("mean"), named.get("scale_tril"), err, coef, adj, named)
+    return given
+
+
+def _check_krr(krr: Any) -> None:
+    if not isinstance(krr, KRRSettings):
+        raise TypeError(f"krr must be a KRRSettings, got {type(krr).__name__}")
+
+
+def _check_family_kernel(family: TrainingFamily, krr: KRRSettings) -> None:
+    if family.needs_inputs and krr.kernel != "gaussian":
+        raise ValueError(f"the {family.name} family differentiates the Gaussian kernel; got "
+                         f"kernel={krr.kernel!r}")
+
+
+def _family_gradient(problem, ws: "_Workspace", family: TrainingFamily, state: tuple, draw: Draw,
+                     y: torch.Tensor, ridge: float):
+    """The family's gradient for one draw with labels ``y``: the adjoint step (and, for a
+    family that moves its inputs, ``dJ/dx``) contracted with the score. Returns ``(grads,
+    seen_error, coef, adjoint, right, pred_ratio)``; raises :class:`_FactorError`."""
+    extras = {} if family.needs_inputs else None
+    c, seen_err, coef, adjoint, right, ratio = _adjoint_step(ws, draw.x, y, ridge, extras)
+    ig = None
+    if family.needs_inputs:
+        ig = _input_gradient(ws, draw.x, coef, adjoint, ridge, extras,
+                             _label_gradient(problem, draw.x))
+    grads = family.gradient(state, draw, AdjointQuantities(c, coef, adjoint, ig))
+    return grads, seen_err, coef, adjoint, right, ratio
 
 
 def _labels(problem: Callable, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -430,16 +605,11 @@ def _labels(problem: Callable, x: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 
 def bilevel_descent(problem: Callable, metatest: MetaTest, init: Any, *,
-                    n_train: int = 250, steps: int = 1000, lr: float = 1e-2,
-                    bandwidth: float = 1.0, ridge_start: float = 1e-3, ridge_end: float = 1e-7,
-                    optimizer: str = "sgd",
+                    schedule: BilevelSchedule = BilevelSchedule(),
+                    krr: KRRSettings = KRRSettings(),
+                    control: StepControl = StepControl(),
                     generator: int | torch.Generator | None = None,
-                    callback: Callable[[dict], Any] | None = None,
-                    eval_unseen: bool | int = True,
-                    lr_end: float = 0.0, normalize_labels: bool = False, dtype: Any = None,
-                    factor_dtype: Any = "float64", num_threads: int | None = None,
-                    max_move: float | None = 0.25, backtrack: bool = True, jump: float = 1.5,
-                    kernel: str = "gaussian") -> BilevelResult:
+                    callback: Callable[[dict], Any] | None = None) -> BilevelResult:
     """Optimise a training distribution by bilevel gradient descent (SPEC §3).
 
     The family is that of ``init``: a :class:`~wheretolearn.measures.Gaussian` moves its mean
@@ -455,201 +625,195 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Any, *,
         Seen split drives the adjoint step; unseen split is only reported.
     init : Gaussian or GaussianMixture
         Initial ``nu_theta``; never modified. A mixture needs at most ``n_train`` components.
-    n_train : int
-        ``N``, training samples per step (paper: 250).
-    steps : int
-        Number of steps ``T`` (paper: 1000).
-    lr : float
-        Initial learning rate; cosine-annealed to ``lr_end`` at the last step.
-    bandwidth : float
-        Kernel length scale ``s`` (paper: 1, 3, 2/1.1, 5 per problem).
-    ridge_start, ridge_end : float
-        Cosine-annealed ridge ``eps_t`` (paper: 1e-3 -> 1e-7).
-    optimizer : "sgd" | "adam"
-        ``theta -= lr_t g`` (paper) or Adam (betas 0.9 / 0.999) with step ``lr_t``, which
-        takes per-parameter steps (useful when label scales are large, e.g. Friedman 2).
+    schedule : BilevelSchedule
+        Steps ``T``, samples ``N`` per step, the cosine-annealed learning rate and ridge, and
+        how often the unseen error is logged.
+    krr : KRRSettings
+        The inner KRR: bandwidth, kernel, label normalisation, dtypes and torch threads.
+    control : StepControl
+        Optimizer (SGD or Adam), trust region and backtracking (module docstring).
     generator : int, torch.Generator or None
         Source of the latent draws; same seed -> same run.
     callback : callable, optional
         Called with a copy of each step's record after the step.
-    eval_unseen : bool or int
-        Evaluate the unseen error every step (``True``), never (``False``: records carry NaN),
-        or every ``k``-th step and at the last one (an int ``k``; the unseen evaluation is
-        most of a step's cost and is only logged, never used for choosing).
-    lr_end : float
-        Final learning rate (default 0).
-    normalize_labels : bool
-        Divide the objective by the mean square of the seen labels (gradient of half the
-        squared relative seen error): makes ``lr`` independent of the label scale.
-    dtype : working dtype (default: the meta-test's dtype; float32 in the paper setting).
-    factor_dtype : dtype of the Cholesky factorisation and solves (float64 by default).
-    num_threads : int, optional
-        torch intra-op threads for the run (restored afterwards). Default: the package's
-        thread policy (:func:`wheretolearn._threads.default_num_threads`), which gives the
-        small per-step kernels one thread -- on a shared machine two OpenMP threads
-        busy-wait on each other when a core is taken (6x slower beside one busy process).
-    max_move : float or None
-        Trust radius: an update may move ``nu`` by at most ``max_move * R`` in W2 (bounded by
-        the synchronous coupling, module docstring), ``R`` the RMS spread of the seen
-        meta-test samples. ``None`` turns the trust region off (the paper's plain step).
-    backtrack : bool
-        Reject collapsed iterates (vanishing kernel, non-finite values, error jump) and halve
-        the learning rate; with ``False`` a collapse is only recorded.
-    jump : float
-        A seen error above ``jump`` times the previous accepted one *and* above the start's
-        counts as a collapse.
-    kernel : "gaussian" | "laplace"
-        KRR kernel ``exp(-|x - x'|^2 / (2 s^2))`` (paper default) or ``exp(-|x - x'| / s)``.
 
     Returns
     -------
     BilevelResult
     """
-    n_train = check_positive_int(n_train, "n_train")
-    steps = check_positive_int(steps, "steps")
-    lr = check_positive_float(lr, "lr")
-    lr_end = check_positive_float(lr_end, "lr_end", allow_zero=True)
-    bandwidth = check_positive_float(bandwidth, "bandwidth")
-    ridge_start = check_positive_float(ridge_start, "ridge_start")
-    ridge_end = check_positive_float(ridge_end, "ridge_end")
-    if max_move is not None:
-        max_move = check_positive_float(max_move, "max_move")
-    jump = check_positive_float(jump, "jump")
-    if jump <= 1.0:
-        raise ValueError(f"jump must be > 1, got {jump:g}")
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}")
+    for name, value, cls in (("schedule", schedule, BilevelSchedule), ("krr", krr, KRRSettings),
+                             ("control", control, StepControl)):
+        if not isinstance(value, cls):
+            raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
     if not isinstance(metatest, MetaTest):
         raise TypeError(f"metatest must be a MetaTest, got {type(metatest).__name__}")
     family_cls = family_for(init)
-    dt = resolve_dtype(dtype) if dtype is not None else metatest.dtype
-    label_scale = _label_scale(metatest, normalize_labels)
-    ws = _Workspace(metatest, bandwidth=bandwidth, dtype=dt,
-                    factor_dtype=resolve_dtype(factor_dtype), label_scale=label_scale,
-                    eval_unseen=bool(_unseen_every(eval_unseen)), kernel=check_kernel(kernel))
+    dt = krr.working_dtype(metatest.dtype)
+    label_scale = _label_scale(metatest, krr)
+    ws = _Workspace(metatest, krr, dtype=dt, label_scale=label_scale,
+                    eval_unseen=bool(schedule.unseen_every))
     family = family_cls(dtype=dt, spread=ws.spread)
-    family.check(init, dim=metatest.dim, n_train=n_train)
-    if family.needs_inputs and ws.kernel != "gaussian":
-        raise ValueError(f"the {family.name} family differentiates the Gaussian kernel; got "
-                         f"kernel={kernel!r}")
+    family.check(init, dim=metatest.dim, n_train=schedule.n_train)
+    _check_family_kernel(family, krr)
     gen = torch_generator(generator)
-    options = {"family": family.name, "n_train": n_train, "steps": steps, "lr": lr, "lr_end": lr_end,
-               "bandwidth": bandwidth, "ridge_start": ridge_start, "ridge_end": ridge_end,
-               "optimizer": optimizer, "eval_unseen": _unseen_every(eval_unseen),
-               "normalize_labels": bool(normalize_labels), "label_scale": label_scale,
-               "dtype": str(dt).replace("torch.", ""),
-               "factor_dtype": str(ws.factor_dtype).replace("torch.", ""),
-               "num_threads": num_threads, "max_move": max_move, "backtrack": bool(backtrack),
-               "jump": jump, "kernel": kernel,
-               "trust_radius": None if max_move is None else max_move * ws.spread}
+    options = _options_record(family, ws, schedule, krr, control, label_scale)
     if family.needs_inputs:
-        # which terms dJ/dx holds: the labels' term needs a differentiable G*
-        options["label_gradient"] = ("autograd" if getattr(problem, "differentiable", False)
-                                     else "none (G* not differentiable: kernel terms only)")
-        options["particles"] = int(init.points.shape[0])
-        options["smoothing"] = ("none (N == M: the particles themselves)"
-                                if init.points.shape[0] == n_train else
-                                "the M particles plus N - M draws of a Gaussian KDE around them "
-                                "(per-coordinate Silverman bandwidth of the current particles)")
+        options.update(_particle_options(problem, init, schedule.n_train))
     # dominant call per step: the (J L, N) seen kernel block, d + 2 multiply-adds per entry
-    work = ws.n_seen * n_train * (metatest.dim + 2)
-    with torch_threads(num_threads, work=work) as used, torch.no_grad():
+    work = ws.n_seen * schedule.n_train * (metatest.dim + 2)
+    with torch_threads(krr.num_threads, work=work) as used, torch.no_grad():
         options["num_threads"] = used
-        return _run(problem, ws, family, init, gen, options, callback)
+        return _Descent(problem, ws, family, schedule, control, options, callback).run(init, gen)
 
 
-def _run(problem, ws: _Workspace, family: TrainingFamily, init: Any, gen: torch.Generator,
-         options: dict, callback) -> BilevelResult:
-    steps, n = options["steps"], options["n_train"]
-    state = family.initial_state(init)
-    adam = _Adam(*state) if options["optimizer"] == "adam" else None
-    guard = _Guard(options)
-    history: list[dict] = []
-    best = (math.inf, 0, tuple(t.clone() for t in state))
-    previous = state                   # last accepted iterate: where a rejection returns to
-    last_clipped = False               # the update that produced this iterate hit the radius
-    total = grad_total = 0.0
-    for step in range(steps):
+def _options_record(family: TrainingFamily, ws: _Workspace, schedule: BilevelSchedule,
+                    krr: KRRSettings, control: StepControl, label_scale: float) -> dict:
+    """The settings of a run as JSON-serialisable ``BilevelResult.options``."""
+    return {"family": family.name, "n_train": schedule.n_train, "steps": schedule.steps,
+            "lr": schedule.lr, "lr_end": schedule.lr_end, "bandwidth": krr.bandwidth,
+            "ridge_start": schedule.ridge_start, "ridge_end": schedule.ridge_end,
+            "optimizer": control.optimizer, "eval_unseen": schedule.unseen_every,
+            "normalize_labels": krr.normalize_labels, "label_scale": label_scale,
+            "dtype": str(ws.dtype).replace("torch.", ""),
+            "factor_dtype": str(ws.factor_dtype).replace("torch.", ""),
+            "num_threads": krr.num_threads, "max_move": control.max_move,
+            "backtrack": control.backtrack, "jump": control.jump, "kernel": krr.kernel,
+            "trust_radius": None if control.max_move is None else control.max_move * ws.spread}
+
+
+def _particle_options(problem: Callable, init: Any, n_train: int) -> dict:
+    """What ``dJ/dx`` holds (the labels' term needs a differentiable ``G*``) and how draws
+    beyond the particles are made, for the record of a family that moves its inputs."""
+    m = int(init.points.shape[0])
+    return {"label_gradient": ("autograd" if getattr(problem, "differentiable", False)
+                               else "none (G* not differentiable: kernel terms only)"),
+            "particles": m,
+            "smoothing": ("none (N == M: the particles themselves)" if m == n_train else
+                          "the M particles plus N - M draws of a Gaussian KDE around them "
+                          "(per-coordinate Silverman bandwidth of the current particles)")}
+
+
+class _Descent:
+    """The loop of :func:`bilevel_descent`: one :meth:`step` per iteration (steps 1-5 of the
+    module docstring) and the state the step control carries between steps -- the current
+    and the last accepted iterate, Adam's moments, the best iterate, the guard."""
+
+    def __init__(self, problem: Callable, ws: _Workspace, family: TrainingFamily,
+                 schedule: BilevelSchedule, control: StepControl, options: dict, callback):
+        self.problem, self.ws, self.family = problem, ws, family
+        self.schedule, self.control, self.options = schedule, control, options
+        self.callback = callback
+        self.guard = _Guard(control.jump)
+        self.history: list[dict] = []
+        self.total = self.grad_total = 0.0
+
+    def run(self, init: Any, gen: torch.Generator) -> BilevelResult:
+        """All ``schedule.steps`` steps from ``init``; the result."""
+        state = self.state = self.previous = self.family.initial_state(init)
+        self.adam = _Adam(*state) if self.control.optimizer == "adam" else None
+        self.best = (math.inf, 0, tuple(t.clone() for t in state))
+        self.last_clipped = False       # the update that produced this iterate hit the radius
+        bad = None
+        for step in range(self.schedule.steps):
+            bad = self.step(step, gen)
+        steps = self.schedule.steps
+        return BilevelResult(initial=init.detach(), final=self.family.measure(self.state),
+                             best=self.family.measure(self.best[2]), history=self.history,
+                             seconds_per_step=self.total / steps,
+                             grad_seconds_per_step=self.grad_total / steps,
+                             best_step=self.best[1], options=self.options,
+                             collapse=self.guard.summary(bad is not None
+                                                         and not self.control.backtrack))
+
+    def step(self, step: int, gen: torch.Generator) -> str | None:
+        """One step: draw, gradient, reject or update, log. Returns the collapse reason."""
         t0 = time.perf_counter()
-        lr_t = guard.lr_factor * cosine_schedule(options["lr"], options["lr_end"], step, steps)
-        ridge_t = cosine_schedule(options["ridge_start"], options["ridge_end"], step, steps)
-        draw = family.draw(state, n, gen)
+        lr_t, ridge_t = self.schedule.at(step)
+        lr_t *= self.guard.lr_factor
+        draw = self.family.draw(self.state, self.schedule.n_train, gen)
         record = {"step": step, "lr": lr_t, "ridge": ridge_t, "seen_error": math.nan,
                   "unseen_error": math.nan, "grad_norm": math.nan, "pred_ratio": math.nan,
-                  "move": 0.0, "rejected": False, **family.describe(state)}
-        y, bad = _labels_or_reason(problem, draw.x, ws.dtype, step)
-        right = coef = None
-        if bad is None:
-            try:
-                extras = {} if family.needs_inputs else None
-                c, seen_err, coef, adjoint, right, ratio = _adjoint_step(ws, draw.x, y, ridge_t,
-                                                                         extras)
-                ig = None
-                if family.needs_inputs:
-                    ig = _input_gradient(ws, draw.x, coef, adjoint, ridge_t, extras,
-                                         _label_gradient(problem, draw.x))
-                grads = family.gradient(state, draw, AdjointQuantities(c, coef, adjoint, ig))
-            except _FactorError:
-                if step == 0 or not options["backtrack"]:
-                    raise
-                bad, right = "non_finite", None
-        if bad is None:
-            grad_norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
-            record.update(seen_error=seen_err, grad_norm=grad_norm, pred_ratio=ratio)
-            bad = guard.check(step, seen_err, ratio, grad_norm)
-        if bad == "non_finite" and (step == 0 or not options["backtrack"]):
-            raise ValueError(f"bilevel step {step} is not finite: lower lr (got "
-                             f"{options['lr']:g}) or raise ridge_end")
-        if bad is not None:
-            guard.note(step, bad)
-        overshoot = bad is None and guard.overshot(seen_err, last_clipped)
-        if options["backtrack"] and step > 0 and (bad is not None or overshoot):
-            record["rejected"] = True
-            state = previous   # return to the last accepted iterate
-            last_clipped = False
-            if overshoot:
-                guard.radius_factor = max(guard.radius_factor * 0.5, _MIN_RADIUS_FACTOR)
-            else:
-                guard.lr_factor *= 0.5
-            if adam is not None:
-                adam.reset()
-        if not record["rejected"]:
-            if seen_err < best[0]:
-                best = (seen_err, step, tuple(t.clone() for t in state))
-            previous = state
-            guard.accept(seen_err)
-            radius = guard.radius(options["trust_radius"])
-            direction = adam.direction(*grads) if adam is not None else grads
-            upd = family.update(state, direction, lr_t, radius)
-            state, record["move"], last_clipped = upd.state, upd.move, upd.clipped
-            guard.clipped += last_clipped
-            guard.floor(step, upd.floors)
+                  "move": 0.0, "rejected": False, **self.family.describe(self.state)}
+        bad, grads, coef, right = self._gradient(step, draw, ridge_t, record)
+        overshoot = bad is None and self.guard.overshot(record["seen_error"], self.last_clipped)
+        if self.control.backtrack and step > 0 and (bad is not None or overshoot):
+            self._reject(record, overshoot)
+        else:
+            self._accept(step, record, grads, lr_t)
         t1 = time.perf_counter()
-        every = options["eval_unseen"]
-        if (ws.unseen_left is not None and right is not None and every
-                and (step % every == 0 or step == steps - 1)):
-            record["unseen_error"] = _unseen_error(ws, right, coef)
+        self._log_unseen(step, record, coef, right)
         t2 = time.perf_counter()
         record["seconds"], record["grad_seconds"] = t2 - t0, t1 - t0
-        total += t2 - t0
-        grad_total += t1 - t0
-        history.append(record)
-        last_bad = bad
-        if callback is not None:
-            callback(dict(record))
-    return BilevelResult(initial=init.detach(), final=family.measure(state),
-                         best=family.measure(best[2]), history=history,
-                         seconds_per_step=total / steps, grad_seconds_per_step=grad_total / steps,
-                         best_step=best[1], options=options,
-                         collapse=guard.summary(last_bad is not None
-                                                and not options["backtrack"]))
+        self.total += t2 - t0
+        self.grad_total += t1 - t0
+        self.history.append(record)
+        if self.callback is not None:
+            self.callback(dict(record))
+        return bad
 
+    def _gradient(self, step: int, draw: Draw, ridge: float, record: dict):
+        """Labels, adjoint step and the family's gradient of one draw; fills ``record``.
+        Returns ``(bad, grads, coef, right)``: the collapse reason (None: a good iterate) and,
+        when the KRR could be fitted, the gradient, coefficients and ``augment_right(x)``."""
+        y, bad = _labels_or_reason(self.problem, draw.x, self.ws.dtype, step)
+        if bad is not None:
+            return self._collapse(step, bad), None, None, None
+        try:
+            grads, seen_err, coef, _, right, ratio = _family_gradient(
+                self.problem, self.ws, self.family, self.state, draw, y, ridge)
+        except _FactorError:
+            if step == 0 or not self.control.backtrack:
+                raise
+            return self._collapse(step, "non_finite"), None, None, None
+        grad_norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+        record.update(seen_error=seen_err, grad_norm=grad_norm, pred_ratio=ratio)
+        bad = self.guard.check(step, seen_err, ratio, grad_norm)
+        return self._collapse(step, bad), grads, coef, right
 
-def _unseen_every(eval_unseen: bool | int) -> int:
-    """``True`` -> 1, ``False`` -> 0, a positive int -> itself."""
-    if isinstance(eval_unseen, bool):
-        return int(eval_unseen)
-    return check_positive_int(eval_unseen, "eval_unseen")
+    def _collapse(self, step: int, bad: str | None) -> str | None:
+        """Record a collapse ``bad`` (None: none); a non-finite step that cannot be undone
+        (step 0, or ``backtrack`` off) raises."""
+        if bad == "non_finite" and (step == 0 or not self.control.backtrack):
+            raise ValueError(f"bilevel step {step} is not finite: lower lr (got "
+                             f"{self.schedule.lr:g}) or raise ridge_end")
+        if bad is not None:
+            self.guard.note(step, bad)
+        return bad
+
+    def _reject(self, record: dict, overshoot: bool) -> None:
+        """Return to the last accepted iterate; halve the trust radius after an overshoot,
+        else the learning rate; restart Adam."""
+        record["rejected"] = True
+        self.state = self.previous
+        self.last_clipped = False
+        if overshoot:
+            self.guard.radius_factor = max(self.guard.radius_factor * 0.5, _MIN_RADIUS_FACTOR)
+        else:
+            self.guard.lr_factor *= 0.5
+        if self.adam is not None:
+            self.adam.reset()
+
+    def _accept(self, step: int, record: dict, grads: tuple, lr: float) -> None:
+        """Keep the current iterate (the best one so far if its seen error is the lowest)
+        and take the update, shortened to the trust radius."""
+        seen_err = record["seen_error"]
+        if seen_err < self.best[0]:
+            self.best = (seen_err, step, tuple(t.clone() for t in self.state))
+        self.previous = self.state
+        self.guard.accept(seen_err)
+        radius = self.guard.radius(self.options["trust_radius"])
+        direction = self.adam.direction(*grads) if self.adam is not None else grads
+        upd = self.family.update(self.state, direction, lr, radius)
+        self.state, record["move"], self.last_clipped = upd.state, upd.move, upd.clipped
+        self.guard.clipped += self.last_clipped
+        self.guard.floor(step, upd.floors)
+
+    def _log_unseen(self, step: int, record: dict, coef, right) -> None:
+        """The unseen error of this step's fit, every ``eval_unseen``-th step and at the last."""
+        every = self.schedule.unseen_every
+        if (self.ws.unseen_left is not None and right is not None and every
+                and (step % every == 0 or step == self.schedule.steps - 1)):
+            record["unseen_error"] = _unseen_error(self.ws, right, coef)
 
 
 def _labels_or_reason(problem, x, dtype, step):
@@ -666,8 +830,8 @@ def _labels_or_reason(problem, x, dtype, step):
 class _Guard:
     """Collapse detection and the learning-rate factor of the backtracking (module docstring)."""
 
-    def __init__(self, options: dict):
-        self.jump = options["jump"]
+    def __init__(self, jump: float):
+        self.jump = jump
         self.lr_factor = 1.0
         self.start = None          # seen error of the initial iterate
         self.last = None           # seen error of the last accepted iterate

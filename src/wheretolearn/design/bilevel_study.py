@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
@@ -37,12 +37,23 @@ from .._progress import ProgressBars
 from ..report.runfolder import StudyResult
 from .baselines import APPROXIMATE_SOURCES, BASELINE_NAMES
 
+if TYPE_CHECKING:
+    from .bilevel import BilevelSchedule, KRRSettings, StepControl
+    from .evaluation import EvaluationFit
+
 __all__ = ["BilevelStudyConfig", "run_bilevel_study", "BILEVEL_PROBLEMS", "PAPER_SETTINGS",
            "DEMO_SETTINGS", "resolve_bilevel_config", "aggregate_trials", "describe_measure",
            "final_training_inputs", "read_training_record", "TRAINING_RECORD_FORMAT"]
 
 #: Marker of the bilevel run folder's ``model.pt`` (the final KRR's training set).
 TRAINING_RECORD_FORMAT = "wheretolearn-krr-training-set/1"
+
+#: The keys ``bilevel_options`` accepts, by the option object of
+#: :func:`~wheretolearn.design.bilevel.bilevel_descent` each sets (the other fields of those
+#: objects are top-level keys of :class:`BilevelStudyConfig`).
+_BILEVEL_OPTIONS: dict[str, str] = {
+    "eval_unseen": "schedule", "lr_end": "schedule", "dtype": "krr", "factor_dtype": "krr",
+    "max_move": "control", "backtrack": "control", "jump": "control"}
 
 #: Problems a bilevel study accepts (benchmark functions on R^d, SPEC §3).
 BILEVEL_PROBLEMS = ("sobol-g", "friedman1", "friedman2", "rkhs")
@@ -155,7 +166,9 @@ class BilevelStudyConfig(BaseModel):
                           "wheretolearn's default policy (1 thread for the small per-step "
                           "kernels, see wheretolearn._threads)")
     bilevel_options: dict[str, Any] = Field(
-        default_factory=dict, description="extra keyword options for bilevel_descent")
+        default_factory=dict, description="further settings of bilevel_descent's option "
+        "objects: eval_unseen, lr_end (BilevelSchedule), dtype, factor_dtype (KRRSettings), "
+        "max_move, backtrack, jump (StepControl)")
 
     @field_validator("problem")
     @classmethod
@@ -304,16 +317,58 @@ class BilevelStudyConfig(BaseModel):
         clash = sorted(taken & set(v))
         if clash:
             raise ValueError(f"set {clash[0]!r} as a top-level key, not in bilevel_options")
-        import inspect
-
-        from .bilevel import bilevel_descent
-
-        allowed = set(inspect.signature(bilevel_descent).parameters) - taken
-        unknown = sorted(set(v) - allowed)
+        unknown = sorted(set(v) - set(_BILEVEL_OPTIONS))
         if unknown:
             raise ValueError(f"unknown bilevel option {unknown[0]!r}; allowed: "
-                             f"{', '.join(sorted(allowed))}")
+                             f"{', '.join(sorted(_BILEVEL_OPTIONS))}")
         return v
+
+    @model_validator(mode="after")
+    def _option_objects_valid(self) -> "BilevelStudyConfig":
+        """Build the option objects once, so a bad ``bilevel_options`` value fails here."""
+        try:
+            self.schedule(), self.krr_settings(), self.step_control()
+        except TypeError as exc:   # pydantic reports ValueErrors only
+            raise ValueError(str(exc)) from None
+        return self
+
+    def _bilevel_option(self, owner: str) -> dict[str, Any]:
+        return {k: v for k, v in self.bilevel_options.items() if _BILEVEL_OPTIONS[k] == owner}
+
+    def schedule(self) -> "BilevelSchedule":
+        """The descent's :class:`~wheretolearn.design.bilevel.BilevelSchedule`: ``steps``,
+        ``n_train``, ``lr``, ``ridge_start``, ``ridge_end`` and ``bilevel_options``'
+        ``eval_unseen`` / ``lr_end``."""
+        from .bilevel import BilevelSchedule
+
+        return BilevelSchedule(steps=self.steps, n_train=self.n_train, lr=self.lr,
+                               ridge_start=self.ridge_start, ridge_end=self.ridge_end,
+                               **self._bilevel_option("schedule"))
+
+    def krr_settings(self) -> "KRRSettings":
+        """The descent's :class:`~wheretolearn.design.bilevel.KRRSettings`: ``bandwidth``,
+        ``kernel``, ``normalize_labels``, ``num_threads`` and ``bilevel_options``' ``dtype`` /
+        ``factor_dtype``."""
+        from .bilevel import KRRSettings
+
+        return KRRSettings(bandwidth=self.bandwidth, kernel=self.kernel,
+                           normalize_labels=self.normalize_labels, num_threads=self.num_threads,
+                           **self._bilevel_option("krr"))
+
+    def step_control(self) -> "StepControl":
+        """The descent's :class:`~wheretolearn.design.bilevel.StepControl`: ``optimizer`` and
+        ``bilevel_options``' ``max_move`` / ``backtrack`` / ``jump``."""
+        from .bilevel import StepControl
+
+        return StepControl(optimizer=self.optimizer, **self._bilevel_option("control"))
+
+    def evaluation_fit(self) -> "EvaluationFit":
+        """The final fits' :class:`~wheretolearn.design.evaluation.EvaluationFit`:
+        ``bandwidth``, ``eval_ridge``, ``kernel``, ``eval_dtype``, ``num_threads``."""
+        from .evaluation import EvaluationFit
+
+        return EvaluationFit(bandwidth=self.bandwidth, ridge=self.eval_ridge, kernel=self.kernel,
+                             dtype=self.eval_dtype, num_threads=self.num_threads)
 
 
 def _normal_gaussian(cfg: BilevelStudyConfig, dtype: torch.dtype):
@@ -518,13 +573,10 @@ def _run_trial(cfg: BilevelStudyConfig, trial: int, run, bar) -> dict:
         run.append_metrics({"trial": trial, **record})
         task.advance(info=f"unseen {record.get('unseen_error', float('nan')):.4f}")
 
-    result = bilevel_descent(problem, metatest, init, n_train=cfg.n_train, steps=cfg.steps,
-                             lr=cfg.lr, bandwidth=cfg.bandwidth, ridge_start=cfg.ridge_start,
-                             ridge_end=cfg.ridge_end, optimizer=cfg.optimizer,
+    result = bilevel_descent(problem, metatest, init, schedule=cfg.schedule(),
+                             krr=cfg.krr_settings(), control=cfg.step_control(),
                              generator=torch_generator(_trial_seed(cfg.seed, trial, 1)),
-                             normalize_labels=cfg.normalize_labels, callback=on_step,
-                             num_threads=cfg.num_threads, kernel=cfg.kernel,
-                             **cfg.bilevel_options)
+                             callback=on_step)
     chosen = result.best if cfg.use_iterate == "best" else result.final
     if cfg.family == "particles" and cfg.particle_bandwidth != 1.0:
         from ..measures.empirical import ParticleMeasure, silverman_bandwidth
@@ -601,10 +653,9 @@ def _evaluate(cfg, problem, metatest, sources, bar, run, trial: int = 0) -> dict
         run.append_metrics({"trial": trial, **rec}, name="evaluation.jsonl")
         task.advance(info=f"{rec['source']} N={rec['n']}: {rec['error']:.4f}")
 
-    return evaluate_sources(problem, metatest, sources, cfg.eval_n, repeats=cfg.repeats,
-                            bandwidth=cfg.bandwidth, ridge=cfg.eval_ridge,
-                            seed=_trial_seed(cfg.seed, trial, 2), dtype=cfg.eval_dtype,
-                            callback=on_fit, num_threads=cfg.num_threads, kernel=cfg.kernel)
+    return evaluate_sources(problem, metatest, sources, cfg.eval_n, fit=cfg.evaluation_fit(),
+                            repeats=cfg.repeats, seed=_trial_seed(cfg.seed, trial, 2),
+                            callback=on_fit)
 
 
 def _collapse_report(cfg, result, seen_reported: float) -> tuple[dict, list[str]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,7 +31,45 @@ from .._threads import torch_threads
 from .._validation import check_positive_float, check_positive_int, resolve_dtype
 from .baselines import TrainingSource
 
-__all__ = ["evaluate_sources", "fit_and_score", "source_seed", "name_key"]
+__all__ = ["EvaluationFit", "evaluate_sources", "fit_and_score", "source_seed", "name_key"]
+
+
+@dataclass(frozen=True)
+class EvaluationFit:
+    """The KRR fits of :func:`evaluate_sources` (paper SM F.1 "Model evaluation").
+
+    Attributes
+    ----------
+    bandwidth : float
+        Kernel length scale ``s``.
+    ridge : float
+        Ridge ``eps`` (system ``K + N eps I``; paper: 1e-7).
+    kernel : "gaussian" | "laplace"
+    dtype : "float64" (default) or "float32" (with float64 fallback, module docstring)
+    num_threads : int or None
+        torch threads for each fit; None: the package's thread policy by the fit's size
+        (:func:`wheretolearn._threads.default_num_threads`).
+    """
+
+    bandwidth: float
+    ridge: float = 1e-7
+    kernel: str = "gaussian"
+    dtype: Any = torch.float64
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        from ..models.krr import check_kernel
+
+        for name in ("bandwidth", "ridge"):
+            object.__setattr__(self, name, check_positive_float(getattr(self, name),
+                                                                f"EvaluationFit.{name}"))
+        try:
+            check_kernel(self.kernel)
+            resolve_dtype(self.dtype)
+        except ValueError as exc:
+            raise ValueError(f"EvaluationFit.{exc}") from None
+        if self.num_threads is not None:
+            check_positive_int(self.num_threads, "EvaluationFit.num_threads")
 
 
 def name_key(name: str) -> int:
@@ -81,12 +120,10 @@ def fit_and_score(problem, metatest, x: torch.Tensor, *, bandwidth: float, ridge
 
 
 def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
-                     n_values: Sequence[int] = (1024, 4096), *, repeats: int = 3,
-                     bandwidth: float, ridge: float = 1e-7, seed: int = 0,
-                     dtype: Any = torch.float64,
-                     callback: Callable[[dict], None] | None = None,
-                     num_threads: int | None = None,
-                     kernel: str = "gaussian") -> dict[str, dict[str, dict]]:
+                     n_values: Sequence[int] = (1024, 4096), *, fit: EvaluationFit,
+                     repeats: int = 3, seed: int = 0,
+                     callback: Callable[[dict], None] | None = None
+                     ) -> dict[str, dict[str, dict]]:
     """Unseen meta-test error of KRR trained on N samples of each source.
 
     Parameters
@@ -98,22 +135,16 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
     sources : sequence of TrainingSource
     n_values : sequence of int
         Training-set sizes N.
+    fit : EvaluationFit
+        Bandwidth, ridge, kernel, dtype and threads of the KRR fits.
     repeats : int
         Independent draws per (source, N); the interval is the 95 % CI of their mean.
-    bandwidth, ridge : float
-        Kernel length scale ``s`` and ridge ``eps`` (system ``K + N eps I``).
     seed : int
         Base seed; cell (source, N, repeat r) uses ``source_seed(seed, name_key(name), N, r)``:
         a source's draws depend on its *name*, not on its position in ``sources``, so adding
         or dropping a baseline leaves the others' numbers unchanged.
-    dtype : "float64" (default) or "float32" (with float64 fallback)
     callback : callable, optional
         Called with ``{"source", "n", "repeat", "error", "seconds"}`` after every fit.
-    num_threads : int, optional
-        torch threads for each fit; default: the package's thread policy by the fit's size
-        (:func:`wheretolearn._threads.default_num_threads`).
-    kernel : "gaussian" | "laplace"
-        Kernel of the KRR fits.
 
     Returns
     -------
@@ -126,8 +157,8 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
     if not ns:
         raise ValueError("n_values must contain at least one sample size, got none")
     repeats = check_positive_int(repeats, "repeats")
-    bandwidth = check_positive_float(bandwidth, "bandwidth")
-    ridge = check_positive_float(ridge, "ridge")
+    if not isinstance(fit, EvaluationFit):
+        raise TypeError(f"fit must be an EvaluationFit, got {type(fit).__name__}")
     pool = metatest.seen_x.shape[0] * metatest.seen_x.shape[1]
     out: dict[str, dict[str, dict]] = {}
     for src in sources:
@@ -140,10 +171,11 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
             for r in range(repeats):
                 t0 = time.perf_counter()
                 g = torch.Generator().manual_seed(source_seed(seed, name_key(src.name), n, r))
-                with torch_threads(num_threads, work=n ** 3 / 3):
+                with torch_threads(fit.num_threads, work=n ** 3 / 3):
                     x = src.draw(n, generator=g, metatest=metatest)
-                    err, dt = fit_and_score(problem, metatest, x, bandwidth=bandwidth,
-                                            ridge=ridge, dtype=dtype, kernel=kernel)
+                    err, dt = fit_and_score(problem, metatest, x, bandwidth=fit.bandwidth,
+                                            ridge=fit.ridge, dtype=fit.dtype,
+                                            kernel=fit.kernel)
                 values.append(err)
                 used.add(dt)
                 if callback is not None:
