@@ -48,7 +48,7 @@ def _timed(fn, repeats: int) -> dict:
 def unit_costs(preset: str, repeats: int = 3) -> dict:
     """Unit costs at one preset's sizes (see the module docstring)."""
     from wheretolearn.design.ama import AMAObjective
-    from wheretolearn.design.ama_bound import estimate_lipschitz
+    from wheretolearn.design.ama_bound import LipschitzOptions, estimate_lipschitz
     from wheretolearn.design.ama_problems import ama_setup
     from wheretolearn.design.ama_study import AMA_PRESETS, _model_factory, resolve_ama_config
     from wheretolearn.models import relative_l2_loss
@@ -86,7 +86,8 @@ def unit_costs(preset: str, repeats: int = 3) -> dict:
     samples = x[:2].double()
     t0 = time.perf_counter()
     estimate_lipschitz(setup.problem, samples, input_weights=setup.input_weights.double(),
-                       output_weights=setup.output_weights.double(), iterations=2, jvp="fd")
+                       output_weights=setup.output_weights.double(),
+                       options=LipschitzOptions(iterations=2, jvp="fd"))
     out["lipschitz_s_per_sample_iteration"] = (time.perf_counter() - t0) / 4
     return out
 

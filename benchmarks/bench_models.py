@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -53,7 +54,7 @@ def study_pieces(problem: str, preset: str):
     from wheretolearn.design.ama_problems import ama_setup
     from wheretolearn.design.ama_study import resolve_ama_config
     from wheretolearn.design.labelling import Labeller
-    from wheretolearn.design.operator_metatest import make_operator_metatest
+    from wheretolearn.design.operator_metatest import MetaTestDraws, make_operator_metatest
 
     cfg = resolve_ama_config({"problem": problem, "preset": preset, "num_threads": 1})
     extra = ({"offset_sd": cfg.offset_sd, "learn_spectrum": cfg.learn_spectrum}
@@ -61,8 +62,8 @@ def study_pieces(problem: str, preset: str):
     setup = ama_setup(problem, n=cfg.n, n_modes=cfg.n_modes, **extra)
     labeller = Labeller(setup.problem)
     measures, params = setup.family(cfg.n_measures, cfg.family_seed)
-    metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
-                                      n_unseen=cfg.n_unseen, seed=cfg.family_seed,
+    metatest = make_operator_metatest(labeller, measures,
+                                      MetaTestDraws(cfg.n_seen, cfg.n_unseen, cfg.family_seed),
                                       params=params, output_weights=setup.output_weights)
     return cfg, setup, labeller, metatest
 
@@ -90,8 +91,8 @@ def train_for(model, x, y, tcfg, *, weights, seed: int, budget: float) -> dict:
 
     def probe(steps: int) -> float:
         c0 = time.process_time()
-        train_operator(copy.deepcopy(model), x, y, config=tcfg, steps=steps, weights=weights,
-                       seed=seed)
+        train_operator(copy.deepcopy(model), x, y, config=dataclasses.replace(tcfg, steps=steps),
+                       weights=weights, seed=seed)
         return time.process_time() - c0
 
     probe(PROBE_STEPS)                                     # warm-up (first calls of ops)
@@ -100,7 +101,8 @@ def train_for(model, x, y, tcfg, *, weights, seed: int, budget: float) -> dict:
     fixed = max(t1 - PROBE_STEPS * per_step, 0.0)
     steps = max(1, int((budget - fixed) / per_step))
     w0, c0 = time.perf_counter(), time.process_time()
-    res = train_operator(model, x, y, config=tcfg, steps=steps, weights=weights, seed=seed)
+    res = train_operator(model, x, y, config=dataclasses.replace(tcfg, steps=steps),
+                         weights=weights, seed=seed)
     return {"steps": res.steps, "cpu_seconds": time.process_time() - c0,
             "seconds": time.perf_counter() - w0, "best_val_loss": res.best_val_loss,
             "best_step": res.best_step, "probe_seconds_per_step": per_step,

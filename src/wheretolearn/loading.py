@@ -17,11 +17,13 @@ A run folder is data, not code (issue 24 item 2): it may come from someone else,
 model is rebuilt from what the run recorded -- the online checkpoint (network arguments,
 weights, steps, field shape, bounds, parameter names), the bilevel ``model.pt`` (the final
 KRR's training set), the AMA ``model.pt`` (the model's registry name, constructor arguments
-and weights), all read with
-``torch.load(weights_only=True)`` -- and never imports the problem the folder names. A
-folder of an older version lacking those records is rebuilt through the problem registry
-when it names a built-in problem; one naming user code (an import path, a file, a plugin,
-a command) is refused unless ``trust=True``.
+and weights), all read with ``torch.load(weights_only=True)`` -- and never imports the
+problem the folder names. The one exception is a bilevel model of another size ``n`` than
+the recorded one: its training set is labelled by the problem, which is imported only when
+it is built in, or with ``trust=True`` when it is user code (an import path, a file, a
+plugin, a command). A folder of an older layout that lacks those records (a bilevel folder
+without ``model.pt``, an online folder with a single ``checkpoint.pt`` or a checkpoint
+without the surrogate's record) is refused with a ``ValueError`` naming what is missing.
 
 This module sits at the top of the package: it reads the run folders of :mod:`.online`
 and :mod:`.design`, which :mod:`.report` (below them) must not import.
@@ -106,13 +108,11 @@ class OnlineSurrogate:
                 f"-> field {self.field_shape})")
 
 
-def _refuse(run: Path, what: str, missing: str) -> ValueError:
-    """The error for a folder that names user code and lacks the record that avoids it."""
-    from .problems.trust import user_code_message
-
-    return ValueError(user_code_message(run, what, f"the run recorded no {missing}, so "
-                                                   f"loading it would import that code; "
-                                                   f"{_TRUST_HINT}"))
+def _older_layout(run: Path, missing: str) -> ValueError:
+    """The error for a folder written by an older version, which lacks ``missing``."""
+    return ValueError(f"run folder {str(run)!r} has no {missing}: it was written by an older "
+                      f"wheretolearn, whose run folders are no longer read; run the study "
+                      f"again")
 
 
 def _kind(run: Path) -> str:
@@ -158,48 +158,26 @@ def _load_ama(run: Path, trust: bool) -> Any:
 # -- online ---------------------------------------------------------------------------------
 def _online_state(run: Path) -> dict:
     """The newest complete checkpoint's state (weights-only load)."""
-    from .online.checkpoint import CheckpointStore, load_checkpoint
+    from .online.checkpoint import CheckpointStore
 
     found = CheckpointStore(run).load_latest()
     if found is not None:
         return found[0]
-    if (run / "checkpoint.pt").is_file():              # a run folder of an older version
-        return load_checkpoint(run / "checkpoint.pt")
+    if (run / "checkpoint.pt").is_file():
+        raise _older_layout(run, f"complete checkpoint under {CheckpointStore.DIRNAME}/ "
+                                 f"(only a single checkpoint.pt)")
     raise ValueError(f"run folder {str(run)!r} has no checkpoint to load a model from")
 
 
-def _named_problem(run: Path, spec: dict, code: str | None, trust: bool, missing: str) -> Any:
-    """The problem ``spec`` a folder names, for what the run did not record (``missing``):
-    through the registry alone when it is built-in (``code`` None), through its spec --
-    importing user code -- only with ``trust``; otherwise the refusal."""
-    from .problems import get_problem
-    from .problems.trust import build_builtin_problem
-
-    if code is None:
-        return build_builtin_problem(spec["name"], **spec["options"])
-    if not trust:
-        raise _refuse(run, code, missing)
-    return get_problem(spec["name"], **spec["options"])
-
-
-def _online_record_from_problem(run: Path, trust: bool) -> dict:
-    """Older checkpoints lack the surrogate's record: rebuild the problem to read it."""
-    from .online.config import load_online_config
-    from .online.study import surrogate_record
-    from .problems import check_online_contract
-
-    cfg = load_online_config(str(run / "config.toml"))
-    problem = _named_problem(run, cfg.problem_spec(), cfg.problem_code(), trust,
-                             "surrogate record in its checkpoint")
-    return surrogate_record(problem, check_online_contract(problem, bounds=cfg.sampler.bounds))
-
-
-def _load_online(run: Path, trust: bool) -> OnlineSurrogate:
+def _load_online(run: Path) -> OnlineSurrogate:
     from .online.trainer import OnlineTrainer
 
     state = _online_state(run)
+    rec = state.get("surrogate")
+    if rec is None:
+        raise _older_layout(run, "surrogate record (n_steps, field shape, bounds, parameter "
+                                 "names) in its checkpoint")
     trainer = OnlineTrainer.from_state_dict(state["trainer"])
-    rec = state.get("surrogate") or _online_record_from_problem(run, trust)
     return OnlineSurrogate(trainer, np.asarray(rec["bounds"], dtype=np.float64),
                            int(rec["n_steps"]), tuple(rec["field_shape"]),
                            list(rec["parameter_names"]))
@@ -207,13 +185,21 @@ def _load_online(run: Path, trust: bool) -> OnlineSurrogate:
 
 # -- bilevel --------------------------------------------------------------------------------
 def _bilevel_labels(run: Path, cfg: dict, x: Any, trust: bool, why: str) -> Any:
-    """``problem(x)`` for a refit the run did not record (see :func:`_named_problem`)."""
-    from .problems.trust import is_builtin_problem
+    """``problem(x)`` for a refit at a size the run did not record (``why``): through the
+    registry alone when the problem is built in, importing user code only with ``trust``."""
+    from .problems import get_problem
+    from .problems.trust import build_builtin_problem, is_builtin_problem, user_code_message
 
-    name = cfg["problem"]
-    code = None if is_builtin_problem(name) else f"problem = {name!r}"
-    spec = {"name": name, "options": {"dim": int(cfg["dim"])}}
-    return _named_problem(run, spec, code, trust, why)(x).detach()
+    name, options = cfg["problem"], {"dim": int(cfg["dim"])}
+    if is_builtin_problem(name):
+        problem = build_builtin_problem(name, **options)
+    elif not trust:
+        raise ValueError(user_code_message(run, f"problem = {name!r}",
+                                           f"the run recorded no {why}, so loading it would "
+                                           f"import that code; {_TRUST_HINT}"))
+    else:
+        problem = get_problem(name, **options)
+    return problem(x).detach()
 
 
 def _load_bilevel(run: Path, n: int | None, trust: bool) -> Any:
@@ -226,21 +212,23 @@ def _load_bilevel(run: Path, n: int | None, trust: bool) -> Any:
 
     cfg = tomllib.loads((run / "config.toml").read_text())
     summary = json.loads((run / "summary.json").read_text())
-    n = int(n if n is not None else max(cfg.get("eval_n") or summary["eval_n"]))
-    hyper = {"bandwidth": float(cfg["bandwidth"]), "ridge": float(cfg.get("eval_ridge", 1e-7)),
-             "kernel": str(cfg.get("kernel", "gaussian"))}
     rec = read_training_record(run / "model.pt")
-    if rec is not None and rec["n"] == n:
+    if rec is None:
+        raise _older_layout(run, "model.pt (the training set of its final model)")
+    n = int(n if n is not None else max(cfg.get("eval_n") or summary["eval_n"]))
+    if rec["n"] == n:
         x, y = rec["x"], rec["y"]
         hyper = {"bandwidth": float(rec["bandwidth"]), "ridge": float(rec["ridge"]),
                  "kernel": str(rec["kernel"])}
     else:
+        hyper = {"bandwidth": float(cfg["bandwidth"]),
+                 "ridge": float(cfg.get("eval_ridge", 1e-7)),
+                 "kernel": str(cfg.get("kernel", "gaussian"))}
         x = final_training_inputs(summary["learned"], n, seed=int(cfg.get("seed", 0)),
                                   trial=int(cfg.get("trial_offset", 0)),
                                   dtype=cfg.get("dtype", "float32"))
-        why = (f"training set of N={n} (it recorded N={rec['n']})" if rec is not None
-               else "training set (model.pt)")
-        y = _bilevel_labels(run, cfg, x, trust, why)
+        y = _bilevel_labels(run, cfg, x, trust, f"training set of N={n} (it recorded "
+                                                f"N={rec['n']})")
     return KernelRidge(**hyper, dtype=torch.float64).fit(x, y)
 
 
@@ -256,10 +244,10 @@ def load_model(run_dir: str | Path, *, n: int | None = None, trust: bool = False
         whose training set the run recorded).
     trust : bool
         Allow importing the problem the folder names when the run did not record what the
-        model needs (a folder of an older version, or a bilevel ``n`` other than the
-        recorded one) and that problem is user code, or the model of an AMA run that used a
-        user's model factory (``model = "pkg.mod:factory"``). Default False: such a folder
-        is refused with a ``ValueError``; built-in problems and models never need it.
+        model needs (a bilevel ``n`` other than the recorded one) and that problem is user
+        code, or the model of an AMA run that used a user's model factory (``model =
+        "pkg.mod:factory"``). Default False: such a folder is refused with a
+        ``ValueError``; built-in problems and models never need it.
 
     Returns
     -------
@@ -281,7 +269,7 @@ def load_model(run_dir: str | Path, *, n: int | None = None, trust: bool = False
     if kind != "bilevel" and n is not None:
         raise ValueError("n applies only to bilevel run folders")
     if kind == "online":
-        return _load_online(run, trust)
+        return _load_online(run)
     if kind == "ama":
         return _load_ama(run, trust)
     return _load_bilevel(run, n, trust)

@@ -3,7 +3,7 @@
 
 from wheretolearn.design.ama_problems import ama_setup, prepare_setup
 from wheretolearn.design.labelling import Labeller
-from wheretolearn.design.operator_metatest import make_operator_metatest
+from wheretolearn.design.operator_metatest import MetaTestDraws, make_operator_metatest
 from wheretolearn.models import DeepONet
 
 
@@ -13,7 +13,7 @@ def small_ama(name, n, k=4, dtype=None, *, prepare=False, **options):
     s = ama_setup(name, n=n, **options)
     lab = Labeller(s.problem)
     ms, ps = s.family(k, 0)
-    mt = make_operator_metatest(lab, ms, n_seen=3, n_unseen=4, params=ps,
+    mt = make_operator_metatest(lab, ms, MetaTestDraws(3, 4), params=ps,
                                 output_weights=s.output_weights)
     if prepare:
         s = prepare_setup(s, mt)

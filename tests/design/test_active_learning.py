@@ -11,6 +11,7 @@ from wheretolearn.design.active_learning import (
     QUERY_STRATEGIES,
     CoreSet,
     QueryByCommittee,
+    RoundHooks,
     available_query_strategies,
     default_train_fn,
     make_query_strategy,
@@ -212,6 +213,10 @@ def train_ls(model, x, y, seed):
             model.w.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
 
 
+#: The driver's rounds trained by least squares.
+LS = RoundHooks(train_fn=train_ls)
+
+
 def _pool(n=80):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 6, generator=g, dtype=torch.float64)
@@ -238,8 +243,9 @@ def test_driver_grows_to_each_size_retrains_and_is_seeded(name):
         with torch.no_grad():
             return float((model(x) - truth(x)).norm() / truth(x).norm())
 
+    hooks = RoundHooks(train_fn=train_ls, evaluate=evaluate)
     res = run_active_learning(x, label, factory, strategy=name, schedule=[10, 25, 40],
-                              train_fn=train_ls, evaluate=evaluate, seed=3, keep_models=True)
+                              hooks=hooks, seed=3, keep_models=True)
     members = make_query_strategy(name).n_models or 1
     assert [r.n for r in res.rounds] == [10, 25, 40]
     assert labelled_rows == [10, 15, 15]                  # each row labelled once
@@ -252,10 +258,10 @@ def test_driver_grows_to_each_size_retrains_and_is_seeded(name):
     assert res.errors()[40] is not None and res.rounds[0].errors
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)
     again = run_active_learning(x, label, factory, strategy=name, schedule=[10, 25, 40],
-                                train_fn=train_ls, evaluate=evaluate, seed=3)
+                                hooks=hooks, seed=3)
     assert again.selected == res.selected and again.models == {}
     other = run_active_learning(x, label, factory, strategy=name, schedule=[10, 25, 40],
-                                train_fn=train_ls, seed=4)
+                                hooks=RoundHooks(train_fn=train_ls), seed=4)
     assert other.selected != res.selected
     d = res.to_dict()
     assert d["strategy"] == name and d["rounds"][1]["n"] == 25 and "models" not in d
@@ -269,7 +275,8 @@ def test_driver_with_pool_labels_and_the_default_deeponet_training():
     pts = np.linspace(0, 1, 5)[:, None]
     res = run_active_learning(x, y, lambda s: DeepONet([8, 16, 4], [1, 16, 4], pts, seed=s % 1000),
                               strategy=CoreSet(), schedule=(5, 12),
-                              train_fn=default_train_fn(TrainConfig(steps=5, eval_every=5)),
+                              hooks=RoundHooks(default_train_fn(TrainConfig(steps=5,
+                                                                            eval_every=5))),
                               keep_models=True, seed=0)
     assert len(res.selected) == 12 and res.rounds[0].error is None
     assert isinstance(res.models[12][0], DeepONet)
@@ -287,22 +294,26 @@ def test_driver_schedule_validation(schedule, err, match):
     x, truth = _pool()
     with pytest.raises(err, match=match):
         run_active_learning(x, truth, LinearModel, strategy="random", schedule=schedule,
-                            train_fn=train_ls)
+                            hooks=LS)
 
 
 def test_driver_argument_validation():
     x, truth = _pool()
     with pytest.raises(ValueError, match="query strategy must be one of"):
-        run_active_learning(x, truth, LinearModel, strategy="bald", schedule=[10],
-                            train_fn=train_ls)
+        run_active_learning(x, truth, LinearModel, strategy="bald", schedule=[10], hooks=LS)
     with pytest.raises(ValueError, match=r"one row per pool row \(80\), got shape \(79, 4\)"):
         run_active_learning(x, truth(x)[:79], LinearModel, strategy="random", schedule=[10],
-                            train_fn=train_ls)
+                            hooks=LS)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         run_active_learning(x, truth, LinearModel, strategy="random", seed=-1,
-                            schedule=[10], train_fn=train_ls)
+                            schedule=[10], hooks=LS)
+    with pytest.raises(TypeError, match="evaluate must be callable or None, got float"):
+        RoundHooks(evaluate=0.5)
+    with pytest.raises(TypeError, match="hooks must be a RoundHooks, got dict"):
+        run_active_learning(x, truth, LinearModel, strategy="random", schedule=[10],
+                            hooks={"train_fn": train_ls})
     with pytest.raises(TypeError, match="config must be a TrainConfig"):
         default_train_fn({"steps": 3})
     assert math.isfinite(run_active_learning(
-        x, truth, LinearModel, strategy="random", schedule=[10], train_fn=train_ls,
-        evaluate=lambda m: 0.5).rounds[0].error)
+        x, truth, LinearModel, strategy="random", schedule=[10],
+        hooks=RoundHooks(train_fn=train_ls, evaluate=lambda m: 0.5)).rounds[0].error)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from scipy import stats
 
-from wheretolearn.design.ama_bound import (ama_bound, estimate_lipschitz, lipschitz_or_fixed,
+from wheretolearn.design.ama_bound import (BoundConstants, LipschitzOptions, ama_bound,
+                                           estimate_lipschitz, lipschitz_or_fixed,
                                            w2_squared_to_family)
 from wheretolearn.design.ama_problems import ama_setup
 from wheretolearn.design.labelling import Labeller
-from wheretolearn.design.operator_metatest import (empirical_operator_metatest,
+from wheretolearn.design.operator_metatest import (MetaTestDraws, empirical_operator_metatest,
                                                    make_operator_metatest,
                                                    one_minus_cos_samples)
 from wheretolearn.measures import Empirical, GaussianRandomField, NtDInputMeasure, SineBasis2D
@@ -80,12 +81,16 @@ def test_bound_formula():
     m2 = torch.tensor(2.0, dtype=torch.float64)
     m2q = torch.tensor([1.0, 3.0], dtype=torch.float64)
     w2 = torch.tensor([0.25, 1.0], dtype=torch.float64)
-    b = ama_bound(part1, m2_nu=m2, m2_family=m2q, w2sq=w2, lipschitz_true=0.5,
-                  lipschitz_model=1.0, g0_true_sq=0.1, g0_model_sq=0.2)
+    b = ama_bound(part1, m2_nu=m2, m2_family=m2q, w2sq=w2,
+                  constants=BoundConstants(0.5, 1.0, g0_true_sq=0.1, g0_model_sq=0.2))
     s = 1.5 ** 2
     part2 = math.sqrt(np.mean([s * (4 * s * (2 + q) + 16 * 0.3) for q in (1.0, 3.0)]))
     part3 = math.sqrt(np.mean([0.25, 1.0]))
     assert float(b.value) == pytest.approx(0.5 + part2 * part3, rel=1e-12)
+    with pytest.raises(ValueError, match="lipschitz_model must be a finite number >= 0"):
+        BoundConstants(0.5, -1.0, 0.1, 0.2)
+    with pytest.raises(ValueError, match="g0_true_sq must be a number >= 0"):
+        BoundConstants(0.5, 1.0, torch.tensor(-0.1), 0.2)
 
 
 def test_lipschitz_of_a_linear_map_with_weights():
@@ -97,7 +102,7 @@ def test_lipschitz_of_a_linear_map_with_weights():
     x = torch.randn(3, 7, generator=g, dtype=torch.float64)
     for mode in ("forward", "fd"):
         est = estimate_lipschitz(lambda u: u @ A.T, x, input_weights=w_in, output_weights=w_out,
-                                 iterations=200, safety=2.0, jvp=mode)
+                                 options=LipschitzOptions(iterations=200, safety=2.0, jvp=mode))
         assert est.max_norm == pytest.approx(exact, rel=1e-6)
         assert est.value == pytest.approx(2.0 * exact, rel=1e-6)
         assert est.max_norm <= exact * (1 + 1e-9)   # power iteration never overshoots
@@ -109,8 +114,8 @@ def test_lipschitz_of_the_ntd_matrix_is_its_weighted_spectral_norm():
     w = s.input_weights.double()
     exact = float(torch.linalg.matrix_norm(w.sqrt()[:, None] * M / w.sqrt()[None, :], 2))
     x = s.build(1.0).sample(2, generator=0)
-    est = estimate_lipschitz(s.problem, x, input_weights=w, output_weights=w, iterations=300,
-                             safety=1.0)
+    est = estimate_lipschitz(s.problem, x, input_weights=w, output_weights=w,
+                             options=LipschitzOptions(iterations=300, safety=1.0))
     assert est.max_norm == pytest.approx(exact, rel=1e-4)
 
 
@@ -119,7 +124,7 @@ def test_lipschitz_of_the_darcy_solver_uses_the_adjoint_and_scales_with_the_mean
     s = ama_setup("darcy", n=8)
     u = s.build(0.0).sample(1, generator=0).double()
     kw = dict(input_weights=s.input_weights.double(), output_weights=s.output_weights.double(),
-              iterations=40, safety=1.0, jvp="fd")
+              options=LipschitzOptions(iterations=40, safety=1.0, jvp="fd"))
     e0 = estimate_lipschitz(s.problem, u, **kw).max_norm
     e1 = estimate_lipschitz(s.problem, u + 1.0, **kw).max_norm
     assert e1 == pytest.approx(math.exp(-1.0) * e0, rel=1e-3)
@@ -148,7 +153,7 @@ def test_metatest_families_label_once_and_cache_by_content(tmp_path):
     assert len(ms) == 3 and all(0 <= p["mean"] <= 1 and 2 <= p["alpha"] <= 3 for p in ps)
     assert all(p["sigma"] == pytest.approx(p["tau"] ** (p["alpha"] - 1)) for p in ps)
     lab = Labeller(s.problem, cache_dir=tmp_path)
-    mt = make_operator_metatest(lab, ms, n_seen=4, n_unseen=6, params=ps,
+    mt = make_operator_metatest(lab, ms, MetaTestDraws(4, 6), params=ps,
                                 output_weights=s.output_weights)
     assert mt.seen_x.shape == (3, 4, 8, 8) and mt.unseen_y.shape == (3, 6, 8, 8)
     # labels are the solver's outputs on the stored inputs
@@ -156,12 +161,12 @@ def test_metatest_families_label_once_and_cache_by_content(tmp_path):
                                rtol=1e-4, atol=1e-7)
     computed = lab.n_labelled
     lab2 = Labeller(s.problem, cache_dir=tmp_path)
-    mt2 = make_operator_metatest(lab2, ms, n_seen=4, n_unseen=6)
+    mt2 = make_operator_metatest(lab2, ms, MetaTestDraws(4, 6))
     assert lab2.n_labelled == 0 and torch.equal(mt2.seen_x, mt.seen_x)   # reused from disk
     changed = [ms[0].detach()] + ms[1:]
     changed[0] = GaussianRandomField(ms[0].basis, alpha=2.9, tau=1.0, sigma=1.0, mean=0.5,
                                      dtype="float64")
-    make_operator_metatest(lab2, changed, n_seen=4, n_unseen=6)
+    make_operator_metatest(lab2, changed, MetaTestDraws(4, 6))
     assert lab2.n_labelled == 10            # only the changed measure is labelled again
     assert computed == 30
     # the error of the ground truth itself is 0, of the zero map 1
@@ -177,8 +182,12 @@ def test_ntd_family_parameters_and_empirical_family():
     g = torch.Generator().manual_seed(0)
     pools_x = [torch.randn(12, 20, generator=g), torch.randn(15, 20, generator=g)]
     pools_y = [x @ torch.as_tensor(s.problem.matrix).float() for x in pools_x]
-    mt = empirical_operator_metatest(pools_x, pools_y, n_seen=4, n_unseen=6,
+    mt = empirical_operator_metatest(pools_x, pools_y, MetaTestDraws(4, 6),
                                      input_weights=s.input_weights, output_weights=s.output_weights)
     assert mt.seen_x.shape == (2, 4, 20) and isinstance(mt.measures[0], Empirical)
     with pytest.raises(ValueError, match="pool 0 must hold"):
-        empirical_operator_metatest(pools_x, pools_y, n_seen=10, n_unseen=6)
+        empirical_operator_metatest(pools_x, pools_y, MetaTestDraws(10, 6))
+    with pytest.raises(ValueError, match="n_unseen must be"):
+        MetaTestDraws(4, 0)
+    with pytest.raises(TypeError, match="draws must be a MetaTestDraws"):
+        empirical_operator_metatest(pools_x, pools_y, (4, 6))

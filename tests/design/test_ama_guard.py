@@ -147,7 +147,7 @@ def test_warm_training_never_restores_the_starting_weights():
 
 
 def test_darcy_linearisation_factors_once_and_matches_autograd():
-    from wheretolearn.design.ama_bound import estimate_lipschitz
+    from wheretolearn.design.ama_bound import LipschitzOptions, estimate_lipschitz
 
     s = ama_setup("darcy", n=10)
     x = s.build(s.theta0).sample(2, generator=0).double()
@@ -162,7 +162,8 @@ def test_darcy_linearisation_factors_once_and_matches_autograd():
     (back,) = torch.autograd.grad(s.problem(xr), xr, grad_outputs=w)
     assert torch.allclose(vjp(w), back, rtol=1e-10, atol=1e-14)
     kw = {"input_weights": s.input_weights.double(),
-          "output_weights": s.output_weights.double(), "iterations": 10, "generator": 0}
-    a = estimate_lipschitz(s.problem, x, jvp="fd", **kw).max_norm
-    b = estimate_lipschitz(s.problem, x, jvp="linearised", **kw).max_norm
+          "output_weights": s.output_weights.double(), "generator": 0}
+    a = estimate_lipschitz(s.problem, x, options=LipschitzOptions(10, jvp="fd"), **kw).max_norm
+    b = estimate_lipschitz(s.problem, x, options=LipschitzOptions(10, jvp="linearised"),
+                           **kw).max_norm
     assert b == pytest.approx(a, rel=1e-6)

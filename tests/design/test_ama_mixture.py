@@ -11,7 +11,7 @@ from wheretolearn.design.ama import AMAConfig, AMAObjective, run_ama
 from wheretolearn.design.ama_bound import w2_squared_to_family
 from wheretolearn.design.ama_problems import MixtureField, ama_setup, mixture_setup
 from wheretolearn.design.labelling import Labeller
-from wheretolearn.design.operator_metatest import make_operator_metatest
+from wheretolearn.design.operator_metatest import MetaTestDraws, make_operator_metatest
 from wheretolearn.measures import Mixture
 from wheretolearn.models import DeepONet, TrainConfig
 
@@ -83,7 +83,7 @@ def test_a_tiny_mixture_ama_run_has_a_monotone_J(bound):
     s = ama_setup("ntd", n=8, family="mixture", mixture_bound=bound)
     lab = Labeller(s.problem)
     ms, ps = s.family(4, 0)
-    mt = make_operator_metatest(lab, ms, n_seen=3, n_unseen=4, params=ps,
+    mt = make_operator_metatest(lab, ms, MetaTestDraws(3, 4), params=ps,
                                 output_weights=s.output_weights)
 
     def factory(seed):
@@ -174,7 +174,7 @@ def test_a_tiny_cli_study_with_the_mixture_family(tmp_path):
 def test_the_component_bound_by_hand():
     """J of the component bound: each Q_j through the component with the smallest pair
     bound p1_k + c_jk W2_jk, then Cauchy-Schwarz over j (>= the mean of the pair bounds)."""
-    from wheretolearn.design.ama_bound import mixture_component_bound
+    from wheretolearn.design.ama_bound import BoundConstants, mixture_component_bound
 
     g = torch.Generator().manual_seed(3)
     K, J, per = 3, 5, 4
@@ -185,8 +185,7 @@ def test_the_component_bound_by_hand():
     w2 = torch.rand(K, J, generator=g, dtype=torch.float64)
     L, Lp, g0, g0m = 0.3, 0.7, 0.2, 0.1
     b = mixture_component_bound(errors, comp, m2_components=m2c, m2_family=m2q, w2sq=w2,
-                                lipschitz_true=L, lipschitz_model=Lp, g0_true_sq=g0,
-                                g0_model_sq=g0m)
+                                constants=BoundConstants(L, Lp, g0_true_sq=g0, g0_model_sq=g0m))
     p1 = torch.stack([errors[comp == k].mean() for k in range(K)])
     s = (L + Lp) ** 2
     c = torch.sqrt(s * (4 * s * (m2c[:, None] + m2q[None, :]) + 16 * (g0 + g0m)))

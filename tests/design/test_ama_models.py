@@ -50,16 +50,16 @@ def _metatest(out):
     """The run's meta-test, rebuilt from its config (as the study built it)."""
     from wheretolearn.design.ama_problems import ama_setup
     from wheretolearn.design.labelling import Labeller
-    from wheretolearn.design.operator_metatest import make_operator_metatest
+    from wheretolearn.design.operator_metatest import MetaTestDraws, make_operator_metatest
 
     import tomllib
 
     cfg = tomllib.loads((out / "config.toml").read_text())
     setup = ama_setup(cfg["problem"], n=cfg["n"])
     measures, params = setup.family(cfg["n_measures"], cfg["family_seed"])
-    return make_operator_metatest(Labeller(setup.problem), measures, n_seen=cfg["n_seen"],
-                                  n_unseen=cfg["n_unseen"], seed=cfg["family_seed"],
-                                  params=params, output_weights=setup.output_weights)
+    draws = MetaTestDraws(cfg["n_seen"], cfg["n_unseen"], seed=cfg["family_seed"])
+    return make_operator_metatest(Labeller(setup.problem), measures, draws, params=params,
+                                  output_weights=setup.output_weights)
 
 
 def test_fno_darcy_study_from_the_cli_reloads_its_model(tmp_path):

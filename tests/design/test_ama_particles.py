@@ -13,7 +13,7 @@ from wheretolearn.design.ama import AMAConfig, AMAObjective, run_ama
 from wheretolearn.design.ama_particles import check_flow, particle_flow_update
 from wheretolearn.design.ama_problems import ama_setup, prepare_setup
 from wheretolearn.design.labelling import Labeller
-from wheretolearn.design.operator_metatest import make_operator_metatest
+from wheretolearn.design.operator_metatest import MetaTestDraws, make_operator_metatest
 from wheretolearn.measures import FieldParticles
 from wheretolearn.models import DeepONet
 from wheretolearn.models.operator_training import TrainConfig
@@ -25,7 +25,7 @@ def tiny(start="mixture", m=6, knudsen=2.0):
                   knudsen=knudsen)
     lab = Labeller(s.problem)
     ms, ps = s.family(3, 0)
-    mt = make_operator_metatest(lab, ms, n_seen=2, n_unseen=3, params=ps,
+    mt = make_operator_metatest(lab, ms, MetaTestDraws(2, 3), params=ps,
                                 output_weights=s.output_weights)
     s = prepare_setup(s, mt)
 

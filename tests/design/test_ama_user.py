@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from wheretolearn.cli import app
 from wheretolearn.design import ama_setup, darcy_family
-from wheretolearn.design.ama_bound import estimate_lipschitz
+from wheretolearn.design.ama_bound import LipschitzOptions, estimate_lipschitz
 from wheretolearn.design.ama_problems import field_setup, grid_points, grid_weights
 from wheretolearn.design.operator_metatest import field_family
 from wheretolearn.measures import SineBasis2D
@@ -118,12 +118,12 @@ def test_random_direction_lipschitz_is_a_lower_bound_that_gets_close():
     a = torch.randn(4, 4, generator=g, dtype=torch.float64)
     true = float(torch.linalg.matrix_norm(a, ord=2))
     fn = lambda x: x @ a.T  # noqa: E731
-    est = estimate_lipschitz(fn, torch.zeros(1, 4, dtype=torch.float64), iterations=2000,
-                             safety=1.0, jvp="fd-random", generator=1)
+    est = estimate_lipschitz(fn, torch.zeros(1, 4, dtype=torch.float64), generator=1,
+                             options=LipschitzOptions(2000, safety=1.0, jvp="fd-random"))
     assert est.value <= true * (1 + 1e-6)
     assert est.value >= 0.9 * true
     with pytest.raises(ValueError, match="fd-random"):
-        estimate_lipschitz(fn, torch.zeros(1, 4, dtype=torch.float64), jvp="adjoint")
+        LipschitzOptions(jvp="adjoint")
 
 
 def test_ama_setup_resolves_user_problems_directly():

@@ -1,7 +1,9 @@
 """DeepONet input/output normalisation (issue 26): the composed map, the fitted statistics,
-the training split they come from, warm starts, and persistence (old files included)."""
+the training split they come from, warm starts, and persistence (files of the layout before
+normalisation are refused by name)."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -128,7 +130,7 @@ def test_warm_start_keeps_the_statistics_and_a_fresh_state_refits():
     train_operator(m, x, y, config=cfg, seed=0)
     stats = [getattr(m, k).clone() for k in ("in_mean", "in_std", "out_mean", "out_std")]
     before = copy.deepcopy(m)
-    res = train_operator(m, x2, y2, config=cfg, steps=1, seed=1)
+    res = train_operator(m, x2, y2, config=dataclasses.replace(cfg, steps=1), seed=1)
     for k, s in zip(("in_mean", "in_std", "out_mean", "out_std"), stats):
         assert torch.equal(getattr(m, k), s)
     # the reference of a warm retrain is the model as it was, not a refitted one
@@ -163,21 +165,27 @@ def test_save_load_keeps_statistics_and_predictions(tmp_path):
     assert DeepONet.load(plain.save(tmp_path / "p.pt")).normalize is False
 
 
-def test_a_file_written_before_normalisation_loads_as_the_plain_network(tmp_path):
+def test_a_file_of_the_layout_before_normalisation_is_refused_naming_what_it_lacks(tmp_path):
+    """0.x reads only the current layout: a file without ``normalize`` or the statistics
+    gets a ValueError naming the missing entries, not a silently different model."""
     m = DeepONet([10, 16, 8], [2, 16, 8], _points(6), seed=2, normalize=False)
-    with torch.no_grad():
-        m.bias.fill_(0.5)
     cfg = {k: v for k, v in m.config.items() if k != "normalize"}
-    state = {k: v for k, v in m.state_dict().items()
-             if k not in ("in_mean", "in_std", "out_mean", "out_std", "norm_fitted")}
+    stats = ("in_mean", "in_std", "out_mean", "out_std", "norm_fitted")
+    state = {k: v for k, v in m.state_dict().items() if k not in stats}
     torch.save({"kind": "deeponet", "config": cfg, "state_dict": state}, tmp_path / "old.pt")
-    old = DeepONet.load(tmp_path / "old.pt")
-    assert old.normalize is False
-    u = torch.randn(3, 10)
-    with torch.no_grad():
-        assert torch.equal(old(u), m(u))
-    # the statistics keys stay all-or-nothing: a half-written file is refused
+    with pytest.raises(ValueError, match=r"config lacks normalize;.*older wheretolearn"):
+        DeepONet.load(tmp_path / "old.pt")
+    torch.save({"kind": "deeponet", "config": m.config, "state_dict": state},
+               tmp_path / "nostats.pt")
+    with pytest.raises(ValueError, match="state_dict lacks " + ", ".join(stats)):
+        DeepONet.load(tmp_path / "nostats.pt")
+    # a half-written file is refused the same way
     torch.save({"kind": "deeponet", "config": m.config,
                 "state_dict": {**state, "in_mean": torch.zeros(10)}}, tmp_path / "half.pt")
-    with pytest.raises(RuntimeError, match="in_std"):
+    with pytest.raises(ValueError, match="state_dict lacks in_std, out_mean, out_std"):
         DeepONet.load(tmp_path / "half.pt")
+    with pytest.raises(ValueError, match="holds unknown extra"):
+        torch.save({"kind": "deeponet", "config": m.config,
+                    "state_dict": {**m.state_dict(), "extra": torch.zeros(1)}},
+                   tmp_path / "extra.pt")
+        DeepONet.load(tmp_path / "extra.pt")

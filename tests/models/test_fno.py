@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("neuralop", reason="the FNO needs the extra wheretolearn[fno]")
 
-from wheretolearn.design.ama_bound import estimate_lipschitz  # noqa: E402
+from wheretolearn.design.ama_bound import LipschitzOptions, estimate_lipschitz  # noqa: E402
 from wheretolearn.models import TrainConfig, train_operator  # noqa: E402
-from wheretolearn.models.fno import FNO, MissingExtraError  # noqa: E402
+from wheretolearn.models.fno import FNO, FNOArchitecture, MissingExtraError  # noqa: E402
 from wheretolearn.models.registry import (ModelGrid, build_model, load_saved_model,  # noqa: E402
                                           save_model)
 
@@ -25,9 +25,9 @@ def _grid2(n=8):
 
 
 def test_shapes_in_one_and_two_dimensions():
-    m1 = FNO((20,), n_modes=5, hidden_channels=4, n_layers=2, seed=0)
+    m1 = FNO((20,), FNOArchitecture(n_modes=5, hidden_channels=4, n_layers=2), seed=0)
     assert m1(torch.randn(3, 20)).shape == (3, 20)
-    m2 = FNO((8, 6), n_modes=[4, 3], hidden_channels=4, n_layers=1, seed=0)
+    m2 = FNO((8, 6), FNOArchitecture(n_modes=[4, 3], hidden_channels=4, n_layers=1), seed=0)
     out = m2(torch.randn(2, 8, 6, dtype=torch.float64))        # inputs cast to float32
     assert out.shape == (2, 8, 6) and out.dtype == torch.float32
     assert next(m2.parameters()).dtype == torch.float32           # the trainers read this
@@ -37,20 +37,42 @@ def test_shapes_in_one_and_two_dimensions():
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="n_modes\\[1\\] = 9 exceeds the grid's 6 points"):
-        FNO((8, 6), n_modes=[4, 9])
+        FNO((8, 6), FNOArchitecture(n_modes=[4, 9]))
     with pytest.raises(ValueError, match="one count per grid dimension"):
-        FNO((8, 6), n_modes=[4])
+        FNO((8, 6), FNOArchitecture(n_modes=[4]))
     with pytest.raises(ValueError, match="float32"):
-        FNO((8,), n_modes=2, dtype="float64")
+        FNO((8,), FNOArchitecture(n_modes=2), dtype="float64")
     with pytest.raises(ValueError, match="1 to 3 dimensions"):
-        FNO((2, 2, 2, 2), n_modes=1)
+        FNO((2, 2, 2, 2), FNOArchitecture(n_modes=1))
+
+
+def test_architecture_is_validated_and_recorded():
+    with pytest.raises(ValueError, match="hidden_channels must be"):
+        FNOArchitecture(hidden_channels=0)
+    with pytest.raises(ValueError, match=r"domain_padding must be None or a fraction in \[0, 1\)"):
+        FNOArchitecture(domain_padding=1.5)
+    with pytest.raises(TypeError, match="n_modes must be an int or a list"):
+        FNOArchitecture(n_modes="12")
+    with pytest.raises(TypeError, match="positional_embedding must be True or False"):
+        FNOArchitecture(positional_embedding=1)
+    with pytest.raises(TypeError, match="architecture must be an FNOArchitecture"):
+        FNO((8,), {"n_modes": 2})
+    m = FNO((8, 6), FNOArchitecture(n_modes=4, hidden_channels=4, n_layers=1), seed=0)
+    assert m.architecture == FNOArchitecture(n_modes=(4, 4), hidden_channels=4, n_layers=1)
+    assert m.config == {"grid_shape": [8, 6], "n_modes": [4, 4], "hidden_channels": 4,
+                        "n_layers": 1, "lifting_channel_ratio": 2,
+                        "projection_channel_ratio": 2, "domain_padding": None,
+                        "positional_embedding": True, "normalize": True}
+    # the registry maps a TOML table / checkpoint's flat init arguments onto the architecture
+    with pytest.raises(ValueError, match="unknown FNO option 'width'.*hidden_channels"):
+        build_model("fno", _grid2(), width=4)
 
 
 def test_seeded_initialisation_leaves_the_global_state_alone():
     state = torch.random.get_rng_state()
-    a = FNO((10,), n_modes=4, hidden_channels=4, n_layers=2, seed=5)
-    b = FNO((10,), n_modes=4, hidden_channels=4, n_layers=2, seed=5)
-    c = FNO((10,), n_modes=4, hidden_channels=4, n_layers=2, seed=6)
+    a = FNO((10,), FNOArchitecture(n_modes=4, hidden_channels=4, n_layers=2), seed=5)
+    b = FNO((10,), FNOArchitecture(n_modes=4, hidden_channels=4, n_layers=2), seed=5)
+    c = FNO((10,), FNOArchitecture(n_modes=4, hidden_channels=4, n_layers=2), seed=6)
     assert torch.equal(torch.random.get_rng_state(), state)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -65,7 +87,7 @@ def test_training_fits_the_normalisation_and_learns_a_linear_operator():
     x = torch.randn(64, n, generator=g).cumsum(1) * 0.3 + 2.0
     kernel = torch.tensor([0.25, 0.5, 0.25])
     y = sum(k * torch.roll(x, s, 1) for k, s in zip(kernel, (-1, 0, 1))) * 10.0
-    m = FNO((n,), n_modes=8, hidden_channels=8, n_layers=2, seed=0)
+    m = FNO((n,), FNOArchitecture(n_modes=8, hidden_channels=8, n_layers=2), seed=0)
     assert m.needs_normalization
     res = train_operator(m, x, y, config=TrainConfig(steps=300, batch_size=16, lr=3e-3,
                                                      eval_every=50, patience=0,
@@ -96,7 +118,7 @@ def test_state_dict_is_weights_only_and_the_checkpoint_round_trips(tmp_path):
 def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "neuralop.models", None)     # import fails
     with pytest.raises(MissingExtraError, match=r"wheretolearn\[fno\]") as info:
-        FNO((8,), n_modes=2)
+        FNO((8,), FNOArchitecture(n_modes=2))
     assert isinstance(info.value, ImportError) and isinstance(info.value, ValueError)
 
 
@@ -120,8 +142,8 @@ def test_lipschitz_estimate_matches_the_explicit_jacobian():
         jac = jac.reshape(n * n, n * n).double()
         k = w_out.reshape(-1, 1).sqrt() * jac / w_in.reshape(1, -1).sqrt()
         want.append(float(torch.linalg.svdvals(k)[0]))
-    est = estimate_lipschitz(fn, xs, input_weights=w_in, output_weights=w_out, iterations=100,
-                             safety=1.0, jvp="forward", generator=0)
+    est = estimate_lipschitz(fn, xs, input_weights=w_in, output_weights=w_out, generator=0,
+                             options=LipschitzOptions(iterations=100, safety=1.0, jvp="forward"))
     # float32 network: the power iteration converges to the top singular value to ~1e-5
     assert est.norms == pytest.approx(want, rel=1e-4)
     assert est.value == pytest.approx(max(want), rel=1e-4)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from wheretolearn.design.ama_bound import estimate_lipschitz
+from wheretolearn.design.ama_bound import LipschitzOptions, estimate_lipschitz
 from wheretolearn.models import DeepONet
 from wheretolearn.models.registry import (MODELS, ModelGrid, UntrustedModelError,
                                           available_models, build_model, load_saved_model,
@@ -172,7 +172,8 @@ def test_lipschitz_estimate_of_a_linear_registry_model_is_its_spectral_norm(user
     want = float(torch.linalg.svdvals(w_out.sqrt()[:, None] * a / w_in.sqrt()[None, :])[0])
     samples = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     est = estimate_lipschitz(lambda u: model(u).double(), samples, input_weights=w_in,
-                             output_weights=w_out, iterations=60, safety=1.0, jvp="forward")
+                             output_weights=w_out,
+                             options=LipschitzOptions(iterations=60, safety=1.0, jvp="forward"))
     assert est.max_norm == pytest.approx(want, rel=1e-8)
     assert est.norms == pytest.approx([want] * 3, rel=1e-8)      # the same Jacobian everywhere
     with torch.no_grad():

@@ -130,46 +130,44 @@ def test_bilevel_folder_naming_user_code_loads_from_its_records(bilevel_run, tmp
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize("problem", ["evil", "subprocess:run"])
-def test_old_bilevel_folder_naming_user_code_is_refused(bilevel_run, tmp_path, problem):
+@pytest.mark.parametrize("problem", ["sobol-g", "evil"])
+def test_old_bilevel_folder_is_refused_naming_what_it_lacks(bilevel_run, tmp_path, problem):
+    """A folder of the layout before ``model.pt`` is no longer read (0.x), whatever its
+    problem, and nothing is imported."""
     run = _copy(bilevel_run, tmp_path)
-    (run / "model.pt").unlink(missing_ok=True)             # as written by an older version
+    (run / "model.pt").unlink()                            # as written by an older version
+    spec, sentinel = _plant(run, tmp_path)
+    if problem == "evil":
+        _set_problem(run, spec)
+    for trust in (False, True):
+        with pytest.raises(ValueError, match=r"has no model\.pt .*older wheretolearn"):
+            wheretolearn.load_model(run, trust=trust)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("problem", ["evil", "subprocess:run", "external"])
+def test_bilevel_refit_at_another_size_of_user_code_needs_trust(bilevel_run, tmp_path, problem):
+    """A size the run did not record is labelled by the problem: user code (``external`` is
+    registered here but runs the command its options name) only with ``trust=True``."""
+    run = _copy(bilevel_run, tmp_path)
     spec, sentinel = _plant(run, tmp_path)
     _set_problem(run, spec if problem == "evil" else problem)
     with pytest.raises(ValueError) as err:
-        wheretolearn.load_model(run)
+        wheretolearn.load_model(run, n=8)
     msg = str(err.value)
     assert "names user code" in msg and "trust=True" in msg and str(run) in msg
     assert (spec if problem == "evil" else problem) in msg
     assert not sentinel.exists()
 
 
-def test_old_bilevel_folder_loads_with_trust(bilevel_run, tmp_path):
+def test_bilevel_refit_at_another_size_loads_with_trust(bilevel_run, tmp_path):
     run = _copy(bilevel_run, tmp_path)
-    (run / "model.pt").unlink(missing_ok=True)
     spec, sentinel = _plant(run, tmp_path)
     _set_problem(run, spec)
-    model = wheretolearn.load_model(run, trust=True)
+    model = wheretolearn.load_model(run, n=8, trust=True)
     assert sentinel.exists()                      # the user said so: evil.py was imported
     x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(model.predict(x), wheretolearn.load_model(bilevel_run).predict(x))
-
-
-def test_old_bilevel_folder_of_a_builtin_problem_still_loads(bilevel_run, tmp_path):
-    run = _copy(bilevel_run, tmp_path)
-    (run / "model.pt").unlink()
-    x = torch.rand(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(wheretolearn.load_model(run).predict(x),
-                       wheretolearn.load_model(bilevel_run).predict(x))
-
-
-def test_the_external_problem_is_user_code(bilevel_run, tmp_path):
-    """``external`` is registered here but runs the command its options name."""
-    run = _copy(bilevel_run, tmp_path)
-    (run / "model.pt").unlink()
-    _set_problem(run, "external")
-    with pytest.raises(ValueError, match="names user code"):
-        wheretolearn.load_model(run)
+    assert torch.allclose(model.predict(x), wheretolearn.load_model(bilevel_run, n=8).predict(x))
 
 
 def _ama_folder(tmp_path, problem):
@@ -271,28 +269,31 @@ def test_online_folder_naming_user_code_loads_from_its_records(online_run, tmp_p
     assert model.field_shape == (8, 8) and model.n_steps == 4 and len(model.parameter_names) == 5
 
 
-@pytest.mark.parametrize("problem", ["evil", "subprocess:run"])
-def test_old_online_folder_naming_user_code_is_refused(online_run, tmp_path, problem):
+def test_old_online_folder_is_refused_naming_what_it_lacks(online_run, tmp_path):
+    """A single top-level checkpoint.pt (the layout before numbered checkpoints) is no longer
+    read, and nothing the folder names is run."""
     run = _copy(online_run, tmp_path)
     _as_older_version(run)
-    spec, sentinel = _plant(run, tmp_path)
-    options = {"args": ["touch", str(sentinel)]} if problem != "evil" else {}
-    _set_online_problem(run, spec if problem == "evil" else problem, options)
-    with pytest.raises(ValueError) as err:
-        wheretolearn.load_model(run)
-    msg = str(err.value)
-    assert "names user code" in msg and "trust=True" in msg
-    assert (spec if problem == "evil" else problem) in msg
+    sentinel = tmp_path / "SENTINEL"
+    _set_online_problem(run, "subprocess:run", {"args": ["touch", str(sentinel)]})
+    for trust in (False, True):
+        with pytest.raises(ValueError, match=r"no complete checkpoint under checkpoints/ "
+                                             r"\(only a single checkpoint\.pt\).*older"):
+            wheretolearn.load_model(run, trust=trust)
     assert not sentinel.exists()
 
 
-def test_old_online_folder_of_heat2d_still_loads(online_run, tmp_path):
-    import numpy as np
+def test_online_checkpoint_without_the_surrogate_record_is_refused(online_run, tmp_path,
+                                                                   monkeypatch):
+    from wheretolearn.online.checkpoint import CheckpointStore, save_checkpoint
 
     run = _copy(online_run, tmp_path)
-    _as_older_version(run)
-    np.testing.assert_array_equal(_online_prediction(wheretolearn.load_model(run)),
-                                  _online_prediction(wheretolearn.load_model(online_run)))
+    state, folder = CheckpointStore(run).load_latest()
+    state.pop("surrogate")
+    save_checkpoint(folder / "checkpoint.pt", state)
+    monkeypatch.setattr(CheckpointStore, "verify", lambda self, p: {})   # hash of the old file
+    with pytest.raises(ValueError, match="has no surrogate record .* in its checkpoint"):
+        wheretolearn.load_model(run)
 
 
 def test_load_model_lives_at_the_top_of_the_package():

@@ -61,6 +61,7 @@ __all__ = [
     "QueryByCommittee",
     "QueryStrategy",
     "RandomQuery",
+    "RoundHooks",
     "available_query_strategies",
     "default_train_fn",
     "make_query_strategy",
@@ -501,13 +502,38 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+@dataclass(frozen=True)
+class RoundHooks:
+    """What :func:`run_active_learning` calls in every round besides the query strategy.
+
+    Attributes
+    ----------
+    train_fn : callable, optional
+        ``train_fn(model, x, y, seed)`` fits ``model`` in place; default
+        :func:`default_train_fn` (``train_operator`` with ``TrainConfig()``).
+    evaluate : callable, optional
+        ``evaluate(model) -> float`` (e.g. the relative OOD error on a held-out set); None:
+        the rounds record no error.
+    progress : callable, optional
+        Called with each finished :class:`ActiveLearningRound`.
+    """
+
+    train_fn: Callable[[Any, torch.Tensor, torch.Tensor, int], Any] | None = None
+    evaluate: Callable[[Any], float] | None = None
+    progress: Callable[[ActiveLearningRound], None] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("train_fn", "evaluate", "progress"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, got "
+                                f"{type(value).__name__}")
+
+
 def run_active_learning(pool_x: Any, label_fn: Any, model_factory: Callable[[int], Any], *,
                         strategy: QueryStrategy | str, schedule: Sequence[int],
-                        train_fn: Callable[[Any, torch.Tensor, torch.Tensor, int], Any] | None = None,
-                        evaluate: Callable[[Any], float] | None = None,
-                        seed: int = 0, keep_models: bool = False,
-                        progress: Callable[[ActiveLearningRound], None] | None = None
-                        ) -> ActiveLearningResult:
+                        hooks: RoundHooks | None = None, seed: int = 0,
+                        keep_models: bool = False) -> ActiveLearningResult:
     """Pool-based active learning from a random start to each size of ``schedule``.
 
     Paper SM F.6: 10 random pool rows, then, for each size ``N_r`` of the schedule, train
@@ -531,22 +557,22 @@ def run_active_learning(pool_x: Any, label_fn: Any, model_factory: Callable[[int
     schedule : sequence of int
         Strictly increasing training-set sizes; ``schedule[0] >= 2`` random rows to start,
         ``schedule[-1] <= P`` (paper: ``[10, 50, 100, ..., 1000]`` on a pool of 1843).
-    train_fn : callable, optional
-        ``train_fn(model, x, y, seed)`` fits ``model`` in place; default
-        :func:`default_train_fn` (``train_operator`` with ``TrainConfig()``).
-    evaluate : callable, optional
-        ``evaluate(model) -> float`` (e.g. the relative OOD error on a held-out set).
+    hooks : RoundHooks, optional
+        How each round trains and evaluates its models and whom it reports to (default
+        ``RoundHooks()``: :func:`default_train_fn`, no evaluation, no progress).
     seed : int
         Seeds the random start, the model seeds and the strategy's randomness.
     keep_models : bool
         Keep every round's models in the result (memory: one set per size).
-    progress : callable, optional
-        Called with each finished :class:`ActiveLearningRound`.
 
     Returns
     -------
     ActiveLearningResult
     """
+    hooks = RoundHooks() if hooks is None else hooks
+    if not isinstance(hooks, RoundHooks):
+        raise TypeError(f"hooks must be a RoundHooks, got {type(hooks).__name__}")
+    evaluate, progress = hooks.evaluate, hooks.progress
     x = _pool_tensor(pool_x)
     n_pool = x.shape[0]
     sizes = _check_schedule(schedule, n_pool)
@@ -567,7 +593,7 @@ def run_active_learning(pool_x: Any, label_fn: Any, model_factory: Callable[[int
         if pool_y.ndim < 1 or pool_y.shape[0] != n_pool:
             raise ValueError(f"label_fn given as labels must have one row per pool row "
                              f"({n_pool}), got shape {tuple(pool_y.shape)}")
-    train = default_train_fn() if train_fn is None else train_fn
+    train = default_train_fn() if hooks.train_fn is None else hooks.train_fn
 
     g = torch_generator(_seed(seed, 0))
     selected = torch.randperm(n_pool, generator=g)[:sizes[0]].tolist()

@@ -29,6 +29,7 @@ maximum over samples); a map known to be linear (NtD) has one Jacobian, so its f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,9 +40,9 @@ import torch
 
 from .._validation import check_nonnegative_int, check_positive_float, check_positive_int
 from ..models.operator_training import TrainConfig, train_operator
-from .ama_bound import (BoundValue, LipschitzEstimate, ama_bound, estimate_lipschitz,
-                        lipschitz_or_fixed, mixture_component_bound, quadrature_norm_sq,
-                        w2_squared_to_family)
+from .ama_bound import (BoundConstants, BoundValue, LipschitzEstimate, LipschitzOptions,
+                        ama_bound, estimate_lipschitz, lipschitz_or_fixed,
+                        mixture_component_bound, quadrature_norm_sq, w2_squared_to_family)
 
 __all__ = ["AMAConfig", "AMAResult", "AMAObjective", "run_ama", "de_update", "adam_update",
            "lbfgsb_update", "UPDATES", "retrain", "theta_step"]
@@ -184,6 +185,11 @@ class AMAObjective:
         zero = self.setup.origin_input()
         return quadrature_norm_sq(self.model(zero).double().cpu(), self.w_out)[0]
 
+    def constants(self) -> BoundConstants:
+        """``L``, ``L'``, ``||G*(0)||^2`` and the model's ``||G(0)||^2`` (see
+        :meth:`g0_model_sq`)."""
+        return BoundConstants(self.L, self.Lp, self.g0_true_sq, self.g0_model_sq())
+
     def samples(self, nu: Any) -> torch.Tensor:
         """The inputs ``part1`` averages over: ``nu`` at the fixed latent draws, or the
         particles themselves for an empirical ``nu`` (particle AMA)."""
@@ -213,15 +219,12 @@ class AMAObjective:
             m2c = torch.stack([c.second_moment().double() for c in nu.components])
             return mixture_component_bound(
                 errors, nu.component_of(u.shape[0]), m2_components=m2c,
-                m2_family=self.m2_family, w2sq=w2, lipschitz_true=self.L,
-                lipschitz_model=self.Lp, g0_true_sq=self.g0_true_sq,
-                g0_model_sq=self.g0_model_sq())
+                m2_family=self.m2_family, w2sq=w2, constants=self.constants())
         part1 = errors.mean()
         m2 = nu.second_moment().double()
         w2sq = w2_squared_to_family(nu, self.family).double()
         return ama_bound(part1, m2_nu=m2, m2_family=self.m2_family, w2sq=w2sq,
-                         lipschitz_true=self.L, lipschitz_model=self.Lp,
-                         g0_true_sq=self.g0_true_sq, g0_model_sq=self.g0_model_sq())
+                         constants=self.constants())
 
     def value(self, theta: Any) -> float:
         with torch.no_grad():
@@ -461,9 +464,9 @@ def run_ama(setup, metatest, config: AMAConfig, labeller, *,
     history: list[dict] = []
 
     def train(x, y, steps=None, k=0):
-        return train_operator(model, x, y, config=cfg.train, steps=steps,
-                              weights=setup.output_weights, seed=seed * 7919 + k,
-                              progress=progress)
+        tcfg = cfg.train if steps is None else dataclasses.replace(cfg.train, steps=steps)
+        return train_operator(model, x, y, config=tcfg, weights=setup.output_weights,
+                              seed=seed * 7919 + k, progress=progress)
 
     # ---- iteration 0: train on nu_0, estimate L, L' and ||G(0)||
     t0 = time.perf_counter()
@@ -592,14 +595,16 @@ def _constants(setup, metatest, model, x, cfg) -> tuple[LipschitzEstimate, Lipsc
     """``L`` (safety 1 for a linear ``G*``: one Jacobian everywhere) and ``L'``."""
     samples = _lipschitz_samples(setup, metatest, x, cfg.lipschitz_samples)
     safety_true = 1.0 if getattr(setup, "linear", False) else cfg.safety
+    weights = {"input_weights": setup.input_weights.double(),
+               "output_weights": setup.output_weights.double()}
     lip_true = lipschitz_or_fixed(cfg.lipschitz_true, lambda: estimate_lipschitz(
-        setup.problem, samples, input_weights=setup.input_weights.double(),
-        output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
-        safety=safety_true, jvp=setup.jvp, generator=cfg.seed))
+        setup.problem, samples, **weights, generator=cfg.seed,
+        options=LipschitzOptions(iterations=cfg.lipschitz_iterations, safety=safety_true,
+                                 jvp=setup.jvp)))
     lip_model = lipschitz_or_fixed(cfg.lipschitz_model, lambda: estimate_lipschitz(
-        lambda u: model(u).double().cpu(), samples, input_weights=setup.input_weights.double(),
-        output_weights=setup.output_weights.double(), iterations=cfg.lipschitz_iterations,
-        safety=cfg.safety, jvp="forward", generator=cfg.seed + 1))
+        lambda u: model(u).double().cpu(), samples, **weights, generator=cfg.seed + 1,
+        options=LipschitzOptions(iterations=cfg.lipschitz_iterations, safety=cfg.safety,
+                                 jvp="forward")))
     return lip_true, lip_model
 
 

@@ -25,9 +25,9 @@ import torch
 
 from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
 
-__all__ = ["BoundValue", "ama_bound", "mixture_component_bound", "w2_squared_to_family",
-           "second_moment",
-           "LipschitzEstimate", "estimate_lipschitz", "quadrature_norm_sq"]
+__all__ = ["BoundValue", "BoundConstants", "ama_bound", "mixture_component_bound",
+           "w2_squared_to_family", "second_moment", "LipschitzEstimate", "LipschitzOptions",
+           "estimate_lipschitz", "quadrature_norm_sq"]
 
 
 def quadrature_norm_sq(v: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -75,9 +75,48 @@ class BoundValue:
         return {k: float(getattr(self, k).detach()) for k in ("value", "part1", "part2", "part3")}
 
 
+@dataclass(frozen=True)
+class BoundConstants:
+    """The constants of the bound's factor ``c(nu, Q)`` that stay fixed during an AMA run.
+
+    ``c(nu, Q)^2 = (L+L')^2 [4 (L+L')^2 (m2(nu) + m2(Q)) + 16 (||G*(0)||^2 + ||G(0)||^2)]``
+    (paper Prop. 3.1).
+
+    Attributes
+    ----------
+    lipschitz_true, lipschitz_model : float >= 0
+        ``L`` (ground truth) and ``L'`` (model).
+    g0_true_sq, g0_model_sq : float >= 0 or scalar tensor
+        ``||G*(0)||_q^2`` and ``||G(0)||_q^2``.
+    """
+
+    lipschitz_true: float
+    lipschitz_model: float
+    g0_true_sq: Any
+    g0_model_sq: Any
+
+    def __post_init__(self) -> None:
+        for name in ("lipschitz_true", "lipschitz_model"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("g0_true_sq", "g0_model_sq"):
+            value = getattr(self, name)
+            v = float(value.detach()) if isinstance(value, torch.Tensor) and value.numel() == 1 \
+                else value
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0 or a scalar tensor, got "
+                                 f"{value!r}")
+
+    def factor_sq(self, m2_nu: torch.Tensor, m2_q: torch.Tensor) -> torch.Tensor:
+        """``c(nu, Q)^2`` for second moments ``m2_nu`` and ``m2_q`` (broadcast)."""
+        s = (self.lipschitz_true + self.lipschitz_model) ** 2
+        return s * (4.0 * s * (m2_nu + m2_q) + 16.0 * (self.g0_true_sq + self.g0_model_sq))
+
+
 def ama_bound(part1: torch.Tensor, *, m2_nu: torch.Tensor, m2_family: torch.Tensor,
-              w2sq: torch.Tensor, lipschitz_true: float, lipschitz_model: float,
-              g0_true_sq: Any, g0_model_sq: Any) -> BoundValue:
+              w2sq: torch.Tensor, constants: BoundConstants) -> BoundValue:
     """``J = part1 + part2 * part3`` (SPEC §4) from its ingredients.
 
     Parameters
@@ -85,20 +124,17 @@ def ama_bound(part1: torch.Tensor, *, m2_nu: torch.Tensor, m2_family: torch.Tens
     part1 : scalar tensor, ``E_nu ||G* - G||_q^2``
     m2_nu : scalar tensor; m2_family : (J,) tensor, second moments ``m2(Q_j)``
     w2sq : (J,) tensor, ``W2(nu, Q_j)^2``
-    lipschitz_true, lipschitz_model : float, ``L`` and ``L'``
-    g0_true_sq, g0_model_sq : float or scalar tensor, ``||G*(0)||_q^2`` and ``||G(0)||_q^2``
+    constants : BoundConstants
+        ``L``, ``L'``, ``||G*(0)||_q^2`` and ``||G(0)||_q^2``.
     """
-    s = (lipschitz_true + lipschitz_model) ** 2
-    inner = 4.0 * s * (m2_nu + m2_family) + 16.0 * (g0_true_sq + g0_model_sq)
-    part2 = torch.sqrt((s * inner).mean())
+    part2 = torch.sqrt(constants.factor_sq(m2_nu, m2_family).mean())
     part3 = torch.sqrt(w2sq.mean().clamp_min(0))
     return BoundValue(part1 + part2 * part3, part1, part2, part3)
 
 
 def mixture_component_bound(errors: torch.Tensor, component: torch.Tensor, *,
                             m2_components: torch.Tensor, m2_family: torch.Tensor,
-                            w2sq: torch.Tensor, lipschitz_true: float, lipschitz_model: float,
-                            g0_true_sq: Any, g0_model_sq: Any) -> BoundValue:
+                            w2sq: torch.Tensor, constants: BoundConstants) -> BoundValue:
     """``J`` of a mixture ``nu = (1/K) sum_k nu_k`` through its *components* (the
     ``"component"`` bound of the mixture family; issue 21).
 
@@ -123,13 +159,13 @@ def mixture_component_bound(errors: torch.Tensor, component: torch.Tensor, *,
     component : (n,) long tensor, the component of each draw
     m2_components : (K,) tensor; m2_family : (J,) tensor
     w2sq : (K, J) tensor, ``W2(nu_k, Q_j)^2``
+    constants : BoundConstants
+        ``L``, ``L'``, ``||G*(0)||_q^2`` and ``||G(0)||_q^2``.
     """
     k = w2sq.shape[0]
     counts = torch.bincount(component, minlength=k).to(errors.dtype)
     p1 = torch.zeros(k, dtype=errors.dtype).index_add(0, component, errors) / counts.clamp_min(1)
-    s = (lipschitz_true + lipschitz_model) ** 2
-    c2 = s * (4.0 * s * (m2_components[:, None] + m2_family[None, :])
-              + 16.0 * (g0_true_sq + g0_model_sq))                          # (K, J)
+    c2 = constants.factor_sq(m2_components[:, None], m2_family[None, :])   # (K, J)
     with torch.no_grad():
         per = p1[:, None] + torch.sqrt(c2 * w2sq.clamp_min(0))
         per = torch.where(counts[:, None] > 0, per, torch.full_like(per, float("inf")))
@@ -191,10 +227,49 @@ def _vjp(fn: Callable, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return g
 
 
+#: How :func:`estimate_lipschitz` computes ``J v``.
+JVP_MODES = ("forward", "fd", "fd-random", "linearised")
+
+
+@dataclass(frozen=True)
+class LipschitzOptions:
+    """How :func:`estimate_lipschitz` estimates the Jacobian norms.
+
+    Attributes
+    ----------
+    iterations : int >= 1
+        Power iterations per sample (random directions for ``jvp="fd-random"``).
+    safety : float >= 1
+        Factor on the largest norm found (the supremum over inputs is approximated by a
+        maximum over samples).
+    jvp : "forward" | "fd" | "fd-random" | "linearised"
+        ``J v`` by forward-mode autograd, a central difference, random difference quotients
+        without an adjoint, or ``fn.linearise(x) -> (jvp, vjp)`` (see
+        :func:`estimate_lipschitz`).
+    batch : int >= 1
+        Samples per power-iteration batch.
+    """
+
+    iterations: int = 30
+    safety: float = 1.5
+    jvp: str = "forward"
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "iterations", check_positive_int(self.iterations, "iterations"))
+        object.__setattr__(self, "safety", check_positive_float(self.safety, "safety"))
+        if self.safety < 1:
+            raise ValueError(f"safety must be >= 1, got {self.safety}")
+        if self.jvp not in JVP_MODES:
+            raise ValueError(f"jvp must be 'forward', 'fd', 'fd-random' or 'linearised', got "
+                             f"{self.jvp!r}")
+        object.__setattr__(self, "batch", check_positive_int(self.batch, "batch"))
+
+
 def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor, *,
                        input_weights: Any = None, output_weights: Any = None,
-                       iterations: int = 30, safety: float = 1.5, jvp: str = "forward",
-                       generator: Any = 0, batch: int = 64) -> LipschitzEstimate:
+                       options: LipschitzOptions | None = None,
+                       generator: Any = 0) -> LipschitzEstimate:
     """Estimate a Lipschitz constant of ``fn`` as ``safety * max_b ||J(x_b)||_{q->q}``.
 
     Power iteration on ``K_b^T K_b`` with ``K_b = W_out^{1/2} J(x_b) W_in^{-1/2}`` (the
@@ -214,22 +289,17 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     fn : callable, (B, *in) -> (B, *out)
     samples : (n, *in) tensor
     input_weights, output_weights : in / out-shaped tensors or None (Euclidean)
-    iterations : int
-    safety : float >= 1
-    jvp : "forward" | "fd" | "fd-random" | "linearised"
-        ``"linearised"``: ``fn.linearise(x) -> (jvp, vjp)`` (Darcy: each sample's matrix
-        factored once for all power iterations, both products reuse the factors).
+    options : LipschitzOptions, optional
+        Iterations, safety factor, ``jvp`` mode and batch size (default
+        ``LipschitzOptions()``). ``jvp="linearised"`` needs ``fn.linearise(x) -> (jvp,
+        vjp)`` (Darcy: each sample's matrix factored once for all power iterations, both
+        products reuse the factors).
     generator : seed or torch.Generator for the start vectors
-    batch : int
-        Samples per power-iteration batch.
     """
-    iterations = check_positive_int(iterations, "iterations")
-    safety = check_positive_float(safety, "safety")
-    if safety < 1:
-        raise ValueError(f"safety must be >= 1, got {safety}")
-    if jvp not in ("forward", "fd", "fd-random", "linearised"):
-        raise ValueError(f"jvp must be 'forward', 'fd', 'fd-random' or 'linearised', got "
-                         f"{jvp!r}")
+    opts = LipschitzOptions() if options is None else options
+    if not isinstance(opts, LipschitzOptions):
+        raise TypeError(f"options must be a LipschitzOptions, got {type(opts).__name__}")
+    iterations, safety, jvp, batch = opts.iterations, opts.safety, opts.jvp, opts.batch
     if jvp == "linearised" and not hasattr(fn, "linearise"):
         raise ValueError("jvp='linearised' needs fn.linearise(x) -> (jvp, vjp)")
     x_all = as_tensor(samples, "samples")

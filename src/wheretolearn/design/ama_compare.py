@@ -25,18 +25,21 @@ The error of a QbC round is the mean over its committee.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
 
+from .._validation import check_nonnegative_int, check_positive_int
 from .active_learning import (QUERY_STRATEGIES, ActiveLearningResult, QueryStrategy,
-                              available_query_strategies, make_query_strategy,
+                              RoundHooks, available_query_strategies, make_query_strategy,
                               run_active_learning)
 
-__all__ = ["POOL_BASELINES", "available_pool_baselines", "make_pool_baseline",
-           "check_pool_baselines", "run_pool_comparison", "comparison_table",
-           "difference_ci95"]
+__all__ = ["POOL_BASELINES", "ComparisonPlan", "available_pool_baselines",
+           "make_pool_baseline", "check_pool_baselines", "run_pool_comparison",
+           "comparison_table", "difference_ci95"]
 
 
 def _qbc_options(setup: Any) -> dict:
@@ -81,12 +84,46 @@ def make_pool_baseline(name: str, setup: Any) -> QueryStrategy:
     return make_query_strategy(name, **options)
 
 
+@dataclass(frozen=True)
+class ComparisonPlan:
+    """Sizes, trials and seeds of a pool comparison (:func:`run_pool_comparison`).
+
+    Attributes
+    ----------
+    schedule : tuple of int
+        Strictly increasing training-set sizes ``N``, ``schedule[0]`` random pool rows to
+        start (the study's ``eval_n``; paper 10, 50, 100, ..., 1000).
+    trials : int >= 1
+        Runs of each pool baseline.
+    seed : int >= 0
+        Trial ``t`` runs with seed ``seed + t``.
+    """
+
+    schedule: tuple[int, ...]
+    trials: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        sizes = self.schedule
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"schedule must be a list of training-set sizes, got {sizes!r}")
+        sizes = tuple(sizes)
+        if not sizes or any(isinstance(n, bool) or not isinstance(n, Integral) for n in sizes):
+            raise ValueError(f"schedule must be a non-empty list of integer sizes, got "
+                             f"{list(sizes)}")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"schedule must be strictly increasing, got {list(sizes)}")
+        object.__setattr__(self, "schedule", tuple(int(n) for n in sizes))
+        object.__setattr__(self, "trials", check_positive_int(self.trials, "trials"))
+        object.__setattr__(self, "seed", check_nonnegative_int(self.seed, "seed"))
+
+
 def run_pool_comparison(names: list[str], *, setup: Any, metatest: Any,
                         model_factory: Callable[[int], Any], train_config: Any,
-                        schedule: list[int], trials: int, seed: int = 0,
+                        plan: ComparisonPlan,
                         on_round: Callable[[str, int, Any], None] | None = None
                         ) -> dict[str, list[ActiveLearningResult]]:
-    """Run each pool baseline ``trials`` times on ``metatest``'s pool.
+    """Run each pool baseline ``plan.trials`` times on ``metatest``'s pool.
 
     Parameters
     ----------
@@ -100,11 +137,9 @@ def run_pool_comparison(names: list[str], *, setup: Any, metatest: Any,
     model_factory : callable, ``seed -> fresh model``
     train_config : TrainConfig
         The same settings as the study's fresh models.
-    schedule : list of int
-        Strictly increasing sizes, ``schedule[0]`` random rows to start.
-    trials : int
-    seed : int
-        Trial ``t`` runs with seed ``seed + t``.
+    plan : ComparisonPlan
+        The sizes ``N`` (strictly increasing, ``schedule[0]`` random rows to start), the
+        trials and the seed (trial ``t`` runs with seed ``seed + t``).
     on_round : callable, optional
         ``(name, trial, ActiveLearningRound)`` after every round.
 
@@ -112,6 +147,8 @@ def run_pool_comparison(names: list[str], *, setup: Any, metatest: Any,
     -------
     ``{name: [ActiveLearningResult per trial]}``
     """
+    if not isinstance(plan, ComparisonPlan):
+        raise TypeError(f"plan must be a ComparisonPlan, got {type(plan).__name__}")
     from ..models.operator_training import train_operator
 
     names = check_pool_baselines(names)
@@ -130,13 +167,13 @@ def run_pool_comparison(names: list[str], *, setup: Any, metatest: Any,
     out: dict[str, list[ActiveLearningResult]] = {}
     for name in names:
         out[name] = []
-        for t in range(int(trials)):
+        for t in range(plan.trials):
             strategy = make_pool_baseline(name, setup)
             cb = None if on_round is None else (lambda rec, name=name, t=t: on_round(name, t, rec))
             out[name].append(run_active_learning(
                 metatest.pool_x, metatest.pool_y, model_factory, strategy=strategy,
-                schedule=schedule, train_fn=train_fn, evaluate=evaluate, seed=seed + t,
-                progress=cb))
+                schedule=list(plan.schedule), seed=plan.seed + t,
+                hooks=RoundHooks(train_fn=train_fn, evaluate=evaluate, progress=cb)))
     return out
 
 

@@ -599,7 +599,7 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
     from ..report.runfolder import RunFolder
     from .ama_problems import ama_setup
     from .labelling import Labeller
-    from .operator_metatest import make_operator_metatest
+    from .operator_metatest import MetaTestDraws, make_operator_metatest
 
     cfg = config if isinstance(config, AMAStudyConfig) else AMAStudyConfig(**config)
     run = RunFolder(out_dir, overwrite=overwrite)
@@ -632,10 +632,9 @@ def run_ama_study(config: AMAStudyConfig | dict, out_dir: str | Path, *, progres
         else:
             measures, params = setup.family(cfg.n_measures, cfg.family_seed)
             adv = bar.task(f"label meta-test {cfg.problem}", len(measures)).advance
-            metatest = make_operator_metatest(labeller, measures, n_seen=cfg.n_seen,
-                                              n_unseen=cfg.n_unseen, seed=cfg.family_seed,
-                                              params=params, output_weights=setup.output_weights,
-                                              progress=adv)
+            draws = MetaTestDraws(cfg.n_seen, cfg.n_unseen, seed=cfg.family_seed)
+            metatest = make_operator_metatest(labeller, measures, draws, params=params,
+                                              output_weights=setup.output_weights, progress=adv)
         shared: dict = {}          # guard errors that do not depend on the start (mixture)
         per_start = {}
         for start in starts:
@@ -710,7 +709,7 @@ def _compare(cfg, setup, metatest, factory, evaluation, bar, run) -> dict:
     """The per-N table of every method on a pool problem: the guard's distribution sources
     and the active-learning baselines ``cfg.compare`` (:mod:`.ama_compare`), each round
     also appended to ``compare.jsonl``."""
-    from .ama_compare import comparison_table, run_pool_comparison
+    from .ama_compare import ComparisonPlan, comparison_table, run_pool_comparison
 
     pool = {}
     if cfg.compare:
@@ -728,7 +727,8 @@ def _compare(cfg, setup, metatest, factory, evaluation, bar, run) -> dict:
         pool = run_pool_comparison(cfg.compare, setup=setup, metatest=metatest,
                                    model_factory=factory,
                                    train_config=_ama_config(cfg, setup, 0).train,
-                                   schedule=schedule, trials=cfg.repeats, seed=cfg.seed,
+                                   plan=ComparisonPlan(schedule, trials=cfg.repeats,
+                                                       seed=cfg.seed),
                                    on_round=on_round)
     table = comparison_table(list(cfg.eval_n), evaluation["unseen"], pool)
     table["trials"] = cfg.repeats

@@ -28,8 +28,8 @@ import torch
 from .._validation import check_nonnegative_int, check_positive_int, resolve_dtype
 from ..report.metrics import relative_ood_error_squared
 
-__all__ = ["OperatorMetaTest", "PoolMetaTest", "one_minus_cos_samples", "ntd_family",
-           "darcy_family", "field_family", "make_operator_metatest",
+__all__ = ["OperatorMetaTest", "PoolMetaTest", "MetaTestDraws", "one_minus_cos_samples",
+           "ntd_family", "darcy_family", "field_family", "make_operator_metatest",
            "empirical_operator_metatest", "pool_operator_metatest"]
 
 
@@ -229,21 +229,55 @@ def darcy_family(basis: Any, *, n_measures: int = 20, seed: int = 0,
     return field_family(basis, n_measures=n_measures, seed=seed, dtype=dtype)
 
 
-def make_operator_metatest(labeller: Any, measures: Sequence[Any], *, n_seen: int, n_unseen: int,
-                           seed: int = 0, params: list | None = None,
-                           output_weights: Any = None, dtype: Any = torch.float32,
+@dataclass(frozen=True)
+class MetaTestDraws:
+    """How many labelled samples of each ``Q_j`` a meta-test holds, and their seed.
+
+    Attributes
+    ----------
+    n_seen : int >= 1
+        "Seen" samples per measure (guard selection, Lipschitz samples).
+    n_unseen : int >= 1
+        "Unseen" samples per measure (the reported OOD error).
+    seed : int >= 0
+        Seeds the draws (:func:`make_operator_metatest`: measure ``j`` with ``seed * 1000 +
+        j``; :func:`empirical_operator_metatest`: the subsets of the pools).
+    """
+
+    n_seen: int
+    n_unseen: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_seen", check_positive_int(self.n_seen, "n_seen"))
+        object.__setattr__(self, "n_unseen", check_positive_int(self.n_unseen, "n_unseen"))
+        object.__setattr__(self, "seed", check_nonnegative_int(self.seed, "seed"))
+
+
+def _draws(draws: Any) -> MetaTestDraws:
+    if not isinstance(draws, MetaTestDraws):
+        raise TypeError(f"draws must be a MetaTestDraws(n_seen, n_unseen, seed), got "
+                        f"{type(draws).__name__}")
+    return draws
+
+
+def make_operator_metatest(labeller: Any, measures: Sequence[Any], draws: MetaTestDraws, *,
+                           params: list | None = None, output_weights: Any = None,
+                           dtype: Any = torch.float32,
                            progress: Callable[[], None] | None = None) -> OperatorMetaTest:
     """Label ``n_seen + n_unseen`` samples of every measure once (``labeller.label``).
 
-    Measure ``j`` is sampled with seed ``seed * 1000 + j`` (so another family seed gives
-    other samples); the first ``n_seen`` samples are "seen", the rest "unseen".
+    Measure ``j`` is sampled with seed ``draws.seed * 1000 + j`` (so another family seed
+    gives other samples); the first ``draws.n_seen`` samples are "seen", the rest "unseen".
+    ``params`` describes each measure (for reports); ``progress()`` is called once per
+    measure.
     """
-    n_seen = check_positive_int(n_seen, "n_seen")
-    n_unseen = check_positive_int(n_unseen, "n_unseen")
+    draws = _draws(draws)
+    n_seen, n_unseen = draws.n_seen, draws.n_unseen
     dt = resolve_dtype(dtype)
     xs, ys = [], []
     for j, q in enumerate(measures):
-        x, y = labeller.label(q, n_seen + n_unseen, check_nonnegative_int(seed, "seed") * 1000 + j)
+        x, y = labeller.label(q, n_seen + n_unseen, draws.seed * 1000 + j)
         xs.append(x.to(dt))
         ys.append(y.to(dt))
         if progress is not None:
@@ -255,15 +289,15 @@ def make_operator_metatest(labeller: Any, measures: Sequence[Any], *, n_seen: in
                             params=list(params or [{} for _ in measures]), output_weights=w)
 
 
-def empirical_operator_metatest(pools_x: Sequence[Any], pools_y: Sequence[Any], *, n_seen: int,
-                                n_unseen: int, seed: int = 0, input_weights: Any = None,
+def empirical_operator_metatest(pools_x: Sequence[Any], pools_y: Sequence[Any],
+                                draws: MetaTestDraws, *, input_weights: Any = None,
                                 output_weights: Any = None,
                                 dtype: Any = torch.float32) -> OperatorMetaTest:
     """A family given by pools of labelled samples (one pool per ``Q_j``).
 
     From pool ``j`` (``x (M_j, *in)``, ``y (M_j, *out)``, ``M_j >= n_seen + n_unseen``) a
-    seeded random subset is split into seen and unseen samples; ``Q_j`` is the
-    :class:`~wheretolearn.measures.Empirical` measure of its seen inputs (with
+    random subset (seeded by ``draws.seed``) is split into seen and unseen samples; ``Q_j``
+    is the :class:`~wheretolearn.measures.Empirical` measure of its seen inputs (with
     ``input_weights`` as quadrature, so W2 to it is computed by POT in the same norm).
     """
     from ..measures import Empirical
@@ -271,10 +305,10 @@ def empirical_operator_metatest(pools_x: Sequence[Any], pools_y: Sequence[Any], 
     if len(pools_x) != len(pools_y) or not pools_x:
         raise ValueError(f"pools_x and pools_y must list the same non-zero number of pools, got "
                          f"{len(pools_x)} and {len(pools_y)}")
-    n_seen = check_positive_int(n_seen, "n_seen")
-    n_unseen = check_positive_int(n_unseen, "n_unseen")
+    draws = _draws(draws)
+    n_seen, n_unseen = draws.n_seen, draws.n_unseen
     dt = resolve_dtype(dtype)
-    g = torch.Generator().manual_seed(check_nonnegative_int(seed, "seed"))
+    g = torch.Generator().manual_seed(draws.seed)
     xs, ys, measures = [], [], []
     for j, (px, py) in enumerate(zip(pools_x, pools_y)):
         px, py = torch.as_tensor(px).to(dt), torch.as_tensor(py).to(dt)

@@ -1,7 +1,7 @@
 """wheretolearn.models (see the package docstring of :mod:`wheretolearn`)."""
 
 from .deeponet import DeepONet
-from .fno import FNO
+from .fno import FNO, FNOArchitecture
 from .krr import KERNELS, KernelRidge, gaussian_kernel, kernel_matvec, laplace_kernel
 from .mlp import MLP
 from .operator_training import TrainConfig, TrainResult, relative_l2_loss, train_operator
@@ -11,6 +11,7 @@ from .registry import (MODELS, ModelGrid, available_models, build_model, load_sa
 __all__: list[str] = [
     "DeepONet",
     "FNO",
+    "FNOArchitecture",
     "KernelRidge",
     "MLP",
     "KERNELS",

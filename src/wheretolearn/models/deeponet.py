@@ -21,7 +21,8 @@ them. The model *as the user calls it* maps raw inputs to raw outputs::
 so every consumer (training loss, AMA's Lipschitz estimate and ``||G(0)||``, the meta-test
 errors) sees the composed map. The statistics are the identity (mean 0, std 1) until
 :meth:`DeepONet.fit_normalization` sets them; :func:`~wheretolearn.models.train_operator`
-calls it on the training split of a model whose statistics are not fitted yet.
+calls it on the training split of a model whose statistics are not fitted yet. The code is
+shared with the FNO (:class:`~wheretolearn.models._normalisation.NormalisedOperator`).
 """
 
 from __future__ import annotations
@@ -35,19 +36,13 @@ import torch
 from torch import nn
 
 from .._validation import as_tensor, check_nonnegative_int, check_positive_int, resolve_dtype
+from ._normalisation import NormalisedOperator
 from .mlp import ACTIVATIONS
 
 __all__ = ["DeepONet"]
 
 #: Constructor arguments a saved DeepONet records (``points`` travel with the weights).
 _SAVED_KEYS = ("branch", "trunk", "output_shape", "activation", "dtype", "n_points", "normalize")
-
-#: Saved keys that files written before they existed lack, with the value that reproduces
-#: those files' model (no normalisation).
-_LEGACY_DEFAULTS = {"normalize": False}
-
-#: Normalisation buffers; a file written before normalisation gets their identity values.
-_NORM_BUFFERS = ("in_mean", "in_std", "out_mean", "out_std", "norm_fitted")
 
 #: Floor of a pointwise std, as a fraction of the mean std over the points (see
 #: :meth:`DeepONet.fit_normalization`): 1 = a point is never scaled up beyond the typical
@@ -67,7 +62,7 @@ def _layer_list(layers: Any, name: str) -> list[int]:
     return widths
 
 
-class DeepONet(nn.Module):
+class DeepONet(NormalisedOperator):
     """Branch/trunk DeepONet evaluated on a fixed set of query points.
 
     Parameters
@@ -126,12 +121,7 @@ class DeepONet(nn.Module):
         self.trunk = self._mlp(trunk, activation, dt, g)
         self.bias = nn.Parameter(torch.zeros((), dtype=dt))
         self.register_buffer("points", pts.clone())
-        n_pts = int(pts.shape[0])
-        self.register_buffer("in_mean", torch.zeros(branch[0], dtype=dt))
-        self.register_buffer("in_std", torch.ones(branch[0], dtype=dt))
-        self.register_buffer("out_mean", torch.zeros(n_pts, dtype=dt))
-        self.register_buffer("out_std", torch.ones(n_pts, dtype=dt))
-        self.register_buffer("norm_fitted", torch.tensor(False))
+        self._register_statistics((branch[0],), (int(pts.shape[0]),), dt)
 
     @staticmethod
     def _mlp(widths: list[int], activation: str, dtype: torch.dtype,
@@ -168,41 +158,23 @@ class DeepONet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.bias.dtype
 
-    @property
-    def normalize(self) -> bool:
-        """Whether inputs and outputs are standardised (a constructor argument)."""
-        return self._config["normalize"]
-
-    @property
-    def needs_normalization(self) -> bool:
-        """True when ``normalize`` is on and :meth:`fit_normalization` has not run yet (on
-        this model or on the weights loaded into it): :func:`train_operator` then fits the
-        statistics on its training split."""
-        return self.normalize and not bool(self.norm_fitted)
-
     # ------------------------------------------------------------------ normalisation
-    @staticmethod
-    def _mean_std(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pointwise mean and floored std of ``v`` (n, m) in float64: ``std_i <- max(std_i,
-        STD_FLOOR * mean_k std_k)``, and 1 everywhere when every point is constant."""
-        mean = v.mean(0)
-        std = v.std(0, correction=0)
-        scale = float(std.mean())
-        if not scale > 0:
-            return mean, torch.ones_like(std)
-        return mean, std.clamp_min(STD_FLOOR * scale)
+    #: Per-point statistics, floored at :data:`STD_FLOOR` times the mean std.
+    POOLED = False
+    STD_FLOOR = STD_FLOOR
 
     def fit_normalization(self, x: Any, y: Any) -> "DeepONet":
         """Set the statistics from training pairs; returns ``self``.
 
         ``in_mean_i = mean_b x_bi``, ``in_std_i = max(sd_b x_bi, STD_FLOOR * mean_k sd_b
         x_bk)`` and the same for ``y`` (population std, computed in float64, stored in the
-        model's dtype). The floor (:data:`STD_FLOOR` = 1: the mean std) keeps points that
-        vary little or not at all in the training data -- Darcy's boundary, where the
-        output is 0 and the input often one value -- from being scaled up: an input that
-        moves there out of distribution is scaled like a typical point, not blown up (a
-        small floor multiplied Darcy's OOD error by up to 15), and an output there stays
-        near its mean. Points that vary more than the mean are standardised to unit spread.
+        model's dtype; std 1 everywhere when every point is constant). The floor
+        (:data:`STD_FLOOR` = 1: the mean std) keeps points that vary little or not at all in
+        the training data -- Darcy's boundary, where the output is 0 and the input often one
+        value -- from being scaled up: an input that moves there out of distribution is
+        scaled like a typical point, not blown up (a small floor multiplied Darcy's OOD
+        error by up to 15), and an output there stays near its mean. Points that vary more
+        than the mean are standardised to unit spread.
 
         Parameters
         ----------
@@ -211,27 +183,16 @@ class DeepONet(nn.Module):
         y : (n, *output_shape) array or tensor
             Their outputs ``G*(x)``. Neither is modified.
         """
-        if not self.normalize:
-            raise ValueError("fit_normalization needs a DeepONet built with normalize=True; "
-                             "this one has normalize=False")
-        xt = as_tensor(x, "x", dtype=torch.float64).detach().cpu()
-        yt = as_tensor(y, "y", dtype=torch.float64).detach().cpu()
-        if xt.ndim < 1 or xt.shape[0] < 1 or xt[0].numel() != self.n_in:
+        return super().fit_normalization(x, y)
+
+    def _fit_shapes(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.ndim < 1 or x.shape[0] < 1 or x[0].numel() != self.n_in:
             raise ValueError(f"x must have shape (n >= 1, ...) with {self.n_in} values per "
-                             f"sample, got {tuple(xt.shape)}")
-        if yt.ndim < 1 or yt.shape[0] != xt.shape[0] or yt[0].numel() != self._config["n_points"]:
-            raise ValueError(f"y must have shape ({xt.shape[0]}, ...) with "
-                             f"{self._config['n_points']} values per sample (one per point), "
-                             f"got {tuple(yt.shape)}")
-        xf, yf = xt.reshape(xt.shape[0], -1), yt.reshape(yt.shape[0], -1)
-        if not (torch.isfinite(xf).all() and torch.isfinite(yf).all()):
-            raise ValueError("x and y must be finite to fit the normalisation statistics")
-        stats = (*self._mean_std(xf), *self._mean_std(yf))
-        with torch.no_grad():
-            for name, value in zip(("in_mean", "in_std", "out_mean", "out_std"), stats):
-                getattr(self, name).copy_(value)
-            self.norm_fitted.fill_(True)
-        return self
+                             f"sample, got {tuple(x.shape)}")
+        n_points = self._config["n_points"]
+        if y.ndim < 1 or y.shape[0] != x.shape[0] or y[0].numel() != n_points:
+            raise ValueError(f"y must have shape ({x.shape[0]}, ...) with {n_points} values "
+                             f"per sample (one per point), got {tuple(y.shape)}")
 
     # ------------------------------------------------------------------ forward
     def features(self, u: torch.Tensor) -> torch.Tensor:
@@ -240,10 +201,7 @@ class DeepONet(nn.Module):
         x = u.reshape(u.shape[0], -1)
         if x.shape[1] != self.n_in:
             raise ValueError(f"u must hold {self.n_in} values per sample, got shape {tuple(u.shape)}")
-        x = x.to(device=self.bias.device, dtype=self.dtype)
-        if self.normalize:
-            x = (x - self.in_mean) / self.in_std
-        return self.branch(x)
+        return self.branch(self._standardise(x.to(device=self.bias.device, dtype=self.dtype)))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``G(u)`` at every stored point: raw (B, *in) -> raw (B, *output_shape).
@@ -253,9 +211,7 @@ class DeepONet(nn.Module):
         ``out_mean + out_std * z`` (module docstring).
         """
         out = torch.einsum("bp,qp->bq", self.features(u), self.trunk(self.points)) + self.bias
-        if self.normalize:
-            out = self.out_mean + self.out_std * out
-        return out.reshape(u.shape[0], *self.output_shape)
+        return self._destandardise(out).reshape(u.shape[0], *self.output_shape)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -270,9 +226,10 @@ class DeepONet(nn.Module):
 
         The file is read weights-only (tensors and plain containers, no pickled objects)
         and the model is built from the recorded constructor arguments alone
-        (:data:`_SAVED_KEYS`); anything else in the file is refused by name. A file written
-        before normalisation existed (no ``normalize`` key, no statistics) loads as the
-        plain network it was (``normalize=False``, identity statistics).
+        (:data:`_SAVED_KEYS`). The config and the state dict must hold exactly what
+        :meth:`save` writes: a file of an older layout (before normalisation: no
+        ``normalize`` key, no statistics) or one with anything else is refused with a
+        ``ValueError`` that names the missing or unknown entries.
         """
         try:
             blob = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -282,20 +239,17 @@ class DeepONet(nn.Module):
         if not isinstance(blob, dict) or blob.get("kind") != "deeponet":
             raise ValueError(f"{str(path)!r} is not a DeepONet checkpoint")
         cfg = blob.get("config")
-        legacy = set(_SAVED_KEYS) - set(_LEGACY_DEFAULTS)
-        if not isinstance(cfg, dict) or set(cfg) not in (set(_SAVED_KEYS), legacy):
-            got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
-            raise ValueError(f"{str(path)!r}: config must hold exactly "
-                             f"{', '.join(_SAVED_KEYS)}; got {got}")
-        cfg = {**_LEGACY_DEFAULTS, **cfg}
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{str(path)!r}: config must be a dict of constructor arguments, "
+                             f"got {type(cfg).__name__}")
+        _check_entries(path, "config", cfg, _SAVED_KEYS)
+        cfg = dict(cfg)
         n_points = check_positive_int(cfg.pop("n_points"), "n_points")
         model = cls(points=np.zeros((n_points, _layer_list(cfg["trunk"], "trunk")[0])), **cfg)
         state = blob.get("state_dict")
         if not isinstance(state, dict):
             raise ValueError(f"{str(path)!r}: state_dict must be a dict of tensors")
-        if not any(k in state for k in _NORM_BUFFERS):       # written before normalisation
-            state = {**state, **{k: v for k, v in model.state_dict().items()
-                                 if k in _NORM_BUFFERS}}
+        _check_entries(path, "state_dict", state, tuple(model.state_dict()))
         model.load_state_dict(state)
         return model
 
@@ -303,3 +257,16 @@ class DeepONet(nn.Module):
         c = self._config
         return (f"branch={c['branch']}, trunk={c['trunk']}, points={c['n_points']}, "
                 f"{c['activation']}, normalize={c['normalize']}")
+
+
+def _check_entries(path: str | Path, what: str, got: dict, want: Sequence[str]) -> None:
+    """``ValueError`` naming the entries of ``got`` missing from or unknown to ``want``."""
+    missing = [k for k in want if k not in got]
+    unknown = sorted(str(k) for k in got if k not in want)
+    if missing or unknown:
+        parts = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+                ([f"holds unknown {', '.join(unknown)}"] if unknown else [])
+        hint = (" (written by an older wheretolearn, whose layout is no longer read: train "
+                "and save the model again)" if missing else "")
+        raise ValueError(f"{str(path)!r}: the DeepONet {what} {' and '.join(parts)}; it must "
+                         f"hold exactly {', '.join(want)}{hint}")

@@ -1,6 +1,6 @@
 """Fourier neural operator on a regular grid, field to field (neuraloperator's ``FNO``).
 
-``FNO(grid_shape, n_modes=..., hidden_channels=..., n_layers=...)`` wraps
+``FNO(grid_shape, FNOArchitecture(n_modes=..., hidden_channels=..., n_layers=...))`` wraps
 ``neuralop.models.FNO`` (Li et al., "Fourier Neural Operator for Parametric Partial
 Differential Equations", ICLR 2021; the library of the field, pinned as the optional extra
 ``wheretolearn[fno]``) so that it has the package's model contract: ``model(u (B, *grid))
@@ -8,14 +8,17 @@ Differential Equations", ICLR 2021; the library of the field, pinned as the opti
 (Darcy: the log-conductivity field to the pressure field; NtD: the Neumann data to the
 Dirichlet trace along the closed boundary, a periodic 1-D signal). neuraloperator appends
 the grid coordinates as extra input channels (``positional_embedding``) and lifts, applies
-``n_layers`` Fourier layers (``n_modes`` Fourier modes kept per dimension) and projects.
+``n_layers`` Fourier layers (``n_modes`` Fourier modes kept per dimension) and projects;
+:class:`FNOArchitecture` holds those layer settings (neuraloperator's constructor arguments).
 
 Normalisation (``normalize=True``, the default): the input and the output are standardised
 with one mean and one standard deviation each (per channel, as neuraloperator's
 ``UnitGaussianNormalizer`` does for its Darcy example), fitted on the training split by
 :func:`~wheretolearn.models.train_operator` through :meth:`FNO.fit_normalization`. Scalar
 statistics keep the operator independent of the grid; the model as called maps raw inputs
-to raw outputs, so the AMA bound's Lipschitz estimate and ``||G(0)||`` see the composed map.
+to raw outputs, so the AMA bound's Lipschitz estimate and ``||G(0)||`` see the composed map
+(the code is shared with the DeepONet:
+:class:`~wheretolearn.models._normalisation.NormalisedOperator`).
 
 neuraloperator is imported only when an FNO is built, so the package works without it;
 building one without the extra raises :class:`MissingExtraError` (an ``ImportError``) that
@@ -29,22 +32,19 @@ its dtype).
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
-from .._validation import as_tensor, check_nonnegative_int, check_positive_int, resolve_dtype
+from .._validation import check_nonnegative_int, check_positive_int, resolve_dtype
+from ._normalisation import NormalisedOperator
 
-__all__ = ["FNO", "FNO_EXTRA", "MissingExtraError", "import_neuralop", "fno_shape_problem"]
+__all__ = ["FNO", "FNOArchitecture", "FNO_EXTRA", "MissingExtraError", "import_neuralop",
+           "fno_shape_problem"]
 
 #: The optional dependency that provides the FNO.
 FNO_EXTRA = "pip install 'wheretolearn[fno]'  (neuraloperator==2.0.0)"
-
-#: Constructor arguments a saved FNO records (see :mod:`wheretolearn.models.registry`).
-_INIT_KEYS = ("grid_shape", "n_modes", "hidden_channels", "n_layers", "lifting_channel_ratio",
-              "projection_channel_ratio", "domain_padding", "positional_embedding",
-              "normalize")
 
 #: neuraloperator's ``_init_kwargs`` (functions and classes) land in its ``state_dict`` under
 #: this key; they are not weights, and a weights-only checkpoint cannot hold them.
@@ -89,16 +89,17 @@ def _modes(n_modes: Any, grid_shape: tuple[int, ...]) -> list[int]:
     return modes
 
 
-class FNO(nn.Module):
-    """Fourier neural operator ``u (B, *grid) -> G(u) (B, *grid)`` (neuraloperator's FNO).
+@dataclass(frozen=True)
+class FNOArchitecture:
+    """The layers of an :class:`FNO` (neuraloperator's ``FNO`` arguments; defaults: the FNO
+    paper's Darcy example).
 
-    Parameters
+    Attributes
     ----------
-    grid_shape : sequence of int
-        Shape of one input and one output field (1 to 3 dimensions).
-    n_modes : int or list of int
+    n_modes : int or tuple of int
         Fourier modes kept per dimension (an int: the same for every dimension); at most the
-        grid size along each dimension (neuraloperator: keep below the Nyquist frequency).
+        grid size along each dimension, checked against the grid by :class:`FNO`
+        (neuraloperator: keep below the Nyquist frequency).
     hidden_channels : int
         Width of the Fourier layers.
     n_layers : int
@@ -107,10 +108,64 @@ class FNO(nn.Module):
         Widths of the lifting and projection MLPs, as multiples of ``hidden_channels``
         (neuraloperator's defaults: 2).
     domain_padding : float, optional
-        Fraction of zero padding added to each dimension before the Fourier layers (for
-        non-periodic problems; None: none).
+        Fraction in [0, 1) of zero padding added to each dimension before the Fourier layers
+        (for non-periodic problems; None: none).
     positional_embedding : bool
         Append the grid coordinates (``[0, 1]`` per dimension) as input channels.
+    """
+
+    n_modes: int | tuple[int, ...] = 12
+    hidden_channels: int = 32
+    n_layers: int = 4
+    lifting_channel_ratio: int = 2
+    projection_channel_ratio: int = 2
+    domain_padding: float | None = None
+    positional_embedding: bool = True
+
+    def __post_init__(self) -> None:
+        m = self.n_modes
+        if isinstance(m, (list, tuple)):
+            modes: Any = tuple(check_positive_int(v, f"n_modes[{i}]") for i, v in enumerate(m))
+        elif isinstance(m, int) and not isinstance(m, bool):
+            modes = check_positive_int(m, "n_modes")
+        else:
+            raise TypeError(f"n_modes must be an int or a list of ints (one per grid "
+                            f"dimension), got {m!r}")
+        object.__setattr__(self, "n_modes", modes)
+        for name in ("hidden_channels", "n_layers", "lifting_channel_ratio",
+                     "projection_channel_ratio"):
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
+        pad = self.domain_padding
+        if pad is not None and not (isinstance(pad, (int, float)) and not isinstance(pad, bool)
+                                    and 0 <= pad < 1):
+            raise ValueError(f"domain_padding must be None or a fraction in [0, 1), got {pad!r}")
+        object.__setattr__(self, "domain_padding", None if pad is None else float(pad))
+        if not isinstance(self.positional_embedding, bool):
+            raise TypeError(f"positional_embedding must be True or False, got "
+                            f"{self.positional_embedding!r}")
+
+    @classmethod
+    def from_options(cls, options: dict) -> "FNOArchitecture":
+        """From plain data (a TOML table, a checkpoint's init arguments); an unknown key is a
+        ``ValueError`` naming the known ones."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in options if k not in known)
+        if unknown:
+            raise ValueError(f"unknown FNO option {', '.join(map(repr, unknown))}; the FNO "
+                             f"takes {', '.join(known)} and normalize")
+        return cls(**options)
+
+
+class FNO(NormalisedOperator):
+    """Fourier neural operator ``u (B, *grid) -> G(u) (B, *grid)`` (neuraloperator's FNO).
+
+    Parameters
+    ----------
+    grid_shape : sequence of int
+        Shape of one input and one output field (1 to 3 dimensions).
+    architecture : FNOArchitecture, optional
+        Modes, widths and layers (default ``FNOArchitecture()``); ``n_modes`` must fit the
+        grid.
     normalize : bool
         Standardise input and output with scalar statistics of the training split.
     dtype : "float32"
@@ -121,47 +176,38 @@ class FNO(nn.Module):
     Shapes: ``forward(u (B, *grid_shape)) -> (B, *grid_shape)`` in the model's dtype.
     """
 
-    def __init__(self, grid_shape: Sequence[int], *, n_modes: Any = 12,
-                 hidden_channels: int = 32, n_layers: int = 4, lifting_channel_ratio: int = 2,
-                 projection_channel_ratio: int = 2, domain_padding: float | None = None,
-                 positional_embedding: bool = True, normalize: bool = True,
-                 dtype: Any = None, seed: int | None = None) -> None:
+    #: One mean and one std per field (grid-independent statistics).
+    POOLED = True
+
+    def __init__(self, grid_shape: Sequence[int], architecture: FNOArchitecture | None = None,
+                 *, normalize: bool = True, dtype: Any = None,
+                 seed: int | None = None) -> None:
         super().__init__()
         shape = tuple(check_positive_int(s, f"grid_shape[{i}]")
                       for i, s in enumerate(grid_shape))
         if not 1 <= len(shape) <= 3:
             raise ValueError(f"the FNO maps fields on grids of 1 to 3 dimensions, got grid "
                              f"shape {list(shape)}")
-        modes = _modes(n_modes, shape)
-        for name, value in (("positional_embedding", positional_embedding),
-                            ("normalize", normalize)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {value!r}")
-        if domain_padding is not None and not (isinstance(domain_padding, (int, float))
-                                               and 0 <= domain_padding < 1):
-            raise ValueError(f"domain_padding must be None or a fraction in [0, 1), got "
-                             f"{domain_padding!r}")
+        arch = FNOArchitecture() if architecture is None else architecture
+        if not isinstance(arch, FNOArchitecture):
+            raise TypeError(f"architecture must be an FNOArchitecture, got "
+                            f"{type(arch).__name__}")
+        modes = _modes(arch.n_modes, shape)
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {normalize!r}")
         dt = resolve_dtype(dtype)
         if dt != torch.float32:
             raise ValueError(f"the FNO computes in float32 (neuraloperator 2.0.0's spectral "
                              f"layers are complex64), got dtype {str(dt).removeprefix('torch.')}")
-        self._config = {"grid_shape": list(shape), "n_modes": modes,
-                        "hidden_channels": check_positive_int(hidden_channels, "hidden_channels"),
-                        "n_layers": check_positive_int(n_layers, "n_layers"),
-                        "lifting_channel_ratio": check_positive_int(lifting_channel_ratio,
-                                                                    "lifting_channel_ratio"),
-                        "projection_channel_ratio": check_positive_int(
-                            projection_channel_ratio, "projection_channel_ratio"),
-                        "domain_padding": None if domain_padding is None else float(domain_padding),
-                        "positional_embedding": positional_embedding, "normalize": normalize}
+        self._config = {"grid_shape": list(shape), **asdict(arch), "n_modes": modes,
+                        "normalize": normalize}
         models = import_neuralop()
-        c = self._config
         kwargs = dict(n_modes=tuple(modes), in_channels=1, out_channels=1,
-                      hidden_channels=c["hidden_channels"], n_layers=c["n_layers"],
-                      lifting_channel_ratio=c["lifting_channel_ratio"],
-                      projection_channel_ratio=c["projection_channel_ratio"],
-                      positional_embedding="grid" if positional_embedding else None,
-                      domain_padding=c["domain_padding"])
+                      hidden_channels=arch.hidden_channels, n_layers=arch.n_layers,
+                      lifting_channel_ratio=arch.lifting_channel_ratio,
+                      projection_channel_ratio=arch.projection_channel_ratio,
+                      positional_embedding="grid" if arch.positional_embedding else None,
+                      domain_padding=arch.domain_padding)
         if seed is None:
             net = models.FNO(**kwargs)
         else:
@@ -169,17 +215,20 @@ class FNO(nn.Module):
                 torch.manual_seed(check_nonnegative_int(seed, "seed"))
                 net = models.FNO(**kwargs)
         self.net = net
-        for name, value in (("in_mean", 0.0), ("in_std", 1.0), ("out_mean", 0.0),
-                            ("out_std", 1.0)):
-            self.register_buffer(name, torch.tensor(value, dtype=dt))
-        self.register_buffer("norm_fitted", torch.tensor(False))
+        self._register_statistics((), (), dt)
 
     # ------------------------------------------------------------------ config
     @property
     def config(self) -> dict:
-        """Constructor arguments (``dtype`` and ``seed`` aside)."""
+        """Constructor arguments as plain data, the architecture's fields flat (``dtype`` and
+        ``seed`` aside)."""
         c = self._config
         return {**c, "grid_shape": list(c["grid_shape"]), "n_modes": list(c["n_modes"])}
+
+    @property
+    def architecture(self) -> FNOArchitecture:
+        """The layers, ``n_modes`` given per dimension."""
+        return FNOArchitecture(**{f.name: self._config[f.name] for f in fields(FNOArchitecture)})
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -189,39 +238,17 @@ class FNO(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.in_mean.dtype
 
-    @property
-    def normalize(self) -> bool:
-        return self._config["normalize"]
-
-    @property
-    def needs_normalization(self) -> bool:
-        """True when ``normalize`` is on and :meth:`fit_normalization` has not run yet:
-        :func:`~wheretolearn.models.train_operator` then fits the statistics on its training
-        split."""
-        return self.normalize and not bool(self.norm_fitted)
-
     def fit_normalization(self, x: Any, y: Any) -> "FNO":
         """Set ``in_mean, in_std`` from the training inputs ``x (n, *grid)`` and ``out_mean,
         out_std`` from their outputs ``y (n, *grid)`` (all values pooled: one number each,
         population std in float64; a constant field keeps std 1). Returns ``self``."""
-        if not self.normalize:
-            raise ValueError("fit_normalization needs an FNO built with normalize=True; this "
-                             "one has normalize=False")
-        stats = []
-        for name, v in (("x", x), ("y", y)):
-            t = as_tensor(v, name, dtype=torch.float64).detach().cpu()
+        return super().fit_normalization(x, y)
+
+    def _fit_shapes(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        want = ", ".join(map(str, self.grid_shape))
+        for name, t in (("x", x), ("y", y)):
             if t.ndim < 1 or t.shape[0] < 1 or tuple(t.shape[1:]) != self.grid_shape:
-                raise ValueError(f"{name} must have shape (n >= 1, {', '.join(map(str, self.grid_shape))}), "
-                                 f"got {tuple(t.shape)}")
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be finite to fit the normalisation statistics")
-            std = float(t.std(correction=0))
-            stats += [float(t.mean()), std if std > 0 else 1.0]
-        with torch.no_grad():
-            for name, value in zip(("in_mean", "in_std", "out_mean", "out_std"), stats):
-                getattr(self, name).fill_(value)
-            self.norm_fitted.fill_(True)
-        return self
+                raise ValueError(f"{name} must have shape (n >= 1, {want}), got {tuple(t.shape)}")
 
     # ------------------------------------------------------------------ forward
     def forward(self, u: torch.Tensor) -> torch.Tensor:
@@ -229,13 +256,8 @@ class FNO(nn.Module):
         if tuple(u.shape[1:]) != self.grid_shape:
             raise ValueError(f"u must have shape (B, {', '.join(map(str, self.grid_shape))}), "
                              f"got {tuple(u.shape)}")
-        x = u.to(device=self.in_mean.device, dtype=self.dtype)
-        if self.normalize:
-            x = (x - self.in_mean) / self.in_std
-        y = self.net(x.unsqueeze(1)).squeeze(1)
-        if self.normalize:
-            y = y * self.out_std + self.out_mean
-        return y
+        x = self._standardise(u.to(device=self.in_mean.device, dtype=self.dtype))
+        return self._destandardise(self.net(x.unsqueeze(1)).squeeze(1))
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self, *args: Any, **kwargs: Any) -> dict:

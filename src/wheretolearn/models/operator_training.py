@@ -137,8 +137,7 @@ def _split(n: int, val_fraction: float, g: torch.Generator) -> tuple[torch.Tenso
 
 
 def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfig | None = None,
-                   steps: int | None = None, weights: Any = None, seed: Any = 0,
-                   progress: Any = None,
+                   weights: Any = None, seed: Any = 0, progress: Any = None,
                    callback: Callable[[dict], None] | None = None) -> TrainResult:
     """Fit ``model`` to pairs ``(x, y)`` in place (relative L2 loss, Adam, early stopping).
 
@@ -152,8 +151,8 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     x : (n, *in) tensor; y : (n, *out) tensor
         Training pairs (cast to the model's dtype; never modified).
     config : TrainConfig, optional
-    steps : int, optional
-        Overrides ``config.steps`` (retrain rounds).
+        Default ``TrainConfig()``; a retrain round of ``k`` steps passes
+        ``dataclasses.replace(config, steps=k)``.
     weights : out-shaped tensor, optional
         Quadrature weights of the output norm in the loss.
     seed : int or torch.Generator
@@ -168,7 +167,9 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     TrainResult
     """
     cfg = config or TrainConfig()
-    n_steps = cfg.steps if steps is None else check_positive_int(steps, "steps")
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    n_steps = cfg.steps
     first = first_real_parameter(model)
     dtype, device = first.dtype, first.device
     xt = as_tensor(x, "x", dtype=dtype).to(device)

@@ -370,8 +370,12 @@ def _fno_fits(grid: ModelGrid) -> str | None:
 @register_model("fno", fits=_fno_fits,
                 description="Fourier neural operator (neuraloperator), field to field on one "
                             "grid; needs the extra wheretolearn[fno]")
-def fno(grid: ModelGrid, *, seed: int | None, dtype: str, **init_args: Any):
-    """:class:`~wheretolearn.models.fno.FNO` on the grid (``init_args``: its keywords)."""
-    from .fno import FNO
+def fno(grid: ModelGrid, *, seed: int | None, dtype: str, normalize: bool = True,
+        **architecture: Any):
+    """:class:`~wheretolearn.models.fno.FNO` on the grid; ``architecture``: the fields of
+    :class:`~wheretolearn.models.fno.FNOArchitecture` as plain data (``n_modes``,
+    ``hidden_channels``, ...), as a TOML table and a checkpoint's ``init_args`` give them."""
+    from .fno import FNO, FNOArchitecture
 
-    return FNO(grid.input_shape, dtype=dtype, seed=seed, **init_args)
+    return FNO(grid.input_shape, FNOArchitecture.from_options(architecture),
+               normalize=normalize, dtype=dtype, seed=seed)
