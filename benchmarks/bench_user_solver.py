@@ -48,7 +48,7 @@ def run(n: int, n_steps: int, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from wheretolearn.problems import ExternalCommandProblem
+    from wheretolearn.problems import ExternalCommandProblem, SupervisionOptions
     from wheretolearn.problems.heat2d import PARAMETER_BOUNDS, Heat2D
 
     params = np.array([300.0, 100.0, 500.0, 200.0, 400.0])
@@ -60,7 +60,8 @@ def run(n: int, n_steps: int, repeats: int) -> dict:
              "{outdir}" if mode == "files" else "-", str(n), str(n_steps),
              "{p0}", "{p1}", "{p2}", "{p3}", "{p4}"],
             bounds=PARAMETER_BOUNDS, n_steps=n_steps, field_shape=[n, n],
-            protocol="client" if mode == "client" else "files", step_timeout=120)
+            supervision=SupervisionOptions(protocol="client" if mode == "client" else "files",
+                                           step_timeout=120))
 
     ways = {"builtin": lambda: builtin.simulate(params),
             "files": lambda: external("files").simulate(params),

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
-from wheretolearn.datasets import generate_dataset, open_dataset
+from wheretolearn.datasets import ComputeOptions, InputSampling, generate_dataset, open_dataset
 
 runner = CliRunner()
 
@@ -18,8 +18,8 @@ def test_generate_writes_the_same_data_as_the_library(tmp_path):
     assert res.exit_code == 0, res.output
     assert "wrote 5 samples of burgers" in res.output
     ref = generate_dataset("burgers", 5, tmp_path / "ref.zarr", options={"n": 32, "n_steps": 20},
-                           measure_params={"alpha": 2.5}, seed=3, chunk=2, workers=0,
-                           progress=False)
+                           sampling=InputSampling(measure_params={"alpha": 2.5}, seed=3, chunk=2),
+                           compute=ComputeOptions(workers=0, progress=False))
     got, want = open_dataset(out), open_dataset(ref.path)
     np.testing.assert_array_equal(got["outputs"], want["outputs"])
     assert got["attrs"]["key"] == ref.key and got["attrs"]["measure"]["alpha"] == 2.5

@@ -14,7 +14,7 @@ import zarr
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
-from wheretolearn.datasets import generate_dataset, open_dataset
+from wheretolearn.datasets import ComputeOptions, InputSampling, generate_dataset, open_dataset
 from wheretolearn.datasets import generate as gen_module
 
 runner = CliRunner()
@@ -129,8 +129,8 @@ def test_our_outputs_are_replaced_including_those_of_earlier_versions(tmp_path):
 
 def test_a_failed_overwrite_keeps_the_old_store(tmp_path, monkeypatch):
     store = tmp_path / "d.zarr"
-    generate_dataset("burgers", 3, store, options={"n": 16, "n_steps": 5}, workers=0,
-                     progress=False)
+    local = ComputeOptions(workers=0, progress=False)
+    generate_dataset("burgers", 3, store, options={"n": 16, "n_steps": 5}, compute=local)
     before = open_dataset(store)["outputs"]
 
     def crash(problem, x):
@@ -138,8 +138,8 @@ def test_a_failed_overwrite_keeps_the_old_store(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gen_module, "_evaluate_chunk", crash)
     with pytest.raises(RuntimeError, match="solver diverged"):
-        generate_dataset("burgers", 3, store, options={"n": 16, "n_steps": 5}, seed=4,
-                         workers=0, progress=False, overwrite=True)
+        generate_dataset("burgers", 3, store, options={"n": 16, "n_steps": 5},
+                         sampling=InputSampling(seed=4), compute=local, overwrite=True)
     np.testing.assert_array_equal(open_dataset(store)["outputs"], before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
 

@@ -6,19 +6,22 @@ import zarr
 
 from wheretolearn import __version__
 from wheretolearn.datasets import generate as gen_module
-from wheretolearn.datasets import (chunk_seed, find_or_generate, generate_dataset, open_dataset)
+from wheretolearn.datasets import (ComputeOptions, InputSampling, chunk_seed, find_or_generate,
+                                   generate_dataset, open_dataset)
 from wheretolearn.measures import Empirical, Mixture, Uniform
 from wheretolearn.problems import get_problem
 
 BURGERS = {"n": 32, "n_steps": 20}
+LOCAL = ComputeOptions(workers=0, progress=False)   # in this process, no bar
 
 
 @pytest.fixture(scope="module")
 def dask_run(tmp_path_factory):
     """One real LocalCluster run with 2 workers (shared by the tests that need it)."""
     out = tmp_path_factory.mktemp("dask") / "b.zarr"
-    info = generate_dataset("burgers", 11, out, options=BURGERS, seed=5, chunk=3, workers=2,
-                            progress=False)
+    info = generate_dataset("burgers", 11, out, options=BURGERS,
+                            sampling=InputSampling(seed=5, chunk=3),
+                            compute=ComputeOptions(workers=2, progress=False))
     return info, open_dataset(out)
 
 
@@ -46,14 +49,14 @@ def test_dask_run_has_shapes_provenance_and_true_outputs(dask_run):
 
 def test_same_seed_same_arrays_regardless_of_workers(dask_run, tmp_path):
     _, data = dask_run
-    info = generate_dataset("burgers", 11, tmp_path / "w0.zarr", options=BURGERS, seed=5,
-                            chunk=3, workers=0, progress=False)
+    info = generate_dataset("burgers", 11, tmp_path / "w0.zarr", options=BURGERS,
+                            sampling=InputSampling(seed=5, chunk=3), compute=LOCAL)
     local = open_dataset(info.path)
     np.testing.assert_array_equal(local["inputs"], data["inputs"])
     np.testing.assert_array_equal(local["outputs"], data["outputs"])
     assert info.key == dask_run[0].key
-    other = generate_dataset("burgers", 11, tmp_path / "s6.zarr", options=BURGERS, seed=6,
-                             chunk=3, workers=0, progress=False)
+    other = generate_dataset("burgers", 11, tmp_path / "s6.zarr", options=BURGERS,
+                             sampling=InputSampling(seed=6, chunk=3), compute=LOCAL)
     assert other.key != info.key
     assert not np.allclose(open_dataset(other.path)["inputs"], local["inputs"])
 
@@ -72,16 +75,16 @@ def _count_calls(monkeypatch):
 
 def test_resume_recomputes_only_chunks_missing_from_the_record(tmp_path, monkeypatch):
     out = tmp_path / "r.zarr"
-    first = generate_dataset("burgers", 10, out, options=BURGERS, chunk=3, workers=0,
-                             progress=False)
+    first = generate_dataset("burgers", 10, out, options=BURGERS,
+                             sampling=InputSampling(chunk=3), compute=LOCAL)
     before = open_dataset(out)
     g = zarr.open_group(str(out), mode="r+")
     g["completed"][1] = False
     g["completed"][3] = False
     g["outputs"][3:6] = 0.0        # as if chunk 1's write had been interrupted
     calls = _count_calls(monkeypatch)
-    again = generate_dataset("burgers", 10, out, options=BURGERS, chunk=3, workers=0,
-                             progress=False)
+    again = generate_dataset("burgers", 10, out, options=BURGERS,
+                             sampling=InputSampling(chunk=3), compute=LOCAL)
     assert again.computed_chunks == [1, 3] and again.reused_chunks == 2
     assert calls == [3, 1]         # chunk 3 is the short last one
     after = open_dataset(out)
@@ -102,7 +105,8 @@ def test_interrupted_run_continues_without_recomputing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gen_module, "_evaluate_chunk", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash") as err:
-        generate_dataset("burgers", 12, out, options=BURGERS, chunk=3, workers=0, progress=False)
+        generate_dataset("burgers", 12, out, options=BURGERS, sampling=InputSampling(chunk=3),
+                         compute=LOCAL)
     # nothing at ``out``: the finished chunks wait in a hidden staging store, named in a note
     assert not out.exists()
     (partial,) = [p for p in tmp_path.iterdir() if p.name.startswith(".i.zarr.partial-")]
@@ -110,28 +114,34 @@ def test_interrupted_run_continues_without_recomputing(tmp_path, monkeypatch):
     assert zarr.open_group(str(partial), mode="r").attrs["complete"] is False
     assert np.isnan(zarr.open_group(str(partial), mode="r")["outputs"][6:]).all()
     monkeypatch.setattr(gen_module, "_evaluate_chunk", real)
-    info = generate_dataset("burgers", 12, out, options=BURGERS, chunk=3, workers=0,
-                            progress=False)
+    info = generate_dataset("burgers", 12, out, options=BURGERS,
+                            sampling=InputSampling(chunk=3), compute=LOCAL)
     assert info.computed_chunks == [2, 3] and not partial.exists()
-    fresh = generate_dataset("burgers", 12, tmp_path / "f.zarr", options=BURGERS, chunk=3,
-                             workers=0, progress=False)
+    fresh = generate_dataset("burgers", 12, tmp_path / "f.zarr", options=BURGERS,
+                             sampling=InputSampling(chunk=3), compute=LOCAL)
     np.testing.assert_array_equal(open_dataset(out)["outputs"], open_dataset(fresh.path)["outputs"])
 
 
 def test_find_or_generate_reuses_by_content_key(tmp_path, monkeypatch):
-    a = find_or_generate(tmp_path, "burgers", 4, options=BURGERS, seed=1, workers=0)
+    local = ComputeOptions(workers=0)
+    a = find_or_generate(tmp_path, "burgers", 4, options=BURGERS,
+                         sampling=InputSampling(seed=1), compute=local)
     calls = _count_calls(monkeypatch)
-    b = find_or_generate(tmp_path, "burgers", 4, options=BURGERS, seed=1, workers=0)
+    b = find_or_generate(tmp_path, "burgers", 4, options=BURGERS,
+                         sampling=InputSampling(seed=1), compute=local)
     assert b.path == a.path and b.computed_chunks == [] and calls == []
-    c = find_or_generate(tmp_path, "burgers", 4, options=BURGERS, seed=2, workers=0)
+    c = find_or_generate(tmp_path, "burgers", 4, options=BURGERS,
+                         sampling=InputSampling(seed=2), compute=local)
     assert c.path != a.path and calls == [1, 1, 1, 1]   # default chunk: at most n / 8
 
 
 def test_heat2d_dataset_and_measure_params(tmp_path):
     info = generate_dataset("heat2d", 5, tmp_path / "h.zarr",
-                            options={"n": 8, "n_steps": 10, "output_every": 5}, chunk=2,
-                            workers=0, progress=False,
-                            measure_params={"low": [200.0] * 5, "high": [300.0] * 5})
+                            options={"n": 8, "n_steps": 10, "output_every": 5},
+                            sampling=InputSampling(
+                                measure_params={"low": [200.0] * 5, "high": [300.0] * 5},
+                                chunk=2),
+                            compute=LOCAL)
     data = open_dataset(info.path)
     assert data["inputs"].shape == (5, 5) and data["outputs"].shape == (5, 2, 8, 8)
     assert data["inputs"].min() >= 200 and data["inputs"].max() <= 300
@@ -147,25 +157,31 @@ def test_heat2d_dataset_and_measure_params(tmp_path):
     ({"n": 0}, "n must be a positive integer"),
     ({"options": {"foo": 1}}, "unknown option 'foo'"),
     ({"options": {"n": -3}}, "n must be a positive integer"),
-    ({"measure_params": {"beta": 1.0}}, "unknown measure parameter 'beta'"),
-    ({"chunk": 0}, "chunk must be a positive integer"),
+    ({"sampling": {"measure_params": {"beta": 1.0}}}, "unknown measure parameter 'beta'"),
+    ({"sampling": {"chunk": 0}}, "chunk must be a positive integer"),
+    ({"sampling": {"seed": -1}}, "seed must be a non-negative integer"),
+    ({"compute": {"workers": -1}}, "workers must be a non-negative integer"),
+    ({"compute": {"num_threads": 0}}, "num_threads must be a positive integer"),
 ])
 def test_bad_input_raises_and_writes_nothing(tmp_path, kwargs, match):
     args = {"problem": "burgers", "n": 4, "options": BURGERS, **kwargs}
     out = tmp_path / "bad.zarr"
     with pytest.raises(ValueError, match=match):
-        generate_dataset(args.pop("problem"), args.pop("n"), out, workers=0, progress=False,
-                         **args)
+        sampling = InputSampling(**args.pop("sampling", {}))
+        compute = ComputeOptions(**{"workers": 0, "progress": False, **args.pop("compute", {})})
+        generate_dataset(args.pop("problem"), args.pop("n"), out, sampling=sampling,
+                         compute=compute, **args)
     assert not out.exists()
 
 
 def test_existing_store_with_other_content_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "x.zarr"
-    generate_dataset("burgers", 3, out, options=BURGERS, workers=0, progress=False)
+    generate_dataset("burgers", 3, out, options=BURGERS, compute=LOCAL)
     with pytest.raises(FileExistsError, match="different data set"):
-        generate_dataset("burgers", 3, out, options=BURGERS, seed=9, workers=0, progress=False)
-    info = generate_dataset("burgers", 3, out, options=BURGERS, seed=9, workers=0,
-                            progress=False, overwrite=True)
+        generate_dataset("burgers", 3, out, options=BURGERS, sampling=InputSampling(seed=9),
+                         compute=LOCAL)
+    info = generate_dataset("burgers", 3, out, options=BURGERS, sampling=InputSampling(seed=9),
+                            compute=LOCAL, overwrite=True)
     assert open_dataset(out)["attrs"]["seed"] == 9 and info.computed_chunks == [0, 1, 2]
 
 
@@ -178,8 +194,7 @@ def test_other_registered_problems_go_through_the_same_path(tmp_path, name, opti
 
     if name not in available_problems():
         pytest.skip(f"problem {name!r} not registered")
-    info = generate_dataset(name, 3, tmp_path / f"{name}.zarr", options=options, workers=0,
-                            progress=False)
+    info = generate_dataset(name, 3, tmp_path / f"{name}.zarr", options=options, compute=LOCAL)
     data = open_dataset(info.path)
     problem = get_problem(name, **options)
     assert data["inputs"].shape == (3, *problem.input_shape)
@@ -191,8 +206,10 @@ def test_running_scheduler_address_gives_the_same_data(dask_run, tmp_path):
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
-        info = generate_dataset("burgers", 11, tmp_path / "s.zarr", options=BURGERS, seed=5,
-                                chunk=3, scheduler=cluster.scheduler_address, progress=False)
+        info = generate_dataset(
+            "burgers", 11, tmp_path / "s.zarr", options=BURGERS,
+            sampling=InputSampling(seed=5, chunk=3),
+            compute=ComputeOptions(scheduler=cluster.scheduler_address, progress=False))
     np.testing.assert_array_equal(open_dataset(info.path)["outputs"], dask_run[1]["outputs"])
     assert info.key == dask_run[0].key
 
@@ -204,7 +221,9 @@ def test_running_scheduler_address_gives_the_same_data(dask_run, tmp_path):
 def test_content_key_tells_apart_mixtures_and_empirical_measures(tmp_path, make):
     # both used to be recorded by a repr without their parameters, so a second, different
     # measure silently reused the first one's cached inputs and outputs
-    a = find_or_generate(tmp_path, "sobol-g", 2, measure=make(0.0), workers=0)
-    b = find_or_generate(tmp_path, "sobol-g", 2, measure=make(5.0), workers=0)
+    a = find_or_generate(tmp_path, "sobol-g", 2, sampling=InputSampling(measure=make(0.0)),
+                         compute=LOCAL)
+    b = find_or_generate(tmp_path, "sobol-g", 2, sampling=InputSampling(measure=make(5.0)),
+                         compute=LOCAL)
     assert b.path != a.path and b.computed_chunks
     assert not np.array_equal(open_dataset(a.path)["inputs"], open_dataset(b.path)["inputs"])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from wheretolearn.datasets import find_or_generate, open_dataset, resolve_measure
+from wheretolearn.datasets import (ComputeOptions, InputSampling, find_or_generate, open_dataset,
+                                   resolve_measure)
 from wheretolearn.measures import LogNormalField, NtDInputMeasure, Uniform
 from wheretolearn.problems import get_problem
 
@@ -16,8 +17,11 @@ def test_float64_request_does_not_return_cached_float32_data(tmp_path):
     problem = get_problem("sobol-g", dim=2)
     box32 = Uniform(torch.zeros(2), torch.ones(2), dtype="float32")
     box64 = Uniform(torch.zeros(2), torch.ones(2), dtype="float64")
-    a = find_or_generate(tmp_path, problem, 8, measure=box32, workers=0)
-    b = find_or_generate(tmp_path, problem, 8, measure=box64, workers=0)
+    local = ComputeOptions(workers=0)
+    a = find_or_generate(tmp_path, problem, 8, sampling=InputSampling(measure=box32),
+                         compute=local)
+    b = find_or_generate(tmp_path, problem, 8, sampling=InputSampling(measure=box64),
+                         compute=local)
     assert a.path != b.path                      # used to be the same store
     assert open_dataset(a.path)["inputs"].dtype == np.float32
     x64 = open_dataset(b.path)["inputs"]

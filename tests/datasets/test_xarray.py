@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from wheretolearn.datasets import generate_dataset, open_dataset
+from wheretolearn.datasets import ComputeOptions, InputSampling, generate_dataset, open_dataset
 from wheretolearn.problems import available_problems, get_problem
 
 xr = pytest.importorskip("xarray")
@@ -50,7 +50,8 @@ def test_store_round_trips_through_xarray(tmp_path, name):
     except NotImplementedError:
         pytest.skip(f"{name!r} has no default input measure")
     path = tmp_path / f"{name}.zarr"
-    generate_dataset(name, 3, path, options=options, chunk=2, workers=0, progress=False)
+    generate_dataset(name, 3, path, options=options, sampling=InputSampling(chunk=2),
+                     compute=ComputeOptions(workers=0, progress=False))
     with warnings.catch_warnings():
         warnings.simplefilter("error")           # consolidated: no fallback warning
         ds = xr.open_zarr(path)
@@ -73,8 +74,8 @@ def test_store_round_trips_through_xarray(tmp_path, name):
 
 def test_heat2d_parameters_are_named_and_the_grid_is_y_then_x(tmp_path):
     path = tmp_path / "h.zarr"
-    generate_dataset("heat2d", 2, path, options={"n": 5, "n_steps": 2}, workers=0,
-                     progress=False)
+    generate_dataset("heat2d", 2, path, options={"n": 5, "n_steps": 2},
+                     compute=ComputeOptions(workers=0, progress=False))
     ds = xr.open_zarr(path)
     p = get_problem("heat2d", n=5, n_steps=2)
     assert list(ds["parameter"].values) == list(p.parameter_names)

@@ -10,20 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wheretolearn.problems import (ExternalCommandProblem, SimulationError,
-                                   check_online_contract, get_problem)
+from wheretolearn.problems import (ExternalCommandProblem, LaunchOptions, SimulationError,
+                                   SupervisionOptions, check_online_contract, get_problem)
 from wheretolearn.problems.external import read_step_file
 
 FAKE = str(Path(__file__).with_name("fake_solver.py"))
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def fake(mode, tmp_path, *, n_steps=5, **kw):
-    kw.setdefault("step_timeout", 30.0)
+def fake(mode, tmp_path, *, n_steps=5, protocol="files", step_timeout=30.0,
+         keep_outputs=False):
     return ExternalCommandProblem(
         ["{python}", FAKE, mode, "{outdir}", str(n_steps), "{p0}", "{attempt}"],
-        bounds=[[0.0, 10.0]], n_steps=n_steps, field_shape=[3], workdir=str(tmp_path / "work"),
-        env={"WTL_SRC": SRC}, **kw)
+        bounds=[[0.0, 10.0]], n_steps=n_steps, field_shape=[3],
+        launch=LaunchOptions(env={"WTL_SRC": SRC}),
+        supervision=SupervisionOptions(protocol=protocol, step_timeout=step_timeout,
+                                       workdir=str(tmp_path / "work"),
+                                       keep_outputs=keep_outputs))
 
 
 def truth(p0, n_steps):
@@ -60,6 +63,42 @@ def test_placeholders_and_launcher():
     with pytest.raises(TypeError, match="list of strings"):
         get_problem("external", command="solver {p0}", bounds=[[0, 1]], n_steps=1,
                     field_shape=[1])
+
+
+def test_flat_options_map_onto_the_option_objects(tmp_path):
+    """A TOML ``[study.options]`` table gives the fields of LaunchOptions and
+    SupervisionOptions as flat keys; get_problem builds the same problem as the objects."""
+    from wheretolearn.problems import problem_signature
+
+    base = {"bounds": [[0, 1]], "n_steps": 2, "field_shape": [1]}
+    flat = get_problem("external", command=["s", "{p0}"], launcher=["srun", "-n", "{cores}"],
+                       cores=4, cwd=str(tmp_path), env={"A": 1}, protocol="client",
+                       array="u", step_timeout=5, workdir=str(tmp_path), keep_outputs=True,
+                       **base)
+    objects = ExternalCommandProblem(
+        ["s", "{p0}"], **base,
+        launch=LaunchOptions(launcher=["srun", "-n", "{cores}"], cores=4, cwd=str(tmp_path),
+                             env={"A": 1}),
+        supervision=SupervisionOptions(protocol="client", array="u", step_timeout=5,
+                                       workdir=str(tmp_path), keep_outputs=True))
+    assert flat.options() == objects.options()
+    assert flat.options()["env"] == {"A": "1"} and flat.options()["step_timeout"] == 5.0
+    keys = set(problem_signature("external").parameters)
+    assert {"launcher", "cores", "cwd", "env", "protocol", "array", "step_timeout", "workdir",
+            "keep_outputs"} <= keys and not {"launch", "supervision"} & keys
+    with pytest.raises(ValueError, match="protocol must be 'files' or 'client', got 'tcp'"):
+        SupervisionOptions(protocol="tcp")
+    with pytest.raises(ValueError, match="step_timeout must be a finite number > 0"):
+        get_problem("external", command=["s"], step_timeout=0, **base)
+    with pytest.raises(ValueError, match="cores must be a positive integer"):
+        LaunchOptions(cores=0)
+    with pytest.raises(TypeError, match="launcher must be a list of strings"):
+        LaunchOptions(launcher="mpirun -n 2")
+    with pytest.raises(TypeError, match="supervision must be a SupervisionOptions"):
+        ExternalCommandProblem(["s"], **base, supervision={"step_timeout": 5})
+    with pytest.raises(TypeError, match="not both"):
+        get_problem("external", command=["s"], step_timeout=5,
+                    supervision=SupervisionOptions(), **base)
 
 
 def test_crash_reports_status_and_last_stderr_lines(tmp_path):
@@ -141,7 +180,7 @@ def _wait_for(fn, seconds=20):
 
 def test_missing_program_is_a_clear_error(tmp_path):
     prob = ExternalCommandProblem(["./no-such-solver", "{p0}"], bounds=[[0, 1]], n_steps=1,
-                                  field_shape=[1], cwd=str(tmp_path))
+                                  field_shape=[1], launch=LaunchOptions(cwd=str(tmp_path)))
     with pytest.raises(SimulationError, match="cannot start './no-such-solver'"):
         list(prob.simulate([0.5]))
 
@@ -325,7 +364,8 @@ def test_default_workdir_is_a_private_per_user_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     prob = ExternalCommandProblem(
         ["{python}", FAKE, "ok", "{outdir}", "2", "{p0}"], bounds=[[0.0, 1.0]], n_steps=2,
-        field_shape=[3], env={"WTL_SRC": SRC}, keep_outputs=True)
+        field_shape=[3], launch=LaunchOptions(env={"WTL_SRC": SRC}),
+        supervision=SupervisionOptions(keep_outputs=True))
     assert [s for s, _ in prob.simulate([0.5])] == [0, 1]
     root = tmp_path / f"wheretolearn-{os.getuid()}"
     st = os.lstat(root)
@@ -382,7 +422,7 @@ def _accept_in_thread(server, token, seconds=30.0):
     from wheretolearn.problems._step_streams import _ClientStream
 
     prob = ExternalCommandProblem(["x"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1],
-                                  step_timeout=600)
+                                  supervision=SupervisionOptions(step_timeout=600))
     got = {}
     t = threading.Thread(target=lambda: got.update(
         conn=_ClientStream(prob, _IdleRun())._accept(server, token)), daemon=True)
@@ -430,7 +470,8 @@ def test_a_silent_connection_is_dropped_at_its_hello_deadline(monkeypatch):
         got = {}
         t = threading.Thread(target=lambda: got.update(conn=_step_streams._ClientStream(
             ExternalCommandProblem(["x"], bounds=[[0.0, 1.0]], n_steps=1, field_shape=[1],
-                                   step_timeout=600), _IdleRun())._accept(server, token)),
+                                   supervision=SupervisionOptions(step_timeout=600)),
+            _IdleRun())._accept(server, token)),
             daemon=True)
         t.start()
         with silent:

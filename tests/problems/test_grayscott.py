@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from wheretolearn.cli import app
 from wheretolearn.problems import check_online_contract, get_problem
-from wheretolearn.problems.grayscott import PEARSON_SPACING
+from wheretolearn.problems.grayscott import PEARSON_SPACING, GrayScott, GrayScottPhysics
 
 PATTERNED = [0.035, 0.065, 0.3]     # Pearson's spots/stripes region
 DECAYED = [0.01, 0.07, 0.3]         # low feed, high kill: back to u = 1, v = 0
@@ -50,6 +50,27 @@ def test_contract_shapes_bounds_and_names():
     assert math.isclose(get_problem("grayscott").side, 0.625)
     assert get_problem("grayscott", n=4, dtype="float64")(np.array([PATTERNED])).dtype \
         == np.float64
+
+
+def test_flat_options_map_onto_the_physics_object():
+    """``[study.options]`` keys Du, Dv, side, noise, noise_seed are GrayScottPhysics's
+    fields: get_problem with them builds the same problem as the object does."""
+    from wheretolearn.problems import problem_signature
+
+    flat = get_problem("grayscott", n=8, every=3, Du=1e-5, Dv=5e-6, side=0.1, noise=0.02,
+                       noise_seed=4, field="u")
+    physics = GrayScottPhysics(Du=1e-5, Dv=5e-6, side=0.1, noise=0.02, noise_seed=4)
+    direct = GrayScott(8, every=3, physics=physics, field="u")
+    assert flat.options() == direct.options() and flat.physics == physics
+    np.testing.assert_array_equal(flat(np.array([PATTERNED])), direct(np.array([PATTERNED])))
+    assert GrayScott(8).physics.side == 8 * PEARSON_SPACING       # default side resolved
+    assert list(problem_signature("grayscott").parameters) == [
+        "n", "n_steps", "every", "dt", "Du", "Dv", "side", "noise", "noise_seed", "dtype",
+        "field"]
+    with pytest.raises(ValueError, match="side must be a finite number > 0, got -1"):
+        GrayScottPhysics(side=-1)
+    with pytest.raises(TypeError, match="physics must be a GrayScottPhysics"):
+        GrayScott(8, physics={"Du": 1e-5})
 
 
 def test_trivial_state_stays_exactly_fixed():

@@ -136,6 +136,14 @@ def test_problem_kinds_and_factories():
     assert available_problems(kind="online") == ["grayscott", "heat2d"]
     assert problem_factory("heat2d") is type(get_problem("heat2d", n=8, n_steps=2))
     assert problem_factory("no-such") is None
+    # flat options: the constructor's, an option object's replaced by its fields
+    import inspect
+
+    from wheretolearn.problems import problem_signature
+
+    assert problem_signature("heat2d") == inspect.signature(problem_factory("heat2d"))
+    assert "noise_seed" in problem_signature("grayscott").parameters
+    assert problem_signature("no-such") is None
     with pytest.raises(ValueError, match="kind must be one of all, builtin, online"):
         available_problems(kind="ama")
 

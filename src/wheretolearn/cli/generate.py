@@ -116,14 +116,15 @@ def generate(
     from .._validation import SIZE_LIMITS, check_sizes
 
     check_sizes(cfg, SIZE_LIMITS["generate"], flags=_SIZE_FLAGS)
-    from ..datasets import generate_dataset
+    from ..datasets import ComputeOptions, InputSampling, generate_dataset
 
-    info = generate_dataset(
-        cfg["problem"], cfg["n"], Path(cfg["out"]), options=cfg["options"],
-        measure_params=cfg["measure"] or None, seed=cfg.get("seed", 0),
-        chunk=cfg.get("chunk"), workers=cfg.get("workers", 2), scheduler=cfg.get("scheduler"),
-        progress=progress, overwrite=bool(cfg.get("overwrite", False)),
-        num_threads=cfg.get("num_threads"))
+    sampling = InputSampling(measure_params=cfg["measure"] or None, seed=cfg.get("seed", 0),
+                             chunk=cfg.get("chunk"))
+    compute = ComputeOptions(workers=cfg.get("workers", 2), scheduler=cfg.get("scheduler"),
+                             num_threads=cfg.get("num_threads"), progress=progress)
+    info = generate_dataset(cfg["problem"], cfg["n"], Path(cfg["out"]), options=cfg["options"],
+                            sampling=sampling, compute=compute,
+                            overwrite=bool(cfg.get("overwrite", False)))
     typer.echo(f"wrote {info.n} samples of {info.problem} to {info.path} "
                f"({len(info.computed_chunks)} chunks computed, {info.reused_chunks} reused, "
                f"{info.seconds:.1f} s); key {info.key[:16]}")

@@ -9,11 +9,11 @@ from typing import Any
 from . import app
 
 
-def _options(factory: Any) -> str:
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
+def _options(signature: inspect.Signature | None) -> str:
+    """The flat option keys (``key=default``) that ``get_problem`` accepts."""
+    if signature is None:
         return "?"
+    params = signature.parameters.values()
     parts = []
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -38,13 +38,14 @@ def describe_problems() -> list[dict[str, str]]:
     """One row per registered problem: name, options (with defaults), shapes of the default
     build, default input measure, online (has a time-stepping ``simulate()``)."""
     from ..online.preflight import online_problems
-    from ..problems import available_problems, get_problem, problem_factory
+    from ..problems import available_problems, get_problem, problem_factory, problem_signature
 
     online = set(online_problems())
     rows = []
     for name in available_problems():
         factory = problem_factory(name)
-        row = {"name": name, "options": _options(factory) if factory else "(plugin)",
+        row = {"name": name,
+               "options": _options(problem_signature(name)) if factory else "(plugin)",
                "shapes": "-", "measure": "-", "online": "yes" if name in online else "no"}
         try:
             problem = get_problem(name)

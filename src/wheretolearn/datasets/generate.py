@@ -25,6 +25,7 @@ sha256 of (problem name, problem options, measure parameters, seed, n, chunk).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -40,8 +41,9 @@ from .._progress import ProgressBars
 from .._validation import (MAX_PROBLEM_OPTION, SIZE_LIMITS, check_int_range, check_memory,
                            check_nonnegative_int, check_positive_int, format_bytes)
 
-__all__ = ["DamagedStoreError", "DatasetInfo", "check_scheduler", "generate_dataset",
-           "find_or_generate", "open_dataset", "content_key", "resolve_measure", "chunk_seed"]
+__all__ = ["ComputeOptions", "DamagedStoreError", "DatasetInfo", "InputSampling",
+           "check_scheduler", "generate_dataset", "find_or_generate", "open_dataset",
+           "content_key", "resolve_measure", "chunk_seed"]
 
 #: Target size of one default data-set chunk (outputs), bytes.
 _CHUNK_TARGET_BYTES = 16 * 2**20
@@ -70,6 +72,90 @@ class DatasetInfo:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _bounded(value: int, name: str) -> int:
+    """``value`` if within ``SIZE_LIMITS["generate"][name]``, else a ``ValueError``."""
+    low, high = SIZE_LIMITS["generate"][name]
+    return check_int_range(value, name, low, high)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSampling:
+    """How the inputs of a data set are drawn: with ``problem`` and ``n``, this fixes the
+    data (and the content key).
+
+    Parameters
+    ----------
+    measure : Measure, optional
+        Input measure, anything with ``sample(n, generator=torch.Generator)``; default
+        ``problem.default_input_measure()``.
+    measure_params : dict, optional
+        Parameters replacing those of the (default) measure, see :func:`resolve_measure`
+        (``--measure-param`` / the ``[measure]`` table of ``wheretolearn generate``).
+    seed : int
+        Base seed; chunk ``i`` samples with a generator derived from ``(seed, i)``.
+    chunk : int, optional
+        Samples per task and per write (default: about 16 MiB of outputs, at most 64). Part
+        of the content: the chunk fixes which generator draws each sample.
+    """
+
+    measure: Any = None
+    measure_params: dict | None = None
+    seed: int = 0
+    chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        params = self.measure_params
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"measure_params must be a dict of parameter: value, got {params!r}")
+        object.__setattr__(self, "measure_params", None if params is None else dict(params))
+        object.__setattr__(self, "seed", check_nonnegative_int(self.seed, "seed"))
+        if self.chunk is not None:
+            object.__setattr__(self, "chunk",
+                               _bounded(check_positive_int(self.chunk, "chunk"), "chunk"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeOptions:
+    """How a data set is computed; never changes its content.
+
+    Parameters
+    ----------
+    workers : int
+        Dask ``LocalCluster`` workers (1 thread each; default 2); 0 evaluates in this
+        process.
+    scheduler : str, optional
+        Address of a running Dask scheduler, ``tcp://host:port`` or ``tls://host:port``
+        (then ``workers`` is ignored).
+    num_threads : int, optional
+        torch threads in this process (restored afterwards) and in every Dask worker
+        (default: torch's).
+    progress : bool
+        Show a rich progress bar (default True).
+    """
+
+    workers: int = 2
+    scheduler: str | None = None
+    num_threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workers",
+                           _bounded(check_nonnegative_int(self.workers, "workers"), "workers"))
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise TypeError(f"scheduler must be an address such as tcp://host:port, got "
+                            f"{self.scheduler!r}")
+        if self.num_threads is not None:
+            object.__setattr__(self, "num_threads", _bounded(
+                check_positive_int(self.num_threads, "num_threads"), "num_threads"))
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be True or False, got {self.progress!r}")
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the chunks are evaluated in this process (no Dask)."""
+        return self.workers == 0 and self.scheduler is None
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -132,16 +218,14 @@ def _check_option_sizes(options: dict) -> None:
 
 
 def _option_names(name: str) -> set[str] | None:
-    """Keyword options the registered factory accepts (None if it takes ``**kwargs`` or the
+    """Keyword options the registered problem accepts (None if it takes ``**kwargs`` or the
     name is unknown, so :func:`get_problem` reports it)."""
-    import inspect
+    from ..problems import problem_signature
 
-    from ..problems import problem_factory
-
-    factory = problem_factory(name)
-    if factory is None:
+    signature = problem_signature(name)
+    if signature is None:
         return None
-    params = inspect.signature(factory).parameters.values()
+    params = signature.parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
@@ -312,14 +396,14 @@ def _reopen(path: Path, attrs: dict):
     return group
 
 
-def _create(path: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: np.dtype,
-            problem: Any):
-    """A new empty store at ``path`` (named dimensions, coordinates, units: see
-    :mod:`wheretolearn.datasets.layout`)."""
+def _create(path: Path, plan: "_Plan", attrs: dict):
+    """A new empty store at ``path`` for ``plan``, with attributes ``attrs`` (named
+    dimensions, coordinates, units: see :mod:`wheretolearn.datasets.layout`)."""
     import zarr
 
     from .layout import dataset_layout
 
+    problem, chunk, in_dtype, out_dtype = plan.problem, plan.chunk, plan.in_dtype, plan.out_dtype
     n, n_chunks = attrs["n"], attrs["n_chunks"]
     in_shape, out_shape = tuple(attrs["input_shape"]), tuple(attrs["output_shape"])
     layout = dataset_layout(problem, in_shape, out_shape)
@@ -354,9 +438,8 @@ def _create(path: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: 
     return group
 
 
-def _open_target(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dtype: np.dtype,
-                 problem: Any, overwrite: bool):
-    """``(group, staging)``: where this run writes.
+def _open_target(out: Path, plan: "_Plan", overwrite: bool):
+    """``(group, staging)``: where the run of ``plan`` writes.
 
     An existing store at ``out`` with the same content key is resumed in place
     (``staging`` None). Otherwise the run writes into the hidden staging store (resumed if
@@ -365,6 +448,7 @@ def _open_target(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dty
     complete. Anything else at ``out`` is refused before any work."""
     from .._ownership import check_output_location, check_replaceable, owner
 
+    attrs = plan.attrs()
     check_output_location(out)
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
         kind, foreign = owner(out)
@@ -390,7 +474,7 @@ def _open_target(out: Path, attrs: dict, chunk: int, in_dtype: np.dtype, out_dty
         _remove_leftover(staging)       # our own hidden, key-named leftover: start it again
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _create(staging, attrs, chunk, in_dtype, out_dtype, problem), staging
+        return _create(staging, plan, attrs), staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)   # just made here: nothing to resume
         raise
@@ -452,10 +536,9 @@ def open_dataset(path: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- driver
 def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | None = None,
-                     measure: Any = None, measure_params: dict | None = None, seed: int = 0,
-                     chunk: int | None = None, workers: int = 2, scheduler: str | None = None,
-                     progress: bool = True, overwrite: bool = False,
-                     num_threads: int | None = None) -> DatasetInfo:
+                     sampling: InputSampling = InputSampling(),
+                     compute: ComputeOptions = ComputeOptions(),
+                     overwrite: bool = False) -> DatasetInfo:
     """Sample ``n`` inputs, evaluate ``G*`` on them in parallel and store both in zarr.
 
     Parameters
@@ -469,27 +552,15 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
         Store folder (``*.zarr``). An existing store with the same content key is resumed.
     options : dict, optional
         Problem options for :func:`wheretolearn.problems.get_problem`.
-    measure : Measure, optional
-        Input measure; default ``problem.default_input_measure()``.
-    measure_params : dict, optional
-        Parameters replacing those of the (default) measure, see :func:`resolve_measure`.
-    seed : int
-        Base seed; chunk ``i`` samples with a generator derived from ``(seed, i)``.
-    chunk : int, optional
-        Samples per task and per write (default: about 16 MiB of outputs, at most 64).
-    workers : int
-        Dask ``LocalCluster`` workers (1 thread each); 0 evaluates in this process.
-    scheduler : str, optional
-        Address of a running Dask scheduler (then ``workers`` is ignored).
-    progress : bool
-        Show a rich progress bar.
+    sampling : InputSampling
+        Input measure (default ``problem.default_input_measure()``), parameters replacing
+        its own, base seed and chunk size: what fixes the data.
+    compute : ComputeOptions
+        Dask workers or scheduler, torch threads, progress bar: how the data are computed.
     overwrite : bool
         Replace an existing store whose content key differs -- only a store that
         wheretolearn wrote, and only once the new one is complete. A folder holding anything
         else, a foreign zarr store or a plain file is never replaced (``FileExistsError``).
-
-    num_threads : int, optional
-        torch threads in this process (restored afterwards) and in every Dask worker.
 
     Notes
     -----
@@ -502,13 +573,108 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     DatasetInfo
     """
     t0 = time.perf_counter()
+    _check_type(sampling, InputSampling, "sampling")
+    _check_type(compute, ComputeOptions, "compute")
+    plan = _plan(problem, n, options, sampling)
+    _check_chunk_memory(plan, 0 if compute.in_process else max(1, compute.workers))
+    out = _output_path(out)
+    if compute.scheduler is not None:
+        check_scheduler(compute.scheduler)
+    group, staging = _open_target(out, plan, overwrite)
+    where = staging if staging is not None else out
+    todo = _unfinished_chunks(group, plan.n_chunks)
+    write = _ChunkWriter(group, plan)
+    try:
+        with _torch_threads(compute.num_threads):
+            with ProgressBars(compute.progress) as bars:
+                advance = bars.task(f"generate {plan.problem.name} (chunks)", plan.n_chunks,
+                                    completed=plan.n_chunks - len(todo)).advance
+                _compute_chunks(plan, todo, write, compute, advance)
+            _finish(group, where, staging, out, overwrite)
+    except BaseException as exc:
+        _note_leftover(exc, where, staging, plan.n_chunks - len(todo) + write.count,
+                       plan.n_chunks)
+        raise
+    return plan.info(out, todo, time.perf_counter() - t0)
+
+
+def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: dict | None = None,
+                     sampling: InputSampling = InputSampling(),
+                     compute: ComputeOptions = ComputeOptions(progress=False)) -> DatasetInfo:
+    """Return the data set in ``cache_dir`` with the same content key, generating (or
+    finishing) it if needed. The store is ``cache_dir/<problem>-<key[:16]>.zarr``; the
+    arguments are those of :func:`generate_dataset` (no progress bar by default)."""
+    _check_type(sampling, InputSampling, "sampling")
+    plan = _plan(problem, n, options, sampling)
+    path = Path(cache_dir) / f"{plan.problem.name}-{plan.key[:16]}.zarr"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resolved = InputSampling(measure=plan.measure, seed=plan.seed, chunk=plan.chunk)
+    return generate_dataset(plan.problem, plan.n, path, sampling=resolved, compute=compute)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a run writes, fixed before any work: the built problem and input measure, the
+    sizes, the storage dtypes and the content key."""
+
+    problem: Any
+    measure: Any
+    n: int
+    seed: int
+    chunk: int
+    in_dtype: np.dtype
+    out_dtype: np.dtype
+    options: dict
+    measure_record: dict
+    key: str
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.chunk)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.problem.input_shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.problem.output_shape)
+
+    def rows(self, i: int) -> tuple[int, int]:
+        """Samples ``lo:hi`` of chunk ``i``."""
+        return i * self.chunk, min(self.n, (i + 1) * self.chunk)
+
+    def sample(self, i: int) -> np.ndarray:
+        """The inputs ``(hi - lo, *in_shape)`` of chunk ``i``, drawn with seed ``(seed, i)``."""
+        lo, hi = self.rows(i)
+        return _sample_chunk(self.measure, self.seed, i, hi - lo)
+
+    def attrs(self) -> dict:
+        """The store's attributes (provenance, sizes, content key, creation time)."""
+        from .. import __version__
+
+        return {"problem": self.problem.name, "options": self.options,
+                "measure": self.measure_record, "seed": self.seed, "n": self.n,
+                "chunk": self.chunk, "n_chunks": self.n_chunks, "key": self.key,
+                "version": __version__, "input_shape": list(self.in_shape),
+                "output_shape": list(self.out_shape),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def info(self, out: Path, todo: list[int], seconds: float) -> DatasetInfo:
+        return DatasetInfo(path=str(out), problem=self.problem.name, options=self.options,
+                           measure=self.measure_record, seed=self.seed, n=self.n,
+                           chunk=self.chunk, n_chunks=self.n_chunks, key=self.key,
+                           computed_chunks=todo, reused_chunks=self.n_chunks - len(todo),
+                           input_shape=self.in_shape, output_shape=self.out_shape,
+                           seconds=seconds)
+
+
+def _plan(problem: Any, n: int, options: dict | None, sampling: InputSampling) -> _Plan:
+    """Build the problem and the measure, check that they fit together, choose the chunk
+    and compute the content key."""
     n = _bounded(check_positive_int(n, "n"), "n")
-    seed = check_nonnegative_int(seed, "seed")
-    workers = _bounded(check_nonnegative_int(workers, "workers"), "workers")
-    if num_threads is not None:
-        num_threads = _bounded(check_positive_int(num_threads, "num_threads"), "num_threads")
     prob = _build_problem(problem, options)
-    meas = resolve_measure(prob, measure, measure_params)
+    meas = resolve_measure(prob, sampling.measure, sampling.measure_params)
     in_shape, out_shape = tuple(prob.input_shape), tuple(prob.output_shape)
     event = tuple(getattr(meas, "event_shape", in_shape))
     if event != in_shape:
@@ -516,91 +682,96 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
                          f"expects inputs of shape {in_shape}")
     out_dtype = _np_dtype(getattr(prob, "dtype", None))
     in_dtype = _np_dtype(getattr(meas, "dtype", None))
-    chunk = (_default_chunk(n, out_shape, out_dtype.itemsize) if chunk is None
-             else _bounded(check_positive_int(chunk, "chunk"), "chunk"))
-    _check_chunk_memory(chunk, in_shape, out_shape, in_dtype, out_dtype,
-                        0 if scheduler is None and workers == 0 else max(1, workers))
-    n_chunks = -(-n // chunk)
+    chunk = sampling.chunk or _default_chunk(n, out_shape, out_dtype.itemsize)
     prob_options = json.loads(json.dumps(prob.options(), default=str))
     measure_rec = _measure_record(meas)
-    key = content_key(prob.name, prob_options, measure_rec, seed, n, chunk,
+    key = content_key(prob.name, prob_options, measure_rec, sampling.seed, n, chunk,
                       dtypes=(in_dtype, out_dtype))
+    return _Plan(problem=prob, measure=meas, n=n, seed=sampling.seed, chunk=chunk,
+                 in_dtype=in_dtype, out_dtype=out_dtype, options=prob_options,
+                 measure_record=measure_rec, key=key)
 
-    from .. import __version__
 
-    attrs = {"problem": prob.name, "options": prob_options, "measure": measure_rec, "seed": seed,
-             "n": n, "chunk": chunk, "n_chunks": n_chunks, "key": key, "version": __version__,
-             "input_shape": list(in_shape), "output_shape": list(out_shape),
-             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+def _check_type(value: Any, kind: type, name: str) -> None:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+
+
+def _output_path(out: str | Path) -> Path:
+    """``out`` with ``~`` expanded, resolved when it holds ``..`` (staging stores are named
+    after its last part)."""
     out = Path(out).expanduser()
-    if ".." in out.parts:
-        out = out.resolve()             # staging stores are named after the last part
-    if scheduler is not None:
-        check_scheduler(scheduler)
-    group, staging = _open_target(out, attrs, chunk, in_dtype, out_dtype, prob, overwrite)
-    where = staging if staging is not None else out
+    return out.resolve() if ".." in out.parts else out
+
+
+def _unfinished_chunks(group: Any, n_chunks: int) -> list[int]:
     done = np.asarray(group["completed"][...], dtype=bool)
-    todo = [i for i in range(n_chunks) if not done[i]]
-    written = [0]
+    return [i for i in range(n_chunks) if not done[i]]
 
-    def write(i: int, inputs: np.ndarray, outputs: np.ndarray) -> None:
-        lo, hi = i * chunk, min(n, (i + 1) * chunk)
-        group["inputs"][lo:hi] = inputs.astype(in_dtype, copy=False)
-        group["outputs"][lo:hi] = np.asarray(outputs).astype(out_dtype, copy=False)
-        group["completed"][i] = True          # only after the data: a crash leaves i to redo
-        written[0] += 1
 
-    def sample(i: int) -> np.ndarray:
-        return _sample_chunk(meas, seed, i, min(n, (i + 1) * chunk) - i * chunk)
+class _ChunkWriter:
+    """``write(i, inputs, outputs)``: store chunk ``i`` in ``group`` in the plan's dtypes,
+    then mark it completed; ``count`` chunks written so far."""
 
+    def __init__(self, group: Any, plan: _Plan):
+        self.group, self.plan, self.count = group, plan, 0
+
+    def __call__(self, i: int, inputs: np.ndarray, outputs: np.ndarray) -> None:
+        lo, hi = self.plan.rows(i)
+        self.group["inputs"][lo:hi] = inputs.astype(self.plan.in_dtype, copy=False)
+        self.group["outputs"][lo:hi] = np.asarray(outputs).astype(self.plan.out_dtype,
+                                                                  copy=False)
+        self.group["completed"][i] = True     # only after the data: a crash leaves i to redo
+        self.count += 1
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch uses ``num_threads`` threads inside the block (if given); restored after."""
     import torch
 
-    threads_before = torch.get_num_threads()
+    before = torch.get_num_threads()
     try:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        with ProgressBars(progress) as bars:
-            advance = bars.task(f"generate {prob.name} (chunks)", n_chunks,
-                                completed=n_chunks - len(todo)).advance
-            if todo and (workers == 0 and scheduler is None):
-                for i in todo:
-                    x = sample(i)
-                    write(i, x, _evaluate_chunk(prob, x))
-                    advance()
-            elif todo:
-                _run_dask(todo, sample, write, prob, prob_options, workers, scheduler, advance,
-                          num_threads)
-        group.attrs["complete"] = True
-        _consolidate(where)
-        if staging is not None:
-            _swap_in(staging, out, overwrite)
-    except BaseException as exc:
-        _note_leftover(exc, where, staging, n_chunks - len(todo) + written[0], n_chunks)
-        raise
+        yield
     finally:
-        torch.set_num_threads(threads_before)
-    return DatasetInfo(path=str(out), problem=prob.name, options=prob_options, measure=measure_rec,
-                       seed=seed, n=n, chunk=chunk, n_chunks=n_chunks, key=key,
-                       computed_chunks=todo, reused_chunks=n_chunks - len(todo),
-                       input_shape=in_shape, output_shape=out_shape,
-                       seconds=time.perf_counter() - t0)
+        torch.set_num_threads(before)
 
 
-def _bounded(value: int, name: str) -> int:
-    """``value`` if within ``SIZE_LIMITS["generate"][name]``, else a ``ValueError``."""
-    low, high = SIZE_LIMITS["generate"][name]
-    return check_int_range(value, name, low, high)
+def _compute_chunks(plan: _Plan, todo: list[int],
+                    write: Callable[[int, np.ndarray, np.ndarray], None],
+                    compute: ComputeOptions, advance: Callable[[], None]) -> None:
+    """Sample, evaluate and write the chunks ``todo``: in this process or on Dask."""
+    if not todo:
+        return
+    if compute.in_process:
+        for i in todo:
+            x = plan.sample(i)
+            write(i, x, _evaluate_chunk(plan.problem, x))
+            advance()
+    else:
+        _run_dask(todo, plan.sample, write, plan.problem, compute, advance)
 
 
-def _check_chunk_memory(chunk: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                        in_dtype: np.dtype, out_dtype: np.dtype, workers: int) -> None:
+def _finish(group: Any, where: Path, staging: Path | None, out: Path, overwrite: bool) -> None:
+    """Mark the store complete, consolidate its metadata and move a staging store to
+    ``out``."""
+    group.attrs["complete"] = True
+    _consolidate(where)
+    if staging is not None:
+        _swap_in(staging, out, overwrite)
+
+
+def _check_chunk_memory(plan: _Plan, workers: int) -> None:
     """Refuse a run whose chunks in flight (two per worker plus the one being written, each
     with its inputs and outputs, twice for the conversions) exceed the machine's memory."""
-    per_sample = (math.prod(in_shape) * in_dtype.itemsize
-                  + math.prod(out_shape) * out_dtype.itemsize)
+    per_sample = (math.prod(plan.in_shape) * plan.in_dtype.itemsize
+                  + math.prod(plan.out_shape) * plan.out_dtype.itemsize)
     in_flight = 2 * workers + 1
-    check_memory({f"{in_flight} chunks of {chunk} samples ({format_bytes(per_sample)} each)":
-                  2 * in_flight * chunk * per_sample}, "this data set's generation",
+    check_memory({f"{in_flight} chunks of {plan.chunk} samples ({format_bytes(per_sample)} "
+                  "each)": 2 * in_flight * plan.chunk * per_sample},
+                 "this data set's generation",
                  "lower --chunk or --workers, or the problem's grid options (--option)")
 
 
@@ -638,47 +809,17 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
 
 def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
               write: Callable[[int, np.ndarray, np.ndarray], None], problem: Any,
-              options: dict, workers: int, scheduler: str | None,
-              advance: Callable[[], None], num_threads: int | None = None) -> None:
-    """Evaluate the chunks ``todo`` on Dask with a bounded number of tasks in flight.
+              compute: ComputeOptions, advance: Callable[[], None]) -> None:
+    """Evaluate the chunks ``todo`` on Dask with a bounded number of tasks in flight (two
+    per worker), writing each as it finishes."""
+    from distributed import as_completed
 
-    The built problem is sent to every worker once (so expensive set-up such as an operator
-    factorisation is not repeated); a problem that cannot be pickled is rebuilt on each
-    worker from its name and options."""
-    import pickle
-
-    from contextlib import ExitStack
-
-    from distributed import Client, as_completed
-
-    with ExitStack() as stack:
-        if scheduler is not None:
-            try:
-                client = stack.enter_context(Client(scheduler, timeout=30))
-            except (OSError, TimeoutError, ValueError) as exc:
-                # something listens there, but not a Dask scheduler (or it does not answer)
-                raise ValueError(f"no Dask scheduler answers at {scheduler} "
-                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
-        else:
-            # TLS with this run's credentials, every listener on 127.0.0.1
-            from ..cluster import local_cluster
-
-            cluster = stack.enter_context(local_cluster(max(1, workers), quiet=True))
-            client = stack.enter_context(Client(cluster))
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        if num_threads is not None:
-            client.run(_set_threads, num_threads)
-        from ..problems import problem_factory, problem_spec
-
-        spec = problem_spec(problem)
-        try:
-            if problem_factory(spec["name"]) is None:
-                # a user problem (import path, plugin): each worker imports it itself
-                raise TypeError("not a built-in problem")
-            pickle.dumps(problem)
-            payload = client.scatter(problem, broadcast=True)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            payload = (spec["name"], json.dumps(spec["options"], sort_keys=True, default=str))
+    with contextlib.ExitStack() as stack:
+        client = _dask_client(stack, compute)
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or compute.workers)
+        if compute.num_threads is not None:
+            client.run(_set_threads, compute.num_threads)
+        payload = _worker_problem(client, problem)
         pending = iter(todo)
         inputs: dict[int, np.ndarray] = {}
         index: dict[str, int] = {}
@@ -689,8 +830,7 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
             index[fut.key] = i
             return fut
 
-        first = [submit(i) for i in _take(pending, 2 * n_workers)]
-        queue = as_completed(first)
+        queue = as_completed([submit(i) for i in _take(pending, 2 * n_workers)])
         for fut in queue:
             i = index.pop(fut.key)
             result = fut.result()
@@ -699,6 +839,45 @@ def _run_dask(todo: list[int], sample: Callable[[int], np.ndarray],
             advance()
             for j in _take(pending, 1):
                 queue.add(submit(j))
+
+
+def _dask_client(stack: contextlib.ExitStack, compute: ComputeOptions) -> Any:
+    """A client of ``compute.scheduler``, else of a new local cluster (closed with
+    ``stack``)."""
+    from distributed import Client
+
+    if compute.scheduler is not None:
+        try:
+            return stack.enter_context(Client(compute.scheduler, timeout=30))
+        except (OSError, TimeoutError, ValueError) as exc:
+            # something listens there, but not a Dask scheduler (or it does not answer)
+            raise ValueError(f"no Dask scheduler answers at {compute.scheduler} "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    # TLS with this run's credentials, every listener on 127.0.0.1
+    from ..cluster import local_cluster
+
+    cluster = stack.enter_context(local_cluster(max(1, compute.workers), quiet=True))
+    return stack.enter_context(Client(cluster))
+
+
+def _worker_problem(client: Any, problem: Any) -> Any:
+    """What the tasks get as their problem: the built problem, sent to every worker once
+    (so expensive set-up such as an operator factorisation is not repeated), or -- for a
+    problem that cannot be pickled, or a user problem each worker imports itself -- its
+    ``(name, options_json)``, rebuilt once per worker."""
+    import pickle
+
+    from ..problems import problem_factory, problem_spec
+
+    spec = problem_spec(problem)
+    try:
+        if problem_factory(spec["name"]) is None:
+            # a user problem (import path, plugin): each worker imports it itself
+            raise TypeError("not a built-in problem")
+        pickle.dumps(problem)
+        return client.scatter(problem, broadcast=True)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return spec["name"], json.dumps(spec["options"], sort_keys=True, default=str)
 
 
 def _set_threads(n: int) -> None:
@@ -714,26 +893,3 @@ def _take(it: Iterable[int], k: int) -> list[int]:
         if len(out) == k:
             break
     return out
-
-
-def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: dict | None = None,
-                     measure: Any = None, measure_params: dict | None = None, seed: int = 0,
-                     chunk: int | None = None, workers: int = 2, scheduler: str | None = None,
-                     progress: bool = False) -> DatasetInfo:
-    """Return the data set in ``cache_dir`` with the same content key, generating (or
-    finishing) it if needed. The store is ``cache_dir/<problem>-<key[:16]>.zarr``."""
-    prob = _build_problem(problem, options)
-    meas = resolve_measure(prob, measure, measure_params)
-    n = _bounded(check_positive_int(n, "n"), "n")
-    seed = check_nonnegative_int(seed, "seed")
-    out_dtype = _np_dtype(getattr(prob, "dtype", None))
-    chunk = (_default_chunk(n, tuple(prob.output_shape), out_dtype.itemsize) if chunk is None
-             else _bounded(check_positive_int(chunk, "chunk"), "chunk"))
-    prob_options = json.loads(json.dumps(prob.options(), default=str))
-    in_dtype = _np_dtype(getattr(meas, "dtype", None))
-    key = content_key(prob.name, prob_options, _measure_record(meas), seed, n, chunk,
-                      dtypes=(in_dtype, out_dtype))
-    path = Path(cache_dir) / f"{prob.name}-{key[:16]}.zarr"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return generate_dataset(prob, n, path, measure=meas, seed=seed, chunk=chunk, workers=workers,
-                            scheduler=scheduler, progress=progress)

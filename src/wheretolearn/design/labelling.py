@@ -95,10 +95,12 @@ class Labeller:
             y = self.evaluate(x)
             self.n_labelled += n
         else:
-            from ..datasets import find_or_generate, open_dataset
+            from ..datasets import ComputeOptions, InputSampling, find_or_generate, open_dataset
 
-            info = find_or_generate(self.cache_dir, self.problem, n, measure=measure, seed=seed,
-                                    workers=self.workers, scheduler=self.scheduler)
+            info = find_or_generate(
+                self.cache_dir, self.problem, n, sampling=InputSampling(measure=measure, seed=seed),
+                compute=ComputeOptions(workers=self.workers, scheduler=self.scheduler,
+                                       progress=False))
             self.n_labelled += sum(min(info.n, (i + 1) * info.chunk) - i * info.chunk
                                    for i in info.computed_chunks)
             data = open_dataset(info.path)

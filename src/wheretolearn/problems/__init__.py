@@ -4,8 +4,8 @@
 Problem modules register themselves on import (below).
 """
 
-from .base import (Problem, available_problems, get_problem, problem_factory, problem_spec,
-                   register_problem)
+from .base import (Problem, available_problems, get_problem, problem_factory, problem_signature,
+                   problem_spec, register_problem)
 from .simulator import (SimulationError, SimulatorProblem, check_function_contract,
                         check_online_contract)
 
@@ -17,9 +17,11 @@ from . import grayscott as _grayscott  # noqa: F401,E402
 from . import heat2d as _heat2d  # noqa: F401,E402
 from . import ntd as _ntd  # noqa: F401,E402
 from . import radiative as _radiative  # noqa: F401,E402
-from .external import ExternalCommandProblem  # noqa: E402  (registers "external")
+from .external import (ExternalCommandProblem, LaunchOptions,  # noqa: E402  (registers "external")
+                       SupervisionOptions)
 
 __all__ = ["Friedman1", "Friedman2", "RKHSFunction", "SobolG",
            "Problem", "available_problems", "get_problem", "problem_factory", "register_problem",
            "problem_spec", "SimulatorProblem", "SimulationError", "check_online_contract",
-           "check_function_contract", "ExternalCommandProblem"]
+           "check_function_contract", "ExternalCommandProblem", "LaunchOptions",
+           "SupervisionOptions", "problem_signature"]

@@ -8,6 +8,8 @@ out; torch in gives torch out (with gradients where the problem says
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -16,7 +18,8 @@ import torch
 
 from .._validation import as_tensor, check_finite
 
-__all__ = ["Problem", "register_problem", "get_problem", "available_problems", "problem_spec"]
+__all__ = ["Problem", "register_problem", "get_problem", "available_problems", "problem_spec",
+           "problem_signature"]
 
 
 class Problem(ABC):
@@ -100,7 +103,11 @@ _REGISTRY: dict[str, Callable[..., Problem]] = {}
 
 
 def register_problem(name: str) -> Callable[[Callable[..., Problem]], Callable[..., Problem]]:
-    """Class decorator: make a problem constructible as ``get_problem(name, **options)``."""
+    """Class decorator: make a problem constructible as ``get_problem(name, **options)``.
+
+    The options are flat keywords (a TOML ``[problem.options]`` table): a constructor
+    parameter that is an option object -- its default a dataclass instance -- takes its
+    fields one by one (see :func:`problem_signature`)."""
 
     def deco(factory: Callable[..., Problem]) -> Callable[..., Problem]:
         _REGISTRY[name] = factory
@@ -149,6 +156,11 @@ def get_problem(name: str, **options: Any) -> Problem:
     ``wheretolearn.problems``); see :mod:`wheretolearn.problems.plugins`. The problem
     remembers how it was built (:func:`problem_spec`), so workers can rebuild it.
 
+    A registered problem takes its options flat, as a TOML table gives them: the fields of
+    an option-object parameter are keys of their own (``get_problem("grayscott",
+    noise=0.0)`` builds ``GrayScott(physics=GrayScottPhysics(noise=0.0))``); the keys it
+    accepts are :func:`problem_signature`'s.
+
     Raises ``ValueError`` naming the allowed problems when ``name`` is unknown, or the
     cause when a user problem cannot be imported or its factory returns no ``Problem``.
     """
@@ -158,7 +170,7 @@ def get_problem(name: str, **options: Any) -> Problem:
         raise TypeError(f"problem must be a name or an import path (str), got "
                         f"{type(name).__name__}")
     if name in _REGISTRY:
-        problem = _REGISTRY[name](**options)
+        problem = _build_registered(_REGISTRY[name], options)
     else:
         factory = find_factory(name)
         if factory is None:
@@ -180,3 +192,51 @@ def problem_spec(problem: Problem) -> dict[str, Any]:
     if spec is not None:
         return {"name": spec["name"], "options": dict(spec["options"])}
     return {"name": problem.name, "options": problem.options()}
+
+
+def problem_signature(name: str) -> inspect.Signature | None:
+    """The keyword options ``get_problem(name, **options)`` accepts for the built-in problem
+    ``name``, with their defaults: its constructor's parameters, where a parameter that is an
+    option object (its default a dataclass instance) is replaced by that object's fields.
+    ``None`` when ``name`` is not built in (a plugin or an import path)."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        return None
+    groups = _option_objects(factory)
+    params = []
+    for p in inspect.signature(factory).parameters.values():
+        if p.name not in groups:
+            params.append(p)
+            continue
+        default = groups[p.name]
+        params.extend(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=getattr(default, f.name), annotation=f.type)
+                      for f in dataclasses.fields(default) if f.init)
+    return inspect.Signature(sorted(params, key=lambda q: q.kind))
+
+
+def _option_objects(factory: Callable[..., Problem]) -> dict[str, Any]:
+    """``{parameter: default}`` for the constructor parameters of ``factory`` that are
+    option objects (their default is a dataclass instance)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params
+            if dataclasses.is_dataclass(p.default) and not isinstance(p.default, type)}
+
+
+def _build_registered(factory: Callable[..., Problem], options: dict[str, Any]) -> Problem:
+    """``factory(**options)`` with the flat fields of each option-object parameter gathered
+    into that object (fields not given keep the constructor's default)."""
+    kwargs = dict(options)
+    for pname, default in _option_objects(factory).items():
+        fields = {f.name for f in dataclasses.fields(default) if f.init}
+        given = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        if not given:
+            continue
+        if pname in kwargs:
+            raise TypeError(f"give either {pname} or its fields ({', '.join(sorted(given))}), "
+                            "not both")
+        kwargs[pname] = dataclasses.replace(default, **given)
+    return factory(**kwargs)

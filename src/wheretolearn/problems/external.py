@@ -54,6 +54,7 @@ Without ``workdir`` the folders go into the private ``<tempdir>/wheretolearn-<ui
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -69,9 +70,86 @@ from ._supervisor import _Process, _work_folder
 from .base import register_problem
 from .simulator import SimulatorProblem
 
-__all__ = ["ExternalCommandProblem", "STEP_FILE_PATTERN", "read_step_file"]
+__all__ = ["ExternalCommandProblem", "LaunchOptions", "SupervisionOptions", "STEP_FILE_PATTERN",
+           "read_step_file"]
 
 _CONVERSIONS = ("s", "r", "a")
+_PROTOCOLS = ("files", "client")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchOptions:
+    """How :class:`ExternalCommandProblem` starts its program.
+
+    Each field is also a flat option of ``get_problem("external", **options)`` (a TOML
+    ``[study.options]`` key of the same name).
+
+    Parameters
+    ----------
+    launcher : list of str, optional
+        Prefix such as ``["mpirun", "-n", "{cores}"]`` or ``["srun", "-n", "{cores}"]``
+        (stored as a tuple).
+    cores : int
+        Value of ``{cores}`` (default 1).
+    cwd : str, optional
+        Folder the program runs in (default: the current folder of the process that builds
+        the problem); relative paths in ``command`` are relative to it.
+    env : dict, optional
+        Extra environment variables (keys and values stored as strings).
+    """
+
+    launcher: tuple[str, ...] | None = None
+    cores: int = 1
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        launcher = None if self.launcher is None else tuple(_str_list(self.launcher, "launcher"))
+        env = self.env
+        if env is not None:
+            if not isinstance(env, dict):
+                raise TypeError(f"env must be a table of variable = value, got {env!r}")
+            env = {str(k): str(v) for k, v in env.items()}
+        object.__setattr__(self, "launcher", launcher)
+        object.__setattr__(self, "cores", check_positive_int(self.cores, "cores"))
+        object.__setattr__(self, "env", env)
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisionOptions:
+    """How :class:`ExternalCommandProblem` collects the steps of a run and watches it.
+
+    Each field is also a flat option of ``get_problem("external", **options)``.
+
+    Parameters
+    ----------
+    protocol : "files" | "client"
+        How steps come back (see the module doc).
+    array : str
+        Array name inside ``.npz`` step files (default ``"field"``).
+    step_timeout : float
+        Seconds without a new step after which the program counts as hung and is killed
+        (default 60).
+    workdir : str, optional
+        Parent of the per-attempt working folders (default: the private per-user folder
+        ``<tempdir>/wheretolearn-<uid>``).
+    keep_outputs : bool
+        Keep working folders and step files (default False: removed after each attempt).
+    """
+
+    protocol: str = "files"
+    array: str = "field"
+    step_timeout: float = 60.0
+    workdir: str | None = None
+    keep_outputs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.protocol not in _PROTOCOLS:
+            raise ValueError(f"protocol must be 'files' or 'client', got {self.protocol!r}")
+        object.__setattr__(self, "array", str(self.array))
+        object.__setattr__(self, "step_timeout",
+                           check_positive_float(self.step_timeout, "step_timeout"))
+        object.__setattr__(self, "keep_outputs", bool(self.keep_outputs))
 
 
 @register_problem("external")
@@ -90,54 +168,42 @@ class ExternalCommandProblem(SimulatorProblem):
         Shape of one step's field.
     names : list of str, optional
         Parameter names (default ``p0..``).
-    launcher : list of str, optional
-        Prefix such as ``["mpirun", "-n", "{cores}"]`` or ``["srun", "-n", "{cores}"]``.
-    cores : int
-        Value of ``{cores}`` (default 1).
-    protocol : "files" | "client"
-        How steps come back (see module doc).
-    array : str
-        Array name inside ``.npz`` step files (default ``"field"``).
-    cwd : str, optional
-        Folder the program runs in (default: the current folder of the calling process);
-        relative paths in ``command`` are relative to it.
-    workdir : str, optional
-        Parent of the per-attempt working folders (default: the private per-user folder
-        ``<tempdir>/wheretolearn-<uid>``).
-    keep_outputs : bool
-        Keep working folders and step files (default False: removed after each attempt).
-    step_timeout : float
-        Seconds without a new step after which the program counts as hung and is killed.
-    env : dict, optional
-        Extra environment variables.
     dtype : "float32" | "float64"
         Dtype of the yielded fields.
+    launch : LaunchOptions
+        ``launcher``, ``cores``, ``cwd``, ``env``: how the program is started.
+    supervision : SupervisionOptions
+        ``protocol``, ``array``, ``step_timeout``, ``workdir``, ``keep_outputs``: how its
+        steps are collected and the run watched.
+
+    ``get_problem("external", **options)`` takes the fields of ``launch`` and
+    ``supervision`` as flat options (``cores=4``, ``step_timeout=30``, ...), as a TOML
+    ``[study.options]`` table gives them.
     """
 
     name = "external"
 
     def __init__(self, command: list[str], *, bounds: Any, n_steps: int, field_shape: Any,
-                 names: list[str] | None = None, launcher: list[str] | None = None,
-                 cores: int = 1, protocol: str = "files", array: str = "field",
-                 cwd: str | None = None, workdir: str | None = None,
-                 keep_outputs: bool = False, step_timeout: float = 60.0,
-                 env: dict[str, str] | None = None, dtype: str = "float32"):
+                 names: list[str] | None = None, dtype: str = "float32",
+                 launch: LaunchOptions = LaunchOptions(),
+                 supervision: SupervisionOptions = SupervisionOptions()):
         super().__init__(bounds, n_steps=n_steps, field_shape=field_shape, names=names,
                          dtype=dtype)
         self.command = _str_list(command, "command")
         if not self.command:
             raise ValueError("command must name a program, got an empty list")
-        self.launcher = _str_list(launcher or [], "launcher")
-        self.cores = check_positive_int(cores, "cores")
-        if protocol not in ("files", "client"):
-            raise ValueError(f"protocol must be 'files' or 'client', got {protocol!r}")
-        self.protocol = protocol
-        self.array = str(array)
-        self.cwd = str(Path(cwd).expanduser().resolve()) if cwd else os.getcwd()
-        self.workdir = str(Path(workdir).expanduser().resolve()) if workdir else None
-        self.keep_outputs = bool(keep_outputs)
-        self.step_timeout = check_positive_float(step_timeout, "step_timeout")
-        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        _check_type(launch, LaunchOptions, "launch")
+        _check_type(supervision, SupervisionOptions, "supervision")
+        self.launcher = list(launch.launcher or [])
+        self.cores = launch.cores
+        self.cwd = str(Path(launch.cwd).expanduser().resolve()) if launch.cwd else os.getcwd()
+        self.env = dict(launch.env or {})
+        self.protocol = supervision.protocol
+        self.array = supervision.array
+        self.workdir = (str(Path(supervision.workdir).expanduser().resolve())
+                        if supervision.workdir else None)
+        self.keep_outputs = supervision.keep_outputs
+        self.step_timeout = supervision.step_timeout
         self._check_placeholders()
 
     # ------------------------------------------------------------------ interface
@@ -251,6 +317,11 @@ def _field_text(field: str, conversion: str | None, spec: str) -> str:
     """A replacement field written back as in the template, e.g. ``{p0!r:>8}``."""
     return ("{" + field + (f"!{conversion}" if conversion is not None else "")
             + (f":{spec}" if spec else "") + "}")
+
+
+def _check_type(value: Any, kind: type, name: str) -> None:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
 
 
 def _str_list(value: Any, name: str) -> list[str]:

@@ -41,6 +41,7 @@ Field layout: ``field[i, j]`` is the node at ``y = i h`` (row) and ``x = j h`` (
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterator
 
 import numpy as np
@@ -50,7 +51,8 @@ from .._validation import (as_tensor, check_nonnegative_int, check_positive_floa
                            check_positive_int, resolve_dtype)
 from .base import Problem, register_problem
 
-__all__ = ["GrayScott", "PARAMETER_NAMES", "PARAMETER_BOUNDS", "PEARSON_SPACING"]
+__all__ = ["GrayScott", "GrayScottPhysics", "PARAMETER_NAMES", "PARAMETER_BOUNDS",
+           "PEARSON_SPACING"]
 
 #: Names of the three inputs, in order: feed rate, kill rate, side of the initial square
 #: as a fraction of the domain side.
@@ -146,6 +148,42 @@ class _Integrator:
             c += inc
 
 
+@dataclasses.dataclass(frozen=True)
+class GrayScottPhysics:
+    """The physical set-up of :class:`GrayScott`: diffusivities, domain and initial noise.
+
+    Each field is also a flat option of ``get_problem("grayscott", **options)`` (a TOML
+    ``[study.options]`` key of the same name).
+
+    Parameters
+    ----------
+    Du, Dv : float
+        Diffusivities of ``u`` and ``v`` (default 2e-5 and 1e-5, Pearson's; >= 0).
+    side : float, optional
+        Side of the periodic square (> 0; default ``n * 2.5 / 256``: Pearson's spacing, so
+        0.625 at n = 64).
+    noise : float
+        Relative amplitude of the initial noise (default 0.01, Pearson's 1 %; >= 0).
+    noise_seed : int
+        Seed of the noise field, the same for every simulation (default 0).
+    """
+
+    Du: float = 2e-5
+    Dv: float = 1e-5
+    side: float | None = None
+    noise: float = 0.01
+    noise_seed: int = 0
+
+    def __post_init__(self) -> None:
+        valid = {"Du": check_positive_float(self.Du, "Du", allow_zero=True),
+                 "Dv": check_positive_float(self.Dv, "Dv", allow_zero=True),
+                 "side": None if self.side is None else check_positive_float(self.side, "side"),
+                 "noise": check_positive_float(self.noise, "noise", allow_zero=True),
+                 "noise_seed": check_nonnegative_int(self.noise_seed, "noise_seed")}
+        for name, value in valid.items():
+            object.__setattr__(self, name, value)
+
+
 @register_problem("grayscott")
 class GrayScott(Problem):
     """``(F, k, size)`` -> Gray-Scott trajectory of ``v`` (or ``u``) on a periodic ``n x n`` grid.
@@ -161,15 +199,10 @@ class GrayScott(Problem):
         explicit-Euler steps (default 10^4, where Pearson's patterns have formed).
     dt : float
         Time step (default 1, Pearson's).
-    Du, Dv : float
-        Diffusivities (default 2e-5 and 1e-5, Pearson's).
-    side : float, optional
-        Side of the periodic square (default ``n * 2.5 / 256``: Pearson's spacing, so 0.625
-        at n = 64).
-    noise : float
-        Relative amplitude of the initial noise (default 0.01, Pearson's 1 %).
-    noise_seed : int
-        Seed of the noise field, the same for every simulation (default 0).
+    physics : GrayScottPhysics
+        Diffusivities ``Du, Dv``, domain ``side``, initial ``noise`` and ``noise_seed``
+        (default Pearson's). ``get_problem("grayscott", **options)`` takes these fields as
+        flat options (``Du=3e-5``, ``noise=0.0``, ...).
     dtype : "float32" | "float64"
         Dtype of the solver and of the returned fields (default float32).
     field : "v" | "u"
@@ -186,8 +219,7 @@ class GrayScott(Problem):
     differentiable = False
 
     def __init__(self, n: int = 64, *, n_steps: int = 100, every: int = 100, dt: float = 1.0,
-                 Du: float = 2e-5, Dv: float = 1e-5, side: float | None = None,
-                 noise: float = 0.01, noise_seed: int = 0, dtype: str = "float32",
+                 physics: GrayScottPhysics = GrayScottPhysics(), dtype: str = "float32",
                  field: str = "v"):
         self.n = check_positive_int(n, "n")
         if self.n < 3:
@@ -195,12 +227,13 @@ class GrayScott(Problem):
         self.n_steps = check_positive_int(n_steps, "n_steps")
         self.every = check_positive_int(every, "every")
         self.dt = check_positive_float(dt, "dt")
-        self.Du = check_positive_float(Du, "Du", allow_zero=True)
-        self.Dv = check_positive_float(Dv, "Dv", allow_zero=True)
-        self.side = (self.n * PEARSON_SPACING if side is None
-                     else check_positive_float(side, "side"))
-        self.noise = check_positive_float(noise, "noise", allow_zero=True)
-        self.noise_seed = check_nonnegative_int(noise_seed, "noise_seed")
+        if not isinstance(physics, GrayScottPhysics):
+            raise TypeError(f"physics must be a GrayScottPhysics, got {type(physics).__name__}")
+        self.Du, self.Dv = physics.Du, physics.Dv
+        self.side = self.n * PEARSON_SPACING if physics.side is None else physics.side
+        self.noise, self.noise_seed = physics.noise, physics.noise_seed
+        #: The set-up used, ``side`` resolved.
+        self.physics = dataclasses.replace(physics, side=self.side)
         self.dtype = resolve_dtype(dtype)
         if field not in _FIELDS:
             raise ValueError(f"field must be one of {', '.join(_FIELDS)}, got {field!r}")

@@ -37,11 +37,11 @@ def is_builtin_problem(name: Any) -> bool:
 def build_builtin_problem(name: str, **options: Any) -> Any:
     """Build the built-in problem ``name`` through the registry only (never an import
     path or a plugin); ``ValueError`` when ``name`` is not built-in."""
-    from .base import problem_factory
+    from .base import get_problem
 
     if not is_builtin_problem(name):
         raise ValueError(f"problem {name!r} is not a built-in problem of wheretolearn")
-    return problem_factory(name)(**options).record_spec(name, options)
+    return get_problem(name, **options)     # a registered name: the registry, nothing else
 
 
 def user_code_message(run_dir: Any, what: str, how: str) -> str:
