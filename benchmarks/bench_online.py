@@ -124,9 +124,7 @@ def run_offline(args: argparse.Namespace) -> dict:
     model = MLP(x.shape[1], y.shape[1], hidden=tuple(cfg.training.hidden))
     shift, scale = target_scaling(problem, bounds, y_val)
     t = cfg.training
-    trainer = OnlineTrainer(model, lr=t.lr, weight_decay=t.weight_decay,
-                            milestones=tuple(t.milestones), gamma=t.gamma, y_shift=shift,
-                            y_scale=scale)
+    trainer = OnlineTrainer(model, t.adam_schedule(), y_shift=shift, y_scale=scale)
     rng = np.random.default_rng(cfg.study.seed)
     bs = cfg.training.batch_size
     t_train0 = time.perf_counter()

@@ -7,19 +7,31 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from wheretolearn.online.breed import (BreedSampler, child_density, effective_sample_size,
-                                       normalised_fitness, r_schedule)
+from wheretolearn.online.breed import (BreedMutation, BreedOptions, BreedParents,
+                                       BreedResampling, BreedSampler, BreedSchedule,
+                                       child_density, effective_sample_size, normalised_fitness,
+                                       r_schedule)
 from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
 from wheretolearn.online.sampler_registry import make_sampler
 
 BOUNDS = np.array([[100.0, 500.0], [0.0, 2.0]])
 
 
-def _sampler(**kw):
-    opts = dict(seed=3, min_finished=0, period=1000, min_steps=1, window=50, queue_size=10,
+def _sampler(*, seed=3, n_simulations=None, **flat):
+    opts = dict(min_finished=0, period=1000, min_steps=1, window=50, queue_size=10,
                 min_candidates=1)
-    opts.update(kw)
-    return BreedSampler(BOUNDS, **opts)
+    opts.update(flat)
+    return BreedSampler(BOUNDS, BreedOptions.from_flat(opts), seed=seed,
+                        n_simulations=n_simulations)
+
+
+def _unit_sampler(seed, *, boundary_share=0.0, **flat):
+    """A sampler on the unit square that resamples on request (``resample()``)."""
+    opts = dict(min_finished=0, period=1000, min_steps=1, window=60, queue_size=50,
+                min_candidates=1)
+    opts.update(flat)
+    return BreedSampler(np.tile([0.0, 1.0], (2, 1)), BreedOptions.from_flat(opts), seed=seed,
+                        boundary_share=boundary_share)
 
 
 def test_fitness_is_mean_deviation_from_batch_mean_keyed_by_sim_and_step():
@@ -183,9 +195,7 @@ def test_importance_weights_integrate_to_the_right_value():
     # Adaptive proposals lean to the corner (1, 1): the unweighted mean of u is biased (~0.66),
     # the deterministic-mixture weighted one estimates the uniform integrals (standard error
     # of each estimate ~0.012 with 4500 draws).
-    s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=5, min_finished=0, period=1000,
-                     min_steps=1, window=60, queue_size=50, r_start=0.8, r_end=0.8, sigma=0.1,
-                     min_candidates=1)
+    s = _unit_sampler(5, r_start=0.8, r_end=0.8, sigma=0.1)
     _lean_to_corner(s, rounds=8, k=500)
     s.ask(500)
     ids, w = s.importance_weights()
@@ -229,9 +239,16 @@ def test_exact_resume_through_a_checkpoint(tmp_path, extra):
             sampler.simulation_finished(int(ids[0]))
         return np.concatenate(out)
 
-    a = make_sampler("breed", BOUNDS, seed=9, min_finished=2, period=3, min_steps=1,
-                     window=8, queue_size=4, r_start=0.5, r_end=1.0, r_break=2,
-                     min_candidates=2, **extra)
+    options = BreedOptions(
+        mutation=BreedMutation(children=extra.get("children", "reflect")),
+        schedule=BreedSchedule(r_start=0.5, r_end=1.0, r_break=2),
+        resampling=BreedResampling(period=3, min_finished=2),
+        parents=BreedParents(window=8, min_steps=1, min_candidates=2,
+                             fitness_quantile=extra.get("fitness_quantile", 0.9)),
+        queue_size=4)
+    a = make_sampler("breed", BOUNDS, seed=9, options=options,
+                     **{k: v for k, v in extra.items() if k in ("boundary_share",
+                                                                  "n_simulations")})
     drive(a, np.random.default_rng(0), 12)
     assert a.generation >= 2
     save_checkpoint(tmp_path / "c.pt", {"sampler": a.state_dict()})
@@ -245,15 +262,23 @@ def test_exact_resume_through_a_checkpoint(tmp_path, extra):
 
 def test_bad_options_name_the_option():
     with pytest.raises(ValueError, match="sigma"):
-        BreedSampler(BOUNDS, sigma=1.5)
+        BreedMutation(sigma=1.5)
     with pytest.raises(ValueError, match="trigger"):
-        BreedSampler(BOUNDS, trigger="sometimes")
+        BreedResampling(trigger="sometimes")
     with pytest.raises(ValueError, match="base"):
-        BreedSampler(BOUNDS, base="breed")
+        BreedOptions(base="breed")
     with pytest.raises(TypeError, match="window"):
-        BreedSampler(BOUNDS, window=2.5)
+        BreedParents(window=2.5)
+    with pytest.raises(ValueError, match="queue_size"):
+        BreedOptions(queue_size=0)
+    with pytest.raises(TypeError, match="mutation must be a BreedMutation"):
+        BreedOptions(mutation={"sigma": 0.1})
+    with pytest.raises(TypeError, match="options must be a BreedOptions"):
+        BreedSampler(BOUNDS, {"sigma": 0.1})
+    with pytest.raises(TypeError, match="nonsense"):
+        BreedOptions.from_flat({"nonsense": 1})
     with pytest.raises(TypeError):
-        make_sampler("breed", BOUNDS, nonsense=1)
+        make_sampler("breed", BOUNDS, sigma=0.1)          # options go in BreedOptions
 
 
 def test_step_baseline_removes_the_time_step_from_the_fitness():
@@ -289,9 +314,10 @@ def test_resampling_waits_for_min_candidates():
 def test_breed_generation_zero_is_the_plain_base_sampler_at_the_same_seed(base):
     # Paired seeds: Breed at seed s shares its generation 0 with the base sampler at seed s
     # (its own parent / child draws come from a separate stream derived from s).
-    b = make_sampler("breed", BOUNDS, seed=7, base=base)
+    b = make_sampler("breed", BOUNDS, seed=7, options=BreedOptions(base=base))
     np.testing.assert_array_equal(b.ask(23), make_sampler(base, BOUNDS, seed=7).ask(23))
-    bs = make_sampler("breed", BOUNDS, seed=7, base=base, boundary_share=1 / 6)
+    bs = make_sampler("breed", BOUNDS, seed=7, options=BreedOptions(base=base),
+                      boundary_share=1 / 6)
     np.testing.assert_array_equal(
         bs.ask(23), make_sampler(base, BOUNDS, seed=7, boundary_share=1 / 6).ask(23))
 
@@ -300,18 +326,30 @@ def test_new_defaults_follow_the_review():
     s = BreedSampler(BOUNDS, seed=0)
     o = s.options
     # measured in issue 23: the paper's R schedule and batch baseline, the 0.9 quantile
-    assert (o["r_start"], o["r_end"], o["r_break"]) == (0.5, 0.7, 3)
-    assert o["fitness_baseline"] == "batch" and o["fitness_quantile"] == 0.9
-    assert o["children"] == "reflect" and o["weight_cap"] == 10.0
-    assert o["n_simulations"] is None
+    assert o.schedule == BreedSchedule(r_start=0.5, r_end=0.7, r_break=3)
+    assert o.parents.fitness_baseline == "batch" and o.parents.fitness_quantile == 0.9
+    assert o.mutation.children == "reflect" and o.weight_cap == 10.0
+    assert s.n_simulations is None
+
+
+def test_flat_keys_map_one_to_one_onto_the_option_groups():
+    flat = BreedOptions().flat()
+    assert tuple(flat) == BreedOptions.KEYS
+    assert BreedOptions.from_flat(flat) == BreedOptions()
+    o = BreedOptions.from_flat({"sigma": 0.05, "r_end": 0.9, "trigger": "ess", "window": 7,
+                                "queue_size": 3})
+    assert o == BreedOptions(mutation=BreedMutation(sigma=0.05),
+                             schedule=BreedSchedule(r_end=0.9),
+                             resampling=BreedResampling(trigger="ess"),
+                             parents=BreedParents(window=7), queue_size=3)
+    assert {k: v for k, v in o.flat().items() if v != flat[k]} == {
+        "sigma": 0.05, "r_end": 0.9, "trigger": "ess", "window": 7, "queue_size": 3}
 
 
 def test_weights_for_are_normalised_per_batch_and_capped():
     # Mixture weights here range over a factor ~80 (bred draws crowd the corner (1, 1));
     # a cap of 1.5 x the batch mean is active in most batches of 10.
-    s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=5, min_finished=0, period=1000,
-                     min_steps=1, window=60, queue_size=50, r_start=0.9, r_end=0.9,
-                     sigma=0.05, min_candidates=1, weight_cap=1.5)
+    s = _unit_sampler(5, r_start=0.9, r_end=0.9, sigma=0.05, weight_cap=1.5)
     _lean_to_corner(s, rounds=4, k=300, power=4)
     s.ask(300)
     ids, raw = s.importance_weights()
@@ -440,9 +478,7 @@ def test_fitness_is_an_upper_quantile_of_the_recorded_deviations():
 def test_weights_with_a_boundary_share_target_the_base_design():
     # Target = the base design: (1 - 1/4) uniform + 1/4 boundary points. The weighted
     # draws estimate its boundary share and interior integrals despite the bred lean.
-    s = BreedSampler(np.tile([0.0, 1.0], (2, 1)), seed=2, min_finished=0, period=1000,
-                     min_steps=1, window=60, queue_size=50, r_start=0.7, r_end=0.7,
-                     sigma=0.1, min_candidates=1, boundary_share=0.25)
+    s = _unit_sampler(2, r_start=0.7, r_end=0.7, sigma=0.1, boundary_share=0.25)
     _lean_to_corner(s, rounds=6, k=500)
     _, w = s.importance_weights()
     x = np.array(s.diagnostics()["draws"]["params"])
@@ -455,16 +491,19 @@ def test_weights_with_a_boundary_share_target_the_base_design():
         BreedSampler(BOUNDS, boundary_share=0.9)
 
 
-def test_a_state_from_before_issue_23_resumes_with_its_old_behaviour():
-    # Such a state lacks the new options and boundary flags: retry children, mean fitness.
+def test_a_state_from_before_issue_23_is_refused_with_a_clear_error():
+    # Such a state lacks the issue 23 options, the boundary flags and the step means.
     a = _sampler(children="retry", fitness_quantile="mean")
     a.ask(5)
     state = json.loads(json.dumps(a.state_dict()))
+    assert list(state["options"]) == [*BreedOptions.KEYS, "n_simulations"]   # flat, as before
+    b = make_sampler("breed", BOUNDS, seed=0)
+    b.load_state_dict(state)
+    assert b.options == a.options and json.dumps(b.state_dict()) == json.dumps(a.state_dict())
     for key in ("children", "fitness_quantile", "weight_cap", "n_simulations"):
         del state["options"][key]
     del state["boundary_share"], state["draws"]["boundary"], state["queue"]["boundary"]
-    b = make_sampler("breed", BOUNDS, seed=0)
-    b.load_state_dict(state)
-    assert b.options["children"] == "retry" and b.options["fitness_quantile"] == "mean"
-    assert json.dumps(b.state_dict()) == json.dumps(a.state_dict())
-    np.testing.assert_array_equal(b.ask(7), a.ask(7))
+    with pytest.raises(ValueError, match=r"older wheretolearn \(before issue 23\)") as err:
+        make_sampler("breed", BOUNDS, seed=0).load_state_dict(state)
+    for key in ("children", "boundary_share", "draws.boundary", "queue.boundary"):
+        assert key in str(err.value)

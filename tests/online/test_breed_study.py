@@ -33,7 +33,7 @@ def tiny_breed(**sampler):
 
 def test_sampler_options_are_validated_and_derived_from_the_buffer():
     cfg = OnlineStudyConfig().with_overrides(**{"sampler.name": "breed"})
-    opts = cfg.sampler.options(n_steps=100, capacity=2500, watermark=500)
+    opts = cfg.sampler.options(n_steps=100, capacity=2500, watermark=500)["options"].flat()
     # period and min_finished as OGAS; window 2 x capacity, min_steps 0.1 x steps (ours)
     assert (opts["window"], opts["period"], opts["min_finished"], opts["min_steps"]) == (
         50, 75, 10, 10)
@@ -128,8 +128,9 @@ def test_issue_23_sampler_keys_defaults_and_options():
     assert (s.r_start, s.r_end, s.r_break) == (0.5, 0.7, 3)
     assert (s.children, s.weight_cap, s.boundary_share) == ("reflect", 10.0, 0.0)
     opts = s.options(n_steps=100, capacity=2500, watermark=500, n_simulations=200)
-    assert opts["n_simulations"] == 200 and opts["weight_cap"] == 10.0
-    assert opts["children"] == "reflect" and opts["fitness_quantile"] == 0.9
+    assert opts["n_simulations"] == 200 and opts["options"].weight_cap == 10.0
+    flat = opts["options"].flat()
+    assert flat["children"] == "reflect" and flat["fitness_quantile"] == 0.9
     assert "n_simulations" not in s.options(n_steps=100, capacity=2500, watermark=500)
     assert "boundary_share" not in opts                              # 0: the plain design
     # boundary_share applies to every sampler (Breed: to its base sampler)
@@ -139,7 +140,8 @@ def test_issue_23_sampler_keys_defaults_and_options():
     b = OnlineStudyConfig.model_validate({"sampler": {"name": "breed", "boundary_share": 0.125,
                                                       "fitness_quantile": "mean"}}).sampler
     opts = b.options(n_steps=100, capacity=2500, watermark=500)
-    assert opts["boundary_share"] == 0.125 and opts["fitness_quantile"] == "mean"
+    assert opts["boundary_share"] == 0.125
+    assert opts["options"].parents.fitness_quantile == "mean"
     from wheretolearn.online.sampler_registry import make_sampler
 
     make_sampler("breed", [[0.0, 1.0]] * 5, seed=0, **opts)         # every key is accepted

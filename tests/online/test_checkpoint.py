@@ -9,7 +9,7 @@ from wheretolearn.online import checkpoint as ckpt
 from wheretolearn.online.buffers import Sample, make_buffer
 from wheretolearn.online.checkpoint import load_checkpoint, save_checkpoint
 from wheretolearn.online.sampler_registry import make_sampler
-from wheretolearn.online.trainer import OnlineTrainer
+from wheretolearn.online.trainer import AdamSchedule, OnlineTrainer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,7 +22,7 @@ def batches(n, seed=0):
 
 
 def trained_trainer():
-    t = OnlineTrainer(MLP(6, 8, hidden=(16, 16), seed=0), milestones=(3, 6),
+    t = OnlineTrainer(MLP(6, 8, hidden=(16, 16), seed=0), AdamSchedule(milestones=(3, 6)),
                       y_shift=0.5, y_scale=0.25)
     for x, y in batches(4):
         t.train_arrays(x, y)
@@ -49,7 +49,7 @@ def test_trainer_round_trip_restores_outputs_optimiser_and_continues_identically
 
 def test_load_state_into_existing_trainer_checks_architecture():
     t = trained_trainer()
-    other = OnlineTrainer(MLP(6, 8, hidden=(16, 16), seed=9), milestones=(3, 6))
+    other = OnlineTrainer(MLP(6, 8, hidden=(16, 16), seed=9), AdamSchedule(milestones=(3, 6)))
     other.load_state_dict(t.state_dict())
     assert other.batches_seen == 4
     with pytest.raises(ValueError, match="does not match"):

@@ -10,9 +10,10 @@ import tomli_w
 from typer.testing import CliRunner
 
 from wheretolearn.cli import app
-from wheretolearn.online.compare import (GROUPS, METRICS, PER_SIMULATION, box_validation_set,
-                                         lockstep_study, ratio_statistics, sampler_config,
-                                         summarise_comparison, tail_metrics, validation_set)
+from wheretolearn.online.compare import (GROUPS, METRICS, PER_SIMULATION, ComparisonProtocol,
+                                         ValidationDesign, box_validation_set, lockstep_study,
+                                         ratio_statistics, sampler_config, summarise_comparison,
+                                         tail_metrics, validation_set)
 from wheretolearn.online.config import OnlineStudyConfig
 
 runner = CliRunner()
@@ -40,7 +41,8 @@ class _CountingProblem:
 
 def test_validation_groups_interior_strictly_inside_boundary_exactly_on():
     bounds = np.array([[100.0, 500.0]] * 5)
-    p, g = box_validation_set(bounds, n_interior=512, n_faces=128, n_corners=64, seed=1)
+    p, g = box_validation_set(bounds, ValidationDesign(n_interior=512, n_faces=128,
+                                                       n_corners=64, seed=1))
     assert p.shape == (512 + 128 + 32, 5)
     assert [int((g == i).sum()) for i in range(3)] == [512, 128, 32]     # all 2^5 corners
     on = np.isin(p, [100.0, 500.0])
@@ -58,19 +60,27 @@ def test_validation_groups_interior_strictly_inside_boundary_exactly_on():
     hist = np.histogram(p0[g0 == 0, 0], bins=8, range=(100, 500))[0]
     assert hist.min() >= 0.8 * hist.mean()
     # its own seed, one stream per group: a different face count leaves the interior
-    p2, g2 = box_validation_set(bounds, n_interior=512, n_faces=10, n_corners=64, seed=1)
+    p2, g2 = box_validation_set(bounds, ValidationDesign(n_faces=10, seed=1))
     np.testing.assert_array_equal(p2[g2 == 0], inner)
     # more corners than wanted: distinct ones at random
-    p3, g3 = box_validation_set(bounds, n_interior=4, n_faces=0, n_corners=7, seed=1)
+    p3, g3 = box_validation_set(bounds, ValidationDesign(n_interior=4, n_faces=0,
+                                                         n_corners=7, seed=1))
     assert (g3 == 2).sum() == 7 and len({tuple(r) for r in p3[g3 == 2]}) == 7
     with pytest.raises(ValueError, match="design must be one of"):
-        box_validation_set(bounds, design="grid")
+        ValidationDesign(design="grid")
+    for bad, match in (({"n_interior": 0}, "n_interior must be an integer >= 1"),
+                       ({"n_faces": -1}, "n_faces"), ({"n_corners": 2.5}, "n_corners")):
+        with pytest.raises(ValueError, match=match):
+            ValidationDesign(**bad)
+    assert ValidationDesign().n_simulations(5) == 512 + 128 + 32
+    assert ValidationDesign().n_simulations(1) == 512 + 2
 
 
 def test_validation_cache_is_reused_and_a_changed_key_regenerates(tmp_path):
     bounds = [[0.0, 1.0], [2.0, 3.0]]
-    kw = {"problem_name": "toy", "problem_options": {"n": 4}, "n_interior": 8, "n_faces": 4,
-          "n_corners": 4, "seed": 3, "cache": tmp_path}
+    design = ValidationDesign(n_interior=8, n_faces=4, n_corners=4, seed=3)
+    kw = {"problem_name": "toy", "problem_options": {"n": 4}, "validation": design,
+          "cache": tmp_path}
     prob = _CountingProblem()
     first = validation_set(prob, bounds, **kw)
     assert not first.reused and prob.calls == 8 + 4 + 4
@@ -83,7 +93,11 @@ def test_validation_cache_is_reused_and_a_changed_key_regenerates(tmp_path):
     again = validation_set(_CountingProblem(scale=2.0), bounds, **kw)   # not recomputed
     assert again.reused and again.path == first.path
     np.testing.assert_array_equal(again.fields, first.fields)
-    for change in ({"seed": 4}, {"problem_options": {"n": 5}}, {"n_faces": 2}):
+    for change in ({"validation": ValidationDesign(n_interior=8, n_faces=4, n_corners=4,
+                                                   seed=4)},
+                   {"problem_options": {"n": 5}},
+                   {"validation": ValidationDesign(n_interior=8, n_faces=2, n_corners=4,
+                                                   seed=3)}):
         prob = _CountingProblem()
         other = validation_set(prob, bounds, **{**kw, **change})
         assert not other.reused and other.path != first.path and prob.calls > 0
@@ -152,8 +166,9 @@ def _tiny_validation(cfg):
 
     prob = get_problem(cfg.study.problem, **cfg.study.problem_options())
     return validation_set(prob, prob.parameter_bounds, problem_name="heat2d",
-                          problem_options=cfg.study.problem_options(), n_interior=8,
-                          n_faces=4, n_corners=4, seed=0)
+                          problem_options=cfg.study.problem_options(),
+                          validation=ValidationDesign(n_interior=8, n_faces=4, n_corners=4,
+                                                      seed=0))
 
 
 def test_every_sampler_trains_the_requested_passes():
@@ -296,7 +311,8 @@ def test_heat_breed_example_is_heat_online_with_sampler_breed():
     breed = load_online_config(str(ex / "heat_breed.toml"))
     online = load_online_config(str(ex / "heat_online.toml"), **{"sampler.name": "breed"})
     assert breed == online
-    assert breed.sampler.options(n_steps=100, capacity=2500, watermark=500)["window"] == 50
+    opts = breed.sampler.options(n_steps=100, capacity=2500, watermark=500)["options"]
+    assert opts.parents.window == 50
 
 
 def test_parallel_jobs_give_the_runs_of_one_job(tmp_path):
@@ -305,8 +321,9 @@ def test_parallel_jobs_give_the_runs_of_one_job(tmp_path):
     from wheretolearn.online.compare import compare_samplers
 
     cfg = OnlineStudyConfig.model_validate(TINY)
-    kw = dict(seeds=2, passes=1.0, n_interior=4, n_faces=2, n_corners=2,
-              cache=tmp_path / "cache")
+    protocol = ComparisonProtocol(seeds=2, passes=1.0, validation=ValidationDesign(
+        n_interior=4, n_faces=2, n_corners=2))
+    kw = dict(protocol=protocol, cache=tmp_path / "cache")
     one = compare_samplers(cfg, ["uniform", "breed"], jobs=1, **kw)
     two = compare_samplers(cfg, ["uniform", "breed"], jobs=2, **kw)
     assert [(r["sampler"], r["seed"]) for r in two["runs"]] == [
@@ -320,3 +337,20 @@ def test_parallel_jobs_give_the_runs_of_one_job(tmp_path):
         compare_samplers(cfg, ["uniform"], jobs=2, **{**kw, "cache": None})
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         compare_samplers(cfg, ["uniform"], jobs=0, **kw)
+
+
+def test_comparison_protocol_checks_its_budget_and_sizes():
+    p = ComparisonProtocol()
+    assert (p.seeds, p.passes, p.batches_per_simulation, p.n_boot) == (10, 1.5, None, 10000)
+    assert p.budget() == {"passes": 1.5, "batches_per_simulation": None}
+    assert ComparisonProtocol(passes=None, batches_per_simulation=4.75).budget() == {
+        "passes": None, "batches_per_simulation": 4.75}
+    for bad, match in (({"batches_per_simulation": 3.0}, "exactly one of passes"),
+                       ({"passes": None}, "exactly one of passes"),
+                       ({"passes": 0.0}, "passes must be a finite number > 0"),
+                       ({"seeds": 0}, "seeds must be an integer >= 1"),
+                       ({"n_boot": 0}, "n_boot")):
+        with pytest.raises(ValueError, match=match):
+            ComparisonProtocol(**bad)
+    with pytest.raises(TypeError, match="validation must be a ValidationDesign"):
+        ComparisonProtocol(validation={"n_interior": 4})

@@ -1,11 +1,13 @@
 """Tests of the streaming ensemble executor on a real LocalCluster (no mocks)."""
 
 import threading
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
-from wheretolearn.online.executor import (EnsembleExecutor, decode_step, encode_step,
+from wheretolearn.online.executor import (EnsembleExecutor, EnsemblePlan, ExecutorHooks,
+                                          FaultInjection, Streaming, decode_step, encode_step,
                                           fault_plan, pack_messages, unpack_messages)
 from wheretolearn.online.ledger import SimulationLedger
 from wheretolearn.online.sampler_registry import make_sampler
@@ -51,13 +53,28 @@ class Collector:
             return True
 
 
+def options(**kw):
+    """Flat keywords (``fail_rate=0.5, max_message_bytes=1, ...``) -> the executor's option
+    objects (``plan``, ``faults``, ``streaming``)."""
+    out = {}
+    for name, cls in (("plan", EnsemblePlan), ("faults", FaultInjection),
+                      ("streaming", Streaming)):
+        keys = {f.name for f in fields(cls)}
+        mine = {k: kw.pop(k) for k in list(kw) if k in keys}
+        if mine:
+            out[name] = cls(**mine)
+    assert not kw, f"unknown executor options {kw}"
+    return out
+
+
 def run(client, n_sims, *, collector=None, timeout=60, **kw):
     ledger = SimulationLedger(SPEC["options"]["n_steps"])
     sampler = make_sampler("uniform", BOUNDS, seed=3)
     collector = collector or Collector()
     opts = dict(n_simulations=n_sims, max_concurrent=2, simulation_timeout=20.0, max_retries=3)
     opts.update(kw)
-    ex = EnsembleExecutor(client, SPEC, ledger, sampler, collector, **opts).start()
+    ex = EnsembleExecutor(client, SPEC, ledger, sampler, hooks=ExecutorHooks(collector),
+                          **options(**opts)).start()
     assert ex.done.wait(timeout), ledger.summary()
     ex.stop()
     assert ex.error is None
@@ -186,8 +203,8 @@ def test_step_accepted_while_the_attempt_is_given_up_is_in_buffer_and_ledger(cli
         return True
 
     monitor_threads = []
-    ex = EnsembleExecutor(client, SPEC, ledger, sampler, on_sample, n_simulations=1,
-                          max_concurrent=1, max_retries=0)
+    ex = EnsembleExecutor(client, SPEC, ledger, sampler, hooks=ExecutorHooks(on_sample),
+                          plan=EnsemblePlan(n_simulations=1, max_concurrent=1, max_retries=0))
     sim_id = ledger.new_simulation(BOUNDS[:, 0])
     attempt = ledger.start_attempt(sim_id)
     act = _Active(sim_id, attempt, ErroredFuture(), 0.0, started=True)
@@ -317,8 +334,8 @@ def test_failure_noticed_after_completion_tells_the_sampler(client):
 
     ledger = SimulationLedger(SPEC["options"]["n_steps"])
     sampler = Sampler()
-    ex = EnsembleExecutor(client, SPEC, ledger, sampler, lambda *a: True, n_simulations=1,
-                          max_concurrent=1, max_retries=0)
+    ex = EnsembleExecutor(client, SPEC, ledger, sampler, hooks=ExecutorHooks(lambda *a: True),
+                          plan=EnsemblePlan(n_simulations=1, max_concurrent=1, max_retries=0))
     sim_id = ledger.new_simulation(BOUNDS[:, 0])
     attempt = ledger.start_attempt(sim_id)
     for step in range(SPEC["options"]["n_steps"]):
@@ -336,7 +353,8 @@ def test_receiver_blocks_instead_of_spinning_and_stops_at_the_end(client):
 
     ledger = SimulationLedger(SPEC["options"]["n_steps"])
     ex = EnsembleExecutor(client, SPEC, ledger, make_sampler("uniform", BOUNDS, seed=3),
-                          Collector(), n_simulations=2, max_concurrent=2).start()
+                          hooks=ExecutorHooks(Collector()),
+                          plan=EnsemblePlan(n_simulations=2, max_concurrent=2)).start()
     t0 = time.monotonic()
     assert ex.done.wait(60)
     elapsed = time.monotonic() - t0
@@ -366,3 +384,38 @@ def test_decide_after_failure_table(completed, lineage, sim, retries, redraw, wa
     assert decide_after_failure(completed=completed, lineage_failures=lineage,
                                 sim_failures=sim, max_retries=retries,
                                 failures_before_redraw=redraw) == want
+
+
+@pytest.mark.parametrize("cls, kw, words", [
+    (EnsemblePlan, dict(n_simulations=0, max_concurrent=1), ["n_simulations", "0", ">= 1"]),
+    (EnsemblePlan, dict(n_simulations=1, max_concurrent=1, simulation_timeout=-1.0),
+     ["simulation_timeout", "-1.0", "> 0"]),
+    (EnsemblePlan, dict(n_simulations=1, max_concurrent=1, failures_before_redraw=0),
+     ["failures_before_redraw", "0"]),
+    (FaultInjection, dict(fail_rate=1.0), ["fail_rate", "1.0", "[0, 1)"]),
+    (FaultInjection, dict(hang_mode="nap"), ["hang_mode", "'nap'", "'spin'"]),
+    (Streaming, dict(queue_maxsize=0), ["queue_maxsize", "0", ">= 1"]),
+    (Streaming, dict(heartbeat_seconds=float("inf")), ["heartbeat_seconds", "inf"]),
+    (ExecutorHooks, dict(on_sample=None), ["on_sample", "callable"]),
+])
+def test_executor_options_reject_bad_values_naming_them(cls, kw, words):
+    with pytest.raises(ValueError) as err:
+        cls(**kw)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_attempt_options_are_picklable_and_map_the_executor_section():
+    import pickle
+
+    from wheretolearn.online.config import ExecutorSection
+
+    ex = ExecutorSection(workers=3, simulation_timeout=5.0, fail_rate=0.25, hang_seconds=7.0,
+                         queue_maxsize=8, max_message_bytes=100, failures_before_redraw=2)
+    assert ex.plan(10) == EnsemblePlan(n_simulations=10, max_concurrent=3,
+                                       simulation_timeout=5.0, max_retries=3,
+                                       failures_before_redraw=2)
+    faults, streaming = ex.fault_injection(4), ex.streaming()
+    assert faults == FaultInjection(fail_rate=0.25, seed=4, hang_seconds=7.0)
+    assert streaming == Streaming(queue_maxsize=8, max_message_bytes=100)
+    assert pickle.loads(pickle.dumps((faults, streaming))) == (faults, streaming)

@@ -176,6 +176,29 @@ def test_max_seconds_stops_resumably_even_before_training(tmp_path):
     assert second["seconds"] > first["seconds"]
 
 
+def test_a_checkpoint_of_an_older_layout_is_refused_by_name(tmp_path):
+    """0.x: no compatibility code. A top-level checkpoint.pt (the first layout) or a checkpoint
+    without the record of delivered steps is refused with what is missing, not patched up."""
+    import shutil
+
+    from wheretolearn.online.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    run_online_study(tiny(), out, max_seconds=0.01)
+    state, _ = CheckpointStore(out).load_latest()
+    assert "delivered" in state
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    shutil.rmtree(older / "checkpoints")
+    save_checkpoint(older / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match="top-level checkpoint.pt.*older wheretolearn"):
+        resume_online_study(older)
+    state.pop("delivered")
+    CheckpointStore(out).publish(state)            # the newest verified checkpoint now
+    with pytest.raises(ValueError, match=r"lacks \['delivered'\].*older wheretolearn"):
+        resume_online_study(out)
+
+
 def test_checkpoint_sampler_state_matches_its_ledger(tmp_path):
     """The monitor draws a new simulation (sampler.ask, then ledger.new_simulation, under the
     sampler lock) at any moment. A checkpoint must not hold a sampler that already drew for a
@@ -280,3 +303,13 @@ def test_failures_before_redraw_accepts_melissas_old_key():
     new = OnlineStudyConfig.model_validate({"executor": {"failures_before_redraw": 2}})
     assert old == new and new.executor.failures_before_redraw == 2
     assert OnlineStudyConfig.model_validate(new.model_dump()) == new   # round trip
+
+
+def test_bounds_rows_are_checked_against_the_problem_before_the_folder(tmp_path):
+    """``[sampler] bounds`` need one row per parameter the problem declares (its
+    ``input_shape``), not a count known by the problem's name."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"must have 5 rows for problem 'heat2d' \(one per "
+                                         r"parameter: T_init, .*\), got 4"):
+        run_online_study(tiny(sampler={"bounds": [[100.0, 500.0]] * 4}), out)
+    assert not out.exists()

@@ -8,8 +8,9 @@ import torch
 
 from wheretolearn.models import MLP
 from wheretolearn.online.buffers import FIFOBuffer, Sample
-from wheretolearn.online.trainer import (BufferDataset, OnlineTrainer, collate_samples,
-                                         normalised_step_features, target_scaling)
+from wheretolearn.online.trainer import (AdamSchedule, BufferDataset, OnlineTrainer,
+                                         collate_samples, normalised_step_features,
+                                         target_scaling)
 
 F, O = 3, 4
 
@@ -52,7 +53,7 @@ def test_fused_adam_default_follows_the_plain_adam_trajectory():
 def test_loss_decreases_on_a_tiny_synthetic_problem():
     x, y = toy_data(2000)
     xv, yv = toy_data(200, seed=1)
-    t = make_trainer(lr=3e-3)
+    t = make_trainer(schedule=AdamSchedule(lr=3e-3))
     before = t.validate(xv, yv)
     rng = np.random.default_rng(0)
     for _ in range(400):
@@ -65,7 +66,7 @@ def test_loss_decreases_on_a_tiny_synthetic_problem():
 
 
 def test_scheduler_halves_lr_at_milestone_batches():
-    t = make_trainer(milestones=(3, 5), gamma=0.5)
+    t = make_trainer(schedule=AdamSchedule(milestones=(5, 3), gamma=0.5))   # sorted
     x, y = toy_data(10)
     lrs = [t.train_arrays(x, y)["lr"] for _ in range(7)]
     np.testing.assert_allclose(lrs, [1e-3] * 3 + [5e-4] * 2 + [2.5e-4] * 2)
@@ -208,7 +209,16 @@ def test_normalised_step_features_normalise_parameters_and_step():
 def test_bad_trainer_arguments():
     m = MLP(F, O, hidden=(4,))
     with pytest.raises(ValueError, match="lr"):
-        OnlineTrainer(m, lr=0)
+        AdamSchedule(lr=0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        AdamSchedule(weight_decay=-1e-4)
+    with pytest.raises(ValueError, match="milestones"):
+        AdamSchedule(milestones=(100, 0))
+    with pytest.raises(TypeError, match="milestones"):
+        AdamSchedule(milestones=1000)
+    with pytest.raises(TypeError, match="schedule must be an AdamSchedule"):
+        OnlineTrainer(m, {"lr": 1e-3})
+    assert AdamSchedule(milestones=[20, 10]).milestones == (10, 20)
     with pytest.raises(ValueError, match="y_scale must be > 0"):
         OnlineTrainer(m, y_scale=[1.0, 0.0, 1.0, 1.0])
     with pytest.raises(TypeError, match="model must be"):

@@ -99,3 +99,43 @@ def test_jsonable_and_bad_names(tmp_path):
     with RunFolder(tmp_path / "r") as run:
         with pytest.raises(ValueError, match="inside the run"):
             run.file("../escape.txt")
+
+
+def test_reopen_writes_in_place_keeps_files_on_error_and_records_paths_on_commit(tmp_path):
+    from wheretolearn._ownership import MARKER, check_replaceable, list_tree
+
+    out = tmp_path / "run"
+    with RunFolder(out) as run:
+        run.write_config_toml({"a": 1})
+    assert json.loads((out / MARKER).read_text())["paths"] == ["config.toml"]
+    with pytest.raises(RuntimeError, match="boom"):
+        with RunFolder.reopen(out) as run:
+            assert run.path == out.absolute()
+            # in progress: no path list, the run-folder layout decides what is ours
+            assert "paths" not in json.loads((out / MARKER).read_text())
+            run.append_metrics({"batch": 1})
+            run.append_metrics({"batch": 2})
+            raise RuntimeError("boom")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2   # kept for a resume
+    assert check_replaceable(out, "run", overwrite=True)
+    run = RunFolder.reopen(out)
+    assert run.truncate_metrics(1) == [{"batch": 1}]
+    assert (out / "metrics.jsonl").read_text() == '{"batch": 1}\n'
+    run.write_summary({"x": 1.5})
+    run.figure_path("loss").write_bytes(b"png")
+    assert run.commit() == out.absolute()
+    record = json.loads((out / MARKER).read_text())
+    assert record["paths"] == sorted(list_tree(out))
+    assert "summary.json" in record["paths"] and "figures/loss.png" in record["paths"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("make", ["absent", "file"])
+def test_reopen_refuses_what_is_not_an_existing_folder(tmp_path, make):
+    out = tmp_path / "run"
+    if make == "file":
+        out.write_text("x")
+    with pytest.raises(ValueError, match="existing run folder"):
+        RunFolder.reopen(out)
+    with pytest.raises(ValueError, match="n_lines"):
+        RunFolder.reopen(tmp_path).truncate_metrics(-1)

@@ -34,7 +34,8 @@ def run_compare(config: str, *, out: Optional[Path], samplers: Optional[str], se
                 val_design: str, cache: Optional[Path], bootstrap_seed: int, jobs: int,
                 progress: bool) -> None:
     """Validate the arguments, run the comparison, write ``DIR`` and print the table."""
-    from ..online.compare import DESIGNS, compare_samplers, comparison_table, write_comparison
+    from ..online.compare import (DESIGNS, ComparisonProtocol, ValidationDesign,
+                                  compare_samplers, comparison_table, write_comparison)
     from ..online.config import load_online_config
 
     if out is None:
@@ -66,16 +67,18 @@ def run_compare(config: str, *, out: Optional[Path], samplers: Optional[str], se
     cfg = load_online_config(config)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    kw = {"seeds": seeds, "passes": passes, "batches_per_simulation": batches_per_simulation,
-          "n_interior": val_interior, "n_faces": val_faces, "n_corners": val_corners,
-          "val_seed": val_seed, "design": val_design, "bootstrap_seed": bootstrap_seed,
-          "jobs": jobs,
-          "cache": cache if cache is not None else stage / "validation"}
+    protocol = ComparisonProtocol(
+        seeds=seeds, passes=passes, batches_per_simulation=batches_per_simulation,
+        validation=ValidationDesign(n_interior=val_interior, n_faces=val_faces,
+                                    n_corners=val_corners, seed=val_seed, design=val_design),
+        bootstrap_seed=bootstrap_seed)
     try:
         with ProgressBars(progress, transient=True) as bars:
             task = bars.task("compare", len(names) * seeds)
             result = compare_samplers(
-                cfg, names, **kw, progress=lambda label: task.update(description=label),
+                cfg, names, protocol=protocol, jobs=jobs,
+                cache=cache if cache is not None else stage / "validation",
+                progress=lambda label: task.update(description=label),
                 on_run=lambda record: task.advance())
         summary = write_comparison(result, out, config_path=config, stage=stage)
     except BaseException:

@@ -26,13 +26,28 @@ from wheretolearn.online.samplers import (
     SobolSampler,
     UniformSampler,
 )
-from wheretolearn.online.breed import BreedSampler
+from wheretolearn.online.breed import (
+    BreedMutation,
+    BreedOptions,
+    BreedParents,
+    BreedResampling,
+    BreedSampler,
+    BreedSchedule,
+)
 from wheretolearn.online.sampler_registry import SAMPLERS, make_sampler
 from wheretolearn.online.config import OnlineStudyConfig, load_online_config
-from wheretolearn.online.executor import EnsembleExecutor, SimulatedCrash
+from wheretolearn.online.executor import (
+    EnsembleExecutor,
+    EnsemblePlan,
+    ExecutorHooks,
+    FaultInjection,
+    SimulatedCrash,
+    Streaming,
+)
 from wheretolearn.online.ledger import SimulationLedger
 from wheretolearn.online.study import OnlineStudy, resume_online_study, run_online_study
 from wheretolearn.online.trainer import (
+    AdamSchedule,
     BufferDataset,
     OnlineTrainer,
     collate_samples,
@@ -53,6 +68,11 @@ __all__: list[str] = [
     "save_checkpoint",
     "SAMPLERS",
     "BreedSampler",
+    "BreedOptions",
+    "BreedMutation",
+    "BreedSchedule",
+    "BreedResampling",
+    "BreedParents",
     "HaltonSampler",
     "LHSSampler",
     "ParameterSampler",
@@ -61,6 +81,7 @@ __all__: list[str] = [
     "make_sampler",
     "BufferDataset",
     "OnlineTrainer",
+    "AdamSchedule",
     "collate_samples",
     "normalised_step_features",
     "target_scaling",
@@ -72,6 +93,10 @@ __all__: list[str] = [
     "OnlineStudyConfig",
     "load_online_config",
     "EnsembleExecutor",
+    "EnsemblePlan",
+    "ExecutorHooks",
+    "FaultInjection",
+    "Streaming",
     "SimulatedCrash",
     "SimulationLedger",
     "OnlineStudy",

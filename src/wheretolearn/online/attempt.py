@@ -11,7 +11,8 @@ process can). A killed child is replaced by a fresh one at the next attempt; hea
 children are reused (one per worker thread), so the problem is built once.
 
 Back-pressure: when the queue is full, ``put`` waits; every ``heartbeat_seconds`` of waiting
-the task sends a small heartbeat on a second, unbounded queue, so the server pauses the
+(:class:`~wheretolearn.online.messages.Streaming`) the task sends a small heartbeat on a
+second, unbounded queue, so the server pauses the
 timer of this attempt only -- its messages are really waiting -- and not that of a hung one.
 The attempt's first message, its hello (which worker runs it), goes on that queue too: the
 server's monitor reads it at once, even while the receiver waits on a full buffer.
@@ -36,8 +37,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .faults import SimulatedCrash, fault_plan, resend_plan
-from .messages import encode_heartbeat, encode_hello, encode_step, pack_messages
+from .faults import FaultInjection, SimulatedCrash, fault_plan, resend_plan
+from .messages import Streaming, encode_heartbeat, encode_hello, encode_step, pack_messages
 
 __all__ = ["AttemptProcess", "run_simulation_attempt", "kill_process_group"]
 
@@ -194,12 +195,11 @@ class _Relay:
     """Groups steps into queue messages and puts them, with heartbeats under back-pressure."""
 
     def __init__(self, queue: Any, heartbeat_queue: Any, sim_id: int, attempt: int, *,
-                 max_message_bytes: int, flush_seconds: float, heartbeat_seconds: float,
-                 resend_index: int):
+                 streaming: Streaming, resend_index: int):
         self.queue, self.hb = queue, heartbeat_queue
         self.sim_id, self.attempt = sim_id, attempt
-        self.max_bytes, self.flush_seconds = max_message_bytes, flush_seconds
-        self.hb_seconds, self.resend_index = heartbeat_seconds, resend_index
+        self.max_bytes, self.flush_seconds = streaming.max_message_bytes, streaming.flush_seconds
+        self.hb_seconds, self.resend_index = streaming.heartbeat_seconds, resend_index
         self.group: list[bytes] = []
         self.group_bytes, self.t_group = 0, time.monotonic()
         self.sent = self.messages = 0
@@ -251,24 +251,31 @@ class _Relay:
 
 
 def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params: list[float],
-                           queue_name: str, *, fail_rate: float = 0.0, seed: int = 0,
-                           hang_seconds: float = 60.0, hang_mode: str = "sleep",
-                           max_message_bytes: int = 262144, flush_seconds: float = 0.2,
-                           heartbeat_seconds: float = 0.5, poll_seconds: float = 0.1) -> dict:
+                           queue_name: str, *, faults: FaultInjection = FaultInjection(),
+                           streaming: Streaming = Streaming()) -> dict:
     """Dask task: run one attempt of simulation ``sim_id`` in a killable child process and
     stream its steps to the queue ``queue_name`` (heartbeats to ``queue_name + "-hb"``).
 
     Steps are sent as soon as the child computed them, grouped into one queue message
-    while the group stays below ``max_message_bytes`` and younger than ``flush_seconds``.
+    while the group stays below ``streaming.max_message_bytes`` and younger than
+    ``streaming.flush_seconds``.
 
     Parameters
     ----------
     problem_spec : str
         JSON ``{"name": ..., "options": {...}}`` for :func:`wheretolearn.problems.get_problem`.
+    sim_id, attempt : int
     params : list of float (d,)
-    fail_rate, seed, hang_seconds, hang_mode
-        Fault injection (:mod:`wheretolearn.online.faults`); a hang sleeps
-        (``"sleep"``) or spins (``"spin"``) in the child for ``hang_seconds``.
+    queue_name : str
+        Name of the study's ``distributed.Queue`` of steps.
+    faults : FaultInjection
+        Fault injection (:mod:`wheretolearn.online.faults`); an injected hang sleeps
+        (``"sleep"``) or spins (``"spin"``) in the child for ``faults.hang_seconds``
+        (60 s when None).
+    streaming : Streaming
+        Message size, flush age, heartbeat and cancellation-poll periods
+        (:class:`~wheretolearn.online.messages.Streaming`; ``queue_maxsize`` is the
+        server's).
 
     Returns
     -------
@@ -281,12 +288,11 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
 
     queue, hb = Queue(queue_name), Queue(queue_name + "-hb")
     child = _take_process(problem_spec)
-    kind, fault_step = (fault_plan(seed, sim_id, attempt, fail_rate,
+    kind, fault_step = (fault_plan(faults.seed, sim_id, attempt, faults.fail_rate,
                                    int(_get_problem(problem_spec).n_steps))
-                        if fail_rate > 0 else (None, -1))
-    relay = _Relay(queue, hb, sim_id, attempt, max_message_bytes=max_message_bytes,
-                   flush_seconds=flush_seconds, heartbeat_seconds=heartbeat_seconds,
-                   resend_index=resend_plan(seed, sim_id, attempt, fail_rate))
+                        if faults.fail_rate > 0 else (None, -1))
+    relay = _Relay(queue, hb, sim_id, attempt, streaming=streaming,
+                   resend_index=resend_plan(faults.seed, sim_id, attempt, faults.fail_rate))
 
     reusable = False
 
@@ -301,8 +307,9 @@ def run_simulation_attempt(problem_spec: str, sim_id: int, attempt: int, params:
         hb.put(pack_messages([encode_hello(sim_id, attempt, get_worker().address)]))
         child.start({"sim_id": sim_id, "attempt": attempt, "params": list(params),
                      "spec": problem_spec, "fault": [kind, fault_step],
-                     "hang_seconds": hang_seconds, "hang_mode": hang_mode})
-        for frame in _frames(child, poll_seconds, relay):
+                     "hang_seconds": faults.hang_seconds or 60.0,
+                     "hang_mode": faults.hang_mode})
+        for frame in _frames(child, streaming.poll_seconds, relay):
             if frame[0] == b"S":
                 relay.add(frame[1])
                 continue

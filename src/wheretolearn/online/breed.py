@@ -106,14 +106,20 @@ State. :meth:`BreedSampler.state_dict` holds the generator state, the base sampl
 the fitness table, the draws (window), the proposals, generation and schedule counters and the
 queue; :meth:`BreedSampler.load_state_dict` restores them, so a resumed study continues
 exactly as the uninterrupted one from the same checkpoint (no replay: draws depend on
-``tell``). A state written before issue 23 lacks the new options and resumes with the old
-behaviour (``children="retry"``, mean fitness).
+``tell``). A state written before issue 23 (without its options, boundary flags and step
+means) is refused with an error: start such a study again.
+
+Options. :class:`BreedOptions` groups them by concern -- :class:`BreedMutation` (children),
+:class:`BreedSchedule` (bred fraction), :class:`BreedResampling` (when), :class:`BreedParents`
+(candidates and fitness) -- and maps one to one onto the flat ``[sampler]`` keys of the
+online TOML (:meth:`BreedOptions.from_flat`, :meth:`BreedOptions.flat`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from scipy.special import ndtr
@@ -122,7 +128,8 @@ from .._validation import (check_nonnegative_int, check_positive_float, check_po
                            check_probability)
 from .samplers import STATIC_SAMPLERS, ParameterSampler
 
-__all__ = ["BreedSampler", "r_schedule", "child_density", "normalised_fitness",
+__all__ = ["BreedSampler", "BreedOptions", "BreedMutation", "BreedSchedule", "BreedResampling",
+           "BreedParents", "r_schedule", "child_density", "normalised_fitness",
            "effective_sample_size", "cap_weights"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -130,8 +137,12 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 _BREED_STREAM = 1
 #: Rows of ``u`` per block in :func:`child_density` (bounds the (rows, K, d) temporaries).
 _ROWS = 4096
-#: Options of a state written before issue 23 (absent there): its behaviour then.
-_LEGACY = {"children": "retry", "fitness_quantile": "mean"}
+BASES = ("uniform", "halton", "sobol", "lhs")
+CHILDREN = ("reflect", "retry")
+TRIGGERS = ("period", "ess")
+BASELINES = ("batch", "step")
+
+
 
 
 def r_schedule(generation: int, r_start: float, r_end: float, r_break: int) -> float:
@@ -229,9 +240,7 @@ def child_density(u: Any, parents: Any, probs: Any, *, sigma: float,
     for ``children="retry"`` (factor ``shrink`` per retry, ``max_tries`` draws; the point
     mass of copied parents is not included). Zero outside the box.
     """
-    if children not in BreedSampler.CHILDREN:
-        raise ValueError(f"children must be one of {list(BreedSampler.CHILDREN)}, got "
-                         f"{children!r}")
+    _check_choice(children, "children", CHILDREN)
     u = np.asarray(u, dtype=np.float64)
     par = np.asarray(parents, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
@@ -272,128 +281,288 @@ def _folded_density(u: np.ndarray, par: np.ndarray, s: float) -> np.ndarray:
     return acc.prod(axis=2)
 
 
+def _check_unit(value: Any, name: str, *, closed: bool) -> float:
+    v = check_positive_float(value, name)
+    if v > 1.0 or (not closed and v == 1.0):
+        raise ValueError(f"{name} must be in (0, 1{']' if closed else ')'}, got {value}")
+    return v
+
+
+def _check_quantile(value: Any) -> float | str:
+    if value == "mean":
+        return "mean"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"fitness_quantile must be a number in (0, 1] or 'mean', got "
+                         f"{value!r}")
+    return float(value)
+
+
+def _check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _store(obj: Any, **values: Any) -> None:
+    """Set checked (normalised) values on a frozen dataclass in ``__post_init__``."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True)
+class BreedMutation:
+    """How a child is drawn around its parent (module docstring, "Children").
+
+    Parameters
+    ----------
+    sigma : float in (0, 1]
+        Child standard deviation relative to the parameter range (OGAS: 0.1; the paper: 10
+        on a range of 400 = 0.025).
+    children : {"reflect", "retry"}
+        Children folded back into the box at its bounds (default), or drawn again with a
+        shrinking sigma and copied after ``max_tries`` draws (the paper).
+    shrink : float in (0, 1)
+        ``children="retry"`` only: factor applied to sigma when a child falls out of the box.
+    max_tries : int >= 1
+        ``children="retry"`` only: draws of one child before the parent is copied.
+    """
+
+    sigma: float = 0.1
+    children: str = "reflect"
+    shrink: float = 0.3
+    max_tries: int = 10
+
+    def __post_init__(self) -> None:
+        _store(self, sigma=_check_unit(self.sigma, "sigma", closed=True),
+               children=_check_choice(self.children, "children", CHILDREN),
+               shrink=_check_unit(self.shrink, "shrink", closed=False),
+               max_tries=check_positive_int(self.max_tries, "max_tries"))
+
+
+@dataclass(frozen=True)
+class BreedSchedule:
+    """Bred fraction of generation ``g >= 1``: ``R_g = r_start + (r_end - r_start) *
+    min((g - 1) / r_break, 1)`` (:func:`r_schedule`); generation 0 is never bred.
+
+    Parameters
+    ----------
+    r_start, r_end : float in [0, 1]
+        Default the paper's 0.5 -> 0.7 (OGAS: 0 -> 0.7).
+    r_break : int >= 0
+        Resamplings over which ``R`` ramps from ``r_start`` to ``r_end`` (0: ``r_end`` at once).
+    """
+
+    r_start: float = 0.5
+    r_end: float = 0.7
+    r_break: int = 3
+
+    def __post_init__(self) -> None:
+        _store(self, r_start=check_probability(self.r_start, "r_start"),
+               r_end=check_probability(self.r_end, "r_end"),
+               r_break=check_nonnegative_int(self.r_break, "r_break"))
+
+
+@dataclass(frozen=True)
+class BreedResampling:
+    """When the proposal is rebuilt (module docstring, "Resampling").
+
+    Parameters
+    ----------
+    trigger : {"period", "ess"}
+        Resample every ``period`` told batches, or when the parent weights' ESS fraction is
+        below ``ess_threshold`` (at least ``min_period`` batches after the previous one).
+    period : int >= 1
+        Told batches between resamplings with ``trigger="period"`` (the paper's P = 100).
+    min_period : int >= 1, ess_threshold : float in (0, 1]
+        ``trigger="ess"`` only.
+    min_finished : int >= 0
+        Finished simulations needed before the first resampling.
+    """
+
+    trigger: str = "period"
+    period: int = 75
+    min_period: int = 20
+    ess_threshold: float = 0.5
+    min_finished: int = 10
+
+    def __post_init__(self) -> None:
+        _store(self, trigger=_check_choice(self.trigger, "trigger", TRIGGERS),
+               period=check_positive_int(self.period, "period"),
+               min_period=check_positive_int(self.min_period, "min_period"),
+               ess_threshold=_check_unit(self.ess_threshold, "ess_threshold", closed=True),
+               min_finished=check_nonnegative_int(self.min_finished, "min_finished"))
+
+
+@dataclass(frozen=True)
+class BreedParents:
+    """Which simulations may be parents and how likely each is chosen (module docstring,
+    "Fitness").
+
+    Parameters
+    ----------
+    window : int >= 1
+        Parent candidates come from the ``window`` most recently drawn simulations.
+    min_steps : int >= 1
+        Recorded steps a simulation needs to be a parent candidate.
+    min_candidates : int >= 1
+        A resampling waits until at least this many candidates exist (with one candidate
+        every bred child of the generation would come from one parent).
+    fitness_baseline : {"batch", "step"}
+        Deviation from the batch mean of the raw losses (default, the paper) or of the losses
+        divided by their time step's running mean.
+    fitness_quantile : float in (0, 1] or "mean"
+        A simulation's fitness is this quantile of its recorded deviations (default 0.9), or
+        their mean (the paper).
+    selection_power : float > 0
+        Parent probabilities ``(f - min f)^p`` normalised (:func:`normalised_fitness`); 1 is
+        the paper's fitness-proportional choice, larger values favour the worst simulations.
+    """
+
+    window: int = 25
+    min_steps: int = 33
+    min_candidates: int = 5
+    fitness_baseline: str = "batch"
+    fitness_quantile: float | str = 0.9
+    selection_power: float = 1.0
+
+    def __post_init__(self) -> None:
+        _store(self, window=check_positive_int(self.window, "window"),
+               min_steps=check_positive_int(self.min_steps, "min_steps"),
+               min_candidates=check_positive_int(self.min_candidates, "min_candidates"),
+               fitness_baseline=_check_choice(self.fitness_baseline, "fitness_baseline",
+                                              BASELINES),
+               fitness_quantile=_check_quantile(self.fitness_quantile),
+               selection_power=check_positive_float(self.selection_power, "selection_power"))
+
+
+@dataclass(frozen=True)
+class BreedOptions:
+    """Every option of :class:`BreedSampler`, grouped by concern.
+
+    ``BreedOptions(mutation=BreedMutation(sigma=0.05), schedule=BreedSchedule(r_end=0.9))``;
+    :meth:`from_flat` builds the same from the flat ``[sampler]`` keys of the online TOML
+    (``{"sigma": 0.05, "r_end": 0.9}``) and :meth:`flat` gives them back.
+
+    Parameters
+    ----------
+    base : {"uniform", "halton", "sobol", "lhs"}
+        Sampler of the non-bred share (and of all of generation 0).
+    mutation : BreedMutation
+    schedule : BreedSchedule
+    resampling : BreedResampling
+    parents : BreedParents
+    queue_size : int >= 1
+        Upcoming parameters drawn per proposal (module docstring, "Queue").
+    weight_cap : float >= 1
+        Largest training weight over its batch's mean (:meth:`BreedSampler.weights_for`).
+    """
+
+    base: str = "uniform"
+    mutation: BreedMutation = BreedMutation()
+    schedule: BreedSchedule = BreedSchedule()
+    resampling: BreedResampling = BreedResampling()
+    parents: BreedParents = BreedParents()
+    queue_size: int = 10
+    weight_cap: float = 10.0
+
+    #: The flat keys (the online TOML's ``[sampler]`` Breed keys), in state order.
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "base", "sigma", "children", "shrink", "max_tries", "period", "min_finished",
+        "r_start", "r_end", "r_break", "window", "min_steps", "queue_size", "trigger",
+        "ess_threshold", "min_period", "fitness_baseline", "fitness_quantile",
+        "selection_power", "min_candidates", "weight_cap")
+
+    def __post_init__(self) -> None:
+        for group, cls in _GROUPS.items():
+            value = getattr(self, group)
+            if not isinstance(value, cls):
+                raise TypeError(f"{group} must be a {cls.__name__}, got "
+                                f"{type(value).__name__}")
+        cap_weights(np.ones(1), self.weight_cap)                  # validates weight_cap
+        _store(self, base=_check_choice(self.base, "base", BASES),
+               queue_size=check_positive_int(self.queue_size, "queue_size"),
+               weight_cap=float(self.weight_cap))
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "BreedOptions":
+        """Options from flat keys (:attr:`KEYS`, e.g. ``{"sigma": 0.05}``); absent keys keep
+        their defaults, an unknown key raises ``TypeError`` naming it."""
+        unknown = sorted(set(values) - set(cls.KEYS))
+        if unknown:
+            raise TypeError(f"unknown Breed option(s) {unknown}; allowed: {list(cls.KEYS)}")
+        top: dict[str, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {g: {} for g in _GROUPS}
+        for key, value in values.items():
+            (grouped[_GROUP_OF[key]] if key in _GROUP_OF else top)[key] = value
+        return cls(**top, **{g: _GROUPS[g](**kw) for g, kw in grouped.items()})
+
+    def flat(self) -> dict[str, Any]:
+        """The options as flat keys, ``{key: value}`` in :attr:`KEYS` order (JSON-ready)."""
+        values = {"base": self.base, "queue_size": self.queue_size,
+                  "weight_cap": self.weight_cap}
+        for group in _GROUPS:
+            values.update(asdict(getattr(self, group)))
+        return {key: values[key] for key in self.KEYS}
+
+
+#: Option group name -> its class, and flat key -> its group.
+_GROUPS: dict[str, type] = {"mutation": BreedMutation, "schedule": BreedSchedule,
+                            "resampling": BreedResampling, "parents": BreedParents}
+_GROUP_OF = {f.name: group for group, cls in _GROUPS.items() for f in fields(cls)}
+#: State keys a Breed state needs beyond the options (written since issue 23).
+_STATE_KEYS = ("boundary_share", "step_mean")
+
+
 class BreedSampler(ParameterSampler):
     """Breed adaptive sampler with AMIS importance weights (module docstring, SPEC §5).
 
     Parameters
     ----------
     bounds : (d, 2) array
+    options : BreedOptions
+        Base sampler, mutation, bred-fraction schedule, resampling trigger, parent choice,
+        queue size and weight cap (:class:`BreedOptions`; default: the issue 23 defaults).
     seed : int, numpy.random.Generator or None
         Seeds the base sampler (the same sequence as the plain base sampler at this seed)
         and, through ``SeedSequence(seed, spawn_key=(1,))``, Breed's own draws.
-    base : {"uniform", "halton", "sobol", "lhs"}
-        Sampler of the non-bred share (and of all of generation 0).
-    sigma : float in (0, 1]
-        Child standard deviation relative to the parameter range (OGAS: 0.1; the paper: 10 on
-        a range of 400 = 0.025).
-    children : {"reflect", "retry"}
-        Children folded back into the box at its bounds (default), or drawn again with a
-        shrinking sigma and copied after ``max_tries`` (the paper).
-    shrink : float in (0, 1), max_tries : int >= 1
-        ``children="retry"`` only: factor applied to sigma when a child falls out of the box
-        (0.3), draws of one child before the parent is copied.
-    period : int >= 1
-        Told batches between resamplings (``trigger="period"``; the paper's P = 100).
-    min_finished : int >= 0
-        Finished simulations needed before the first resampling.
-    r_start, r_end : float in [0, 1], r_break : int >= 0
-        Linear schedule of the bred fraction (default the paper's 0.5 -> 0.7 over 3;
-        OGAS: 0 -> 0.7 over 3).
-    window : int >= 1
-        Parent candidates come from the ``window`` most recently drawn simulations.
-    min_steps : int >= 1
-        Recorded steps a simulation needs to be a parent candidate.
-    queue_size : int >= 1
-        Upcoming parameters drawn per proposal (see the queue in the module docstring).
-    trigger : {"period", "ess"}
-        Resample every ``period`` batches, or when the parent weights' ESS fraction is below
-        ``ess_threshold`` (at least ``min_period`` batches after the previous resampling).
-    ess_threshold : float in (0, 1], min_period : int >= 1
-    fitness_baseline : {"step", "batch"}
-        Deviation from the batch mean of the losses divided by their time step's running
-        mean (default) or of the raw losses (the paper); module docstring.
-    fitness_quantile : float in (0, 1] or "mean"
-        A simulation's fitness is this quantile of its recorded deviations (default 0.9), or
-        their mean (the paper).
-    selection_power : float > 0
-        Parent probabilities ``(f - min f)^p`` normalised (:func:`normalised_fitness`);
-        1 is the paper's fitness-proportional choice, larger values favour the worst
-        simulations more.
-    min_candidates : int >= 1
-        A resampling waits until at least this many candidates exist (with one candidate
-        every bred child of the generation would come from one parent).
-    weight_cap : float >= 1
-        Largest training weight over its batch's mean (:meth:`weights_for`; default 10).
     n_simulations : int >= 1 or None
         The study's simulation budget: no resampling once that many were asked for (None:
         unknown, resample as long as batches are told).
     boundary_share : float
         Of the base sampler (:mod:`.samplers`), at most 2/3 so that some base points are
         interior (bred children are; the weights need the target's interior part).
+
+    Attributes
+    ----------
+    options : BreedOptions
+    n_simulations : int or None
     """
 
     name = "breed"
     adaptive = True
-    BASES = ("uniform", "halton", "sobol", "lhs")
-    TRIGGERS = ("period", "ess")
-    BASELINES = ("batch", "step")
-    CHILDREN = ("reflect", "retry")
 
-    def __init__(self, bounds: Any, *, seed: Any = None, base: str = "uniform",
-                 sigma: float = 0.1, children: str = "reflect", shrink: float = 0.3,
-                 max_tries: int = 10, period: int = 75, min_finished: int = 10,
-                 r_start: float = 0.5, r_end: float = 0.7, r_break: int = 3, window: int = 25,
-                 min_steps: int = 33, queue_size: int = 10, trigger: str = "period",
-                 ess_threshold: float = 0.5, min_period: int = 20,
-                 fitness_baseline: str = "batch", fitness_quantile: float | str = 0.9,
-                 selection_power: float = 1.0, min_candidates: int = 5, weight_cap: float = 10.0,
-                 n_simulations: int | None = None, boundary_share: float = 0.0) -> None:
+    def __init__(self, bounds: Any, options: BreedOptions = BreedOptions(), *,
+                 seed: Any = None, n_simulations: int | None = None,
+                 boundary_share: float = 0.0) -> None:
         super().__init__(bounds, seed=seed, boundary_share=boundary_share)
         if self.boundary_every == 1:
             raise ValueError(f"boundary_share = {boundary_share} puts every base point on the "
                              "boundary (round(1 / share) = 1); breed needs interior base "
                              "points: use boundary_share <= 2/3")
-        for key, value, allowed in (("base", base, self.BASES),
-                                    ("trigger", trigger, self.TRIGGERS),
-                                    ("fitness_baseline", fitness_baseline, self.BASELINES),
-                                    ("children", children, self.CHILDREN)):
-            if value not in allowed:
-                raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
-        cap_weights(np.ones(1), weight_cap)                  # validates weight_cap
-        self.options = {
-            "base": base,
-            "sigma": _check_unit(sigma, "sigma", closed=True),
-            "children": children,
-            "shrink": _check_unit(shrink, "shrink", closed=False),
-            "max_tries": check_positive_int(max_tries, "max_tries"),
-            "period": check_positive_int(period, "period"),
-            "min_finished": check_nonnegative_int(min_finished, "min_finished"),
-            "r_start": check_probability(r_start, "r_start"),
-            "r_end": check_probability(r_end, "r_end"),
-            "r_break": check_nonnegative_int(r_break, "r_break"),
-            "window": check_positive_int(window, "window"),
-            "min_steps": check_positive_int(min_steps, "min_steps"),
-            "queue_size": check_positive_int(queue_size, "queue_size"),
-            "trigger": trigger,
-            "ess_threshold": _check_unit(ess_threshold, "ess_threshold", closed=True),
-            "min_period": check_positive_int(min_period, "min_period"),
-            "fitness_baseline": fitness_baseline,
-            "fitness_quantile": _check_quantile(fitness_quantile),
-            "selection_power": check_positive_float(selection_power, "selection_power"),
-            "min_candidates": check_positive_int(min_candidates, "min_candidates"),
-            "weight_cap": float(weight_cap),
-            "n_simulations": (None if n_simulations is None
-                              else check_positive_int(n_simulations, "n_simulations")),
-        }
+        if not isinstance(options, BreedOptions):
+            raise TypeError(f"options must be a BreedOptions, got {type(options).__name__} "
+                            "(BreedOptions.from_flat builds one from flat keys)")
+        self.options = options
+        self.n_simulations = (None if n_simulations is None
+                              else check_positive_int(n_simulations, "n_simulations"))
         self._reset()
 
     # ------------------------------------------------------------------ set-up
     def _reset(self) -> None:
-        o = self.options
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed,
                                                                  spawn_key=(_BREED_STREAM,)))
         unit_box = np.tile([0.0, 1.0], (self.dim, 1))
-        self._base = STATIC_SAMPLERS[o["base"]](unit_box, seed=self.seed,
+        self._base = STATIC_SAMPLERS[self.options.base](unit_box, seed=self.seed,
                                                  boundary_share=self.boundary_share)
         self.generation = 0
         self.batches_told = 0
@@ -459,7 +628,7 @@ class BreedSampler(ParameterSampler):
 
     def _refill(self) -> None:
         """Append ``queue_size`` draws of the current proposal (``round(R q)`` bred)."""
-        q = self.options["queue_size"]
+        q = self.options.queue_size
         prop = self._proposals[-1]
         n_bred = int(round(prop["r"] * q)) if len(prop["probs"]) else 0
         n_base = q - n_bred
@@ -480,25 +649,25 @@ class BreedSampler(ParameterSampler):
                ) -> tuple[np.ndarray, np.ndarray]:
         """``n`` children (n, d) in unit coordinates and which of them are copies of their
         parent (n,) bool (only with ``children="retry"``)."""
-        o = self.options
+        m = self.options.mutation
         if n == 0:
             return np.zeros((0, self.dim)), np.zeros(0, bool)
         idx = self._rng.choice(len(probs), size=n, p=probs)
         centre = parents[idx]
-        s = o["sigma"]
-        if o["children"] == "reflect":
+        s = m.sigma
+        if m.children == "reflect":
             child = _fold(centre + s * self._rng.standard_normal((n, self.dim)))
             return child, np.zeros(n, bool)
         child = centre.copy()
         todo = np.arange(n)
-        for _ in range(o["max_tries"]):
+        for _ in range(m.max_tries):
             draw = centre[todo] + s * self._rng.standard_normal((len(todo), self.dim))
             ok = np.all((draw >= 0.0) & (draw < 1.0), axis=1)
             child[todo[ok]] = draw[ok]
             todo = todo[~ok]
             if len(todo) == 0:
                 break
-            s *= o["shrink"]
+            s *= m.shrink
         copied = np.zeros(n, bool)
         copied[todo] = True  # rows still to do are copies of their parent
         return child, copied
@@ -522,10 +691,9 @@ class BreedSampler(ParameterSampler):
         inside = np.all((unit >= 0.0) & (unit <= 1.0), axis=1).astype(np.float64)
         if r == 0.0 or len(prop["probs"]) == 0:
             return inside
-        o = self.options
-        c = child_density(unit, prop["parents"], prop["probs"], sigma=o["sigma"],
-                          children=o["children"], shrink=o["shrink"],
-                          max_tries=o["max_tries"])
+        m = self.options.mutation
+        c = child_density(unit, prop["parents"], prop["probs"], sigma=m.sigma,
+                          children=m.children, shrink=m.shrink, max_tries=m.max_tries)
         interior = 1.0 - (1.0 / self.boundary_every if self.boundary_every else 0.0)
         return np.where(bnd, 1.0 - r, (1.0 - r) * inside + r * c / interior)
 
@@ -535,7 +703,7 @@ class BreedSampler(ParameterSampler):
         ids, st, ls = self._check_tell(sim_ids, steps, losses)
         if len(ls) == 0:
             return
-        if self.options["fitness_baseline"] == "step":
+        if self.options.parents.fitness_baseline == "step":
             ls = self._step_normalised(st, ls)
         dev = ls - ls.mean()
         for s, t, v in zip(ids.tolist(), st.tolist(), dev.tolist()):
@@ -568,14 +736,14 @@ class BreedSampler(ParameterSampler):
     def budget_requested(self) -> bool:
         """Whether the last simulation of ``n_simulations`` was asked for (then no more
         resampling); False when the budget is unknown."""
-        n = self.options["n_simulations"]
+        n = self.n_simulations
         return n is not None and self.n_drawn >= n
 
     def fitness(self, sim_ids: Any = None) -> np.ndarray:
         """Fitness of ``sim_ids`` (default: every draw): the ``fitness_quantile``-quantile
         (or the mean) of its recorded loss deviations; NaN for a simulation without any."""
         ids = self._sim if sim_ids is None else np.asarray(sim_ids, np.int64).reshape(-1)
-        q = self.options["fitness_quantile"]
+        q = self.options.parents.fitness_quantile
         out = np.full(len(ids), np.nan)
         for i, s in enumerate(ids.tolist()):
             f = self._fit_cache.get(s)
@@ -589,28 +757,28 @@ class BreedSampler(ParameterSampler):
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Parent candidates: ``(sim_ids (K,), unit params (K, d), fitness (K,))`` -- the last
         ``window`` draws with at least ``min_steps`` recorded steps."""
-        o = self.options
-        last = slice(max(0, len(self._sim) - o["window"]), len(self._sim))
+        o = self.options.parents
+        last = slice(max(0, len(self._sim) - o.window), len(self._sim))
         ids, u = self._sim[last], self._u[last]
-        keep = np.array([len(self._fit.get(s, ())) >= o["min_steps"] for s in ids.tolist()],
+        keep = np.array([len(self._fit.get(s, ())) >= o.min_steps for s in ids.tolist()],
                         dtype=bool)
         ids, u = ids[keep], u[keep]
         return ids, u, self.fitness(ids)
 
     def _due(self) -> bool:
-        o = self.options
-        if self.n_finished < o["min_finished"] or self.budget_requested:
+        o = self.options.resampling
+        if self.n_finished < o.min_finished or self.budget_requested:
             return False
-        if o["trigger"] == "period":
-            return self._since >= o["period"]
-        if self._since < o["min_period"]:
+        if o.trigger == "period":
+            return self._since >= o.period
+        if self._since < o.min_period:
             return False
         ids, _, fit = self.candidates()
         if len(ids) < 2:
             return False
         self.last_ess_fraction = effective_sample_size(
-            normalised_fitness(fit, o["selection_power"])) / len(ids)
-        return self.last_ess_fraction < o["ess_threshold"]
+            normalised_fitness(fit, self.options.parents.selection_power)) / len(ids)
+        return self.last_ess_fraction < o.ess_threshold
 
     def resample(self) -> bool:
         """Build the next generation's proposal from the current candidates and redraw the
@@ -620,13 +788,13 @@ class BreedSampler(ParameterSampler):
         if self.budget_requested:
             return False
         ids, u, fit = self.candidates()
-        if len(ids) < self.options["min_candidates"]:
+        if len(ids) < self.options.parents.min_candidates:
             return False
-        o = self.options
+        sch = self.options.schedule
         self.generation += 1
-        probs = normalised_fitness(fit, o["selection_power"])
+        probs = normalised_fitness(fit, self.options.parents.selection_power)
         ess = effective_sample_size(probs) / len(ids)
-        r = r_schedule(self.generation, o["r_start"], o["r_end"], o["r_break"])
+        r = r_schedule(self.generation, sch.r_start, sch.r_end, sch.r_break)
         prop = self._proposal_record(r, u.copy(), probs, ess=ess)
         self._proposals.append(prop)
         self._dens = np.concatenate([self._dens,
@@ -665,7 +833,7 @@ class BreedSampler(ParameterSampler):
         lookup = dict(zip(ids.tolist(), (w / scale).tolist()))
         raw = np.array([lookup.get(s, 1.0) for s in
                         np.asarray(sim_ids, np.int64).reshape(-1).tolist()])
-        return cap_weights(raw, self.options["weight_cap"])
+        return cap_weights(raw, self.options.weight_cap)
 
     # ------------------------------------------------------------------ diagnostics
     def metrics(self) -> dict:
@@ -704,13 +872,18 @@ class BreedSampler(ParameterSampler):
                                                   "ess_fraction")}
                               for p in self._proposals],
                 "bounds": self.bounds.tolist(),
-                "options": dict(self.options, boundary_share=self.boundary_share)}
+                "options": dict(self._flat_options(), boundary_share=self.boundary_share)}
 
     # ------------------------------------------------------------------ state
+    def _flat_options(self) -> dict:
+        """The options as the flat ``[sampler]`` keys plus ``n_simulations`` (state and
+        ``sampler.json``)."""
+        return {**self.options.flat(), "n_simulations": self.n_simulations}
+
     def _extra_state(self) -> dict:
         fit = [(s, t, v) for s, rec in self._fit.items() for t, v in rec.items()]
         return {
-            "options": dict(self.options),
+            "options": self._flat_options(),
             "rng": self._rng.bit_generator.state,
             "base": self._base.state_dict(),
             "draws": {"u": self._u.tolist(), "sim": self._sim.tolist(),
@@ -738,9 +911,13 @@ class BreedSampler(ParameterSampler):
         if bounds.shape != self.bounds.shape:
             raise ValueError(f"state bounds have shape {bounds.shape}, sampler has "
                              f"{self.bounds.shape}")
-        opts = {**_LEGACY, **_plain(state["options"])}
-        self.__init__(bounds, seed=check_nonnegative_int(int(state["seed"]), "state['seed']"),
-                      boundary_share=float(_plain(state.get("boundary_share", 0.0))), **opts)
+        _check_current_state(state)
+        opts = dict(_plain(state["options"]))
+        n_simulations = opts.pop("n_simulations")
+        self.__init__(bounds, BreedOptions.from_flat(opts),
+                      seed=check_nonnegative_int(int(state["seed"]), "state['seed']"),
+                      n_simulations=n_simulations,
+                      boundary_share=float(_plain(state["boundary_share"])))
         self.n_drawn = int(state["n_drawn"])
         self._rng.bit_generator.state = _rng_state(state["rng"])
         self._base.load_state_dict(_plain(state["base"]))
@@ -751,7 +928,7 @@ class BreedSampler(ParameterSampler):
         self._prop = _arr(dr["prop"], np.int64).reshape(-1)
         self._bred = _arr(dr["bred"], bool).reshape(-1)
         self._copy = _arr(dr["copy"], bool).reshape(-1)
-        self._bnd = _arr(dr.get("boundary", np.zeros(len(self._sim), bool)), bool).reshape(-1)
+        self._bnd = _arr(dr["boundary"], bool).reshape(-1)
         self._proposals = [dict(_plain(p), parents=_arr(p["parents"], np.float64).reshape(-1, d),
                                 probs=_arr(p["probs"], np.float64).reshape(-1))
                            for p in state["proposals"]]
@@ -765,10 +942,9 @@ class BreedSampler(ParameterSampler):
         self._queue_u = _arr(qs["u"], np.float64).reshape(-1, d)
         self._queue_bred = _arr(qs["bred"], bool).reshape(-1)
         self._queue_copy = _arr(qs["copy"], bool).reshape(-1)
-        self._queue_bnd = _arr(qs.get("boundary", np.zeros(len(self._queue_u), bool)),
-                               bool).reshape(-1)
+        self._queue_bnd = _arr(qs["boundary"], bool).reshape(-1)
         self._finished = set(_arr(state["finished"], np.int64).tolist())
-        sm = state.get("step_mean", {"step": [], "mean": []})
+        sm = state["step_mean"]
         self._step_mean = dict(zip(_arr(sm["step"], np.int64).reshape(-1).tolist(),
                                    _arr(sm["mean"], np.float64).reshape(-1).tolist()))
         c = _plain(state["counters"])
@@ -782,20 +958,16 @@ class BreedSampler(ParameterSampler):
                 f"generation={self.generation})")
 
 
-def _check_unit(value: Any, name: str, *, closed: bool) -> float:
-    v = check_positive_float(value, name)
-    if v > 1.0 or (not closed and v == 1.0):
-        raise ValueError(f"{name} must be in (0, 1{']' if closed else ')'}, got {value}")
-    return v
-
-
-def _check_quantile(value: Any) -> float | str:
-    if value == "mean":
-        return "mean"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"fitness_quantile must be a number in (0, 1] or 'mean', got "
-                         f"{value!r}")
-    return float(value)
+def _check_current_state(state: dict) -> None:
+    """Refuse a Breed state written before issue 23 (it lacks options, boundary flags or the
+    step means): this version resumes only its own states."""
+    missing = sorted((set(BreedOptions.KEYS) | {"n_simulations"}) - set(state["options"]))
+    missing += [k for k in _STATE_KEYS if k not in state]
+    missing += [f"{part}.boundary" for part in ("draws", "queue") if "boundary" not in state[part]]
+    if missing:
+        raise ValueError(f"Breed sampler state lacks {missing}: it was written by an older "
+                         "wheretolearn (before issue 23), which this version cannot resume; "
+                         "start the study again")
 
 
 def _plain(obj: Any) -> Any:

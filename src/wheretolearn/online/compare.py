@@ -74,10 +74,10 @@ import numpy as np
 
 from .config import OnlineStudyConfig, SamplerSection
 
-__all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationSet", "box_validation_set",
-           "validation_set", "tail_metrics", "ratio_statistics", "sampler_config", "lockstep_study",
-           "compare_samplers", "summarise_comparison", "comparison_table",
-           "write_comparison"]
+__all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationDesign", "ValidationSet",
+           "ComparisonProtocol", "box_validation_set", "validation_set", "tail_metrics",
+           "ratio_statistics", "sampler_config", "lockstep_study", "compare_samplers",
+           "summarise_comparison", "comparison_table", "write_comparison"]
 
 #: Metrics of the per-sample errors, in table order.
 METRICS = ("mean", "median", "p95", "p99", "cvar99", "max")
@@ -118,28 +118,119 @@ def _space_filling(design: str, d: int, n: int, seed: Any) -> np.ndarray:
         return engine.random(n)
 
 
-def box_validation_set(bounds: Any, *, n_interior: int = 512, n_faces: int = 128,
-                       n_corners: int = 64, seed: int = 2024,
-                       design: str = "sobol") -> tuple[np.ndarray, np.ndarray]:
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ValidationDesign:
+    """The validation set of a comparison (module docstring, "Validation groups").
+
+    Parameters
+    ----------
+    n_interior : int >= 1
+        Scrambled ``design`` points strictly inside the box (the headline group).
+    n_faces : int >= 0
+        Space-filling points with 1 to d-1 coordinates on a bound (none when d = 1).
+    n_corners : int >= 0
+        Corners: all ``2^d`` when ``2^d <= n_corners``, else ``n_corners`` at random.
+    seed : int >= 0
+        Each group has its own stream of it, so changing one size leaves the others.
+    design : {"sobol", "halton"}
+        Space-filling sequence of the interior and face points.
+    """
+
+    n_interior: int = 512
+    n_faces: int = 128
+    n_corners: int = 64
+    seed: int = 2024
+    design: str = "sobol"
+
+    def __post_init__(self) -> None:
+        for name, low in (("n_interior", 1), ("n_faces", 0), ("n_corners", 0), ("seed", 0)):
+            object.__setattr__(self, name, _check_int(getattr(self, name), name, low))
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {list(DESIGNS)}, got {self.design!r}")
+
+    def n_simulations(self, dim: int) -> int:
+        """Validation simulations in a box of dimension ``dim``: interior, faces (none when
+        ``dim = 1``) and at most ``2^dim`` corners."""
+        return (self.n_interior + (self.n_faces if dim > 1 else 0)
+                + min(self.n_corners, 2 ** dim))
+
+
+@dataclass(frozen=True)
+class ComparisonProtocol:
+    """How :func:`compare_samplers` compares (module docstring): paired seeds, the same
+    training budget for every run, the validation set and the bootstrap of the ratios.
+
+    Parameters
+    ----------
+    seeds : int >= 1
+        Runs of seeds ``0..seeds-1`` for every sampler (default 10).
+    passes : float > 0 or None
+        Trained passes over the samples generated, the drain included (default 1.5) ...
+    batches_per_simulation : float > 0 or None
+        ... or the old fixed pace instead; exactly one of the two is set.
+    validation : ValidationDesign
+    bootstrap_seed : int >= 0, n_boot : int >= 1
+        Seed and resamples of the paired percentile bootstrap (:func:`ratio_statistics`).
+    """
+
+    seeds: int = 10
+    passes: float | None = 1.5
+    batches_per_simulation: float | None = None
+    validation: ValidationDesign = ValidationDesign()
+    bootstrap_seed: int = 0
+    n_boot: int = 10000
+
+    def __post_init__(self) -> None:
+        for name, low in (("seeds", 1), ("bootstrap_seed", 0), ("n_boot", 1)):
+            object.__setattr__(self, name, _check_int(getattr(self, name), name, low))
+        _check_budget(self.passes, self.batches_per_simulation)
+        if not isinstance(self.validation, ValidationDesign):
+            raise TypeError(f"validation must be a ValidationDesign, got "
+                            f"{type(self.validation).__name__}")
+
+    def budget(self) -> dict:
+        """``{"passes", "batches_per_simulation"}``: the budget of each run
+        (:func:`lockstep_study`)."""
+        return {"passes": self.passes, "batches_per_simulation": self.batches_per_simulation}
+
+
+def _check_budget(passes: float | None, batches_per_simulation: float | None) -> None:
+    if (passes is None) == (batches_per_simulation is None):
+        raise ValueError("give exactly one of passes and batches_per_simulation, got "
+                         f"{passes!r} and {batches_per_simulation!r}")
+    for name, v in (("passes", passes), ("batches_per_simulation", batches_per_simulation)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not (math.isfinite(v) and v > 0)):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+
+
+def box_validation_set(bounds: Any, validation: ValidationDesign = ValidationDesign()
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Validation parameters in three groups; returns ``(params (V, d), group (V,))``.
 
-    Rows: ``n_interior`` scrambled ``design`` points strictly inside the box (group 0), then
-    ``n_faces`` space-filling points with ``k ~ U{1..d-1}`` random coordinates set to a random
-    bound each (group 1: on a face, not a corner; none when d = 1), then the corners (group
-    2): all ``2^d`` when ``2^d <= n_corners``, else ``n_corners`` distinct ones at random.
-    Each group has its own stream of ``seed``, so changing one size leaves the others.
+    Rows (sizes and seed from ``validation``): ``n_interior`` scrambled ``design`` points
+    strictly inside the box (group 0), then ``n_faces`` space-filling points with
+    ``k ~ U{1..d-1}`` random coordinates set to a random bound each (group 1: on a face, not
+    a corner; none when d = 1), then the corners (group 2): all ``2^d`` when
+    ``2^d <= n_corners``, else ``n_corners`` distinct ones at random. Each group has its own
+    stream of ``seed``, so changing one size leaves the others.
     """
     b = np.asarray(bounds, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] != 2 or not np.all(b[:, 0] < b[:, 1]):
         raise ValueError(f"bounds must have shape (d, 2) with low < high, got {b.tolist()}")
-    for name, v, lo in (("n_interior", n_interior, 1), ("n_faces", n_faces, 0),
-                        ("n_corners", n_corners, 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {list(DESIGNS)}, got {design!r}")
+    if not isinstance(validation, ValidationDesign):
+        raise TypeError(f"validation must be a ValidationDesign, got "
+                        f"{type(validation).__name__}")
+    design, n_interior, n_faces, n_corners = (validation.design, validation.n_interior,
+                                              validation.n_faces, validation.n_corners)
     d = b.shape[0]
-    s_int, s_face, s_corner = np.random.SeedSequence(seed).spawn(3)
+    s_int, s_face, s_corner = np.random.SeedSequence(validation.seed).spawn(3)
     interior = _space_filling(design, d, n_interior, s_int)
     lo, hi = b[:, 0], b[:, 1]
     interior = np.clip(lo + interior * (hi - lo), np.nextafter(lo, hi), np.nextafter(hi, lo))
@@ -225,11 +316,11 @@ def _simulate_into(problem: Any, params: np.ndarray, out: np.ndarray, chunk: int
 
 
 def validation_set(problem: Any, bounds: Any, *, problem_name: str, problem_options: dict,
-                   n_interior: int = 512, n_faces: int = 128, n_corners: int = 64,
-                   seed: int = 2024, design: str = "sobol", cache: str | Path | None = None,
-                   chunk: int = 16,
+                   validation: ValidationDesign = ValidationDesign(),
+                   cache: str | Path | None = None, chunk: int = 16,
                    progress: Callable[[int], None] | None = None) -> ValidationSet:
-    """The validation set of :func:`box_validation_set` with its fields ``problem(params)``.
+    """The validation set of :func:`box_validation_set` (design ``validation``) with its
+    fields ``problem(params)``.
 
     With ``cache`` (a folder), the set lives in ``cache/<problem>-<digest>/`` (``key.json``,
     ``params.npy``, ``group.npy``, ``fields.npy``): reused when its key (problem name and
@@ -239,13 +330,13 @@ def validation_set(problem: Any, bounds: Any, *, problem_name: str, problem_opti
     called after every ``chunk`` simulations generated.
     """
     b = np.asarray(bounds, dtype=np.float64)
-    params, group = box_validation_set(b, n_interior=n_interior, n_faces=n_faces,
-                                       n_corners=n_corners, seed=seed, design=design)
+    params, group = box_validation_set(b, validation)
     n_steps = int(problem.n_steps)
+    v = validation
     key = {"version": _CACHE_VERSION, "problem": str(problem_name),
            "options": problem_options, "bounds": b.tolist(), "n_steps": n_steps,
-           "design": design, "n_interior": int(n_interior), "n_faces": int(n_faces),
-           "n_corners": int(n_corners), "seed": int(seed), "n_simulations": len(params)}
+           "design": v.design, "n_interior": v.n_interior, "n_faces": v.n_faces,
+           "n_corners": v.n_corners, "seed": v.seed, "n_simulations": len(params)}
     key = json.loads(json.dumps(key, sort_keys=True, default=str))
     n_out = int(np.prod(problem.output_shape)) // n_steps
     if cache is None:
@@ -439,12 +530,7 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     from .sampler_registry import make_sampler
     from .trainer import OnlineTrainer, normalised_step_features, target_scaling
 
-    if (passes is None) == (batches_per_simulation is None):
-        raise ValueError("give exactly one of passes and batches_per_simulation, got "
-                         f"{passes!r} and {batches_per_simulation!r}")
-    for name, v in (("passes", passes), ("batches_per_simulation", batches_per_simulation)):
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    _check_budget(passes, batches_per_simulation)
     t0 = time.perf_counter()
     cfg = config
     problem = get_problem(cfg.study.problem, **cfg.study.problem_options())
@@ -465,9 +551,7 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     n_out = int(validation.fields.shape[2])
     model = MLP(bounds.shape[0] + 1, n_out, hidden=tuple(t.hidden))
     shift, scale = target_scaling(problem, bounds, validation.fields)    # as the study does
-    trainer = OnlineTrainer(model, lr=t.lr, weight_decay=t.weight_decay,
-                            milestones=tuple(t.milestones), gamma=t.gamma, y_shift=shift,
-                            y_scale=scale)
+    trainer = OnlineTrainer(model, t.adam_schedule(), y_shift=shift, y_scale=scale)
     adaptive = sampler.adaptive
     key = "per_sample_nrmse" if cfg.sampler.fitness_loss == "nrmse" else "per_sample_loss"
     weighted = cfg.sampler.weighted
@@ -542,23 +626,22 @@ def lockstep_study(config: OnlineStudyConfig, *, validation: ValidationSet,
     return out
 
 
-def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seeds: int = 10,
-                     passes: float | None = 1.5, batches_per_simulation: float | None = None,
-                     n_interior: int = 512, n_faces: int = 128, n_corners: int = 64,
-                     val_seed: int = 2024, design: str = "sobol",
-                     cache: str | Path | None = None, bootstrap_seed: int = 0,
-                     n_boot: int = 10000, jobs: int = 1,
+def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *,
+                     protocol: ComparisonProtocol = ComparisonProtocol(),
+                     cache: str | Path | None = None, jobs: int = 1,
                      progress: Callable[[str], None] | None = None,
                      on_run: Callable[[dict], None] | None = None) -> dict:
-    """Run every sampler with seeds ``0..seeds-1`` at the same budget; return the results.
+    """Run every sampler with seeds ``0..protocol.seeds-1`` at the same budget; return the
+    results.
 
     ``progress(label)`` is called before the validation set and before each run,
     ``on_run(record)`` after each run. Seed ``s`` sets ``[study] seed = s`` and the sampler
-    seed ``s + 1`` for every sampler (paired runs). The budget is ``passes`` (or the old
-    fixed ``batches_per_simulation``); the validation set is :func:`validation_set` (cached
-    in ``cache`` when given). ``jobs > 1`` runs that many runs at once in separate processes
-    (each run is deterministic and single-threaded, so the results are those of ``jobs = 1``;
-    needs ``cache``: the processes read the validation set from it). The result holds the
+    seed ``s + 1`` for every sampler (paired runs). The budget is ``protocol.passes`` (or the
+    old fixed ``protocol.batches_per_simulation``); the validation set is
+    :func:`validation_set` of ``protocol.validation`` (cached in ``cache`` when given).
+    ``jobs > 1`` runs that many runs at once in separate processes (each run is
+    deterministic and single-threaded, so the results are those of ``jobs = 1``; needs
+    ``cache``: the processes read the validation set from it). The result holds the
     ``protocol``, the ``validation`` set and the ``runs`` (ordered by seed, then sampler);
     :func:`summarise_comparison` computes the ratios.
     """
@@ -572,32 +655,29 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
     if "uniform" not in samplers:
         raise ValueError(f"samplers must include 'uniform' (the reference), got {samplers}")
     cfgs = {name: sampler_config(config, name) for name in samplers}   # validate all first
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    if (passes is None) == (batches_per_simulation is None):
-        raise ValueError("give exactly one of passes and batches_per_simulation, got "
-                         f"{passes!r} and {batches_per_simulation!r}")
+    if not isinstance(protocol, ComparisonProtocol):
+        raise TypeError(f"protocol must be a ComparisonProtocol, got {type(protocol).__name__}")
+    jobs = _check_int(jobs, "jobs", 1)
     problem = get_problem(config.study.problem, **config.study.problem_options())
     bounds = _bounds(config, problem)
-    n_val = n_interior + (n_faces if len(bounds) > 1 else 0) + min(n_corners, 2 ** len(bounds))
+    design = protocol.validation
+    n_val = design.n_simulations(len(bounds))
+
     def val_progress(done: int) -> None:
         if progress is not None:
             progress(f"validation set {done}/{n_val} simulations")
 
     val_progress(0)
     val = validation_set(problem, bounds, problem_name=config.study.problem,
-                         problem_options=config.study.problem_options(),
-                         n_interior=n_interior, n_faces=n_faces, n_corners=n_corners,
-                         seed=val_seed, design=design, cache=cache, progress=val_progress)
-    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
-        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+                         problem_options=config.study.problem_options(), validation=design,
+                         cache=cache, progress=val_progress)
     if jobs > 1 and val.path is None:
         raise ValueError("jobs > 1 needs a cache folder (the processes read the validation "
                          "set from it); give cache")
     tasks = [(seed, name, cfgs[name].with_overrides(**{"study.seed": seed,
                                                        "sampler.seed": seed + 1}))
-             for seed in range(int(seeds)) for name in samplers]
-    budget = {"passes": passes, "batches_per_simulation": batches_per_simulation}
+             for seed in range(protocol.seeds) for name in samplers]
+    budget = protocol.budget()
     runs = []
     if jobs == 1:
         for seed, name, cfg in tasks:
@@ -608,29 +688,37 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *, seed
             if on_run is not None:
                 on_run(runs[-1])
     else:
-        runs = _parallel_runs(tasks, val, budget, int(jobs), progress, on_run)
-    t = config.training
-    protocol = {
-        "samplers": samplers, "seeds": list(range(int(seeds))),
+        runs = _parallel_runs(tasks, val, budget, jobs, progress, on_run)
+    return {"protocol": _protocol_record(config, protocol, samplers, jobs, problem, val),
+            "validation": val, "runs": runs}
+
+
+def _protocol_record(config: OnlineStudyConfig, protocol: ComparisonProtocol,
+                     samplers: list[str], jobs: int, problem: Any, val: ValidationSet) -> dict:
+    """The ``protocol`` entry of a comparison's result (``compare.json``)."""
+    t, design = config.training, protocol.validation
+    return {
+        "samplers": samplers, "seeds": list(range(protocol.seeds)),
         "seed_rule": "run of seed s: [study] seed = s, sampler seed = s + 1, every sampler",
         "reference": "uniform",
-        "passes": passes, "batches_per_simulation": batches_per_simulation,
-        "jobs": int(jobs),
+        "passes": protocol.passes, "batches_per_simulation": protocol.batches_per_simulation,
+        "jobs": jobs,
         "n_simulations": config.study.n_simulations, "steps_per_simulation":
             int(problem.n_steps), "batch_size": t.batch_size,
         "buffer": {"kind": config.buffer.kind, "capacity": config.buffer.capacity,
                    "watermark": config.buffer.watermark},
-        "validation": {"design": design, "seed": val_seed, "n_interior": n_interior,
-                       "n_faces": n_faces, "n_corners": n_corners, "groups": val.sizes(),
+        "validation": {"design": design.design, "seed": design.seed,
+                       "n_interior": design.n_interior, "n_faces": design.n_faces,
+                       "n_corners": design.n_corners, "groups": val.sizes(),
                        "key": _key_digest(val.key),
                        "cache": None if val.path is None else str(val.path),
                        "reused": val.reused},
-        "bootstrap": {"seed": bootstrap_seed, "resamples": n_boot, "level": 0.95,
+        "bootstrap": {"seed": protocol.bootstrap_seed, "resamples": protocol.n_boot,
+                      "level": 0.95,
                       "statistic": "geometric mean over seeds of uniform / sampler, "
                       "paired percentile bootstrap over seeds"},
         "metrics": list(METRICS), "groups": list(GROUPS),
         "views": ["per sample", "per simulation"], "headline": "interior"}
-    return {"protocol": protocol, "validation": val, "runs": runs}
 
 
 def _lockstep_job(config_json: str, folder: str, key: dict, budget: dict) -> dict:

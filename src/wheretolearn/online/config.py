@@ -89,7 +89,9 @@ class SamplerSection(_Section):
     to a bound with probability 1/2 (at least one), from a stream of its own, so the other
     simulations are those of ``boundary_share = 0`` (:mod:`wheretolearn.online.samplers`).
 
-    Breed options (only with ``name = "breed"``; see :mod:`wheretolearn.online.breed`):
+    Breed options (only with ``name = "breed"``; see :mod:`wheretolearn.online.breed`; each
+    key is one field of :class:`~wheretolearn.online.breed.BreedOptions` or of one of its
+    groups, :meth:`breed_options`, except ``fitness_loss`` and ``weighted``, the study's):
     ``base`` sampler of the non-bred share (at the sampler's seed: Breed's generation 0 is
     that sampler's sequence), ``sigma`` (relative to the range), ``children`` (``reflect``:
     folded back into the box at the bounds, default; ``retry``: the paper's shrink-and-retry,
@@ -179,24 +181,32 @@ class SamplerSection(_Section):
 
     def options(self, *, n_steps: int, capacity: int, watermark: int,
                 n_simulations: int | None = None) -> dict[str, Any]:
-        """Keyword options for ``make_sampler``: ``boundary_share`` when set and, for Breed,
-        its options (unset sizes derived as documented; ``n_simulations``, the study's
+        """Keyword arguments for ``make_sampler``: ``boundary_share`` when set and, for
+        Breed, ``options`` (:meth:`breed_options`) and ``n_simulations`` (the study's
         budget, when given)."""
         extra: dict[str, Any] = ({"boundary_share": self.boundary_share}
                                  if self.boundary_share else {})
         if self.name != "breed":
             return extra
-        sims = max(1, capacity // n_steps)
-        window = self.window or 2 * sims
-        opts = {key: getattr(self, key) for key in self.BREED_KEYS
-                if key not in ("fitness_loss", "weighted")}
-        opts.update(window=window, period=self.period or 3 * sims,
-                    min_finished=(self.min_finished if self.min_finished is not None
-                                  else 2 * math.ceil(watermark / n_steps)),
-                    min_steps=self.min_steps or max(1, math.ceil(0.1 * n_steps)), **extra)
+        opts = {"options": self.breed_options(n_steps=n_steps, capacity=capacity,
+                                              watermark=watermark), **extra}
         if n_simulations is not None:
             opts["n_simulations"] = n_simulations
         return opts
+
+    def breed_options(self, *, n_steps: int, capacity: int, watermark: int) -> Any:
+        """The :class:`~wheretolearn.online.breed.BreedOptions` of these keys, one to one,
+        with the unset sizes derived from the buffer as documented."""
+        from .breed import BreedOptions
+
+        sims = max(1, capacity // n_steps)
+        flat = {key: getattr(self, key) for key in self.BREED_KEYS
+                if key not in ("fitness_loss", "weighted")}
+        flat.update(window=self.window or 2 * sims, period=self.period or 3 * sims,
+                    min_finished=(self.min_finished if self.min_finished is not None
+                                  else 2 * math.ceil(watermark / n_steps)),
+                    min_steps=self.min_steps or max(1, math.ceil(0.1 * n_steps)))
+        return BreedOptions.from_flat(flat)
 
     @field_validator("name")
     @classmethod
@@ -276,6 +286,14 @@ class TrainingSection(_Section):
                              f"between 1 and 100000, got {value}")
         return value
 
+    def adam_schedule(self) -> Any:
+        """``lr``, ``weight_decay``, ``milestones``, ``gamma`` as the trainer's
+        :class:`~wheretolearn.online.trainer.AdamSchedule` (one to one)."""
+        from .trainer import AdamSchedule
+
+        return AdamSchedule(lr=self.lr, weight_decay=self.weight_decay,
+                            milestones=tuple(self.milestones), gamma=self.gamma)
+
 
 class ExecutorSection(_Section):
     """``[executor]``: ensemble execution and fault tolerance.
@@ -294,6 +312,9 @@ class ExecutorSection(_Section):
     max_message_bytes`` in flight); ``max_message_bytes``: steps of one simulation are
     grouped into messages up to this size; ``hang_seconds``: longest a fault-injected hang
     lasts when nobody cancels it (default 3 x timeout).
+
+    The executor's option objects are made from these keys: :meth:`plan`,
+    :meth:`fault_injection` and :meth:`streaming`.
     """
 
     workers: int = Field(2, ge=1, le=100_000)
@@ -317,6 +338,32 @@ class ExecutorSection(_Section):
     def crashes_before_redraw(self) -> int | None:
         """Former name of :attr:`failures_before_redraw`."""
         return self.failures_before_redraw
+
+    def plan(self, n_simulations: int) -> Any:
+        """The :class:`~wheretolearn.online.executor.EnsemblePlan` of these keys, for a
+        budget of ``n_simulations`` lineages (``[study] n_simulations``)."""
+        from .executor import EnsemblePlan
+
+        return EnsemblePlan(n_simulations=n_simulations, max_concurrent=self.attempts_in_flight,
+                            simulation_timeout=self.simulation_timeout,
+                            max_retries=self.max_retries,
+                            failures_before_redraw=self.failures_before_redraw)
+
+    def fault_injection(self, seed: int) -> Any:
+        """The :class:`~wheretolearn.online.faults.FaultInjection` of ``fail_rate`` and
+        ``hang_seconds``, drawn with ``seed`` (``[study] seed``)."""
+        from .faults import FaultInjection
+
+        return FaultInjection(fail_rate=self.fail_rate, seed=seed,
+                              hang_seconds=self.hang_seconds)
+
+    def streaming(self) -> Any:
+        """The :class:`~wheretolearn.online.messages.Streaming` of ``queue_maxsize`` and
+        ``max_message_bytes`` (the other fields keep their defaults)."""
+        from .messages import Streaming
+
+        return Streaming(queue_maxsize=self.queue_maxsize,
+                         max_message_bytes=self.max_message_bytes)
 
 
 class ValidationSection(_Section):
@@ -355,10 +402,8 @@ class OnlineStudyConfig(_Section):
         if self.buffer.capacity < self.training.batch_size:
             raise ValueError(f"buffer capacity ({self.buffer.capacity}) is below the batch size "
                              f"({self.training.batch_size}); it must hold at least one batch")
-        b = self.sampler.bounds
-        if b is not None and self.study.problem == "heat2d" and len(b) != 5:
-            raise ValueError(f"sampler bounds must have 5 rows for heat2d (one per parameter), "
-                             f"got {len(b)}")
+        # [sampler] bounds against the problem's parameters: checked once it is built
+        # (preflight.check_online_problem), from its declared input_shape.
         return self
 
     def problem_spec(self) -> dict[str, Any]:

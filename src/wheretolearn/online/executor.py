@@ -30,13 +30,22 @@ On the server two threads run next to the trainer:
   lineage) after ``failures_before_redraw`` failures of one parameter set, or give the
   lineage up after ``max_retries`` relaunches.
 
-Fault injection (``fail_rate``): see :mod:`wheretolearn.online.faults`.
+Fault injection (:class:`~wheretolearn.online.faults.FaultInjection`): see
+:mod:`wheretolearn.online.faults`.
+
+Options: :class:`EnsemblePlan` (budget, concurrency, timeout, retries),
+:class:`~wheretolearn.online.faults.FaultInjection`,
+:class:`~wheretolearn.online.messages.Streaming` (queue and message sizes, heartbeats) and
+:class:`ExecutorHooks` (what the executor calls back into: the buffer, the event log, the
+sampler's lock, the cluster).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -44,13 +53,93 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .attempt import _get_problem, prewarm, run_simulation_attempt
-from .faults import SimulatedCrash, fault_plan, resend_plan
-from .messages import (HELLO, decode_step, encode_step, pack_messages,
+from .faults import FaultInjection, SimulatedCrash, fault_plan, resend_plan
+from .messages import (HELLO, Streaming, decode_step, encode_step, pack_messages,
                        unpack_messages)
 from .policy import decide_after_failure
 
-__all__ = ["EnsembleExecutor", "SimulatedCrash", "run_simulation_attempt", "fault_plan",
-           "resend_plan", "encode_step", "decode_step", "pack_messages", "unpack_messages"]
+__all__ = ["EnsembleExecutor", "EnsemblePlan", "ExecutorHooks", "FaultInjection", "Streaming",
+           "SimulatedCrash", "run_simulation_attempt", "fault_plan", "resend_plan",
+           "encode_step", "decode_step", "pack_messages", "unpack_messages"]
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """What the executor's monitor runs and when it gives an attempt up.
+
+    Parameters
+    ----------
+    n_simulations : int >= 1
+        Budget: lineages to run (redrawn simulations continue a lineage).
+    max_concurrent : int >= 1
+        Attempts in flight at once.
+    simulation_timeout : float > 0
+        Seconds without a message after which an attempt is declared timed out.
+    max_retries : int >= 0
+        Failed attempts a lineage may relaunch; one more failure records it failed.
+    failures_before_redraw : int >= 1 or None
+        Failures of one parameter set before its lineage gets new parameters (None: never).
+
+    (:func:`~wheretolearn.online.policy.decide_after_failure` applies the last two.)
+    """
+
+    n_simulations: int
+    max_concurrent: int
+    simulation_timeout: float = 60.0
+    max_retries: int = 3
+    failures_before_redraw: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("n_simulations", self.n_simulations, 1)
+        _check_int("max_concurrent", self.max_concurrent, 1)
+        t = self.simulation_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
+            raise ValueError(f"simulation_timeout must be a finite number of seconds > 0, "
+                             f"got {t!r}")
+        _check_int("max_retries", self.max_retries, 0)
+        if self.failures_before_redraw is not None:
+            _check_int("failures_before_redraw", self.failures_before_redraw, 1)
+
+
+@dataclass(frozen=True)
+class ExecutorHooks:
+    """What the executor calls back into (from its receiver and monitor threads).
+
+    Parameters
+    ----------
+    on_sample : callable ``(sim_id, step, params (d,), field, timeout) -> bool``
+        Called by the receiver thread for each new step; return False when the buffer is
+        full (the step is offered again a moment later).
+    on_event : callable ``(dict) -> None``, optional
+        Called for attempt events (relaunch, failure), e.g. for logging.
+    sampler_lock : threading.Lock, optional
+        Held while the monitor calls the sampler; share it with the thread that calls
+        ``sampler.tell`` (default: a lock of the executor's own).
+    cluster_handle : ClusterHandle, optional
+        ``ensure_workers()`` is called every ``ensure_every`` seconds.
+    ensure_every : float > 0
+        Seconds between two ``cluster_handle.ensure_workers()`` calls.
+    """
+
+    on_sample: Callable[..., bool]
+    on_event: Callable[[dict], None] | None = None
+    sampler_lock: Any = None
+    cluster_handle: Any = None
+    ensure_every: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not callable(self.on_sample):
+            raise ValueError(f"on_sample must be callable, got {self.on_sample!r}")
+        if self.on_event is not None and not callable(self.on_event):
+            raise ValueError(f"on_event must be callable or None, got {self.on_event!r}")
+        e = self.ensure_every
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < math.inf:
+            raise ValueError(f"ensure_every must be a finite number of seconds > 0, got {e!r}")
 
 
 class _InjectedCrashFilter(logging.Filter):
@@ -107,76 +196,40 @@ class EnsembleExecutor:
         and running ones are (re)launched first).
     sampler : ParameterSampler
         ``ask(1)`` gives the parameters of each new simulation, just in time.
-    on_sample : callable ``(sim_id, step, params (d,), field, timeout) -> bool``
-        Called by the receiver thread for each new step; return False when the buffer is
-        full (the step is offered again a moment later).
-    n_simulations : int
-        Budget: lineages to run (redrawn simulations continue a lineage).
-    max_concurrent : int
-        Attempts in flight at once.
-    simulation_timeout : float
-        Seconds without a message after which an attempt is declared timed out.
-    max_retries : int
-        Failed attempts a lineage may relaunch; one more failure records it failed.
-    failures_before_redraw : int or None
-        Failures of one parameter set before its lineage gets new parameters (None: never).
-    fail_rate : float in [0, 1)
-        Fault injection (see module docstring).
-    seed : int
-        Seed of the fault injection.
-    queue_maxsize : int
-        Messages the Dask queue holds before producers block.
-    max_message_bytes : int
-        Steps of one simulation are grouped into queue messages up to this size.
-    hang_seconds : float or None
-        Longest a fault-injected hang lasts if never cancelled (default 3 x timeout).
-    hang_mode : ``"sleep"`` or ``"spin"``
-        How a fault-injected hang hangs: blocked in C (``time.sleep``) or a tight loop;
-        neither polls anything.
-    heartbeat_seconds : float
-        A producer blocked by back-pressure sends a heartbeat this often.
-    sampler_lock : threading.Lock, optional
-        Shared with the trainer thread, which calls ``sampler.tell``.
-    cluster_handle : ClusterHandle, optional
-        ``ensure_workers()`` is called every ``ensure_every`` seconds.
-    on_event : callable ``(dict) -> None``, optional
-        Called for attempt events (relaunch, failure), e.g. for logging.
+    plan : EnsemblePlan
+        Budget, attempts in flight, timeout and retry rules.
+    hooks : ExecutorHooks
+        ``on_sample`` (steps to the buffer) and the other call-backs.
+    faults : FaultInjection
+        Fault injection (see module docstring); ``hang_seconds`` None means 3 x
+        ``plan.simulation_timeout``.
+    streaming : Streaming
+        Queue size, message size and heartbeat period of the step stream.
     """
 
-    def __init__(self, client: Any, problem_spec: dict, ledger: Any, sampler: Any,
-                 on_sample: Callable[..., bool], *, n_simulations: int, max_concurrent: int,
-                 simulation_timeout: float = 60.0, max_retries: int = 3,
-                 failures_before_redraw: int | None = None, fail_rate: float = 0.0,
-                 seed: int = 0, queue_maxsize: int = 64, hang_seconds: float | None = None,
-                 hang_mode: str = "sleep", heartbeat_seconds: float = 0.5,
-                 max_message_bytes: int = 262144,
-                 sampler_lock: threading.Lock | None = None, cluster_handle: Any = None,
-                 ensure_every: float = 5.0, on_event: Callable[[dict], None] | None = None):
+    def __init__(self, client: Any, problem_spec: dict, ledger: Any, sampler: Any, *,
+                 plan: EnsemblePlan, hooks: ExecutorHooks,
+                 faults: FaultInjection = FaultInjection(),
+                 streaming: Streaming = Streaming()):
+        for name, value, cls in (("plan", plan, EnsemblePlan), ("hooks", hooks, ExecutorHooks),
+                                 ("faults", faults, FaultInjection),
+                                 ("streaming", streaming, Streaming)):
+            if not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
         self.client = client
         self.problem_spec = json.dumps(problem_spec, sort_keys=True)
         self.ledger = ledger
         self.sampler = sampler
-        self.on_sample = on_sample
-        self.n_simulations = int(n_simulations)
-        self.max_concurrent = int(max_concurrent)
-        self.simulation_timeout = float(simulation_timeout)
-        self.max_retries = int(max_retries)
-        self.failures_before_redraw = failures_before_redraw
-        self.fail_rate = float(fail_rate)
-        self.seed = int(seed)
-        self.hang_seconds = float(hang_seconds or 3 * self.simulation_timeout)
-        if hang_mode not in ("sleep", "spin"):
-            raise ValueError(f"hang_mode must be 'sleep' or 'spin', got {hang_mode!r}")
-        self.hang_mode = hang_mode
-        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.plan = plan
+        self.hooks = hooks
+        self.on_sample = hooks.on_sample
+        self.faults = dataclasses.replace(
+            faults, hang_seconds=faults.hang_seconds or 3 * plan.simulation_timeout)
+        self.streaming = streaming
         self.heartbeats_received = 0
         self.queue_gets = 0            # round trips to the scheduler's queue (no spinning)
         self._stalled = False          # the receiver waits for room in the buffer
-        self.max_message_bytes = int(max_message_bytes)
-        self.sampler_lock = sampler_lock or threading.Lock()
-        self.cluster_handle = cluster_handle
-        self.ensure_every = float(ensure_every)
-        self.on_event = on_event
+        self.sampler_lock = hooks.sampler_lock or threading.Lock()
         #: Held while a step goes into the buffer and the ledger; hold it to snapshot both.
         self.receive_lock = threading.Lock()
         self.done = threading.Event()
@@ -188,7 +241,7 @@ class EnsembleExecutor:
         from distributed import Queue
 
         self.queue_name = f"wheretolearn-steps-{uuid.uuid4().hex}"
-        self._queue = Queue(self.queue_name, client=client, maxsize=int(queue_maxsize))
+        self._queue = Queue(self.queue_name, client=client, maxsize=streaming.queue_maxsize)
         self._heartbeats = Queue(self.queue_name + "-hb", client=client)
         self._threads: list[threading.Thread] = []
         # Also runs on workers that join later (replacements of lost workers or jobs).
@@ -241,8 +294,8 @@ class EnsembleExecutor:
         return len(self._active)
 
     def _emit(self, **event: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
+        if self.hooks.on_event is not None:
+            self.hooks.on_event(event)
 
     # ------------------------------------------------------------------ receiver
     def _receive_loop(self) -> None:
@@ -324,7 +377,7 @@ class EnsembleExecutor:
     def _monitor_loop(self) -> None:
         last_ensure = last_hb = time.monotonic()
         while not self._stop.is_set():
-            if time.monotonic() - last_hb > self.heartbeat_seconds / 2:
+            if time.monotonic() - last_hb > self.streaming.heartbeat_seconds / 2:
                 last_hb = time.monotonic()
                 self._poll_heartbeats()
             self._check_active()
@@ -333,36 +386,35 @@ class EnsembleExecutor:
                 self.done.set()
                 self._wake()
                 return
-            if self.cluster_handle is not None and time.monotonic() - last_ensure > self.ensure_every:
+            handle = self.hooks.cluster_handle
+            if handle is not None and time.monotonic() - last_ensure > self.hooks.ensure_every:
                 last_ensure = time.monotonic()
-                self.cluster_handle.ensure_workers()
+                handle.ensure_workers()
             time.sleep(0.02)
 
     def _finished(self) -> bool:
         c = self.ledger.counts()
         return (not self._active and c["pending"] == 0 and c["running"] == 0
-                and self.ledger.lineages >= self.n_simulations)
+                and self.ledger.lineages >= self.plan.n_simulations)
 
     def _submit(self, sim_id: int) -> None:
         attempt = self.ledger.start_attempt(sim_id)
         params = self.ledger[sim_id].params
         future = self.client.submit(
             run_simulation_attempt, self.problem_spec, sim_id, attempt, list(params),
-            self.queue_name, fail_rate=self.fail_rate, seed=self.seed,
-            hang_seconds=self.hang_seconds, hang_mode=self.hang_mode,
-            heartbeat_seconds=self.heartbeat_seconds, max_message_bytes=self.max_message_bytes,
+            self.queue_name, faults=self.faults, streaming=self.streaming,
             key=f"sim-{sim_id}-attempt-{attempt}-"
             f"{uuid.uuid4().hex[:6]}", pure=False, retries=0)
         with self._lock:
             self._active[sim_id] = _Active(sim_id, attempt, future, time.monotonic())
 
     def _fill_slots(self) -> None:
-        while len(self._active) < self.max_concurrent and not self._stop.is_set():
+        while len(self._active) < self.plan.max_concurrent and not self._stop.is_set():
             pending = [i for i in self.ledger.ids("pending") if i not in self._active]
             if pending:
                 self._submit(pending[0])
                 continue
-            if self.ledger.lineages >= self.n_simulations:
+            if self.ledger.lineages >= self.plan.n_simulations:
                 return
             self._submit(self._new_simulation())
 
@@ -395,15 +447,16 @@ class EnsembleExecutor:
                 if act.finished_ok and self._stalled:
                     # Its last steps are in the queue behind a full buffer: waiting, not lost.
                     act.last_activity = max(act.last_activity, now)
-                elif now - act.last_activity > self.simulation_timeout:
+                elif now - act.last_activity > self.plan.simulation_timeout:
                     self._fail(act, "lost", "task ended but some steps never arrived")
             elif fut.status in ("error", "cancelled", "lost"):
                 outcome, error = self._classify(fut)
                 self._fail(act, outcome, error)
-            elif act.started and now - act.last_activity > self.simulation_timeout:
+            elif act.started and now - act.last_activity > self.plan.simulation_timeout:
                 # Only started attempts time out: a task waiting for a worker (a batch job
                 # still queued) is Dask's to schedule, not a hung simulation.
-                self._fail(act, "timeout", f"no message for {self.simulation_timeout:g} s")
+                self._fail(act, "timeout",
+                           f"no message for {self.plan.simulation_timeout:g} s")
 
     def _classify(self, fut: Any) -> tuple[str, str]:
         try:
@@ -435,8 +488,8 @@ class EnsembleExecutor:
                 self.ledger.end_attempt(act.sim_id, act.attempt, outcome, error=error)
             action = decide_after_failure(
                 completed=completed, lineage_failures=self.ledger.lineage_failures(act.sim_id),
-                sim_failures=rec.failures, max_retries=self.max_retries,
-                failures_before_redraw=self.failures_before_redraw)
+                sim_failures=rec.failures, max_retries=self.plan.max_retries,
+                failures_before_redraw=self.plan.failures_before_redraw)
             if action in ("give_up", "redraw"):
                 self.ledger.mark_failed(act.sim_id)
             elif action == "relaunch":

@@ -16,9 +16,57 @@ Every draw is a function of ``(seed, sim_id, attempt)`` only, so a run is reprod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["SimulatedCrash", "fault_plan", "resend_plan"]
+__all__ = ["FaultInjection", "HANG_MODES", "SimulatedCrash", "fault_plan", "resend_plan"]
+
+#: How a fault-injected hang hangs: blocked in C (``time.sleep``) or in a tight loop.
+HANG_MODES = ("sleep", "spin")
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Faults injected into simulation attempts (tests and demos; module docstring).
+
+    Parameters
+    ----------
+    fail_rate : float in [0, 1)
+        ``p``: each attempt crashes with probability p/2, hangs with p/2, and re-sends one
+        message with probability p (0: no fault injected).
+    seed : int >= 0
+        Seed of the draws, each a function of ``(seed, sim_id, attempt)`` only.
+    hang_seconds : float > 0 or None
+        Longest an injected hang lasts when nobody cancels it (None: 3 x the executor's
+        ``simulation_timeout``).
+    hang_mode : ``"sleep"`` or ``"spin"``
+        How an injected hang hangs (:data:`HANG_MODES`); neither polls anything.
+
+    A frozen dataclass of plain fields: it travels pickled with every Dask task.
+    """
+
+    fail_rate: float = 0.0
+    seed: int = 0
+    hang_seconds: float | None = None
+    hang_mode: str = "sleep"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fail_rate, bool) or not isinstance(self.fail_rate, (int, float)) \
+                or not 0.0 <= self.fail_rate < 1.0:
+            raise ValueError(f"fail_rate must be a number in [0, 1), got {self.fail_rate!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        if self.hang_seconds is not None and (
+                isinstance(self.hang_seconds, bool)
+                or not isinstance(self.hang_seconds, (int, float))
+                or not 0.0 < self.hang_seconds < float("inf")):
+            raise ValueError("hang_seconds must be a finite number of seconds > 0 or None, "
+                             f"got {self.hang_seconds!r}")
+        if self.hang_mode not in HANG_MODES:
+            raise ValueError(f"hang_mode must be one of {', '.join(map(repr, HANG_MODES))}, "
+                             f"got {self.hang_mode!r}")
 
 
 class SimulatedCrash(RuntimeError):

@@ -9,12 +9,14 @@ messages travel in one queue message, each prefixed by its length (:func:`pack_m
 
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-__all__ = ["encode_step", "decode_step", "encode_hello", "encode_heartbeat", "pack_messages",
+__all__ = ["Streaming", "encode_step", "decode_step", "encode_hello", "encode_heartbeat", "pack_messages",
            "unpack_messages", "HELLO", "HEARTBEAT"]
 
 _HEADER = struct.Struct("<qqqq")  # sim_id, attempt, step (-1: hello, -2: heartbeat), ndim
@@ -23,6 +25,46 @@ _LEN = struct.Struct("<q")
 HELLO = -1
 #: Step number of a heartbeat message.
 HEARTBEAT = -2
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How steps travel from a simulation attempt to the server (SPEC §5).
+
+    Parameters
+    ----------
+    queue_maxsize : int >= 1
+        Messages the Dask step queue holds before producers block (back-pressure: at most
+        ``queue_maxsize x max_message_bytes`` in flight).
+    max_message_bytes : int >= 1
+        Steps of one simulation are grouped into one queue message up to this size (a
+        step larger than that goes alone).
+    flush_seconds : float > 0
+        A group older than this is sent even when not full.
+    heartbeat_seconds : float > 0
+        A producer blocked by back-pressure sends a heartbeat this often.
+    poll_seconds : float > 0
+        How often an attempt waiting for its child's next step checks whether it was
+        cancelled.
+
+    A frozen dataclass of plain fields: it travels pickled with every Dask task.
+    """
+
+    queue_maxsize: int = 64
+    max_message_bytes: int = 262144
+    flush_seconds: float = 0.2
+    heartbeat_seconds: float = 0.5
+    poll_seconds: float = 0.1
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            integer = f.name in ("queue_maxsize", "max_message_bytes")
+            kinds = (int, np.integer) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not (
+                    value >= 1 if integer else 0 < value < math.inf):
+                allowed = "an int >= 1" if integer else "a finite number of seconds > 0"
+                raise ValueError(f"{f.name} must be {allowed}, got {value!r}")
 
 
 def encode_step(sim_id: int, attempt: int, step: int, field: np.ndarray) -> bytes:

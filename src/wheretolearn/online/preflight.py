@@ -64,8 +64,21 @@ def check_online_problem(config: Any) -> Any:
         problem = get_problem(spec["name"], **spec["options"])
     except TypeError as exc:
         raise ValueError(f"bad option for problem {name!r}: {exc}") from None
+    _check_bounds_rows(problem, name, config.sampler.bounds)
     check_online_contract(problem, bounds=config.sampler.bounds)
     return problem
+
+
+def _check_bounds_rows(problem: Any, name: str, bounds: Any) -> None:
+    """``[sampler] bounds`` must have one row per parameter of the problem, as its declared
+    ``input_shape`` (d,) says (named by its ``parameter_names`` when it has them)."""
+    shape = tuple(getattr(problem, "input_shape", ()) or ())
+    if bounds is None or len(shape) != 1 or len(bounds) == shape[0]:
+        return
+    names = getattr(problem, "parameter_names", None)
+    which = f": {', '.join(map(str, names))}" if names is not None else ""
+    raise ValueError(f"[sampler] bounds must have {shape[0]} rows for problem {name!r} (one "
+                     f"per parameter{which}), got {len(bounds)}")
 
 
 def _check_out(out: str | Path) -> None:

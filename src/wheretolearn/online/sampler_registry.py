@@ -15,13 +15,14 @@ __all__ = ["SAMPLERS", "make_sampler"]
 SAMPLERS: dict[str, type[ParameterSampler]] = {**STATIC_SAMPLERS, BreedSampler.name: BreedSampler}
 
 
-def make_sampler(name: str, bounds: Any, *, seed: Any = None, **options: Any) -> ParameterSampler:
+def make_sampler(name: str, bounds: Any, *, seed: Any = None, **kwargs: Any) -> ParameterSampler:
     """Build a sampler by registry name (``"uniform"``, ``"halton"``, ``"sobol"``, ``"lhs"``,
     ``"breed"``).
 
-    ``options`` go to the constructor (e.g. ``block_size`` for ``"lhs"``, ``sigma``,
-    ``period``, ... for ``"breed"``); an unknown option raises ``TypeError`` naming it.
+    ``kwargs`` go to the constructor (``boundary_share`` for every sampler, ``block_size``
+    for ``"lhs"``, ``options=BreedOptions(...)`` and ``n_simulations`` for ``"breed"``); an
+    unknown keyword raises ``TypeError`` naming it.
     """
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}")
-    return SAMPLERS[name](bounds, seed=seed, **options)
+    return SAMPLERS[name](bounds, seed=seed, **kwargs)

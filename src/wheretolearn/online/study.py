@@ -8,7 +8,9 @@ on -- model, optimiser, buffer content, sampler state, ledger, counters -- is ch
 atomically every ``checkpoint.every_batches`` batches and at the end;
 :func:`resume_online_study` continues an interrupted study from its folder.
 
-Run folder (created after the configuration validated, kept while the study runs)::
+Run folder (a :class:`~wheretolearn.report.runfolder.RunFolder`: created with its
+``config.toml`` in one rename after the configuration validated, then written in place,
+:meth:`~wheretolearn.report.runfolder.RunFolder.reopen`, and kept while the study runs)::
 
     config.toml      resolved configuration
     metrics.jsonl    one line per ``log_every`` batches: batch, loss (mean since the last
@@ -37,7 +39,6 @@ by the relaunched simulations.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -50,7 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..report.runfolder import StudyResult
+from ..report.runfolder import RunFolder, StudyResult
 from .config import OnlineStudyConfig
 from .ledger import SimulationLedger
 
@@ -111,22 +112,16 @@ class OnlineStudy:
     # ------------------------------------------------------------------ folders
     @classmethod
     def create(cls, config: OnlineStudyConfig, out: str | Path, **kw: Any) -> "OnlineStudy":
-        """Make the run folder ``out`` (absent or empty) and write ``config.toml``."""
+        """Make the run folder ``out`` (absent or empty) with its ``config.toml``: it
+        appears in one rename (:class:`~wheretolearn.report.runfolder.RunFolder`); the
+        study then writes into it in place (:meth:`RunFolder.reopen`), so that it can be
+        resumed from there."""
         out = Path(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"output folder {str(out)!r} already exists and is not "
                                   "empty; choose another --out (or resume it)")
-        out.mkdir(parents=True, exist_ok=True)
-        import tomli_w
-
-        from ..report.runfolder import toml_ready
-
-        tmp = out / ".config.toml.tmp"
-        tmp.write_text(tomli_w.dumps(toml_ready(config.model_dump())))
-        os.replace(tmp, out / "config.toml")
-        from .._ownership import write_marker
-
-        write_marker(out, "run")        # ours: ``--overwrite`` elsewhere may replace it
+        with RunFolder(out) as folder:
+            folder.write_config_toml(config.model_dump())
         return cls(config, out, **kw)
 
     @classmethod
@@ -138,7 +133,7 @@ class OnlineStudy:
         ``trust``: resuming it would run that code (see
         :meth:`~wheretolearn.online.config.OnlineStudyConfig.user_code`).
         """
-        from .checkpoint import CheckpointStore, load_checkpoint
+        from .checkpoint import CheckpointStore
         from .config import check_run_trusted, load_online_config
 
         run_dir = Path(run_dir)
@@ -153,8 +148,10 @@ class OnlineStudy:
         found = store.load_latest()
         if found is not None:
             study._resume_state = found[0]
-        elif (run_dir / _CHECKPOINT).is_file():    # a run folder of an older version
-            study._resume_state = load_checkpoint(run_dir / _CHECKPOINT)
+        elif (run_dir / _CHECKPOINT).is_file():
+            raise ValueError(f"{str(run_dir)!r} holds a top-level {_CHECKPOINT}, the layout of "
+                             "an older wheretolearn, which this version does not resume; "
+                             "start the study again")
         return study
 
     # ------------------------------------------------------------------ set-up
@@ -199,9 +196,8 @@ class OnlineStudy:
         t = cfg.training
         # The problem's declared field range (heat: maximum principle), else the held-out one.
         shift, scale = target_scaling(self.problem, bounds, self.y_val)
-        self.trainer = OnlineTrainer(self.model, lr=t.lr, weight_decay=t.weight_decay,
-                                     milestones=tuple(t.milestones), gamma=t.gamma,
-                                     y_shift=shift, y_scale=scale)
+        self.trainer = OnlineTrainer(self.model, t.adam_schedule(), y_shift=shift,
+                                     y_scale=scale)
         self.sampler_lock = threading.Lock()
         self.counters = {"samples_duplicated": 0, "train_seconds": 0.0, "idle_seconds": 0.0,
                          "validation_seconds": 0.0, "checkpoint_seconds": 0.0,
@@ -210,11 +206,12 @@ class OnlineStudy:
                          "metrics_lines": 0, "last_loss": None, "last_val": None}
         self._delivered: dict[int, bytearray] = {}
         self._history: list[dict] = []
+        self.folder = RunFolder.reopen(self.run_dir)      # written in place, resumable
         if self._resume_state is not None:
             self._restore(self._resume_state)
-        elif (self.run_dir / "metrics.jsonl").is_file():
+        else:
             # Killed before its first checkpoint: start again from nothing.
-            (self.run_dir / "metrics.jsonl").unlink()
+            self.folder.truncate_metrics(0)
 
     def _torch_threads(self) -> int:
         """``[training] torch_threads``, else the cores the local workers leave free.
@@ -232,7 +229,13 @@ class OnlineStudy:
         return max(1, cores)
 
     def _restore(self, state: dict) -> None:
-        if state.get("n_steps") != self.n_steps:
+        missing = sorted({"n_steps", "trainer", "buffer", "sampler", "ledger", "counters",
+                          "delivered"} - set(state))
+        if missing:
+            raise ValueError(f"checkpoint lacks {missing}: it was written by an older "
+                             "wheretolearn, which this version does not resume; start the "
+                             "study again")
+        if state["n_steps"] != self.n_steps:
             raise ValueError("checkpoint does not match the run folder's config.toml "
                              f"(n_steps {state.get('n_steps')} vs {self.n_steps})")
         self.trainer.load_state_dict(state["trainer"])
@@ -241,22 +244,11 @@ class OnlineStudy:
         self.ledger.load_state_dict(state["ledger"])
         self.counters.update(state["counters"])
         self.ledger.interrupt_running()
-        if "delivered" in state:
-            # Our own record of what reached the buffer, not the ledger's: a ledger that lost
-            # a step would otherwise hide the duplicate it lets through.
-            self._delivered = {int(k): bytearray.fromhex(v)
-                               for k, v in state["delivered"].items()}
-        else:                                   # a checkpoint of an older version
-            for rec in self.ledger:
-                self._delivered[rec.sim_id] = bytearray(rec.received)
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.is_file():
-            # Lines written after the checkpoint describe batches that will be redone.
-            lines = metrics.read_text().splitlines()[: int(self.counters["metrics_lines"])]
-            tmp = metrics.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in lines))
-            os.replace(tmp, metrics)
-            self._history = [json.loads(line) for line in lines]
+        # Our own record of what reached the buffer, not the ledger's: a ledger that lost a
+        # step would otherwise hide the duplicate it lets through.
+        self._delivered = {int(k): bytearray.fromhex(v) for k, v in state["delivered"].items()}
+        # Lines written after the checkpoint describe batches that will be redone.
+        self._history = self.folder.truncate_metrics(int(self.counters["metrics_lines"]))
 
     # ------------------------------------------------------------------ streaming
     def _on_sample(self, sim_id: int, step: int, params: np.ndarray, field: np.ndarray,
@@ -321,10 +313,7 @@ class OnlineStudy:
 
     # ------------------------------------------------------------------ metrics
     def _append_metrics(self, record: dict) -> None:
-        from ..report.runfolder import to_jsonable
-
-        with (self.run_dir / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self.folder.append_metrics(record)
         self.counters["metrics_lines"] += 1
         self._history.append(record)
 
@@ -348,7 +337,7 @@ class OnlineStudy:
         the study then stops with a checkpoint and can be resumed.
         """
         from ..cluster import check_scheduler_reachable, open_cluster
-        from .executor import EnsembleExecutor
+        from .executor import EnsembleExecutor, ExecutorHooks
 
         cfg = self.config
         if cfg.cluster.kind == "address":
@@ -364,15 +353,11 @@ class OnlineStudy:
         with open_cluster(cfg.cluster, n_workers=ex_cfg.workers,
                           shared_temp_directory=self.run_dir / ".dask-tls") as handle:
             executor = EnsembleExecutor(
-                handle.client, self.problem_spec, self.ledger, self.sampler, self._on_sample,
-                n_simulations=cfg.study.n_simulations, max_concurrent=ex_cfg.attempts_in_flight,
-                simulation_timeout=ex_cfg.simulation_timeout, max_retries=ex_cfg.max_retries,
-                failures_before_redraw=ex_cfg.failures_before_redraw,
-                fail_rate=ex_cfg.fail_rate,
-                seed=cfg.study.seed, queue_maxsize=ex_cfg.queue_maxsize,
-                hang_seconds=ex_cfg.hang_seconds, max_message_bytes=ex_cfg.max_message_bytes,
-                sampler_lock=self.sampler_lock,
-                cluster_handle=handle, on_event=self._on_event)
+                handle.client, self.problem_spec, self.ledger, self.sampler,
+                plan=ex_cfg.plan(cfg.study.n_simulations),
+                hooks=ExecutorHooks(self._on_sample, on_event=self._on_event,
+                                    sampler_lock=self.sampler_lock, cluster_handle=handle),
+                faults=ex_cfg.fault_injection(cfg.study.seed), streaming=ex_cfg.streaming())
             executor.start()
             try:
                 self._train(executor, max_seconds)
@@ -503,20 +488,14 @@ class OnlineStudy:
         self._append_metrics({"batch": self.trainer.batches_seen, "final": True,
                               **{f"val_{k}": float(v) for k, v in val.items()}})
         self.checkpoint(None)
-        self.ledger.save_json(self.run_dir / "ledger.json")
+        self.ledger.save_json(self.folder.file("ledger.json"))
         summary = self.summary(val)
-        from ..report.runfolder import to_jsonable
-
-        tmp = self.run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(to_jsonable(summary), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        self.folder.write_summary(summary)
         self._figure()
         with self.sampler_lock:
-            self.sampler.write_report(self.run_dir, self._history)
-        from .._ownership import list_tree, write_marker
-
+            self.sampler.write_report(self.folder.path, self._history)
         # every path the run wrote: ``--overwrite`` may replace exactly these, nothing else
-        write_marker(self.run_dir, "run", paths=list_tree(self.run_dir))
+        self.folder.commit()
         return summary
 
     def summary(self, val: dict) -> dict:
@@ -573,8 +552,7 @@ class OnlineStudy:
             ax[1].legend()
         ax[1].set(xlabel="batch", ylabel="relative L2 error", title="validation error")
         fig.tight_layout()
-        (self.run_dir / "figures").mkdir(exist_ok=True)
-        fig.savefig(self.run_dir / "figures" / "online_training.png", dpi=100)
+        fig.savefig(self.folder.figure_path("online_training"), dpi=100)
         plt.close(fig)
 
 

@@ -5,6 +5,12 @@ hidden staging directory next to the requested output folder; :meth:`RunFolder.c
 renames it to the final name in one step. Any exception inside the ``with`` block removes
 the staging directory, so a failed or interrupted study leaves nothing half-written.
 
+A resumable study (an online study, which checkpoints into its folder while it runs and
+is continued from there) creates its folder that way, with its ``config.toml``, then
+writes into it in place: :meth:`RunFolder.reopen`. In place, every whole file is still
+replaced in one rename (never seen half-written) and :meth:`RunFolder.commit` records
+the paths in the marker once the study is finished.
+
 Layout of a finished run folder::
 
     out/
@@ -31,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._ownership import (check_output_location, check_replaceable, list_tree, normalise_out,
-                          remove_owned, write_marker)
+from .._ownership import (MARKER, check_output_location, check_replaceable, list_tree,
+                          normalise_out, owner, remove_owned, write_marker)
 
 __all__ = ["RunFolder", "to_jsonable"]
 
@@ -66,6 +72,11 @@ def toml_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [toml_ready(v) for v in value if v is not None]
     return to_jsonable(value)
+
+
+def _check_out_argument(out: Any) -> None:
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise TypeError(f"out must be a non-empty path, got {out!r}")
 
 
 def _remove_replaced(old: Path) -> None:
@@ -106,8 +117,7 @@ class RunFolder:
     """
 
     def __init__(self, out: str | Path, *, overwrite: bool = False):
-        if not isinstance(out, (str, os.PathLike)) or str(out) == "":
-            raise TypeError(f"out must be a non-empty path, got {out!r}")
+        _check_out_argument(out)
         check_output_location(out)
         self.out = normalise_out(out)
         self.overwrite = bool(overwrite)
@@ -115,6 +125,32 @@ class RunFolder:
         self.staging = self.out.parent / f".{self.out.name}.staging-{uuid.uuid4().hex[:8]}"
         self._open = False
         self._committed = False
+        self._in_place = False
+
+    @classmethod
+    def reopen(cls, out: str | Path) -> "RunFolder":
+        """The existing run folder ``out``, open to write in place (no staging).
+
+        For a study that goes on in its folder after an interruption (an online study:
+        created with ``with RunFolder(out) as run: run.write_config_toml(...)``, then
+        reopened to run and to resume). Nothing is removed, even on an exception: what
+        was written stays for the next resume. Whole files (config, summary, JSON) are
+        still written to a temporary file and renamed. A folder carrying the project's
+        marker is marked *in progress* (its path list dropped, so ``--overwrite`` judges
+        it by the run-folder layout, as it does an interrupted run) until :meth:`commit`
+        records every path again.
+        """
+        _check_out_argument(out)
+        path = normalise_out(out)
+        if not path.is_dir() or path.is_symlink():
+            raise ValueError(f"out must be an existing run folder to reopen, got {str(out)!r} "
+                             f"({'a file' if path.exists() else 'does not exist'})")
+        folder = cls.__new__(cls)
+        folder.out, folder.overwrite, folder.staging = path, False, path
+        folder._open, folder._committed, folder._in_place = True, False, True
+        if (path / MARKER).is_file() and owner(path)[0] == "run":
+            write_marker(path, "run")
+        return folder
 
     # ---------------------------------------------------------------- lifecycle
     def _check_target(self) -> bool:
@@ -123,7 +159,10 @@ class RunFolder:
         return check_replaceable(self.out, "run", overwrite=self.overwrite)
 
     def open(self) -> "RunFolder":
-        """Create the staging directory (and the parent of ``out`` if needed)."""
+        """Create the staging directory (and the parent of ``out`` if needed); a folder
+        reopened in place (:meth:`reopen`) is open already."""
+        if self._in_place and self._open:
+            return self
         if self._open or self._committed:
             raise RuntimeError("run folder is already open or committed")
         self._check_target()
@@ -133,9 +172,15 @@ class RunFolder:
         return self
 
     def commit(self) -> Path:
-        """Move the staging directory to ``out``; return the final path."""
+        """Move the staging directory to ``out``; return the final path.
+
+        In place (:meth:`reopen`): record every path of ``out`` in its marker."""
         if not self._open:
             raise RuntimeError("run folder is not open")
+        if self._in_place:
+            write_marker(self.out, "run", paths=list_tree(self.out))
+            self._open, self._committed = False, True
+            return self.out
         try:
             self._check_target()
         except FileExistsError as exc:
@@ -155,8 +200,11 @@ class RunFolder:
         return self.out
 
     def abort(self) -> None:
-        """Remove the staging directory; ``out`` is left untouched."""
-        if self._open:
+        """Remove the staging directory; ``out`` is left untouched (in place: nothing is
+        removed, the files stay for a resume)."""
+        if self._open and self._in_place:
+            self._open = False
+        elif self._open:
             shutil.rmtree(self.staging, ignore_errors=True)
             self._open = False
 
@@ -192,13 +240,20 @@ class RunFolder:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def _replace(self, name: str, text: str) -> Path:
+        """Write ``text`` to ``name`` through a temporary file renamed over it (a reader, or
+        a study killed mid-write, never sees half a file)."""
+        p = self.file(name)
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+        return p
+
     def write_config_toml(self, config: dict[str, Any], name: str = "config.toml") -> Path:
         """Write the resolved configuration as TOML (``None`` values are left out)."""
         import tomli_w
 
-        p = self.file(name)
-        p.write_text(tomli_w.dumps(toml_ready(config)))
-        return p
+        return self._replace(name, tomli_w.dumps(toml_ready(config)))
 
     def append_metrics(self, record: dict[str, Any], name: str = "metrics.jsonl") -> None:
         """Append one JSON object as one line of ``metrics.jsonl``."""
@@ -206,11 +261,23 @@ class RunFolder:
         with self.file(name).open("a") as fh:
             fh.write(line + "\n")
 
+    def truncate_metrics(self, n_lines: int, name: str = "metrics.jsonl") -> list[dict]:
+        """Keep the first ``n_lines`` lines of ``metrics.jsonl`` (one rename) and return
+        them as records; a resumed study drops the lines written after its checkpoint
+        (it redoes those batches). An absent file stays absent (``[]``)."""
+        if isinstance(n_lines, bool) or not isinstance(n_lines, int) or n_lines < 0:
+            raise ValueError(f"n_lines must be an int >= 0, got {n_lines!r}")
+        p = self.file(name)
+        if not p.is_file():
+            return []
+        lines = p.read_text().splitlines()[:n_lines]
+        self._replace(name, "".join(line + "\n" for line in lines))
+        return [json.loads(line) for line in lines]
+
     def write_json(self, data: Any, name: str) -> Path:
         """Write ``data`` as indented JSON."""
-        p = self.file(name)
-        p.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
-        return p
+        return self._replace(name, json.dumps(to_jsonable(data), indent=2, allow_nan=False)
+                             + "\n")
 
     def write_summary(self, summary: dict[str, Any], name: str = "summary.json") -> Path:
         """Write the final summary (``summary.json``)."""
@@ -223,6 +290,7 @@ class RunFolder:
 
     def __repr__(self) -> str:
         state = "committed" if self._committed else ("open" if self._open else "new")
+        state += " in place" if self._in_place else ""
         return f"RunFolder({str(self.out)!r}, {state})"
 
 
