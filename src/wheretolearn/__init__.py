@@ -50,6 +50,7 @@ _PUBLIC = {
     "available_problems": "wheretolearn.problems.base",
     "get_problem": "wheretolearn.problems.base",
     "problem_factory": "wheretolearn.problems.base",
+    "problem_signature": "wheretolearn.problems.base",
     "register_problem": "wheretolearn.problems.base",
     # results
     "load_model": "wheretolearn.loading",
