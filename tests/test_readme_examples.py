@@ -86,3 +86,55 @@ def test_readme_python_block_runs(i, tmp_path, request):
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# -- the docs' examples use the current names --------------------------------------------------
+DOCS = sorted((README.parent / "docs").glob("*.md"))
+DOC_BLOCKS = [(path.name, i, code) for path in DOCS
+              for i, code in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(),
+                                                  flags=re.S))]
+
+
+def _imported_names(tree):
+    """``{local name: object}`` for every ``from wheretolearn... import name`` in ``tree``
+    (AssertionError naming the line when the module lacks it)."""
+    import ast
+    import importlib
+
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wheretolearn"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), \
+                    f"line {node.lineno}: {node.module} has no {alias.name}"
+                names[alias.asname or alias.name] = getattr(module, alias.name)
+    return names
+
+
+@pytest.mark.parametrize("name,i,code", DOC_BLOCKS,
+                         ids=[f"{name}-block{i + 1}" for name, i, _ in DOC_BLOCKS])
+def test_doc_examples_import_and_call_current_names(name, i, code):
+    """Every docs example (README's run above; many docs blocks continue one another or need
+    data, so they are checked, not run): it parses, each name it imports from wheretolearn
+    exists, and each call of such a name passes only keywords that its signature accepts
+    (the renames of issue 27 leave no stale keyword behind)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(code)
+    names = _imported_names(tree)
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in names):
+            continue
+        try:
+            sig = inspect.signature(names[node.func.id])
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            continue
+        for kw in node.keywords:
+            assert kw.arg is None or kw.arg in sig.parameters, (
+                f"{name} block {i + 1} line {node.lineno}: {node.func.id}() takes no "
+                f"keyword {kw.arg!r}")
