@@ -70,10 +70,10 @@ def test_problems_without_simulate_are_refused_by_name(tmp_path, problem, monkey
 
 
 def test_online_problems_are_those_with_simulate():
-    from wheretolearn.online.preflight import online_problems
+    from wheretolearn.problems import available_problems
     from wheretolearn.problems.base import _REGISTRY
 
-    names = online_problems()
+    names = available_problems(kind="online")
     assert "heat2d" in names and "darcy" not in names and "burgers" not in names
     assert all(callable(getattr(_REGISTRY[n], "simulate", None)) for n in names)
 

@@ -279,9 +279,9 @@ def test_default_input_measure_samples_in_bounds():
 def test_online_study_and_generate_through_the_cli(tmp_path):
     import tomli_w
 
-    from wheretolearn.online.preflight import online_problems
+    from wheretolearn.problems import available_problems
 
-    assert "grayscott" in online_problems()
+    assert "grayscott" in available_problems(kind="online")
     cfg = {"study": {"problem": "grayscott", "n_simulations": 6, "seed": 1,
                      "options": {"n": 8, "n_steps": 5, "every": 20, "field": "u"}},
            "buffer": {"capacity": 30, "watermark": 10},

@@ -37,10 +37,9 @@ def _measure(problem: Any) -> str:
 def describe_problems() -> list[dict[str, str]]:
     """One row per registered problem: name, options (with defaults), shapes of the default
     build, default input measure, online (has a time-stepping ``simulate()``)."""
-    from ..online.preflight import online_problems
     from ..problems import available_problems, get_problem, problem_factory, problem_signature
 
-    online = set(online_problems())
+    online = set(available_problems(kind="online"))
     rows = []
     for name in available_problems():
         factory = problem_factory(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["online_problems", "check_online_problem", "check_online_memory",
+__all__ = ["check_online_problem", "check_online_memory",
            "check_max_seconds", "preflight"]
 
 
@@ -33,22 +33,13 @@ def check_max_seconds(value: Any) -> float | None:
                          "of seconds > 0") from None
 
 
-def online_problems() -> list[str]:
-    """Registered problems the online engine runs: those whose class has a time-stepping
-    ``simulate(params)`` yielding ``(step, field)`` as the steps are computed (``heat2d``;
-    user problems given by import path or plugin are checked when built; ``external``, the
-    runner of a ``[study] command``, is left out: it is chosen by ``command``)."""
-    from ..problems import available_problems
-
-    return available_problems(kind="online")
-
-
 def check_online_problem(config: Any) -> Any:
     """Build ``config``'s problem as the study will and check the online contract.
 
     A registered problem without ``simulate()`` (``darcy``, ``burgers``, ...) is rejected
-    by name, listing :func:`online_problems`. Returns the built problem."""
-    from ..problems import check_online_contract, get_problem, problem_factory
+    by name, listing ``available_problems(kind="online")``. Returns the built problem."""
+    from ..problems import (available_problems, check_online_contract, get_problem,
+                            problem_factory)
 
     name = config.study.problem
     factory = problem_factory(name)
@@ -56,9 +47,9 @@ def check_online_problem(config: Any) -> Any:
         raise ValueError(
             f"problem {name!r} cannot run in an online study: the online engine streams the "
             f"steps of a time-stepping simulate(params), which {name!r} does not have; online "
-            f"problems: {', '.join(online_problems())}, a user problem 'module:factory' or a "
-            "[study] command (docs/user_solver.md); use 'wheretolearn generate' for "
-            f"{name!r}")
+            f"problems: {', '.join(available_problems(kind='online'))}, a user problem "
+            "'module:factory' or a [study] command (docs/user_solver.md); use "
+            f"'wheretolearn generate' for {name!r}")
     spec = config.problem_spec()
     try:
         problem = get_problem(spec["name"], **spec["options"])
