@@ -44,6 +44,13 @@ def test_restore_continues_the_exact_sequence(name):
     np.testing.assert_array_equal(restored.ask(90), expected)
 
 
+def test_a_state_of_an_older_layout_is_refused_by_name():
+    state = make_sampler("uniform", BOUNDS, seed=11).state_dict()
+    del state["boundary_share"]
+    with pytest.raises(ValueError, match="lacks 'boundary_share'.*older wheretolearn"):
+        make_sampler("uniform", BOUNDS, seed=0).load_state_dict(state)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_points_respect_bounds_and_fill_them(name):
     x = make_sampler(name, BOUNDS, seed=2).ask(512)

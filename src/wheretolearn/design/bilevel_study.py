@@ -845,7 +845,7 @@ def _write_training_record(path: Path, cfg: BilevelStudyConfig, summary: dict,
 
 def read_training_record(path: str | Path) -> dict | None:
     """The ``model.pt`` of a bilevel run (``{"n", "x", "y", "bandwidth", "ridge",
-    "kernel"}``, read weights-only), or None when the folder has none (an older version).
+    "kernel"}``, read weights-only), or None when there is no such file.
 
     Raises ``ValueError`` naming the file when it is not such a record.
     """

@@ -280,7 +280,11 @@ class ParameterSampler(ABC):
         self._load_extra_state(state)
         self.bounds = bounds
         self.seed = check_nonnegative_int(state["seed"], "state['seed']")
-        share = state.get("boundary_share", 0.0)          # absent in older checkpoints
+        if "boundary_share" not in state:
+            raise ValueError("sampler state lacks 'boundary_share': it was written by an older "
+                             "wheretolearn, which this version does not resume; start the "
+                             "study again")
+        share = state["boundary_share"]
         self.boundary_every = _boundary_every(share)
         self.boundary_share = float(share)
         n = check_nonnegative_int(state["n_drawn"], "state['n_drawn']")
