@@ -45,13 +45,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ._checks import check_seconds
 from .attempt import _get_problem, prewarm, run_simulation_attempt
 from .faults import FaultInjection, SimulatedCrash, fault_plan, resend_plan
 from .messages import (HELLO, Streaming, decode_step, encode_step, pack_messages,
@@ -97,10 +97,7 @@ class EnsemblePlan:
     def __post_init__(self) -> None:
         _check_int("n_simulations", self.n_simulations, 1)
         _check_int("max_concurrent", self.max_concurrent, 1)
-        t = self.simulation_timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
-            raise ValueError(f"simulation_timeout must be a finite number of seconds > 0, "
-                             f"got {t!r}")
+        check_seconds(self.simulation_timeout, "simulation_timeout")
         _check_int("max_retries", self.max_retries, 0)
         if self.failures_before_redraw is not None:
             _check_int("failures_before_redraw", self.failures_before_redraw, 1)
@@ -137,9 +134,7 @@ class ExecutorHooks:
             raise ValueError(f"on_sample must be callable, got {self.on_sample!r}")
         if self.on_event is not None and not callable(self.on_event):
             raise ValueError(f"on_event must be callable or None, got {self.on_event!r}")
-        e = self.ensure_every
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < math.inf:
-            raise ValueError(f"ensure_every must be a finite number of seconds > 0, got {e!r}")
+        check_seconds(self.ensure_every, "ensure_every")
 
 
 class _InjectedCrashFilter(logging.Filter):

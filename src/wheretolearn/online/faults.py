@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import check_seconds
+
 __all__ = ["FaultInjection", "HANG_MODES", "SimulatedCrash", "fault_plan", "resend_plan"]
 
 #: How a fault-injected hang hangs: blocked in C (``time.sleep``) or in a tight loop.
@@ -58,12 +60,7 @@ class FaultInjection:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
                 or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if self.hang_seconds is not None and (
-                isinstance(self.hang_seconds, bool)
-                or not isinstance(self.hang_seconds, (int, float))
-                or not 0.0 < self.hang_seconds < float("inf")):
-            raise ValueError("hang_seconds must be a finite number of seconds > 0 or None, "
-                             f"got {self.hang_seconds!r}")
+        check_seconds(self.hang_seconds, "hang_seconds", optional=True)
         if self.hang_mode not in HANG_MODES:
             raise ValueError(f"hang_mode must be one of {', '.join(map(repr, HANG_MODES))}, "
                              f"got {self.hang_mode!r}")

@@ -9,12 +9,13 @@ messages travel in one queue message, each prefixed by its length (:func:`pack_m
 
 from __future__ import annotations
 
-import math
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ._checks import check_seconds
 
 __all__ = ["Streaming", "encode_step", "decode_step", "encode_hello", "encode_heartbeat", "pack_messages",
            "unpack_messages", "HELLO", "HEARTBEAT"]
@@ -57,14 +58,12 @@ class Streaming:
     poll_seconds: float = 0.1
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            integer = f.name in ("queue_maxsize", "max_message_bytes")
-            kinds = (int, np.integer) if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds) or not (
-                    value >= 1 if integer else 0 < value < math.inf):
-                allowed = "an int >= 1" if integer else "a finite number of seconds > 0"
-                raise ValueError(f"{f.name} must be {allowed}, got {value!r}")
+        for name in ("queue_maxsize", "max_message_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("flush_seconds", "heartbeat_seconds", "poll_seconds"):
+            check_seconds(getattr(self, name), name)
 
 
 def encode_step(sim_id: int, attempt: int, step: int, field: np.ndarray) -> bytes:
