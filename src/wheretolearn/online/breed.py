@@ -181,6 +181,15 @@ def effective_sample_size(weights: Any) -> float:
     return float(w.sum()) ** 2 / s2 if s2 > 0 else 0.0
 
 
+def _check_weight_cap(weight_cap: Any) -> float:
+    """``weight_cap`` as a float, or ``ValueError`` unless it is a finite number >= 1."""
+    if isinstance(weight_cap, bool) or not isinstance(weight_cap, (int, float)) or not (
+            math.isfinite(weight_cap) and weight_cap >= 1.0):
+        raise ValueError(f"weight_cap must be a finite number >= 1 (the largest weight over "
+                         f"the batch mean), got {weight_cap!r}")
+    return float(weight_cap)
+
+
 def cap_weights(weights: Any, weight_cap: float) -> np.ndarray:
     """Non-negative weights (B,) -> mean 1 over the B of them with the largest at most
     ``weight_cap`` (>= 1) times the mean.
@@ -191,17 +200,13 @@ def cap_weights(weights: Any, weight_cap: float) -> np.ndarray:
     no such ``c`` exists: the positive ones get ``weight_cap`` (the cap wins, the mean is
     below 1). All zero: ones (nothing to re-weight).
     """
-    if isinstance(weight_cap, bool) or not isinstance(weight_cap, (int, float)) or not (
-            math.isfinite(weight_cap) and weight_cap >= 1.0):
-        raise ValueError(f"weight_cap must be a finite number >= 1 (the largest weight over "
-                         f"the batch mean), got {weight_cap!r}")
+    cap = _check_weight_cap(weight_cap)
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     b, total = len(w), float(w.sum()) if len(w) else 0.0
     if b == 0:
         return w.copy()
     if not total > 0:
         return np.ones(b)
-    cap = float(weight_cap)
     ws = np.sort(w)[::-1]
     if b * ws[0] <= cap * total:
         return w * (b / total)
@@ -478,10 +483,9 @@ class BreedOptions:
             if not isinstance(value, cls):
                 raise TypeError(f"{group} must be a {cls.__name__}, got "
                                 f"{type(value).__name__}")
-        cap_weights(np.ones(1), self.weight_cap)                  # validates weight_cap
         _store(self, base=_check_choice(self.base, "base", BASES),
                queue_size=check_positive_int(self.queue_size, "queue_size"),
-               weight_cap=float(self.weight_cap))
+               weight_cap=_check_weight_cap(self.weight_cap))
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> "BreedOptions":
