@@ -575,7 +575,12 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     t0 = time.perf_counter()
     _check_type(sampling, InputSampling, "sampling")
     _check_type(compute, ComputeOptions, "compute")
-    plan = _plan(problem, n, options, sampling)
+    return _generate(_plan(problem, n, options, sampling), out, compute, overwrite, t0)
+
+
+def _generate(plan: "_Plan", out: str | Path, compute: "ComputeOptions", overwrite: bool,
+              t0: float) -> DatasetInfo:
+    """:func:`generate_dataset` of a resolved plan (``t0``: when the call began)."""
     _check_chunk_memory(plan, 0 if compute.in_process else max(1, compute.workers))
     out = _output_path(out)
     if compute.scheduler is not None:
@@ -604,12 +609,13 @@ def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: di
     """Return the data set in ``cache_dir`` with the same content key, generating (or
     finishing) it if needed. The store is ``cache_dir/<problem>-<key[:16]>.zarr``; the
     arguments are those of :func:`generate_dataset` (no progress bar by default)."""
+    t0 = time.perf_counter()
     _check_type(sampling, InputSampling, "sampling")
+    _check_type(compute, ComputeOptions, "compute")
     plan = _plan(problem, n, options, sampling)
     path = Path(cache_dir) / f"{plan.problem.name}-{plan.key[:16]}.zarr"
     path.parent.mkdir(parents=True, exist_ok=True)
-    resolved = InputSampling(measure=plan.measure, seed=plan.seed, chunk=plan.chunk)
-    return generate_dataset(plan.problem, plan.n, path, sampling=resolved, compute=compute)
+    return _generate(plan, path, compute, False, t0)
 
 
 @dataclasses.dataclass(frozen=True)
