@@ -188,18 +188,15 @@ def _bilevel_labels(run: Path, cfg: dict, x: Any, trust: bool, why: str) -> Any:
     """``problem(x)`` for a refit at a size the run did not record (``why``): through the
     registry alone when the problem is built in, importing user code only with ``trust``."""
     from .problems import get_problem
-    from .problems.trust import build_builtin_problem, is_builtin_problem, user_code_message
+    from .problems.trust import is_builtin_problem, user_code_message
 
-    name, options = cfg["problem"], {"dim": int(cfg["dim"])}
-    if is_builtin_problem(name):
-        problem = build_builtin_problem(name, **options)
-    elif not trust:
+    name = cfg["problem"]
+    if not (is_builtin_problem(name) or trust):
         raise ValueError(user_code_message(run, f"problem = {name!r}",
                                            f"the run recorded no {why}, so loading it would "
                                            f"import that code; {_TRUST_HINT}"))
-    else:
-        problem = get_problem(name, **options)
-    return problem(x).detach()
+    # a built-in name is built through the registry alone (get_problem imports nothing)
+    return get_problem(name, dim=int(cfg["dim"]))(x).detach()
 
 
 def _load_bilevel(run: Path, n: int | None, trust: bool) -> Any:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COMMAND_PROBLEMS", "is_builtin_problem", "build_builtin_problem",
-           "user_code_message"]
+__all__ = ["COMMAND_PROBLEMS", "is_builtin_problem", "user_code_message"]
 
 #: Registered problems that launch a program named by their options.
 COMMAND_PROBLEMS = ("external",)
@@ -32,16 +31,6 @@ def is_builtin_problem(name: Any) -> bool:
         return False
     factory = problem_factory(name)
     return factory is not None and getattr(factory, "__module__", "").startswith(_PACKAGE)
-
-
-def build_builtin_problem(name: str, **options: Any) -> Any:
-    """Build the built-in problem ``name`` through the registry only (never an import
-    path or a plugin); ``ValueError`` when ``name`` is not built-in."""
-    from .base import get_problem
-
-    if not is_builtin_problem(name):
-        raise ValueError(f"problem {name!r} is not a built-in problem of wheretolearn")
-    return get_problem(name, **options)     # a registered name: the registry, nothing else
 
 
 def user_code_message(run_dir: Any, what: str, how: str) -> str:
