@@ -72,6 +72,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._checks import check_int
 from .config import OnlineStudyConfig, SamplerSection
 
 __all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationDesign", "ValidationSet",
@@ -118,12 +119,6 @@ def _space_filling(design: str, d: int, n: int, seed: Any) -> np.ndarray:
         return engine.random(n)
 
 
-def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class ValidationDesign:
     """The validation set of a comparison (module docstring, "Validation groups").
@@ -150,7 +145,7 @@ class ValidationDesign:
 
     def __post_init__(self) -> None:
         for name, low in (("n_interior", 1), ("n_faces", 0), ("n_corners", 0), ("seed", 0)):
-            object.__setattr__(self, name, _check_int(getattr(self, name), name, low))
+            object.__setattr__(self, name, check_int(getattr(self, name), name, low))
         if self.design not in DESIGNS:
             raise ValueError(f"design must be one of {list(DESIGNS)}, got {self.design!r}")
 
@@ -188,7 +183,7 @@ class ComparisonProtocol:
 
     def __post_init__(self) -> None:
         for name, low in (("seeds", 1), ("bootstrap_seed", 0), ("n_boot", 1)):
-            object.__setattr__(self, name, _check_int(getattr(self, name), name, low))
+            object.__setattr__(self, name, check_int(getattr(self, name), name, low))
         _check_budget(self.passes, self.batches_per_simulation)
         if not isinstance(self.validation, ValidationDesign):
             raise TypeError(f"validation must be a ValidationDesign, got "
@@ -657,7 +652,7 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *,
     cfgs = {name: sampler_config(config, name) for name in samplers}   # validate all first
     if not isinstance(protocol, ComparisonProtocol):
         raise TypeError(f"protocol must be a ComparisonProtocol, got {type(protocol).__name__}")
-    jobs = _check_int(jobs, "jobs", 1)
+    jobs = check_int(jobs, "jobs", 1)
     problem = get_problem(config.study.problem, **config.study.problem_options())
     bounds = _bounds(config, problem)
     design = protocol.validation

@@ -51,7 +51,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._checks import check_seconds
+from ._checks import check_int, check_seconds
 from .attempt import _get_problem, prewarm, run_simulation_attempt
 from .faults import FaultInjection, SimulatedCrash, fault_plan, resend_plan
 from .messages import (HELLO, Streaming, decode_step, encode_step, pack_messages,
@@ -61,11 +61,6 @@ from .policy import decide_after_failure
 __all__ = ["EnsembleExecutor", "EnsemblePlan", "ExecutorHooks", "FaultInjection", "Streaming",
            "SimulatedCrash", "run_simulation_attempt", "fault_plan", "resend_plan",
            "encode_step", "decode_step", "pack_messages", "unpack_messages"]
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -95,12 +90,12 @@ class EnsemblePlan:
     failures_before_redraw: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("n_simulations", self.n_simulations, 1)
-        _check_int("max_concurrent", self.max_concurrent, 1)
+        check_int(self.n_simulations, "n_simulations", 1)
+        check_int(self.max_concurrent, "max_concurrent", 1)
         check_seconds(self.simulation_timeout, "simulation_timeout")
-        _check_int("max_retries", self.max_retries, 0)
+        check_int(self.max_retries, "max_retries", 0)
         if self.failures_before_redraw is not None:
-            _check_int("failures_before_redraw", self.failures_before_redraw, 1)
+            check_int(self.failures_before_redraw, "failures_before_redraw", 1)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_seconds
+from ._checks import check_int, check_seconds
 
 __all__ = ["FaultInjection", "HANG_MODES", "SimulatedCrash", "fault_plan", "resend_plan"]
 
@@ -57,9 +57,7 @@ class FaultInjection:
         if isinstance(self.fail_rate, bool) or not isinstance(self.fail_rate, (int, float)) \
                 or not 0.0 <= self.fail_rate < 1.0:
             raise ValueError(f"fail_rate must be a number in [0, 1), got {self.fail_rate!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        check_int(self.seed, "seed", 0)
         check_seconds(self.hang_seconds, "hang_seconds", optional=True)
         if self.hang_mode not in HANG_MODES:
             raise ValueError(f"hang_mode must be one of {', '.join(map(repr, HANG_MODES))}, "

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_seconds
+from ._checks import check_int, check_seconds
 
 __all__ = ["Streaming", "encode_step", "decode_step", "encode_hello", "encode_heartbeat", "pack_messages",
            "unpack_messages", "HELLO", "HEARTBEAT"]
@@ -59,9 +59,7 @@ class Streaming:
 
     def __post_init__(self) -> None:
         for name in ("queue_maxsize", "max_message_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(getattr(self, name), name, 1)
         for name in ("flush_seconds", "heartbeat_seconds", "poll_seconds"):
             check_seconds(getattr(self, name), name)
 
