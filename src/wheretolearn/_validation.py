@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "check_type",
+    "check_int",
+    "check_seconds",
     "check_positive_int",
     "check_nonnegative_int",
     "check_positive_float",
@@ -43,6 +46,35 @@ def _describe(value: Any) -> str:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"array of shape {tuple(value.shape)}"
     return repr(value)
+
+
+def check_type(value: Any, kind: type, name: str) -> Any:
+    """``value`` unchanged, or ``TypeError`` naming ``name`` unless it is a ``kind`` (the
+    option objects: "fit must be an EvaluationFit, got dict")."""
+    if not isinstance(value, kind):
+        article = "an" if kind.__name__[:1] in "AEIOU" else "a"
+        raise TypeError(f"{name} must be {article} {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def check_int(value: Any, name: str, low: int) -> int:
+    """``value`` as an ``int``, or ``ValueError`` naming ``name`` unless it is an integer
+    (Python's or numpy's; not a bool) ``>= low`` (a wrong type is a ``ValueError`` too,
+    unlike :func:`check_positive_int`: the online option objects report every bad value so)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_seconds(value: Any, name: str, *, optional: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a finite number of seconds > 0
+    (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value < math.inf:
+        allowed = "a finite number of seconds > 0" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def check_positive_int(value: Any, name: str) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 
 from .._progress import ProgressBars
 from .._validation import (MAX_PROBLEM_OPTION, SIZE_LIMITS, check_int_range, check_memory,
-                           check_nonnegative_int, check_positive_int, format_bytes)
+                           check_nonnegative_int, check_positive_int, check_type, format_bytes)
 
 __all__ = ["ComputeOptions", "DamagedStoreError", "DatasetInfo", "InputSampling",
            "check_scheduler", "generate_dataset", "find_or_generate", "open_dataset",
@@ -573,8 +573,8 @@ def generate_dataset(problem: Any, n: int, out: str | Path, *, options: dict | N
     DatasetInfo
     """
     t0 = time.perf_counter()
-    _check_type(sampling, InputSampling, "sampling")
-    _check_type(compute, ComputeOptions, "compute")
+    check_type(sampling, InputSampling, "sampling")
+    check_type(compute, ComputeOptions, "compute")
     return _generate(_plan(problem, n, options, sampling), out, compute, overwrite, t0)
 
 
@@ -610,8 +610,8 @@ def find_or_generate(cache_dir: str | Path, problem: Any, n: int, *, options: di
     finishing) it if needed. The store is ``cache_dir/<problem>-<key[:16]>.zarr``; the
     arguments are those of :func:`generate_dataset` (no progress bar by default)."""
     t0 = time.perf_counter()
-    _check_type(sampling, InputSampling, "sampling")
-    _check_type(compute, ComputeOptions, "compute")
+    check_type(sampling, InputSampling, "sampling")
+    check_type(compute, ComputeOptions, "compute")
     plan = _plan(problem, n, options, sampling)
     path = Path(cache_dir) / f"{plan.problem.name}-{plan.key[:16]}.zarr"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -696,11 +696,6 @@ def _plan(problem: Any, n: int, options: dict | None, sampling: InputSampling) -
     return _Plan(problem=prob, measure=meas, n=n, seed=sampling.seed, chunk=chunk,
                  in_dtype=in_dtype, out_dtype=out_dtype, options=prob_options,
                  measure_record=measure_rec, key=key)
-
-
-def _check_type(value: Any, kind: type, name: str) -> None:
-    if not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
 
 
 def _output_path(out: str | Path) -> Path:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor, check_positive_int, torch_generator
+from .._validation import as_tensor, check_positive_int, check_type, torch_generator
 from ..models.operator_training import first_real_parameter
 
 __all__ = [
@@ -415,8 +415,7 @@ def default_train_fn(config: Any = None) -> Callable[[Any, torch.Tensor, torch.T
     from ..models.operator_training import TrainConfig, train_operator
 
     cfg = config if config is not None else TrainConfig()
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    check_type(cfg, TrainConfig, "config")
 
     def train_fn(model, x, y, seed):
         return train_operator(model, x, y, config=cfg, seed=seed)
@@ -570,8 +569,7 @@ def run_active_learning(pool_x: Any, label_fn: Any, model_factory: Callable[[int
     ActiveLearningResult
     """
     hooks = RoundHooks() if hooks is None else hooks
-    if not isinstance(hooks, RoundHooks):
-        raise TypeError(f"hooks must be a RoundHooks, got {type(hooks).__name__}")
+    check_type(hooks, RoundHooks, "hooks")
     evaluate, progress = hooks.evaluate, hooks.progress
     x = _pool_tensor(pool_x)
     n_pool = x.shape[0]

@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
+from .._validation import (as_tensor, check_positive_float, check_positive_int, check_type,
+                           torch_generator)
 
 __all__ = ["BoundValue", "BoundConstants", "ama_bound", "mixture_component_bound",
            "w2_squared_to_family", "second_moment", "LipschitzEstimate", "LipschitzOptions",
@@ -297,8 +298,7 @@ def estimate_lipschitz(fn: Callable[[torch.Tensor], torch.Tensor], samples: torc
     generator : seed or torch.Generator for the start vectors
     """
     opts = LipschitzOptions() if options is None else options
-    if not isinstance(opts, LipschitzOptions):
-        raise TypeError(f"options must be a LipschitzOptions, got {type(opts).__name__}")
+    check_type(opts, LipschitzOptions, "options")
     iterations, safety, jvp, batch = opts.iterations, opts.safety, opts.jvp, opts.batch
     if jvp == "linearised" and not hasattr(fn, "linearise"):
         raise ValueError("jvp='linearised' needs fn.linearise(x) -> (jvp, vjp)")

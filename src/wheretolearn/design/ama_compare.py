@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
-from .._validation import check_nonnegative_int, check_positive_int
+from .._validation import check_nonnegative_int, check_positive_int, check_type
 from .active_learning import (QUERY_STRATEGIES, ActiveLearningResult, QueryStrategy,
                               RoundHooks, available_query_strategies, make_query_strategy,
                               run_active_learning)
@@ -147,8 +147,7 @@ def run_pool_comparison(names: list[str], *, setup: Any, metatest: Any,
     -------
     ``{name: [ActiveLearningResult per trial]}``
     """
-    if not isinstance(plan, ComparisonPlan):
-        raise TypeError(f"plan must be a ComparisonPlan, got {type(plan).__name__}")
+    check_type(plan, ComparisonPlan, "plan")
     from ..models.operator_training import train_operator
 
     names = check_pool_baselines(names)

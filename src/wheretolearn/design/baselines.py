@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import torch
 
-from .._validation import as_tensor, check_positive_float, check_positive_int, torch_generator
+from .._validation import (as_tensor, check_positive_float, check_positive_int, check_type,
+                           torch_generator)
 
 if TYPE_CHECKING:
     from ..measures import Gaussian
@@ -195,8 +196,7 @@ class CoresetSource(TrainingSource):
         if name == "acoreset" and labels is None:
             raise ValueError("acoreset needs labels of the pool points")
         self.labels = None if labels is None else as_tensor(labels, "labels").detach().reshape(-1)
-        if not isinstance(options, ACoresetOptions):
-            raise TypeError(f"options must be an ACoresetOptions, got {type(options).__name__}")
+        check_type(options, ACoresetOptions, "options")
         self.options = options
 
     def draw(self, n, *, generator=None, metatest=None):
@@ -303,8 +303,7 @@ def acoreset(pool, labels, n: int, *, bandwidth: float, ridge: float = 1e-7,
         raise ValueError(f"labels must have one value per pool point ({x.shape[0]}), got {y.shape[0]}")
     s = check_positive_float(bandwidth, "bandwidth")
     eps = check_positive_float(ridge, "ridge")
-    if not isinstance(options, ACoresetOptions):
-        raise TypeError(f"options must be an ACoresetOptions, got {type(options).__name__}")
+    check_type(options, ACoresetOptions, "options")
     n0 = min(options.n_initial, n)
     batch = acoreset_batch_size(n, batch_size=options.batch_size, n_initial=n0,
                                 max_rounds=options.max_rounds)

@@ -76,7 +76,7 @@ from typing import Any, Callable
 import torch
 
 from .._threads import torch_threads
-from .._validation import (check_positive_float, check_positive_int, resolve_dtype,
+from .._validation import (check_positive_float, check_positive_int, check_type, resolve_dtype,
                            torch_generator)
 from ..measures.gaussian import Gaussian
 from ..models.krr import (augment_left, augment_right, check_kernel, kernel_from_augmented,
@@ -565,8 +565,7 @@ def _given_inputs(measure: Any, metatest: MetaTest, z, x, dtype: torch.dtype) ->
 
 
 def _check_krr(krr: Any) -> None:
-    if not isinstance(krr, KRRSettings):
-        raise TypeError(f"krr must be a KRRSettings, got {type(krr).__name__}")
+    check_type(krr, KRRSettings, "krr")
 
 
 def _check_family_kernel(family: TrainingFamily, krr: KRRSettings) -> None:
@@ -641,12 +640,10 @@ def bilevel_descent(problem: Callable, metatest: MetaTest, init: Any, *,
     -------
     BilevelResult
     """
-    for name, value, cls in (("schedule", schedule, BilevelSchedule), ("krr", krr, KRRSettings),
-                             ("control", control, StepControl)):
-        if not isinstance(value, cls):
-            raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
-    if not isinstance(metatest, MetaTest):
-        raise TypeError(f"metatest must be a MetaTest, got {type(metatest).__name__}")
+    check_type(schedule, BilevelSchedule, "schedule")
+    check_type(krr, KRRSettings, "krr")
+    check_type(control, StepControl, "control")
+    check_type(metatest, MetaTest, "metatest")
     family_cls = family_for(init)
     dt = krr.working_dtype(metatest.dtype)
     label_scale = _label_scale(metatest, krr)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._threads import torch_threads
-from .._validation import check_positive_float, check_positive_int, resolve_dtype
+from .._validation import check_positive_float, check_positive_int, check_type, resolve_dtype
 from .baselines import TrainingSource
 
 __all__ = ["EvaluationFit", "evaluate_sources", "fit_and_score", "source_seed", "name_key"]
@@ -157,8 +157,7 @@ def evaluate_sources(problem, metatest, sources: Sequence[TrainingSource],
     if not ns:
         raise ValueError("n_values must contain at least one sample size, got none")
     repeats = check_positive_int(repeats, "repeats")
-    if not isinstance(fit, EvaluationFit):
-        raise TypeError(f"fit must be an EvaluationFit, got {type(fit).__name__}")
+    check_type(fit, EvaluationFit, "fit")
     pool = metatest.seen_x.shape[0] * metatest.seen_x.shape[1]
     out: dict[str, dict[str, dict]] = {}
     for src in sources:

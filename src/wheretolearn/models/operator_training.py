@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from .._validation import (as_tensor, check_nonnegative_int, check_positive_float,
-                           check_positive_int, torch_generator)
+                           check_positive_int, check_type, torch_generator)
 
 __all__ = ["TrainConfig", "TrainResult", "first_real_parameter", "relative_l2_loss",
            "train_operator"]
@@ -167,8 +167,7 @@ def train_operator(model: torch.nn.Module, x: Any, y: Any, *, config: TrainConfi
     TrainResult
     """
     cfg = config or TrainConfig()
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    check_type(cfg, TrainConfig, "config")
     n_steps = cfg.steps
     first = first_real_parameter(model)
     dtype, device = first.dtype, first.device

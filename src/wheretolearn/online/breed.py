@@ -125,7 +125,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .._validation import (check_nonnegative_int, check_positive_float, check_positive_int,
-                           check_probability)
+                           check_probability, check_type)
 from .samplers import STATIC_SAMPLERS, ParameterSampler
 
 __all__ = ["BreedSampler", "BreedOptions", "BreedMutation", "BreedSchedule", "BreedResampling",
@@ -479,10 +479,7 @@ class BreedOptions:
 
     def __post_init__(self) -> None:
         for group, cls in _GROUPS.items():
-            value = getattr(self, group)
-            if not isinstance(value, cls):
-                raise TypeError(f"{group} must be a {cls.__name__}, got "
-                                f"{type(value).__name__}")
+            check_type(getattr(self, group), cls, group)
         _store(self, base=_check_choice(self.base, "base", BASES),
                queue_size=check_positive_int(self.queue_size, "queue_size"),
                weight_cap=_check_weight_cap(self.weight_cap))

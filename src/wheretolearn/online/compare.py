@@ -72,7 +72,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._checks import check_int
+from .._validation import check_int, check_type
 from .config import OnlineStudyConfig, SamplerSection
 
 __all__ = ["GROUPS", "METRICS", "PER_SIMULATION", "ValidationDesign", "ValidationSet",
@@ -185,9 +185,7 @@ class ComparisonProtocol:
         for name, low in (("seeds", 1), ("bootstrap_seed", 0), ("n_boot", 1)):
             object.__setattr__(self, name, check_int(getattr(self, name), name, low))
         _check_budget(self.passes, self.batches_per_simulation)
-        if not isinstance(self.validation, ValidationDesign):
-            raise TypeError(f"validation must be a ValidationDesign, got "
-                            f"{type(self.validation).__name__}")
+        check_type(self.validation, ValidationDesign, "validation")
 
     def budget(self) -> dict:
         """``{"passes", "batches_per_simulation"}``: the budget of each run
@@ -219,9 +217,7 @@ def box_validation_set(bounds: Any, validation: ValidationDesign = ValidationDes
     b = np.asarray(bounds, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] != 2 or not np.all(b[:, 0] < b[:, 1]):
         raise ValueError(f"bounds must have shape (d, 2) with low < high, got {b.tolist()}")
-    if not isinstance(validation, ValidationDesign):
-        raise TypeError(f"validation must be a ValidationDesign, got "
-                        f"{type(validation).__name__}")
+    check_type(validation, ValidationDesign, "validation")
     design, n_interior, n_faces, n_corners = (validation.design, validation.n_interior,
                                               validation.n_faces, validation.n_corners)
     d = b.shape[0]
@@ -650,8 +646,7 @@ def compare_samplers(config: OnlineStudyConfig, samplers: Sequence[str], *,
     if "uniform" not in samplers:
         raise ValueError(f"samplers must include 'uniform' (the reference), got {samplers}")
     cfgs = {name: sampler_config(config, name) for name in samplers}   # validate all first
-    if not isinstance(protocol, ComparisonProtocol):
-        raise TypeError(f"protocol must be a ComparisonProtocol, got {type(protocol).__name__}")
+    check_type(protocol, ComparisonProtocol, "protocol")
     jobs = check_int(jobs, "jobs", 1)
     problem = get_problem(config.study.problem, **config.study.problem_options())
     bounds = _bounds(config, problem)

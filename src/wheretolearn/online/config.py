@@ -107,8 +107,8 @@ class SamplerSection(_Section):
     (CVaR 1.23x vs 1.13x); nRMSE / step gives the better per-simulation tail on heat.
     ``fitness_quantile`` (a simulation's fitness is this quantile of its recorded
     deviations, default 0.9; ``"mean"``: the paper's mean), ``selection_power`` (parent
-    probabilities proportional to ``(f - min f)^p``; 1, the paper, by default), ``weighted`` (weight the
-    training loss by the importance weights, unbiased for the base design) and
+    probabilities proportional to ``(f - min f)^p``; 1, the paper, by default), ``weighted``
+    (weight the training loss by the importance weights, unbiased for the base design) and
     ``weight_cap`` (those weights are normalised to mean 1 over each batch and capped at
     ``weight_cap`` times it, default 10). ``min_candidates``: a resampling waits for that
     many parent candidates. The study passes its ``n_simulations``: no resampling once the

@@ -51,7 +51,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._checks import check_int, check_seconds
+from .._validation import check_int, check_seconds, check_type
 from .attempt import _get_problem, prewarm, run_simulation_attempt
 from .faults import FaultInjection, SimulatedCrash, fault_plan, resend_plan
 from .messages import (HELLO, Streaming, decode_step, encode_step, pack_messages,
@@ -204,8 +204,7 @@ class EnsembleExecutor:
         for name, value, cls in (("plan", plan, EnsemblePlan), ("hooks", hooks, ExecutorHooks),
                                  ("faults", faults, FaultInjection),
                                  ("streaming", streaming, Streaming)):
-            if not isinstance(value, cls):
-                raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+            check_type(value, cls, name)
         self.client = client
         self.problem_spec = json.dumps(problem_spec, sort_keys=True)
         self.ledger = ledger

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_int, check_seconds
+from .._validation import check_int, check_seconds
 
 __all__ = ["FaultInjection", "HANG_MODES", "SimulatedCrash", "fault_plan", "resend_plan"]
 

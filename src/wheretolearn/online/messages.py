@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_int, check_seconds
+from .._validation import check_int, check_seconds
 
-__all__ = ["Streaming", "encode_step", "decode_step", "encode_hello", "encode_heartbeat", "pack_messages",
-           "unpack_messages", "HELLO", "HEARTBEAT"]
+__all__ = ["Streaming", "encode_step", "decode_step", "encode_hello", "encode_heartbeat",
+           "pack_messages", "unpack_messages", "HELLO", "HEARTBEAT"]
 
 _HEADER = struct.Struct("<qqqq")  # sim_id, attempt, step (-1: hello, -2: heartbeat), ndim
 _LEN = struct.Struct("<q")

@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._validation import check_type
 from ..report.runfolder import RunFolder, StudyResult
 from .config import OnlineStudyConfig
 from .ledger import SimulationLedger
@@ -465,7 +466,8 @@ class OnlineStudy:
         if b % _LOG_EVERY == 0 or val is not None:
             c = self.ledger.counts()
             rec = {"batch": b, "loss": float(np.mean(losses)), "lr": self.trainer.lr,
-                   "buffer_fill": len(self.buffer), "samples_received": self.ledger.samples_received,
+                   "buffer_fill": len(self.buffer),
+                   "samples_received": self.ledger.samples_received,
                    "simulations_completed": c["completed"], "simulations_running": c["running"],
                    "simulations_failed": c["failed"], "seconds": round(self._elapsed(), 3),
                    **{f"trainer_{k}_seconds": round(self.counters[f"{k}_seconds"], 4)
@@ -571,8 +573,7 @@ def run_online_study(config: OnlineStudyConfig, out_dir: str | Path, *,
                      max_seconds: float | None = None) -> StudyResult:
     """Run a new online study into the run folder ``out_dir``; return its
     :class:`~wheretolearn.report.runfolder.StudyResult` (config, summary, run folder)."""
-    if not isinstance(config, OnlineStudyConfig):
-        raise TypeError(f"config must be an OnlineStudyConfig, got {type(config).__name__}")
+    check_type(config, OnlineStudyConfig, "config")
     if config.cluster.kind == "address":
         from ..cluster import check_scheduler_reachable
 

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_bounds, check_finite, check_positive_float, check_positive_int
+from .._validation import (check_bounds, check_finite, check_positive_float, check_positive_int,
+                           check_type)
 from ..models.mlp import MLP
 from ..models.operator_training import first_real_parameter
 from ..report.metrics import tail_summary
@@ -212,8 +213,7 @@ class OnlineTrainer:
                  y_scale: Any = 1.0, fused: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(schedule, AdamSchedule):
-            raise TypeError(f"schedule must be an AdamSchedule, got {type(schedule).__name__}")
+        check_type(schedule, AdamSchedule, "schedule")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.dtype = first_real_parameter(model).dtype

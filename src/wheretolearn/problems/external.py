@@ -64,7 +64,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .._validation import check_positive_float, check_positive_int
+from .._validation import check_positive_float, check_positive_int, check_type
 from ._step_streams import STEP_FILE_PATTERN, _ClientStream, _FileStream, read_step_file
 from ._supervisor import _Process, _work_folder
 from .base import register_problem
@@ -192,8 +192,8 @@ class ExternalCommandProblem(SimulatorProblem):
         self.command = _str_list(command, "command")
         if not self.command:
             raise ValueError("command must name a program, got an empty list")
-        _check_type(launch, LaunchOptions, "launch")
-        _check_type(supervision, SupervisionOptions, "supervision")
+        check_type(launch, LaunchOptions, "launch")
+        check_type(supervision, SupervisionOptions, "supervision")
         self.launcher = list(launch.launcher or [])
         self.cores = launch.cores
         self.cwd = str(Path(launch.cwd).expanduser().resolve()) if launch.cwd else os.getcwd()
@@ -317,11 +317,6 @@ def _field_text(field: str, conversion: str | None, spec: str) -> str:
     """A replacement field written back as in the template, e.g. ``{p0!r:>8}``."""
     return ("{" + field + (f"!{conversion}" if conversion is not None else "")
             + (f":{spec}" if spec else "") + "}")
-
-
-def _check_type(value: Any, kind: type, name: str) -> None:
-    if not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
 
 
 def _str_list(value: Any, name: str) -> list[str]:

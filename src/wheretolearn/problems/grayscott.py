@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .._validation import (as_tensor, check_nonnegative_int, check_positive_float,
-                           check_positive_int, resolve_dtype)
+                           check_positive_int, check_type, resolve_dtype)
 from .base import Problem, register_problem
 
 __all__ = ["GrayScott", "GrayScottPhysics", "PARAMETER_NAMES", "PARAMETER_BOUNDS",
@@ -227,8 +227,7 @@ class GrayScott(Problem):
         self.n_steps = check_positive_int(n_steps, "n_steps")
         self.every = check_positive_int(every, "every")
         self.dt = check_positive_float(dt, "dt")
-        if not isinstance(physics, GrayScottPhysics):
-            raise TypeError(f"physics must be a GrayScottPhysics, got {type(physics).__name__}")
+        check_type(physics, GrayScottPhysics, "physics")
         self.Du, self.Dv = physics.Du, physics.Dv
         self.side = self.n * PEARSON_SPACING if physics.side is None else physics.side
         self.noise, self.noise_seed = physics.noise, physics.noise_seed
