@@ -116,6 +116,37 @@ def test_streams_every_step_with_the_solver_values(client):
     np.testing.assert_allclose(params, make_sampler("uniform", BOUNDS, seed=3).ask(5))
 
 
+class WorkerKnown(Collector):
+    """Collector that records, at each accepted step, the worker the ledger names for the
+    step's attempt (the monitor's polling period must not matter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ledger, self.workers = None, []
+
+    def __call__(self, sim_id, step, params, field, timeout):
+        self.workers.append(self.ledger[sim_id].current_attempt.worker)
+        return super().__call__(sim_id, step, params, field, timeout)
+
+
+def test_the_worker_of_an_attempt_is_known_before_its_first_step(client):
+    # Slow monitor: the control queue is read by the monitor only every 30 s; the receiver
+    # must still read an attempt's hello before recording its first step.
+    ledger = SimulationLedger(SPEC["options"]["n_steps"])
+    col = WorkerKnown()
+    col.ledger = ledger
+    ex = EnsembleExecutor(client, SPEC, ledger, make_sampler("uniform", BOUNDS, seed=3),
+                          hooks=ExecutorHooks(col),
+                          **options(n_simulations=4, max_concurrent=2, simulation_timeout=120.0,
+                                    heartbeat_seconds=60.0)).start()
+    assert ex.done.wait(120), ledger.summary()
+    ex.stop()
+    assert ex.error is None
+    addresses = set(client.scheduler_info()["workers"])
+    assert len(col.workers) == 4 * 6
+    assert set(col.workers) <= addresses, col.workers
+
+
 def test_injected_faults_are_retried_and_recorded_as_planned(client):
     seed, rate = 1, 0.5
     # timeout long enough that a slow but healthy attempt is never taken for a hang

@@ -168,6 +168,7 @@ class _Active:
     future: Any
     last_activity: float
     started: bool = False              # a message arrived: the task runs on a worker
+    control_read: bool = False         # the control queue was read at its first step
     finished_at: float | None = None   # task returned but steps may still be in the queue
     finished_ok: bool = False          # ... and it returned "ok": all its steps were sent
 
@@ -227,6 +228,7 @@ class EnsembleExecutor:
         self._stop = threading.Event()
         self._active: dict[int, _Active] = {}
         self._lock = threading.Lock()
+        self._control_lock = threading.Lock()
         from distributed import Queue
 
         self.queue_name = f"wheretolearn-steps-{uuid.uuid4().hex}"
@@ -317,16 +319,30 @@ class EnsembleExecutor:
     def _poll_heartbeats(self) -> None:
         """Read the control queue: hellos (an attempt started, on this worker) and
         heartbeats (its next step waits for room). The monitor reads it, never blocked by a
-        full buffer, so a started attempt is known at once and its timer runs."""
-        self.queue_gets += 1
-        for blob in self._heartbeats.get(batch=True):
-            for msg in unpack_messages(blob):
-                sim_id, attempt, step, worker = decode_step(msg)
-                self._touch(sim_id, attempt)
-                if step == HELLO:
-                    self.ledger.set_worker(sim_id, attempt, worker)
-                else:
-                    self.heartbeats_received += 1
+        full buffer, so a started attempt is known at once and its timer runs. Called by the
+        monitor and, once per attempt, by the receiver (see :meth:`_ensure_hello`)."""
+        with self._control_lock:
+            self.queue_gets += 1
+            for blob in self._heartbeats.get(batch=True):
+                for msg in unpack_messages(blob):
+                    sim_id, attempt, step, worker = decode_step(msg)
+                    self._touch(sim_id, attempt)
+                    if step == HELLO:
+                        self.ledger.set_worker(sim_id, attempt, worker)
+                    else:
+                        self.heartbeats_received += 1
+
+    def _ensure_hello(self, sim_id: int, attempt: int) -> None:
+        """Before the first step of an attempt is recorded, read the control queue: the task
+        put its hello there before its first step, so the ledger knows the attempt's worker
+        before any of its steps (whatever the monitor's polling period). Once per attempt."""
+        with self._lock:
+            act = self._active.get(sim_id)
+            needed = act is not None and act.attempt == attempt and not act.control_read
+            if needed:
+                act.control_read = True
+        if needed:
+            self._poll_heartbeats()
 
     def _handle(self, msg: bytes) -> None:
         sim_id, attempt, step, field = decode_step(msg)
@@ -335,6 +351,7 @@ class EnsembleExecutor:
         if step < 0:
             raise ValueError(f"control message (step {step}) of simulation {sim_id} on the "
                              "step queue: hellos and heartbeats go on the control queue")
+        self._ensure_hello(sim_id, attempt)
         params = None
         while not self._stop.is_set():
             with self.receive_lock:
