@@ -24,7 +24,7 @@ Both are computed in float64 (population std) and stored in the model's dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -104,8 +104,15 @@ class NormalisedOperator(nn.Module):
             return pooled_statistics(v)
         return pointwise_statistics(v.reshape(v.shape[0], -1), self.STD_FLOOR)
 
-    def fit_normalization(self, x: Any, y: Any) -> "NormalisedOperator":
+    def fit_normalization(self, x: Any, y: Any) -> Self:
         """Set the statistics from training pairs; returns ``self``.
+
+        Computed in float64 (population std), stored in the model's dtype. Per point
+        (``POOLED`` False, the DeepONet): ``in_mean_i = mean_b x_bi``, ``in_std_i =
+        max(sd_b x_bi, STD_FLOOR * mean_k sd_b x_bk)`` and the same for ``y``, std 1
+        everywhere when every point is constant (:func:`pointwise_statistics`). Pooled
+        (``POOLED`` True, the FNO): one mean and std over all values of ``x``, and of ``y``;
+        a constant field keeps std 1 (:func:`pooled_statistics`).
 
         Parameters
         ----------

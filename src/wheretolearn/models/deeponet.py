@@ -44,12 +44,17 @@ __all__ = ["DeepONet"]
 #: Constructor arguments a saved DeepONet records (``points`` travel with the weights).
 _SAVED_KEYS = ("branch", "trunk", "output_shape", "activation", "dtype", "n_points", "normalize")
 
-#: Floor of a pointwise std, as a fraction of the mean std over the points (see
-#: :meth:`DeepONet.fit_normalization`): 1 = a point is never scaled up beyond the typical
-#: point. Measured (benchmarks/bench_normalisation.py, Darcy 24 x 24, N = 200, two seeds):
-#: on the mixture of the Q_j every floor from 1e-3 to 1 gives 0.016-0.017 (plain 0.043); on
-#: the initial measure (every training input equal on the boundary) the unseen error is 46 /
-#: 5.5 / 0.75 / 0.31 / 0.21 for floors 1e-3 / 1e-2 / 0.1 / 0.3 / 1 (plain 3.2).
+#: Floor of a pointwise std, as a fraction of the mean std over the points
+#: (:meth:`~wheretolearn.models._normalisation.NormalisedOperator.fit_normalization`): 1 =
+#: a point is never scaled up beyond the typical point. It keeps points that vary little or
+#: not at all in the training data -- Darcy's boundary, where the output is 0 and the input
+#: often one value -- from being scaled up: an input that moves there out of distribution
+#: is scaled like a typical point, not blown up, and an output there stays near its mean;
+#: points that vary more than the mean are standardised to unit spread. Measured
+#: (benchmarks/bench_normalisation.py, Darcy 24 x 24, N = 200, two seeds): on the mixture
+#: of the Q_j every floor from 1e-3 to 1 gives 0.016-0.017 (plain 0.043); on the initial
+#: measure (every training input equal on the boundary) the unseen error is 46 / 5.5 /
+#: 0.75 / 0.31 / 0.21 for floors 1e-3 / 1e-2 / 0.1 / 0.3 / 1 (plain 3.2).
 STD_FLOOR = 1.0
 
 
@@ -162,28 +167,6 @@ class DeepONet(NormalisedOperator):
     #: Per-point statistics, floored at :data:`STD_FLOOR` times the mean std.
     POOLED = False
     STD_FLOOR = STD_FLOOR
-
-    def fit_normalization(self, x: Any, y: Any) -> "DeepONet":
-        """Set the statistics from training pairs; returns ``self``.
-
-        ``in_mean_i = mean_b x_bi``, ``in_std_i = max(sd_b x_bi, STD_FLOOR * mean_k sd_b
-        x_bk)`` and the same for ``y`` (population std, computed in float64, stored in the
-        model's dtype; std 1 everywhere when every point is constant). The floor
-        (:data:`STD_FLOOR` = 1: the mean std) keeps points that vary little or not at all in
-        the training data -- Darcy's boundary, where the output is 0 and the input often one
-        value -- from being scaled up: an input that moves there out of distribution is
-        scaled like a typical point, not blown up (a small floor multiplied Darcy's OOD
-        error by up to 15), and an output there stays near its mean. Points that vary more
-        than the mean are standardised to unit spread.
-
-        Parameters
-        ----------
-        x : (n, *in) array or tensor, n >= 1
-            Inputs of the *training* split (never the held-out one).
-        y : (n, *output_shape) array or tensor
-            Their outputs ``G*(x)``. Neither is modified.
-        """
-        return super().fit_normalization(x, y)
 
     def _fit_shapes(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.ndim < 1 or x.shape[0] < 1 or x[0].numel() != self.n_in:

@@ -238,12 +238,6 @@ class FNO(NormalisedOperator):
     def dtype(self) -> torch.dtype:
         return self.in_mean.dtype
 
-    def fit_normalization(self, x: Any, y: Any) -> "FNO":
-        """Set ``in_mean, in_std`` from the training inputs ``x (n, *grid)`` and ``out_mean,
-        out_std`` from their outputs ``y (n, *grid)`` (all values pooled: one number each,
-        population std in float64; a constant field keeps std 1). Returns ``self``."""
-        return super().fit_normalization(x, y)
-
     def _fit_shapes(self, x: torch.Tensor, y: torch.Tensor) -> None:
         want = ", ".join(map(str, self.grid_shape))
         for name, t in (("x", x), ("y", y)):
