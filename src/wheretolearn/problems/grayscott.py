@@ -228,11 +228,9 @@ class GrayScott(Problem):
         self.every = check_positive_int(every, "every")
         self.dt = check_positive_float(dt, "dt")
         check_type(physics, GrayScottPhysics, "physics")
-        self.Du, self.Dv = physics.Du, physics.Dv
-        self.side = self.n * PEARSON_SPACING if physics.side is None else physics.side
-        self.noise, self.noise_seed = physics.noise, physics.noise_seed
+        side = self.n * PEARSON_SPACING if physics.side is None else physics.side
         #: The set-up used, ``side`` resolved.
-        self.physics = dataclasses.replace(physics, side=self.side)
+        self.physics = dataclasses.replace(physics, side=side)
         self.dtype = resolve_dtype(dtype)
         if field not in _FIELDS:
             raise ValueError(f"field must be one of {', '.join(_FIELDS)}, got {field!r}")
@@ -240,11 +238,16 @@ class GrayScott(Problem):
         self.h = self.side / self.n
         self._check_stability()
         #: Noise factors ``1 + noise * xi`` (2, n, n) for u and v, the same for every run.
-        xi = np.random.default_rng(self.noise_seed).uniform(-1.0, 1.0, (2, self.n, self.n))
-        self._noise = 1.0 + self.noise * xi
+        xi = np.random.default_rng(physics.noise_seed).uniform(-1.0, 1.0, (2, self.n, self.n))
+        self._noise = 1.0 + physics.noise * xi
+
+    @property
+    def side(self) -> float:
+        """Side of the periodic square (``physics.side``, resolved)."""
+        return self.physics.side
 
     def _check_stability(self) -> None:
-        ratio = max(self.Du, self.Dv) * self.dt / self.h**2
+        ratio = max(self.physics.Du, self.physics.Dv) * self.dt / self.h**2
         if ratio > 0.25:
             raise ValueError(f"explicit Euler is unstable: max(Du, Dv) dt / h^2 = {ratio:.3g} > "
                              f"1/4 (h = side / n = {self.h:.3g}); lower dt, Du or Dv, or "
@@ -282,8 +285,7 @@ class GrayScott(Problem):
 
     def options(self) -> dict[str, Any]:
         return {"n": self.n, "n_steps": self.n_steps, "every": self.every, "dt": self.dt,
-                "Du": self.Du, "Dv": self.Dv, "side": self.side, "noise": self.noise,
-                "noise_seed": self.noise_seed,
+                **dataclasses.asdict(self.physics),
                 "dtype": str(self.dtype).replace("torch.", ""), "field": self.field}
 
     def default_input_measure(self) -> Any:
@@ -373,7 +375,7 @@ class GrayScott(Problem):
 
     def _integrator(self, u: np.ndarray, v: np.ndarray, F: np.ndarray,
                     k: np.ndarray) -> _Integrator:
-        coef = np.array([self.Du, self.Dv]) * self.dt / self.h**2
+        coef = np.array([self.physics.Du, self.physics.Dv]) * self.dt / self.h**2
         return _Integrator(u, v, F, k, coef=coef, dt=self.dt, dtype=self._np_dtype)
 
     def _snapshots(self, p: np.ndarray, *, squeeze: bool) -> Iterator[tuple[int, np.ndarray]]:
