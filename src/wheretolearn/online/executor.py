@@ -212,7 +212,6 @@ class EnsembleExecutor:
         self.sampler = sampler
         self.plan = plan
         self.hooks = hooks
-        self.on_sample = hooks.on_sample
         self.faults = dataclasses.replace(
             faults, hang_seconds=faults.hang_seconds or 3 * plan.simulation_timeout)
         self.streaming = streaming
@@ -233,7 +232,7 @@ class EnsembleExecutor:
 
         self.queue_name = f"wheretolearn-steps-{uuid.uuid4().hex}"
         self._queue = Queue(self.queue_name, client=client, maxsize=streaming.queue_maxsize)
-        self._heartbeats = Queue(self.queue_name + "-hb", client=client)
+        self._control = Queue(self.queue_name + "-hb", client=client)
         self._threads: list[threading.Thread] = []
         # Also runs on workers that join later (replacements of lost workers or jobs).
         client.register_plugin(_worker_plugin(self.problem_spec), name="wheretolearn-online-setup")
@@ -316,14 +315,14 @@ class EnsembleExecutor:
         except Exception:  # noqa: BLE001 -- queue full or gone: the receiver is not waiting
             pass
 
-    def _poll_heartbeats(self) -> None:
+    def _read_control_queue(self) -> None:
         """Read the control queue: hellos (an attempt started, on this worker) and
         heartbeats (its next step waits for room). The monitor reads it, never blocked by a
         full buffer, so a started attempt is known at once and its timer runs. Called by the
         monitor and, once per attempt, by the receiver (see :meth:`_ensure_hello`)."""
         with self._control_lock:
             self.queue_gets += 1
-            for blob in self._heartbeats.get(batch=True):
+            for blob in self._control.get(batch=True):
                 for msg in unpack_messages(blob):
                     sim_id, attempt, step, worker = decode_step(msg)
                     self._touch(sim_id, attempt)
@@ -342,7 +341,7 @@ class EnsembleExecutor:
             if needed:
                 act.control_read = True
         if needed:
-            self._poll_heartbeats()
+            self._read_control_queue()
 
     def _handle(self, msg: bytes) -> None:
         sim_id, attempt, step, field = decode_step(msg)
@@ -361,7 +360,7 @@ class EnsembleExecutor:
                     return
                 if params is None:
                     params = self.ledger.params(sim_id)
-                if self.on_sample(sim_id, step, params, field, 0.05):
+                if self.hooks.on_sample(sim_id, step, params, field, 0.05):
                     self.ledger.record_step(sim_id, step)
                     self._stalled = False
                     return
@@ -385,7 +384,7 @@ class EnsembleExecutor:
         while not self._stop.is_set():
             if time.monotonic() - last_hb > self.streaming.heartbeat_seconds / 2:
                 last_hb = time.monotonic()
-                self._poll_heartbeats()
+                self._read_control_queue()
             self._check_active()
             self._fill_slots()
             if self._finished():
