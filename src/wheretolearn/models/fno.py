@@ -66,22 +66,17 @@ def import_neuralop() -> Any:
     return models
 
 
-def _modes(n_modes: Any, grid_shape: tuple[int, ...]) -> list[int]:
-    """``n_modes`` (an int for every dimension, or one per dimension), checked against the
-    grid: at most ``size`` modes along a full dimension and ``size`` along the last one,
-    whose real FFT keeps ``size // 2 + 1`` coefficients of which neuraloperator uses
+def _modes(n_modes: int | tuple[int, ...], grid_shape: tuple[int, ...]) -> list[int]:
+    """``n_modes`` (an int for every dimension, or one per dimension, as
+    :class:`FNOArchitecture` validated them), checked against the grid: one count per
+    dimension, at most ``size`` modes along a full dimension and ``size`` along the last
+    one, whose real FFT keeps ``size // 2 + 1`` coefficients of which neuraloperator uses
     ``n_modes // 2 + 1``."""
     d = len(grid_shape)
-    if isinstance(n_modes, (int,)) and not isinstance(n_modes, bool):
-        modes = [n_modes] * d
-    elif isinstance(n_modes, (list, tuple)):
-        modes = list(n_modes)
-    else:
-        raise TypeError(f"n_modes must be an int or a list of {d} ints, got {n_modes!r}")
+    modes = [n_modes] * d if isinstance(n_modes, int) else list(n_modes)
     if len(modes) != d:
         raise ValueError(f"n_modes must give one count per grid dimension ({d} for grid "
                          f"{list(grid_shape)}), got {modes}")
-    modes = [check_positive_int(m, f"n_modes[{i}]") for i, m in enumerate(modes)]
     for i, (m, s) in enumerate(zip(modes, grid_shape)):
         if m > s:
             raise ValueError(f"n_modes[{i}] = {m} exceeds the grid's {s} points along that "
