@@ -38,6 +38,7 @@ __all__ = [
     "as_tensor",
     "resolve_dtype",
     "torch_generator",
+    "set_frozen",
     "numpy_generator",
 ]
 
@@ -46,6 +47,13 @@ def _describe(value: Any) -> str:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"array of shape {tuple(value.shape)}"
     return repr(value)
+
+
+def set_frozen(obj: Any, **values: Any) -> None:
+    """Store checked (normalised) values on a frozen dataclass, from its ``__post_init__``
+    (``set_frozen(self, lr=check_positive_float(self.lr, "lr"))``)."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
 
 
 def check_type(value: Any, kind: type, name: str) -> Any:

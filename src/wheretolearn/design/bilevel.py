@@ -77,7 +77,7 @@ import torch
 
 from .._threads import torch_threads
 from .._validation import (check_positive_float, check_positive_int, check_type, resolve_dtype,
-                           torch_generator)
+                           set_frozen, torch_generator)
 from ..measures.gaussian import Gaussian
 from ..models.krr import (augment_left, augment_right, check_kernel, kernel_from_augmented,
                           laplace_kernel)
@@ -128,13 +128,13 @@ class BilevelSchedule:
     eval_unseen: bool | int = True
 
     def __post_init__(self):
-        _set(self, "steps", check_positive_int(self.steps, "BilevelSchedule.steps"))
-        _set(self, "n_train", check_positive_int(self.n_train, "BilevelSchedule.n_train"))
-        _set(self, "lr", check_positive_float(self.lr, "BilevelSchedule.lr"))
-        _set(self, "lr_end", check_positive_float(self.lr_end, "BilevelSchedule.lr_end",
-                                                  allow_zero=True))
-        for name in ("ridge_start", "ridge_end"):
-            _set(self, name, check_positive_float(getattr(self, name), f"BilevelSchedule.{name}"))
+        set_frozen(
+            self, steps=check_positive_int(self.steps, "BilevelSchedule.steps"),
+            n_train=check_positive_int(self.n_train, "BilevelSchedule.n_train"),
+            lr=check_positive_float(self.lr, "BilevelSchedule.lr"),
+            lr_end=check_positive_float(self.lr_end, "BilevelSchedule.lr_end", allow_zero=True),
+            ridge_start=check_positive_float(self.ridge_start, "BilevelSchedule.ridge_start"),
+            ridge_end=check_positive_float(self.ridge_end, "BilevelSchedule.ridge_end"))
         if not isinstance(self.eval_unseen, bool):
             check_positive_int(self.eval_unseen, "BilevelSchedule.eval_unseen (True, False or "
                                                  "a step interval)")
@@ -183,7 +183,7 @@ class KRRSettings:
     num_threads: int | None = None
 
     def __post_init__(self):
-        _set(self, "bandwidth", check_positive_float(self.bandwidth, "KRRSettings.bandwidth"))
+        set_frozen(self, bandwidth=check_positive_float(self.bandwidth, "KRRSettings.bandwidth"))
         try:
             check_kernel(self.kernel)
         except ValueError as exc:
@@ -238,17 +238,12 @@ class StepControl:
             raise ValueError(f"StepControl.optimizer must be one of {', '.join(_OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
         if self.max_move is not None:
-            _set(self, "max_move", check_positive_float(self.max_move, "StepControl.max_move"))
+            set_frozen(self, max_move=check_positive_float(self.max_move, "StepControl.max_move"))
         if not isinstance(self.backtrack, bool):
             raise TypeError(f"StepControl.backtrack must be True or False, got {self.backtrack!r}")
-        _set(self, "jump", check_positive_float(self.jump, "StepControl.jump"))
+        set_frozen(self, jump=check_positive_float(self.jump, "StepControl.jump"))
         if self.jump <= 1.0:
             raise ValueError(f"StepControl.jump must be > 1, got {self.jump:g}")
-
-
-def _set(obj, name: str, value) -> None:
-    """Store a validated (normalised) value on a frozen dataclass."""
-    object.__setattr__(obj, name, value)
 
 
 @dataclass
@@ -529,7 +524,7 @@ def adjoint_gradient(problem: Callable, metatest: MetaTest, measure: Any,
         (score-function form with the draws held fixed, see module docstring).
     """
     ridge = check_positive_float(ridge, "ridge")
-    _check_krr(krr)
+    check_type(krr, KRRSettings, "krr")
     dtype = krr.working_dtype(measure.dtype)
     family = family_for(measure)(dtype=dtype, spread=0.0)
     _check_family_kernel(family, krr)
@@ -562,10 +557,6 @@ def _given_inputs(measure: Any, metatest: MetaTest, z, x, dtype: torch.dtype) ->
         raise ValueError(f"{'z' if z is not None else 'x'} must have shape (N, {metatest.dim}), "
                          f"got {tuple(given.shape)}")
     return given
-
-
-def _check_krr(krr: Any) -> None:
-    check_type(krr, KRRSettings, "krr")
 
 
 def _check_family_kernel(family: TrainingFamily, krr: KRRSettings) -> None:

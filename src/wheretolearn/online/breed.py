@@ -125,7 +125,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .._validation import (check_nonnegative_int, check_positive_float, check_positive_int,
-                           check_probability, check_type)
+                           check_probability, check_type, set_frozen)
 from .samplers import STATIC_SAMPLERS, ParameterSampler
 
 __all__ = ["BreedSampler", "BreedOptions", "BreedMutation", "BreedSchedule", "BreedResampling",
@@ -308,12 +308,6 @@ def _check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _store(obj: Any, **values: Any) -> None:
-    """Set checked (normalised) values on a frozen dataclass in ``__post_init__``."""
-    for name, value in values.items():
-        object.__setattr__(obj, name, value)
-
-
 @dataclass(frozen=True)
 class BreedMutation:
     """How a child is drawn around its parent (module docstring, "Children").
@@ -338,7 +332,7 @@ class BreedMutation:
     max_tries: int = 10
 
     def __post_init__(self) -> None:
-        _store(self, sigma=_check_unit(self.sigma, "sigma", closed=True),
+        set_frozen(self, sigma=_check_unit(self.sigma, "sigma", closed=True),
                children=_check_choice(self.children, "children", CHILDREN),
                shrink=_check_unit(self.shrink, "shrink", closed=False),
                max_tries=check_positive_int(self.max_tries, "max_tries"))
@@ -362,7 +356,7 @@ class BreedSchedule:
     r_break: int = 3
 
     def __post_init__(self) -> None:
-        _store(self, r_start=check_probability(self.r_start, "r_start"),
+        set_frozen(self, r_start=check_probability(self.r_start, "r_start"),
                r_end=check_probability(self.r_end, "r_end"),
                r_break=check_nonnegative_int(self.r_break, "r_break"))
 
@@ -391,7 +385,7 @@ class BreedResampling:
     min_finished: int = 10
 
     def __post_init__(self) -> None:
-        _store(self, trigger=_check_choice(self.trigger, "trigger", TRIGGERS),
+        set_frozen(self, trigger=_check_choice(self.trigger, "trigger", TRIGGERS),
                period=check_positive_int(self.period, "period"),
                min_period=check_positive_int(self.min_period, "min_period"),
                ess_threshold=_check_unit(self.ess_threshold, "ess_threshold", closed=True),
@@ -431,7 +425,7 @@ class BreedParents:
     selection_power: float = 1.0
 
     def __post_init__(self) -> None:
-        _store(self, window=check_positive_int(self.window, "window"),
+        set_frozen(self, window=check_positive_int(self.window, "window"),
                min_steps=check_positive_int(self.min_steps, "min_steps"),
                min_candidates=check_positive_int(self.min_candidates, "min_candidates"),
                fitness_baseline=_check_choice(self.fitness_baseline, "fitness_baseline",
@@ -480,7 +474,7 @@ class BreedOptions:
     def __post_init__(self) -> None:
         for group, cls in _GROUPS.items():
             check_type(getattr(self, group), cls, group)
-        _store(self, base=_check_choice(self.base, "base", BASES),
+        set_frozen(self, base=_check_choice(self.base, "base", BASES),
                queue_size=check_positive_int(self.queue_size, "queue_size"),
                weight_cap=_check_weight_cap(self.weight_cap))
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .._validation import (check_bounds, check_finite, check_positive_float, check_positive_int,
-                           check_type)
+                           check_type, set_frozen)
 from ..models.mlp import MLP
 from ..models.operator_training import first_real_parameter
 from ..report.metrics import tail_summary
@@ -175,12 +175,12 @@ class AdamSchedule:
         if isinstance(self.milestones, (str, bytes)) or not hasattr(self.milestones, "__iter__"):
             raise TypeError(f"milestones must be a sequence of positive integers, got "
                             f"{self.milestones!r}")
-        object.__setattr__(self, "lr", check_positive_float(self.lr, "lr"))
-        object.__setattr__(self, "weight_decay", check_positive_float(
-            self.weight_decay, "weight_decay", allow_zero=True))
-        object.__setattr__(self, "milestones", tuple(sorted(
-            check_positive_int(m, "milestones") for m in self.milestones)))
-        object.__setattr__(self, "gamma", check_positive_float(self.gamma, "gamma"))
+        set_frozen(self, lr=check_positive_float(self.lr, "lr"),
+                   weight_decay=check_positive_float(self.weight_decay, "weight_decay",
+                                                     allow_zero=True),
+                   milestones=tuple(sorted(check_positive_int(m, "milestones")
+                                           for m in self.milestones)),
+                   gamma=check_positive_float(self.gamma, "gamma"))
 
 
 class OnlineTrainer:
@@ -381,9 +381,7 @@ class OnlineTrainer:
                 "scheduler": sched,
                 "batches_seen": self.batches_seen, "samples_seen": self.samples_seen,
                 "train_seconds": self.train_seconds,
-                "hyper": {"lr": self.schedule.lr, "weight_decay": self.schedule.weight_decay,
-                          "milestones": list(self.schedule.milestones),
-                          "gamma": self.schedule.gamma},
+                "hyper": dict(asdict(self.schedule), milestones=list(self.schedule.milestones)),
                 "y_shift": self._y_shift.cpu().double().tolist(),
                 "y_scale": self._y_scale.cpu().double().tolist()}
 
