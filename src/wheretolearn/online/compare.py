@@ -66,7 +66,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -326,8 +326,7 @@ def validation_set(problem: Any, bounds: Any, *, problem_name: str, problem_opti
     v = validation
     key = {"version": _CACHE_VERSION, "problem": str(problem_name),
            "options": problem_options, "bounds": b.tolist(), "n_steps": n_steps,
-           "design": v.design, "n_interior": v.n_interior, "n_faces": v.n_faces,
-           "n_corners": v.n_corners, "seed": v.seed, "n_simulations": len(params)}
+           **asdict(v), "n_simulations": len(params)}
     key = json.loads(json.dumps(key, sort_keys=True, default=str))
     n_out = int(np.prod(problem.output_shape)) // n_steps
     if cache is None:
@@ -697,9 +696,7 @@ def _protocol_record(config: OnlineStudyConfig, protocol: ComparisonProtocol,
             int(problem.n_steps), "batch_size": t.batch_size,
         "buffer": {"kind": config.buffer.kind, "capacity": config.buffer.capacity,
                    "watermark": config.buffer.watermark},
-        "validation": {"design": design.design, "seed": design.seed,
-                       "n_interior": design.n_interior, "n_faces": design.n_faces,
-                       "n_corners": design.n_corners, "groups": val.sizes(),
+        "validation": {**asdict(design), "groups": val.sizes(),
                        "key": _key_digest(val.key),
                        "cache": None if val.path is None else str(val.path),
                        "reused": val.reused},

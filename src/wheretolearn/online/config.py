@@ -200,8 +200,7 @@ class SamplerSection(_Section):
         from .breed import BreedOptions
 
         sims = max(1, capacity // n_steps)
-        flat = {key: getattr(self, key) for key in self.BREED_KEYS
-                if key not in ("fitness_loss", "weighted")}
+        flat = {key: getattr(self, key) for key in BreedOptions.KEYS}
         flat.update(window=self.window or 2 * sims, period=self.period or 3 * sims,
                     min_finished=(self.min_finished if self.min_finished is not None
                                   else 2 * math.ceil(watermark / n_steps)),
