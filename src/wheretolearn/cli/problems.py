@@ -9,10 +9,8 @@ from typing import Any
 from . import app
 
 
-def _options(signature: inspect.Signature | None) -> str:
+def _options(signature: inspect.Signature) -> str:
     """The flat option keys (``key=default``) that ``get_problem`` accepts."""
-    if signature is None:
-        return "?"
     params = signature.parameters.values()
     parts = []
     for p in params:
@@ -37,14 +35,14 @@ def _measure(problem: Any) -> str:
 def describe_problems() -> list[dict[str, str]]:
     """One row per registered problem: name, options (with defaults), shapes of the default
     build, default input measure, online (has a time-stepping ``simulate()``)."""
-    from ..problems import available_problems, get_problem, problem_factory, problem_signature
+    from ..problems import available_problems, get_problem, problem_signature
 
     online = set(available_problems(kind="online"))
     rows = []
     for name in available_problems():
-        factory = problem_factory(name)
+        signature = problem_signature(name)       # None: not built in (a plugin)
         row = {"name": name,
-               "options": _options(problem_signature(name)) if factory else "(plugin)",
+               "options": _options(signature) if signature is not None else "(plugin)",
                "shapes": "-", "measure": "-", "online": "yes" if name in online else "no"}
         try:
             problem = get_problem(name)

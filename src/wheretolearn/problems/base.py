@@ -202,28 +202,30 @@ def problem_signature(name: str) -> inspect.Signature | None:
     factory = _REGISTRY.get(name)
     if factory is None:
         return None
-    groups = _option_objects(factory)
     params = []
     for p in inspect.signature(factory).parameters.values():
-        if p.name not in groups:
+        if not _is_option_object(p.default):
             params.append(p)
             continue
-        default = groups[p.name]
         params.extend(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                        default=getattr(default, f.name), annotation=f.type)
-                      for f in dataclasses.fields(default) if f.init)
+                                        default=getattr(p.default, f.name), annotation=f.type)
+                      for f in dataclasses.fields(p.default) if f.init)
     return inspect.Signature(sorted(params, key=lambda q: q.kind))
+
+
+def _is_option_object(default: Any) -> bool:
+    """Whether a constructor parameter's default is an option object (a dataclass instance)."""
+    return dataclasses.is_dataclass(default) and not isinstance(default, type)
 
 
 def _option_objects(factory: Callable[..., Problem]) -> dict[str, Any]:
     """``{parameter: default}`` for the constructor parameters of ``factory`` that are
-    option objects (their default is a dataclass instance)."""
+    option objects (:func:`_is_option_object`)."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
         return {}
-    return {p.name: p.default for p in params
-            if dataclasses.is_dataclass(p.default) and not isinstance(p.default, type)}
+    return {p.name: p.default for p in params if _is_option_object(p.default)}
 
 
 def _build_registered(factory: Callable[..., Problem], options: dict[str, Any]) -> Problem:
