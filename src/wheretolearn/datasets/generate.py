@@ -404,8 +404,7 @@ def _create(path: Path, plan: "_Plan", attrs: dict):
     from .layout import dataset_layout
 
     problem, chunk, in_dtype, out_dtype = plan.problem, plan.chunk, plan.in_dtype, plan.out_dtype
-    n, n_chunks = attrs["n"], attrs["n_chunks"]
-    in_shape, out_shape = tuple(attrs["input_shape"]), tuple(attrs["output_shape"])
+    n, n_chunks, in_shape, out_shape = plan.n, plan.n_chunks, plan.in_shape, plan.out_shape
     layout = dataset_layout(problem, in_shape, out_shape)
     group = zarr.open_group(str(path), mode="w")
     group.create_array("inputs", shape=(n, *in_shape), dtype=in_dtype,
